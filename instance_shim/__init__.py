@@ -1,0 +1,1 @@
+"""The instance shim: one per instance, started by supervisord; wraps one MCP server process."""

@@ -1,0 +1,3 @@
+from instance_shim.shim import main
+
+main()

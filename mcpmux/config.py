@@ -1,0 +1,105 @@
+"""The stack's configuration: one JSON file (or the router's flags), validated once.
+
+Keys are camelCase in the file, as in every MCP client's configuration; Python code sees snake_case.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.alias_generators import to_camel
+
+
+def default_max_instances() -> int:
+    return max(2, min(6, os.cpu_count() or 2))
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", strict=True)
+
+
+class ServerConfig(_Section):
+    """The stdio MCP server that every instance runs."""
+
+    command: str = Field(min_length=1)
+    args: list[str] = []
+    env: dict[str, str] = {}
+    cwd: str | None = None
+
+
+class MultiplexerConfig(_Section):
+    min_instances: int = Field(2, ge=1)
+    max_instances: int = Field(default_factory=default_max_instances, ge=1)
+    max_concurrent_requests: int = Field(3, ge=1, description="per instance")
+    request_timeout: int = Field(90_000, gt=0, description="ms, queue time included")
+    health_check_interval: int = Field(30_000, gt=0, description="ms")
+    startup_timeout: int = Field(30_000, gt=0, description="ms")
+    scale_up_threshold: float = Field(0.8, gt=0, le=1)
+    scale_down_threshold: float = Field(0.3, ge=0, lt=1)
+    queue_size: int = Field(256, ge=0, description="requests waiting when every instance is at its cap")
+    idle_timeout: int = Field(600_000, ge=0, description="ms without a session before a router-started stack stops")
+    max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="longest JSON-RPC line accepted")
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> MultiplexerConfig:
+        if self.min_instances > self.max_instances:
+            raise ValueError(
+                f"minInstances ({self.min_instances}) is greater than maxInstances ({self.max_instances})"
+            )
+        if self.scale_down_threshold >= self.scale_up_threshold:
+            raise ValueError("scaleDownThreshold must be below scaleUpThreshold")
+        return self
+
+
+class LoadBalancingConfig(_Section):
+    strategy: Literal["least_connections"] = "least_connections"
+    circuit_breaker_enabled: bool = True
+    circuit_breaker_threshold: int = Field(3, ge=1)
+
+
+class Config(_Section):
+    server: ServerConfig
+    multiplexer: MultiplexerConfig = MultiplexerConfig()
+    load_balancing: LoadBalancingConfig = LoadBalancingConfig()
+
+    def canonical_json(self) -> str:
+        """One spelling per configuration, so equal configurations name the same stack."""
+        return json.dumps(self.model_dump(by_alias=True), sort_keys=True, separators=(",", ":"))
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; the message names the file and the key."""
+
+
+def parse_config(data: Any, source: str) -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source)) from None
+
+
+def load_config(path: Path) -> Config:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read configuration: {exc.strerror}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    return parse_config(data, str(path))
+
+
+def _describe(exc: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"  {key}: {message}")
+    return "\n".join(lines)

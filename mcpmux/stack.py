@@ -1,0 +1,108 @@
+"""Where a stack lives: its identity and its private runtime directory.
+
+A stack is named by its configuration, so every router given the same configuration finds the same pool,
+and two different configurations never share one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from mcpmux.config import Config
+
+IPC_PATH_LIMIT = 107  # sun_path is 108 bytes on Linux, one of them the terminating NUL
+
+
+def stack_id(config: Config, origin: str) -> str:
+    """A short, readable, stable name: `<what it runs>-<hash of origin and configuration>`."""
+    digest = hashlib.sha256(f"{origin}\n{config.canonical_json()}".encode()).hexdigest()[:10]
+    label = re.sub(r"[^A-Za-z0-9]+", "-", Path(config.server.args[-1] if config.server.args else "").name
+                   or Path(config.server.command).name).strip("-")[:24] or "stack"
+    return f"{label}-{digest}"
+
+
+def runtime_root() -> Path:
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg:
+        return Path(xdg) / "mcpmux"
+    return Path(f"/tmp/mcpmux-{os.getuid()}")
+
+
+@dataclass(frozen=True)
+class StackPaths:
+    """Every file of one stack, all inside one directory that only its owner can enter."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "stack.json"
+
+    @property
+    def supervisord_conf(self) -> Path:
+        return self.root / "supervisord.conf"
+
+    @property
+    def supervisor_sock(self) -> Path:
+        return self.root / "supervisor.sock"
+
+    @property
+    def supervisord_pid(self) -> Path:
+        return self.root / "supervisord.pid"
+
+    @property
+    def credentials(self) -> Path:
+        return self.root / "supervisor.json"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / "start.lock"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def doors_endpoint(self) -> str:
+        return _ipc(self.root / "doors.sock")
+
+    @property
+    def shims_endpoint(self) -> str:
+        return _ipc(self.root / "shims.sock")
+
+    @property
+    def control_endpoint(self) -> str:
+        return _ipc(self.root / "control.sock")
+
+    @property
+    def pool_profile(self) -> Path:
+        """The initialize params the pool's backends were started with, kept across core restarts."""
+        return self.root / "profile.json"
+
+    def create(self) -> None:
+        """Make the directory private; refuse one that someone else could have planted."""
+        self.root.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.root.mkdir(mode=0o700, exist_ok=True)
+        self.logs.mkdir(mode=0o700, exist_ok=True)
+        for directory in (self.root.parent, self.root):
+            info = directory.stat()
+            if info.st_uid != os.getuid():
+                raise PermissionError(f"{directory} belongs to another user; refusing to use it")
+            if info.st_mode & 0o077:
+                os.chmod(directory, 0o700)
+
+
+def stack_paths(config: Config, origin: str) -> StackPaths:
+    return StackPaths(runtime_root() / stack_id(config, origin))
+
+
+def _ipc(path: Path) -> str:
+    if len(str(path)) > IPC_PATH_LIMIT:
+        raise ValueError(
+            f"socket path {path} is longer than {IPC_PATH_LIMIT} bytes; set XDG_RUNTIME_DIR to a shorter directory"
+        )
+    return f"ipc://{path}"

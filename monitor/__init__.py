@@ -1,0 +1,1 @@
+"""The operator's CLI: what a running stack is doing, and why."""

@@ -1,0 +1,141 @@
+"""`mcpmux-router`: the command a client registers. It finds (or starts) the stack and relays one session.
+
+    mcpmux-router --config mcpmux.json          # a configuration file (or MCP_CONFIG_PATH)
+    mcpmux-router --min-instances 2 -- uvx mcp-server-time   # wrap the command after --
+
+Every configuration key has a flag, generated from the configuration model so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from mcpmux import __version__
+from mcpmux.config import Config, ConfigError, LoadBalancingConfig, MultiplexerConfig, load_config, parse_config
+from mcpmux.stack import StackPaths, stack_paths
+
+SECTIONS: dict[str, type[BaseModel]] = {"multiplexer": MultiplexerConfig, "loadBalancing": LoadBalancingConfig}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mcpmux-router",
+        description="Serve one MCP client session from a shared pool of instances of a stdio MCP server.",
+        epilog="Example: mcpmux-router --min-instances 2 -- uvx mcp-server-time",
+    )
+    parser.add_argument("--config", type=Path, help="configuration file (default: $MCP_CONFIG_PATH)")
+    action = parser.add_mutually_exclusive_group()
+    action.add_argument("--up", action="store_true", help="start the stack and exit (it stays up until --down)")
+    action.add_argument("--down", action="store_true", help="stop the stack and exit")
+    action.add_argument("--where", action="store_true", help="print the stack's runtime directory and exit")
+    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="server environment")
+    parser.add_argument("--cwd", help="server working directory")
+    for section, model in SECTIONS.items():
+        group = parser.add_argument_group(section)
+        for name, field in model.model_fields.items():
+            flag = "--" + name.replace("_", "-")
+            dest = f"{section}.{field.alias or name}"
+            annotation = field.annotation
+            if annotation is bool:
+                group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None)
+            else:
+                kind = annotation if annotation in (int, float) else str
+                group.add_argument(flag, dest=dest, type=kind, default=None, help=field.description)
+    parser.add_argument("--version", action="version", version=f"mcpmux {__version__}")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- the server command and its arguments")
+    return parser
+
+
+def resolve(args: argparse.Namespace) -> tuple[Config, str]:
+    """The configuration in force and the origin that, with it, names the stack."""
+    overrides = _overrides(args)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if command:
+        server: dict[str, Any] = {"command": command[0], "args": command[1:], "env": _env(args.env)}
+        server["cwd"] = args.cwd or os.getcwd()
+        data: dict[str, Any] = {"server": server, **overrides}
+        return parse_config(data, "command line"), "command line"
+    path = args.config or (Path(os.environ["MCP_CONFIG_PATH"]) if os.environ.get("MCP_CONFIG_PATH") else None)
+    if path is None:
+        raise ConfigError("no server to run: give --config PATH, set MCP_CONFIG_PATH, or put the command after --")
+    path = path.resolve()
+    config = load_config(path)
+    data = config.model_dump(by_alias=True)
+    for section, values in overrides.items():
+        data[section].update(values)
+    data["server"]["env"].update(_env(args.env))
+    data["server"]["cwd"] = args.cwd or data["server"]["cwd"] or str(path.parent)
+    return parse_config(data, str(path)), str(path)
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    overrides: dict[str, dict[str, Any]] = {}
+    for dest, value in vars(args).items():
+        if "." in dest and value is not None:
+            section, key = dest.split(".", 1)
+            overrides.setdefault(section, {})[key] = value
+    return overrides
+
+
+def _env(pairs: list[str]) -> dict[str, str]:
+    env = {}
+    for pair in pairs:
+        key, separator, value = pair.partition("=")
+        if not separator or not key:
+            raise ConfigError(f"--env {pair!r}: expected KEY=VALUE")
+        env[key] = value
+    return env
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        config, origin = resolve(args)
+        paths = stack_paths(config, origin)
+    except (ConfigError, ValueError) as exc:
+        sys.exit(f"mcpmux-router: {exc}")
+    sys.exit(_run(args, config, paths))
+
+
+def _run(args: argparse.Namespace, config: Config, paths: StackPaths) -> int:
+    from router import launcher
+
+    if args.where:
+        print(paths.root)
+        return 0
+    if args.down:
+        stopped = launcher.stop(paths)
+        print(f"stack {paths.root.name} {'stopped' if stopped else 'was not running'}", file=sys.stderr)
+        return 0
+    try:
+        started = launcher.ensure_up(config, paths, idle_stop=not args.up)
+    except launcher.LaunchError as exc:
+        print(f"mcpmux-router: {exc}", file=sys.stderr)
+        return 1
+    if args.up:
+        state = "started" if started else "already running"
+        print(f"stack {paths.root.name} {state}; manage it with: supervisorctl -c {paths.supervisord_conf}")
+        return 0
+    return _serve(config, paths)
+
+
+def _serve(config: Config, paths: StackPaths) -> int:
+    from router.door import CoreUnreachable, Door
+
+    door = Door(paths, max_message_bytes=config.multiplexer.max_message_bytes,
+                connect_timeout=config.multiplexer.startup_timeout / 1000)
+    try:
+        asyncio.run(door.run())
+    except CoreUnreachable as exc:
+        print(f"mcpmux-router: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0

@@ -1,0 +1,284 @@
+"""The dispatching core: one per stack, run by supervisord, shared by every door (client session).
+
+It binds three ZeroMQ sockets in the stack's private directory: doors (client sessions), shims (instances)
+and control (the monitor). The MCP logic is in the switchboard; this module moves frames and keeps time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from mcpmux import wire
+from mcpmux.config import Config, ConfigError, load_config
+from mcpmux.jsonrpc import JsonObject
+from mcpmux.stack import StackPaths
+from router.control import ControlHandler
+from router.instances import Instance
+from router.metrics import Metrics
+from router.scaling import Scaler
+from router.session import Session
+from router.supervisor import Supervisor
+from router.switchboard import Switchboard
+
+log = logging.getLogger("mcpmux.core")
+
+HEARTBEAT_LIVENESS = 3  # missed shim heartbeats (1 s apart) before an instance is dead
+DOOR_LIVENESS = 10.0  # seconds of silence before a door (which beats every 2 s) is gone
+TICK = 0.5
+
+
+class Core:
+    def __init__(self, config: Config, paths: StackPaths, *, idle_stop: bool) -> None:
+        self.config = config
+        self.paths = paths
+        self.idle_stop = idle_stop
+        self.metrics = Metrics()
+        self.board = Switchboard(config, self._send_to_client, self._send_to_instance, self.metrics)
+        self.board.on_profile = self._save_profile
+        self.board.profile = self._load_profile()
+        self.supervisor = Supervisor(paths)
+        self.scaler = Scaler(config, self.board, self.supervisor, self.metrics)
+        self.control = ControlHandler(self)
+        self.started = time.time()
+        self._context = zmq.asyncio.Context()
+        self._doors = self._router_socket(paths.doors_endpoint)
+        self._shims = self._router_socket(paths.shims_endpoint)
+        self._control = self._router_socket(paths.control_endpoint)
+        self._idle_since: float | None = time.monotonic()
+        self._stopping = asyncio.Event()
+
+    def _router_socket(self, endpoint: str) -> zmq.asyncio.Socket:
+        socket = self._context.socket(zmq.ROUTER)
+        socket.setsockopt(zmq.ROUTER_MANDATORY, 1)  # an unknown peer is an error, not a silent drop
+        socket.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted shim takes over its slot's id at once
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.setsockopt(zmq.SNDHWM, 100_000)
+        socket.setsockopt(zmq.RCVHWM, 100_000)
+        path = endpoint.removeprefix("ipc://")
+        if os.path.exists(path):
+            os.unlink(path)  # left by a core that died; we are the only core (supervisord runs one)
+        socket.bind(endpoint)
+        os.chmod(path, 0o600)
+        return socket
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._stopping.set)
+        log.info("core %d serving stack %s", os.getpid(), self.paths.root.name)
+        tasks = [
+            asyncio.create_task(self._serve_doors()),
+            asyncio.create_task(self._serve_shims()),
+            asyncio.create_task(self._serve_control()),
+            asyncio.create_task(self._tick()),
+            asyncio.create_task(self.scaler.boot()),
+        ]
+        await self._stopping.wait()
+        for task in tasks:
+            task.cancel()
+        self._context.destroy(linger=0)
+
+    # --- doors ---------------------------------------------------------------------------------------
+
+    async def _serve_doors(self) -> None:
+        while True:
+            identity, frame = await self._doors.recv_multipart()
+            try:
+                message = wire.decode(frame)
+            except wire.WireError as exc:
+                log.warning("door %r sent %s", identity, exc)
+                continue
+            try:
+                await self._from_door(identity, message)
+            except Exception:
+                log.exception("error handling a message from door %r", identity)
+
+    async def _from_door(self, identity: bytes, message: wire.Message) -> None:
+        session = self.board.sessions.get(identity)
+        if isinstance(message, wire.DoorHello):
+            if session is None:
+                session = self.board.open_session(identity, message.pid, message.initialize_params)
+                self.metrics.event("session", f"session {session.name} opened (door pid {message.pid})")
+            await self._send_door(identity, wire.encode(wire.Welcome(os.getpid())))
+        elif session is None:
+            # A door of a core that died: nothing it sent since is known here, so it must start over.
+            await self._send_door(identity, wire.encode(wire.Resync()))
+        elif isinstance(message, wire.ClientMessage):
+            await self.board.from_client(session, message.payload)
+        elif isinstance(message, wire.Heartbeat):
+            session.last_seen = time.monotonic()
+        elif isinstance(message, wire.DoorBye):
+            await self._close_session(session, "client disconnected")
+
+    async def _close_session(self, session: Session, reason: str) -> None:
+        self.metrics.event("session", f"session {session.name} closed: {reason}")
+        await self.board.close_session(session)
+
+    async def _send_to_client(self, session: Session, payload: JsonObject) -> None:
+        if not await self._send_door(session.identity, wire.encode_payload(wire.ToClient, payload)):
+            await self._close_session(session, "door unreachable")
+
+    async def _send_door(self, identity: bytes, frame: bytes) -> bool:
+        try:
+            await self._doors.send_multipart([identity, frame])
+        except zmq.ZMQError as exc:
+            log.info("door %r unreachable: %s", identity, exc)
+            return False
+        return True
+
+    # --- shims ---------------------------------------------------------------------------------------
+
+    async def _serve_shims(self) -> None:
+        while True:
+            identity, frame = await self._shims.recv_multipart()
+            try:
+                message = wire.decode(frame)
+            except wire.WireError as exc:
+                log.warning("shim %r sent %s", identity, exc)
+                continue
+            try:
+                await self._from_shim(identity.decode(), message)
+            except Exception:
+                log.exception("error handling a message from shim %s", identity)
+
+    async def _from_shim(self, slot: str, message: wire.Message) -> None:
+        instance = self.board.pool.get(slot)
+        if isinstance(message, wire.FromBackend):
+            if instance is not None:
+                await self.board.from_instance(instance, message.payload)
+            return
+        if isinstance(message, wire.ShimHello):
+            await self._shim_hello(slot, message)
+            return
+        if instance is None:
+            if slot in self.scaler.wanted:
+                await self._send_shim(slot, wire.Resync())  # a shim from before this core started
+            return
+        instance.last_seen = time.monotonic()
+        if isinstance(message, wire.BackendReady):
+            self.metrics.event("ready", f"{slot} ready (backend pid {instance.backend_pid})", slot=slot)
+            await self.board.instance_ready(instance, message.initialize_result)
+        elif isinstance(message, wire.BackendFailed):
+            await self._instance_lost(instance, message.reason, message.stderr_tail)
+
+    async def _shim_hello(self, slot: str, hello: wire.ShimHello) -> None:
+        previous = self.board.pool.get(slot)
+        if previous is not None and previous.pid != hello.pid:
+            await self._instance_lost(previous, "replaced by a new shim process")
+        instance = Instance(slot, hello.pid, hello.backend_pid)
+        self.board.pool.add(instance)
+        self.scaler.adopt(slot)
+        self.metrics.event("start", f"{slot} connected (shim pid {hello.pid})", slot=slot)
+        if hello.initialize_result is not None:
+            await self.board.instance_ready(instance, hello.initialize_result)
+        elif self.board.profile is not None:
+            await self._send_shim(slot, wire.InitializeBackend(self.board.profile))
+
+    async def _instance_lost(self, instance: Instance, reason: str, stderr_tail: str = "") -> None:
+        if self.board.pool.get(instance.slot) is not instance:
+            return
+        log.warning("%s lost: %s%s", instance.slot, reason, f"\n{stderr_tail}" if stderr_tail else "")
+        self.metrics.event("lost", f"{instance.slot} lost: {reason}", slot=instance.slot, stderr=stderr_tail)
+        await self.board.instance_lost(instance, reason)
+
+    async def _send_to_instance(self, instance: Instance, payload: JsonObject) -> None:
+        if not await self._send_shim(instance.slot, wire.ToBackend(payload)):
+            await self._instance_lost(instance, "shim unreachable")
+
+    async def _send_shim(self, slot: str, message: wire.Message) -> bool:
+        try:
+            await self._shims.send_multipart([slot.encode(), wire.encode(message)])
+        except zmq.ZMQError as exc:
+            log.info("shim %s unreachable: %s", slot, exc)
+            return False
+        return True
+
+    async def _save_profile(self, params: JsonObject) -> None:
+        self.paths.pool_profile.write_text(json.dumps(params))
+        for instance in self.board.pool:
+            if not instance.ready:
+                await self._send_shim(instance.slot, wire.InitializeBackend(params))
+
+    def _load_profile(self) -> JsonObject | None:
+        try:
+            profile = json.loads(self.paths.pool_profile.read_text())
+        except (OSError, ValueError):
+            return None
+        return profile if isinstance(profile, dict) else None
+
+    # --- control -------------------------------------------------------------------------------------
+
+    async def _serve_control(self) -> None:
+        while True:
+            identity, frame = await self._control.recv_multipart()
+            try:
+                request = wire.decode(frame)
+                if not isinstance(request, wire.ControlRequest):
+                    raise wire.WireError("expected a control request")
+                reply = await self.control.handle(request)
+            except Exception as exc:
+                log.exception("control request failed")
+                reply = wire.ControlReply({}, f"{type(exc).__name__}: {exc}")
+            try:
+                await self._control.send_multipart([identity, wire.encode(reply)])
+            except zmq.ZMQError:
+                pass  # the monitor went away before its answer
+
+    # --- time ----------------------------------------------------------------------------------------
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(TICK)
+            now = time.monotonic()
+            for instance in list(self.board.pool):
+                if now - instance.last_seen > HEARTBEAT_LIVENESS * 1.0 + TICK:
+                    await self._instance_lost(instance, f"missed {HEARTBEAT_LIVENESS} heartbeats")
+            for session in list(self.board.sessions.values()):
+                if now - session.last_seen > DOOR_LIVENESS:
+                    await self._close_session(session, "door stopped beating")
+            await self.scaler.tick()
+            await self._stop_when_idle(now)
+
+    async def _stop_when_idle(self, now: float) -> None:
+        if self.board.sessions:
+            self._idle_since = None
+            return
+        if self._idle_since is None:
+            self._idle_since = now
+        if self.idle_stop and now - self._idle_since >= self.config.multiplexer.idle_timeout / 1000:
+            log.info("no session for %.0f s: stopping the stack", now - self._idle_since)
+            self.idle_stop = False
+            await self.supervisor.shutdown()
+
+    def status(self) -> dict[str, Any]:
+        return self.control.status()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="mcpmux-core", description="The dispatching core of one mcpmux stack.")
+    parser.add_argument("--stack-dir", type=Path, required=True)
+    parser.add_argument("--idle-stop", action="store_true", help="shut the stack down when idle")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    paths = StackPaths(args.stack_dir)
+    try:
+        config = load_config(paths.config)
+    except ConfigError as exc:
+        sys.exit(str(exc))
+    asyncio.run(Core(config, paths, idle_stop=args.idle_stop).run())
+
+
+if __name__ == "__main__":
+    main()

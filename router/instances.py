@@ -1,0 +1,66 @@
+"""The pool's instances as the core sees them: one per shim slot, with its load and its backend's handshake."""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class InstanceState(enum.StrEnum):
+    STARTING = "starting"  # shim connected, backend not initialized yet
+    READY = "ready"
+    FAILED = "failed"  # backend gone; the slot will be restarted by supervisord
+
+
+@dataclass(eq=False)
+class Instance:
+    slot: str  # supervisord's group:name, also the shim's ZeroMQ routing id
+    pid: int
+    backend_pid: int
+    state: InstanceState = InstanceState.STARTING
+    initialize_result: dict[str, Any] | None = None
+    in_flight: int = 0
+    served: int = 0
+    failed: int = 0
+    last_seen: float = field(default_factory=time.monotonic)
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def identity(self) -> bytes:
+        return self.slot.encode()
+
+    @property
+    def ready(self) -> bool:
+        return self.state is InstanceState.READY
+
+
+class Pool:
+    """Instances by slot, in a stable order so that ties are broken the same fair way every time."""
+
+    def __init__(self) -> None:
+        self._by_slot: dict[str, Instance] = {}
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._by_slot.values())
+
+    def __len__(self) -> int:
+        return len(self._by_slot)
+
+    def get(self, slot: str) -> Instance | None:
+        return self._by_slot.get(slot)
+
+    def add(self, instance: Instance) -> None:
+        self._by_slot[instance.slot] = instance
+
+    def remove(self, slot: str) -> Instance | None:
+        return self._by_slot.pop(slot, None)
+
+    def ready(self) -> list[Instance]:
+        return [instance for instance in self._by_slot.values() if instance.ready]
+
+    def any_initialize_result(self) -> dict[str, Any] | None:
+        for instance in self.ready():
+            return instance.initialize_result
+        return None

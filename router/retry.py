@@ -1,0 +1,38 @@
+"""Which requests may run again on another instance after theirs failed: only those without effects."""
+
+from __future__ import annotations
+
+from typing import Any
+
+SAFE_METHODS = frozenset({
+    "tools/list", "prompts/list", "prompts/get", "resources/list", "resources/templates/list",
+    "resources/read", "completion/complete", "ping",
+})
+MAX_ATTEMPTS = 3
+
+
+class RetryPolicy:
+    """Learns from the tools/list results passing through which tools declare themselves safe to repeat."""
+
+    def __init__(self) -> None:
+        self._safe_tools: set[str] = set()
+
+    def observe_tools(self, result: dict[str, Any]) -> None:
+        for tool in result.get("tools") or []:
+            if not isinstance(tool, dict) or not isinstance(tool.get("name"), str):
+                continue
+            hints = tool.get("annotations") or {}
+            if hints.get("readOnlyHint") is True or hints.get("idempotentHint") is True:
+                self._safe_tools.add(tool["name"])
+            else:
+                self._safe_tools.discard(tool["name"])
+
+    def may_retry(self, message: dict[str, Any], attempts: int) -> bool:
+        if attempts >= MAX_ATTEMPTS:
+            return False
+        method = message.get("method")
+        if method in SAFE_METHODS:
+            return True
+        if method == "tools/call":
+            return (message.get("params") or {}).get("name") in self._safe_tools
+        return False

@@ -1,0 +1,99 @@
+"""How many instances run: the minimum at boot, more under load, fewer when quiet.
+
+supervisord owns the processes; this module decides and asks it by slot name. Up fast (a queue that
+is not empty, or load above scaleUpThreshold), down slowly (load below scaleDownThreshold for a while).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import xmlrpc.client
+
+from mcpmux.config import Config
+from router.metrics import Metrics
+from router.supervisor import SHIM_GROUP, Supervisor, shim_slot
+from router.switchboard import Switchboard
+
+log = logging.getLogger("mcpmux.scaling")
+
+SCALE_DOWN_AFTER = 60.0  # seconds of low load before one instance is stopped
+START_GRACE = 10.0  # seconds a started slot may take to connect before it counts as missing
+
+
+class Scaler:
+    def __init__(self, config: Config, board: Switchboard, supervisor: Supervisor, metrics: Metrics) -> None:
+        self._settings = config.multiplexer
+        self._board = board
+        self._supervisor = supervisor
+        self._metrics = metrics
+        self.wanted: dict[str, float] = {}  # slot -> when it was asked to start
+        self._low_since: float | None = None
+
+    async def boot(self) -> None:
+        """Adopt the shims a previous core left running, then start up to the minimum."""
+        try:
+            for process in await self._supervisor.processes():
+                if process["group"] == SHIM_GROUP and process["statename"] in ("RUNNING", "STARTING", "BACKOFF"):
+                    self.adopt(f"{SHIM_GROUP}:{process['name']}")
+        except (OSError, xmlrpc.client.Fault) as exc:
+            log.warning("could not list processes: %s", exc)
+        index = 0
+        while len(self.wanted) < self._settings.min_instances:
+            if shim_slot(index) not in self.wanted:
+                await self._start(shim_slot(index), "minimum instances")
+            index += 1
+
+    def adopt(self, slot: str) -> None:
+        self.wanted.setdefault(slot, time.monotonic())
+
+    def load(self) -> float:
+        """In-flight requests over the pool's capacity; queued requests push it above 1."""
+        capacity = max(1, len(self.wanted)) * self._settings.max_concurrent_requests
+        running = sum(instance.in_flight for instance in self._board.pool)
+        return (running + len(self._board.queue)) / capacity
+
+    async def tick(self) -> None:
+        load = self.load()
+        starting = any(self._board.pool.get(slot) is None or not self._board.pool.get(slot).ready  # type: ignore[union-attr]
+                       for slot in self.wanted)
+        if load >= self._settings.scale_up_threshold and not starting:
+            if len(self.wanted) < self._settings.max_instances:
+                await self._start(self._free_slot(), f"load {load:.2f} >= {self._settings.scale_up_threshold}")
+            self._low_since = None
+            return
+        if load > self._settings.scale_down_threshold or len(self.wanted) <= self._settings.min_instances:
+            self._low_since = None
+            return
+        now = time.monotonic()
+        self._low_since = self._low_since or now
+        if now - self._low_since >= SCALE_DOWN_AFTER:
+            self._low_since = None
+            await self._stop_idle_one(load)
+
+    def _free_slot(self) -> str:
+        index = 0
+        while shim_slot(index) in self.wanted:
+            index += 1
+        return shim_slot(index)
+
+    async def _start(self, slot: str, reason: str) -> None:
+        self.wanted[slot] = time.monotonic()
+        self._metrics.event("scale", f"start {slot}: {reason}", slot=slot)
+        try:
+            await self._supervisor.start(slot)
+        except (OSError, xmlrpc.client.Fault) as exc:
+            log.warning("could not start %s: %s", slot, exc)
+
+    async def _stop_idle_one(self, load: float) -> None:
+        for slot in sorted(self.wanted, reverse=True):
+            instance = self._board.pool.get(slot)
+            if instance is not None and instance.in_flight == 0:
+                del self.wanted[slot]
+                self._metrics.event("scale", f"stop {slot}: load {load:.2f} <= {self._settings.scale_down_threshold}")
+                self._board.pool.remove(slot)
+                try:
+                    await self._supervisor.stop(slot)
+                except (OSError, xmlrpc.client.Fault) as exc:
+                    log.warning("could not stop %s: %s", slot, exc)
+                return

@@ -1,0 +1,87 @@
+"""One client session (one door) and the state MCP keeps per session."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from mcpmux.jsonrpc import RequestId
+
+LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
+
+# Which list request clears which list_changed notification, so that one change reaches a session once.
+LIST_CHANGED_BY_LIST_METHOD = {
+    "tools/list": "notifications/tools/list_changed",
+    "prompts/list": "notifications/prompts/list_changed",
+    "resources/list": "notifications/resources/list_changed",
+    "resources/templates/list": "notifications/resources/list_changed",
+}
+
+
+@dataclass(eq=False)
+class Pending:
+    """A client request from the moment it arrives until its one response is sent."""
+
+    session: Session
+    client_id: RequestId
+    message: dict[str, Any]
+    received: float = field(default_factory=time.monotonic)
+    backend_id: int | None = None
+    slot: str | None = None  # the instance running it, once dispatched
+    pinned_slot: str | None = None  # an instance it must run on (cursor, subscription)
+    attempts: int = 0
+    timer: asyncio.TimerHandle | None = None
+
+    @property
+    def method(self) -> str:
+        return str(self.message["method"])
+
+    @property
+    def key(self) -> tuple[bytes, RequestId]:
+        return (self.session.identity, self.client_id)
+
+
+@dataclass(eq=False)
+class ServerRequest:
+    """A request an instance sent to the client (sampling, elicitation, roots), under a client-facing id."""
+
+    slot: str
+    backend_id: Any
+
+
+@dataclass(eq=False)
+class Session:
+    identity: bytes
+    door_pid: int
+    initialize_params: dict[str, Any] | None = None
+    log_level: str | None = None
+    pending: dict[RequestId, Pending] = field(default_factory=dict)
+    server_requests: dict[int, ServerRequest] = field(default_factory=dict)
+    list_changed_sent: set[str] = field(default_factory=set)
+    last_seen: float = field(default_factory=time.monotonic)
+    last_request: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return self.identity.decode(errors="replace")
+
+    def supports(self, capability: str) -> bool:
+        """Whether the client declared a capability (sampling, elicitation, roots) in its initialize."""
+        if self.initialize_params is None:
+            return False
+        return capability in (self.initialize_params.get("capabilities") or {})
+
+    def wants_log(self, level: str) -> bool:
+        if self.log_level is None:
+            return True
+        return _rank(level) >= _rank(self.log_level)
+
+
+def _rank(level: str) -> int:
+    return LOG_LEVELS.index(level) if level in LOG_LEVELS else 0
+
+
+def most_verbose(levels: list[str]) -> str | None:
+    return min(levels, key=_rank) if levels else None

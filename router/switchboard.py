@@ -1,0 +1,537 @@
+"""The MCP semantics of the multiplexer: every message between client sessions and instances goes through here.
+
+The switchboard owns the per-request and per-session state and decides, for each message, where it goes and
+under which id. It does no I/O itself: it is given two coroutines, one that sends a JSON-RPC message to a
+session's client and one that sends it to an instance's backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from mcpmux import jsonrpc
+from mcpmux.config import Config
+from mcpmux.jsonrpc import JsonObject
+from router import cursors
+from router.dispatch import LeastConnections
+from router.instances import Instance, InstanceState, Pool
+from router.metrics import Metrics
+from router.queue import QueueFull, RequestQueue
+from router.retry import RetryPolicy
+from router.session import LIST_CHANGED_BY_LIST_METHOD, LOG_LEVELS, Pending, ServerRequest, Session, most_verbose
+
+log = logging.getLogger("mcpmux.core")
+
+SendToClient = Callable[[Session, JsonObject], Awaitable[None]]
+SendToInstance = Callable[[Instance, JsonObject], Awaitable[None]]
+
+CLIENT_CAPABILITY_OF = {
+    "sampling/createMessage": "sampling",
+    "elicitation/create": "elicitation",
+    "roots/list": "roots",
+}
+
+
+@dataclass(eq=False)
+class Subscription:
+    """A resource subscription lives on one instance, however many sessions asked for it."""
+
+    slot: str | None
+    sessions: set[bytes] = field(default_factory=set)
+
+
+class Switchboard:
+    def __init__(
+        self, config: Config, to_client: SendToClient, to_instance: SendToInstance, metrics: Metrics
+    ) -> None:
+        settings = config.multiplexer
+        self.pool = Pool()
+        self.sessions: dict[bytes, Session] = {}
+        self.queue: RequestQueue[Pending] = RequestQueue(settings.queue_size)
+        self.balancer = LeastConnections(settings.max_concurrent_requests)
+        self.metrics = metrics
+        self.profile: JsonObject | None = None  # the initialize params every backend gets
+        self.on_profile: Callable[[JsonObject], Awaitable[None]] | None = None
+        self._request_timeout = settings.request_timeout / 1000
+        self._startup_timeout = settings.startup_timeout / 1000
+        self._to_client = to_client
+        self._to_instance = to_instance
+        self._running: dict[int, Pending] = {}  # by the id the instance sees
+        self._internal: set[int] = set()  # requests the router itself sent (setLevel, re-subscribe)
+        self._init_waiters: list[Pending] = []
+        self._subscriptions: dict[str, Subscription] = {}
+        self._log_level: str | None = None
+        self._retry = RetryPolicy()
+        # Unique across instances and across core restarts, so a late answer never matches a new request.
+        self._ids = itertools.count(time.time_ns() // 1000)
+
+    # --- sessions ------------------------------------------------------------------------------------
+
+    def open_session(self, identity: bytes, door_pid: int, initialize_params: JsonObject | None) -> Session:
+        session = Session(identity, door_pid, initialize_params)
+        self.sessions[identity] = session
+        return session
+
+    async def close_session(self, session: Session) -> None:
+        self.sessions.pop(session.identity, None)
+        for pending in list(session.pending.values()):
+            await self._abandon(pending, "client session ended")
+        for uri, subscription in list(self._subscriptions.items()):
+            subscription.sessions.discard(session.identity)
+            if not subscription.sessions:
+                del self._subscriptions[uri]
+                await self._internal_request(subscription.slot, "resources/unsubscribe", {"uri": uri})
+        await self._update_log_level()
+
+    # --- from the client -----------------------------------------------------------------------------
+
+    async def from_client(self, session: Session, message: JsonObject) -> None:
+        session.last_seen = time.monotonic()
+        if jsonrpc.is_request(message):
+            await self._client_request(session, message)
+        elif jsonrpc.is_notification(message):
+            await self._client_notification(session, message)
+        else:
+            await self._client_response(session, message)
+
+    async def _client_request(self, session: Session, message: JsonObject) -> None:
+        method, client_id = message["method"], message["id"]
+        session.last_request = time.monotonic()
+        self.metrics.requests_received += 1
+        if client_id in session.pending:
+            await self._answer(session, jsonrpc.error(
+                client_id, jsonrpc.INVALID_REQUEST, f"Invalid Request: id {client_id!r} is already in use"))
+            return
+        if method in LIST_CHANGED_BY_LIST_METHOD:
+            session.list_changed_sent.discard(LIST_CHANGED_BY_LIST_METHOD[method])
+        local = self._LOCAL_METHODS.get(method)
+        if local is not None:
+            await local(self, session, message)
+            return
+        await self._admit(Pending(session, client_id, message))
+
+    async def _ping(self, session: Session, message: JsonObject) -> None:
+        await self._answer(session, jsonrpc.result(message["id"], {}))
+
+    async def _discover(self, session: Session, message: JsonObject) -> None:
+        # The 2026-07-28 era is not served yet; -32601 is what makes a client fall back to initialize.
+        await self._answer(session, jsonrpc.error(
+            message["id"], jsonrpc.METHOD_NOT_FOUND, "Method not found: server/discover (use initialize)"))
+
+    async def _initialize(self, session: Session, message: JsonObject) -> None:
+        params = message.get("params")
+        if not isinstance(params, dict):
+            await self._answer(session, jsonrpc.error(
+                message["id"], jsonrpc.INVALID_PARAMS, "Invalid params: initialize needs params"))
+            return
+        session.initialize_params = params
+        if self.profile is None:
+            self.profile = params
+            if self.on_profile is not None:
+                await self.on_profile(params)
+        pending = Pending(session, message["id"], message)
+        result = self.pool.any_initialize_result()
+        if result is not None:
+            await self._finish(pending, jsonrpc.result(message["id"], result))
+            return
+        session.pending[pending.client_id] = pending
+        self._init_waiters.append(pending)
+        self._arm_timer(pending, self._startup_timeout)
+
+    async def _set_level(self, session: Session, message: JsonObject) -> None:
+        level = (message.get("params") or {}).get("level")
+        if not self._backends_offer("logging"):
+            await self._admit(Pending(session, message["id"], message))
+            return
+        if level not in LOG_LEVELS:
+            await self._answer(session, jsonrpc.error(
+                message["id"], jsonrpc.INVALID_PARAMS, f"Invalid params: unknown logging level {level!r}"))
+            return
+        session.log_level = level
+        await self._update_log_level()
+        await self._answer(session, jsonrpc.result(message["id"], {}))
+
+    async def _subscribe(self, session: Session, message: JsonObject) -> None:
+        uri = (message.get("params") or {}).get("uri")
+        subscription = self._subscriptions.get(uri) if isinstance(uri, str) else None
+        if subscription is None or subscription.slot is None:
+            await self._admit(Pending(session, message["id"], message))
+            return
+        subscription.sessions.add(session.identity)
+        await self._answer(session, jsonrpc.result(message["id"], {}))
+
+    async def _unsubscribe(self, session: Session, message: JsonObject) -> None:
+        uri = (message.get("params") or {}).get("uri")
+        subscription = self._subscriptions.get(uri) if isinstance(uri, str) else None
+        if subscription is None or session.identity not in subscription.sessions:
+            await self._admit(Pending(session, message["id"], message))
+            return
+        subscription.sessions.discard(session.identity)
+        if subscription.sessions or subscription.slot is None:
+            await self._answer(session, jsonrpc.result(message["id"], {}))
+            return
+        del self._subscriptions[uri]
+        await self._admit(Pending(session, message["id"], message, pinned_slot=subscription.slot))
+
+    _LOCAL_METHODS: dict[str, Callable[[Switchboard, Session, JsonObject], Awaitable[None]]] = {
+        "ping": _ping,
+        "server/discover": _discover,
+        "initialize": _initialize,
+        "logging/setLevel": _set_level,
+        "resources/subscribe": _subscribe,
+        "resources/unsubscribe": _unsubscribe,
+    }
+
+    async def _client_notification(self, session: Session, message: JsonObject) -> None:
+        method = message["method"]
+        if method == "notifications/cancelled":
+            request_id = (message.get("params") or {}).get("requestId")
+            pending = session.pending.get(request_id)
+            if pending is not None:
+                await self._abandon(pending, (message.get("params") or {}).get("reason") or "cancelled by client")
+        elif method == "notifications/initialized":
+            pass  # every backend had its own handshake when it started
+        else:
+            # roots/list_changed and the like concern every instance serving this client.
+            for instance in self.pool.ready():
+                await self._to_instance(instance, message)
+
+    async def _client_response(self, session: Session, message: JsonObject) -> None:
+        request = session.server_requests.pop(message["id"], None)
+        instance = self.pool.get(request.slot) if request else None
+        if request is None or instance is None:
+            log.info("dropped a client response to %r: no instance waits for it", message.get("id"))
+            return
+        await self._to_instance(instance, {**message, "id": request.backend_id})
+
+    # --- the life of a request -----------------------------------------------------------------------
+
+    async def _admit(self, pending: Pending) -> None:
+        params = pending.message.get("params")
+        cursor = params.get("cursor") if isinstance(params, dict) else None
+        if isinstance(cursor, str):
+            unwrapped = cursors.unwrap(cursor)
+            if unwrapped is None:
+                await self._answer(pending.session, jsonrpc.error(
+                    pending.client_id, jsonrpc.INVALID_PARAMS, "Invalid params: unknown pagination cursor"))
+                return
+            pending.pinned_slot, inner = unwrapped
+            pending.message = {**pending.message, "params": {**params, "cursor": inner}}
+        pending.session.pending[pending.client_id] = pending
+        self._arm_timer(pending, self._request_timeout)
+        if await self._dispatch(pending):
+            return
+        try:
+            self.queue.push(pending.key, pending)
+        except QueueFull as full:
+            await self._fail(pending, jsonrpc.OVERLOADED, f"mcpmux is overloaded: {full}; retry later")
+
+    async def _dispatch(self, pending: Pending) -> bool:
+        """Send the request to an instance now if one can take it; False if it must wait."""
+        if pending.pinned_slot is not None:
+            instance = self.pool.get(pending.pinned_slot)
+            if instance is None or not instance.ready:
+                await self._fail(pending, jsonrpc.INVALID_PARAMS,
+                                 f"Invalid params: the instance that made this cursor ({pending.pinned_slot}) is gone")
+                return True
+        else:
+            instance = self.balancer.pick(self.pool.ready())
+            if instance is None:
+                return False
+        backend_id = next(self._ids)
+        pending.backend_id, pending.slot = backend_id, instance.slot
+        pending.attempts += 1
+        instance.in_flight += 1
+        self._running[backend_id] = pending
+        await self._to_instance(instance, _with_backend_ids(pending.message, backend_id))
+        return True
+
+    async def drain(self) -> None:
+        """Hand queued requests, oldest first, to instances that have room."""
+        while (pending := self.queue.peek()) is not None:
+            if not await self._dispatch(pending):
+                return
+            self.queue.pop()
+
+    async def _finish(self, pending: Pending, response: JsonObject) -> None:
+        """Send a request's one response, under the client's own id."""
+        if pending.timer is not None:
+            pending.timer.cancel()
+        pending.session.pending.pop(pending.client_id, None)
+        if "error" in response:
+            self.metrics.requests_failed += 1
+        else:
+            self.metrics.requests_succeeded += 1
+        self.metrics.observe_latency(time.monotonic() - pending.received)
+        await self._answer(pending.session, {**response, "id": pending.client_id})
+
+    async def _fail(self, pending: Pending, code: int, text: str) -> None:
+        self.queue.remove(pending.key)
+        await self._finish(pending, jsonrpc.error(pending.client_id, code, text))
+
+    def _arm_timer(self, pending: Pending, seconds: float) -> None:
+        loop = asyncio.get_running_loop()
+        pending.timer = loop.call_at(
+            loop.time() - (time.monotonic() - pending.received) + seconds,
+            lambda: asyncio.ensure_future(self._expire(pending, seconds)),
+        )
+
+    async def _expire(self, pending: Pending, seconds: float) -> None:
+        if pending.session.pending.get(pending.client_id) is not pending:
+            return
+        where = f"running on {pending.slot}" if pending.slot else "waiting for an instance"
+        if pending in self._init_waiters:
+            self._init_waiters.remove(pending)
+            where = "waiting for a backend to start"
+        await self._release(pending, "request timed out")
+        self.metrics.requests_timed_out += 1
+        await self._fail(pending, jsonrpc.REQUEST_TIMEOUT,
+                         f"Request timed out after {seconds * 1000:.0f} ms ({where}); mcpmux cancelled it")
+        await self.drain()
+
+    async def _abandon(self, pending: Pending, reason: str) -> None:
+        """Forget a request that will get no response (cancelled by the client or its session closed)."""
+        if pending.timer is not None:
+            pending.timer.cancel()
+        pending.session.pending.pop(pending.client_id, None)
+        self.queue.remove(pending.key)
+        if pending in self._init_waiters:
+            self._init_waiters.remove(pending)
+        await self._release(pending, reason)
+        await self.drain()
+
+    async def _release(self, pending: Pending, reason: str) -> None:
+        """Take a request off its instance, telling the instance to stop working on it."""
+        if pending.backend_id is None or self._running.pop(pending.backend_id, None) is None:
+            return
+        instance = self.pool.get(pending.slot or "")
+        if instance is None:
+            return
+        instance.in_flight -= 1
+        await self._to_instance(instance, jsonrpc.notification(
+            "notifications/cancelled", {"requestId": pending.backend_id, "reason": reason}))
+
+    # --- from an instance ----------------------------------------------------------------------------
+
+    async def from_instance(self, instance: Instance, message: JsonObject) -> None:
+        if "method" not in message:
+            await self._instance_response(instance, message)
+        elif "id" in message:
+            await self._instance_request(instance, message)
+        else:
+            await self._instance_notification(instance, message)
+
+    async def _instance_response(self, instance: Instance, message: JsonObject) -> None:
+        backend_id = message.get("id")
+        if backend_id in self._internal:
+            self._internal.discard(backend_id)
+            if "error" in message:
+                log.warning("%s refused an mcpmux request: %s", instance.slot, message["error"])
+            return
+        pending = self._running.pop(backend_id, None)  # type: ignore[arg-type]
+        if pending is None:
+            return  # the answer to a request that timed out or was cancelled
+        instance.in_flight -= 1
+        instance.served += 1
+        await self._finish(pending, self._adapt_result(instance, pending, message))
+        await self.drain()
+
+    def _adapt_result(self, instance: Instance, pending: Pending, message: JsonObject) -> JsonObject:
+        result = message.get("result")
+        if not isinstance(result, dict):
+            return message
+        if isinstance(result.get("nextCursor"), str):
+            message = {**message, "result": {**result, "nextCursor": cursors.wrap(instance.slot, result["nextCursor"])}}
+        if pending.method == "tools/list":
+            self._retry.observe_tools(result)
+        elif pending.method == "resources/subscribe":
+            uri = (pending.message.get("params") or {}).get("uri")
+            if isinstance(uri, str):
+                subscription = self._subscriptions.setdefault(uri, Subscription(instance.slot))
+                subscription.slot = subscription.slot or instance.slot
+                subscription.sessions.add(pending.session.identity)
+        return message
+
+    async def _instance_request(self, instance: Instance, message: JsonObject) -> None:
+        method = message["method"]
+        if method == "ping":
+            await self._to_instance(instance, jsonrpc.result(message["id"], {}))
+            return
+        session = self._session_for(instance)
+        capability = CLIENT_CAPABILITY_OF.get(method)
+        refusal = None
+        if session is None:
+            refusal = (jsonrpc.UNATTRIBUTABLE,
+                       f"mcpmux cannot tell which client session {method} is for: several share this instance")
+        elif capability is not None and not session.supports(capability):
+            refusal = (jsonrpc.METHOD_NOT_FOUND, f"the client does not support {capability}")
+        if refusal is not None or session is None:
+            code, text = refusal or (jsonrpc.INTERNAL_ERROR, "no session")
+            await self._to_instance(instance, jsonrpc.error(message["id"], code, text))
+            return
+        client_id = next(self._ids)
+        session.server_requests[client_id] = ServerRequest(instance.slot, message["id"])
+        await self._answer(session, {**message, "id": client_id})
+
+    async def _instance_notification(self, instance: Instance, message: JsonObject) -> None:
+        method = message["method"]
+        params = message.get("params") or {}
+        if method == "notifications/progress":
+            await self._progress(params, message)
+        elif method.endswith("/list_changed"):
+            await self._list_changed(method, message)
+        elif method == "notifications/resources/updated":
+            await self._resource_updated(instance, params, message)
+        elif method == "notifications/cancelled":
+            await self._server_cancelled(instance, params)
+        elif method == "notifications/message":
+            await self._log_message(instance, params, message)
+        else:
+            session = self._session_for(instance)
+            for target in [session] if session else list(self.sessions.values()):
+                await self._answer(target, message)
+
+    async def _progress(self, params: JsonObject, message: JsonObject) -> None:
+        pending = self._running.get(params.get("progressToken"))  # type: ignore[arg-type]
+        if pending is None:
+            return
+        token = pending.message["params"]["_meta"]["progressToken"]
+        await self._answer(pending.session, {**message, "params": {**params, "progressToken": token}})
+
+    async def _list_changed(self, method: str, message: JsonObject) -> None:
+        # Every instance announces the same change: a session hears it once until it lists again.
+        for session in list(self.sessions.values()):
+            if method not in session.list_changed_sent:
+                session.list_changed_sent.add(method)
+                await self._answer(session, message)
+
+    async def _resource_updated(self, instance: Instance, params: JsonObject, message: JsonObject) -> None:
+        subscription = self._subscriptions.get(params.get("uri"))  # type: ignore[arg-type]
+        if subscription is None or subscription.slot != instance.slot:
+            return
+        for identity in list(subscription.sessions):
+            session = self.sessions.get(identity)
+            if session is not None:
+                await self._answer(session, message)
+
+    async def _server_cancelled(self, instance: Instance, params: JsonObject) -> None:
+        for session in self.sessions.values():
+            for client_id, request in list(session.server_requests.items()):
+                if request.slot == instance.slot and request.backend_id == params.get("requestId"):
+                    del session.server_requests[client_id]
+                    await self._answer(session, jsonrpc.notification(
+                        "notifications/cancelled", {**params, "requestId": client_id}))
+                    return
+
+    async def _log_message(self, instance: Instance, params: JsonObject, message: JsonObject) -> None:
+        owner = self._session_for(instance, guess_when_idle=False)
+        targets = [owner] if owner else list(self.sessions.values())
+        for session in targets:
+            if session.wants_log(str(params.get("level"))):
+                await self._answer(session, message)
+
+    def _session_for(self, instance: Instance, *, guess_when_idle: bool = True) -> Session | None:
+        """The session an instance's own request or log belongs to.
+
+        stdio carries no link from a server's message to the request that caused it, so: the one session
+        with requests on that instance; if none, the session that was active last; if several, nobody.
+        """
+        owners = {p.session.identity for p in self._running.values() if p.slot == instance.slot}
+        if len(owners) == 1:
+            return self.sessions.get(owners.pop())
+        if owners or not guess_when_idle:
+            return None
+        candidates = [s for s in self.sessions.values() if s.initialize_params is not None]
+        return max(candidates, key=lambda s: s.last_request, default=None)
+
+    # --- instances coming and going ------------------------------------------------------------------
+
+    async def instance_ready(self, instance: Instance, result: JsonObject) -> None:
+        instance.state = InstanceState.READY
+        instance.initialize_result = result
+        if self._log_level is not None:
+            await self._internal_request(instance.slot, "logging/setLevel", {"level": self._log_level})
+        for uri, subscription in self._subscriptions.items():
+            if subscription.slot is None:
+                subscription.slot = instance.slot
+                await self._internal_request(instance.slot, "resources/subscribe", {"uri": uri})
+        waiters, self._init_waiters = self._init_waiters, []
+        for pending in waiters:
+            await self._finish(pending, jsonrpc.result(pending.client_id, result))
+        await self.drain()
+
+    async def instance_lost(self, instance: Instance, reason: str) -> None:
+        """Fail over the requests an instance was running: retry the safe ones, answer the others."""
+        instance.state = InstanceState.FAILED
+        self.pool.remove(instance.slot)
+        for backend_id, pending in list(self._running.items()):
+            if pending.slot != instance.slot:
+                continue
+            del self._running[backend_id]
+            pending.backend_id = pending.slot = None
+            if pending.pinned_slot is None and self._retry.may_retry(pending.message, pending.attempts):
+                self.metrics.requests_retried += 1
+                self.queue.push_front(pending.key, pending)
+            else:
+                instance.failed += 1
+                await self._fail(pending, jsonrpc.INSTANCE_FAILED,
+                                 f"The instance running this request failed ({reason}); it was not retried "
+                                 "because it may have had effects")
+        for uri, subscription in self._subscriptions.items():
+            if subscription.slot == instance.slot:
+                target = self.balancer.pick(self.pool.ready())
+                subscription.slot = target.slot if target else None
+                if target is not None:
+                    await self._internal_request(target.slot, "resources/subscribe", {"uri": uri})
+        await self.drain()
+
+    # --- helpers -------------------------------------------------------------------------------------
+
+    async def _answer(self, session: Session, message: JsonObject) -> None:
+        await self._to_client(session, message)
+
+    async def _internal_request(self, slot: str | None, method: str, params: JsonObject) -> None:
+        instance = self.pool.get(slot or "")
+        if instance is None or not instance.ready:
+            return
+        backend_id = next(self._ids)
+        self._internal.add(backend_id)
+        await self._to_instance(instance, {"jsonrpc": "2.0", "id": backend_id, "method": method, "params": params})
+
+    async def _update_log_level(self) -> None:
+        level = most_verbose([s.log_level for s in self.sessions.values() if s.log_level])
+        if level is None or level == self._log_level:
+            return
+        self._log_level = level
+        for instance in self.pool.ready():
+            await self._internal_request(instance.slot, "logging/setLevel", {"level": level})
+
+    def _backends_offer(self, capability: str) -> bool:
+        result = self.pool.any_initialize_result()
+        return bool(result and capability in (result.get("capabilities") or {}))
+
+    def snapshot(self) -> JsonObject:
+        return {
+            "sessions": len(self.sessions),
+            "queued": len(self.queue),
+            "running": len(self._running),
+            "subscriptions": len(self._subscriptions),
+            "logLevel": self._log_level,
+        }
+
+
+def _with_backend_ids(message: JsonObject, backend_id: int) -> JsonObject:
+    """The request as the instance sees it: our id, and our id as its progress token if it has one."""
+    out = {**message, "id": backend_id}
+    params = message.get("params")
+    if isinstance(params, dict):
+        meta = params.get("_meta")
+        if isinstance(meta, dict) and "progressToken" in meta:
+            out["params"] = {**params, "_meta": {**meta, "progressToken": backend_id}}
+    return out
