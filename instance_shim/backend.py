@@ -41,6 +41,8 @@ class Backend:
 
     async def start(self) -> None:
         env = {**os.environ, **self._spec.get("env", {})}
+        # Servers installed beside mcpmux (mcp-server-time, say) are found by name.
+        env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", os.defpath)])
         self._process = await asyncio.create_subprocess_exec(
             self._spec["command"], *self._spec.get("args", []),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,

@@ -14,7 +14,7 @@ class StackNotRunning(RuntimeError):
     pass
 
 
-def query(paths: StackPaths, name: str, timeout: float = 5.0, **args: Any) -> dict[str, Any]:
+def query(paths: StackPaths, name: str, args: dict[str, Any] | None = None, timeout: float = 5.0) -> dict[str, Any]:
     if not (paths.root / "control.sock").exists():
         raise StackNotRunning(f"stack {paths.root.name} is not running (no control socket in {paths.root})")
     context = zmq.Context.instance()
@@ -22,7 +22,7 @@ def query(paths: StackPaths, name: str, timeout: float = 5.0, **args: Any) -> di
     socket.setsockopt(zmq.LINGER, 0)
     socket.connect(paths.control_endpoint)
     try:
-        socket.send(wire.encode(wire.ControlRequest(name, args)))
+        socket.send(wire.encode(wire.ControlRequest(name, args or {})))
         if not socket.poll(int(timeout * 1000)):
             raise StackNotRunning(f"stack {paths.root.name} did not answer within {timeout:.0f} s")
         reply = wire.decode(socket.recv())

@@ -19,6 +19,9 @@ class ControlHandler:
     async def handle(self, request: wire.ControlRequest) -> wire.ControlReply:
         if request.query == "status":
             return wire.ControlReply(self.status())
+        if request.query == "wait_ready":
+            count, timeout = int(request.args.get("count", 1)), float(request.args.get("timeout", 30))
+            return wire.ControlReply({"ready": await self._core.board.wait_ready(count, timeout)})
         if request.query == "processes":
             return wire.ControlReply({"processes": await self._core.supervisor.processes()})
         return wire.ControlReply({}, f"unknown query {request.query!r}")

@@ -58,6 +58,7 @@ class Core:
         self._control = self._router_socket(paths.control_endpoint)
         self._idle_since: float | None = time.monotonic()
         self._stopping = asyncio.Event()
+        self._control_tasks: set[asyncio.Task[None]] = set()
 
     def _router_socket(self, endpoint: str) -> zmq.asyncio.Socket:
         socket = self._context.socket(zmq.ROUTER)
@@ -223,18 +224,24 @@ class Core:
     async def _serve_control(self) -> None:
         while True:
             identity, frame = await self._control.recv_multipart()
-            try:
-                request = wire.decode(frame)
-                if not isinstance(request, wire.ControlRequest):
-                    raise wire.WireError("expected a control request")
-                reply = await self.control.handle(request)
-            except Exception as exc:
-                log.exception("control request failed")
-                reply = wire.ControlReply({}, f"{type(exc).__name__}: {exc}")
-            try:
-                await self._control.send_multipart([identity, wire.encode(reply)])
-            except zmq.ZMQError:
-                pass  # the monitor went away before its answer
+            # Some queries wait for the pool (wait_ready): answer each in its own task.
+            task = asyncio.create_task(self._answer_control(identity, frame))
+            self._control_tasks.add(task)
+            task.add_done_callback(self._control_tasks.discard)
+
+    async def _answer_control(self, identity: bytes, frame: bytes) -> None:
+        try:
+            request = wire.decode(frame)
+            if not isinstance(request, wire.ControlRequest):
+                raise wire.WireError("expected a control request")
+            reply = await self.control.handle(request)
+        except Exception as exc:
+            log.exception("control request failed")
+            reply = wire.ControlReply({}, f"{type(exc).__name__}: {exc}")
+        try:
+            await self._control.send_multipart([identity, wire.encode(reply)])
+        except zmq.ZMQError:
+            pass  # the monitor went away before its answer
 
     # --- time ----------------------------------------------------------------------------------------
 

@@ -11,18 +11,21 @@ from router.instances import Instance
 class LeastConnections:
     """Pick the ready instance with the fewest requests in flight, below its cap.
 
-    Among equally loaded instances the choice rotates, so a quiet pool spreads calls evenly instead of
-    sending every one to the first instance (the tie bias measured in other MCP gateways).
+    Among equally loaded instances the one picked longest ago wins, so a quiet pool spreads calls evenly
+    instead of sending every one to the first instance (the tie bias measured in other MCP gateways).
     """
 
     def __init__(self, cap: int) -> None:
         self.cap = cap
-        self._turn = itertools.count()
+        self._turn = itertools.count(1)
 
     def pick(self, instances: Sequence[Instance]) -> Instance | None:
-        candidates = [instance for instance in instances if instance.ready and instance.in_flight < self.cap]
-        if not candidates:
-            return None
-        fewest = min(instance.in_flight for instance in candidates)
-        tied = [instance for instance in candidates if instance.in_flight == fewest]
-        return tied[next(self._turn) % len(tied)]
+        best: Instance | None = None
+        for instance in instances:
+            if not instance.ready or instance.in_flight >= self.cap:
+                continue
+            if best is None or (instance.in_flight, instance.last_pick) < (best.in_flight, best.last_pick):
+                best = instance
+        if best is not None:
+            best.last_pick = next(self._turn)
+        return best

@@ -24,6 +24,7 @@ class Instance:
     in_flight: int = 0
     served: int = 0
     failed: int = 0
+    last_pick: int = 0  # when the balancer last chose it, to break ties fairly
     last_seen: float = field(default_factory=time.monotonic)
     started: float = field(default_factory=time.monotonic)
 

@@ -68,6 +68,7 @@ class Switchboard:
         self._subscriptions: dict[str, Subscription] = {}
         self._log_level: str | None = None
         self._retry = RetryPolicy()
+        self.pool_changed = asyncio.Condition()  # for whoever waits for a number of ready instances
         # Unique across instances and across core restarts, so a late answer never matches a new request.
         self._ids = itertools.count(time.time_ns() // 1000)
 
@@ -461,6 +462,7 @@ class Switchboard:
             if subscription.slot is None:
                 subscription.slot = instance.slot
                 await self._internal_request(instance.slot, "resources/subscribe", {"uri": uri})
+        await self._announce_pool_change()
         waiters, self._init_waiters = self._init_waiters, []
         for pending in waiters:
             await self._finish(pending, jsonrpc.result(pending.client_id, result))
@@ -470,6 +472,7 @@ class Switchboard:
         """Fail over the requests an instance was running: retry the safe ones, answer the others."""
         instance.state = InstanceState.FAILED
         self.pool.remove(instance.slot)
+        await self._announce_pool_change()
         for backend_id, pending in list(self._running.items()):
             if pending.slot != instance.slot:
                 continue
@@ -492,6 +495,18 @@ class Switchboard:
         await self.drain()
 
     # --- helpers -------------------------------------------------------------------------------------
+
+    async def _announce_pool_change(self) -> None:
+        async with self.pool_changed:
+            self.pool_changed.notify_all()
+
+    async def wait_ready(self, count: int, timeout: float) -> bool:
+        async with self.pool_changed:
+            try:
+                await asyncio.wait_for(self.pool_changed.wait_for(lambda: len(self.pool.ready()) >= count), timeout)
+            except TimeoutError:
+                return False
+        return True
 
     async def _answer(self, session: Session, message: JsonObject) -> None:
         await self._to_client(session, message)

@@ -1,0 +1,44 @@
+# mcpmux: `make up` launches the stack on the default configuration, `make test` runs the tests.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CONFIG ?= mcpmux.json
+NODE_PREFIX := tests/node
+
+.PHONY: setup up down status test lint typecheck bench node clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	touch $@
+
+up: setup
+	$(BIN)/mcpmux-router --config $(CONFIG) --up
+
+down: setup
+	$(BIN)/mcpmux-router --config $(CONFIG) --down
+
+status: setup
+	$(BIN)/mcpmux-monitor status --config $(CONFIG)
+
+# server-everything (npm) joins the tests when Node.js is present; they skip it otherwise.
+node:
+	@if command -v npm >/dev/null 2>&1; then \
+		npm install --silent --no-audit --no-fund --prefix $(NODE_PREFIX) @modelcontextprotocol/server-everything; \
+	else echo "npm not found: tests against server-everything will be skipped"; fi
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: setup node lint
+	$(BIN)/pytest
+
+bench: setup
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) $(NODE_PREFIX) .pytest_cache .mypy_cache .ruff_cache

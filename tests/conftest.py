@@ -1,0 +1,129 @@
+"""Fixtures that start real stacks (supervisord, core, shims, backends) and make sure each one is gone after.
+
+Each test gets its own short runtime directory (ipc socket paths are limited to 107 bytes), so stacks of
+different tests never meet, and each stack is stopped and its processes checked gone at teardown.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from mcp import ClientSession, StdioServerParameters, stdio_client
+
+from mcpmux.stack import StackPaths
+from monitor.control import query
+
+ROOT = Path(__file__).resolve().parent.parent
+ROUTER = [str(Path(sys.executable).parent / "mcpmux-router")]
+LAB_SERVER = [sys.executable, str(ROOT / "tests" / "servers" / "lab_server.py")]
+TIME_SERVER = [str(Path(sys.executable).parent / "mcp-server-time")]
+
+pytestmark = pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")
+
+
+@dataclass
+class Stack:
+    """One stack as its users see it: the router command line and the processes behind it."""
+
+    runtime_dir: Path
+    options: list[str]
+    server: list[str]
+    server_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def router_args(self) -> list[str]:
+        env = [f"--env={key}={value}" for key, value in self.server_env.items()]
+        return [*self.options, *env, "--", *self.server]
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "XDG_RUNTIME_DIR": str(self.runtime_dir)}
+
+    def params(self) -> StdioServerParameters:
+        return StdioServerParameters(command=ROUTER[0], args=[*ROUTER[1:], *self.router_args], env=self.env)
+
+    def router(self, *extra: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*ROUTER, *extra, *self.router_args], env=self.env, capture_output=True,
+                              text=True, check=check, timeout=60)
+
+    @property
+    def paths(self) -> StackPaths:
+        return StackPaths(Path(self.router("--where").stdout.strip()))
+
+    def status(self) -> dict[str, Any]:
+        return query(self.paths, "status")
+
+    def wait_ready(self, count: int, timeout: float = 30) -> None:
+        """Block until the pool has `count` ready instances (the core answers when it does)."""
+        assert query(self.paths, "wait_ready", {"count": count, "timeout": timeout}, timeout=timeout + 5)["ready"]
+
+    def supervisorctl(self, *command: str) -> str:
+        completed = subprocess.run(
+            [sys.executable, "-m", "supervisor.supervisorctl", "-c", str(self.paths.supervisord_conf), *command],
+            capture_output=True, text=True, timeout=30,
+        )
+        return completed.stdout
+
+    def processes(self) -> list[psutil.Process]:
+        """supervisord and everything under it: core, shims, backends."""
+        try:
+            pid = int(self.paths.supervisord_pid.read_text())
+            root = psutil.Process(pid)
+            return [root, *root.children(recursive=True)]
+        except (OSError, ValueError, psutil.NoSuchProcess):
+            return []
+
+    @asynccontextmanager
+    async def session(self, **callbacks: Any) -> AsyncIterator[ClientSession]:
+        """A client session through the router, exactly as Claude Code would open one."""
+        async with stdio_client(self.params()) as (read, write), ClientSession(read, write, **callbacks) as client:
+            await client.initialize()
+            yield client
+
+
+class StackFactory:
+    def __init__(self) -> None:
+        self.runtime_dir = Path(tempfile.mkdtemp(prefix="mx-", dir="/tmp"))
+        self.stacks: list[Stack] = []
+
+    def __call__(self, *options: str, server: list[str] | None = None, **server_env: str) -> Stack:
+        stack = Stack(self.runtime_dir, list(options), server or LAB_SERVER, dict(server_env))
+        self.stacks.append(stack)
+        return stack
+
+    def stop_all(self) -> None:
+        survivors: list[psutil.Process] = []
+        for stack in self.stacks:
+            processes = stack.processes()
+            stack.router("--down", check=False)
+            gone, alive = psutil.wait_procs(processes, timeout=15)
+            for process in alive:
+                process.kill()
+            survivors += alive
+        shutil.rmtree(self.runtime_dir, ignore_errors=True)
+        assert not survivors, f"processes outlived their stack: {survivors}"
+
+
+@pytest.fixture
+def make_stack() -> Iterator[StackFactory]:
+    factory = StackFactory()
+    yield factory
+    factory.stop_all()
+
+
+def result_json(result: Any) -> dict[str, Any]:
+    """The JSON a lab-server tool returns in its first text block."""
+    assert not result.is_error, result
+    return json.loads(result.content[0].text)  # type: ignore[no-any-return]
