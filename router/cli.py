@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     action.add_argument("--up", action="store_true", help="start the stack and exit (it stays up until --down)")
     action.add_argument("--down", action="store_true", help="stop the stack and exit")
     action.add_argument("--where", action="store_true", help="print the stack's runtime directory and exit")
+    parser.add_argument("--stack-dir", type=Path, help="serve a running stack by its runtime directory (monitor, tests)")
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="server environment")
     parser.add_argument("--cwd", help="server working directory")
     for section, model in SECTIONS.items():
@@ -97,11 +98,22 @@ def _env(pairs: list[str]) -> dict[str, str]:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
+        if args.stack_dir is not None:
+            sys.exit(_attach(StackPaths(args.stack_dir.resolve())))
         config, origin = resolve(args)
         paths = stack_paths(config, origin)
     except (ConfigError, ValueError) as exc:
         sys.exit(f"mcpmux-router: {exc}")
     sys.exit(_run(args, config, paths))
+
+
+def _attach(paths: StackPaths) -> int:
+    from router import launcher
+
+    if not launcher.is_running(paths):
+        print(f"mcpmux-router: no running stack in {paths.root}", file=sys.stderr)
+        return 1
+    return _serve(load_config(paths.config), paths)
 
 
 def _run(args: argparse.Namespace, config: Config, paths: StackPaths) -> int:

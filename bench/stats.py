@@ -1,0 +1,61 @@
+"""Small statistics: percentiles of one run, and median with spread over repeated runs."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+def percentile(samples: Sequence[float], q: float) -> float:
+    """The q-th percentile (0..100) by linear interpolation; NaN for no samples."""
+    if not samples:
+        return math.nan
+    ordered = sorted(samples)
+    rank = (len(ordered) - 1) * q / 100
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+@dataclass(frozen=True)
+class Stat:
+    """One figure over repeated runs: the median, and the lowest and highest run."""
+
+    median: float
+    low: float
+    high: float
+    n: int
+
+    @classmethod
+    def of(cls, samples: Sequence[float]) -> Stat:
+        values = [value for value in samples if not math.isnan(value)]
+        if not values:
+            return cls(math.nan, math.nan, math.nan, 0)
+        return cls(statistics.median(values), min(values), max(values), len(values))
+
+    @property
+    def spread_pct(self) -> float:
+        """(high - low) / median, in percent: how much the runs disagree."""
+        if self.n < 2 or not self.median:
+            return 0.0
+        return 100 * (self.high - self.low) / abs(self.median)
+
+    def format(self, digits: int = 1) -> str:
+        if self.n == 0:
+            return "n/a"
+        text = f"{self.median:,.{digits}f}"
+        if self.n > 1:
+            text += f" [{self.low:,.{digits}f}–{self.high:,.{digits}f}]"
+        return text
+
+    def to_json(self) -> dict[str, Any]:
+        return {key: (None if isinstance(value, float) and math.isnan(value) else value)
+                for key, value in asdict(self).items()}
+
+
+def ratios(values: Sequence[float], baselines: Sequence[float]) -> list[float]:
+    """Run-by-run ratios: each run against the baseline measured in the same run."""
+    return [value / base if base else math.nan for value, base in zip(values, baselines, strict=True)]

@@ -1,0 +1,104 @@
+"""A bare JSON-RPC client over the router's stdio, for what the SDK client will not send or hides.
+
+It writes whatever bytes a test gives it and collects every line the router prints, so tests can assert
+exactly which messages arrived (ids and their types, duplicate or missing responses, notifications).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from tests.conftest import ROUTER, Stack
+
+INITIALIZE = {
+    "protocolVersion": "2025-11-25",
+    "capabilities": {"roots": {"listChanged": True}, "sampling": {}, "elicitation": {}},
+    "clientInfo": {"name": "raw-test-client", "version": "1"},
+}
+
+
+class RawClient:
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.received: list[dict[str, Any]] = []
+        self._arrived = asyncio.Condition()
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.process.stdout
+        async for line in self.process.stdout:
+            message = json.loads(line)  # the router must only ever print JSON-RPC
+            async with self._arrived:
+                self.received.append(message)
+                self._arrived.notify_all()
+
+    async def send_raw(self, data: bytes) -> None:
+        assert self.process.stdin
+        self.process.stdin.write(data)
+        await self.process.stdin.drain()
+
+    async def send(self, message: dict[str, Any]) -> None:
+        await self.send_raw(json.dumps(message).encode() + b"\n")
+
+    async def request(self, request_id: Any, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        message: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
+        if params is not None:
+            message["params"] = params
+        await self.send(message)
+        return await self.response(request_id)
+
+    async def response(self, request_id: Any, timeout: float = 30) -> dict[str, Any]:
+        """The response with this id, matched by value and type (1 and "1" are different ids)."""
+        def found() -> dict[str, Any] | None:
+            for message in self.received:
+                if "method" not in message and _same_id(message.get("id"), request_id):
+                    return message
+            return None
+        async with self._arrived:
+            await asyncio.wait_for(self._arrived.wait_for(lambda: found() is not None), timeout)
+        answer = found()
+        assert answer is not None
+        return answer
+
+    async def wait_for(self, predicate: Any, timeout: float = 30) -> None:
+        async with self._arrived:
+            await asyncio.wait_for(self._arrived.wait_for(lambda: predicate(self.received)), timeout)
+
+    def responses_to(self, request_id: Any) -> list[dict[str, Any]]:
+        return [m for m in self.received if "method" not in m and _same_id(m.get("id"), request_id)]
+
+    def notifications(self, method: str) -> list[dict[str, Any]]:
+        return [m for m in self.received if m.get("method") == method and "id" not in m]
+
+    async def initialize(self) -> dict[str, Any]:
+        response = await self.request("init", "initialize", INITIALIZE)
+        await self.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        return response
+
+
+def _same_id(a: Any, b: Any) -> bool:
+    return type(a) is type(b) and a == b
+
+
+@asynccontextmanager
+async def raw_session(stack: Stack) -> AsyncIterator[RawClient]:
+    process = await asyncio.create_subprocess_exec(
+        *ROUTER, *stack.router_args, env=stack.env,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=64 * 1024 * 1024,
+    )
+    client = RawClient(process)
+    try:
+        yield client
+    finally:
+        assert process.stdin
+        process.stdin.close()
+        try:
+            await asyncio.wait_for(process.wait(), 10)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+        client._reader.cancel()
