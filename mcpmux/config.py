@@ -43,6 +43,7 @@ class MultiplexerConfig(_Section):
     queue_size: int = Field(256, ge=0, description="requests waiting when every instance is at its cap")
     idle_timeout: int = Field(600_000, ge=0, description="ms without a session before a router-started stack stops")
     max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="longest JSON-RPC line accepted")
+    prometheus_port: int = Field(0, ge=0, le=65535, description="serve Prometheus metrics on 127.0.0.1:PORT (0: off)")
 
     @model_validator(mode="after")
     def _check_bounds(self) -> MultiplexerConfig:

@@ -1,66 +1,378 @@
-"""`mcpmux-monitor`: the operator's view of a stack."""
+"""`mcpmux-monitor`: the operator's view of a stack.
+
+    mcpmux-monitor status --config mcpmux.json      # the stack a router given this configuration uses
+    mcpmux-monitor health --stack-dir DIR           # the stack in a runtime directory (mcpmux-router --where)
+    mcpmux-monitor watch                            # the only running stack, when there is one
+
+Every command takes --json for scripts. A stack that is not running is a message and exit code 2.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.json import JSON
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from mcpmux.config import ConfigError
-from mcpmux.stack import StackPaths
-from monitor.control import StackNotRunning, query
+from mcpmux.stack import StackPaths, runtime_root
+from monitor import health as health_mod
+from monitor import logs as logs_mod
+from monitor import render
+from monitor.control import ControlError, StackNotRunning, core_listening, query
 
-app = typer.Typer(help="Watch and test a running mcpmux stack.", no_args_is_help=True)
-console = Console()
+app = typer.Typer(help="Watch and test a running mcpmux stack.", no_args_is_help=True, add_completion=False)
 
-ConfigOption = Annotated[Path | None, typer.Option("--config", help="the stack's configuration (or MCP_CONFIG_PATH)")]
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", help="the stack's configuration file (default: $MCP_CONFIG_PATH)")]
+StackDirOption = Annotated[
+    Path | None, typer.Option("--stack-dir", help="the stack's runtime directory (what mcpmux-router --where prints)")]
 JsonOption = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 
+EXIT_FAILED = 1
+EXIT_NOT_RUNNING = 2
 
-def find_stack(config: Path | None) -> StackPaths:
-    from router.cli import build_parser, resolve
+
+def out() -> Console:
+    return Console()
+
+
+def err() -> Console:
+    return Console(stderr=True)
+
+
+def fail(message: str, code: int = EXIT_NOT_RUNNING) -> NoReturn:
+    err().print(Text(f"mcpmux-monitor: {message}", style="red"))
+    raise typer.Exit(code)
+
+
+def emit_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+# --- which stack ---------------------------------------------------------------------------------------
+
+
+def find_stack(config: Path | None, stack_dir: Path | None = None, *, running: bool = True) -> StackPaths:
+    """The stack named like the router names it: --stack-dir, --config or $MCP_CONFIG_PATH, else the only one."""
+    if stack_dir is not None:
+        return StackPaths(stack_dir.resolve())
+    if config is None and not os.environ.get("MCP_CONFIG_PATH"):
+        return _only_stack(running)
     from mcpmux.stack import stack_paths
+    from router.cli import build_parser, resolve
 
     argv = ["--config", str(config)] if config else []
     try:
         resolved, origin = resolve(build_parser().parse_args(argv))
-    except ConfigError as exc:
-        raise typer.BadParameter(str(exc)) from None
-    return stack_paths(resolved, origin)
+        return stack_paths(resolved, origin)
+    except (ConfigError, ValueError) as exc:
+        fail(str(exc))
 
 
-def _ask(config: Path | None, name: str) -> dict[str, Any]:
+def _only_stack(running: bool) -> StackPaths:
+    root = runtime_root()
+    candidates = sorted(StackPaths(d) for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
+    if running:
+        candidates = [paths for paths in candidates if core_listening(paths)]
+    if len(candidates) == 1:
+        return candidates[0]
+    what = "running stack" if running else "stack"
+    if not candidates:
+        fail(f"no {what} in {root}; name one with --config PATH, $MCP_CONFIG_PATH or --stack-dir DIR")
+    names = ", ".join(str(paths.root) for paths in candidates)
+    fail(f"{len(candidates)} {what}s ({names}): name one with --config PATH or --stack-dir DIR")
+
+
+def ask(paths: StackPaths, name: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
     try:
-        return query(find_stack(config), name)
+        return query(paths, name, args)
     except StackNotRunning as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
+        fail(str(exc))
+    except ControlError as exc:
+        fail(f"the core could not answer {name!r}: {exc}", EXIT_FAILED)
+
+
+# --- status and health ---------------------------------------------------------------------------------
 
 
 @app.command()
-def status(config: ConfigOption = None, as_json: JsonOption = False) -> None:
-    """The pool at a glance."""
-    data = _ask(config, "status")
+def status(config: ConfigOption = None, stack_dir: StackDirOption = None, as_json: JsonOption = False) -> None:
+    """The pool at a glance: every instance, the load, the queue, requests and latency."""
+    data = ask(find_stack(config, stack_dir), "status")
     if as_json:
-        print(json.dumps(data, indent=2))
+        emit_json(data)
         return
-    table = Table(title=f"mcpmux stack {data['stack']}")
-    for column in ("slot", "state", "in flight", "served", "failed", "pid", "backend pid"):
-        table.add_column(column)
-    for instance in data["instances"]:
-        table.add_row(instance["slot"], instance["state"], str(instance["inFlight"]), str(instance["served"]),
-                      str(instance["failed"]), str(instance["pid"]), str(instance["backendPid"]))
+    console = out()
+    console.print(render.instances_table(data, title=f"mcpmux stack {data['stack']} (core pid {data['corePid']}, "
+                                                     f"up {render.duration(data['uptime'])})"))
+    console.print(render.summary_lines(data))
+
+
+@app.command()
+def health(
+    config: ConfigOption = None,
+    stack_dir: StackDirOption = None,
+    as_json: JsonOption = False,
+    min_success_rate: Annotated[float, typer.Option(help="degraded below this success rate")] = 0.9,
+    window: Annotated[float, typer.Option(help="seconds during which a failure keeps the stack degraded")] = 300.0,
+) -> None:
+    """healthy (exit 0), degraded (exit 1) or down (exit 2), with the reasons."""
+    paths = find_stack(config, stack_dir)
+    data: dict[str, Any] | None = None
+    try:
+        data = query(paths, "status")
+    except StackNotRunning as exc:
+        verdict = health_mod.not_running(str(exc))
+    except ControlError as exc:
+        fail(f"the core could not answer: {exc}", EXIT_FAILED)
+    else:
+        thresholds = health_mod.Thresholds(min_success_rate=min_success_rate, recent_seconds=window)
+        verdict = health_mod.assess(data, thresholds)
+    if as_json:
+        emit_json({**verdict.as_json(), "stack": paths.root.name,
+                   **({key: data[key] for key in ("readyInstances", "totalInstances", "successRate")} if data else {})})
+    else:
+        out().print(render.health_renderable(verdict))
+    raise typer.Exit(int(verdict.verdict))
+
+
+# --- load test -----------------------------------------------------------------------------------------
+
+
+@app.command("test")
+def load_test(
+    count: Annotated[int, typer.Argument(min=1, help="how many calls")],
+    config: ConfigOption = None,
+    stack_dir: StackDirOption = None,
+    tool: Annotated[str | None, typer.Option(help="the tool to call (default: the first read-only one)")] = None,
+    args: Annotated[str | None, typer.Option("--args", help="the tool's arguments, a JSON object")] = None,
+    concurrency: Annotated[int | None, typer.Option(min=1, help="calls at once (default: all of them)")] = None,
+    timeout: Annotated[float, typer.Option(help="seconds each call may take")] = 60.0,
+    as_json: JsonOption = False,
+) -> None:
+    """A load test through a real client session: COUNT concurrent calls of one tool, then the figures."""
+    from monitor.loadtest import LoadTestError, run_load_test
+
+    arguments: dict[str, Any] | None = None
+    if args is not None:
+        try:
+            arguments = json.loads(args)
+        except json.JSONDecodeError as exc:
+            fail(f"--args is not JSON: {exc}", EXIT_FAILED)
+        if not isinstance(arguments, dict):
+            fail("--args must be a JSON object", EXIT_FAILED)
+    paths = find_stack(config, stack_dir)
+    if not core_listening(paths):
+        fail(f"stack {paths.root.name} is not running (no core listening in {paths.root})")
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[failed]} failed"), TimeElapsedColumn(),
+                        console=err(), disable=as_json, transient=False)
+    task = progress.add_task("connecting", total=count, failed=0)
+    failed = 0
+
+    def started(name: str) -> None:
+        progress.update(task, description=f"calling {name}")
+
+    def done(ok: bool) -> None:
+        nonlocal failed
+        failed += not ok
+        progress.update(task, advance=1, failed=failed)
+
+    try:
+        with progress:
+            result = asyncio.run(run_load_test(paths, count, tool=tool, arguments=arguments, concurrency=concurrency,
+                                               timeout=timeout, on_start=started, on_done=done))
+    except LoadTestError as exc:
+        fail(str(exc), EXIT_FAILED)
+    except Exception as exc:  # the session itself broke: say why, without a traceback
+        fail(f"the test session failed: {_describe(exc)}", EXIT_FAILED)
+    if as_json:
+        emit_json(result.as_json())
+    else:
+        table = Table(title=f"{result.total_requests} calls of {result.tool}, {result.concurrency} at a time",
+                      show_header=False)
+        table.add_column(justify="left")
+        table.add_column(justify="right")
+        for label, value in (
+            ("total requests", str(result.total_requests)),
+            ("successful requests", str(result.successful_requests)),
+            ("failed requests", str(result.failed_requests)),
+            ("success rate", f"{result.success_rate:.1%}"),
+            ("duration", f"{result.duration_s:.2f} s"),
+            ("requests per second", f"{result.requests_per_second:.1f}"),
+            ("average duration", render.millis(result.average_duration_ms)),
+            ("p50", render.millis(result.p50_ms)),
+            ("p95", render.millis(result.p95_ms)),
+            ("p99", render.millis(result.p99_ms)),
+            ("min / max", f"{render.millis(result.min_ms)} / {render.millis(result.max_ms)}"),
+        ):
+            table.add_row(label, value)
+        console = out()
+        console.print(table)
+        for message, times in result.errors.items():
+            console.print(Text(f"{times} x {message}", style="red"))
+    raise typer.Exit(0 if result.failed_requests == 0 else EXIT_FAILED)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(_describe(inner) for inner in exc.exceptions)
+    return f"{type(exc).__name__}: {exc}"
+
+
+# --- diagnostics ---------------------------------------------------------------------------------------
+
+
+@app.command()
+def diagnostics(config: ConfigOption = None, stack_dir: StackDirOption = None, as_json: JsonOption = False) -> None:
+    """Everything needed to report a problem: configuration, instances, processes, errors, versions."""
+    from router.control import versions
+
+    data = ask(find_stack(config, stack_dir), "diagnostics")
+    data["monitorVersions"] = versions()
+    if as_json:
+        emit_json(data)
+        return
+    console = out()
+    status_data = data["status"]
+    console.rule(f"stack {data['stack']}")
+    console.print(f"directory {data['stackDir']}\ncore pid {status_data['corePid']}, "
+                  f"up {render.duration(status_data['uptime'])}, platform {data['platform']}")
+    console.rule("configuration in force")
+    console.print(JSON.from_data(data["config"]))
+    console.rule("instances")
+    console.print(render.instances_table(status_data))
+    console.print(render.summary_lines(status_data))
+    for instance in status_data["instances"]:
+        console.print(f"{instance['slot']}: {json.dumps(_instance_details(instance))}")
+    console.rule("supervisord")
+    if isinstance(data["processes"], str):
+        console.print(Text(data["processes"], style="red"))
+    else:
+        table = Table()
+        for column in ("process", "state", "pid", "description", "exit status"):
+            table.add_column(column)
+        for process in data["processes"]:
+            table.add_row(f"{process['group']}:{process['name']}", render.state_text(str(process["statename"])),
+                          str(process.get("pid") or "-"), str(process.get("description", "")),
+                          str(process.get("exitstatus", "")))
+        console.print(table)
+    console.rule("recent errors")
+    if data["errors"]:
+        console.print(render.events_table(data["errors"], limit=20, details=True))
+    else:
+        console.print("none")
+    console.rule("versions")
+    table = Table()
+    table.add_column("component")
+    table.add_column("core")
+    table.add_column("monitor")
+    for name, version in data["versions"].items():
+        table.add_row(name, version, data["monitorVersions"].get(name, "-"))
     console.print(table)
-    console.print(
-        f"sessions {data['sessions']}  queued {data['queued']}  requests {data['totalRequests']}  "
-        f"failed {data['failedRequests']}  success {data['successRate']:.1%}"
-    )
+
+
+def _instance_details(instance: dict[str, Any]) -> dict[str, Any]:
+    keep = ("state", "supervisord", "sinceHeartbeat", "latencyMs", "shim", "backend")
+    return {key: instance[key] for key in keep if instance.get(key) is not None}
+
+
+# --- logs ----------------------------------------------------------------------------------------------
+
+
+@app.command()
+def logs(
+    count: Annotated[int, typer.Argument(min=0, help="lines from the end of each log")] = 50,
+    config: ConfigOption = None,
+    stack_dir: StackDirOption = None,
+    source: Annotated[list[str] | None, typer.Option(help="only this log: core, shim_00, ..., supervisord")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="then print new lines as they come")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """The last COUNT lines of the core's log and of each shim's (backend stderr included)."""
+    paths = find_stack(config, stack_dir, running=False)
+    if not paths.logs.is_dir():
+        fail(f"stack {paths.root.name} has no logs (no {paths.logs}): it never ran here")
+    files = logs_mod.log_files(paths, source or ())
+    if not files and not follow:
+        fail(f"no log named {', '.join(source or [])} in {paths.logs}", EXIT_FAILED)
+    tails = [(log, logs_mod.tail(log.path, count)) for log in files]
+    if as_json and follow:
+        for log, lines in tails:
+            for line in lines:
+                print(json.dumps({"source": log.source, "line": line}), flush=True)
+    elif as_json:
+        emit_json([{"source": log.source, "line": line} for log, lines in tails for line in lines])
+    else:
+        console = out()
+        for log, lines in tails:
+            console.rule(f"{log.source} ({log.path})")
+            for line in lines:
+                console.print(Text(line), highlight=False)
+    if not follow:
+        return
+    try:
+        for name, line in logs_mod.follow(paths, source or ()):
+            if as_json:
+                print(json.dumps({"source": name, "line": line}), flush=True)
+            else:
+                print(f"[{name}] {line}", flush=True)
+    except KeyboardInterrupt:
+        pass
+
+
+# --- watch ---------------------------------------------------------------------------------------------
+
+
+@app.command()
+def watch(
+    config: ConfigOption = None,
+    stack_dir: StackDirOption = None,
+    interval: Annotated[float, typer.Option(help="seconds between refreshes")] = 1.0,
+    once: Annotated[bool, typer.Option("--once", help="print the dashboard once and exit")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """A live dashboard: instances, load, queue, latency and recent events, refreshed in place."""
+    paths = find_stack(config, stack_dir)
+    data = ask(paths, "status")
+    if as_json or once:
+        verdict = health_mod.assess(data)
+        if as_json:
+            emit_json({"status": data, "health": verdict.as_json()})
+        else:
+            out().print(render.dashboard(data, verdict))
+        return
+    last: dict[str, Any] = data
+    try:
+        with Live(render.dashboard(data, health_mod.assess(data)), console=out(), auto_refresh=False,
+                  screen=False, transient=False) as live:
+            while True:
+                time.sleep(interval)
+                try:
+                    last = query(paths, "status")
+                    live.update(render.dashboard(last, health_mod.assess(last)), refresh=True)
+                except (StackNotRunning, ControlError) as exc:
+                    # The core may be restarting (supervisord brings it back): keep watching.
+                    stale = health_mod.not_running(str(exc))
+                    live.update(render.dashboard(last, stale, error=f"not answering: {exc}"), refresh=True)
+    except KeyboardInterrupt:
+        pass
+
+
+def main() -> None:
+    app(prog_name="mcpmux-monitor")
 
 
 if __name__ == "__main__":
-    app()
+    main()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket as stdsocket
 from typing import Any
 
 import zmq
@@ -11,13 +12,33 @@ from mcpmux.stack import StackPaths
 
 
 class StackNotRunning(RuntimeError):
-    pass
+    """No core answers for this stack: it is stopped, never started, or its core is restarting."""
+
+
+class ControlError(RuntimeError):
+    """The core answered, with an error."""
+
+
+def core_listening(paths: StackPaths) -> bool:
+    """Whether a process accepts connections on the control socket (a file left by a dead core does not)."""
+    path = paths.root / "control.sock"
+    if not path.exists():
+        return False
+    probe = stdsocket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
 
 
 def query(paths: StackPaths, name: str, args: dict[str, Any] | None = None, timeout: float = 5.0) -> dict[str, Any]:
-    if not (paths.root / "control.sock").exists():
-        raise StackNotRunning(f"stack {paths.root.name} is not running (no control socket in {paths.root})")
-    context = zmq.Context.instance()
+    if not core_listening(paths):
+        raise StackNotRunning(f"stack {paths.root.name} is not running (no core listening in {paths.root})")
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     socket = context.socket(zmq.DEALER)
     socket.setsockopt(zmq.LINGER, 0)
     socket.connect(paths.control_endpoint)
@@ -31,5 +52,5 @@ def query(paths: StackPaths, name: str, args: dict[str, Any] | None = None, time
     if not isinstance(reply, wire.ControlReply):
         raise StackNotRunning("the core answered with something that is not a control reply")
     if reply.error:
-        raise RuntimeError(reply.error)
+        raise ControlError(reply.error)
     return reply.data

@@ -1,67 +1,287 @@
-"""The core's answers to the monitor: what the pool is doing, in plain data."""
+"""The core's answers to the monitor: what the pool is doing, in plain data.
+
+Queries (``ControlRequest.query`` and its ``args``):
+
+    status                      the pool and every instance (see `status`)
+    events  {limit, errors}     the ring of recent events, newest last; ``errors`` keeps only failures
+    wait_ready {count, timeout} answer once `count` instances are ready (``{"ready": false}`` on timeout)
+    wait_event {kind, slot, after, timeout}
+                                answer with the first event of that kind (and slot) recorded after
+                                ``after`` (a time.time()), or ``{"event": null}`` on timeout
+    processes                   supervisord's view of every process of the stack
+    diagnostics                 configuration in force, status, processes, recent errors, versions
+
+Some figures belong to fault tolerance (consecutive failures, restarts, open circuits): they are read with
+defaults until the core keeps them, so the monitor shows what exists and never breaks on what does not.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import importlib.metadata
+import logging
 import os
+import platform
+import statistics
+import sys
 import time
+import xmlrpc.client
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
+
+import psutil
+import zmq
 
 from mcpmux import __version__, wire
 
 if TYPE_CHECKING:
     from router.core import Core
+    from router.instances import Instance
+
+log = logging.getLogger("mcpmux.control")
+
+# Every state an instance can be reported in, in display order.
+STATES = ("starting", "ready", "busy", "draining", "unhealthy", "open-circuit", "failed", "stopped")
+ERROR_STATES = frozenset({"unhealthy", "open-circuit", "failed", "stopped"})
+# Event kinds that are failures; the others (start, ready, scale, session) are the pool's normal life.
+ERROR_KINDS = ("lost", "fail", "error", "unhealthy", "circuit", "timeout", "refused", "crash")
+START_GRACE = 10.0  # seconds a wanted slot may take to connect before it counts as stopped
+SUPERVISOR_TIMEOUT = 2.0
+WAIT_EVENT_POLL = 0.05
+
+
+def is_error_event(event: dict[str, Any]) -> bool:
+    kind = str(event.get("kind", ""))
+    return any(word in kind for word in ERROR_KINDS)
 
 
 class ControlHandler:
     def __init__(self, core: Core) -> None:
         self._core = core
+        self._processes: dict[int, psutil.Process] = {}  # kept between queries so cpu_percent has a baseline
 
     async def handle(self, request: wire.ControlRequest) -> wire.ControlReply:
+        args = request.args
         if request.query == "status":
-            return wire.ControlReply(self.status())
+            return wire.ControlReply(await self.full_status())
+        if request.query == "events":
+            return wire.ControlReply({"events": self.events(int(args.get("limit", 50)), bool(args.get("errors")))})
         if request.query == "wait_ready":
-            count, timeout = int(request.args.get("count", 1)), float(request.args.get("timeout", 30))
+            count, timeout = int(args.get("count", 1)), float(args.get("timeout", 30))
             return wire.ControlReply({"ready": await self._core.board.wait_ready(count, timeout)})
+        if request.query == "wait_event":
+            return wire.ControlReply({"event": await self.wait_event(
+                args.get("kind"), args.get("slot"), float(args.get("after", 0)), float(args.get("timeout", 30)))})
         if request.query == "processes":
             return wire.ControlReply({"processes": await self._core.supervisor.processes()})
+        if request.query == "diagnostics":
+            return wire.ControlReply(await self.diagnostics())
         return wire.ControlReply({}, f"unknown query {request.query!r}")
 
+    # --- status --------------------------------------------------------------------------------------
+
     def status(self) -> dict[str, Any]:
+        """Everything the core knows by itself (no call to supervisord): safe to build on every scrape."""
+        return self._status(None)
+
+    async def full_status(self) -> dict[str, Any]:
+        """`status`, with supervisord's word on the wanted slots that have no connected shim."""
+        return self._status(await self._supervisor_states())
+
+    def _status(self, supervisor_states: dict[str, str] | None) -> dict[str, Any]:
         core = self._core
-        board, metrics = core.board, core.metrics
+        board, metrics, settings = core.board, core.metrics, core.config.multiplexer
         now = time.monotonic()
-        instances = [
-            {
-                "slot": instance.slot,
-                "pid": instance.pid,
-                "backendPid": instance.backend_pid,
-                "state": "busy" if instance.ready and instance.in_flight >= board.balancer.cap else instance.state.value,
-                "inFlight": instance.in_flight,
-                "served": instance.served,
-                "failed": instance.failed,
-                "uptime": now - instance.started,
-            }
-            for instance in board.pool
-        ]
+        events = list(metrics.events)
+        instances = [self._instance(instance, now, events) for instance in board.pool]
+        connected = {instance["slot"] for instance in instances}
+        for slot, wanted_since in sorted(core.scaler.wanted.items()):
+            if slot not in connected:
+                instances.append(self._missing(slot, now - wanted_since, supervisor_states, events))
+        instances.sort(key=lambda instance: str(instance["slot"]))
+        self._forget_processes()
         finished = metrics.requests_succeeded + metrics.requests_failed
+        by_state = {state: 0 for state in STATES}
+        for instance in instances:
+            by_state[instance["state"]] = by_state.get(instance["state"], 0) + 1
+        snapshot = board.snapshot()
+        exporter = core.exporter
         return {
             "stack": core.paths.root.name,
+            "stackDir": str(core.paths.root),
             "version": __version__,
             "corePid": os.getpid(),
             "uptime": time.time() - core.started,
+            "time": time.time(),
+            "initialized": board.profile is not None,  # a client has sent initialize: backends can start
             "instances": instances,
+            "instancesByState": by_state,
             "wantedSlots": sorted(core.scaler.wanted),
+            "minInstances": settings.min_instances,
+            "maxInstances": settings.max_instances,
+            "maxConcurrentRequests": settings.max_concurrent_requests,
             "totalInstances": len(instances),
-            "readyInstances": sum(1 for i in instances if i["state"] == "ready"),
-            "busyInstances": sum(1 for i in instances if i["state"] == "busy"),
-            "errorInstances": sum(1 for i in instances if i["state"] == "failed"),
+            "readyInstances": by_state["ready"],
+            "busyInstances": by_state["busy"],
+            "startingInstances": by_state["starting"],
+            "errorInstances": sum(by_state.get(state, 0) for state in ERROR_STATES),
             "totalRequests": metrics.requests_received,
+            "succeededRequests": metrics.requests_succeeded,
             "failedRequests": metrics.requests_failed,
             "timedOutRequests": metrics.requests_timed_out,
             "retriedRequests": metrics.requests_retried,
             "successRate": metrics.requests_succeeded / finished if finished else 1.0,
             "latencyMs": metrics.latency_percentiles(),
             "load": core.scaler.load(),
-            "events": list(metrics.events)[-50:],
-            **board.snapshot(),
+            "queueCapacity": settings.queue_size,
+            "scaling": [event for event in events if event.get("kind") == "scale"][-20:],
+            "errors": [event for event in events if is_error_event(event)][-20:],
+            "events": events[-50:],
+            "prometheus": exporter.endpoint if exporter is not None else None,
+            **snapshot,
         }
+
+    def _instance(self, instance: Instance, now: float, events: list[dict[str, Any]]) -> dict[str, Any]:
+        state = str(getattr(instance.state, "value", instance.state))
+        if getattr(instance, "circuit_open", False):
+            state = "open-circuit"
+        elif state == "ready" and instance.in_flight >= self._core.board.balancer.cap:
+            state = "busy"
+        restarts = getattr(instance, "restarts", None)
+        return {
+            "slot": instance.slot,
+            "pid": instance.pid,
+            "backendPid": instance.backend_pid,
+            "state": state,
+            "inFlight": instance.in_flight,
+            "served": instance.served,
+            "failed": instance.failed,
+            "consecutiveFailures": getattr(instance, "consecutive_failures", 0),
+            "restarts": restarts if isinstance(restarts, int) else _losses(events, instance.slot),
+            "uptime": now - instance.started,
+            "sinceHeartbeat": now - instance.last_seen,
+            "latencyMs": _percentiles(getattr(instance, "latencies", None)),
+            "shim": self._usage(instance.pid, tree=False),
+            "backend": self._usage(instance.backend_pid, tree=True),
+        }
+
+    def _missing(self, slot: str, wanted_for: float, supervisor_states: dict[str, str] | None,
+                 events: list[dict[str, Any]]) -> dict[str, Any]:
+        """A slot the scaler wants whose shim is not connected: being (re)started, or stopped for good."""
+        supervisord = (supervisor_states or {}).get(slot)
+        if supervisord is not None:
+            state = "starting" if supervisord in ("STARTING", "RUNNING", "BACKOFF") else "stopped"
+        else:
+            state = "starting" if wanted_for < START_GRACE else "stopped"
+        return {
+            "slot": slot, "pid": None, "backendPid": None, "state": state, "supervisord": supervisord,
+            "inFlight": 0, "served": 0, "failed": 0, "consecutiveFailures": 0,
+            "restarts": _losses(events, slot), "uptime": None, "sinceHeartbeat": None, "latencyMs": None,
+            "shim": None, "backend": None,
+        }
+
+    async def _supervisor_states(self) -> dict[str, str] | None:
+        try:
+            processes = await asyncio.wait_for(self._core.supervisor.processes(), SUPERVISOR_TIMEOUT)
+        except (OSError, TimeoutError, xmlrpc.client.Error) as exc:
+            log.info("supervisord did not list its processes: %s", exc)
+            return None
+        return {f"{p['group']}:{p['name']}": str(p["statename"]) for p in processes}
+
+    # --- processes -----------------------------------------------------------------------------------
+
+    def _usage(self, pid: int | None, *, tree: bool) -> dict[str, Any] | None:
+        """Memory and CPU of a process (and, for a backend, of what it started: uvx, npx and the like)."""
+        if not pid:
+            return None
+        try:
+            root = self._process(pid)
+            members = [root, *(self._process(child.pid) for child in root.children(recursive=True))] if tree else [root]
+            rss = cpu_percent = cpu_seconds = 0.0
+            for process in members:
+                with process.oneshot():
+                    rss += process.memory_info().rss
+                    cpu_percent += process.cpu_percent(None)
+                    times = process.cpu_times()
+                    cpu_seconds += times.user + times.system
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            return None
+        return {"rssBytes": int(rss), "cpuPercent": cpu_percent, "cpuSeconds": cpu_seconds, "processes": len(members)}
+
+    def _process(self, pid: int) -> psutil.Process:
+        process = self._processes.get(pid)
+        if process is None or not process.is_running():  # is_running also notices a reused pid
+            process = self._processes[pid] = psutil.Process(pid)
+        return process
+
+    def _forget_processes(self) -> None:
+        for pid, process in list(self._processes.items()):
+            if not process.is_running():
+                del self._processes[pid]
+
+    # --- events --------------------------------------------------------------------------------------
+
+    def events(self, limit: int, errors_only: bool = False) -> list[dict[str, Any]]:
+        events = [e for e in self._core.metrics.events if not errors_only or is_error_event(e)]
+        return events[-limit:] if limit > 0 else events
+
+    async def wait_event(self, kind: str | None, slot: str | None, after: float, timeout: float) -> dict[str, Any] | None:
+        """The first matching event recorded after `after`; waits for it (the core checks, not the caller)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for event in self._core.metrics.events:
+                if (event.get("time", 0) > after and (kind is None or event.get("kind") == kind)
+                        and (slot is None or event.get("slot") == slot)):
+                    return event
+            if time.monotonic() >= deadline:
+                return None
+            await asyncio.sleep(WAIT_EVENT_POLL)
+
+    # --- diagnostics ---------------------------------------------------------------------------------
+
+    async def diagnostics(self) -> dict[str, Any]:
+        core = self._core
+        try:
+            processes: list[dict[str, Any]] | str = await asyncio.wait_for(
+                core.supervisor.processes(), SUPERVISOR_TIMEOUT)
+        except (OSError, TimeoutError, xmlrpc.client.Error) as exc:
+            processes = f"supervisord did not answer: {exc}"
+        status = await self.full_status()
+        return {
+            "stack": core.paths.root.name,
+            "stackDir": str(core.paths.root),
+            "config": core.config.model_dump(by_alias=True),
+            "status": status,
+            "processes": processes,
+            "errors": self.events(50, errors_only=True),
+            "versions": versions(),
+            "platform": platform.platform(),
+        }
+
+
+def versions() -> dict[str, str]:
+    found = {"mcpmux": __version__, "python": sys.version.split()[0], "pyzmq": zmq.pyzmq_version(),
+             "libzmq": zmq.zmq_version()}
+    for name in ("mcp", "supervisor", "msgpack", "pydantic", "psutil", "prometheus-client"):
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def _losses(events: Iterable[dict[str, Any]], slot: str) -> int:
+    """Restarts of a slot, as far as the event ring remembers: each loss makes supervisord start it again."""
+    return sum(1 for event in events if event.get("kind") == "lost" and event.get("slot") == slot)
+
+
+def _percentiles(window: Iterable[float] | None) -> dict[str, float | None] | None:
+    """Percentiles in ms of a window of seconds; None when the core keeps no such window."""
+    if window is None:
+        return None
+    samples = list(window)
+    if len(samples) < 2:
+        only = samples[0] * 1000 if samples else None
+        return {"p50": only, "p95": only, "p99": only}
+    cuts = statistics.quantiles(samples, n=100, method="inclusive")
+    return {"p50": cuts[49] * 1000, "p95": cuts[94] * 1000, "p99": cuts[98] * 1000}

@@ -24,6 +24,7 @@ from mcpmux import wire
 from mcpmux.config import Config, ConfigError, load_config
 from mcpmux.jsonrpc import JsonObject
 from mcpmux.stack import StackPaths
+from router import prometheus
 from router.control import ControlHandler
 from router.instances import Instance
 from router.metrics import Metrics
@@ -51,6 +52,7 @@ class Core:
         self.supervisor = Supervisor(paths)
         self.scaler = Scaler(config, self.board, self.supervisor, self.metrics)
         self.control = ControlHandler(self)
+        self.exporter: prometheus.Exporter | None = None
         self.started = time.time()
         self._context = zmq.asyncio.Context()
         self._doors = self._router_socket(paths.doors_endpoint)
@@ -86,7 +88,12 @@ class Core:
             asyncio.create_task(self._tick()),
             asyncio.create_task(self.scaler.boot()),
         ]
+        if self.config.multiplexer.prometheus_port:
+            self.exporter = prometheus.start(self, self.config.multiplexer.prometheus_port)
+            if self.exporter is not None:
+                tasks.append(asyncio.create_task(self.exporter.fold_forever()))
         await self._stopping.wait()
+        prometheus.stop(self.exporter)
         for task in tasks:
             task.cancel()
         self._context.destroy(linger=0)
@@ -172,7 +179,10 @@ class Core:
             self.metrics.event("ready", f"{slot} ready (backend pid {instance.backend_pid})", slot=slot)
             await self.board.instance_ready(instance, message.initialize_result)
         elif isinstance(message, wire.BackendFailed):
+            was_ready = instance.ready
             await self._instance_lost(instance, message.reason, message.stderr_tail)
+            if not was_ready:
+                await self.board.startup_failed(message.reason, message.stderr_tail)
 
     async def _shim_hello(self, slot: str, hello: wire.ShimHello) -> None:
         previous = self.board.pool.get(slot)

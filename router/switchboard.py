@@ -468,6 +468,15 @@ class Switchboard:
             await self._finish(pending, jsonrpc.result(pending.client_id, result))
         await self.drain()
 
+    async def startup_failed(self, reason: str, stderr_tail: str) -> None:
+        """A backend died in its handshake: tell the clients waiting for one, rather than let them wait."""
+        if self.pool.ready():
+            return
+        waiters, self._init_waiters = self._init_waiters, []
+        detail = f"; its last words: {stderr_tail.strip()[-500:]}" if stderr_tail.strip() else ""
+        for pending in waiters:
+            await self._fail(pending, jsonrpc.INSTANCE_FAILED, f"The MCP server failed to start: {reason}{detail}")
+
     async def instance_lost(self, instance: Instance, reason: str) -> None:
         """Fail over the requests an instance was running: retry the safe ones, answer the others."""
         instance.state = InstanceState.FAILED

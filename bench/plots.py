@@ -1,0 +1,109 @@
+"""The PNG figures: bars with run-to-run spread, the scaling curve, latency distributions, a failover timeline."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402 (the backend must be chosen first)
+
+from bench.stats import Stat  # noqa: E402
+
+COLORS = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860"]
+
+
+def bars(path: Path, title: str, ylabel: str, stats: dict[str, Stat], *, line: float | None = None,
+         line_label: str = "") -> Path:
+    """One bar per case (its median), whiskers from the lowest to the highest run."""
+    figure, axes = plt.subplots(figsize=(7, 4))
+    names = list(stats)
+    medians = [stats[name].median for name in names]
+    below = [stats[name].median - stats[name].low for name in names]
+    above = [stats[name].high - stats[name].median for name in names]
+    axes.bar(names, medians, yerr=[below, above], capsize=4, color=COLORS[: len(names)] or COLORS[0])
+    if line is not None:
+        axes.axhline(line, color="black", linestyle="--", linewidth=1, label=line_label)
+        axes.legend()
+    axes.set_title(title)
+    axes.set_ylabel(ylabel)
+    axes.tick_params(axis="x", labelrotation=15)
+    return _save(figure, path)
+
+
+def grouped_bars(path: Path, title: str, ylabel: str, groups: dict[str, dict[str, Stat]]) -> Path:
+    """Bars grouped by metric (outer key), one colour per case (inner key)."""
+    figure, axes = plt.subplots(figsize=(7, 4))
+    metrics = list(groups)
+    cases = list(dict.fromkeys(case for group in groups.values() for case in group))
+    width = 0.8 / max(1, len(cases))
+    for index, case in enumerate(cases):
+        xs = [position + index * width for position in range(len(metrics))]
+        stats = [groups[metric].get(case, Stat.of([])) for metric in metrics]
+        axes.bar(xs, [s.median for s in stats], width, label=case, color=COLORS[index % len(COLORS)],
+                 yerr=[[s.median - s.low for s in stats], [s.high - s.median for s in stats]], capsize=3)
+    axes.set_xticks([position + width * (len(cases) - 1) / 2 for position in range(len(metrics))], metrics)
+    axes.set_title(title)
+    axes.set_ylabel(ylabel)
+    axes.legend()
+    return _save(figure, path)
+
+
+def scaling(path: Path, title: str, ks: Sequence[int], measured: Sequence[Stat], ideal: Sequence[float],
+            direct: Stat) -> Path:
+    """Throughput against instances: measured (with spread), ideal k-fold, and the server on its own."""
+    figure, axes = plt.subplots(figsize=(7, 4))
+    axes.errorbar(list(ks), [s.median for s in measured], capsize=4, marker="o", label="mcpmux (measured)",
+                  yerr=[[s.median - s.low for s in measured], [s.high - s.median for s in measured]])
+    axes.plot(list(ks), list(ideal), linestyle="--", marker=".", color="gray", label="ideal (k × 1 instance)")
+    axes.axhline(direct.median, color="black", linestyle=":", label="direct (no mcpmux)")
+    axes.set_xlabel("instances (k)")
+    axes.set_ylabel("calls per second")
+    axes.set_xticks(list(ks))
+    axes.set_title(title)
+    axes.legend()
+    return _save(figure, path)
+
+
+def latency_cdf(path: Path, title: str, samples: dict[str, Sequence[float]]) -> Path:
+    """The distribution of per-call latencies (ms) of each case, on a log scale."""
+    figure, axes = plt.subplots(figsize=(7, 4))
+    for index, (name, values) in enumerate(samples.items()):
+        ordered = sorted(values)
+        fractions = [(rank + 1) / len(ordered) for rank in range(len(ordered))]
+        axes.plot(ordered, fractions, label=name, color=COLORS[index % len(COLORS)])
+    axes.set_xscale("log")
+    axes.set_xlabel("latency (ms, log scale)")
+    axes.set_ylabel("fraction of calls")
+    axes.set_title(title)
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend()
+    return _save(figure, path)
+
+
+def timeline(path: Path, title: str, answers: Sequence[tuple[float, float, bool]], marks: dict[str, float]
+             ) -> Path:
+    """Each call as a dot (when it was answered, how long it took; red if it failed), events as lines."""
+    figure, axes = plt.subplots(figsize=(8, 4))
+    good = [(t, latency) for t, latency, failed in answers if not failed]
+    bad = [(t, latency) for t, latency, failed in answers if failed]
+    if good:
+        axes.scatter(*zip(*good, strict=True), s=6, label="answered", color=COLORS[0])
+    if bad:
+        axes.scatter(*zip(*bad, strict=True), s=14, label="error", color=COLORS[3])
+    for index, (label, at) in enumerate(marks.items()):
+        axes.axvline(at, linestyle="--", color=COLORS[(index + 1) % len(COLORS)], label=label)
+    axes.set_xlabel("seconds since the load started")
+    axes.set_ylabel("call latency (ms)")
+    axes.set_title(title)
+    axes.legend(fontsize="small")
+    return _save(figure, path)
+
+
+def _save(figure: plt.Figure, path: Path) -> Path:
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

@@ -1,0 +1,12 @@
+"""The scenarios; each module registers its own with ``@scenario``, in the order they are loaded here."""
+
+from __future__ import annotations
+
+import importlib
+
+MODULES = ("overhead", "scaling")
+
+
+def load() -> None:
+    for module in MODULES:
+        importlib.import_module(f"bench.scenarios.{module}")

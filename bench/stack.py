@@ -1,0 +1,135 @@
+"""One mcpmux stack as the benchmarks drive it: brought up, looked into, and stopped with its processes gone."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+from mcp import StdioServerParameters
+
+from mcpmux.stack import StackPaths
+from monitor.control import query
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+ROUTER = str(BIN / "mcpmux-router")
+LAB_SERVER = [sys.executable, str(ROOT / "tests" / "servers" / "lab_server.py")]
+ECHO_SERVER = [sys.executable, str(ROOT / "bench" / "servers" / "echo_server.py")]
+TIME_SERVER = [str(BIN / "mcp-server-time")]
+STOP_WAIT = 15.0
+
+
+@dataclass
+class BenchStack:
+    runtime_dir: Path
+    options: list[str]
+    server: list[str]
+    _paths: StackPaths | None = field(default=None, repr=False)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "XDG_RUNTIME_DIR": str(self.runtime_dir)}
+
+    @property
+    def door_command(self) -> list[str]:
+        """What a client runs to open a session through this stack."""
+        return [ROUTER, *self.options, "--", *self.server]
+
+    def params(self) -> StdioServerParameters:
+        """The same, for the SDK's stdio_client."""
+        command = self.door_command
+        return StdioServerParameters(command=command[0], args=command[1:], env=self.env)
+
+    def router(self, *action: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([ROUTER, *action, *self.options, "--", *self.server], env=self.env,
+                              capture_output=True, text=True, check=check, timeout=60)
+
+    @property
+    def paths(self) -> StackPaths:
+        if self._paths is None:
+            self._paths = StackPaths(Path(self.router("--where").stdout.strip()))
+        return self._paths
+
+    def up(self) -> None:
+        """Start the stack detached. Its backends start once a first client has initialized."""
+        self.router("--up")
+
+    def status(self) -> dict[str, Any]:
+        return query(self.paths, "status")
+
+    def wait_ready(self, count: int, timeout: float = 60) -> None:
+        if not query(self.paths, "wait_ready", {"count": count, "timeout": timeout}, timeout=timeout + 5)["ready"]:
+            raise TimeoutError(f"{count} instances were not ready within {timeout:.0f} s: {self.status()}")
+
+    def processes(self) -> list[psutil.Process]:
+        """supervisord and everything under it: core, shims, backends."""
+        try:
+            root = psutil.Process(int(self.paths.supervisord_pid.read_text()))
+            return [root, *root.children(recursive=True)]
+        except (OSError, ValueError, psutil.NoSuchProcess):
+            return []
+
+    def core(self) -> psutil.Process:
+        return psutil.Process(self.status()["corePid"])
+
+    def shims(self) -> list[psutil.Process]:
+        return [psutil.Process(instance["pid"]) for instance in self.status()["instances"]]
+
+    def backends(self) -> list[psutil.Process]:
+        return [psutil.Process(instance["backendPid"]) for instance in self.status()["instances"]]
+
+    def down(self) -> list[str]:
+        """Stop the stack and check that every one of its processes is gone; the problems found."""
+        processes = self.processes()
+        problems: list[str] = []
+        completed = self.router("--down", check=False)
+        if completed.returncode != 0:
+            problems.append(f"--down failed ({completed.returncode}): {completed.stderr.strip()}")
+        _, alive = psutil.wait_procs(processes, timeout=STOP_WAIT)
+        for process in alive:
+            problems.append(f"pid {process.pid} ({_describe(process)}) outlived --down; killed it")
+            try:
+                process.kill()
+            except psutil.NoSuchProcess:
+                pass
+        return problems
+
+
+def _describe(process: psutil.Process) -> str:
+    try:
+        return " ".join(process.cmdline())[:120]
+    except psutil.Error:
+        return "?"
+
+
+def cpu_seconds(process: psutil.Process) -> float:
+    """User plus system CPU time the process itself has used (not its children)."""
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+def doors() -> list[psutil.Process]:
+    """The mcpmux-router processes this benchmark started (one per open session)."""
+    found = []
+    for child in psutil.Process().children():
+        try:
+            if any(part.endswith("mcpmux-router") for part in child.cmdline()[:2]):
+                found.append(child)
+        except psutil.Error:
+            continue
+    return found
+
+
+def wait_until(predicate: Any, timeout: float, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False

@@ -1,0 +1,215 @@
+"""The optional Prometheus endpoint of a stack (``multiplexer.prometheusPort``; off by default, loopback only).
+
+prometheus-client serves scrapes from its own thread; each scrape asks the core's event loop for a snapshot
+(the pool is only ever touched from that loop), so figures are consistent and never read mid-change.
+
+Latencies: the core keeps a window of recent request durations and counts finished requests. The exporter
+folds the new ones into cumulative histogram buckets on every scrape and every FOLD_INTERVAL, so the histogram
+misses nothing unless more than a window's worth of requests finish between two folds (then the excess is
+counted in ``mcpmux_request_duration_unobserved_total``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+
+from router.control import STATES
+
+if TYPE_CHECKING:
+    from router.core import Core
+
+log = logging.getLogger("mcpmux.prometheus")
+
+HOST = "127.0.0.1"
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+FOLD_INTERVAL = 0.5
+SCRAPE_TIMEOUT = 5.0
+
+
+@dataclass
+class LatencyHistogram:
+    """Cumulative buckets built from the core's latency window and its count of finished requests."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS) + 1))  # last: above every bound
+    total: float = 0.0
+    observed: int = 0
+    unobserved: int = 0
+    _folded: int = 0  # finished requests already accounted for
+
+    def fold(self, finished: int, window: list[float]) -> None:
+        new = finished - self._folded
+        if new <= 0:
+            return
+        self._folded = finished
+        seen = window[-new:] if new <= len(window) else window
+        self.unobserved += new - len(seen)
+        for seconds in seen:
+            self.counts[bisect.bisect_left(BUCKETS, seconds)] += 1
+            self.total += seconds
+        self.observed += len(seen)
+
+    def buckets(self) -> list[tuple[str, float]]:
+        cumulative, out = 0, []
+        for bound, count in zip((*BUCKETS, float("inf")), self.counts, strict=True):
+            cumulative += count
+            out.append(("+Inf" if bound == float("inf") else repr(bound), float(cumulative)))
+        return out
+
+
+class CoreCollector:
+    """A prometheus-client collector reading the live core; runs in the HTTP server's thread."""
+
+    def __init__(self, core: Core, loop: asyncio.AbstractEventLoop) -> None:
+        self._core = core
+        self._loop = loop
+        self.histogram = LatencyHistogram()
+
+    def fold(self) -> None:
+        """On the event loop: account for the requests finished since the last fold."""
+        metrics = self._core.metrics
+        self.histogram.fold(metrics.requests_succeeded + metrics.requests_failed, list(metrics.latencies))
+
+    async def _snapshot(self) -> dict[str, Any]:
+        self.fold()
+        histogram = self.histogram
+        return {
+            "status": self._core.control.status(),
+            "buckets": histogram.buckets(),
+            "sum": histogram.total,
+            "unobserved": histogram.unobserved,
+        }
+
+    def collect(self) -> Iterator[Metric]:
+        future = asyncio.run_coroutine_threadsafe(self._snapshot(), self._loop)
+        snapshot = future.result(SCRAPE_TIMEOUT)
+        yield from _families(snapshot["status"], snapshot["buckets"], snapshot["sum"], snapshot["unobserved"])
+
+
+def _families(status: dict[str, Any], buckets: list[tuple[str, float]], total: float,
+              unobserved: int) -> Iterator[Metric]:
+    instances = [i for i in status["instances"] if i.get("pid")]
+
+    requests = CounterMetricFamily(
+        "mcpmux_requests", "Requests answered by each instance (served) or lost with it (failed); "
+        "counts restart with the instance", labels=["instance", "outcome"])
+    for instance in instances:
+        requests.add_metric([instance["slot"], "served"], instance["served"])
+        requests.add_metric([instance["slot"], "failed"], instance["failed"])
+    yield requests
+
+    received = CounterMetricFamily("mcpmux_pool_requests_received", "Requests received from every client session")
+    received.add_metric([], status["totalRequests"])
+    yield received
+    outcomes = CounterMetricFamily("mcpmux_pool_requests", "Requests finished by the pool, by outcome "
+                                   "(error: a JSON-RPC error response)", labels=["outcome"])
+    outcomes.add_metric(["success"], status["succeededRequests"])
+    outcomes.add_metric(["error"], status["failedRequests"])
+    yield outcomes
+    timed_out = CounterMetricFamily("mcpmux_requests_timed_out", "Requests mcpmux answered with a timeout")
+    timed_out.add_metric([], status["timedOutRequests"])
+    yield timed_out
+    retried = CounterMetricFamily("mcpmux_requests_retried", "Requests retried after their instance failed")
+    retried.add_metric([], status["retriedRequests"])
+    yield retried
+
+    yield HistogramMetricFamily("mcpmux_request_duration_seconds", "Time from a request's arrival to its answer",
+                                buckets=buckets, sum_value=total)
+    dropped = CounterMetricFamily("mcpmux_request_duration_unobserved",
+                                  "Finished requests whose duration the histogram missed")
+    dropped.add_metric([], unobserved)
+    yield dropped
+
+    yield _gauge("mcpmux_queue_depth", "Requests waiting for an instance", status.get("queued", 0))
+    yield _gauge("mcpmux_queue_capacity", "Requests the queue holds at most", status.get("queueCapacity", 0))
+    yield _gauge("mcpmux_load", "Requests in flight and queued over the pool's capacity", status.get("load", 0.0))
+    yield _gauge("mcpmux_sessions", "Client sessions connected", status.get("sessions", 0))
+    yield _gauge("mcpmux_wanted_instances", "Instances the scaler wants running", len(status.get("wantedSlots", [])))
+
+    by_state = GaugeMetricFamily("mcpmux_instances", "Instances by state", labels=["state"])
+    for state in STATES:
+        by_state.add_metric([state], status["instancesByState"].get(state, 0))
+    yield by_state
+
+    in_flight = GaugeMetricFamily("mcpmux_instance_in_flight", "Requests running on each instance", labels=["instance"])
+    failures = GaugeMetricFamily("mcpmux_instance_consecutive_failures", "Failures in a row of each instance",
+                                 labels=["instance"])
+    restarts = GaugeMetricFamily("mcpmux_instance_restarts", "Times each slot was restarted (as far as "
+                                 "the core remembers)", labels=["instance"])
+    uptime = GaugeMetricFamily("mcpmux_instance_uptime_seconds", "Time since each instance connected",
+                               labels=["instance"])
+    rss = GaugeMetricFamily("mcpmux_instance_rss_bytes", "Resident memory of each instance's processes",
+                            labels=["instance", "process"])
+    cpu = CounterMetricFamily("mcpmux_instance_cpu_seconds", "CPU time of each instance's processes",
+                              labels=["instance", "process"])
+    latency = GaugeMetricFamily("mcpmux_instance_latency_seconds", "Recent request latency of each instance",
+                                labels=["instance", "quantile"])
+    for instance in instances:
+        slot = instance["slot"]
+        in_flight.add_metric([slot], instance["inFlight"])
+        failures.add_metric([slot], instance.get("consecutiveFailures", 0))
+        restarts.add_metric([slot], instance.get("restarts", 0))
+        uptime.add_metric([slot], instance.get("uptime") or 0.0)
+        for process in ("shim", "backend"):
+            usage = instance.get(process)
+            if usage:
+                rss.add_metric([slot, process], usage["rssBytes"])
+                cpu.add_metric([slot, process], usage["cpuSeconds"])
+        for name, quantile in (("p50", "0.5"), ("p95", "0.95"), ("p99", "0.99")):
+            value = (instance.get("latencyMs") or {}).get(name)
+            if value is not None:
+                latency.add_metric([slot, quantile], value / 1000)
+    yield from (in_flight, failures, restarts, uptime, rss, cpu, latency)
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, value=value)
+
+
+class Exporter:
+    def __init__(self, server: WSGIServer, thread: threading.Thread, collector: CoreCollector) -> None:
+        self._server = server
+        self._thread = thread
+        self.collector = collector
+        self.endpoint = f"http://{HOST}:{server.server_port}/metrics"
+
+    async def fold_forever(self) -> None:
+        while True:
+            await asyncio.sleep(FOLD_INTERVAL)
+            self.collector.fold()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def start(core: Core, port: int) -> Exporter | None:
+    """Serve /metrics on 127.0.0.1:`port` from inside the running core; None (and an event) if it cannot."""
+    collector = CoreCollector(core, asyncio.get_running_loop())
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    try:
+        server, thread = start_http_server(port, addr=HOST, registry=registry)
+    except OSError as exc:
+        log.error("cannot serve Prometheus metrics on %s:%d: %s", HOST, port, exc)
+        core.metrics.event("error", f"Prometheus endpoint {HOST}:{port} not served: {exc}")
+        return None
+    exporter = Exporter(server, thread, collector)
+    log.info("Prometheus metrics at %s", exporter.endpoint)
+    return exporter
+
+
+def stop(exporter: Exporter | None) -> None:
+    if exporter is not None:
+        with contextlib.suppress(Exception):
+            exporter.stop()

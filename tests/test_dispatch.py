@@ -1,0 +1,143 @@
+"""Least-connections dispatch, the per-instance cap, the bounded queue and request deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from tests.conftest import StackFactory, result_json
+from tests.rawclient import raw_session
+
+
+def call(request_id: Any, tool: str, **arguments: Any) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": request_id, "method": "tools/call",
+            "params": {"name": tool, "arguments": arguments}}
+
+
+def answer(response: dict[str, Any]) -> dict[str, Any]:
+    assert "result" in response, response
+    return json.loads(response["result"]["content"][0]["text"])  # type: ignore[no-any-return]
+
+
+async def test_blocking_calls_run_side_by_side_on_k_instances(make_stack: StackFactory) -> None:
+    # `block` holds its server's event loop: one server can only run these one after another.
+    stack = make_stack("--min-instances", "3", "--max-instances", "3", "--max-concurrent-requests", "1")
+    async with stack.session() as client:
+        stack.wait_ready(3)
+        results = await asyncio.gather(*(client.call_tool("block", {"seconds": 0.5}) for _ in range(3)))
+    windows = [result_json(result) for result in results]
+
+    assert len({window["pid"] for window in windows}) == 3
+    assert max(w["start"] for w in windows) < min(w["end"] for w in windows), "all three ran at the same time"
+
+
+async def test_six_calls_on_three_instances_with_a_cap_of_two_split_evenly(make_stack: StackFactory) -> None:
+    stack = make_stack("--min-instances", "3", "--max-instances", "3", "--max-concurrent-requests", "2")
+    async with stack.session() as client:
+        stack.wait_ready(3)
+        results = await asyncio.gather(*(client.call_tool("sleep", {"seconds": 0.5}) for _ in range(6)))
+    pids = [result_json(result)["pid"] for result in results]
+
+    assert sorted(pids.count(pid) for pid in set(pids)) == [2, 2, 2]
+
+
+async def test_requests_beyond_the_caps_wait_in_arrival_order(make_stack: StackFactory) -> None:
+    stack = make_stack("--min-instances", "1", "--max-instances", "1", "--max-concurrent-requests", "1")
+    async with raw_session(stack) as client:
+        await client.initialize()
+        for n in range(4):
+            await client.send(call(n, "block", seconds=0.2))
+        windows = [answer(await client.response(n)) for n in range(4)]
+
+    starts = [window["start"] for window in windows]
+    assert starts == sorted(starts), "served first come, first served"
+    assert all(earlier["end"] <= later["start"] for earlier, later in zip(windows, windows[1:], strict=False))
+
+
+async def test_a_full_queue_answers_at_once_with_a_clear_error(make_stack: StackFactory) -> None:
+    stack = make_stack("--min-instances", "1", "--max-instances", "1", "--max-concurrent-requests", "1",
+                       "--queue-size", "1")
+    async with raw_session(stack) as client:
+        await client.initialize()
+        await client.send(call("running", "block", seconds=1))
+        await client.send(call("queued", "echo", text="waited"))
+        await client.send(call("rejected", "echo", text="no room"))
+        rejected = await client.response("rejected")
+        assert client.responses_to("running") == [], "the error came while the first call still ran"
+        queued = await client.response("queued")
+        await client.response("running")
+
+    assert rejected["error"]["code"] == -32050
+    assert "overloaded" in rejected["error"]["message"]
+    assert answer(queued)["text"] == "waited"
+
+
+async def test_a_request_that_outlives_its_deadline_gets_a_timeout_error(make_stack: StackFactory) -> None:
+    stack = make_stack("--min-instances", "1", "--max-instances", "1", "--max-concurrent-requests", "1",
+                       "--request-timeout", "1500")
+    async with raw_session(stack) as client:
+        await client.initialize()
+        await client.send(call("slow", "sleep", seconds=30))
+        slow = await client.response("slow")
+        after = await client.request("after", "tools/call", {"name": "echo", "arguments": {"text": "free again"}})
+
+    assert slow["error"]["code"] == -32001
+    assert "timed out after 1500 ms" in slow["error"]["message"]
+    assert answer(after)["text"] == "free again", "the instance was released for the next call"
+
+
+async def test_time_spent_queued_counts_toward_the_deadline(make_stack: StackFactory) -> None:
+    stack = make_stack("--min-instances", "1", "--max-instances", "1", "--max-concurrent-requests", "1",
+                       "--request-timeout", "1500")
+    async with raw_session(stack) as client:
+        await client.initialize()
+        await client.send(call("first", "sleep", seconds=1))
+        await client.send(call("behind", "sleep", seconds=1))  # alone it would fit in 1.5 s; after first, not
+        first = await client.response("first")
+        behind = await client.response("behind")
+
+    assert answer(first)["end"] - answer(first)["start"] >= 1
+    assert behind["error"]["code"] == -32001
+
+
+async def test_every_request_of_a_burst_gets_exactly_one_response(make_stack: StackFactory) -> None:
+    stack = make_stack("--min-instances", "2", "--max-instances", "2", "--max-concurrent-requests", "2",
+                       "--queue-size", "10")
+    ids: list[Any] = [*range(20), *(f"s{n}" for n in range(20))]
+    async with raw_session(stack) as client:
+        await client.initialize()
+        for request_id in ids:
+            await client.send(call(request_id, "sleep", seconds=0.05))
+        await client.wait_for(lambda received: sum("method" not in m for m in received) >= len(ids) + 1)
+        await client.request("last", "ping")
+        counts = [len(client.responses_to(request_id)) for request_id in ids]
+        outcomes = {("result" in r) for request_id in ids for r in client.responses_to(request_id)}
+
+    assert counts == [1] * len(ids)
+    assert outcomes <= {True, False}
+
+
+async def test_ids_keep_their_type_and_never_collide(make_stack: StackFactory) -> None:
+    stack = make_stack("--min-instances", "2", "--max-instances", "2")
+    async with raw_session(stack) as first, raw_session(stack) as second:
+        await first.initialize()
+        await second.initialize()
+        for client in (first, second):
+            await client.send(call(7, "echo", text="integer"))
+            await client.send(call("7", "echo", text="string"))
+        replies = {(name, request_id): answer(await client.response(request_id))["text"]
+                   for name, client in (("first", first), ("second", second)) for request_id in (7, "7")}
+
+    assert replies == {("first", 7): "integer", ("first", "7"): "string",
+                       ("second", 7): "integer", ("second", "7"): "string"}
+
+
+async def test_server_discover_falls_back_to_the_handshake(make_stack: StackFactory) -> None:
+    stack = make_stack("--min-instances", "1")
+    async with raw_session(stack) as client:
+        probe = await client.request("server-discover-probe-1", "server/discover", {})
+        init = await client.initialize()
+
+    assert probe["error"]["code"] == -32601
+    assert init["result"]["serverInfo"]["name"]
