@@ -26,9 +26,15 @@ class Profile:
         return [{"function": name, "percent": round(100 * hits / self.samples, 1)}
                 for name, hits in counter.most_common(count)]
 
+    def top_inner(self, count: int, scaffolding: float = 0.9) -> list[dict[str, Any]]:
+        """The top of `total` without the frames under nearly every sample (main, run_forever...)."""
+        ceiling = scaffolding * max(self.total.values(), default=0)
+        inner = Counter({name: hits for name, hits in self.total.items() if hits < ceiling})
+        return self.top(inner, count)
+
     def to_json(self, count: int = 12) -> dict[str, Any]:
         return {"label": self.label, "samples": self.samples,
-                "self": self.top(self.own, count), "total": self.top(self.total, count)}
+                "self": self.top(self.own, count), "total": self.top_inner(count)}
 
 
 def available() -> bool:
@@ -36,10 +42,14 @@ def available() -> bool:
 
 
 def start(pid: int, seconds: float, output: Path, rate: int = 200) -> subprocess.Popen[bytes]:
-    """Begin sampling `pid` for `seconds` without pausing it; wait on the result, then `read` the output."""
+    """Begin sampling `pid` for `seconds`; wait on the result, then `read` the output.
+
+    py-spy pauses the process for each sample (exact stacks, at some cost), so profile a run that is not
+    also measured.
+    """
     assert PY_SPY is not None, "py-spy is not installed (pip install py-spy)"
     command = [PY_SPY, "record", "--pid", str(pid), "--duration", str(max(1, round(seconds))),
-               "--rate", str(rate), "--format", "raw", "--nolineno", "--nonblocking", "--output", str(output)]
+               "--rate", str(rate), "--format", "raw", "--nolineno", "--output", str(output)]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 

@@ -98,9 +98,10 @@ def _section(document: dict[str, Any]) -> list[str]:
 def _stat(stat: dict[str, Any] | None, digits: int | None = None) -> str:
     if not stat or stat["n"] == 0 or stat["median"] is None:
         return "n/a"
-    places = digits if digits is not None else _places(stat["median"])
+    integral = all(float(stat[key]).is_integer() for key in ("median", "low", "high"))
+    places = digits if digits is not None else 0 if integral else _places(stat["median"])
     text = f"{stat['median']:,.{places}f}"
-    if stat["n"] > 1:
+    if stat["n"] > 1 and stat["low"] != stat["high"]:
         text += f" [{stat['low']:,.{places}f}–{stat['high']:,.{places}f}]"
     return text
 

@@ -36,21 +36,6 @@ class Stat:
             return cls(math.nan, math.nan, math.nan, 0)
         return cls(statistics.median(values), min(values), max(values), len(values))
 
-    @property
-    def spread_pct(self) -> float:
-        """(high - low) / median, in percent: how much the runs disagree."""
-        if self.n < 2 or not self.median:
-            return 0.0
-        return 100 * (self.high - self.low) / abs(self.median)
-
-    def format(self, digits: int = 1) -> str:
-        if self.n == 0:
-            return "n/a"
-        text = f"{self.median:,.{digits}f}"
-        if self.n > 1:
-            text += f" [{self.low:,.{digits}f}–{self.high:,.{digits}f}]"
-        return text
-
     def to_json(self) -> dict[str, Any]:
         return {key: (None if isinstance(value, float) and math.isnan(value) else value)
                 for key, value in asdict(self).items()}

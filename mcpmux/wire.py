@@ -149,12 +149,15 @@ _BY_TAG: dict[str, type[Message]] = {
 
 
 def encode(message: Message) -> bytes:
-    return msgpack.packb((message.tag, *astuple(message)), use_bin_type=True)  # type: ignore[no-any-return]
+    return msgpack.packb((message.tag, *astuple(message)), use_bin_type=True)
 
 
-def encode_payload(message_type: type[ToBackend | FromBackend | ClientMessage | ToClient], payload: JsonObject) -> bytes:
+PayloadMessage = type[ToBackend] | type[FromBackend] | type[ClientMessage] | type[ToClient]
+
+
+def encode_payload(message_type: PayloadMessage, payload: JsonObject) -> bytes:
     """The hot path: skip dataclass construction for the frames that carry JSON-RPC."""
-    return msgpack.packb((message_type.tag, payload), use_bin_type=True)  # type: ignore[no-any-return]
+    return msgpack.packb((message_type.tag, payload), use_bin_type=True)
 
 
 def decode(frame: bytes) -> Message:

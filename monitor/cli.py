@@ -36,7 +36,7 @@ app = typer.Typer(help="Watch and test a running mcpmux stack.", no_args_is_help
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", help="the stack's configuration file (default: $MCP_CONFIG_PATH)")]
 StackDirOption = Annotated[
-    Path | None, typer.Option("--stack-dir", help="the stack's runtime directory (what mcpmux-router --where prints)")]
+    Path | None, typer.Option("--stack-dir", help="the stack's runtime directory (mcpmux-router --where)")]
 JsonOption = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 
 EXIT_FAILED = 1
@@ -64,7 +64,7 @@ def emit_json(data: Any) -> None:
 
 
 def find_stack(config: Path | None, stack_dir: Path | None = None, *, running: bool = True) -> StackPaths:
-    """The stack named like the router names it: --stack-dir, --config or $MCP_CONFIG_PATH, else the only one."""
+    """The stack the router would serve: --stack-dir, --config or $MCP_CONFIG_PATH, else the only one."""
     if stack_dir is not None:
         return StackPaths(stack_dir.resolve())
     if config is None and not os.environ.get("MCP_CONFIG_PATH"):
@@ -82,7 +82,7 @@ def find_stack(config: Path | None, stack_dir: Path | None = None, *, running: b
 
 def _only_stack(running: bool) -> StackPaths:
     root = runtime_root()
-    candidates = sorted(StackPaths(d) for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
+    candidates = [StackPaths(d) for d in sorted(root.iterdir()) if d.is_dir()] if root.is_dir() else []
     if running:
         candidates = [paths for paths in candidates if core_listening(paths)]
     if len(candidates) == 1:
@@ -107,15 +107,17 @@ def ask(paths: StackPaths, name: str, args: dict[str, Any] | None = None) -> dic
 
 
 @app.command()
-def status(config: ConfigOption = None, stack_dir: StackDirOption = None, as_json: JsonOption = False) -> None:
+def status(
+    config: ConfigOption = None, stack_dir: StackDirOption = None, as_json: JsonOption = False
+) -> None:
     """The pool at a glance: every instance, the load, the queue, requests and latency."""
     data = ask(find_stack(config, stack_dir), "status")
     if as_json:
         emit_json(data)
         return
     console = out()
-    console.print(render.instances_table(data, title=f"mcpmux stack {data['stack']} (core pid {data['corePid']}, "
-                                                     f"up {render.duration(data['uptime'])})"))
+    title = f"mcpmux stack {data['stack']} (core pid {data['corePid']}, up {render.duration(data['uptime'])})"
+    console.print(render.instances_table(data, title=title))
     console.print(render.summary_lines(data))
 
 
@@ -125,7 +127,7 @@ def health(
     stack_dir: StackDirOption = None,
     as_json: JsonOption = False,
     min_success_rate: Annotated[float, typer.Option(help="degraded below this success rate")] = 0.9,
-    window: Annotated[float, typer.Option(help="seconds during which a failure keeps the stack degraded")] = 300.0,
+    window: Annotated[float, typer.Option(help="seconds a failure keeps the stack degraded")] = 300.0,
 ) -> None:
     """healthy (exit 0), degraded (exit 1) or down (exit 2), with the reasons."""
     paths = find_stack(config, stack_dir)
@@ -140,8 +142,9 @@ def health(
         thresholds = health_mod.Thresholds(min_success_rate=min_success_rate, recent_seconds=window)
         verdict = health_mod.assess(data, thresholds)
     if as_json:
+        figures = ("readyInstances", "totalInstances", "successRate")
         emit_json({**verdict.as_json(), "stack": paths.root.name,
-                   **({key: data[key] for key in ("readyInstances", "totalInstances", "successRate")} if data else {})})
+                   **({key: data[key] for key in figures} if data else {})})
     else:
         out().print(render.health_renderable(verdict))
     raise typer.Exit(int(verdict.verdict))
@@ -155,9 +158,9 @@ def load_test(
     count: Annotated[int, typer.Argument(min=1, help="how many calls")],
     config: ConfigOption = None,
     stack_dir: StackDirOption = None,
-    tool: Annotated[str | None, typer.Option(help="the tool to call (default: the first read-only one)")] = None,
+    tool: Annotated[str | None, typer.Option(help="tool to call (default: the first read-only one)")] = None,
     args: Annotated[str | None, typer.Option("--args", help="the tool's arguments, a JSON object")] = None,
-    concurrency: Annotated[int | None, typer.Option(min=1, help="calls at once (default: all of them)")] = None,
+    concurrency: Annotated[int | None, typer.Option(min=1, help="calls at once (default: all)")] = None,
     timeout: Annotated[float, typer.Option(help="seconds each call may take")] = 60.0,
     as_json: JsonOption = False,
 ) -> None:
@@ -191,8 +194,9 @@ def load_test(
 
     try:
         with progress:
-            result = asyncio.run(run_load_test(paths, count, tool=tool, arguments=arguments, concurrency=concurrency,
-                                               timeout=timeout, on_start=started, on_done=done))
+            result = asyncio.run(run_load_test(
+                paths, count, tool=tool, arguments=arguments, concurrency=concurrency, call_timeout=timeout,
+                on_start=started, on_done=done))
     except LoadTestError as exc:
         fail(str(exc), EXIT_FAILED)
     except Exception as exc:  # the session itself broke: say why, without a traceback
@@ -235,7 +239,9 @@ def _describe(exc: BaseException) -> str:
 
 
 @app.command()
-def diagnostics(config: ConfigOption = None, stack_dir: StackDirOption = None, as_json: JsonOption = False) -> None:
+def diagnostics(
+    config: ConfigOption = None, stack_dir: StackDirOption = None, as_json: JsonOption = False
+) -> None:
     """Everything needed to report a problem: configuration, instances, processes, errors, versions."""
     from router.control import versions
 
@@ -264,9 +270,10 @@ def diagnostics(config: ConfigOption = None, stack_dir: StackDirOption = None, a
         for column in ("process", "state", "pid", "description", "exit status"):
             table.add_column(column)
         for process in data["processes"]:
-            table.add_row(f"{process['group']}:{process['name']}", render.state_text(str(process["statename"])),
-                          str(process.get("pid") or "-"), str(process.get("description", "")),
-                          str(process.get("exitstatus", "")))
+            table.add_row(
+                f"{process['group']}:{process['name']}", render.state_text(str(process["statename"])),
+                str(process.get("pid") or "-"), str(process.get("description", "")),
+                str(process.get("exitstatus", "")))
         console.print(table)
     console.rule("recent errors")
     if data["errors"]:
@@ -296,7 +303,7 @@ def logs(
     count: Annotated[int, typer.Argument(min=0, help="lines from the end of each log")] = 50,
     config: ConfigOption = None,
     stack_dir: StackDirOption = None,
-    source: Annotated[list[str] | None, typer.Option(help="only this log: core, shim_00, ..., supervisord")] = None,
+    source: Annotated[list[str] | None, typer.Option(help="only this log: core, shim_00...")] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="then print new lines as they come")] = False,
     as_json: JsonOption = False,
 ) -> None:

@@ -35,7 +35,9 @@ def core_listening(paths: StackPaths) -> bool:
     return True
 
 
-def query(paths: StackPaths, name: str, args: dict[str, Any] | None = None, timeout: float = 5.0) -> dict[str, Any]:
+def query(
+    paths: StackPaths, name: str, args: dict[str, Any] | None = None, timeout: float = 5.0
+) -> dict[str, Any]:
     if not core_listening(paths):
         raise StackNotRunning(f"stack {paths.root.name} is not running (no core listening in {paths.root})")
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()

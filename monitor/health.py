@@ -54,7 +54,7 @@ def assess(status: dict[str, Any], thresholds: Thresholds | None = None) -> Heal
         down.append("the pool has no instance")
     elif not serving:
         if not status.get("initialized", True) and all(i.get("state") == "starting" for i in instances):
-            notes.append(f"{len(instances)} instance(s) wait for the first client to initialize their backends")
+            notes.append(f"{len(instances)} instance(s) wait for a first client to initialize their backends")
         else:
             down.append(f"no instance can serve requests ({_states(instances)})")
 

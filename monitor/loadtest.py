@@ -53,8 +53,8 @@ class LoadTestResult:
 
 def router_params(paths: StackPaths) -> StdioServerParameters:
     """The router, attached to a running stack by its directory, with this interpreter."""
-    return StdioServerParameters(command=sys.executable, args=["-c", ROUTER_MAIN, "--stack-dir", str(paths.root)],
-                                 env=dict(os.environ))
+    args = ["-c", ROUTER_MAIN, "--stack-dir", str(paths.root)]
+    return StdioServerParameters(command=sys.executable, args=args, env=dict(os.environ))
 
 
 def choose_tool(tools: list[Tool], name: str | None, arguments: dict[str, Any] | None) -> Tool:
@@ -63,13 +63,14 @@ def choose_tool(tools: list[Tool], name: str | None, arguments: dict[str, Any] |
         for tool in tools:
             if tool.name == name:
                 return tool
-        raise LoadTestError(f"the server has no tool {name!r}; it has: {', '.join(t.name for t in tools) or 'none'}")
+        names = ", ".join(t.name for t in tools) or "none"
+        raise LoadTestError(f"the server has no tool {name!r}; it has: {names}")
     read_only = [t for t in tools if t.annotations is not None and t.annotations.read_only_hint]
     for tool in read_only:
         if arguments is not None or not tool.input_schema.get("required"):
             return tool
     if read_only:
-        needs = "; ".join(f"{t.name} needs {', '.join(t.input_schema.get('required', []))}" for t in read_only)
+        needs = "; ".join(f"{t.name} needs {', '.join(t.input_schema['required'])}" for t in read_only)
         raise LoadTestError(f"no read-only tool can be called without arguments ({needs}): "
                             "choose one with --tool NAME --args JSON")
     raise LoadTestError("the server has no tool marked read-only (readOnlyHint), so none is safe to call "
@@ -80,11 +81,11 @@ def summarize(tool: str, arguments: dict[str, Any], concurrency: int, durations:
               failures: list[str], elapsed: float) -> LoadTestResult:
     total = len(durations)
     millis = sorted(d * 1000 for d in durations)
+    p50: float | None = millis[0] if millis else None
+    p95 = p99 = p50
     if len(millis) >= 2:
         cuts = statistics.quantiles(millis, n=100, method="inclusive")
         p50, p95, p99 = cuts[49], cuts[94], cuts[98]
-    else:
-        p50 = p95 = p99 = millis[0] if millis else None
     successes = total - len(failures)
     return LoadTestResult(
         tool=tool, arguments=arguments, concurrency=concurrency, total_requests=total,
@@ -116,7 +117,7 @@ async def run_load_test(
     tool: str | None = None,
     arguments: dict[str, Any] | None = None,
     concurrency: int | None = None,
-    timeout: float = 60.0,
+    call_timeout: float = 60.0,
     on_start: Callable[[str], None] | None = None,
     on_done: Callable[[bool], None] | None = None,
 ) -> LoadTestResult:
@@ -137,12 +138,12 @@ async def run_load_test(
                 began = time.perf_counter()
                 error: str | None = None
                 try:
-                    result = await asyncio.wait_for(session.call_tool(chosen.name, args), timeout)
+                    result = await asyncio.wait_for(session.call_tool(chosen.name, args), call_timeout)
                     if result.is_error:
                         text = next((getattr(block, "text", "") for block in result.content), "")
                         error = f"tool error: {text[:200]}" if text else "tool error"
                 except TimeoutError:
-                    error = f"no answer within {timeout:g} s"
+                    error = f"no answer within {call_timeout:g} s"
                 except Exception as exc:  # every failure of one call is a result, not a crash of the test
                     error = f"{type(exc).__name__}: {exc}"[:200]
                 durations.append(time.perf_counter() - began)

@@ -1,4 +1,4 @@
-"""The stack's logs: the core's, each shim's (with its backend's stderr) and supervisord's, in <stack>/logs."""
+"""A stack's logs, in <stack>/logs: the core's, each shim's (with its backend's stderr) and supervisord's."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ class LogFile:
 
 
 def log_files(paths: StackPaths, sources: Iterable[str] = ()) -> list[LogFile]:
-    """The current log files (not rotated ones), the core's first, then the shims' by slot, then supervisord's."""
+    """The current log files (not rotated ones): the core's, the shims' by slot, then supervisord's."""
     wanted = set(sources)
     found = [LogFile(path.stem, path) for path in paths.logs.glob("*.log")]
     order = {"core": 0, "supervisord": 2}
@@ -45,7 +45,9 @@ def tail(path: Path, count: int) -> list[str]:
     return lines[-count:]
 
 
-def follow(paths: StackPaths, sources: Iterable[str] = (), interval: float = 0.25) -> Iterator[tuple[str, str]]:
+def follow(
+    paths: StackPaths, sources: Iterable[str] = (), interval: float = 0.25
+) -> Iterator[tuple[str, str]]:
     """(source, line) for every line written from now on; notices new shims' logs and rotated files."""
     offsets: dict[Path, int] = {log.path: log.path.stat().st_size for log in log_files(paths, sources)}
     partial: dict[Path, bytes] = {}

@@ -57,9 +57,10 @@ def verdict_text(health: Health) -> Text:
     return Text(health.verdict.word.upper(), style=VERDICT_STYLE[health.verdict])
 
 
-def _usage(instance: dict[str, Any], key: str, field: str) -> float | None:
-    usage = instance.get(key)
-    return None if not usage else float(usage[field])
+def _both(instance: dict[str, Any], field: str) -> float | None:
+    """A figure summed over the shim and the backend; None when neither process could be measured."""
+    found = [float(usage[field]) for usage in (instance.get("shim"), instance.get("backend")) if usage]
+    return sum(found) if found else None
 
 
 def instances_table(status: dict[str, Any], *, title: str | None = None) -> Table:
@@ -71,14 +72,12 @@ def instances_table(status: dict[str, Any], *, title: str | None = None) -> Tabl
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for instance in status["instances"]:
         latency = instance.get("latencyMs") or {}
-        shim_rss, backend_rss = _usage(instance, "shim", "rssBytes"), _usage(instance, "backend", "rssBytes")
-        shim_cpu, backend_cpu = _usage(instance, "shim", "cpuPercent"), _usage(instance, "backend", "cpuPercent")
-        rss = None if shim_rss is None and backend_rss is None else (shim_rss or 0) + (backend_rss or 0)
-        cpu = None if shim_cpu is None and backend_cpu is None else (shim_cpu or 0) + (backend_cpu or 0)
+        rss, cpu = _both(instance, "rssBytes"), _both(instance, "cpuPercent")
         table.add_row(
-            instance["slot"], state_text(instance["state"]), str(instance["inFlight"]), str(instance["served"]),
-            str(instance["failed"]), str(instance.get("consecutiveFailures", 0)), str(instance.get("restarts", 0)),
-            duration(instance.get("uptime")), millis(latency.get("p50")), millis(latency.get("p95")),
+            instance["slot"], state_text(instance["state"]), str(instance["inFlight"]),
+            str(instance["served"]), str(instance["failed"]), str(instance.get("consecutiveFailures", 0)),
+            str(instance.get("restarts", 0)), duration(instance.get("uptime")),
+            millis(latency.get("p50")), millis(latency.get("p95")),
             str(instance.get("pid") or "-"), str(instance.get("backendPid") or "-"), size(rss),
             "-" if cpu is None else f"{cpu:.0f}%",
         )
@@ -153,9 +152,10 @@ def dashboard(status: dict[str, Any] | None, health: Health, *, error: str | Non
 
 def to_text(renderable: RenderableType, width: int = 140) -> str:
     """A renderable as plain text, the way a terminal this wide would show it (for tests and logs)."""
-    console = Console(file=io.StringIO(), width=width, color_system=None, force_terminal=False, legacy_windows=False)
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=width, color_system=None, force_terminal=False, legacy_windows=False)
     console.print(renderable)
-    return console.file.getvalue()  # type: ignore[attr-defined, no-any-return]
+    return buffer.getvalue()
 
 
 def render_dashboard(status: dict[str, Any] | None, health: Health, width: int = 140) -> str:

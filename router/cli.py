@@ -12,13 +12,21 @@ import argparse
 import asyncio
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
 from mcpmux import __version__
-from mcpmux.config import Config, ConfigError, LoadBalancingConfig, MultiplexerConfig, load_config, parse_config
+from mcpmux.config import (
+    Config,
+    ConfigError,
+    LoadBalancingConfig,
+    MultiplexerConfig,
+    load_config,
+    parse_config,
+)
 from mcpmux.stack import StackPaths, stack_paths
 
 SECTIONS: dict[str, type[BaseModel]] = {"multiplexer": MultiplexerConfig, "loadBalancing": LoadBalancingConfig}
@@ -35,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     action.add_argument("--up", action="store_true", help="start the stack and exit (it stays up until --down)")
     action.add_argument("--down", action="store_true", help="stop the stack and exit")
     action.add_argument("--where", action="store_true", help="print the stack's runtime directory and exit")
-    parser.add_argument("--stack-dir", type=Path, help="serve a running stack by its runtime directory (monitor, tests)")
+    parser.add_argument("--stack-dir", type=Path, help="relay to the running stack in this runtime directory")
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="server environment")
     parser.add_argument("--cwd", help="server working directory")
     for section, model in SECTIONS.items():
@@ -47,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
             if annotation is bool:
                 group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None)
             else:
-                kind = annotation if annotation in (int, float) else str
+                kind: Callable[[str], Any] = {int: int, float: float}.get(annotation, str)  # type: ignore[arg-type]
                 group.add_argument(flag, dest=dest, type=kind, default=None, help=field.description)
     parser.add_argument("--version", action="version", version=f"mcpmux {__version__}")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- the server command and its arguments")

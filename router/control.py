@@ -65,13 +65,15 @@ class ControlHandler:
         if request.query == "status":
             return wire.ControlReply(await self.full_status())
         if request.query == "events":
-            return wire.ControlReply({"events": self.events(int(args.get("limit", 50)), bool(args.get("errors")))})
+            events = self.events(int(args.get("limit", 50)), errors_only=bool(args.get("errors")))
+            return wire.ControlReply({"events": events})
         if request.query == "wait_ready":
             count, timeout = int(args.get("count", 1)), float(args.get("timeout", 30))
             return wire.ControlReply({"ready": await self._core.board.wait_ready(count, timeout)})
         if request.query == "wait_event":
-            return wire.ControlReply({"event": await self.wait_event(
-                args.get("kind"), args.get("slot"), float(args.get("after", 0)), float(args.get("timeout", 30)))})
+            event = await self.wait_event(args.get("kind"), args.get("slot"), float(args.get("after", 0)),
+                                          patience=float(args.get("timeout", 30)))
+            return wire.ControlReply({"event": event})
         if request.query == "processes":
             return wire.ControlReply({"processes": await self._core.supervisor.processes()})
         if request.query == "diagnostics":
@@ -196,7 +198,9 @@ class ControlHandler:
             return None
         try:
             root = self._process(pid)
-            members = [root, *(self._process(child.pid) for child in root.children(recursive=True))] if tree else [root]
+            members = [root]
+            if tree:
+                members += [self._process(child.pid) for child in root.children(recursive=True)]
             rss = cpu_percent = cpu_seconds = 0.0
             for process in members:
                 with process.oneshot():
@@ -206,7 +210,8 @@ class ControlHandler:
                     cpu_seconds += times.user + times.system
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             return None
-        return {"rssBytes": int(rss), "cpuPercent": cpu_percent, "cpuSeconds": cpu_seconds, "processes": len(members)}
+        return {"rssBytes": int(rss), "cpuPercent": cpu_percent, "cpuSeconds": cpu_seconds,
+                "processes": len(members)}
 
     def _process(self, pid: int) -> psutil.Process:
         process = self._processes.get(pid)
@@ -225,9 +230,11 @@ class ControlHandler:
         events = [e for e in self._core.metrics.events if not errors_only or is_error_event(e)]
         return events[-limit:] if limit > 0 else events
 
-    async def wait_event(self, kind: str | None, slot: str | None, after: float, timeout: float) -> dict[str, Any] | None:
-        """The first matching event recorded after `after`; waits for it (the core checks, not the caller)."""
-        deadline = time.monotonic() + timeout
+    async def wait_event(
+        self, kind: str | None, slot: str | None, after: float, *, patience: float
+    ) -> dict[str, Any] | None:
+        """The first matching event recorded after `after`, waiting up to `patience` seconds for it."""
+        deadline = time.monotonic() + patience
         while True:
             for event in self._core.metrics.events:
                 if (event.get("time", 0) > after and (kind is None or event.get("kind") == kind)

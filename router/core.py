@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -248,10 +249,8 @@ class Core:
         except Exception as exc:
             log.exception("control request failed")
             reply = wire.ControlReply({}, f"{type(exc).__name__}: {exc}")
-        try:
+        with contextlib.suppress(zmq.ZMQError):  # the monitor went away before its answer
             await self._control.send_multipart([identity, wire.encode(reply)])
-        except zmq.ZMQError:
-            pass  # the monitor went away before its answer
 
     # --- time ----------------------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,7 +44,7 @@ class Pool:
     def __init__(self) -> None:
         self._by_slot: dict[str, Instance] = {}
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[Instance]:
         return iter(self._by_slot.values())
 
     def __len__(self) -> int:

@@ -1,4 +1,4 @@
-"""The optional Prometheus endpoint of a stack (``multiplexer.prometheusPort``; off by default, loopback only).
+"""A stack's optional Prometheus endpoint (``multiplexer.prometheusPort``; off by default, loopback only).
 
 prometheus-client serves scrapes from its own thread; each scrape asks the core's event loop for a snapshot
 (the pool is only ever touched from that loop), so figures are consistent and never read mid-change.
@@ -108,7 +108,7 @@ def _families(status: dict[str, Any], buckets: list[tuple[str, float]], total: f
         requests.add_metric([instance["slot"], "failed"], instance["failed"])
     yield requests
 
-    received = CounterMetricFamily("mcpmux_pool_requests_received", "Requests received from every client session")
+    received = CounterMetricFamily("mcpmux_pool_requests_received", "Requests received from client sessions")
     received.add_metric([], status["totalRequests"])
     yield received
     outcomes = CounterMetricFamily("mcpmux_pool_requests", "Requests finished by the pool, by outcome "
@@ -123,7 +123,7 @@ def _families(status: dict[str, Any], buckets: list[tuple[str, float]], total: f
     retried.add_metric([], status["retriedRequests"])
     yield retried
 
-    yield HistogramMetricFamily("mcpmux_request_duration_seconds", "Time from a request's arrival to its answer",
+    yield HistogramMetricFamily("mcpmux_request_duration_seconds", "From a request's arrival to its answer",
                                 buckets=buckets, sum_value=total)
     dropped = CounterMetricFamily("mcpmux_request_duration_unobserved",
                                   "Finished requests whose duration the histogram missed")
@@ -132,16 +132,17 @@ def _families(status: dict[str, Any], buckets: list[tuple[str, float]], total: f
 
     yield _gauge("mcpmux_queue_depth", "Requests waiting for an instance", status.get("queued", 0))
     yield _gauge("mcpmux_queue_capacity", "Requests the queue holds at most", status.get("queueCapacity", 0))
-    yield _gauge("mcpmux_load", "Requests in flight and queued over the pool's capacity", status.get("load", 0.0))
+    yield _gauge("mcpmux_load", "In-flight and queued requests over capacity", status.get("load", 0))
     yield _gauge("mcpmux_sessions", "Client sessions connected", status.get("sessions", 0))
-    yield _gauge("mcpmux_wanted_instances", "Instances the scaler wants running", len(status.get("wantedSlots", [])))
+    yield _gauge("mcpmux_wanted_instances", "Instances the scaler wants running", len(status["wantedSlots"]))
 
     by_state = GaugeMetricFamily("mcpmux_instances", "Instances by state", labels=["state"])
     for state in STATES:
         by_state.add_metric([state], status["instancesByState"].get(state, 0))
     yield by_state
 
-    in_flight = GaugeMetricFamily("mcpmux_instance_in_flight", "Requests running on each instance", labels=["instance"])
+    in_flight = GaugeMetricFamily("mcpmux_instance_in_flight", "Requests running on each instance",
+                                  labels=["instance"])
     failures = GaugeMetricFamily("mcpmux_instance_consecutive_failures", "Failures in a row of each instance",
                                  labels=["instance"])
     restarts = GaugeMetricFamily("mcpmux_instance_restarts", "Times each slot was restarted (as far as "

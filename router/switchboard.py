@@ -13,7 +13,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from mcpmux import jsonrpc
 from mcpmux.config import Config
@@ -24,7 +23,14 @@ from router.instances import Instance, InstanceState, Pool
 from router.metrics import Metrics
 from router.queue import QueueFull, RequestQueue
 from router.retry import RetryPolicy
-from router.session import LIST_CHANGED_BY_LIST_METHOD, LOG_LEVELS, Pending, ServerRequest, Session, most_verbose
+from router.session import (
+    LIST_CHANGED_BY_LIST_METHOD,
+    LOG_LEVELS,
+    Pending,
+    ServerRequest,
+    Session,
+    most_verbose,
+)
 
 log = logging.getLogger("mcpmux.core")
 
@@ -170,7 +176,7 @@ class Switchboard:
     async def _unsubscribe(self, session: Session, message: JsonObject) -> None:
         uri = (message.get("params") or {}).get("uri")
         subscription = self._subscriptions.get(uri) if isinstance(uri, str) else None
-        if subscription is None or session.identity not in subscription.sessions:
+        if not isinstance(uri, str) or subscription is None or session.identity not in subscription.sessions:
             await self._admit(Pending(session, message["id"], message))
             return
         subscription.sessions.discard(session.identity)
@@ -193,7 +199,7 @@ class Switchboard:
         method = message["method"]
         if method == "notifications/cancelled":
             request_id = (message.get("params") or {}).get("requestId")
-            pending = session.pending.get(request_id)
+            pending = session.pending.get(request_id) if isinstance(request_id, str | int) else None
             if pending is not None:
                 await self._abandon(pending, (message.get("params") or {}).get("reason") or "cancelled by client")
         elif method == "notifications/initialized":
@@ -215,7 +221,8 @@ class Switchboard:
 
     async def _admit(self, pending: Pending) -> None:
         params = pending.message.get("params")
-        cursor = params.get("cursor") if isinstance(params, dict) else None
+        params = params if isinstance(params, dict) else {}
+        cursor = params.get("cursor")
         if isinstance(cursor, str):
             unwrapped = cursors.unwrap(cursor)
             if unwrapped is None:

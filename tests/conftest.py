@@ -108,7 +108,7 @@ class StackFactory:
         for stack in self.stacks:
             processes = stack.processes()
             stack.router("--down", check=False)
-            gone, alive = psutil.wait_procs(processes, timeout=15)
+            _, alive = psutil.wait_procs(processes, timeout=15)
             for process in alive:
                 process.kill()
             survivors += alive

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from typing import Any
 
@@ -52,7 +53,7 @@ async def test_requests_beyond_the_caps_wait_in_arrival_order(make_stack: StackF
 
     starts = [window["start"] for window in windows]
     assert starts == sorted(starts), "served first come, first served"
-    assert all(earlier["end"] <= later["start"] for earlier, later in zip(windows, windows[1:], strict=False))
+    assert all(earlier["end"] <= later["start"] for earlier, later in itertools.pairwise(windows))
 
 
 async def test_a_full_queue_answers_at_once_with_a_clear_error(make_stack: StackFactory) -> None:

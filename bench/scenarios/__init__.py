@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-MODULES = ("overhead", "scaling")
+MODULES = ("overhead", "scaling", "ceiling", "failover", "memory", "published")
 
 
 def load() -> None:

@@ -12,9 +12,9 @@ from mcp import ClientSession, StdioServerParameters
 from bench import plots
 from bench.clients import sdk_session
 from bench.harness import Bench, Report, scenario
+from bench.scenarios.common import child_running, direct_params
 from bench.stack import LAB_SERVER, BenchStack, cpu_seconds, doors
 from bench.stats import Stat, percentile
-from bench.scenarios.common import child_running, direct_params
 
 ECHO = ("echo", {"text": "hello"})
 ProcessFinder = Callable[[], dict[str, psutil.Process]]

@@ -44,6 +44,8 @@ def summarize(bench: Bench, report: Report, direct: list[Round], mux: dict[int, 
     direct_rates = [r.rate for r in direct]
     one = [r.rate for r in mux[min(mux)]]
     report.add("direct", "calls/s", "calls/s", direct_rates)
+    report.add("direct", "latency p50", "ms", [r.p50 for r in direct])
+    report.add("direct", "latency p99", "ms", [r.p99 for r in direct])
     for k, rounds in mux.items():
         case = f"mcpmux, {k} instance{'s' if k > 1 else ''}"
         rates = [r.rate for r in rounds]
@@ -55,8 +57,6 @@ def summarize(bench: Bench, report: Report, direct: list[Round], mux: dict[int, 
         report.add(case, "latency p99", "ms", [r.p99 for r in rounds])
         if any(r.ok < r.calls for r in rounds):
             report.note(f"{case}: {sum(r.calls - r.ok for r in rounds)} calls failed")
-    report.add("direct", "latency p50", "ms", [r.p50 for r in direct])
-    report.add("direct", "latency p99", "ms", [r.p99 for r in direct])
     best = {k: CONCURRENT / math.ceil(CONCURRENT / k) / k for k in mux}
     report.note(f"{CONCURRENT} concurrent `block(0.1 s)` calls per round from one SDK session, {len(direct)} rounds "
                 "per case; --max-concurrent-requests 1 so each instance runs one call at a time. "

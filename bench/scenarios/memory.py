@@ -1,0 +1,122 @@
+"""5. Memory: what mcpmux's own processes weigh, against the server they wrap (the lab server).
+
+RSS counts shared pages (the interpreter, shared libraries) in every process; USS is what the process alone
+holds, what would be freed if it exited. To explain the figures, the scenario also measures how much each
+import costs a fresh interpreter.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import psutil
+
+from bench import plots
+from bench.clients import sdk_session
+from bench.harness import Bench, Report, scenario
+from bench.scenarios.common import child_running, direct_params
+from bench.stack import LAB_SERVER, ROOT, BenchStack, doors
+from bench.stats import Stat
+
+MB = 1024 * 1024
+TARGETS = {"shim": 25.0, "door": 30.0}
+ROLES = ("door", "core", "shim", "supervisord")
+# What a fresh interpreter weighs after each import: how a process's RSS builds up.
+IMPORTS = {
+    "bare interpreter": "pass",
+    "asyncio (pulls in ssl)": "import asyncio",
+    "zmq.asyncio": "import zmq.asyncio",
+    "pydantic": "import pydantic",
+    "mcpmux.stack (config: pydantic)": "import mcpmux.stack",
+    "shim's imports": "import instance_shim.shim",
+    "door's imports (router.cli + router.door)": "import router.cli, router.door",
+    "core's imports": "import router.core",
+    "lab server's imports (mcp SDK)": "import mcp.server, mcp.server.mcpserver",
+}
+
+
+@dataclass
+class Sample:
+    rss: dict[str, float]  # MB by role
+    uss: dict[str, float]
+
+
+def measure(processes: dict[str, psutil.Process]) -> Sample:
+    rss, uss = {}, {}
+    for role, process in processes.items():
+        rss[role] = process.memory_info().rss / MB
+        try:
+            uss[role] = process.memory_full_info().uss / MB
+        except (psutil.AccessDenied, AttributeError):
+            uss[role] = float("nan")
+    return Sample(rss, uss)
+
+
+async def direct_sample(bench: Bench) -> Sample:
+    async with sdk_session(direct_params(LAB_SERVER), bench.log) as client:
+        for _ in range(20):
+            await client.call_tool("echo", {"text": "warm"})
+        return measure({"lab server": child_running("lab_server.py")})
+
+
+async def mcpmux_sample(bench: Bench, stack: BenchStack) -> Sample:
+    async with sdk_session(stack.params(), bench.log) as client:
+        stack.wait_ready(1)
+        for _ in range(20):
+            await client.call_tool("echo", {"text": "warm"})
+        supervisord = stack.processes()[0]
+        (door,) = doors()
+        return measure({"door": door, "core": stack.core(), "shim": stack.shims()[0],
+                        "backend": stack.backends()[0], "supervisord": supervisord})
+
+
+def import_cost(statement: str) -> float:
+    """RSS (MB) of a fresh interpreter right after `statement`."""
+    probe = f"{statement}\nprint(open('/proc/self/status').read())"
+    completed = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=60,
+                               check=True)
+    found = re.search(r"VmRSS:\s+(\d+) kB", completed.stdout)
+    return int(found.group(1)) / 1024 if found else float("nan")
+
+
+@scenario("memory", "Memory of mcpmux's processes vs the wrapped server", quick_limit=45, full_limit=120)
+async def memory(bench: Bench, report: Report) -> None:
+    samples = bench.pick(1, 3)
+    direct: list[Sample] = []
+    mux: list[Sample] = []
+    with bench.stack("--min-instances=1", "--max-instances=1", server=LAB_SERVER) as stack:
+        for _ in range(samples):
+            direct.append(await direct_sample(bench))
+            mux.append(await mcpmux_sample(bench, stack))
+    imports = {label: import_cost(statement) for label, statement in IMPORTS.items()}
+    summarize(bench, report, direct, mux, imports)
+
+
+def summarize(bench: Bench, report: Report, direct: list[Sample], mux: list[Sample], imports: dict[str, float]
+              ) -> None:
+    for kind in ("rss", "uss"):
+        lab = [getattr(s, kind)["lab server"] for s in direct]
+        report.add("lab server (direct)", kind.upper(), "MB", lab)
+        for role in (*ROLES, "backend"):
+            values = [getattr(s, kind)[role] for s in mux]
+            limit = TARGETS.get(role) if kind == "rss" else None
+            report.compare(role, kind.upper(), "MB", values, lab, "lab server",
+                           target=f"< {limit:.0f} MB" if limit else "",
+                           met=Stat.of(values).median < limit if limit else None)
+    report.note("Measured after 20 warm-up calls in an open session; one stack with one instance. "
+                "RSS includes shared pages (interpreter, libraries) that every process counts again; "
+                "USS is the memory the process alone holds.")
+    lines = ["**RSS of a fresh interpreter after each import** (where a process's memory comes from)", "",
+             "| imports | RSS (MB) |", "|---|---|"]
+    lines += [f"| {label} | {value:.1f} |" for label, value in imports.items()]
+    report.data["markdown"] = ["\n".join(lines)]
+    report.data.update({
+        "direct": [vars(s) for s in direct], "mcpmux": [vars(s) for s in mux], "importsRssMb": imports,
+    })
+    stats = {"lab server": Stat.of([s.rss["lab server"] for s in direct])}
+    stats.update({role: Stat.of([s.rss[role] for s in mux]) for role in ROLES})
+    report.plots.append(plots.bars(bench.results_dir / "memory.png", "Resident memory (RSS) per process", "MB",
+                                   stats, line=TARGETS["shim"], line_label="shim target 25 MB").name)
