@@ -32,6 +32,10 @@ class Backend:
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=30)
 
     @property
+    def command(self) -> str:
+        return " ".join([self._spec["command"], *self._spec.get("args", [])])
+
+    @property
     def pid(self) -> int:
         return self._process.pid if self._process else 0
 

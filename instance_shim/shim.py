@@ -40,10 +40,13 @@ class Shim:
         self._exit_code = 0
 
     async def run(self) -> int:
-        await self._backend.start()
         self._socket.setsockopt(zmq.ROUTING_ID, self._slot.encode())
         self._socket.setsockopt(zmq.LINGER, 1000)
         self._socket.connect(self._endpoint)
+        try:
+            await self._backend.start()
+        except OSError as exc:
+            return await self._cannot_start(exc)
         await self._hello()
         tasks = [
             asyncio.create_task(self._backend.pump_stdout()),
@@ -62,6 +65,15 @@ class Shim:
             task.cancel()
         self._socket.close(linger=1000)
         return self._exit_code or 1
+
+    async def _cannot_start(self, exc: OSError) -> int:
+        """Tell the core why (the client waiting for initialize deserves the reason), then exit."""
+        reason = f"cannot start the server {self._backend.command!r}: {exc.strerror or exc}"
+        _log(reason)
+        await self._hello()
+        await self._send(wire.BackendFailed(reason))
+        self._socket.close(linger=1000)
+        return 2
 
     async def _hello(self) -> None:
         await self._send(wire.ShimHello(os.getpid(), self._backend.pid, self._initialize_result))

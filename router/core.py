@@ -15,6 +15,8 @@ import os
 import signal
 import sys
 import time
+import xmlrpc.client
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,8 @@ from mcpmux.jsonrpc import JsonObject
 from mcpmux.stack import StackPaths
 from router import prometheus
 from router.control import ControlHandler
-from router.instances import Instance
+from router.healing import Healer
+from router.instances import Instance, InstanceState
 from router.metrics import Metrics
 from router.scaling import Scaler
 from router.session import Session
@@ -39,6 +42,7 @@ log = logging.getLogger("mcpmux.core")
 HEARTBEAT_LIVENESS = 3  # missed shim heartbeats (1 s apart) before an instance is dead
 DOOR_LIVENESS = 10.0  # seconds of silence before a door (which beats every 2 s) is gone
 TICK = 0.5
+SUPERVISOR_POLL = 5.0  # seconds between looks at supervisord's process table (events can be dropped)
 
 
 class Core:
@@ -52,6 +56,9 @@ class Core:
         self.board.profile = self._load_profile()
         self.supervisor = Supervisor(paths)
         self.scaler = Scaler(config, self.board, self.supervisor, self.metrics)
+        self.healer = Healer(self.supervisor, self.metrics)
+        self.board.on_circuit_open = self._restart
+        self.board.on_ready = self._ready
         self.control = ControlHandler(self)
         self.exporter: prometheus.Exporter | None = None
         self.started = time.time()
@@ -60,6 +67,7 @@ class Core:
         self._shims = self._router_socket(paths.shims_endpoint)
         self._control = self._router_socket(paths.control_endpoint)
         self._idle_since: float | None = time.monotonic()
+        self._last_poll = 0.0
         self._stopping = asyncio.Event()
         self._control_tasks: set[asyncio.Task[None]] = set()
 
@@ -70,6 +78,9 @@ class Core:
         socket.setsockopt(zmq.LINGER, 0)
         socket.setsockopt(zmq.SNDHWM, 100_000)
         socket.setsockopt(zmq.RCVHWM, 100_000)
+        # ZMTP heartbeats drop a dead peer's connection; application heartbeats judge the instance.
+        socket.setsockopt(zmq.HEARTBEAT_IVL, 1000)
+        socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
         path = endpoint.removeprefix("ipc://")
         if os.path.exists(path):
             os.unlink(path)  # left by a core that died; we are the only core (supervisord runs one)
@@ -172,13 +183,13 @@ class Core:
             await self._shim_hello(slot, message)
             return
         if instance is None:
-            if slot in self.scaler.wanted:
+            if slot in self.scaler.wanted and not self.healer.held(slot):
                 await self._send_shim(slot, wire.Resync())  # a shim from before this core started
             return
         instance.last_seen = time.monotonic()
         if isinstance(message, wire.BackendReady):
-            self.metrics.event("ready", f"{slot} ready (backend pid {instance.backend_pid})", slot=slot)
-            await self.board.instance_ready(instance, message.initialize_result)
+            probe = self.healer.slots[slot].probe
+            await self.board.instance_ready(instance, message.initialize_result, probe=probe)
         elif isinstance(message, wire.BackendFailed):
             was_ready = instance.ready
             await self._instance_lost(instance, message.reason, message.stderr_tail)
@@ -189,14 +200,23 @@ class Core:
         previous = self.board.pool.get(slot)
         if previous is not None and previous.pid != hello.pid:
             await self._instance_lost(previous, "replaced by a new shim process")
+        self.scaler.adopt(slot)
+        if self.healer.held(slot):
+            return
+        if hello.initialize_result is None and self.healer.started(slot):
+            self._background(self.healer.back_off(slot, "restarted too often"))
+            return
         instance = Instance(slot, hello.pid, hello.backend_pid)
         self.board.pool.add(instance)
-        self.scaler.adopt(slot)
         self.metrics.event("start", f"{slot} connected (shim pid {hello.pid})", slot=slot)
         if hello.initialize_result is not None:
             await self.board.instance_ready(instance, hello.initialize_result)
         elif self.board.profile is not None:
-            await self._send_shim(slot, wire.InitializeBackend(self.board.profile))
+            await self._initialize(instance, self.board.profile)
+
+    async def _initialize(self, instance: Instance, profile: JsonObject) -> None:
+        instance.started = time.monotonic()  # the startup timeout runs from here
+        await self._send_shim(instance.slot, wire.InitializeBackend(profile))
 
     async def _instance_lost(self, instance: Instance, reason: str, stderr_tail: str = "") -> None:
         if self.board.pool.get(instance.slot) is not instance:
@@ -204,6 +224,21 @@ class Core:
         log.warning("%s lost: %s%s", instance.slot, reason, f"\n{stderr_tail}" if stderr_tail else "")
         self.metrics.event("lost", f"{instance.slot} lost: {reason}", slot=instance.slot, stderr=stderr_tail)
         await self.board.instance_lost(instance, reason)
+
+    async def _restart(self, instance: Instance, reason: str) -> None:
+        log.warning("%s: circuit open (%s); restarting it", instance.slot, reason)
+        self.metrics.event("circuit", f"{instance.slot} circuit opened: {reason}", slot=instance.slot)
+        self._background(self.healer.restart(instance.slot, reason))
+
+    async def _ready(self, instance: Instance, _: str) -> None:
+        self.healer.healthy_again(instance.slot)
+        self.metrics.event("ready", f"{instance.slot} ready (backend pid {instance.backend_pid})", slot=instance.slot)
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run slow work (supervisord calls) without holding up the message loops."""
+        task = asyncio.create_task(work)
+        self._control_tasks.add(task)
+        task.add_done_callback(self._control_tasks.discard)
 
     async def _send_to_instance(self, instance: Instance, payload: JsonObject) -> None:
         if not await self._send_shim(instance.slot, wire.ToBackend(payload)):
@@ -221,7 +256,7 @@ class Core:
         self.paths.pool_profile.write_text(json.dumps(params))
         for instance in self.board.pool:
             if not instance.ready:
-                await self._send_shim(instance.slot, wire.InitializeBackend(params))
+                await self._initialize(instance, params)
 
     def _load_profile(self) -> JsonObject | None:
         try:
@@ -264,8 +299,44 @@ class Core:
             for session in list(self.board.sessions.values()):
                 if now - session.last_seen > DOOR_LIVENESS:
                     await self._close_session(session, "door stopped beating")
+            await self._check_startups(now)
+            settings = self.config.multiplexer
+            interval = settings.health_check_interval / 1000
+            await self.board.health_check(interval, timeout=min(10.0, interval))
+            await self.healer.tick()
             await self.scaler.tick()
             await self._stop_when_idle(now)
+            if now - self._last_poll >= SUPERVISOR_POLL:
+                self._last_poll = now
+                self._background(self._poll_supervisor())
+
+    async def _check_startups(self, now: float) -> None:
+        limit = self.config.multiplexer.startup_timeout / 1000
+        for instance in list(self.board.pool):
+            waiting = instance.state in (InstanceState.STARTING, InstanceState.PROBING)
+            if waiting and self.board.profile is not None and now - instance.started > limit:
+                reason = f"not ready within startupTimeout ({limit * 1000:.0f} ms)"
+                await self._instance_lost(instance, reason)
+                self._background(self.healer.restart(instance.slot, reason))
+
+    async def _poll_supervisor(self) -> None:
+        """supervisord's own view: a slot that cannot even start (FATAL) is backed off, then given up."""
+        try:
+            processes = await self.supervisor.processes()
+        except (OSError, xmlrpc.client.Fault) as exc:
+            log.warning("cannot read supervisord's process list: %s", exc)
+            return
+        for process in processes:
+            slot = f"{process['group']}:{process['name']}"
+            if slot not in self.scaler.wanted or process["statename"] != "FATAL":
+                continue
+            if self.healer.held(slot):
+                continue
+            tail = await self.supervisor.log_tail(slot)
+            reason = f"supervisord could not start it ({process.get('spawnerr') or 'exited too quickly'})"
+            self.metrics.event("alert", f"{slot}: {reason}", slot=slot, stderr=tail)
+            await self.board.startup_failed(reason, tail)
+            await self.healer.back_off(slot, reason)
 
     async def _stop_when_idle(self, now: float) -> None:
         if self.board.sessions:

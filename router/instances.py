@@ -11,7 +11,9 @@ from typing import Any
 
 class InstanceState(enum.StrEnum):
     STARTING = "starting"  # shim connected, backend not initialized yet
+    PROBING = "probing"  # half-open: restarted after failures, must answer a ping before taking traffic
     READY = "ready"
+    OPEN = "open-circuit"  # failed too often: takes nothing new, being restarted
     FAILED = "failed"  # backend gone; the slot will be restarted by supervisord
 
 
@@ -25,6 +27,8 @@ class Instance:
     in_flight: int = 0
     served: int = 0
     failed: int = 0
+    consecutive_failures: int = 0
+    last_ping: float = field(default_factory=time.monotonic)
     last_pick: int = 0  # when the balancer last chose it, to break ties fairly
     last_seen: float = field(default_factory=time.monotonic)
     started: float = field(default_factory=time.monotonic)

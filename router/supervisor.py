@@ -75,6 +75,14 @@ class Supervisor:
     async def processes(self) -> list[dict[str, Any]]:
         return list(await asyncio.to_thread(lambda: self.proxy().supervisor.getAllProcessInfo()))
 
+    async def log_tail(self, name: str, length: int = 2000) -> str:
+        """The end of a process's log (stderr goes there too): why it would not start."""
+        try:
+            text, _, _ = await asyncio.to_thread(lambda: self.proxy().supervisor.tailProcessStdoutLog(name, 0, length))
+        except (OSError, xmlrpc.client.Fault):
+            return ""
+        return str(text)
+
     def shutdown_sync(self) -> None:
         self.proxy().supervisor.shutdown()
 

@@ -18,6 +18,7 @@ from mcpmux import jsonrpc
 from mcpmux.config import Config
 from mcpmux.jsonrpc import JsonObject
 from router import cursors
+from router.breaker import CircuitBreaker, is_instance_failure
 from router.dispatch import LeastConnections
 from router.instances import Instance, InstanceState, Pool
 from router.metrics import Metrics
@@ -36,6 +37,8 @@ log = logging.getLogger("mcpmux.core")
 
 SendToClient = Callable[[Session, JsonObject], Awaitable[None]]
 SendToInstance = Callable[[Instance, JsonObject], Awaitable[None]]
+OnAnswer = Callable[[Instance, JsonObject], Awaitable[None]]
+InstanceHook = Callable[[Instance, str], Awaitable[None]]
 
 CLIENT_CAPABILITY_OF = {
     "sampling/createMessage": "sampling",
@@ -64,12 +67,17 @@ class Switchboard:
         self.metrics = metrics
         self.profile: JsonObject | None = None  # the initialize params every backend gets
         self.on_profile: Callable[[JsonObject], Awaitable[None]] | None = None
+        self.on_circuit_open: InstanceHook | None = None  # the core restarts the instance
+        self.on_ready: InstanceHook | None = None
+        self.breaker = CircuitBreaker(config.load_balancing.circuit_breaker_threshold,
+                                      enabled=config.load_balancing.circuit_breaker_enabled)
+        self._pings: dict[str, tuple[int, float]] = {}  # health pings awaiting an answer, by slot
         self._request_timeout = settings.request_timeout / 1000
         self._startup_timeout = settings.startup_timeout / 1000
         self._to_client = to_client
         self._to_instance = to_instance
         self._running: dict[int, Pending] = {}  # by the id the instance sees
-        self._internal: set[int] = set()  # requests the router itself sent (setLevel, re-subscribe)
+        self._internal: dict[int, OnAnswer | None] = {}  # requests the router itself sent, with their follow-up
         self._init_waiters: list[Pending] = []
         self._subscriptions: dict[str, Subscription] = {}
         self._log_level: str | None = None
@@ -297,8 +305,11 @@ class Switchboard:
         if pending in self._init_waiters:
             self._init_waiters.remove(pending)
             where = "waiting for a backend to start"
+        instance = self.pool.get(pending.slot or "")
         await self._release(pending, "request timed out")
         self.metrics.requests_timed_out += 1
+        if instance is not None:
+            await self._instance_failed(instance, "a request timed out")
         await self._fail(pending, jsonrpc.REQUEST_TIMEOUT,
                          f"Request timed out after {seconds * 1000:.0f} ms ({where}); mcpmux cancelled it")
         await self.drain()
@@ -338,8 +349,10 @@ class Switchboard:
     async def _instance_response(self, instance: Instance, message: JsonObject) -> None:
         backend_id = message.get("id")
         if backend_id in self._internal:
-            self._internal.discard(backend_id)
-            if "error" in message:
+            follow_up = self._internal.pop(backend_id)
+            if follow_up is not None:
+                await follow_up(instance, message)
+            elif "error" in message:
                 log.warning("%s refused an mcpmux request: %s", instance.slot, message["error"])
             return
         pending = self._running.pop(backend_id, None)  # type: ignore[arg-type]
@@ -348,6 +361,10 @@ class Switchboard:
         instance.in_flight -= 1
         instance.served += 1
         await self._finish(pending, self._adapt_result(instance, pending, message))
+        if is_instance_failure(message):
+            await self._instance_failed(instance, f"answered error {message['error'].get('code')}")
+        else:
+            self.breaker.success(instance)
         await self.drain()
 
     def _adapt_result(self, instance: Instance, pending: Pending, message: JsonObject) -> JsonObject:
@@ -460,9 +477,26 @@ class Switchboard:
 
     # --- instances coming and going ------------------------------------------------------------------
 
-    async def instance_ready(self, instance: Instance, result: JsonObject) -> None:
-        instance.state = InstanceState.READY
+    async def instance_ready(self, instance: Instance, result: JsonObject, *, probe: bool = False) -> None:
+        """A backend finished its handshake. After failures it is half-open: one ping decides."""
         instance.initialize_result = result
+        if probe:
+            instance.state = InstanceState.PROBING
+            await self._internal_request(instance.slot, "ping", {}, self._probe_answered, allow_unready=True)
+            return
+        await self._become_ready(instance)
+
+    async def _probe_answered(self, instance: Instance, message: JsonObject) -> None:
+        if "result" in message:
+            await self._become_ready(instance)
+        else:
+            await self._open_circuit(instance, f"failed its probe: {message.get('error')}")
+
+    async def _become_ready(self, instance: Instance) -> None:
+        instance.state = InstanceState.READY
+        instance.consecutive_failures = 0
+        if self.on_ready is not None:
+            await self.on_ready(instance, "ready")
         if self._log_level is not None:
             await self._internal_request(instance.slot, "logging/setLevel", {"level": self._log_level})
         for uri, subscription in self._subscriptions.items():
@@ -472,8 +506,51 @@ class Switchboard:
         await self._announce_pool_change()
         waiters, self._init_waiters = self._init_waiters, []
         for pending in waiters:
-            await self._finish(pending, jsonrpc.result(pending.client_id, result))
+            await self._finish(pending, jsonrpc.result(pending.client_id, instance.initialize_result or {}))
         await self.drain()
+
+    async def _instance_failed(self, instance: Instance, reason: str) -> None:
+        instance.failed += 1
+        if self.breaker.failure(instance, self.pool):
+            await self._open_circuit(instance, f"{instance.consecutive_failures} failures in a row, last: {reason}")
+
+    async def _open_circuit(self, instance: Instance, reason: str) -> None:
+        if self.pool.get(instance.slot) is not instance or instance.state is InstanceState.OPEN:
+            return
+        instance.state = InstanceState.OPEN
+        await self.instance_lost(instance, f"circuit opened: {reason}")
+        if self.on_circuit_open is not None:
+            await self.on_circuit_open(instance, reason)
+
+    async def health_check(self, interval: float, timeout: float) -> None:
+        """Ping idle instances every `interval`; one that does not answer within `timeout` is unhealthy.
+
+        Busy instances are not pinged: a server that runs one call at a time cannot answer until it is
+        done, and its requests' deadlines already watch it.
+        """
+        now = time.monotonic()
+        for instance in self.pool.ready():
+            outstanding = self._pings.get(instance.slot)
+            if outstanding is not None:
+                if now > outstanding[1]:
+                    self._internal.pop(outstanding[0], None)
+                    del self._pings[instance.slot]
+                    if self.breaker.enabled and self._may_eject():
+                        await self._open_circuit(instance, f"no answer to ping within {timeout:.0f} s")
+                continue
+            if instance.in_flight == 0 and now - instance.last_ping >= interval:
+                instance.last_ping = now
+                backend_id = await self._internal_request(instance.slot, "ping", {}, self._pong)
+                if backend_id is not None:
+                    self._pings[instance.slot] = (backend_id, now + timeout)
+
+    async def _pong(self, instance: Instance, message: JsonObject) -> None:
+        self._pings.pop(instance.slot, None)
+        instance.last_ping = time.monotonic()
+
+    def _may_eject(self) -> bool:
+        ejected = sum(1 for other in self.pool if other.state is InstanceState.OPEN)
+        return ejected < max(1, len(self.pool) // 2)
 
     async def startup_failed(self, reason: str, stderr_tail: str) -> None:
         """A backend died in its handshake: tell the clients waiting for one, rather than let them wait."""
@@ -486,8 +563,10 @@ class Switchboard:
 
     async def instance_lost(self, instance: Instance, reason: str) -> None:
         """Fail over the requests an instance was running: retry the safe ones, answer the others."""
-        instance.state = InstanceState.FAILED
+        if instance.state is not InstanceState.OPEN:
+            instance.state = InstanceState.FAILED
         self.pool.remove(instance.slot)
+        self._pings.pop(instance.slot, None)
         await self._announce_pool_change()
         for backend_id, pending in list(self._running.items()):
             if pending.slot != instance.slot:
@@ -527,13 +606,15 @@ class Switchboard:
     async def _answer(self, session: Session, message: JsonObject) -> None:
         await self._to_client(session, message)
 
-    async def _internal_request(self, slot: str | None, method: str, params: JsonObject) -> None:
+    async def _internal_request(self, slot: str | None, method: str, params: JsonObject,
+                                follow_up: OnAnswer | None = None, *, allow_unready: bool = False) -> int | None:
         instance = self.pool.get(slot or "")
-        if instance is None or not instance.ready:
-            return
+        if instance is None or not (instance.ready or allow_unready):
+            return None
         backend_id = next(self._ids)
-        self._internal.add(backend_id)
+        self._internal[backend_id] = follow_up
         await self._to_instance(instance, {"jsonrpc": "2.0", "id": backend_id, "method": method, "params": params})
+        return backend_id
 
     async def _update_log_level(self) -> None:
         level = most_verbose([s.log_level for s in self.sessions.values() if s.log_level])

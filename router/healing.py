@@ -1,0 +1,107 @@
+"""Restarting instances through supervisord without restarting them forever.
+
+Each slot keeps its recent restarts. Too many within the window and the slot is stopped and started
+again after a delay that doubles each time; after a few such rounds it is left stopped with an alert,
+and the rest of the pool goes on serving.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+import xmlrpc.client
+from dataclasses import dataclass, field
+from typing import Any
+
+from router.metrics import Metrics
+from router.supervisor import Supervisor
+
+log = logging.getLogger("mcpmux.healing")
+
+FLAP_WINDOW = 60.0
+FLAP_RESTARTS = 5  # starts of one slot within the window that make it flapping
+BASE_DELAY = 2.0
+MAX_BACKOFFS = 4  # rounds of backing off before giving up on a slot
+
+
+@dataclass
+class SlotRecord:
+    starts: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=FLAP_RESTARTS))
+    restarts: int = 0
+    backoffs: int = 0
+    resume_at: float | None = None
+    probe: bool = False  # the next instance in this slot must pass a ping before taking traffic
+    alert: str | None = None
+    gave_up: bool = False
+
+
+class Healer:
+    def __init__(self, supervisor: Supervisor, metrics: Metrics) -> None:
+        self._supervisor = supervisor
+        self._metrics = metrics
+        self.slots: dict[str, SlotRecord] = collections.defaultdict(SlotRecord)
+
+    def started(self, slot: str) -> bool:
+        """Note that a shim came up in this slot; True if the slot is flapping."""
+        record = self.slots[slot]
+        now = time.monotonic()
+        if record.starts:
+            record.restarts += 1
+        record.starts.append(now)
+        return len(record.starts) == FLAP_RESTARTS and now - record.starts[0] < FLAP_WINDOW
+
+    async def restart(self, slot: str, reason: str) -> None:
+        record = self.slots[slot]
+        record.probe = True
+        self._metrics.event("restart", f"restarting {slot}: {reason}", slot=slot)
+        await self._call(self._supervisor.stop, slot)
+        await self._call(self._supervisor.start, slot)
+
+    async def back_off(self, slot: str, reason: str) -> None:
+        """Stop a flapping slot; start it again later, or give up on it."""
+        record = self.slots[slot]
+        record.starts.clear()
+        await self._call(self._supervisor.stop, slot)
+        if record.backoffs >= MAX_BACKOFFS:
+            record.alert = f"{slot} gave up after {record.backoffs} back-offs: {reason}"
+            record.resume_at = None
+            record.gave_up = True
+            log.error("%s", record.alert)
+            self._metrics.event("alert", record.alert, slot=slot)
+            return
+        delay = BASE_DELAY * 2**record.backoffs
+        record.backoffs += 1
+        record.resume_at = time.monotonic() + delay
+        record.probe = True
+        record.alert = f"{slot} flapping ({reason}); next start in {delay:.0f} s"
+        log.warning("%s", record.alert)
+        self._metrics.event("backoff", record.alert, slot=slot)
+
+    async def tick(self) -> None:
+        now = time.monotonic()
+        for slot, record in self.slots.items():
+            if record.resume_at is not None and now >= record.resume_at:
+                record.resume_at = None
+                self._metrics.event("restart", f"starting {slot} again after backing off", slot=slot)
+                await self._call(self._supervisor.start, slot)
+
+    def held(self, slot: str) -> bool:
+        """Backing off or given up: a shim that shows up in this slot now is on its way out."""
+        record = self.slots.get(slot)
+        return record is not None and (record.resume_at is not None or record.gave_up)
+
+    def healthy_again(self, slot: str) -> None:
+        record = self.slots[slot]
+        record.probe = False
+        record.alert = None
+
+    def describe(self, slot: str) -> dict[str, Any]:
+        record = self.slots.get(slot) or SlotRecord()
+        return {"restarts": record.restarts, "backoffs": record.backoffs, "alert": record.alert}
+
+    async def _call(self, action: Any, slot: str) -> None:
+        try:
+            await action(slot)
+        except (OSError, xmlrpc.client.Fault) as exc:
+            log.warning("supervisord refused to act on %s: %s", slot, exc)
