@@ -40,6 +40,15 @@ class DoorHello(Message):
 class Welcome(Message):
     tag: ClassVar[str] = "wl"
     core_pid: int
+    safe_tools: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class SafeTools(Message):
+    """The tools whose annotations make them safe to run again: a door retries these if its core dies."""
+
+    tag: ClassVar[str] = "st"
+    names: list[str]
 
 
 @dataclass(slots=True)
@@ -141,7 +150,7 @@ class ControlReply(Message):
 _BY_TAG: dict[str, type[Message]] = {
     cls.tag: cls
     for cls in (
-        DoorHello, Welcome, ClientMessage, ToClient, DoorBye,
+        DoorHello, Welcome, SafeTools, ClientMessage, ToClient, DoorBye,
         ShimHello, Heartbeat, Resync, InitializeBackend, BackendReady, BackendFailed, ToBackend, FromBackend,
         ControlRequest, ControlReply,
     )

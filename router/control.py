@@ -70,6 +70,9 @@ class ControlHandler:
         if request.query == "wait_ready":
             count, timeout = int(args.get("count", 1)), float(args.get("timeout", 30))
             return wire.ControlReply({"ready": await self._core.board.wait_ready(count, timeout)})
+        if request.query == "wait_running":
+            count, timeout = int(args.get("count", 1)), float(args.get("timeout", 30))
+            return wire.ControlReply({"running": await self._core.board.wait_running(count, timeout)})
         if request.query == "wait_event":
             event = await self.wait_event(args.get("kind"), args.get("slot"), float(args.get("after", 0)),
                                           patience=float(args.get("timeout", 30)))

@@ -59,6 +59,7 @@ class Core:
         self.healer = Healer(self.supervisor, self.metrics)
         self.board.on_circuit_open = self._restart
         self.board.on_ready = self._ready
+        self.board.on_safe_tools = self._announce_safe_tools
         self.control = ControlHandler(self)
         self.exporter: prometheus.Exporter | None = None
         self.started = time.time()
@@ -131,7 +132,7 @@ class Core:
             if session is None:
                 session = self.board.open_session(identity, message.pid, message.initialize_params)
                 self.metrics.event("session", f"session {session.name} opened (door pid {message.pid})")
-            await self._send_door(identity, wire.encode(wire.Welcome(os.getpid())))
+            await self._send_door(identity, wire.encode(wire.Welcome(os.getpid(), self.board.retry.safe_tools)))
         elif session is None:
             # A door of a core that died: nothing it sent since is known here, so it must start over.
             await self._send_door(identity, wire.encode(wire.Resync()))
@@ -145,6 +146,11 @@ class Core:
     async def _close_session(self, session: Session, reason: str) -> None:
         self.metrics.event("session", f"session {session.name} closed: {reason}")
         await self.board.close_session(session)
+
+    async def _announce_safe_tools(self, names: list[str]) -> None:
+        frame = wire.encode(wire.SafeTools(names))
+        for identity in list(self.board.sessions):
+            await self._send_door(identity, frame)
 
     async def _send_to_client(self, session: Session, payload: JsonObject) -> None:
         if not await self._send_door(session.identity, wire.encode_payload(wire.ToClient, payload)):

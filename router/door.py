@@ -18,7 +18,7 @@ import zmq.asyncio
 from mcpmux import jsonrpc, wire
 from mcpmux.jsonrpc import JsonObject, RequestId
 from mcpmux.stack import StackPaths
-from router.retry import SAFE_METHODS
+from router.retry import RetryPolicy
 
 HEARTBEAT_INTERVAL = 2.0
 
@@ -37,6 +37,7 @@ class Door:
         self._unanswered: dict[RequestId, JsonObject] = {}
         self._initialize_params: JsonObject | None = None
         self._to_settle: dict[RequestId, JsonObject] | None = None
+        self._retry = RetryPolicy()  # the core keeps it up to date with the tools' annotations
         self._welcomed = asyncio.Event()
         self._stdout = sys.stdout.buffer
 
@@ -102,7 +103,11 @@ class Door:
                 if "method" not in payload:
                     self._unanswered.pop(payload.get("id"), None)  # type: ignore[arg-type]
                 self._write(payload)
+            elif isinstance(message, wire.SafeTools):
+                self._retry.replace(message.names)
             elif isinstance(message, wire.Welcome):
+                if message.safe_tools:
+                    self._retry.replace(message.safe_tools)
                 self._welcomed.set()
                 await self._settle()
             elif isinstance(message, wire.Resync) and self._to_settle is None:
@@ -117,7 +122,7 @@ class Door:
         for request in to_settle.values():
             if request["id"] not in self._unanswered:
                 continue
-            if request["method"] in SAFE_METHODS:
+            if self._retry.may_retry(request, attempts=0):
                 await self._socket.send(wire.encode_payload(wire.ClientMessage, request))
                 continue
             del self._unanswered[request["id"]]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,8 +26,12 @@ class Metrics:
     def observe_latency(self, seconds: float) -> None:
         self.latencies.append(seconds)
 
+    on_event: Callable[[], None] | None = None
+
     def event(self, kind: str, text: str, **details: Any) -> None:
         self.events.append({"time": time.time(), "kind": kind, "text": text, **details})
+        if self.on_event is not None:
+            self.on_event()
 
     def latency_percentiles(self) -> dict[str, float | None]:
         if len(self.latencies) < 2:

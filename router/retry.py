@@ -27,6 +27,13 @@ class RetryPolicy:
             else:
                 self._safe_tools.discard(tool["name"])
 
+    @property
+    def safe_tools(self) -> list[str]:
+        return sorted(self._safe_tools)
+
+    def replace(self, names: list[str]) -> None:
+        self._safe_tools = set(names)
+
     def may_retry(self, message: dict[str, Any], attempts: int) -> bool:
         if attempts >= MAX_ATTEMPTS:
             return False

@@ -32,6 +32,7 @@ from router.session import (
     Session,
     most_verbose,
 )
+from router.watch import Watch
 
 log = logging.getLogger("mcpmux.core")
 
@@ -69,6 +70,7 @@ class Switchboard:
         self.on_profile: Callable[[JsonObject], Awaitable[None]] | None = None
         self.on_circuit_open: InstanceHook | None = None  # the core restarts the instance
         self.on_ready: InstanceHook | None = None
+        self.on_safe_tools: Callable[[list[str]], Awaitable[None]] | None = None
         self.breaker = CircuitBreaker(config.load_balancing.circuit_breaker_threshold,
                                       enabled=config.load_balancing.circuit_breaker_enabled)
         self._pings: dict[str, tuple[int, float]] = {}  # health pings awaiting an answer, by slot
@@ -81,8 +83,9 @@ class Switchboard:
         self._init_waiters: list[Pending] = []
         self._subscriptions: dict[str, Subscription] = {}
         self._log_level: str | None = None
-        self._retry = RetryPolicy()
-        self.pool_changed = asyncio.Condition()  # for whoever waits for a number of ready instances
+        self.retry = RetryPolicy()
+        self.watch = Watch()  # for control queries that wait for the pool to reach a state
+        metrics.on_event = self.watch.poke
         # Unique across instances and across core restarts, so a late answer never matches a new request.
         self._ids = itertools.count(time.time_ns() // 1000)
 
@@ -266,6 +269,7 @@ class Switchboard:
         instance.in_flight += 1
         self._running[backend_id] = pending
         await self._to_instance(instance, _with_backend_ids(pending.message, backend_id))
+        self.watch.poke()
         return True
 
     async def drain(self) -> None:
@@ -374,7 +378,7 @@ class Switchboard:
         if isinstance(result.get("nextCursor"), str):
             message = {**message, "result": {**result, "nextCursor": cursors.wrap(instance.slot, result["nextCursor"])}}
         if pending.method == "tools/list":
-            self._retry.observe_tools(result)
+            self.retry.observe_tools(result)
         elif pending.method == "resources/subscribe":
             uri = (pending.message.get("params") or {}).get("uri")
             if isinstance(uri, str):
@@ -499,6 +503,9 @@ class Switchboard:
             await self.on_ready(instance, "ready")
         if self._log_level is not None:
             await self._internal_request(instance.slot, "logging/setLevel", {"level": self._log_level})
+        if "tools" in ((instance.initialize_result or {}).get("capabilities") or {}):
+            # Which tools are safe to retry comes from their annotations: read them before any failure.
+            await self._internal_request(instance.slot, "tools/list", {}, self._learn_tools)
         for uri, subscription in self._subscriptions.items():
             if subscription.slot is None:
                 subscription.slot = instance.slot
@@ -508,6 +515,18 @@ class Switchboard:
         for pending in waiters:
             await self._finish(pending, jsonrpc.result(pending.client_id, instance.initialize_result or {}))
         await self.drain()
+
+    async def _learn_tools(self, instance: Instance, message: JsonObject) -> None:
+        result = message.get("result")
+        if not isinstance(result, dict):
+            return
+        known = self.retry.safe_tools
+        self.retry.observe_tools(result)
+        if self.retry.safe_tools != known and self.on_safe_tools is not None:
+            await self.on_safe_tools(self.retry.safe_tools)
+        cursor = result.get("nextCursor")
+        if isinstance(cursor, str):
+            await self._internal_request(instance.slot, "tools/list", {"cursor": cursor}, self._learn_tools)
 
     async def _instance_failed(self, instance: Instance, reason: str) -> None:
         instance.failed += 1
@@ -573,7 +592,7 @@ class Switchboard:
                 continue
             del self._running[backend_id]
             pending.backend_id = pending.slot = None
-            if pending.pinned_slot is None and self._retry.may_retry(pending.message, pending.attempts):
+            if pending.pinned_slot is None and self.retry.may_retry(pending.message, pending.attempts):
                 self.metrics.requests_retried += 1
                 self.queue.push_front(pending.key, pending)
             else:
@@ -592,16 +611,14 @@ class Switchboard:
     # --- helpers -------------------------------------------------------------------------------------
 
     async def _announce_pool_change(self) -> None:
-        async with self.pool_changed:
-            self.pool_changed.notify_all()
+        self.watch.poke()
 
     async def wait_ready(self, count: int, timeout: float) -> bool:
-        async with self.pool_changed:
-            try:
-                await asyncio.wait_for(self.pool_changed.wait_for(lambda: len(self.pool.ready()) >= count), timeout)
-            except TimeoutError:
-                return False
-        return True
+        return await self.watch.until(lambda: len(self.pool.ready()) >= count, timeout)
+
+    async def wait_running(self, count: int, timeout: float) -> bool:
+        """Until `count` requests run on instances (a test's cue that its calls have been handed out)."""
+        return await self.watch.until(lambda: len(self._running) >= count, timeout)
 
     async def _answer(self, session: Session, message: JsonObject) -> None:
         await self._to_client(session, message)

@@ -69,6 +69,17 @@ class Stack:
         """Block until the pool has `count` ready instances (the core answers when it does)."""
         assert query(self.paths, "wait_ready", {"count": count, "timeout": timeout}, timeout=timeout + 5)["ready"]
 
+    def wait_running(self, count: int, timeout: float = 30) -> None:
+        """Block until `count` requests have been handed to instances."""
+        assert query(self.paths, "wait_running", {"count": count, "timeout": timeout}, timeout=timeout + 5)["running"]
+
+    def wait_event(self, kind: str, after: float, timeout: float = 60, slot: str | None = None) -> dict[str, Any]:
+        """The first event of this kind the core records after `after` (a time.time())."""
+        args = {"kind": kind, "after": after, "timeout": timeout, "slot": slot}
+        event = query(self.paths, "wait_event", args, timeout=timeout + 5)["event"]
+        assert event is not None, f"no {kind!r} event within {timeout} s"
+        return event  # type: ignore[no-any-return]
+
     def supervisorctl(self, *command: str) -> str:
         completed = subprocess.run(
             [sys.executable, "-m", "supervisor.supervisorctl", "-c", str(self.paths.supervisord_conf), *command],

@@ -16,6 +16,8 @@ Environment switches:
     LAB_GARBAGE_ON_START=1  write a non-JSON line on stdout before serving.
     LAB_TOOLS_BY_CAPS=1     hide sample/elicit/roots from tools/list unless the
                             client declared sampling/elicitation/roots.
+    LAB_BROKEN_FILE=PATH    the first process to create PATH answers `broken` with a JSON-RPC
+                            internal error until it is restarted.
 """
 
 from __future__ import annotations
@@ -285,6 +287,36 @@ async def touch(uri: str, ctx: Context, force: bool = False) -> str:
 def get_subscriptions() -> str:
     """Return the resource URIs this process is currently subscribed to."""
     return _reply(subscriptions=sorted(STATE.subscriptions))
+
+
+def _claim_brokenness() -> bool:
+    """With LAB_BROKEN_FILE set, exactly one process (the first to create the file) is broken."""
+    path = os.environ.get("LAB_BROKEN_FILE")
+    if not path:
+        return False
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
+BROKEN = _claim_brokenness()
+
+
+@mcp.tool(structured_output=False)
+def broken() -> str:
+    """In the broken process, fail at the protocol level (a JSON-RPC internal error) until restarted."""
+    if BROKEN:
+        raise MCPError(code=-32603, message=f"lab server {PID} is broken")
+    return _reply(broken=False)
+
+
+@mcp.tool(structured_output=False)
+async def hang() -> str:
+    """Block the server's event loop for an hour: it stops reading and answering anything."""
+    time.sleep(3600)
+    return _reply()
 
 
 @mcp.tool(structured_output=False)

@@ -1,0 +1,158 @@
+"""Instances crash, hang and fail; the pool heals through supervisord and no request is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import psutil
+
+from tests.conftest import Stack, StackFactory
+from tests.rawclient import RawClient, raw_session
+
+INSTANCE_FAILED = -32051
+
+
+def call(request_id: Any, tool: str, **arguments: Any) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": request_id, "method": "tools/call",
+            "params": {"name": tool, "arguments": arguments}}
+
+
+def pid_of(response: dict[str, Any]) -> int:
+    assert "result" in response, response
+    return int(json.loads(response["result"]["content"][0]["text"])["pid"])
+
+
+def instance_serving(stack: Stack, backend_pid: int) -> dict[str, Any]:
+    return next(i for i in stack.status()["instances"] if i["backendPid"] == backend_pid)
+
+
+async def calls_in_flight_on_two_instances(client: RawClient, stack: Stack) -> None:
+    """One safe (`block`, readOnlyHint) and one unsafe (`slow_write`) call on each of two instances."""
+    await client.initialize()
+    stack.wait_ready(2)
+    for request_id, tool in (("safe-1", "block"), ("safe-2", "block"),
+                             ("unsafe-1", "slow_write"), ("unsafe-2", "slow_write")):
+        await client.send(call(request_id, tool, seconds=2))
+    stack.wait_running(4)
+
+
+async def test_killing_a_backend_retries_safe_calls_and_fails_unsafe_ones_explicitly(
+        make_stack: StackFactory) -> None:
+    stack = make_stack("--min-instances", "2", "--max-instances", "2", "--max-concurrent-requests", "2")
+    async with raw_session(stack) as client:
+        await calls_in_flight_on_two_instances(client, stack)
+        victim = stack.status()["instances"][0]
+        psutil.Process(victim["backendPid"]).kill()
+        responses = {rid: await client.response(rid) for rid in ("safe-1", "safe-2", "unsafe-1", "unsafe-2")}
+        stack.wait_ready(2)
+        after = await client.request("after", "tools/call", {"name": "whoami", "arguments": {}})
+
+    assert all("result" in responses[rid] for rid in ("safe-1", "safe-2")), responses
+    failed = [rid for rid in ("unsafe-1", "unsafe-2") if "error" in responses[rid]]
+    assert len(failed) == 1, "exactly the unsafe call on the killed instance failed"
+    error = responses[failed[0]]["error"]
+    assert error["code"] == INSTANCE_FAILED
+    assert "not retried because it may have had effects" in error["message"]
+    assert all(pid_of(responses[rid]) != victim["backendPid"] for rid in ("safe-1", "safe-2"))
+    assert pid_of(after) != victim["backendPid"]
+    assert len([i for i in stack.status()["instances"] if i["state"] in ("ready", "busy")]) == 2
+
+
+async def test_killing_a_shim_fails_its_calls_over(make_stack: StackFactory) -> None:
+    stack = make_stack("--min-instances", "2", "--max-instances", "2", "--max-concurrent-requests", "2")
+    async with raw_session(stack) as client:
+        await calls_in_flight_on_two_instances(client, stack)
+        victim = stack.status()["instances"][0]
+        before = time.time()
+        psutil.Process(victim["pid"]).kill()
+        lost = stack.wait_event("lost", before, slot=victim["slot"])
+        responses = {rid: await client.response(rid) for rid in ("safe-1", "safe-2", "unsafe-1", "unsafe-2")}
+        stack.wait_ready(2)
+
+    # Whichever comes first: three missed heartbeats, or supervisord's replacement saying hello.
+    assert "heartbeats" in lost["text"] or "replaced by a new shim" in lost["text"]
+    assert all("result" in responses[rid] for rid in ("safe-1", "safe-2"))
+    assert sum("error" in responses[rid] for rid in ("unsafe-1", "unsafe-2")) == 1
+    assert not psutil.pid_exists(victim["backendPid"]), "the backend died with its shim"
+    assert victim["pid"] not in {i["pid"] for i in stack.status()["instances"]}
+
+
+async def test_a_core_restart_keeps_sessions_going(make_stack: StackFactory) -> None:
+    stack = make_stack("--min-instances", "2", "--max-instances", "2", "--max-concurrent-requests", "2")
+    async with raw_session(stack) as client:
+        await calls_in_flight_on_two_instances(client, stack)
+        core = next(p for p in stack.processes() if "router.core" in " ".join(p.cmdline()))
+        core.kill()
+        responses = {rid: await client.response(rid) for rid in ("safe-1", "safe-2", "unsafe-1", "unsafe-2")}
+        after = await client.request("after", "tools/call", {"name": "echo", "arguments": {"text": "still here"}})
+        new_core = stack.status()["corePid"]
+
+    assert new_core != core.pid
+    assert all("result" in responses[rid] for rid in ("safe-1", "safe-2")), responses
+    assert all(responses[rid]["error"]["code"] == INSTANCE_FAILED for rid in ("unsafe-1", "unsafe-2"))
+    assert "result" in after
+    assert all(len(client.responses_to(rid)) == 1 for rid in ("safe-1", "safe-2", "unsafe-1", "unsafe-2"))
+
+
+async def test_a_hung_backend_opens_its_circuit_and_is_restarted(make_stack: StackFactory) -> None:
+    stack = make_stack("--min-instances", "2", "--max-instances", "2", "--max-concurrent-requests", "1",
+                       "--request-timeout", "1500", "--circuit-breaker-threshold", "1")
+    async with raw_session(stack) as client:
+        await client.initialize()
+        stack.wait_ready(2)
+        before = time.time()
+        hung = await client.request("hung", "tools/call", {"name": "hang", "arguments": {}})
+        circuit = stack.wait_event("circuit", before)
+        restart = stack.wait_event("restart", before, slot=circuit["slot"])
+        stack.wait_ready(2)
+        pids = {pid_of(await client.request(f"w{n}", "tools/call", {"name": "whoami", "arguments": {}}))
+                for n in range(4)}
+        processes = stack.supervisorctl("status")
+
+    assert hung["error"]["code"] == -32001
+    assert "timed out" in circuit["text"]
+    assert "restarting" in restart["text"]
+    assert len(pids) == 2, "the restarted instance takes traffic again"
+    assert processes.count("RUNNING") + processes.count("STARTING") == 3, processes
+
+
+async def test_an_instance_failing_at_protocol_level_is_restarted_but_tool_errors_are_not_failures(
+        make_stack: StackFactory, tmp_path: Any) -> None:
+    stack = make_stack("--min-instances", "1", "--max-instances", "1", LAB_BROKEN_FILE=str(tmp_path / "broken"))
+    async with raw_session(stack) as client:
+        await client.initialize()
+        first = pid_of(await client.request("who", "tools/call", {"name": "whoami", "arguments": {}}))
+        tool_errors = [await client.request(f"f{n}", "tools/call", {"name": "fail", "arguments": {}})
+                       for n in range(4)]
+        same = pid_of(await client.request("same", "tools/call", {"name": "whoami", "arguments": {}}))
+        before = time.time()
+        errors = [await client.request(f"b{n}", "tools/call", {"name": "broken", "arguments": {}}) for n in range(3)]
+        stack.wait_event("circuit", before)
+        ready = stack.wait_event("ready", before)
+        healed = await client.request("healed", "tools/call", {"name": "broken", "arguments": {}})
+
+    assert all(answer["result"]["isError"] for answer in tool_errors)
+    assert same == first, "isError results are the tool's answer, not the instance's failure"
+    assert all(answer["error"]["code"] == -32603 for answer in errors)
+    assert ready["slot"] == "shim:shim_00"
+    assert pid_of(healed) != first
+
+
+async def test_a_server_that_cannot_start_is_backed_off_not_restarted_in_a_loop(make_stack: StackFactory) -> None:
+    stack = make_stack("--min-instances", "1", "--max-instances", "1", server=["/nonexistent/mcp-server"])
+    before = time.time()
+    async with raw_session(stack) as client:
+        response = await client.request("init", "initialize", {
+            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}})
+        backoff = stack.wait_event("backoff", before)
+        status = stack.status()
+
+    assert response["error"]["code"] == INSTANCE_FAILED
+    assert "/nonexistent/mcp-server" in response["error"]["message"]
+    assert "No such file" in response["error"]["message"]
+    assert "next start in" in backoff["text"]
+    assert status["readyInstances"] == 0
+    assert [i["state"] for i in status["instances"]] in (["stopped"], ["starting"])
