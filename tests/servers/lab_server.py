@@ -315,7 +315,7 @@ def broken() -> str:
 @mcp.tool(structured_output=False)
 async def hang() -> str:
     """Block the server's event loop for an hour: it stops reading and answering anything."""
-    time.sleep(3600)
+    time.sleep(3600)  # noqa: ASYNC251 - hanging the loop is the point
     return _reply()
 
 
