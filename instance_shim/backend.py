@@ -1,19 +1,24 @@
-"""The wrapped MCP server: a child process spoken to in newline-delimited JSON-RPC over stdio."""
+"""The wrapped MCP server: a child process spoken to in newline-delimited JSON-RPC over stdio.
+
+Non-blocking on every pipe, so a server that stops reading cannot stall the shim's heartbeat.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import ctypes
 import json
 import os
 import signal
+import subprocess
 import sys
-from collections.abc import Awaitable, Callable
 from typing import Any
+
+from mcpmux.lines import TOO_LONG, LineSplitter
 
 JsonObject = dict[str, Any]
 LINE_LIMIT = 64 * 1024 * 1024
+READ_SIZE = 1 << 16
 _PR_SET_PDEATHSIG = 1
 
 
@@ -23,12 +28,11 @@ def _die_with_parent() -> None:
 
 
 class Backend:
-    """Starts the server, writes messages to it, hands every message it prints to `on_message`."""
-
-    def __init__(self, spec: JsonObject, on_message: Callable[[JsonObject], Awaitable[None]]) -> None:
+    def __init__(self, spec: JsonObject) -> None:
         self._spec = spec
-        self._on_message = on_message
-        self._process: asyncio.subprocess.Process | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._outbox = bytearray()
+        self._stdout = LineSplitter(LINE_LIMIT)
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=30)
 
     @property
@@ -41,70 +45,117 @@ class Backend:
 
     @property
     def alive(self) -> bool:
-        return self._process is not None and self._process.returncode is None
+        return self._process is not None and self._process.poll() is None
 
-    async def start(self) -> None:
+    def start(self) -> None:
         env = {**os.environ, **self._spec.get("env", {})}
         # Servers installed beside mcpmux (mcp-server-time, say) are found by name.
         env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", os.defpath)])
-        self._process = await asyncio.create_subprocess_exec(
-            self._spec["command"], *self._spec.get("args", []),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            env=env, cwd=self._spec.get("cwd"), limit=LINE_LIMIT, preexec_fn=_die_with_parent,
+        self._process = subprocess.Popen(
+            [self._spec["command"], *self._spec.get("args", [])],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0,
+            env=env, cwd=self._spec.get("cwd"), preexec_fn=_die_with_parent,
         )
+        for pipe in (self._process.stdin, self._process.stdout, self._process.stderr):
+            assert pipe is not None
+            os.set_blocking(pipe.fileno(), False)
+
+    def fileno(self, name: str) -> int:
+        assert self._process is not None
+        pipe = getattr(self._process, name)
+        return int(pipe.fileno())
+
+    # --- writing -------------------------------------------------------------------------------------
 
     def send(self, message: JsonObject) -> None:
-        assert self._process and self._process.stdin
-        if self._process.stdin.is_closing():
+        self._outbox += json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+        self.flush()
+
+    def send_eof(self) -> None:
+        """Close the server's stdin: the MCP way to ask a stdio server to exit."""
+        if self._process is not None and self._process.stdin is not None:
+            self._process.stdin.close()
+
+    @property
+    def wants_write(self) -> bool:
+        return bool(self._outbox)
+
+    def flush(self) -> None:
+        if not self._outbox or not self.alive:
             return
-        self._process.stdin.write(json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode() + b"\n")
+        try:
+            written = os.write(self.fileno("stdin"), self._outbox)
+        except BlockingIOError:
+            return  # the server is not reading right now; the shim waits for its pipe to drain
+        except (BrokenPipeError, ValueError):  # the server is gone, or we closed its stdin
+            self._outbox.clear()
+            return
+        del self._outbox[:written]
 
-    async def pump_stdout(self) -> None:
-        """Relay stdout until the server closes it; a line that is not JSON is logged and skipped."""
-        assert self._process and self._process.stdout
-        stdout = self._process.stdout
-        while True:
-            try:
-                line = await stdout.readline()
-            except ValueError:
-                _log(f"backend printed a line longer than {LINE_LIMIT} bytes; dropped")
-                continue
-            if not line:
-                return
-            try:
-                message = json.loads(line)
-            except ValueError:
-                _log(f"backend printed non-JSON on stdout (ignored): {line[:200]!r}")
-                continue
-            if not isinstance(message, dict):
-                _log(f"backend printed JSON that is not a message (ignored): {line[:200]!r}")
-                continue
-            await self._on_message(message)
+    # --- reading -------------------------------------------------------------------------------------
 
-    async def pump_stderr(self) -> None:
-        """Pass the server's stderr to the shim's log, keeping the last lines to explain a failure."""
-        assert self._process and self._process.stderr
-        async for raw in self._process.stderr:
-            text = raw.decode(errors="replace").rstrip()
+    def read_messages(self) -> list[JsonObject] | None:
+        """The messages the server printed since last time; None once it has closed stdout."""
+        try:
+            data = os.read(self.fileno("stdout"), READ_SIZE)
+        except BlockingIOError:
+            return []
+        if not data:
+            return None
+        messages = []
+        for line in self._stdout.feed(data):
+            message = _parse(line)
+            if message is not None:
+                messages.append(message)
+        return messages
+
+    def read_stderr(self) -> bool:
+        """Pass the server's stderr to the shim's log; False once the server closed it."""
+        try:
+            return self._read_stderr_chunk()
+        except BlockingIOError:
+            return True
+
+    def _read_stderr_chunk(self) -> bool:
+        data = os.read(self.fileno("stderr"), READ_SIZE)
+        if not data:
+            return False
+        for text in data.decode(errors="replace").splitlines():
             self.stderr_tail.append(text)
             sys.stderr.write(f"[backend] {text}\n")
         sys.stderr.flush()
+        return True
 
-    async def wait(self) -> int:
-        assert self._process
-        return await self._process.wait()
-
-    async def stop(self) -> None:
-        process = self._process
-        if process is None or process.returncode is not None:
-            return
-        if process.stdin:
-            process.stdin.close()  # the MCP way to ask a stdio server to exit
+    def wait(self, timeout: float) -> int:
+        assert self._process is not None
         try:
-            await asyncio.wait_for(process.wait(), 2)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
+            return self._process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            return self._process.wait()
+
+    def drain_stderr(self) -> None:
+        """After exit: read what is left, without waiting for more."""
+        try:
+            while self._read_stderr_chunk():
+                pass
+        except OSError:  # BlockingIOError included: nothing more for now
+            pass
+
+
+def _parse(line: bytes) -> JsonObject | None:
+    if line == TOO_LONG:
+        _log(f"backend printed a line longer than {LINE_LIMIT} bytes; dropped")
+        return None
+    try:
+        message = json.loads(line)
+    except ValueError:
+        _log(f"backend printed non-JSON on stdout (ignored): {line[:200]!r}")
+        return None
+    if not isinstance(message, dict):
+        _log(f"backend printed JSON that is not a message (ignored): {line[:200]!r}")
+        return None
+    return message
 
 
 def _log(text: str) -> None:

@@ -3,20 +3,22 @@
 It initializes the backend with the parameters the core sends (the first client's real ones), reports the
 result, then relays frames both ways and beats a heartbeat. When the backend dies the shim says so and
 exits, and supervisord starts a fresh one in the same slot.
+
+It is started once per instance, so it stays small: one synchronous poll loop, no asyncio (which would
+bring in ssl and a third of the shim's memory).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import zmq
-import zmq.asyncio
 
 from instance_shim.backend import Backend
 from mcpmux import wire
@@ -30,67 +32,70 @@ class Shim:
     def __init__(self, stack_dir: Path, slot: str) -> None:
         stack = json.loads((stack_dir / "stack.json").read_text())
         self._slot = slot
-        self._endpoint = f"ipc://{stack_dir / 'shims.sock'}"
-        self._backend = Backend(stack["server"], self._from_backend)
-        self._context = zmq.asyncio.Context()
+        self._backend = Backend(stack["server"])
+        self._context = zmq.Context()
         self._socket = self._context.socket(zmq.DEALER)
+        self._socket.setsockopt(zmq.ROUTING_ID, slot.encode())
+        self._socket.setsockopt(zmq.LINGER, 1000)
+        self._socket.setsockopt(zmq.SNDHWM, 100_000)
+        self._socket.connect(f"ipc://{stack_dir / 'shims.sock'}")
         self._initializing = False
         self._initialize_result: JsonObject | None = None
         self._in_flight: set[Any] = set()
-        self._exit_code = 0
+        self._failure: str | None = None
+        self._next_beat = 0.0
 
-    async def run(self) -> int:
-        self._socket.setsockopt(zmq.ROUTING_ID, self._slot.encode())
-        self._socket.setsockopt(zmq.LINGER, 1000)
-        self._socket.connect(self._endpoint)
+    def run(self) -> int:
         try:
-            await self._backend.start()
+            self._backend.start()
         except OSError as exc:
-            return await self._cannot_start(exc)
-        await self._hello()
-        tasks = [
-            asyncio.create_task(self._backend.pump_stdout()),
-            asyncio.create_task(self._backend.pump_stderr()),
-            asyncio.create_task(self._from_core()),
-            asyncio.create_task(self._heartbeat()),
-        ]
-        code = await self._backend.wait()
-        await asyncio.gather(tasks[0], tasks[1], return_exceptions=True)  # read what it printed last
-        reason = f"backend exited with code {code}"
-        if self._initializing:
-            reason += " during initialize"
-        _log(reason)
-        await self._send(wire.BackendFailed(reason, "\n".join(self._backend.stderr_tail)))
-        for task in tasks:
-            task.cancel()
-        self._socket.close(linger=1000)
-        return self._exit_code or 1
+            return self._cannot_start(exc)
+        self._hello()
+        stdout, stderr, stdin = (self._backend.fileno(name) for name in ("stdout", "stderr", "stdin"))
+        poller = zmq.Poller()
+        poller.register(self._socket, zmq.POLLIN)
+        poller.register(stdout, zmq.POLLIN)
+        poller.register(stderr, zmq.POLLIN)
+        stdout_open = True
+        while stdout_open:
+            poller.register(stdin, zmq.POLLOUT if self._backend.wants_write else 0)
+            events = dict(poller.poll(self._until_heartbeat()))
+            if events.get(stderr) and not self._backend.read_stderr():
+                poller.unregister(stderr)
+            if events.get(stdout):
+                stdout_open = self._relay_backend()
+            if events.get(self._socket):
+                self._relay_core()
+            if events.get(stdin):
+                self._backend.flush()
+            self._beat_if_due()
+        return self._exit()
 
-    async def _cannot_start(self, exc: OSError) -> int:
-        """Tell the core why (the client waiting for initialize deserves the reason), then exit."""
-        reason = f"cannot start the server {self._backend.command!r}: {exc.strerror or exc}"
-        _log(reason)
-        await self._hello()
-        await self._send(wire.BackendFailed(reason))
-        self._socket.close(linger=1000)
-        return 2
+    def _until_heartbeat(self) -> int:
+        return max(0, int((self._next_beat - time.monotonic()) * 1000))
 
-    async def _hello(self) -> None:
-        await self._send(wire.ShimHello(os.getpid(), self._backend.pid, self._initialize_result))
+    def _beat_if_due(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_beat:
+            self._send(wire.Heartbeat(len(self._in_flight), self._backend.alive))
+            self._next_beat = now + HEARTBEAT_INTERVAL
 
-    async def _send(self, message: wire.Message) -> None:
-        await self._socket.send(wire.encode(message))
+    # --- core -> backend -----------------------------------------------------------------------------
 
-    async def _from_core(self) -> None:
+    def _relay_core(self) -> None:
         while True:
-            message = wire.decode(await self._socket.recv())
+            try:
+                frame = self._socket.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            message = wire.decode(frame)
             if isinstance(message, wire.ToBackend):
                 self._track_outgoing(message.payload)
                 self._backend.send(message.payload)
             elif isinstance(message, wire.InitializeBackend):
                 self._initialize(message.params)
             elif isinstance(message, wire.Resync):
-                await self._hello()
+                self._hello()
 
     def _track_outgoing(self, payload: JsonObject) -> None:
         method = payload.get("method")
@@ -99,7 +104,7 @@ class Shim:
         if "id" in payload:
             self._in_flight.add(payload["id"])
         elif method == "notifications/cancelled":
-            self._in_flight.discard(payload.get("params", {}).get("requestId"))
+            self._in_flight.discard((payload.get("params") or {}).get("requestId"))
 
     def _initialize(self, params: JsonObject) -> None:
         if self._initializing or self._initialize_result is not None:
@@ -107,32 +112,60 @@ class Shim:
         self._initializing = True
         self._backend.send({"jsonrpc": "2.0", "id": INIT_ID, "method": "initialize", "params": params})
 
-    async def _from_backend(self, payload: JsonObject) -> None:
-        if payload.get("id") == INIT_ID and "method" not in payload:
-            await self._initialized(payload)
-            return
-        if "method" not in payload:
-            self._in_flight.discard(payload.get("id"))
-        await self._socket.send(wire.encode_payload(wire.FromBackend, payload))
+    # --- backend -> core -----------------------------------------------------------------------------
 
-    async def _initialized(self, response: JsonObject) -> None:
+    def _relay_backend(self) -> bool:
+        messages = self._backend.read_messages()
+        if messages is None:
+            return False
+        for payload in messages:
+            if "method" not in payload:
+                if payload.get("id") == INIT_ID:
+                    self._initialized(payload)
+                    continue
+                self._in_flight.discard(payload.get("id"))
+            self._socket.send(wire.encode_payload(wire.FromBackend, payload))
+        return True
+
+    def _initialized(self, response: JsonObject) -> None:
         self._initializing = False
         if "result" not in response:
             error = response.get("error", {})
-            reason = f"backend refused initialize: {error.get('message', error)}"
-            _log(reason)
-            await self._send(wire.BackendFailed(reason, "\n".join(self._backend.stderr_tail)))
-            self._exit_code = 2
-            await self._backend.stop()
+            self._failure = f"backend refused initialize: {error.get('message', error)}"
+            self._backend.send_eof()
             return
         self._backend.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
         self._initialize_result = response["result"]
-        await self._send(wire.BackendReady(response["result"]))
+        self._send(wire.BackendReady(response["result"]))
 
-    async def _heartbeat(self) -> None:
-        while True:
-            await self._send(wire.Heartbeat(len(self._in_flight), self._backend.alive))
-            await asyncio.sleep(HEARTBEAT_INTERVAL)
+    # --- lifecycle -----------------------------------------------------------------------------------
+
+    def _hello(self) -> None:
+        self._send(wire.ShimHello(os.getpid(), self._backend.pid, self._initialize_result))
+
+    def _send(self, message: wire.Message) -> None:
+        self._socket.send(wire.encode(message))
+
+    def _cannot_start(self, exc: OSError) -> int:
+        """Tell the core why (the client waiting for initialize deserves the reason), then exit."""
+        reason = f"cannot start the server {self._backend.command!r}: {exc.strerror or exc}"
+        _log(reason)
+        self._hello()
+        self._send(wire.BackendFailed(reason))
+        self._socket.close(linger=1000)
+        return 2
+
+    def _exit(self) -> int:
+        code = self._backend.wait(timeout=2)
+        self._backend.drain_stderr()
+        reason = self._failure or f"backend exited with code {code}"
+        if self._initializing:
+            reason += " during initialize"
+        _log(reason)
+        self._send(wire.BackendFailed(reason, "\n".join(self._backend.stderr_tail)))
+        self._socket.close(linger=1000)
+        self._context.term()
+        return 2 if self._failure else 1
 
 
 def _log(text: str) -> None:
@@ -153,5 +186,4 @@ def main() -> None:
     parser.add_argument("--stack-dir", type=Path, required=True)
     parser.add_argument("--slot", default=None, help="routing id; defaults to supervisord's group:name")
     args = parser.parse_args()
-    shim = Shim(args.stack_dir, args.slot or _slot_name())
-    sys.exit(asyncio.run(shim.run()))
+    sys.exit(Shim(args.stack_dir, args.slot or _slot_name()).run())

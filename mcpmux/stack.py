@@ -11,8 +11,10 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from mcpmux.config import Config
+if TYPE_CHECKING:  # the door imports this module and must not pay for pydantic
+    from mcpmux.config import Config
 
 IPC_PATH_LIMIT = 107  # sun_path is 108 bytes on Linux, one of them the terminating NUL
 

@@ -9,7 +9,6 @@ Every configuration key has a flag, generated from the configuration model so th
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 from collections.abc import Callable
@@ -107,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         if args.stack_dir is not None:
-            sys.exit(_attach(StackPaths(args.stack_dir.resolve())))
+            sys.exit(_attach(args, StackPaths(args.stack_dir.resolve())))
         config, origin = resolve(args)
         paths = stack_paths(config, origin)
     except (ConfigError, ValueError) as exc:
@@ -115,9 +114,17 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(_run(args, config, paths))
 
 
-def _attach(paths: StackPaths) -> int:
+def _attach(args: argparse.Namespace, paths: StackPaths) -> int:
+    """The stack in a runtime directory: stop it, print it, or relay a session to it (never start it)."""
     from router import launcher
 
+    if args.where:
+        print(paths.root)
+        return 0
+    if args.down:
+        stopped = launcher.stop(paths)
+        print(f"stack {paths.root.name} {'stopped' if stopped else 'was not running'}", file=sys.stderr)
+        return 0
     if not launcher.is_running(paths):
         print(f"mcpmux-router: no running stack in {paths.root}", file=sys.stderr)
         return 1
@@ -147,15 +154,10 @@ def _run(args: argparse.Namespace, config: Config, paths: StackPaths) -> int:
 
 
 def _serve(config: Config, paths: StackPaths) -> int:
-    from router.door import CoreUnreachable, Door
-
-    door = Door(paths, max_message_bytes=config.multiplexer.max_message_bytes,
-                connect_timeout=config.multiplexer.startup_timeout / 1000)
-    try:
-        asyncio.run(door.run())
-    except CoreUnreachable as exc:
-        print(f"mcpmux-router: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    return 0
+    """Become the door: a fresh, lean interpreter for the rest of the session (same pid, same stdio)."""
+    sys.stdout.flush()
+    os.execv(sys.executable, [
+        sys.executable, "-m", "router.door", "--stack-dir", str(paths.root),
+        "--max-message-bytes", str(config.multiplexer.max_message_bytes),
+        "--connect-timeout", str(config.multiplexer.startup_timeout / 1000),
+    ])

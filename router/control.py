@@ -11,8 +11,9 @@ Queries (``ControlRequest.query`` and its ``args``):
     processes                   supervisord's view of every process of the stack
     diagnostics                 configuration in force, status, processes, recent errors, versions
 
-Some figures belong to fault tolerance (consecutive failures, restarts, open circuits): they are read with
-defaults until the core keeps them, so the monitor shows what exists and never breaks on what does not.
+Instance states: starting, probing (half-open after failures), ready, busy (at its concurrency cap),
+open-circuit, failed, stopped (a wanted slot with no shim: backing off, given up, or not restarting).
+Figures the core does not keep (yet) are reported as null rather than guessed.
 """
 
 from __future__ import annotations
@@ -41,13 +42,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("mcpmux.control")
 
 # Every state an instance can be reported in, in display order.
-STATES = ("starting", "ready", "busy", "draining", "unhealthy", "open-circuit", "failed", "stopped")
+STATES = ("starting", "probing", "ready", "busy", "draining", "unhealthy", "open-circuit", "failed", "stopped")
 ERROR_STATES = frozenset({"unhealthy", "open-circuit", "failed", "stopped"})
 # Event kinds that are failures; the others (start, ready, scale, session) are the pool's normal life.
-ERROR_KINDS = ("lost", "fail", "error", "unhealthy", "circuit", "timeout", "refused", "crash")
+ERROR_KINDS = ("lost", "fail", "error", "unhealthy", "circuit", "alert", "backoff", "restart", "timeout")
 START_GRACE = 10.0  # seconds a wanted slot may take to connect before it counts as stopped
 SUPERVISOR_TIMEOUT = 2.0
-WAIT_EVENT_POLL = 0.05
 
 
 def is_error_event(event: dict[str, Any]) -> bool:
@@ -147,12 +147,10 @@ class ControlHandler:
         }
 
     def _instance(self, instance: Instance, now: float, events: list[dict[str, Any]]) -> dict[str, Any]:
-        state = str(getattr(instance.state, "value", instance.state))
-        if getattr(instance, "circuit_open", False):
-            state = "open-circuit"
-        elif state == "ready" and instance.in_flight >= self._core.board.balancer.cap:
+        state = str(instance.state.value)
+        if state == "ready" and instance.in_flight >= self._core.board.balancer.cap:
             state = "busy"
-        restarts = getattr(instance, "restarts", None)
+        shim = self._usage(instance.pid, tree=False)
         return {
             "slot": instance.slot,
             "pid": instance.pid,
@@ -161,28 +159,43 @@ class ControlHandler:
             "inFlight": instance.in_flight,
             "served": instance.served,
             "failed": instance.failed,
-            "consecutiveFailures": getattr(instance, "consecutive_failures", 0),
-            "restarts": restarts if isinstance(restarts, int) else _losses(events, instance.slot),
-            "uptime": now - instance.started,
+            "consecutiveFailures": instance.consecutive_failures,
+            **self._slot_history(instance.slot, events),
+            "uptime": time.time() - shim["created"] if shim else now - instance.started,
             "sinceHeartbeat": now - instance.last_seen,
             "latencyMs": _percentiles(getattr(instance, "latencies", None)),
-            "shim": self._usage(instance.pid, tree=False),
+            "shim": shim,
             "backend": self._usage(instance.backend_pid, tree=True),
         }
+
+    def _slot_history(self, slot: str, events: list[dict[str, Any]]) -> dict[str, Any]:
+        """What the healer remembers of a slot (restarts, back-offs, its alert), else what the events say."""
+        healer = getattr(self._core, "healer", None)
+        if healer is not None:
+            record = healer.describe(slot)
+            return {"restarts": record.get("restarts", 0), "backoffs": record.get("backoffs", 0),
+                    "alert": record.get("alert")}
+        return {"restarts": _losses(events, slot), "backoffs": 0, "alert": None}
 
     def _missing(self, slot: str, wanted_for: float, supervisor_states: dict[str, str] | None,
                  events: list[dict[str, Any]]) -> dict[str, Any]:
         """A slot the scaler wants whose shim is not connected: being (re)started, or stopped for good."""
         supervisord = (supervisor_states or {}).get(slot)
-        if supervisord is not None:
+        healer = getattr(self._core, "healer", None)
+        last = next((e for e in reversed(events) if e.get("slot") == slot and e.get("kind") != "scale"), None)
+        if healer is not None and healer.held(slot):
+            state = "stopped"  # backing off after flapping, or given up
+        elif last is not None and last.get("kind") == "circuit":
+            state = "open-circuit"  # ejected; the healer is restarting it
+        elif supervisord is not None:
             state = "starting" if supervisord in ("STARTING", "RUNNING", "BACKOFF") else "stopped"
         else:
             state = "starting" if wanted_for < START_GRACE else "stopped"
         return {
             "slot": slot, "pid": None, "backendPid": None, "state": state, "supervisord": supervisord,
             "inFlight": 0, "served": 0, "failed": 0, "consecutiveFailures": 0,
-            "restarts": _losses(events, slot), "uptime": None, "sinceHeartbeat": None, "latencyMs": None,
-            "shim": None, "backend": None,
+            **self._slot_history(slot, events), "uptime": None, "sinceHeartbeat": None, "latencyMs": None,
+            "shim": None, "backend": None, "lastEvent": last.get("text") if last else None,
         }
 
     async def _supervisor_states(self) -> dict[str, str] | None:
@@ -211,10 +224,11 @@ class ControlHandler:
                     cpu_percent += process.cpu_percent(None)
                     times = process.cpu_times()
                     cpu_seconds += times.user + times.system
+            created = root.create_time()
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             return None
         return {"rssBytes": int(rss), "cpuPercent": cpu_percent, "cpuSeconds": cpu_seconds,
-                "processes": len(members)}
+                "processes": len(members), "created": created}
 
     def _process(self, pid: int) -> psutil.Process:
         process = self._processes.get(pid)
@@ -237,15 +251,16 @@ class ControlHandler:
         self, kind: str | None, slot: str | None, after: float, *, patience: float
     ) -> dict[str, Any] | None:
         """The first matching event recorded after `after`, waiting up to `patience` seconds for it."""
-        deadline = time.monotonic() + patience
-        while True:
+
+        def match() -> dict[str, Any] | None:
             for event in self._core.metrics.events:
                 if (event.get("time", 0) > after and (kind is None or event.get("kind") == kind)
                         and (slot is None or event.get("slot") == slot)):
                     return event
-            if time.monotonic() >= deadline:
-                return None
-            await asyncio.sleep(WAIT_EVENT_POLL)
+            return None
+
+        await self._core.board.watch.until(lambda: match() is not None, patience)  # poked by every event
+        return match()
 
     # --- diagnostics ---------------------------------------------------------------------------------
 

@@ -2,25 +2,32 @@
 
 It checks each line is a JSON-RPC message (so bad input gets its error here, at once) and remembers which
 requests are unanswered, so that if the core restarts it can answer each of them and carry the session on.
+
+One runs per client session for as long as the session lasts, so it is lean: `mcpmux-router` validates the
+configuration and starts the stack, then replaces itself (exec) with this module, a synchronous poll loop
+that imports neither pydantic nor asyncio.
 """
 
 from __future__ import annotations
 
-import asyncio
+import argparse
 import os
 import sys
+import time
 import uuid
-from typing import Any
+from pathlib import Path
 
 import zmq
-import zmq.asyncio
 
 from mcpmux import jsonrpc, wire
 from mcpmux.jsonrpc import JsonObject, RequestId
+from mcpmux.lines import TOO_LONG, LineSplitter
 from mcpmux.stack import StackPaths
 from router.retry import RetryPolicy
 
 HEARTBEAT_INTERVAL = 2.0
+STDIN = 0
+READ_SIZE = 1 << 16
 
 
 class CoreUnreachable(RuntimeError):
@@ -32,72 +39,88 @@ class Door:
         self._paths = paths
         self._limit = max_message_bytes
         self._connect_timeout = connect_timeout
-        self._context = zmq.asyncio.Context()
+        self._context = zmq.Context()
         self._socket = self._context.socket(zmq.DEALER)
+        self._socket.setsockopt(zmq.ROUTING_ID, uuid.uuid4().hex.encode())
+        self._socket.setsockopt(zmq.LINGER, 2000)
+        self._socket.setsockopt(zmq.SNDHWM, 100_000)
         self._unanswered: dict[RequestId, JsonObject] = {}
         self._initialize_params: JsonObject | None = None
         self._to_settle: dict[RequestId, JsonObject] | None = None
         self._retry = RetryPolicy()  # the core keeps it up to date with the tools' annotations
-        self._welcomed = asyncio.Event()
+        self._welcomed = False
+        self._next_beat = 0.0
         self._stdout = sys.stdout.buffer
 
-    async def run(self) -> None:
-        self._socket.setsockopt(zmq.ROUTING_ID, uuid.uuid4().hex.encode())
-        self._socket.setsockopt(zmq.LINGER, 2000)
+    def run(self) -> None:
         self._socket.connect(self._paths.doors_endpoint)
-        await self._send(wire.DoorHello(os.getpid()))
-        relay = asyncio.create_task(self._from_core())
-        try:
-            await asyncio.wait_for(self._welcomed.wait(), self._connect_timeout)
-        except TimeoutError:
-            relay.cancel()
-            raise CoreUnreachable(
-                f"the stack's core did not answer within {self._connect_timeout:.0f} s; see {self._paths.logs}"
-            ) from None
-        beat = asyncio.create_task(self._heartbeat())
-        try:
-            await self._from_client()
-            await self._send(wire.DoorBye())
-        finally:
-            relay.cancel()
-            beat.cancel()
-            self._socket.close(linger=1000)
-            self._context.term()
+        self._send(wire.DoorHello(os.getpid()))
+        self._await_welcome()
+        splitter = LineSplitter(self._limit)
+        poller = zmq.Poller()
+        poller.register(self._socket, zmq.POLLIN)
+        poller.register(STDIN, zmq.POLLIN)
+        while True:
+            events = dict(poller.poll(max(0, int((self._next_beat - time.monotonic()) * 1000))))
+            if events.get(self._socket):
+                self._from_core()
+            if events.get(STDIN):
+                data = os.read(STDIN, READ_SIZE)
+                if not data:
+                    break
+                for line in splitter.feed(data):
+                    self._from_client(line)
+            self._beat_if_due()
+        last = splitter.rest()
+        if last is not None:
+            self._from_client(last)
+        self._send(wire.DoorBye())
+        self._socket.close(linger=1000)
+        self._context.term()
+
+    def _await_welcome(self) -> None:
+        deadline = time.monotonic() + self._connect_timeout
+        while not self._welcomed:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self._socket.poll(int(remaining * 1000)):
+                raise CoreUnreachable(
+                    f"the stack's core did not answer within {self._connect_timeout:.0f} s; see {self._paths.logs}")
+            self._from_core()
+
+    def _beat_if_due(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_beat:
+            self._send(wire.Heartbeat(len(self._unanswered), True))
+            self._next_beat = now + HEARTBEAT_INTERVAL
 
     # --- client -> core ------------------------------------------------------------------------------
 
-    async def _from_client(self) -> None:
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=self._limit)
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-        while (line := await _read_line(reader, self._limit)) is not None:
-            if line is _TOO_LONG:
-                self._write(jsonrpc.error(None, jsonrpc.INVALID_REQUEST,
-                                          f"Invalid Request: message longer than {self._limit} bytes"))
-                continue
-            if not line.strip():
-                continue
-            try:
-                message = jsonrpc.parse(line)
-            except jsonrpc.InvalidMessage as invalid:
-                self._write(jsonrpc.error(invalid.request_id, invalid.code, str(invalid)))
-                continue
-            await self._to_core(message)
-
-    async def _to_core(self, message: JsonObject) -> None:
+    def _from_client(self, line: bytes) -> None:
+        if line == TOO_LONG:
+            self._write(jsonrpc.error(None, jsonrpc.INVALID_REQUEST,
+                                      f"Invalid Request: message longer than {self._limit} bytes"))
+            return
+        try:
+            message = jsonrpc.parse(line)
+        except jsonrpc.InvalidMessage as invalid:
+            self._write(jsonrpc.error(invalid.request_id, invalid.code, str(invalid)))
+            return
         if jsonrpc.is_request(message):
             self._unanswered[message["id"]] = message
             if message["method"] == "initialize" and isinstance(message.get("params"), dict):
                 self._initialize_params = message["params"]
         elif message.get("method") == "notifications/cancelled":
             self._unanswered.pop((message.get("params") or {}).get("requestId"), None)  # type: ignore[arg-type]
-        await self._socket.send(wire.encode_payload(wire.ClientMessage, message))
+        self._socket.send(wire.encode_payload(wire.ClientMessage, message))
 
     # --- core -> client ------------------------------------------------------------------------------
 
-    async def _from_core(self) -> None:
+    def _from_core(self) -> None:
         while True:
-            message = wire.decode(await self._socket.recv())
+            try:
+                message = wire.decode(self._socket.recv(zmq.NOBLOCK))
+            except zmq.Again:
+                return
             if isinstance(message, wire.ToClient):
                 payload = message.payload
                 if "method" not in payload:
@@ -108,61 +131,51 @@ class Door:
             elif isinstance(message, wire.Welcome):
                 if message.safe_tools:
                     self._retry.replace(message.safe_tools)
-                self._welcomed.set()
-                await self._settle()
+                self._welcomed = True
+                self._settle()
             elif isinstance(message, wire.Resync) and self._to_settle is None:
                 # The core restarted and lost this session: introduce it again; what was sent before this
                 # point is settled once the core welcomes us (later Resyncs are echoes of the same loss).
                 self._to_settle = dict(self._unanswered)
-                await self._send(wire.DoorHello(os.getpid(), self._initialize_params))
+                self._send(wire.DoorHello(os.getpid(), self._initialize_params))
 
-    async def _settle(self) -> None:
+    def _settle(self) -> None:
         """Answer each request the lost core never answered: resend the safe ones, fail the others."""
         to_settle, self._to_settle = self._to_settle or {}, None
         for request in to_settle.values():
             if request["id"] not in self._unanswered:
                 continue
             if self._retry.may_retry(request, attempts=0):
-                await self._socket.send(wire.encode_payload(wire.ClientMessage, request))
+                self._socket.send(wire.encode_payload(wire.ClientMessage, request))
                 continue
             del self._unanswered[request["id"]]
             self._write(jsonrpc.error(request["id"], jsonrpc.INSTANCE_FAILED,
                                       "mcpmux's core restarted while this request ran; it was not retried "
                                       "because it may have had effects"))
 
-    async def _heartbeat(self) -> None:
-        while True:
-            await asyncio.sleep(HEARTBEAT_INTERVAL)
-            await self._send(wire.Heartbeat(len(self._unanswered), True))
-
-    async def _send(self, message: wire.Message) -> None:
-        await self._socket.send(wire.encode(message))
+    def _send(self, message: wire.Message) -> None:
+        self._socket.send(wire.encode(message))
 
     def _write(self, message: JsonObject) -> None:
         self._stdout.write(jsonrpc.dumps(message))
         self._stdout.flush()
 
 
-_TOO_LONG: Any = object()
-
-
-async def _read_line(reader: asyncio.StreamReader, limit: int) -> bytes | None:
-    """One line; _TOO_LONG (after skipping the rest of it) for a line over the limit; None at the end."""
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="mcpmux-door", description="Relay one stdio MCP session to a stack.")
+    parser.add_argument("--stack-dir", type=Path, required=True)
+    parser.add_argument("--max-message-bytes", type=int, default=16 * 1024 * 1024)
+    parser.add_argument("--connect-timeout", type=float, default=30.0)
+    args = parser.parse_args()
+    door = Door(StackPaths(args.stack_dir), max_message_bytes=args.max_message_bytes,
+                connect_timeout=args.connect_timeout)
     try:
-        return await reader.readuntil(b"\n")
-    except asyncio.IncompleteReadError as end:
-        return end.partial or None
-    except asyncio.LimitOverrunError:
-        await _skip_line(reader)
-        return _TOO_LONG  # type: ignore[no-any-return]
+        door.run()
+    except CoreUnreachable as exc:
+        sys.exit(f"mcpmux-router: {exc}")
+    except (KeyboardInterrupt, BrokenPipeError):
+        sys.exit(130)
 
 
-async def _skip_line(reader: asyncio.StreamReader) -> None:
-    while True:
-        try:
-            await reader.readuntil(b"\n")
-            return
-        except asyncio.LimitOverrunError as overrun:
-            await reader.readexactly(overrun.consumed)
-        except asyncio.IncompleteReadError:
-            return
+if __name__ == "__main__":
+    main()
