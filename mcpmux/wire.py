@@ -7,7 +7,7 @@ JSON-RPC payloads travel as dicts, untouched: ids keep their type, unknown field
 
 from __future__ import annotations
 
-from dataclasses import astuple, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 import msgpack
@@ -158,7 +158,9 @@ _BY_TAG: dict[str, type[Message]] = {
 
 
 def encode(message: Message) -> bytes:
-    return msgpack.packb((message.tag, *astuple(message)), use_bin_type=True)
+    # Not dataclasses.astuple: it deep-copies every payload on the way.
+    values = [getattr(message, name) for name in _FIELDS[type(message)]]
+    return msgpack.packb((message.tag, *values), use_bin_type=True)
 
 
 PayloadMessage = type[ToBackend] | type[FromBackend] | type[ClientMessage] | type[ToClient]
@@ -167,6 +169,9 @@ PayloadMessage = type[ToBackend] | type[FromBackend] | type[ClientMessage] | typ
 def encode_payload(message_type: PayloadMessage, payload: JsonObject) -> bytes:
     """The hot path: skip dataclass construction for the frames that carry JSON-RPC."""
     return msgpack.packb((message_type.tag, payload), use_bin_type=True)
+
+
+_FIELDS = {cls: tuple(f.name for f in fields(cls)) for cls in _BY_TAG.values()}
 
 
 def decode(frame: bytes) -> Message:

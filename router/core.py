@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import zmq
-import zmq.asyncio
 
 from mcpmux import wire
 from mcpmux.config import Config, ConfigError, load_config
@@ -30,6 +29,7 @@ from mcpmux.stack import StackPaths
 from router import prometheus
 from router.control import ControlHandler
 from router.healing import Healer
+from router.inbox import Inbox
 from router.instances import Instance, InstanceState
 from router.metrics import Metrics
 from router.scaling import Scaler
@@ -63,16 +63,16 @@ class Core:
         self.control = ControlHandler(self)
         self.exporter: prometheus.Exporter | None = None
         self.started = time.time()
-        self._context = zmq.asyncio.Context()
-        self._doors = self._router_socket(paths.doors_endpoint)
-        self._shims = self._router_socket(paths.shims_endpoint)
-        self._control = self._router_socket(paths.control_endpoint)
+        self._context = zmq.Context()
+        self._doors = Inbox(self._router_socket(paths.doors_endpoint), self._door_frame)
+        self._shims = Inbox(self._router_socket(paths.shims_endpoint), self._shim_frame)
+        self._control = Inbox(self._router_socket(paths.control_endpoint), self._control_frame)
         self._idle_since: float | None = time.monotonic()
         self._last_poll = 0.0
         self._stopping = asyncio.Event()
         self._control_tasks: set[asyncio.Task[None]] = set()
 
-    def _router_socket(self, endpoint: str) -> zmq.asyncio.Socket:
+    def _router_socket(self, endpoint: str) -> zmq.Socket[bytes]:
         socket = self._context.socket(zmq.ROUTER)
         socket.setsockopt(zmq.ROUTER_MANDATORY, 1)  # an unknown peer is an error, not a silent drop
         socket.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted shim takes over its slot's id at once
@@ -94,10 +94,9 @@ class Core:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._stopping.set)
         log.info("core %d serving stack %s", os.getpid(), self.paths.root.name)
+        for inbox in (self._doors, self._shims, self._control):
+            inbox.start()
         tasks = [
-            asyncio.create_task(self._serve_doors()),
-            asyncio.create_task(self._serve_shims()),
-            asyncio.create_task(self._serve_control()),
             asyncio.create_task(self._tick()),
             asyncio.create_task(self.scaler.boot()),
         ]
@@ -109,22 +108,19 @@ class Core:
         prometheus.stop(self.exporter)
         for task in tasks:
             task.cancel()
+        for inbox in (self._doors, self._shims, self._control):
+            inbox.stop()
         self._context.destroy(linger=0)
 
     # --- doors ---------------------------------------------------------------------------------------
 
-    async def _serve_doors(self) -> None:
-        while True:
-            identity, frame = await self._doors.recv_multipart()
-            try:
-                message = wire.decode(frame)
-            except wire.WireError as exc:
-                log.warning("door %r sent %s", identity, exc)
-                continue
-            try:
-                await self._from_door(identity, message)
-            except Exception:
-                log.exception("error handling a message from door %r", identity)
+    async def _door_frame(self, identity: bytes, frame: bytes) -> None:
+        try:
+            message = wire.decode(frame)
+        except wire.WireError as exc:
+            log.warning("door %r sent %s", identity, exc)
+            return
+        await self._from_door(identity, message)
 
     async def _from_door(self, identity: bytes, message: wire.Message) -> None:
         session = self.board.sessions.get(identity)
@@ -158,7 +154,7 @@ class Core:
 
     async def _send_door(self, identity: bytes, frame: bytes) -> bool:
         try:
-            await self._doors.send_multipart([identity, frame])
+            self._doors.send(identity, frame)
         except zmq.ZMQError as exc:
             log.info("door %r unreachable: %s", identity, exc)
             return False
@@ -166,18 +162,13 @@ class Core:
 
     # --- shims ---------------------------------------------------------------------------------------
 
-    async def _serve_shims(self) -> None:
-        while True:
-            identity, frame = await self._shims.recv_multipart()
-            try:
-                message = wire.decode(frame)
-            except wire.WireError as exc:
-                log.warning("shim %r sent %s", identity, exc)
-                continue
-            try:
-                await self._from_shim(identity.decode(), message)
-            except Exception:
-                log.exception("error handling a message from shim %s", identity)
+    async def _shim_frame(self, identity: bytes, frame: bytes) -> None:
+        try:
+            message = wire.decode(frame)
+        except wire.WireError as exc:
+            log.warning("shim %r sent %s", identity, exc)
+            return
+        await self._from_shim(identity.decode(), message)
 
     async def _from_shim(self, slot: str, message: wire.Message) -> None:
         instance = self.board.pool.get(slot)
@@ -247,12 +238,13 @@ class Core:
         task.add_done_callback(self._control_tasks.discard)
 
     async def _send_to_instance(self, instance: Instance, payload: JsonObject) -> None:
-        if not await self._send_shim(instance.slot, wire.ToBackend(payload)):
+        if not await self._send_shim(instance.slot, wire.encode_payload(wire.ToBackend, payload)):
             await self._instance_lost(instance, "shim unreachable")
 
-    async def _send_shim(self, slot: str, message: wire.Message) -> bool:
+    async def _send_shim(self, slot: str, message: wire.Message | bytes) -> bool:
+        frame = message if isinstance(message, bytes) else wire.encode(message)
         try:
-            await self._shims.send_multipart([slot.encode(), wire.encode(message)])
+            self._shims.send(slot.encode(), frame)
         except zmq.ZMQError as exc:
             log.info("shim %s unreachable: %s", slot, exc)
             return False
@@ -273,13 +265,9 @@ class Core:
 
     # --- control -------------------------------------------------------------------------------------
 
-    async def _serve_control(self) -> None:
-        while True:
-            identity, frame = await self._control.recv_multipart()
-            # Some queries wait for the pool (wait_ready): answer each in its own task.
-            task = asyncio.create_task(self._answer_control(identity, frame))
-            self._control_tasks.add(task)
-            task.add_done_callback(self._control_tasks.discard)
+    async def _control_frame(self, identity: bytes, frame: bytes) -> None:
+        # Some queries wait for the pool (wait_ready): answer each in its own task.
+        self._background(self._answer_control(identity, frame))
 
     async def _answer_control(self, identity: bytes, frame: bytes) -> None:
         try:
@@ -291,7 +279,7 @@ class Core:
             log.exception("control request failed")
             reply = wire.ControlReply({}, f"{type(exc).__name__}: {exc}")
         with contextlib.suppress(zmq.ZMQError):  # the monitor went away before its answer
-            await self._control.send_multipart([identity, wire.encode(reply)])
+            self._control.send(identity, wire.encode(reply))
 
     # --- time ----------------------------------------------------------------------------------------
 

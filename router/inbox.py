@@ -1,0 +1,62 @@
+"""A ZeroMQ ROUTER socket read from the asyncio loop without zmq.asyncio's per-message futures.
+
+The socket's file descriptor is edge-triggered: it says "something changed", not "a message is here".
+So each wake-up drains every waiting message, and each send looks again, since a send can consume the
+edge that announced a message (the classic way to strand a ZeroMQ reader).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import zmq
+
+log = logging.getLogger("mcpmux.core")
+
+Handler = Callable[[bytes, bytes], Awaitable[None]]
+
+
+class Inbox:
+    def __init__(self, socket: zmq.Socket[bytes], handle: Handler) -> None:
+        self.socket = socket
+        self._handle = handle
+        self._draining = False
+        self._task: asyncio.Task[None] | None = None
+        self._fd = int(socket.getsockopt(zmq.FD))
+
+    def start(self) -> None:
+        asyncio.get_running_loop().add_reader(self._fd, self.wake)
+        self.wake()
+
+    def stop(self) -> None:
+        asyncio.get_running_loop().remove_reader(self._fd)
+
+    def wake(self) -> None:
+        if not self._draining:
+            self._draining = True
+            self._task = asyncio.get_running_loop().create_task(self._drain())
+
+    def send(self, identity: bytes, frame: bytes) -> None:
+        """Send now (never blocks: high-water marks are far above what is in flight); ZMQError if the peer is gone."""
+        self.socket.send_multipart([identity, frame], zmq.NOBLOCK)
+        if self._readable():
+            self.wake()
+
+    def _readable(self) -> bool:
+        return bool(int(self.socket.getsockopt(zmq.EVENTS)) & zmq.POLLIN)
+
+    async def _drain(self) -> None:
+        try:
+            while self._readable():
+                frames = self.socket.recv_multipart(zmq.NOBLOCK)
+                if len(frames) != 2:
+                    log.warning("dropped a message of %d frames", len(frames))
+                    continue
+                try:
+                    await self._handle(frames[0], frames[1])
+                except Exception:
+                    log.exception("error handling a message from %r", frames[0])
+        finally:
+            self._draining = False
