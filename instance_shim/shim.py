@@ -88,7 +88,11 @@ class Shim:
                 frame = self._socket.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            message = wire.decode(frame)
+            try:
+                message = wire.decode(frame)
+            except wire.WireError as exc:  # from a newer core: not ours to understand
+                _log(f"ignored a message from the core: {exc}")
+                continue
             if isinstance(message, wire.ToBackend):
                 self._track_outgoing(message.payload)
                 self._backend.send(message.payload)

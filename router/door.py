@@ -18,6 +18,7 @@ import uuid
 from pathlib import Path
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from mcpmux import jsonrpc, wire
 from mcpmux.jsonrpc import JsonObject, RequestId
@@ -53,17 +54,21 @@ class Door:
         self._stdout = sys.stdout.buffer
 
     def run(self) -> None:
+        self._monitor = self._socket.get_monitor_socket(zmq.EVENT_CONNECTED)
         self._socket.connect(self._paths.doors_endpoint)
         self._send(wire.DoorHello(os.getpid()))
         self._await_welcome()
         splitter = LineSplitter(self._limit)
         poller = zmq.Poller()
         poller.register(self._socket, zmq.POLLIN)
+        poller.register(self._monitor, zmq.POLLIN)
         poller.register(STDIN, zmq.POLLIN)
         while True:
             events = dict(poller.poll(max(0, int((self._next_beat - time.monotonic()) * 1000))))
             if events.get(self._socket):
                 self._from_core()
+            if events.get(self._monitor):
+                self._connection_events()
             if events.get(STDIN):
                 data = os.read(STDIN, READ_SIZE)
                 if not data:
@@ -75,6 +80,8 @@ class Door:
         if last is not None:
             self._from_client(last)
         self._send(wire.DoorBye())
+        self._socket.disable_monitor()
+        self._monitor.close(linger=0)
         self._socket.close(linger=1000)
         self._context.term()
 
@@ -86,6 +93,16 @@ class Door:
                 raise CoreUnreachable(
                     f"the stack's core did not answer within {self._connect_timeout:.0f} s; see {self._paths.logs}")
             self._from_core()
+
+    def _connection_events(self) -> None:
+        """A reconnection means the core restarted: beat at once, so it tells us to resync now."""
+        while True:
+            try:
+                event = recv_monitor_message(self._monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if event["event"] == zmq.EVENT_CONNECTED:
+                self._next_beat = 0.0
 
     def _beat_if_due(self) -> None:
         now = time.monotonic()
@@ -121,6 +138,9 @@ class Door:
                 message = wire.decode(self._socket.recv(zmq.NOBLOCK))
             except zmq.Again:
                 return
+            except wire.WireError as exc:  # a newer core's message this door does not know: skip it
+                print(f"mcpmux-router: ignored a message from the core: {exc}", file=sys.stderr)
+                continue
             if isinstance(message, wire.ToClient):
                 payload = message.payload
                 if "method" not in payload:

@@ -23,6 +23,7 @@ class Inbox:
         self.socket = socket
         self._handle = handle
         self._draining = False
+        self._recheck_scheduled = False
         self._task: asyncio.Task[None] | None = None
         self._fd = int(socket.getsockopt(zmq.FD))
 
@@ -41,6 +42,13 @@ class Inbox:
     def send(self, identity: bytes, frame: bytes) -> None:
         """Send now (never blocks: high-water marks are far above what is in flight); ZMQError if the peer is gone."""
         self.socket.send_multipart([identity, frame], zmq.NOBLOCK)
+        if not self._draining and not self._recheck_scheduled:
+            # Look once after this burst of sends rather than after each (getsockopt is not free).
+            self._recheck_scheduled = True
+            asyncio.get_running_loop().call_soon(self._recheck)
+
+    def _recheck(self) -> None:
+        self._recheck_scheduled = False
         if self._readable():
             self.wake()
 

@@ -101,8 +101,9 @@ def _families(status: dict[str, Any], buckets: list[tuple[str, float]], total: f
     instances = [i for i in status["instances"] if i.get("pid")]
 
     requests = CounterMetricFamily(
-        "mcpmux_requests", "Requests answered by each instance (served) or lost with it (failed); "
-        "counts restart with the instance", labels=["instance", "outcome"])
+        "mcpmux_requests", "Requests each instance answered (served; errors included) and requests that "
+        "failed on it (a server error, or lost with it); counts restart with the instance's process",
+        labels=["instance", "outcome"])
     for instance in instances:
         requests.add_metric([instance["slot"], "served"], instance["served"])
         requests.add_metric([instance["slot"], "failed"], instance["failed"])
