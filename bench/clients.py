@@ -175,6 +175,10 @@ class RawClient:
         errors = Counter(answer.error_code for answer in answers if answer.error_code is not None)
         return Flood(self._next_id - first_id + 1, answers, started, deadline, finished, errors)
 
+    def sent_time(self, request_id: int) -> float:
+        """When a request was written (perf_counter seconds)."""
+        return self._sent_at[request_id]
+
     def unanswered(self) -> list[int]:
         return [request_id for request_id in self._sent_at if not self.answer_counts[request_id]]
 

@@ -9,6 +9,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+from matplotlib.ticker import ScalarFormatter
 
 from bench.stats import Stat
 
@@ -16,7 +18,7 @@ COLORS = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860"]
 
 
 def bars(path: Path, title: str, ylabel: str, stats: dict[str, Stat], *, line: float | None = None,
-         line_label: str = "") -> Path:
+         line_label: str = "", log: bool = False) -> Path:
     """One bar per case (its median), whiskers from the lowest to the highest run."""
     figure, axes = plt.subplots(figsize=(7, 4))
     names = list(stats)
@@ -27,6 +29,9 @@ def bars(path: Path, title: str, ylabel: str, stats: dict[str, Stat], *, line: f
     if line is not None:
         axes.axhline(line, color="black", linestyle="--", linewidth=1, label=line_label)
         axes.legend()
+    if log:
+        axes.set_yscale("log")
+        axes.yaxis.set_major_formatter(ScalarFormatter())
     axes.set_title(title)
     axes.set_ylabel(ylabel)
     axes.tick_params(axis="x", labelrotation=15)
@@ -57,7 +62,7 @@ def scaling(path: Path, title: str, ks: Sequence[int], measured: Sequence[Stat],
     figure, axes = plt.subplots(figsize=(7, 4))
     axes.errorbar(list(ks), [s.median for s in measured], capsize=4, marker="o", label="mcpmux (measured)",
                   yerr=[[s.median - s.low for s in measured], [s.high - s.median for s in measured]])
-    axes.plot(list(ks), list(ideal), linestyle="--", marker=".", color="gray", label="ideal (k × 1 instance)")
+    axes.plot(list(ks), list(ideal), linestyle="--", marker=".", color="gray", label="ideal (k times 1 instance)")
     axes.axhline(direct.median, color="black", linestyle=":", label="direct (no mcpmux)")
     axes.set_xlabel("instances (k)")
     axes.set_ylabel("calls per second")
@@ -75,6 +80,8 @@ def latency_cdf(path: Path, title: str, samples: dict[str, Sequence[float]]) -> 
         fractions = [(rank + 1) / len(ordered) for rank in range(len(ordered))]
         axes.plot(ordered, fractions, label=name, color=COLORS[index % len(COLORS)])
     axes.set_xscale("log")
+    axes.xaxis.set_major_formatter(ScalarFormatter())
+    axes.xaxis.set_minor_formatter(ScalarFormatter())
     axes.set_xlabel("latency (ms, log scale)")
     axes.set_ylabel("fraction of calls")
     axes.set_title(title)
@@ -83,16 +90,20 @@ def latency_cdf(path: Path, title: str, samples: dict[str, Sequence[float]]) -> 
     return _save(figure, path)
 
 
-def timeline(path: Path, title: str, answers: Sequence[tuple[float, float, bool]], marks: dict[str, float]
-             ) -> Path:
-    """Each call as a dot (when it was answered, how long it took; red if it failed), events as lines."""
+def timeline(path: Path, title: str, answers: Sequence[tuple[float, float, bool]], marks: dict[str, float],
+             lost: Sequence[float] = ()) -> Path:
+    """Each call as a dot (when it was answered, how long it took; red if it failed), events as lines.
+
+    Calls never answered are crosses at the bottom, at the time they were sent.
+    """
     figure, axes = plt.subplots(figsize=(8, 4))
-    good = [(t, latency) for t, latency, failed in answers if not failed]
-    bad = [(t, latency) for t, latency, failed in answers if failed]
-    if good:
-        axes.scatter(*zip(*good, strict=True), s=6, label="answered", color=COLORS[0])
-    if bad:
-        axes.scatter(*zip(*bad, strict=True), s=14, label="error", color=COLORS[3])
+    for failed, size, label, color in ((False, 6, "answered", COLORS[0]), (True, 14, "error", COLORS[3])):
+        points = [(t, latency) for t, latency, bad in answers if bad == failed]
+        if points:
+            axes.scatter([t for t, _ in points], [latency for _, latency in points], s=size, label=label,
+                         color=color)
+    if lost:
+        axes.scatter(list(lost), [0.0] * len(lost), marker="x", s=40, color="black", label="never answered")
     for index, (label, at) in enumerate(marks.items()):
         axes.axvline(at, linestyle="--", color=COLORS[(index + 1) % len(COLORS)], label=label)
     axes.set_xlabel("seconds since the load started")
@@ -102,7 +113,7 @@ def timeline(path: Path, title: str, answers: Sequence[tuple[float, float, bool]
     return _save(figure, path)
 
 
-def _save(figure: plt.Figure, path: Path) -> Path:
+def _save(figure: Figure, path: Path) -> Path:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

@@ -41,15 +41,16 @@ def available() -> bool:
     return PY_SPY is not None
 
 
-def start(pid: int, seconds: float, output: Path, rate: int = 200) -> subprocess.Popen[bytes]:
+def start(pid: int, seconds: float, output: Path, rate: int = 400) -> subprocess.Popen[bytes]:
     """Begin sampling `pid` for `seconds`; wait on the result, then `read` the output.
 
     py-spy pauses the process for each sample (exact stacks, at some cost), so profile a run that is not
-    also measured.
+    also measured. Only samples of the thread holding the GIL count: a thread waiting (in epoll, waitpid,
+    a queue) is not where the time goes.
     """
     assert PY_SPY is not None, "py-spy is not installed (pip install py-spy)"
     command = [PY_SPY, "record", "--pid", str(pid), "--duration", str(max(1, round(seconds))),
-               "--rate", str(rate), "--format", "raw", "--nolineno", "--output", str(output)]
+               "--rate", str(rate), "--format", "raw", "--nolineno", "--gil", "--output", str(output)]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 

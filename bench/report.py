@@ -43,7 +43,7 @@ def write_markdown(results_dir: Path, names: Iterable[str]) -> Path:
     """latest.md: every scenario's latest results (each says when and how it was run)."""
     documents = [json.loads(path.read_text()) for name in names if (path := results_dir / f"{name}.json").exists()]
     lines = ["# mcpmux benchmark results", "",
-             "Figures are medians over repeated runs, with [lowest–highest run] when there were several.",
+             "Figures are medians over repeated runs, with [lowest .. highest run] when they differ.",
              "Ratios are taken run by run against the baseline measured in the same run.", ""]
     if documents:
         env = documents[0]["environment"]
@@ -64,8 +64,9 @@ def _targets(documents: list[dict[str, Any]]) -> list[str]:
     lines = ["## Targets", "", "| scenario | case | metric | measured | target | met |", "|---|---|---|---|---|---|"]
     for name, row in rows:
         on_ratio = row["targetOn"] == "ratio"
-        measured, unit = (row["ratio"], "×") if on_ratio else (row["value"], row["unit"])
-        lines.append(f"| {name} | {row['case']} | {row['metric']} | {_stat(measured)} {unit} | {row['target']} "
+        measured, unit = (row["ratio"], "x") if on_ratio else (row["value"], row["unit"])
+        value = f"{_stat(measured)} {unit}".strip()
+        lines.append(f"| {name} | {row['case']} | {row['metric']} | {value} | {row['target']} "
                      f"| {_met(row['met'])} |")
     return [*lines, ""]
 
@@ -82,8 +83,9 @@ def _section(document: dict[str, Any]) -> list[str]:
         lines += ["| case | metric | value | baseline | ratio | target | met |", "|---|---|---|---|---|---|---|"]
         for row in document["rows"]:
             baseline = f"{_stat(row['baseline'])} ({row['baselineCase']})" if row["baseline"] else ""
-            ratio = f"{_stat(row['ratio'], 2)}×" if row["ratio"] else ""
-            lines.append(f"| {row['case']} | {row['metric']} | {_stat(row['value'])} {row['unit']} | {baseline} "
+            ratio = f"{_stat(row['ratio'], 2)}x" if row["ratio"] else ""
+            value = f"{_stat(row['value'])} {row['unit']}".strip()
+            lines.append(f"| {row['case']} | {row['metric']} | {value} | {baseline} "
                          f"| {ratio} | {row['target']} | {_met(row['met'])} |")
         lines.append("")
     lines += [f"- {note}" for note in document["notes"]]
@@ -102,7 +104,7 @@ def _stat(stat: dict[str, Any] | None, digits: int | None = None) -> str:
     places = digits if digits is not None else 0 if integral else _places(stat["median"])
     text = f"{stat['median']:,.{places}f}"
     if stat["n"] > 1 and stat["low"] != stat["high"]:
-        text += f" [{stat['low']:,.{places}f}–{stat['high']:,.{places}f}]"
+        text += f" [{stat['low']:,.{places}f} .. {stat['high']:,.{places}f}]"
     return text
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -77,11 +78,15 @@ class BenchStack:
     def core(self) -> psutil.Process:
         return psutil.Process(self.status()["corePid"])
 
+    def connected(self) -> list[dict[str, Any]]:
+        """The instances whose shim is connected to the core (status also lists slots still starting)."""
+        return [instance for instance in self.status()["instances"] if instance.get("pid")]
+
     def shims(self) -> list[psutil.Process]:
-        return [psutil.Process(instance["pid"]) for instance in self.status()["instances"]]
+        return [psutil.Process(instance["pid"]) for instance in self.connected()]
 
     def backends(self) -> list[psutil.Process]:
-        return [psutil.Process(instance["backendPid"]) for instance in self.status()["instances"]]
+        return [psutil.Process(instance["backendPid"]) for instance in self.connected()]
 
     def down(self) -> list[str]:
         """Stop the stack and check that every one of its processes is gone; the problems found."""
@@ -93,10 +98,8 @@ class BenchStack:
         _, alive = psutil.wait_procs(processes, timeout=STOP_WAIT)
         for process in alive:
             problems.append(f"pid {process.pid} ({_describe(process)}) outlived --down; killed it")
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 process.kill()
-            except psutil.NoSuchProcess:
-                pass
         return problems
 
 
@@ -113,12 +116,17 @@ def cpu_seconds(process: psutil.Process) -> float:
     return times.user + times.system
 
 
+def is_door(command: list[str]) -> bool:
+    """`mcpmux-router ...`, or what it execs into to serve a session (`python -m router.door ...`)."""
+    return any(part.endswith("mcpmux-router") for part in command[:2]) or "router.door" in command[1:3]
+
+
 def doors() -> list[psutil.Process]:
-    """The mcpmux-router processes this benchmark started (one per open session)."""
+    """The doors this benchmark started (one per open session)."""
     found = []
     for child in psutil.Process().children():
         try:
-            if any(part.endswith("mcpmux-router") for part in child.cmdline()[:2]):
+            if is_door(child.cmdline()):
                 found.append(child)
         except psutil.Error:
             continue

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from pathlib import Path
 
 import psutil
 
@@ -23,6 +22,7 @@ WINDOW = 64
 CAP = 32
 TARGET_RATE = 3000.0
 TARGET_SHARE = 0.30
+MB = 1024 * 1024
 
 
 @dataclass
@@ -32,6 +32,7 @@ class Measured:
     p99: float
     cpu: dict[str, float]  # share of one core used during the flood, by process role
     errors: int
+    rss: dict[str, float]  # MB after the flood, by process role (does a long run make them grow?)
 
 
 async def flood(client: RawClient, seconds: float, watched: dict[str, psutil.Process]) -> Measured:
@@ -41,7 +42,8 @@ async def flood(client: RawClient, seconds: float, watched: dict[str, psutil.Pro
     cpu = {role: (cpu_seconds(process) - before[role]) / wall for role, process in watched.items()}
     latencies = [answer.latency * 1000 for answer in result.answers]
     errors = result.sent - result.ok
-    return Measured(result.rate, percentile(latencies, 50), percentile(latencies, 99), cpu, errors)
+    rss = {role: process.memory_info().rss / MB for role, process in watched.items()}
+    return Measured(result.rate, percentile(latencies, 50), percentile(latencies, 99), cpu, errors, rss)
 
 
 async def direct_run(bench: Bench, seconds: float) -> Measured:
@@ -52,9 +54,9 @@ async def direct_run(bench: Bench, seconds: float) -> Measured:
 
 def stack_processes(stack: BenchStack, client: RawClient) -> dict[str, psutil.Process]:
     watched = {"client": psutil.Process(), "door": psutil.Process(client.pid), "core": stack.core()}
-    for index, (shim, backend) in enumerate(zip(stack.shims(), stack.backends(), strict=True)):
-        watched[f"shim {index}"] = shim
-        watched[f"server {index}"] = backend
+    for index, instance in enumerate(stack.connected()):
+        watched[f"shim {index}"] = psutil.Process(instance["pid"])
+        watched[f"server {index}"] = psutil.Process(instance["backendPid"])
     return watched
 
 
@@ -82,7 +84,7 @@ async def through_mcpmux(bench: Bench, instances: int, repeats: int, seconds: fl
 async def profile(bench: Bench, stack: BenchStack, client: RawClient, seconds: float) -> list[profiling.Profile]:
     """Sample door, core and shim with py-spy while a flood runs (a separate, unmeasured flood)."""
     targets = {"door": client.pid, "core": stack.core().pid, "shim": stack.shims()[0].pid}
-    outputs = {role: bench.runtime_dir / f"profile-{role}.txt" for role in targets}
+    outputs = {role: bench.results_dir / f"ceiling-profile-{role}.txt" for role in targets}
     samplers = {role: profiling.start(pid, seconds, outputs[role]) for role, pid in targets.items()}
     await client.flood(*CALL, window=WINDOW, seconds=seconds + 1)
     profiles = []
@@ -91,14 +93,15 @@ async def profile(bench: Bench, stack: BenchStack, client: RawClient, seconds: f
         if outputs[role].exists():
             profiles.append(profiling.read(role, outputs[role]))
         else:
-            bench.log.write(f"py-spy on the {role} wrote nothing: {sampler.stderr.read() if sampler.stderr else ''!r}\n")
+            error = sampler.stderr.read() if sampler.stderr else b""
+            bench.log.write(f"py-spy on the {role} wrote nothing: {error!r}\n")
     return profiles
 
 
 @scenario("ceiling", "Ceiling: calls/s through mcpmux to a server that answers at once",
           quick_limit=60, full_limit=180)
 async def ceiling(bench: Bench, report: Report) -> None:
-    repeats, seconds = bench.pick(1, 3), bench.pick(2.0, 4.0)
+    repeats, seconds = bench.pick(1, 5), bench.pick(2.0, 3.0)
     results = {}
     for instances in (1, 2):
         results[instances] = await through_mcpmux(bench, instances, repeats, seconds,
@@ -121,6 +124,8 @@ def summarize(bench: Bench, report: Report,
         report.compare(case, "latency p99", "ms", [m.p99 for m in mux], [m.p99 for m in direct], "direct")
         for role in mux[0].cpu:
             report.add(case, f"CPU of {role}", "% of a core", [100 * m.cpu[role] for m in mux])
+        for role in ("door", "core"):
+            report.add(case, f"RSS of {role} after each run", "MB", [m.rss[role] for m in mux])
         if any(m.errors for m in mux):
             report.note(f"{case}: {sum(m.errors for m in mux)} calls failed or went unanswered")
     report.note(f"Raw JSON-RPC load generator keeping {WINDOW} `echo` calls in flight for {seconds:.0f} s per run; "
@@ -130,6 +135,8 @@ def summarize(bench: Bench, report: Report,
     profiles = results[1][2]
     if not profiles:
         report.note("No profile: py-spy is not installed (pip install py-spy) or could not attach.")
+    else:
+        report.note("py-spy's raw samples (collapsed stacks, for a flame graph) are in ceiling-profile-*.txt.")
     report.data["markdown"] = [_profile_table(p) for p in profiles]
     report.data.update({
         "window": WINDOW, "cap": CAP, "seconds": seconds,
@@ -139,14 +146,15 @@ def summarize(bench: Bench, report: Report,
     })
     stats = {"direct": Stat.of([m.rate for m in results[1][0]])}
     stats.update({f"mcpmux k={k}": Stat.of([m.rate for m in x]) for k, (_, x, _) in results.items()})
-    report.plots.append(plots.bars(Path(bench.results_dir / "ceiling.png"), "Echo calls per second (window 64)",
-                                   "calls/s", stats, line=TARGET_RATE, line_label="target 3,000/s").name)
+    report.plots.append(plots.bars(bench.results_dir / "ceiling.png", "Echo calls per second (window 64)",
+                                   "calls/s (log scale)", stats, line=TARGET_RATE, line_label="target 3,000/s",
+                                   log=True).name)
 
 
 def _profile_table(profile: profiling.Profile, count: int = 10) -> str:
     own, total = profile.top(profile.own, count), profile.top_inner(count)
-    lines = [f"**py-spy, {profile.label}** ({profile.samples} samples while busy; self: the function itself "
-             "was running; total: it was on the stack, event-loop scaffolding left out)", "",
+    lines = [f"**py-spy, {profile.label}** ({profile.samples} samples holding the GIL; self: the function "
+             "itself was running; total: it was on the stack, event-loop scaffolding left out)", "",
              "| self % | function | total % | function |", "|---|---|---|---|"]
     blank = {"percent": "", "function": ""}
     for index in range(count):

@@ -32,7 +32,8 @@ IMPORTS = {
     "pydantic": "import pydantic",
     "mcpmux.stack (config: pydantic)": "import mcpmux.stack",
     "shim's imports": "import instance_shim.shim",
-    "door's imports (router.cli + router.door)": "import router.cli, router.door",
+    "mcpmux-router's imports (before it execs the door)": "import router.cli",
+    "door's imports (router.door)": "import router.door",
     "core's imports": "import router.core",
     "lab server's imports (mcp SDK)": "import mcp.server, mcp.server.mcpserver",
 }

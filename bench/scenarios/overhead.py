@@ -67,7 +67,7 @@ def mcpmux_processes(stack: BenchStack) -> ProcessFinder:
 
 @scenario("overhead", "Overhead: one call at a time, direct vs one instance", quick_limit=60, full_limit=240)
 async def overhead(bench: Bench, report: Report) -> None:
-    calls, warmup, repeats = bench.pick(300, 1000), bench.pick(30, 100), bench.pick(2, 3)
+    calls, warmup, repeats = bench.pick(300, 1000), bench.pick(30, 100), bench.pick(2, 5)
     direct: list[Run] = []
     mux: list[Run] = []
     with bench.stack("--min-instances", "1", "--max-instances", "1", server=LAB_SERVER) as stack:
@@ -97,7 +97,8 @@ def summarize(bench: Bench, report: Report, direct: list[Run], mux: list[Run], c
     for role in ("door", "core", "shim", "backend"):
         report.add(role, "CPU per call", "µs", [run.cpu_per_call[role] for run in mux])
     report.note(f"{calls} sequential `echo` calls per run (SDK client, after warm-up), {len(mux)} runs per side; "
-                "CPU is user+system time of each process over the measured calls, divided by the calls.")
+                "CPU is user+system time of each process over the measured calls, divided by the calls "
+                f"(psutil counts in 10 ms ticks: ±{10_000 / calls:.0f} µs per call).")
     report.data.update({
         "calls": calls,
         "direct": [{"p50": run.p50, "p99": run.p99, "cpuPerCallUs": run.cpu_per_call} for run in direct],

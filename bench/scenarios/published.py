@@ -53,7 +53,8 @@ def summarize(bench: Bench, report: Report, results: dict[str, list[Round]]) -> 
                 "(each figure is per round); mcpmux with its default per-instance cap (3 concurrent requests), "
                 "so further calls wait in mcpmux's queue.")
     lines = ["**As a load test** (all rounds of a case together)", "",
-             "| case | total | successful | success rate | average duration | requests/s |", "|---|---|---|---|---|---|"]
+             "| case | total | successful | success rate | average duration | requests/s |",
+             "|---|---|---|---|---|---|"]
     for case, measured in results.items():
         total, ok = sum(r.calls for r in measured), sum(r.ok for r in measured)
         mean = sum(sum(r.latencies) for r in measured) / total
