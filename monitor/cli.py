@@ -29,7 +29,7 @@ from mcpmux.stack import StackPaths, runtime_root
 from monitor import health as health_mod
 from monitor import logs as logs_mod
 from monitor import render
-from monitor.control import ControlError, StackNotRunning, core_listening, query
+from monitor.control import ControlError, StackNotRunning, core_listening, query, wait_for_core
 
 app = typer.Typer(help="Watch and test a running mcpmux stack.", no_args_is_help=True, add_completion=False)
 
@@ -117,7 +117,7 @@ def status(
         return
     console = out()
     title = f"mcpmux stack {data['stack']} (core pid {data['corePid']}, up {render.duration(data['uptime'])})"
-    console.print(render.instances_table(data, title=title))
+    console.print(render.instances_table(data, title=title, wide=console.width >= render.WIDE))
     console.print(render.summary_lines(data))
 
 
@@ -176,11 +176,11 @@ def load_test(
         if not isinstance(arguments, dict):
             fail("--args must be a JSON object", EXIT_FAILED)
     paths = find_stack(config, stack_dir)
-    if not core_listening(paths):
+    if not wait_for_core(paths, 5.0):
         fail(f"stack {paths.root.name} is not running (no core listening in {paths.root})")
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[failed]} failed"), TimeElapsedColumn(),
-                        console=err(), disable=as_json, transient=False)
+                        console=err(), disable=as_json, transient=True)
     task = progress.add_task("connecting", total=count, failed=0)
     failed = 0
 
@@ -258,10 +258,9 @@ def diagnostics(
     console.rule("configuration in force")
     console.print(JSON.from_data(data["config"]))
     console.rule("instances")
-    console.print(render.instances_table(status_data))
+    console.print(render.instances_table(status_data, wide=console.width >= render.WIDE))
     console.print(render.summary_lines(status_data))
-    for instance in status_data["instances"]:
-        console.print(f"{instance['slot']}: {json.dumps(_instance_details(instance))}")
+    console.print(render.details_table(status_data))
     console.rule("supervisord")
     if isinstance(data["processes"], str):
         console.print(Text(data["processes"], style="red"))
@@ -288,11 +287,6 @@ def diagnostics(
     for name, version in data["versions"].items():
         table.add_row(name, version, data["monitorVersions"].get(name, "-"))
     console.print(table)
-
-
-def _instance_details(instance: dict[str, Any]) -> dict[str, Any]:
-    keep = ("state", "supervisord", "sinceHeartbeat", "latencyMs", "shim", "backend")
-    return {key: instance[key] for key in keep if instance.get(key) is not None}
 
 
 # --- logs ----------------------------------------------------------------------------------------------
@@ -326,7 +320,7 @@ def logs(
         for log, lines in tails:
             console.rule(f"{log.source} ({log.path})")
             for line in lines:
-                console.print(Text(line), highlight=False)
+                print(line)  # as written: a log line is not rewrapped
     if not follow:
         return
     try:
@@ -353,26 +347,28 @@ def watch(
     """A live dashboard: instances, load, queue, latency and recent events, refreshed in place."""
     paths = find_stack(config, stack_dir)
     data = ask(paths, "status")
-    if as_json or once:
-        verdict = health_mod.assess(data)
-        if as_json:
-            emit_json({"status": data, "health": verdict.as_json()})
-        else:
-            out().print(render.dashboard(data, verdict))
+    console = out()
+
+    def frame(status_data: dict[str, Any], verdict: health_mod.Health, error: str | None = None) -> Any:
+        return render.dashboard(status_data, verdict, error=error, wide=console.width >= render.WIDE + render.FRAME)
+
+    if as_json:
+        emit_json({"status": data, "health": health_mod.assess(data).as_json()})
         return
-    last: dict[str, Any] = data
+    if once:
+        console.print(frame(data, health_mod.assess(data)))
+        return
     try:
-        with Live(render.dashboard(data, health_mod.assess(data)), console=out(), auto_refresh=False,
-                  screen=False, transient=False) as live:
+        with Live(frame(data, health_mod.assess(data)), console=console, auto_refresh=False, screen=True) as live:
             while True:
                 time.sleep(interval)
                 try:
-                    last = query(paths, "status")
-                    live.update(render.dashboard(last, health_mod.assess(last)), refresh=True)
+                    data = query(paths, "status")
+                    live.update(frame(data, health_mod.assess(data)), refresh=True)
                 except (StackNotRunning, ControlError) as exc:
-                    # The core may be restarting (supervisord brings it back): keep watching.
-                    stale = health_mod.not_running(str(exc))
-                    live.update(render.dashboard(last, stale, error=f"not answering: {exc}"), refresh=True)
+                    # The core may be restarting (supervisord brings it back): show the last figures, wait.
+                    live.update(frame(data, health_mod.not_running(str(exc)), f"not answering: {exc}"),
+                                refresh=True)
     except KeyboardInterrupt:
         pass
 

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import socket as stdsocket
+import time
+from pathlib import Path
 from typing import Any
 
 import zmq
 
 from mcpmux import wire
 from mcpmux.stack import StackPaths
+
+CORE_POLL = 0.05
 
 
 class StackNotRunning(RuntimeError):
@@ -19,9 +23,8 @@ class ControlError(RuntimeError):
     """The core answered, with an error."""
 
 
-def core_listening(paths: StackPaths) -> bool:
-    """Whether a process accepts connections on the control socket (a file left by a dead core does not)."""
-    path = paths.root / "control.sock"
+def _listening(path: Path) -> bool:
+    """Whether a process accepts connections on a unix socket (a file left by a dead process does not)."""
     if not path.exists():
         return False
     probe = stdsocket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
@@ -35,10 +38,25 @@ def core_listening(paths: StackPaths) -> bool:
     return True
 
 
+def core_listening(paths: StackPaths) -> bool:
+    return _listening(paths.root / "control.sock")
+
+
+def wait_for_core(paths: StackPaths, patience: float) -> bool:
+    """Whether the core listens, waiting for it while supervisord runs (the stack is starting, or its core
+    restarting); False at once when supervisord does not run either."""
+    deadline = time.monotonic() + patience
+    while not core_listening(paths):
+        if not _listening(paths.supervisor_sock) or time.monotonic() > deadline:
+            return False
+        time.sleep(CORE_POLL)  # a socket file gives no event to wait on
+    return True
+
+
 def query(
     paths: StackPaths, name: str, args: dict[str, Any] | None = None, timeout: float = 5.0
 ) -> dict[str, Any]:
-    if not core_listening(paths):
+    if not wait_for_core(paths, timeout):
         raise StackNotRunning(f"stack {paths.root.name} is not running (no core listening in {paths.root})")
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     socket = context.socket(zmq.DEALER)

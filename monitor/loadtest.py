@@ -122,6 +122,34 @@ async def run_load_test(
     on_done: Callable[[bool], None] | None = None,
 ) -> LoadTestResult:
     """Make `count` calls of one tool, `concurrency` at a time (all at once by default), and time each."""
+    try:
+        return await _run(paths, count, tool, arguments, concurrency, call_timeout, on_start, on_done)
+    except BaseExceptionGroup as group:  # the SDK's task groups wrap what went wrong: say it plainly
+        problem = _first(group, LoadTestError)
+        if problem is not None:
+            raise problem from None
+        raise
+
+
+def _first(group: BaseExceptionGroup[BaseException], kind: type[LoadTestError]) -> LoadTestError | None:
+    for inner in group.exceptions:
+        if isinstance(inner, kind):
+            return inner
+        if isinstance(inner, BaseExceptionGroup) and (found := _first(inner, kind)) is not None:
+            return found
+    return None
+
+
+async def _run(
+    paths: StackPaths,
+    count: int,
+    tool: str | None,
+    arguments: dict[str, Any] | None,
+    concurrency: int | None,
+    call_timeout: float,
+    on_start: Callable[[str], None] | None,
+    on_done: Callable[[bool], None] | None,
+) -> LoadTestResult:
     width = max(1, min(concurrency or count, count))
     async with stdio_client(router_params(paths)) as (read, write), ClientSession(read, write) as session:
         await session.initialize()

@@ -6,6 +6,7 @@ import datetime
 import io
 from typing import Any
 
+from rich import box
 from rich.console import Console, Group, RenderableType
 from rich.panel import Panel
 from rich.table import Table
@@ -17,6 +18,8 @@ STATE_STYLE = {
     "ready": "green", "busy": "yellow", "starting": "cyan", "draining": "magenta",
     "unhealthy": "red", "open-circuit": "bold red", "failed": "red", "stopped": "red",
 }
+WIDE = 120  # columns from which tables show every detail
+FRAME = 10  # what the dashboard's panel takes of the width
 VERDICT_STYLE = {Verdict.HEALTHY: "bold green", Verdict.DEGRADED: "bold yellow", Verdict.DOWN: "bold red"}
 
 
@@ -63,25 +66,60 @@ def _both(instance: dict[str, Any], field: str) -> float | None:
     return sum(found) if found else None
 
 
-def instances_table(status: dict[str, Any], *, title: str | None = None) -> Table:
-    table = Table(title=title, expand=False)
-    for column, justify in (("slot", "left"), ("state", "left"), ("in flight", "right"), ("served", "right"),
-                            ("failed", "right"), ("fails in a row", "right"), ("restarts", "right"),
-                            ("uptime", "right"), ("p50", "right"), ("p95", "right"), ("shim pid", "right"),
-                            ("backend pid", "right"), ("RSS shim+backend", "right"), ("CPU", "right")):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
-    for instance in status["instances"]:
-        latency = instance.get("latencyMs") or {}
+def instances_table(status: dict[str, Any], *, title: str | None = None, wide: bool = True) -> Table:
+    """One row per instance; `wide` adds the pids, failure streaks and per-instance latency."""
+    rows = status["instances"]
+    latency = wide and any(instance.get("latencyMs") for instance in rows)
+    columns: list[tuple[str, bool]] = [  # (header, shown)
+        ("slot", True), ("state", True), ("running", True), ("served", True), ("failed", True),
+        ("in a row", wide), ("restarts", True), ("uptime", True), ("p50", latency), ("p95", latency),
+        ("shim pid", wide), ("backend pid", wide), ("RSS", True), ("CPU", True),
+    ]
+    table = Table(title=title, box=box.SIMPLE_HEAVY if wide else box.SIMPLE, expand=False, pad_edge=wide,
+                  collapse_padding=not wide)
+    for header, shown in columns:
+        if shown:
+            table.add_column(header, justify="left" if header in ("slot", "state") else "right", no_wrap=True)
+    for instance in rows:
+        times = instance.get("latencyMs") or {}
         rss, cpu = _both(instance, "rssBytes"), _both(instance, "cpuPercent")
-        table.add_row(
-            instance["slot"], state_text(instance["state"]), str(instance["inFlight"]),
+        cells: list[str | Text] = [
+            short_slot(instance["slot"]), state_text(instance["state"]), str(instance["inFlight"]),
             str(instance["served"]), str(instance["failed"]), str(instance.get("consecutiveFailures", 0)),
             str(instance.get("restarts", 0)), duration(instance.get("uptime")),
-            millis(latency.get("p50")), millis(latency.get("p95")),
+            millis(times.get("p50")), millis(times.get("p95")),
             str(instance.get("pid") or "-"), str(instance.get("backendPid") or "-"), size(rss),
             "-" if cpu is None else f"{cpu:.0f}%",
+        ]
+        table.add_row(*(cell for cell, (_, shown) in zip(cells, columns, strict=True) if shown))
+    return table
+
+
+def details_table(status: dict[str, Any]) -> Table:
+    """Each instance's processes in detail: what diagnostics adds to the status table."""
+    table = Table(box=box.SIMPLE, expand=False)
+    for header in ("slot", "shim pid", "shim RSS", "shim CPU", "backend pid", "procs", "backend RSS",
+                   "backend CPU", "heartbeat", "alert / last event"):
+        table.add_column(header, justify="left" if header in ("slot", "alert / last event") else "right")
+    for instance in status["instances"]:
+        shim, backend = instance.get("shim") or {}, instance.get("backend") or {}
+        beat = instance.get("sinceHeartbeat")
+        table.add_row(
+            short_slot(instance["slot"]), str(instance.get("pid") or "-"), size(shim.get("rssBytes")),
+            _cpu_seconds(shim), str(instance.get("backendPid") or "-"), str(backend.get("processes", "-")),
+            size(backend.get("rssBytes")), _cpu_seconds(backend), "-" if beat is None else f"{beat:.1f}s ago",
+            str(instance.get("alert") or instance.get("lastEvent") or ""),
         )
     return table
+
+
+def _cpu_seconds(usage: dict[str, Any]) -> str:
+    return "-" if "cpuSeconds" not in usage else f"{usage['cpuSeconds']:.2f}s"
+
+
+def short_slot(slot: str) -> str:
+    """shim:shim_00 -> shim_00: the group says nothing, every slot is in it."""
+    return slot.partition(":")[2] or slot
 
 
 def summary_lines(status: dict[str, Any]) -> Text:
@@ -106,7 +144,7 @@ def summary_lines(status: dict[str, Any]) -> Text:
 
 def events_table(events: list[dict[str, Any]], *, title: str | None = None, limit: int = 10,
                  details: bool = False) -> Table:
-    table = Table(title=title, expand=False)
+    table = Table(title=title, box=box.SIMPLE, expand=False)
     table.add_column("time")
     table.add_column("kind")
     table.add_column("event", overflow="fold")
@@ -128,7 +166,9 @@ def health_renderable(health: Health) -> RenderableType:
     return lines
 
 
-def dashboard(status: dict[str, Any] | None, health: Health, *, error: str | None = None) -> RenderableType:
+def dashboard(
+    status: dict[str, Any] | None, health: Health, *, error: str | None = None, wide: bool = True
+) -> RenderableType:
     """Everything `watch` shows, as one renderable."""
     if status is None:
         return Panel(Text(error or "no answer from the stack", style="bold red"), title="mcpmux", expand=True)
@@ -138,7 +178,7 @@ def dashboard(status: dict[str, Any] | None, health: Health, *, error: str | Non
         header.append(f"  ({error})", style="red")
     parts: list[RenderableType] = [
         summary_lines(status),
-        instances_table(status, title="instances"),
+        instances_table(status, title="instances", wide=wide),
     ]
     if health.reasons:
         parts.append(Text("\n".join(f"- {reason}" for reason in health.reasons), style="yellow"))
@@ -160,4 +200,4 @@ def to_text(renderable: RenderableType, width: int = 140) -> str:
 
 def render_dashboard(status: dict[str, Any] | None, health: Health, width: int = 140) -> str:
     """The dashboard, rendered once to a string."""
-    return to_text(dashboard(status, health), width)
+    return to_text(dashboard(status, health, wide=width >= WIDE + FRAME), width)
