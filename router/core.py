@@ -94,6 +94,7 @@ class Core:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._stopping.set)
         log.info("core %d serving stack %s", os.getpid(), self.paths.root.name)
+        self.metrics.event("core", f"core {os.getpid()} started; figures count from here")
         for inbox in (self._doors, self._shims, self._control):
             inbox.start()
         tasks = [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import enum
 import time
 from collections.abc import Iterator
@@ -27,7 +28,9 @@ class Instance:
     in_flight: int = 0
     served: int = 0
     failed: int = 0
+    errors: int = 0  # JSON-RPC error responses (served counts them too)
     consecutive_failures: int = 0
+    latencies: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=512))
     last_ping: float = field(default_factory=time.monotonic)
     last_pick: int = 0  # when the balancer last chose it, to break ties fairly
     last_seen: float = field(default_factory=time.monotonic)

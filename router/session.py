@@ -30,6 +30,7 @@ class Pending:
     received: float = field(default_factory=time.monotonic)
     backend_id: int | None = None
     slot: str | None = None  # the instance running it, once dispatched
+    dispatched: float = 0.0
     pinned_slot: str | None = None  # an instance it must run on (cursor, subscription)
     attempts: int = 0
     timer: asyncio.TimerHandle | None = None

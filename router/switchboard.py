@@ -123,7 +123,7 @@ class Switchboard:
         session.last_request = time.monotonic()
         self.metrics.requests_received += 1
         if client_id in session.pending:
-            await self._answer(session, jsonrpc.error(
+            await self._answer_local(session, jsonrpc.error(
                 client_id, jsonrpc.INVALID_REQUEST, f"Invalid Request: id {client_id!r} is already in use"))
             return
         if method in LIST_CHANGED_BY_LIST_METHOD:
@@ -135,17 +135,17 @@ class Switchboard:
         await self._admit(Pending(session, client_id, message))
 
     async def _ping(self, session: Session, message: JsonObject) -> None:
-        await self._answer(session, jsonrpc.result(message["id"], {}))
+        await self._answer_local(session, jsonrpc.result(message["id"], {}))
 
     async def _discover(self, session: Session, message: JsonObject) -> None:
         # The 2026-07-28 era is not served yet; -32601 is what makes a client fall back to initialize.
-        await self._answer(session, jsonrpc.error(
+        await self._answer_local(session, jsonrpc.error(
             message["id"], jsonrpc.METHOD_NOT_FOUND, "Method not found: server/discover (use initialize)"))
 
     async def _initialize(self, session: Session, message: JsonObject) -> None:
         params = message.get("params")
         if not isinstance(params, dict):
-            await self._answer(session, jsonrpc.error(
+            await self._answer_local(session, jsonrpc.error(
                 message["id"], jsonrpc.INVALID_PARAMS, "Invalid params: initialize needs params"))
             return
         session.initialize_params = params
@@ -168,12 +168,12 @@ class Switchboard:
             await self._admit(Pending(session, message["id"], message))
             return
         if level not in LOG_LEVELS:
-            await self._answer(session, jsonrpc.error(
+            await self._answer_local(session, jsonrpc.error(
                 message["id"], jsonrpc.INVALID_PARAMS, f"Invalid params: unknown logging level {level!r}"))
             return
         session.log_level = level
         await self._update_log_level()
-        await self._answer(session, jsonrpc.result(message["id"], {}))
+        await self._answer_local(session, jsonrpc.result(message["id"], {}))
 
     async def _subscribe(self, session: Session, message: JsonObject) -> None:
         uri = (message.get("params") or {}).get("uri")
@@ -182,7 +182,7 @@ class Switchboard:
             await self._admit(Pending(session, message["id"], message))
             return
         subscription.sessions.add(session.identity)
-        await self._answer(session, jsonrpc.result(message["id"], {}))
+        await self._answer_local(session, jsonrpc.result(message["id"], {}))
 
     async def _unsubscribe(self, session: Session, message: JsonObject) -> None:
         uri = (message.get("params") or {}).get("uri")
@@ -192,7 +192,7 @@ class Switchboard:
             return
         subscription.sessions.discard(session.identity)
         if subscription.sessions or subscription.slot is None:
-            await self._answer(session, jsonrpc.result(message["id"], {}))
+            await self._answer_local(session, jsonrpc.result(message["id"], {}))
             return
         del self._subscriptions[uri]
         await self._admit(Pending(session, message["id"], message, pinned_slot=subscription.slot))
@@ -237,7 +237,7 @@ class Switchboard:
         if isinstance(cursor, str):
             unwrapped = cursors.unwrap(cursor)
             if unwrapped is None:
-                await self._answer(pending.session, jsonrpc.error(
+                await self._answer_local(pending.session, jsonrpc.error(
                     pending.client_id, jsonrpc.INVALID_PARAMS, "Invalid params: unknown pagination cursor"))
                 return
             pending.pinned_slot, inner = unwrapped
@@ -265,6 +265,7 @@ class Switchboard:
                 return False
         backend_id = next(self._ids)
         pending.backend_id, pending.slot = backend_id, instance.slot
+        pending.dispatched = time.monotonic()
         pending.attempts += 1
         instance.in_flight += 1
         self._running[backend_id] = pending
@@ -364,6 +365,9 @@ class Switchboard:
             return  # the answer to a request that timed out or was cancelled
         instance.in_flight -= 1
         instance.served += 1
+        instance.latencies.append(time.monotonic() - pending.dispatched)
+        if "error" in message:
+            instance.errors += 1
         await self._finish(pending, self._adapt_result(instance, pending, message))
         if is_instance_failure(message):
             await self._instance_failed(instance, f"answered error {message['error'].get('code')}")
@@ -622,6 +626,15 @@ class Switchboard:
 
     async def _answer(self, session: Session, message: JsonObject) -> None:
         await self._to_client(session, message)
+
+    async def _answer_local(self, session: Session, response: JsonObject) -> None:
+        """A response mcpmux gives itself (ping, setLevel, refusals): counted like any other."""
+        if "error" in response:
+            self.metrics.requests_failed += 1
+        else:
+            self.metrics.requests_succeeded += 1
+        self.metrics.observe_latency(0.0)
+        await self._answer(session, response)
 
     async def _internal_request(self, slot: str | None, method: str, params: JsonObject,
                                 follow_up: OnAnswer | None = None, *, allow_unready: bool = False) -> int | None:
