@@ -28,16 +28,27 @@ class Inbox:
         self._fd = int(socket.getsockopt(zmq.FD))
 
     def start(self) -> None:
+        self._wanted = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._serve())
         asyncio.get_running_loop().add_reader(self._fd, self.wake)
         self.wake()
 
     def stop(self) -> None:
         asyncio.get_running_loop().remove_reader(self._fd)
+        if self._task is not None:
+            self._task.cancel()
 
     def wake(self) -> None:
         if not self._draining:
+            self._wanted.set()
+
+    async def _serve(self) -> None:
+        # One long-lived task: a wake-up costs an Event.set, not a new Task per message burst.
+        while True:
+            await self._wanted.wait()
+            self._wanted.clear()
             self._draining = True
-            self._task = asyncio.get_running_loop().create_task(self._drain())
+            await self._drain()
 
     def send(self, identity: bytes, frame: bytes) -> None:
         """Send now (never blocks: high-water marks are far above what is in flight); ZMQError if the peer is gone."""
