@@ -105,17 +105,19 @@ def _env(pairs: list[str]) -> dict[str, str]:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
+        config: Config | None = None
         if args.stack_dir is not None:
-            sys.exit(_attach(args, StackPaths(args.stack_dir.resolve())))
-        config, origin = resolve(args)
-        paths = stack_paths(config, origin)
+            paths = StackPaths(args.stack_dir.resolve())
+        else:
+            config, origin = resolve(args)
+            paths = stack_paths(config, origin)
     except (ConfigError, ValueError) as exc:
         sys.exit(f"mcpmux-router: {exc}")
     sys.exit(_run(args, config, paths))
 
 
-def _attach(args: argparse.Namespace, paths: StackPaths) -> int:
-    """The stack in a runtime directory: stop it, print it, or relay a session to it (never start it)."""
+def _run(args: argparse.Namespace, config: Config | None, paths: StackPaths) -> int:
+    """Print, stop, start or serve the stack; with no configuration (--stack-dir), never start it."""
     from router import launcher
 
     if args.where:
@@ -125,22 +127,11 @@ def _attach(args: argparse.Namespace, paths: StackPaths) -> int:
         stopped = launcher.stop(paths)
         print(f"stack {paths.root.name} {'stopped' if stopped else 'was not running'}", file=sys.stderr)
         return 0
-    if not launcher.is_running(paths):
-        print(f"mcpmux-router: no running stack in {paths.root}", file=sys.stderr)
-        return 1
-    return _serve(load_config(paths.config), paths)
-
-
-def _run(args: argparse.Namespace, config: Config, paths: StackPaths) -> int:
-    from router import launcher
-
-    if args.where:
-        print(paths.root)
-        return 0
-    if args.down:
-        stopped = launcher.stop(paths)
-        print(f"stack {paths.root.name} {'stopped' if stopped else 'was not running'}", file=sys.stderr)
-        return 0
+    if config is None:
+        if not launcher.is_running(paths):
+            print(f"mcpmux-router: no running stack in {paths.root}", file=sys.stderr)
+            return 1
+        return _serve(load_config(paths.config), paths)
     try:
         started = launcher.ensure_up(config, paths, idle_stop=not args.up)
     except launcher.LaunchError as exc:

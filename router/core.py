@@ -64,9 +64,9 @@ class Core:
         self.exporter: prometheus.Exporter | None = None
         self.started = time.time()
         self._context = zmq.Context()
-        self._doors = Inbox(self._router_socket(paths.doors_endpoint), self._door_frame)
-        self._shims = Inbox(self._router_socket(paths.shims_endpoint), self._shim_frame)
-        self._control = Inbox(self._router_socket(paths.control_endpoint), self._control_frame)
+        self._doors = Inbox(self._router_socket(paths.doors_endpoint), self._from_door)
+        self._shims = Inbox(self._router_socket(paths.shims_endpoint), self._shim_message)
+        self._control = Inbox(self._router_socket(paths.control_endpoint), self._control_message)
         self._idle_since: float | None = time.monotonic()
         self._last_poll = 0.0
         self._stopping = asyncio.Event()
@@ -115,14 +115,6 @@ class Core:
 
     # --- doors ---------------------------------------------------------------------------------------
 
-    async def _door_frame(self, identity: bytes, frame: bytes) -> None:
-        try:
-            message = wire.decode(frame)
-        except wire.WireError as exc:
-            log.warning("door %r sent %s", identity, exc)
-            return
-        await self._from_door(identity, message)
-
     async def _from_door(self, identity: bytes, message: wire.Message) -> None:
         session = self.board.sessions.get(identity)
         if isinstance(message, wire.DoorHello):
@@ -163,12 +155,7 @@ class Core:
 
     # --- shims ---------------------------------------------------------------------------------------
 
-    async def _shim_frame(self, identity: bytes, frame: bytes) -> None:
-        try:
-            message = wire.decode(frame)
-        except wire.WireError as exc:
-            log.warning("shim %r sent %s", identity, exc)
-            return
+    async def _shim_message(self, identity: bytes, message: wire.Message) -> None:
         await self._from_shim(identity.decode(), message)
 
     async def _from_shim(self, slot: str, message: wire.Message) -> None:
@@ -266,13 +253,12 @@ class Core:
 
     # --- control -------------------------------------------------------------------------------------
 
-    async def _control_frame(self, identity: bytes, frame: bytes) -> None:
+    async def _control_message(self, identity: bytes, message: wire.Message) -> None:
         # Some queries wait for the pool (wait_ready): answer each in its own task.
-        self._background(self._answer_control(identity, frame))
+        self._background(self._answer_control(identity, message))
 
-    async def _answer_control(self, identity: bytes, frame: bytes) -> None:
+    async def _answer_control(self, identity: bytes, request: wire.Message) -> None:
         try:
-            request = wire.decode(frame)
             if not isinstance(request, wire.ControlRequest):
                 raise wire.WireError("expected a control request")
             reply = await self.control.handle(request)

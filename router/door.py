@@ -18,7 +18,6 @@ import uuid
 from pathlib import Path
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from mcpmux import jsonrpc, wire
 from mcpmux.jsonrpc import JsonObject, RequestId
@@ -98,10 +97,11 @@ class Door:
         """A reconnection means the core restarted: beat at once, so it tells us to resync now."""
         while True:
             try:
-                event = recv_monitor_message(self._monitor, zmq.NOBLOCK)
+                frames = self._monitor.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            if event["event"] == zmq.EVENT_CONNECTED:
+            # zmq.utils.monitor would decode this, but it imports asyncio; the event is the first 2 bytes.
+            if int.from_bytes(frames[0][:2], "little") == zmq.EVENT_CONNECTED:
                 self._next_beat = 0.0
 
     def _beat_if_due(self) -> None:

@@ -1,5 +1,7 @@
 """A ZeroMQ ROUTER socket read from the asyncio loop without zmq.asyncio's per-message futures.
 
+Each message is decoded here and handed on with its sender's routing id; undecodable frames are logged.
+
 The socket's file descriptor is edge-triggered: it says "something changed", not "a message is here".
 So each wake-up drains every waiting message, and each send looks again, since a send can consume the
 edge that announced a message (the classic way to strand a ZeroMQ reader).
@@ -13,9 +15,11 @@ from collections.abc import Awaitable, Callable
 
 import zmq
 
+from mcpmux import wire
+
 log = logging.getLogger("mcpmux.core")
 
-Handler = Callable[[bytes, bytes], Awaitable[None]]
+Handler = Callable[[bytes, wire.Message], Awaitable[None]]
 
 
 class Inbox:
@@ -74,7 +78,12 @@ class Inbox:
                     log.warning("dropped a message of %d frames", len(frames))
                     continue
                 try:
-                    await self._handle(frames[0], frames[1])
+                    message = wire.decode(frames[1])
+                except wire.WireError as exc:
+                    log.warning("%r sent %s", frames[0], exc)
+                    continue
+                try:
+                    await self._handle(frames[0], message)
                 except Exception:
                     log.exception("error handling a message from %r", frames[0])
         finally:

@@ -90,15 +90,15 @@ async def test_a_request_that_outlives_its_deadline_gets_a_timeout_error(make_st
 
 async def test_time_spent_queued_counts_toward_the_deadline(make_stack: StackFactory) -> None:
     stack = make_stack("--min-instances", "1", "--max-instances", "1", "--max-concurrent-requests", "1",
-                       "--request-timeout", "1500")
+                       "--request-timeout", "3000")
     async with raw_session(stack) as client:
         await client.initialize()
-        await client.send(call("first", "sleep", seconds=1))
-        await client.send(call("behind", "sleep", seconds=1))  # alone it would fit in 1.5 s; after first, not
+        await client.send(call("first", "sleep", seconds=2))
+        await client.send(call("behind", "sleep", seconds=2))  # alone it would fit in 3 s; after first, not
         first = await client.response("first")
         behind = await client.response("behind")
 
-    assert answer(first)["end"] - answer(first)["start"] >= 1
+    assert answer(first)["end"] - answer(first)["start"] >= 2
     assert behind["error"]["code"] == -32001
 
 
