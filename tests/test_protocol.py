@@ -241,3 +241,32 @@ async def test_a_cancelled_call_frees_its_instance(make_stack: StackFactory) -> 
 
     assert result["text"] == "next", "the only instance took a new call: the cancelled one let go of it"
     assert status["instances"][0]["inFlight"] == 0
+
+
+async def test_a_server_request_the_client_cannot_serve_is_refused_to_the_server(make_stack: StackFactory) -> None:
+    stack = pool(make_stack, instances=1)
+    async with stack.session() as client:  # no sampling callback: the client declares no sampling capability
+        with pytest.raises(MCPError) as raised:  # the lab server passes the refusal on as its answer
+            await client.call_tool("sample", {"prompt": "hello"})
+
+    assert "the client does not support sampling" in raised.value.error.message
+
+
+async def test_a_server_request_that_could_belong_to_two_sessions_is_refused_not_guessed(
+        make_stack: StackFactory) -> None:
+    # stdio does not link a server's request to the call that caused it: with calls of two sessions
+    # running on one instance, mcpmux refuses rather than risk asking the wrong client.
+    stack = pool(make_stack, instances=1, cap=3)
+
+    async def sampling(ctx: ClientRequestContext, params: types.CreateMessageRequestParams) -> Any:
+        raise AssertionError("no session may be asked")
+
+    async with stack.session(sampling_callback=sampling) as busy, \
+            stack.session(sampling_callback=sampling) as asking:
+        running = asyncio.ensure_future(busy.call_tool("sleep", {"seconds": 2}))
+        await asyncio.to_thread(stack.wait_running, 1)
+        with pytest.raises(MCPError) as raised:
+            await asking.call_tool("sample", {"prompt": "whose?"})
+        await running
+
+    assert "cannot tell which client session" in raised.value.error.message
