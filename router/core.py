@@ -52,8 +52,10 @@ class Core:
         self.idle_stop = idle_stop
         self.metrics = Metrics()
         self.board = Switchboard(config, self._send_to_client, self._send_to_instance, self.metrics)
-        self.board.on_profile = self._save_profile
-        self.board.profile = self._load_profile()
+        self.board.on_profile = self._adopt_profile
+        saved = self._load_profile()
+        if saved is not None:
+            self.board.profile, self.board.profile_from_client = saved, True
         self.supervisor = Supervisor(paths)
         self.scaler = Scaler(config, self.board, self.supervisor, self.metrics)
         self.healer = Healer(self.supervisor, self.metrics)
@@ -69,6 +71,7 @@ class Core:
         self._control = Inbox(self._router_socket(paths.control_endpoint), self._control_message)
         self._idle_since: float | None = time.monotonic()
         self._last_poll = 0.0
+        self._stale_shims: set[int] = set()  # shims initialized with params the pool no longer uses
         self._stopping = asyncio.Event()
         self._control_tasks: set[asyncio.Task[None]] = set()
 
@@ -186,7 +189,7 @@ class Core:
         if previous is not None and previous.pid != hello.pid:
             await self._instance_lost(previous, "replaced by a new shim process")
         self.scaler.adopt(slot)
-        if self.healer.held(slot):
+        if self.healer.held(slot) or hello.pid in self._stale_shims:
             return
         if hello.initialize_result is None and self.healer.started(slot):
             self._background(self.healer.back_off(slot, "restarted too often"))
@@ -196,7 +199,7 @@ class Core:
         self.metrics.event("start", f"{slot} connected (shim pid {hello.pid})", slot=slot)
         if hello.initialize_result is not None:
             await self.board.instance_ready(instance, hello.initialize_result)
-        elif self.board.profile is not None:
+        else:
             await self._initialize(instance, self.board.profile)
 
     async def _initialize(self, instance: Instance, profile: JsonObject) -> None:
@@ -238,11 +241,15 @@ class Core:
             return False
         return True
 
-    async def _save_profile(self, params: JsonObject) -> None:
+    async def _adopt_profile(self, params: JsonObject, changed: bool) -> None:
+        """The first client's params: keep them; if the pool warmed up with others, restart it."""
         self.paths.pool_profile.write_text(json.dumps(params))
-        for instance in self.board.pool:
-            if not instance.ready:
-                await self._initialize(instance, params)
+        if not changed:
+            return
+        self._stale_shims.update(instance.pid for instance in self.board.pool)
+        await self.board.forget_instances("re-initializing with the first client's params")
+        for slot in list(self.scaler.wanted):
+            self._background(self.healer.reinitialize(slot, "the first client's params differ from the warm-up's"))
 
     def _load_profile(self) -> JsonObject | None:
         try:
@@ -295,7 +302,7 @@ class Core:
         limit = self.config.multiplexer.startup_timeout / 1000
         for instance in list(self.board.pool):
             waiting = instance.state in (InstanceState.STARTING, InstanceState.PROBING)
-            if waiting and self.board.profile is not None and now - instance.started > limit:
+            if waiting and now - instance.started > limit:
                 reason = f"not ready within startupTimeout ({limit * 1000:.0f} ms)"
                 await self._instance_lost(instance, reason)
                 self._background(self.healer.restart(instance.slot, reason))

@@ -34,6 +34,7 @@ class SlotRecord:
     probe: bool = False  # the next instance in this slot must pass a ping before taking traffic
     alert: str | None = None
     gave_up: bool = False
+    planned: bool = False  # the next start was asked for, not caused by a failure
 
 
 class Healer:
@@ -46,7 +47,9 @@ class Healer:
         """Note that a shim came up in this slot; True if the slot is flapping."""
         record = self.slots[slot]
         now = time.monotonic()
-        if record.starts:
+        if record.planned:
+            record.planned = False
+        elif record.starts:
             record.restarts += 1
         record.starts.append(now)
         return len(record.starts) == FLAP_RESTARTS and now - record.starts[0] < FLAP_WINDOW
@@ -55,6 +58,16 @@ class Healer:
         record = self.slots[slot]
         record.probe = True
         self._metrics.event("restart", f"restarting {slot}: {reason}", slot=slot)
+        await self._call(self._supervisor.stop, slot)
+        await self._call(self._supervisor.start, slot)
+
+    async def reinitialize(self, slot: str, reason: str) -> None:
+        """A planned restart (new initialize params), not a failure: it counts as neither restart nor flap."""
+        record = self.slots[slot]
+        record.probe = False
+        record.starts.clear()
+        record.planned = True
+        self._metrics.event("reinit", f"re-initializing {slot}: {reason}", slot=slot)
         await self._call(self._supervisor.stop, slot)
         await self._call(self._supervisor.start, slot)
 

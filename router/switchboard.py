@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from mcpmux import jsonrpc
 from mcpmux.config import Config
 from mcpmux.jsonrpc import JsonObject
-from router import cursors
+from router import cursors, profile
 from router.breaker import CircuitBreaker, is_instance_failure
 from router.dispatch import LeastConnections
 from router.instances import Instance, InstanceState, Pool
@@ -66,8 +66,9 @@ class Switchboard:
         self.queue: RequestQueue[Pending] = RequestQueue(settings.queue_size)
         self.balancer = LeastConnections(settings.max_concurrent_requests)
         self.metrics = metrics
-        self.profile: JsonObject | None = None  # the initialize params every backend gets
-        self.on_profile: Callable[[JsonObject], Awaitable[None]] | None = None
+        self.profile: JsonObject = profile.WARM  # the initialize params every backend gets
+        self.profile_from_client = False
+        self.on_profile: Callable[[JsonObject, bool], Awaitable[None]] | None = None
         self.on_circuit_open: InstanceHook | None = None  # the core restarts the instance
         self.on_ready: InstanceHook | None = None
         self.on_safe_tools: Callable[[list[str]], Awaitable[None]] | None = None
@@ -149,10 +150,11 @@ class Switchboard:
                 message["id"], jsonrpc.INVALID_PARAMS, "Invalid params: initialize needs params"))
             return
         session.initialize_params = params
-        if self.profile is None:
-            self.profile = params
+        if not self.profile_from_client:
+            changed = not profile.same_handshake(self.profile, params)
+            self.profile, self.profile_from_client = params, True
             if self.on_profile is not None:
-                await self.on_profile(params)
+                await self.on_profile(params, changed)
         pending = Pending(session, message["id"], message)
         result = self.pool.any_initialize_result()
         if result is not None:
@@ -574,6 +576,10 @@ class Switchboard:
     def _may_eject(self) -> bool:
         ejected = sum(1 for other in self.pool if other.state is InstanceState.OPEN)
         return ejected < max(1, len(self.pool) // 2)
+
+    async def forget_instances(self, reason: str) -> None:
+        for instance in list(self.pool):
+            await self.instance_lost(instance, reason)
 
     async def startup_failed(self, reason: str, stderr_tail: str) -> None:
         """A backend died in its handshake: tell the clients waiting for one, rather than let them wait."""

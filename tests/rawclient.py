@@ -80,6 +80,23 @@ class RawClient:
         return response
 
 
+def call(request_id: Any, tool: str, **arguments: Any) -> dict[str, Any]:
+    """A tools/call request, as a client would write it."""
+    return {"jsonrpc": "2.0", "id": request_id, "method": "tools/call",
+            "params": {"name": tool, "arguments": arguments}}
+
+
+def answer(response: dict[str, Any]) -> dict[str, Any]:
+    """The JSON a lab-server tool returned, from a raw response."""
+    assert "result" in response, response
+    return json.loads(response["result"]["content"][0]["text"])  # type: ignore[no-any-return]
+
+
+def pid_of(response: dict[str, Any]) -> int:
+    """Which backend process served a lab-server call."""
+    return int(answer(response)["pid"])
+
+
 def _same_id(a: Any, b: Any) -> bool:
     return type(a) is type(b) and a == b
 

@@ -12,23 +12,17 @@ import random
 import statistics
 import time
 from collections import Counter
-from typing import Any
 
 import psutil
 
 from tests.conftest import Stack, StackFactory
-from tests.rawclient import RawClient, raw_session
+from tests.rawclient import RawClient, call, raw_session
 
 SESSIONS = 3
 REQUESTS_PER_SESSION = 40
 KILLS = 4
 WINDOW = 4  # requests a session keeps in flight
 SEED = 20261125
-
-
-def call(request_id: str, tool: str, seconds: float) -> dict[str, Any]:
-    return {"jsonrpc": "2.0", "id": request_id, "method": "tools/call",
-            "params": {"name": tool, "arguments": {"seconds": seconds}}}
 
 
 async def run_session(client: RawClient, name: str, rng: random.Random, tools: dict[str, str]) -> None:
@@ -38,7 +32,7 @@ async def run_session(client: RawClient, name: str, rng: random.Random, tools: d
         async with window:
             request_id = f"{name}-{n}"
             tools[request_id] = "block" if rng.random() < 0.6 else "slow_write"
-            await client.send(call(request_id, tools[request_id], rng.uniform(0.05, 0.15)))
+            await client.send(call(request_id, tools[request_id], seconds=rng.uniform(0.05, 0.15)))
             await client.response(request_id, timeout=120)
 
     await client.initialize()

@@ -4,21 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 from typing import Any
 
 from tests.conftest import StackFactory, result_json
-from tests.rawclient import raw_session
-
-
-def call(request_id: Any, tool: str, **arguments: Any) -> dict[str, Any]:
-    return {"jsonrpc": "2.0", "id": request_id, "method": "tools/call",
-            "params": {"name": tool, "arguments": arguments}}
-
-
-def answer(response: dict[str, Any]) -> dict[str, Any]:
-    assert "result" in response, response
-    return json.loads(response["result"]["content"][0]["text"])  # type: ignore[no-any-return]
+from tests.rawclient import answer, call, raw_session
 
 
 async def test_blocking_calls_run_side_by_side_on_k_instances(make_stack: StackFactory) -> None:

@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
 import psutil
 
 from tests.conftest import Stack, StackFactory
-from tests.rawclient import RawClient, raw_session
+from tests.rawclient import RawClient, call, pid_of, raw_session
 
 INSTANCE_FAILED = -32051
-
-
-def call(request_id: Any, tool: str, **arguments: Any) -> dict[str, Any]:
-    return {"jsonrpc": "2.0", "id": request_id, "method": "tools/call",
-            "params": {"name": tool, "arguments": arguments}}
-
-
-def pid_of(response: dict[str, Any]) -> int:
-    assert "result" in response, response
-    return int(json.loads(response["result"]["content"][0]["text"])["pid"])
 
 
 def instance_serving(stack: Stack, backend_pid: int) -> dict[str, Any]:

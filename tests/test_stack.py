@@ -11,7 +11,8 @@ from pathlib import Path
 
 import psutil
 
-from tests.conftest import LAB_SERVER, ROUTER, StackFactory
+from tests.conftest import LAB_SERVER, ROUTER, Stack, StackFactory
+from tests.rawclient import pid_of, raw_session
 
 
 def where(*args: str, env: dict[str, str]) -> str:
@@ -76,3 +77,39 @@ async def test_a_stack_started_with_up_stays_up_without_sessions(make_stack: Sta
 
     assert "supervisorctl -c" in printed
     assert alive == supervisord, "a stack started with --up does not stop when idle"
+
+
+CLAUDE_CODE_INITIALIZE = {"protocolVersion": "2025-11-25",
+                          "capabilities": {"roots": {"listChanged": True}, "elicitation": {}},
+                          "clientInfo": {"name": "claude-code", "version": "2.1.0"}}
+
+
+def backend_pids(stack: Stack) -> set[int]:
+    return {instance["backendPid"] for instance in stack.status()["instances"]}
+
+
+async def test_a_stack_started_with_up_is_ready_before_its_first_client(make_stack: StackFactory) -> None:
+    stack = make_stack("--min-instances", "2", "--max-instances", "2")
+    stack.router("--up")
+    stack.wait_ready(2)
+    warm = backend_pids(stack)
+    async with raw_session(stack) as client:
+        await client.request("init", "initialize", CLAUDE_CODE_INITIALIZE)
+        served = {pid_of(await client.request(n, "tools/call", {"name": "whoami", "arguments": {}}))
+                  for n in range(4)}
+
+    assert served == warm, "a client with the capabilities the pool warmed up with is served by it"
+
+
+async def test_a_first_client_with_other_capabilities_gets_backends_initialized_with_its_own(
+        make_stack: StackFactory) -> None:
+    stack = make_stack("--min-instances", "2", "--max-instances", "2")
+    stack.router("--up")
+    stack.wait_ready(2)
+    warm = backend_pids(stack)
+    async with raw_session(stack) as client:
+        await client.initialize()  # declares sampling too
+        served = {pid_of(await client.request(n, "tools/call", {"name": "whoami", "arguments": {}}))
+                  for n in range(4)}
+
+    assert served and not served & warm, "the warm backends were replaced, not reused"
