@@ -337,9 +337,6 @@ class Core:
             self.idle_stop = False
             await self.supervisor.shutdown()
 
-    def status(self) -> dict[str, Any]:
-        return self.control.status()
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="mcpmux-core", description="The dispatching core of one mcpmux stack.")

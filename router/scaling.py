@@ -18,7 +18,6 @@ from router.switchboard import Switchboard
 log = logging.getLogger("mcpmux.scaling")
 
 SCALE_DOWN_AFTER = 60.0  # seconds of low load before one instance is stopped
-START_GRACE = 10.0  # seconds a started slot may take to connect before it counts as missing
 
 
 class Scaler:

@@ -516,7 +516,7 @@ class Switchboard:
             if subscription.slot is None:
                 subscription.slot = instance.slot
                 await self._internal_request(instance.slot, "resources/subscribe", {"uri": uri})
-        await self._announce_pool_change()
+        self.watch.poke()
         waiters, self._init_waiters = self._init_waiters, []
         for pending in waiters:
             await self._finish(pending, jsonrpc.result(pending.client_id, instance.initialize_result or {}))
@@ -596,7 +596,7 @@ class Switchboard:
             instance.state = InstanceState.FAILED
         self.pool.remove(instance.slot)
         self._pings.pop(instance.slot, None)
-        await self._announce_pool_change()
+        self.watch.poke()
         for backend_id, pending in list(self._running.items()):
             if pending.slot != instance.slot:
                 continue
@@ -619,9 +619,6 @@ class Switchboard:
         await self.drain()
 
     # --- helpers -------------------------------------------------------------------------------------
-
-    async def _announce_pool_change(self) -> None:
-        self.watch.poke()
 
     async def wait_ready(self, count: int, timeout: float) -> bool:
         return await self.watch.until(lambda: len(self.pool.ready()) >= count, timeout)
