@@ -27,7 +27,8 @@ status: setup
 # server-everything (npm) joins the tests when Node.js is present; they skip it otherwise.
 node:
 	@if command -v npm >/dev/null 2>&1; then \
-		npm install --silent --no-audit --no-fund --prefix $(NODE_PREFIX) @modelcontextprotocol/server-everything; \
+		npm install --silent --no-audit --no-fund --prefix $(NODE_PREFIX) @modelcontextprotocol/server-everything \
+			|| echo "npm install failed: tests against server-everything will be skipped"; \
 	else echo "npm not found: tests against server-everything will be skipped"; fi
 
 lint: setup
