@@ -23,7 +23,6 @@ import importlib.metadata
 import logging
 import os
 import platform
-import statistics
 import sys
 import time
 import xmlrpc.client
@@ -34,6 +33,7 @@ import psutil
 import zmq
 
 from mcpmux import __version__, wire
+from router.metrics import percentiles_ms
 
 if TYPE_CHECKING:
     from router.core import Core
@@ -163,7 +163,7 @@ class ControlHandler:
             **self._slot_history(instance.slot, events),
             "uptime": time.time() - shim["created"] if shim else now - instance.started,
             "sinceHeartbeat": now - instance.last_seen,
-            "latencyMs": _percentiles(getattr(instance, "latencies", None)),
+            "latencyMs": percentiles_ms(instance.latencies),
             "shim": shim,
             "backend": self._usage(instance.backend_pid, tree=True),
         }
@@ -299,14 +299,3 @@ def _losses(events: Iterable[dict[str, Any]], slot: str) -> int:
     """Restarts of a slot, as far as the event ring remembers: each loss makes supervisord start it again."""
     return sum(1 for event in events if event.get("kind") == "lost" and event.get("slot") == slot)
 
-
-def _percentiles(window: Iterable[float] | None) -> dict[str, float | None] | None:
-    """Percentiles in ms of a window of seconds; None when the core keeps no such window."""
-    if window is None:
-        return None
-    samples = list(window)
-    if len(samples) < 2:
-        only = samples[0] * 1000 if samples else None
-        return {"p50": only, "p95": only, "p99": only}
-    cuts = statistics.quantiles(samples, n=100, method="inclusive")
-    return {"p50": cuts[49] * 1000, "p95": cuts[94] * 1000, "p99": cuts[98] * 1000}

@@ -58,8 +58,7 @@ class Healer:
         record = self.slots[slot]
         record.probe = True
         self._metrics.event("restart", f"restarting {slot}: {reason}", slot=slot)
-        await self._call(self._supervisor.stop, slot)
-        await self._call(self._supervisor.start, slot)
+        await self._cycle(slot)
 
     async def reinitialize(self, slot: str, reason: str) -> None:
         """A planned restart (new initialize params), not a failure: it counts as neither restart nor flap."""
@@ -68,6 +67,9 @@ class Healer:
         record.starts.clear()
         record.planned = True
         self._metrics.event("reinit", f"re-initializing {slot}: {reason}", slot=slot)
+        await self._cycle(slot)
+
+    async def _cycle(self, slot: str) -> None:
         await self._call(self._supervisor.stop, slot)
         await self._call(self._supervisor.start, slot)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,8 +34,14 @@ class Metrics:
             self.on_event()
 
     def latency_percentiles(self) -> dict[str, float | None]:
-        if len(self.latencies) < 2:
-            only = self.latencies[0] * 1000 if self.latencies else None
-            return {"p50": only, "p95": only, "p99": only}
-        cuts = statistics.quantiles(self.latencies, n=100, method="inclusive")
-        return {"p50": cuts[49] * 1000, "p95": cuts[94] * 1000, "p99": cuts[98] * 1000}
+        return percentiles_ms(self.latencies)
+
+
+def percentiles_ms(window: Iterable[float]) -> dict[str, float | None]:
+    """p50, p95 and p99 in ms of a window of latencies in seconds."""
+    samples = list(window)
+    if len(samples) < 2:
+        only = samples[0] * 1000 if samples else None
+        return {"p50": only, "p95": only, "p99": only}
+    cuts = statistics.quantiles(samples, n=100, method="inclusive")
+    return {"p50": cuts[49] * 1000, "p95": cuts[94] * 1000, "p99": cuts[98] * 1000}

@@ -29,10 +29,24 @@ def child_running(fragment: str) -> psutil.Process:
 
 
 @dataclass
-class Round:
-    """A burst of concurrent calls from one session: per-call latencies (ms), successes, wall time."""
+class Latencies:
+    """Per-call latencies (ms) and their percentiles."""
 
     latencies: list[float]
+
+    @property
+    def p50(self) -> float:
+        return percentile(self.latencies, 50)
+
+    @property
+    def p99(self) -> float:
+        return percentile(self.latencies, 99)
+
+
+@dataclass
+class Round(Latencies):
+    """A burst of concurrent calls from one session: per-call latencies (ms), successes, wall time."""
+
     ok: int
     seconds: float
 
@@ -43,14 +57,6 @@ class Round:
     @property
     def rate(self) -> float:
         return self.calls / self.seconds
-
-    @property
-    def p50(self) -> float:
-        return percentile(self.latencies, 50)
-
-    @property
-    def p99(self) -> float:
-        return percentile(self.latencies, 99)
 
     @property
     def mean(self) -> float:

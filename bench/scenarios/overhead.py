@@ -12,26 +12,17 @@ from mcp import ClientSession, StdioServerParameters
 from bench import plots
 from bench.clients import sdk_session
 from bench.harness import Bench, Report, scenario
-from bench.scenarios.common import child_running, direct_params
+from bench.scenarios.common import Latencies, child_running, direct_params
 from bench.stack import LAB_SERVER, BenchStack, cpu_seconds, doors
-from bench.stats import Stat, percentile
+from bench.stats import Stat
 
 ECHO = ("echo", {"text": "hello"})
 ProcessFinder = Callable[[], dict[str, psutil.Process]]
 
 
 @dataclass
-class Run:
-    latencies: list[float]  # ms, one per call
+class Run(Latencies):
     cpu_per_call: dict[str, float]  # µs of CPU per call, by process role
-
-    @property
-    def p50(self) -> float:
-        return percentile(self.latencies, 50)
-
-    @property
-    def p99(self) -> float:
-        return percentile(self.latencies, 99)
 
 
 async def sequential(client: ClientSession, calls: int) -> list[float]:
