@@ -13,8 +13,8 @@ from typing import Any
 import psutil
 from mcp import StdioServerParameters
 
+from mcpmux.monitor.control import query
 from mcpmux.stack import StackPaths
-from monitor.control import query
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -117,8 +117,8 @@ def cpu_seconds(process: psutil.Process) -> float:
 
 
 def is_door(command: list[str]) -> bool:
-    """`mcpmux-router ...`, or what it execs into to serve a session (`python -m router.door ...`)."""
-    return any(part.endswith("mcpmux-router") for part in command[:2]) or "router.door" in command[1:3]
+    """`mcpmux-router ...`, or what it execs into to serve a session (`python -E -P -m mcpmux.router.door ...`)."""
+    return any(part.endswith("mcpmux-router") for part in command[:2]) or "mcpmux.router.door" in command[1:6]
 
 
 def doors() -> list[psutil.Process]:

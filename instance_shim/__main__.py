@@ -1,3 +1,3 @@
-from instance_shim.shim import main
+from mcpmux.shim.shim import main
 
 main()

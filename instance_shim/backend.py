@@ -9,9 +9,11 @@ import collections
 import ctypes
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 from mcpmux.lines import TOO_LONG, LineSplitter
@@ -48,11 +50,9 @@ class Backend:
         return self._process is not None and self._process.poll() is None
 
     def start(self) -> None:
-        env = {**os.environ, **self._spec.get("env", {})}
-        # Servers installed beside mcpmux (mcp-server-time, say) are found by name.
-        env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", os.defpath)])
+        env = server_environment(os.environ, self._spec.get("env", {}))
         self._process = subprocess.Popen(
-            [self._spec["command"], *self._spec.get("args", [])],
+            [find_command(self._spec["command"], env), *self._spec.get("args", [])],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0,
             env=env, cwd=self._spec.get("cwd"), preexec_fn=_die_with_parent,
         )
@@ -141,6 +141,23 @@ class Backend:
                 pass
         except OSError:  # BlockingIOError included: nothing more for now
             pass
+
+
+def server_environment(inherited: Mapping[str, str], configured: Mapping[str, str]) -> dict[str, str]:
+    """What the server would see if the client started it directly, plus the configured variables; not
+    supervisord's own (SUPERVISOR_*)."""
+    env = {key: value for key, value in inherited.items() if not key.startswith("SUPERVISOR_")}
+    return {**env, **configured}
+
+
+def find_command(command: str, env: Mapping[str, str]) -> str:
+    """The server's executable: on the server's PATH, else beside mcpmux's Python (a server installed in
+    the same environment as mcpmux, as `make up` does). The server's PATH itself is left as it is."""
+    if os.sep in command:
+        return command
+    return (shutil.which(command, path=env.get("PATH", os.defpath))
+            or shutil.which(command, path=os.path.dirname(sys.executable))
+            or command)
 
 
 def _parse(line: bytes) -> JsonObject | None:

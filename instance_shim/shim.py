@@ -20,8 +20,9 @@ from typing import Any
 
 import zmq
 
-from instance_shim.backend import Backend
 from mcpmux import wire
+from mcpmux.shim.backend import Backend
+from mcpmux.signals import die_on_termination
 
 HEARTBEAT_INTERVAL = 1.0
 INIT_ID = "mcpmux-shim-initialize"
@@ -190,4 +191,5 @@ def main() -> None:
     parser.add_argument("--stack-dir", type=Path, required=True)
     parser.add_argument("--slot", default=None, help="routing id; defaults to supervisord's group:name")
     args = parser.parse_args()
+    die_on_termination()  # the backend gets the same signal (its process group) and PDEATHSIG
     sys.exit(Shim(args.stack_dir, args.slot or _slot_name()).run())

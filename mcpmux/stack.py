@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -77,8 +78,20 @@ class StackPaths:
         return _ipc(self.root / "shims.sock")
 
     @property
+    def control_sock(self) -> Path:
+        return self.root / "control.sock"
+
+    @property
     def control_endpoint(self) -> str:
-        return _ipc(self.root / "control.sock")
+        return _ipc(self.control_sock)
+
+    @property
+    def core_log(self) -> Path:
+        return self.logs / "core.log"
+
+    def core_listening(self) -> bool:
+        """Whether a core is serving this stack (it binds its sockets once its configuration is loaded)."""
+        return accepting(self.control_sock)
 
     @property
     def pool_profile(self) -> Path:
@@ -100,6 +113,21 @@ class StackPaths:
 
 def stack_paths(config: Config, origin: str) -> StackPaths:
     return StackPaths(runtime_root() / stack_id(config, origin))
+
+
+def accepting(path: Path) -> bool:
+    """Whether a process accepts connections on a unix socket (a file left by a dead process does not)."""
+    if not path.exists():
+        return False
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
 
 
 def _ipc(path: Path) -> str:

@@ -24,19 +24,21 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from mcpmux import stacks as stacks_mod
 from mcpmux.config import ConfigError
+from mcpmux.monitor import health as health_mod
+from mcpmux.monitor import logs as logs_mod
+from mcpmux.monitor import render
+from mcpmux.monitor.control import ControlError, StackNotRunning, core_listening, query, wait_for_core
 from mcpmux.stack import StackPaths, runtime_root
-from monitor import health as health_mod
-from monitor import logs as logs_mod
-from monitor import render
-from monitor.control import ControlError, StackNotRunning, core_listening, query, wait_for_core
 
 app = typer.Typer(help="Watch and test a running mcpmux stack.", no_args_is_help=True, add_completion=False)
 
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", help="the stack's configuration file (default: $MCP_CONFIG_PATH)")]
 StackDirOption = Annotated[
-    Path | None, typer.Option("--stack-dir", help="the stack's runtime directory (mcpmux-router --where)")]
+    Path | None, typer.Option("--stack-dir", "--stack",
+                              help="the stack's name (mcpmux-monitor stacks) or its runtime directory")]
 JsonOption = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 
 EXIT_FAILED = 1
@@ -66,11 +68,12 @@ def emit_json(data: Any) -> None:
 def find_stack(config: Path | None, stack_dir: Path | None = None, *, running: bool = True) -> StackPaths:
     """The stack the router would serve: --stack-dir, --config or $MCP_CONFIG_PATH, else the only one."""
     if stack_dir is not None:
-        return StackPaths(stack_dir.resolve())
+        named = stacks_mod.by_name(str(stack_dir)) if len(stack_dir.parts) == 1 else None
+        return named or StackPaths(stack_dir.resolve())
     if config is None and not os.environ.get("MCP_CONFIG_PATH"):
         return _only_stack(running)
+    from mcpmux.router.cli import build_parser, resolve
     from mcpmux.stack import stack_paths
-    from router.cli import build_parser, resolve
 
     argv = ["--config", str(config)] if config else []
     try:
@@ -101,6 +104,70 @@ def ask(paths: StackPaths, name: str, args: dict[str, Any] | None = None) -> dic
         fail(str(exc))
     except ControlError as exc:
         fail(f"the core could not answer {name!r}: {exc}", EXIT_FAILED)
+
+
+# --- every stack ----------------------------------------------------------------------------------------
+
+
+@app.command()
+def stacks(as_json: JsonOption = False) -> None:
+    """Every stack of this user, from any directory: name, server, sessions, instances, uptime."""
+    rows = [_stack_row(entry) for entry in stacks_mod.all_stacks()]
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        out().print(f"no stack in {runtime_root()}")
+        return
+    table = Table(title=f"mcpmux stacks in {runtime_root()}")
+    for column in ("name", "state", "server", "cwd", "sessions", "instances", "uptime"):
+        table.add_column(column)
+    for row in rows:
+        running = row["running"]
+        table.add_row(
+            row["name"], render.state_text("RUNNING" if running else "STOPPED"), " ".join(row["command"]),
+            row["cwd"] or "-", str(row["sessions"]) if running else "-",
+            f"{row['readyInstances']}/{row['totalInstances']}" if running else "-",
+            render.duration(row["uptime"]) if running else "-")
+    out().print(table)
+
+
+def _stack_row(entry: stacks_mod.StackEntry) -> dict[str, Any]:
+    row: dict[str, Any] = {"name": entry.name, "stackDir": str(entry.paths.root), "command": entry.command,
+                           "cwd": entry.cwd, "running": False}
+    if not entry.paths.core_listening():
+        return row
+    try:
+        status_data = query(entry.paths, "status", timeout=2.0)
+    except (StackNotRunning, ControlError):
+        return row
+    return {**row, "running": True, "sessions": status_data["sessions"],
+            "readyInstances": status_data["readyInstances"], "totalInstances": status_data["totalInstances"],
+            "uptime": status_data["uptime"]}
+
+
+@app.command()
+def stop(
+    names: Annotated[list[str] | None, typer.Argument(help="stack names (mcpmux-monitor stacks)")] = None,
+    every: Annotated[bool, typer.Option("--all", help="stop every running stack")] = False,
+) -> None:
+    """Stop stacks by name, from any directory (their supervisord and every process of theirs)."""
+    if every:
+        targets = [entry.paths for entry in stacks_mod.all_stacks()]
+    elif names:
+        targets = []
+        for name in names:
+            paths = stacks_mod.by_name(name)
+            if paths is None:
+                fail(f"no stack named {name!r} in {runtime_root()} (see mcpmux-monitor stacks)", EXIT_FAILED)
+            targets.append(paths)
+    else:
+        fail("name the stacks to stop (mcpmux-monitor stacks lists them), or give --all", EXIT_FAILED)
+    for paths in targets:
+        if stacks_mod.stop(paths):
+            out().print(f"stack {paths.root.name} stopped")
+        elif names:
+            out().print(f"stack {paths.root.name} was not running")
 
 
 # --- status and health ---------------------------------------------------------------------------------
@@ -165,7 +232,10 @@ def load_test(
     as_json: JsonOption = False,
 ) -> None:
     """A load test through a real client session: COUNT concurrent calls of one tool, then the figures."""
-    from monitor.loadtest import LoadTestError, run_load_test
+    try:
+        from mcpmux.monitor.loadtest import LoadTestError, run_load_test
+    except ModuleNotFoundError as exc:
+        fail(f"the load test needs the MCP SDK ({exc.name} is missing): install mcpmux[loadtest]", EXIT_FAILED)
 
     arguments: dict[str, Any] | None = None
     if args is not None:
@@ -243,7 +313,7 @@ def diagnostics(
     config: ConfigOption = None, stack_dir: StackDirOption = None, as_json: JsonOption = False
 ) -> None:
     """Everything needed to report a problem: configuration, instances, processes, errors, versions."""
-    from router.control import versions
+    from mcpmux.router.control import versions
 
     data = ask(find_stack(config, stack_dir), "diagnostics")
     data["monitorVersions"] = versions()

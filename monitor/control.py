@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import socket as stdsocket
 import time
-from pathlib import Path
 from typing import Any
 
 import zmq
 
 from mcpmux import wire
-from mcpmux.stack import StackPaths
+from mcpmux.stack import StackPaths, accepting
 
 CORE_POLL = 0.05
 
@@ -23,23 +21,8 @@ class ControlError(RuntimeError):
     """The core answered, with an error."""
 
 
-def _listening(path: Path) -> bool:
-    """Whether a process accepts connections on a unix socket (a file left by a dead process does not)."""
-    if not path.exists():
-        return False
-    probe = stdsocket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM)
-    probe.settimeout(1.0)
-    try:
-        probe.connect(str(path))
-    except OSError:
-        return False
-    finally:
-        probe.close()
-    return True
-
-
 def core_listening(paths: StackPaths) -> bool:
-    return _listening(paths.root / "control.sock")
+    return paths.core_listening()
 
 
 def wait_for_core(paths: StackPaths, patience: float) -> bool:
@@ -47,7 +30,7 @@ def wait_for_core(paths: StackPaths, patience: float) -> bool:
     restarting); False at once when supervisord does not run either."""
     deadline = time.monotonic() + patience
     while not core_listening(paths):
-        if not _listening(paths.supervisor_sock) or time.monotonic() > deadline:
+        if not accepting(paths.supervisor_sock) or time.monotonic() > deadline:
             return False
         time.sleep(CORE_POLL)  # a socket file gives no event to wait on
     return True

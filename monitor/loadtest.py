@@ -21,8 +21,6 @@ from mcp_types import Tool
 
 from mcpmux.stack import StackPaths
 
-ROUTER_MAIN = "from router.cli import main; main()"
-
 
 class LoadTestError(RuntimeError):
     """The test could not run (no such tool, no safe default, bad arguments)."""
@@ -53,7 +51,7 @@ class LoadTestResult:
 
 def router_params(paths: StackPaths) -> StdioServerParameters:
     """The router, attached to a running stack by its directory, with this interpreter."""
-    args = ["-c", ROUTER_MAIN, "--stack-dir", str(paths.root)]
+    args = ["-E", "-P", "-m", "mcpmux.router.cli", "--stack-dir", str(paths.root)]
     return StdioServerParameters(command=sys.executable, args=args, env=dict(os.environ))
 
 

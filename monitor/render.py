@@ -12,7 +12,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from monitor.health import Health, Verdict
+from mcpmux.monitor.health import Health, Verdict
 
 STATE_STYLE = {
     "ready": "green", "busy": "yellow", "starting": "cyan", "draining": "magenta",

@@ -6,7 +6,7 @@ import logging
 
 from mcpmux import jsonrpc
 from mcpmux.jsonrpc import JsonObject
-from router.instances import Instance, InstanceState, Pool
+from mcpmux.router.instances import Instance, InstanceState, Pool
 
 log = logging.getLogger("mcpmux.breaker")
 

@@ -118,14 +118,18 @@ def main(argv: list[str] | None = None) -> None:
 
 def _run(args: argparse.Namespace, config: Config | None, paths: StackPaths) -> int:
     """Print, stop, start or serve the stack; with no configuration (--stack-dir), never start it."""
-    from router import launcher
+    from mcpmux.router import launcher, refusal
 
     if args.where:
         print(paths.root)
         return 0
     if args.down:
-        stopped = launcher.stop(paths)
-        print(f"stack {paths.root.name} {'stopped' if stopped else 'was not running'}", file=sys.stderr)
+        if launcher.stop(paths):
+            print(f"stack {paths.root.name} stopped", file=sys.stderr)
+        else:
+            print(f"stack {paths.root.name} was not running (a stack of `-- CMD` is named by the directory it was "
+                  "started in too; `mcpmux-monitor stacks` lists every running stack, `mcpmux-monitor stop NAME` "
+                  "stops one)", file=sys.stderr)
         return 0
     if config is None:
         if not launcher.is_running(paths):
@@ -136,6 +140,8 @@ def _run(args: argparse.Namespace, config: Config | None, paths: StackPaths) -> 
         started = launcher.ensure_up(config, paths, idle_stop=not args.up)
     except launcher.LaunchError as exc:
         print(f"mcpmux-router: {exc}", file=sys.stderr)
+        if not args.up:
+            refusal.refuse(f"mcpmux could not start the stack {paths.root.name}: {exc}")
         return 1
     if args.up:
         state = "started" if started else "already running"
@@ -147,8 +153,13 @@ def _run(args: argparse.Namespace, config: Config | None, paths: StackPaths) -> 
 def _serve(config: Config, paths: StackPaths) -> int:
     """Become the door: a fresh, lean interpreter for the rest of the session (same pid, same stdio)."""
     sys.stdout.flush()
+    # -E -P: the client's working directory and PYTHONPATH must not decide what the door imports.
     os.execv(sys.executable, [
-        sys.executable, "-m", "router.door", "--stack-dir", str(paths.root),
+        sys.executable, "-E", "-P", "-m", "mcpmux.router.door", "--stack-dir", str(paths.root),
         "--max-message-bytes", str(config.multiplexer.max_message_bytes),
         "--connect-timeout", str(config.multiplexer.startup_timeout / 1000),
     ])
+
+
+if __name__ == "__main__":
+    main()

@@ -33,11 +33,11 @@ import psutil
 import zmq
 
 from mcpmux import __version__, wire
-from router.metrics import percentiles_ms
+from mcpmux.router.metrics import percentiles_ms
 
 if TYPE_CHECKING:
-    from router.core import Core
-    from router.instances import Instance
+    from mcpmux.router.core import Core
+    from mcpmux.router.instances import Instance
 
 log = logging.getLogger("mcpmux.control")
 

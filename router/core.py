@@ -18,24 +18,26 @@ import time
 import xmlrpc.client
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
 from mcpmux import wire
 from mcpmux.config import Config, ConfigError, load_config
 from mcpmux.jsonrpc import JsonObject
+from mcpmux.router.control import ControlHandler
+from mcpmux.router.healing import Healer
+from mcpmux.router.inbox import Inbox
+from mcpmux.router.instances import Instance, InstanceState
+from mcpmux.router.metrics import Metrics
+from mcpmux.router.scaling import Scaler
+from mcpmux.router.session import Session
+from mcpmux.router.switchboard import Switchboard
 from mcpmux.stack import StackPaths
-from router import prometheus
-from router.control import ControlHandler
-from router.healing import Healer
-from router.inbox import Inbox
-from router.instances import Instance, InstanceState
-from router.metrics import Metrics
-from router.scaling import Scaler
-from router.session import Session
-from router.supervisor import Supervisor
-from router.switchboard import Switchboard
+from mcpmux.supervisor import Supervisor
+
+if TYPE_CHECKING:  # prometheus-client is an extra, imported only when the exporter is configured
+    from mcpmux.router import prometheus
 
 log = logging.getLogger("mcpmux.core")
 
@@ -94,6 +96,7 @@ class Core:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})  # a mask is inherited
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._stopping.set)
         log.info("core %d serving stack %s", os.getpid(), self.paths.root.name)
@@ -105,16 +108,27 @@ class Core:
             asyncio.create_task(self.scaler.boot()),
         ]
         if self.config.multiplexer.prometheus_port:
-            self.exporter = prometheus.start(self, self.config.multiplexer.prometheus_port)
+            self.exporter = self._start_exporter(self.config.multiplexer.prometheus_port)
             if self.exporter is not None:
                 tasks.append(asyncio.create_task(self.exporter.fold_forever()))
         await self._stopping.wait()
-        prometheus.stop(self.exporter)
+        if self.exporter is not None:
+            self.exporter.stop()
         for task in tasks:
             task.cancel()
         for inbox in (self._doors, self._shims, self._control):
             inbox.stop()
         self._context.destroy(linger=0)
+
+    def _start_exporter(self, port: int) -> prometheus.Exporter | None:
+        try:
+            from mcpmux.router import prometheus
+        except ModuleNotFoundError as exc:
+            reason = f"prometheusPort is set but {exc.name} is missing: install mcpmux[prometheus]"
+            log.error("%s", reason)
+            self.metrics.event("alert", reason)
+            return None
+        return prometheus.start(self, port)
 
     # --- doors ---------------------------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 
-from router.instances import Instance
+from mcpmux.router.instances import Instance
 
 
 class LeastConnections:

@@ -22,8 +22,8 @@ import zmq
 from mcpmux import jsonrpc, wire
 from mcpmux.jsonrpc import JsonObject, RequestId
 from mcpmux.lines import TOO_LONG, LineSplitter
+from mcpmux.router.retry import RetryPolicy
 from mcpmux.stack import StackPaths
-from router.retry import RetryPolicy
 
 HEARTBEAT_INTERVAL = 2.0
 STDIN = 0

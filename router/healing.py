@@ -14,8 +14,8 @@ import xmlrpc.client
 from dataclasses import dataclass, field
 from typing import Any
 
-from router.metrics import Metrics
-from router.supervisor import Supervisor
+from mcpmux.router.metrics import Metrics
+from mcpmux.supervisor import Supervisor
 
 log = logging.getLogger("mcpmux.healing")
 

@@ -14,28 +14,31 @@ import secrets
 import subprocess
 import sys
 import time
+import xmlrpc.client
 from collections.abc import Iterator
+from importlib import resources
 from pathlib import Path
 
 from mcpmux.config import Config
 from mcpmux.stack import StackPaths
-from router.supervisor import Supervisor
+from mcpmux.stacks import is_running, shut_down, stop
+from mcpmux.supervisor import Supervisor
 
-TEMPLATE = Path(__file__).resolve().parent.parent / "supervisor.d" / "stack.conf.in"
+__all__ = ["LaunchError", "core_log_tail", "ensure_up", "is_running", "stop"]
+
 SUPERVISORD_START_TIMEOUT = 15.0
+CORE_START_TIMEOUT = 20.0
+LOG_TAIL_LINES = 15
+POLL = 0.02  # neither a socket file nor a pid gives an event to wait on
+
+# Children of mcpmux run with -E -P: the caller's PYTHONPATH and working directory (a project with its own
+# `router` or `supervisor` package) must not decide what they import. User site-packages stay (-s is not
+# given), so `pip install --user mcpmux` works.
+PYTHON = [sys.executable, "-E", "-P"]
 
 
 class LaunchError(RuntimeError):
     """The stack could not be started; the message says what supervisord reported."""
-
-
-def is_running(paths: StackPaths) -> bool:
-    if not paths.supervisor_sock.exists() or not paths.credentials.exists():
-        return False
-    try:
-        return Supervisor(paths).state() == "RUNNING"
-    except (OSError, Exception):  # a stale socket, a refused connection, a half-written file
-        return False
 
 
 def ensure_up(config: Config, paths: StackPaths, *, idle_stop: bool) -> bool:
@@ -49,42 +52,69 @@ def ensure_up(config: Config, paths: StackPaths, *, idle_stop: bool) -> bool:
         _write_private(paths.credentials, json.dumps(credentials))
         _write_private(paths.supervisord_conf, _render(config, paths, credentials, idle_stop))
         _start_supervisord(paths)
+        try:
+            _await_core(paths)
+        except LaunchError:
+            _abandon(paths)
+            raise
         return True
 
 
-def stop(paths: StackPaths, timeout: float = 20.0) -> bool:
-    """Shut the stack down and wait for supervisord to exit; False if it was not running."""
-    if not is_running(paths):
-        return False
-    pid = _read_pid(paths)
-    Supervisor(paths).shutdown_sync()
-    deadline = time.monotonic() + timeout
-    while pid and _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)  # supervisord gives no event for its own exit; poll its pid
-    return True
+def core_log_tail(paths: StackPaths, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        text = paths.core_log.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
 def _render(config: Config, paths: StackPaths, credentials: dict[str, str], idle_stop: bool) -> str:
-    return TEMPLATE.read_text().format(
+    template = resources.files("mcpmux.templates").joinpath("stack.conf.in").read_text()
+    return template.format(
         username=credentials["username"],
         password=credentials["password"],
         stack=paths.root.name,
-        python=sys.executable,
+        python=" ".join(PYTHON),
         core_flags="--idle-stop" if idle_stop else "",
         max_instances=config.multiplexer.max_instances,
     )
 
 
 def _start_supervisord(paths: StackPaths) -> None:
-    command = [sys.executable, "-m", "supervisor.supervisord", "-c", str(paths.supervisord_conf)]
-    completed = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    command = [*PYTHON, "-m", "supervisor.supervisord", "-c", str(paths.supervisord_conf)]
+    completed = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL, cwd=paths.root)
     if completed.returncode != 0:
         raise LaunchError(f"supervisord failed to start: {completed.stderr.strip() or completed.stdout.strip()}")
     deadline = time.monotonic() + SUPERVISORD_START_TIMEOUT
     while not is_running(paths):
         if time.monotonic() > deadline:
             raise LaunchError(f"supervisord did not answer within {SUPERVISORD_START_TIMEOUT:.0f} s; see {paths.logs}")
-        time.sleep(0.02)  # the daemon has forked; its socket appears a moment later
+        time.sleep(POLL)  # the daemon has forked; its socket appears a moment later
+
+
+def _await_core(paths: StackPaths) -> None:
+    """Wait until the core serves, or fail with its last log lines if supervisord gave up on it."""
+    deadline = time.monotonic() + CORE_START_TIMEOUT
+    while not paths.core_listening():
+        state = _core_state(paths)
+        if state in ("FATAL", "GONE"):
+            raise LaunchError(f"the stack's core cannot start:\n{core_log_tail(paths)}")
+        if time.monotonic() > deadline:
+            raise LaunchError(f"the stack's core did not start within {CORE_START_TIMEOUT:.0f} s (it is {state}):\n"
+                              f"{core_log_tail(paths)}")
+        time.sleep(POLL)
+
+
+def _core_state(paths: StackPaths) -> str:
+    try:
+        return str(Supervisor(paths).proxy().supervisor.getProcessInfo("core")["statename"])
+    except (OSError, ValueError, KeyError, xmlrpc.client.Error):  # the guard has stopped the stack already
+        return "GONE"
+
+
+def _abandon(paths: StackPaths) -> None:
+    """Leave nothing behind of a stack that could not start."""
+    shut_down(paths)
 
 
 @contextlib.contextmanager
@@ -101,20 +131,3 @@ def _write_private(path: Path, text: str) -> None:
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as handle:
         handle.write(text)
-
-
-def _read_pid(paths: StackPaths) -> int | None:
-    try:
-        return int(paths.supervisord_pid.read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -24,10 +24,10 @@ from wsgiref.simple_server import WSGIServer
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from router.control import STATES
+from mcpmux.router.control import STATES
 
 if TYPE_CHECKING:
-    from router.core import Core
+    from mcpmux.router.core import Core
 
 log = logging.getLogger("mcpmux.prometheus")
 

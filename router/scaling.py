@@ -11,9 +11,9 @@ import time
 import xmlrpc.client
 
 from mcpmux.config import Config
-from router.metrics import Metrics
-from router.supervisor import SHIM_GROUP, Supervisor, shim_slot
-from router.switchboard import Switchboard
+from mcpmux.router.metrics import Metrics
+from mcpmux.router.switchboard import Switchboard
+from mcpmux.supervisor import SHIM_GROUP, Supervisor, shim_slot
 
 log = logging.getLogger("mcpmux.scaling")
 

@@ -17,14 +17,14 @@ from dataclasses import dataclass, field
 from mcpmux import jsonrpc
 from mcpmux.config import Config
 from mcpmux.jsonrpc import JsonObject
-from router import cursors, profile
-from router.breaker import CircuitBreaker, is_instance_failure
-from router.dispatch import LeastConnections
-from router.instances import Instance, InstanceState, Pool
-from router.metrics import Metrics
-from router.queue import QueueFull, RequestQueue
-from router.retry import RetryPolicy
-from router.session import (
+from mcpmux.router import cursors, profile
+from mcpmux.router.breaker import CircuitBreaker, is_instance_failure
+from mcpmux.router.dispatch import LeastConnections
+from mcpmux.router.instances import Instance, InstanceState, Pool
+from mcpmux.router.metrics import Metrics
+from mcpmux.router.queue import QueueFull, RequestQueue
+from mcpmux.router.retry import RetryPolicy
+from mcpmux.router.session import (
     LIST_CHANGED_BY_LIST_METHOD,
     LOG_LEVELS,
     Pending,
@@ -32,7 +32,7 @@ from router.session import (
     Session,
     most_verbose,
 )
-from router.watch import Watch
+from mcpmux.router.watch import Watch
 
 log = logging.getLogger("mcpmux.core")
 

@@ -22,8 +22,8 @@ import psutil
 import pytest
 from mcp import ClientSession, StdioServerParameters, stdio_client
 
+from mcpmux.monitor.control import query
 from mcpmux.stack import StackPaths
-from monitor.control import query
 
 ROOT = Path(__file__).resolve().parent.parent
 ROUTER = [str(Path(sys.executable).parent / "mcpmux-router")]

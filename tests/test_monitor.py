@@ -20,12 +20,12 @@ from mcp.shared.exceptions import MCPError
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
-from monitor import health, render
-from monitor.cli import app
-from monitor.control import query
+from mcpmux.monitor import health, render
+from mcpmux.monitor.cli import app
+from mcpmux.monitor.control import query
 from tests.conftest import LAB_SERVER, ROUTER, Stack, StackFactory, result_json
 
-MONITOR = [sys.executable, "-m", "monitor.cli"]
+MONITOR = [str(Path(sys.executable).parent / "mcpmux-monitor")]
 
 
 def monitor(*args: str, env: dict[str, str] | None = None) -> Any:

@@ -7,11 +7,15 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
+import pytest
+from mcp import MCPError
 
-from tests.conftest import LAB_SERVER, ROUTER, Stack, StackFactory
+from mcpmux.jsonrpc import STACK_UNAVAILABLE
+from tests.conftest import LAB_SERVER, ROUTER, Stack, StackFactory, result_json
 from tests.rawclient import pid_of, raw_session
 
 
@@ -113,3 +117,82 @@ async def test_a_first_client_with_other_capabilities_gets_backends_initialized_
                   for n in range(4)}
 
     assert served and not served & warm, "the warm backends were replaced, not reused"
+
+
+def only_mcp_error(raised: BaseException) -> MCPError:
+    while isinstance(raised, BaseExceptionGroup) and len(raised.exceptions) == 1:
+        raised = raised.exceptions[0]
+    assert isinstance(raised, MCPError), raised
+    return raised
+
+
+def block_the_core_socket(stack: Stack) -> Path:
+    """A directory where the core binds its doors socket: it fails at every start, with a traceback."""
+    stack_dir = Path(stack.router("--where").stdout.strip())
+    (stack_dir / "doors.sock").mkdir(parents=True)
+    return stack_dir
+
+
+async def test_a_core_that_cannot_start_is_reported_to_the_client_and_leaves_nothing(
+        make_stack: StackFactory) -> None:
+    stack = make_stack("--min-instances", "1")
+    stack_dir = block_the_core_socket(stack)
+    started = time.monotonic()
+
+    with pytest.raises(BaseException) as raised:  # the SDK's task group wraps the MCPError in a group
+        async with stack.session():
+            pass
+    elapsed = time.monotonic() - started
+    refused = only_mcp_error(raised.value)
+
+    assert refused.error.code == STACK_UNAVAILABLE
+    assert "cannot start" in refused.error.message
+    assert "IsADirectoryError" in refused.error.message, "the core's own last lines name the cause"
+    assert elapsed < 15, f"the client waited {elapsed:.1f} s for its answer"
+    assert stack.processes() == [], "no supervisord is left behind"
+    assert not [p for p in psutil.process_iter(["cmdline"]) if str(stack_dir) in " ".join(p.info["cmdline"] or [])]
+
+
+async def test_the_server_sees_its_own_environment_and_directory_not_the_stacks(
+        make_stack: StackFactory, tmp_path: Path) -> None:
+    stack = make_stack("--min-instances", "1", "--cwd", str(tmp_path), server=LAB_SERVER, MCPMUX_TEST_MARK="set")
+    async with stack.session() as client:
+        seen = result_json(await client.call_tool("environment", {}))
+
+    assert seen["cwd"] == str(tmp_path)
+    assert seen["env"]["MCPMUX_TEST_MARK"] == "set"
+    assert seen["env"]["XDG_RUNTIME_DIR"] == str(stack.runtime_dir), "the client's environment reaches the server"
+    assert not [key for key in seen["env"] if key.startswith("SUPERVISOR_")]
+    assert seen["env"]["PATH"] == os.environ["PATH"], "mcpmux does not put its own bin directory first"
+
+
+def test_every_part_stops_on_sigterm_even_when_the_client_blocks_it(make_stack: StackFactory) -> None:
+    stack = make_stack("--min-instances", "1", "--max-instances", "1")
+    # A signal mask is inherited across fork and exec: a client that blocks SIGTERM hands that to what it starts.
+    ignoring = [sys.executable, "-c", "import os, signal, sys; signal.pthread_sigmask(signal.SIG_BLOCK, "
+                "{signal.SIGTERM}); os.execv(sys.argv[1], sys.argv[1:])", *ROUTER, "--up", *stack.router_args]
+    subprocess.run(ignoring, env=stack.env, check=True, capture_output=True, timeout=60)
+    stack.wait_ready(1)
+
+    for program in ("shim:shim_00", "guard", "core"):
+        stack.supervisorctl("stop", program)
+    log = (stack.paths.logs / "supervisord.log").read_text()
+
+    assert "SIGKILL" not in log, log
+    assert "stopped: shim_00 (terminated by SIGTERM)" in log
+    assert "stopped: guard (terminated by SIGTERM)" in log
+    assert "stopped: core (exit status 0)" in log
+
+
+def test_a_running_stack_whose_core_can_no_longer_start_stops_itself(make_stack: StackFactory) -> None:
+    stack = make_stack("--min-instances", "1", "--max-instances", "1")
+    stack.router("--up")
+    stack.wait_ready(1)
+    processes = stack.processes()
+    stack.paths.config.write_text("{not json")  # the next core cannot read its configuration
+    next(p for p in processes if "mcpmux.router.core" in p.cmdline()).kill()
+
+    _, alive = psutil.wait_procs(processes, timeout=30)
+
+    assert not alive, f"still running after the core went FATAL: {alive}"
+    assert "the core cannot start (FATAL); stopping the stack" in (stack.paths.logs / "guard.log").read_text()

@@ -31,10 +31,10 @@ IMPORTS = {
     "zmq.asyncio": "import zmq.asyncio",
     "pydantic": "import pydantic",
     "mcpmux.stack (config: pydantic)": "import mcpmux.stack",
-    "shim's imports": "import instance_shim.shim",
-    "mcpmux-router's imports (before it execs the door)": "import router.cli",
-    "door's imports (router.door)": "import router.door",
-    "core's imports": "import router.core",
+    "shim's imports": "import mcpmux.shim.shim",
+    "mcpmux-router's imports (before it execs the door)": "import mcpmux.router.cli",
+    "door's imports (router.door)": "import mcpmux.router.door",
+    "core's imports": "import mcpmux.router.core",
     "lab server's imports (mcp SDK)": "import mcp.server, mcp.server.mcpserver",
 }
 

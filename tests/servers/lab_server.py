@@ -149,6 +149,12 @@ def echo(text: str) -> str:
 
 
 @mcp.tool(structured_output=False)
+def environment() -> str:
+    """Return this process's working directory and environment."""
+    return _reply(cwd=os.getcwd(), env=dict(os.environ))
+
+
+@mcp.tool(structured_output=False)
 def whoami() -> str:
     """Return the pid of the process serving this call."""
     return _reply()

@@ -1,0 +1,137 @@
+"""mcpmux as users install it: a wheel in a fresh environment, run from a project directory of their own.
+
+The project directory holds packages named like mcpmux's parts (`router`, `monitor`, `instance_shim`,
+`mcpmux`, `supervisor`), each raising on import, as a web project's `router/` would shadow a careless
+`python -m router...`. Nothing mcpmux starts may import them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+from mcp import ClientSession, StdioServerParameters, stdio_client
+
+from tests.conftest import ROOT, TIME_SERVER
+
+DECOYS = ("router", "monitor", "instance_shim", "mcpmux", "supervisor")
+
+
+@dataclass
+class Installed:
+    """A fresh venv with only the wheel and its dependencies, and a decoy project to run it from."""
+
+    wheel: Path
+    bin: Path
+    project: Path
+    runtime_dir: Path
+
+    @property
+    def env(self) -> dict[str, str]:
+        # A shell as a user has it: the tool's bin on PATH, nothing of the test's own venv.
+        path = os.pathsep.join([str(self.bin), *os.environ.get("PATH", "").split(os.pathsep)])
+        env = {key: value for key, value in os.environ.items() if key not in ("VIRTUAL_ENV", "PYTHONPATH")}
+        return {**env, "PATH": path, "XDG_RUNTIME_DIR": str(self.runtime_dir)}
+
+    def run(self, *command: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(self.bin / command[0]), *command[1:]], cwd=self.project, env=self.env,
+                              capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def installed() -> Iterator[Installed]:
+    scratch = Path(tempfile.mkdtemp(prefix="mx-install-", dir="/tmp"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(scratch / "dist"),
+                    str(ROOT)], check=True, capture_output=True, cwd=scratch)
+    wheel = next((scratch / "dist").glob("mcpmux-*.whl"))
+    venv = scratch / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", str(wheel)], check=True,
+                   capture_output=True, cwd=scratch)
+    project = scratch / "project"
+    for name in DECOYS:
+        (project / name).mkdir(parents=True)
+        (project / name / "__init__.py").write_text(f"raise ImportError('the decoy {name} package was imported')\n")
+    runtime_dir = scratch / "run"
+    runtime_dir.mkdir(mode=0o700)
+    yield Installed(wheel, venv / "bin", project, runtime_dir)
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
+def test_the_wheel_holds_one_import_package_and_its_template(installed: Installed) -> None:
+    names = zipfile.ZipFile(installed.wheel).namelist()
+    top_level = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
+
+    assert top_level == {"mcpmux"}
+    assert "mcpmux/templates/stack.conf.in" in names
+    assert {"mcpmux/router/core.py", "mcpmux/shim/shim.py", "mcpmux/monitor/cli.py"} <= set(names)
+
+
+def test_the_base_install_does_not_pull_the_sdk_or_the_demo_server(installed: Installed) -> None:
+    probe = installed.run("python", "-c", "import importlib.util as u; print([m for m in "
+                          "('mcp', 'mcp_server_time', 'prometheus_client') if u.find_spec(m)])")
+
+    assert probe.stdout.strip() == "[]", probe.stdout + probe.stderr
+
+
+async def test_a_session_from_a_project_with_decoy_packages(installed: Installed) -> None:
+    server = ["--", *TIME_SERVER]
+    params = StdioServerParameters(command=str(installed.bin / "mcpmux-router"), args=server, env=installed.env,
+                                   cwd=str(installed.project))
+    async with stdio_client(params) as (read, write), ClientSession(read, write) as client:
+        init = await client.initialize()
+        tools = await client.list_tools()
+        result = await client.call_tool("get_current_time", {"timezone": "UTC"})
+    stacks = json.loads(installed.run("mcpmux-monitor", "stacks", "--json").stdout)
+    (stack,) = stacks
+    status = installed.run("mcpmux-monitor", "status", "--stack", stack["name"])
+    processes = _stack_processes(Path(stack["stackDir"]))
+    down = installed.run("mcpmux-router", "--down", *server)
+
+    assert init.server_info.name == "mcp-time"
+    assert "get_current_time" in {tool.name for tool in tools.tools}
+    assert not result.is_error and "UTC" in result.content[0].text  # type: ignore[union-attr]
+    assert stack["running"] and stack["command"] == TIME_SERVER and stack["cwd"] == str(installed.project)
+    assert status.returncode == 0 and stack["name"] in status.stdout, status.stderr
+    assert down.returncode == 0 and "stopped" in down.stderr, down.stderr
+    assert processes, "the stack ran processes"
+    _, alive = psutil.wait_procs(processes, timeout=10)
+    assert not alive, f"left running after --down: {alive}"
+    logs = "".join(path.read_text() for path in (Path(stack["stackDir"]) / "logs").glob("*.log"))
+    assert "decoy" not in logs
+
+
+def test_a_stack_is_stopped_by_name_from_another_directory(installed: Installed, tmp_path: Path) -> None:
+    up = installed.run("mcpmux-router", "--up", "--", *TIME_SERVER)
+    (stack,) = json.loads(installed.run("mcpmux-monitor", "stacks", "--json").stdout)
+    from_elsewhere = subprocess.run([str(installed.bin / "mcpmux-router"), "--down", "--", *TIME_SERVER],
+                                    cwd=tmp_path, env=installed.env, capture_output=True, text=True, timeout=60)
+    processes = _stack_processes(Path(stack["stackDir"]))
+    stop = installed.run("mcpmux-monitor", "stop", stack["name"])
+    after = json.loads(installed.run("mcpmux-monitor", "stacks", "--json").stdout)
+
+    assert up.returncode == 0, up.stderr
+    assert "was not running" in from_elsewhere.stderr and "mcpmux-monitor stacks" in from_elsewhere.stderr
+    assert stop.returncode == 0 and "stopped" in stop.stdout, stop.stderr
+    _, alive = psutil.wait_procs(processes, timeout=10)
+    assert not alive
+    assert [entry["running"] for entry in after] == [False]
+
+
+def _stack_processes(stack_dir: Path) -> list[psutil.Process]:
+    """supervisord and everything under it."""
+    try:
+        root = psutil.Process(int((stack_dir / "supervisord.pid").read_text()))
+        return [root, *root.children(recursive=True)]
+    except (OSError, ValueError, psutil.NoSuchProcess):
+        return []
