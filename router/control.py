@@ -69,10 +69,15 @@ class ControlHandler:
             return wire.ControlReply({"events": events})
         if request.query == "wait_ready":
             count, timeout = int(args.get("count", 1)), float(args.get("timeout", 30))
-            return wire.ControlReply({"ready": await self._core.board.wait_ready(count, timeout)})
+            board = self._core.board
+            ready = await self._core.watch.until(lambda: len(board.pool.ready()) >= count, timeout)
+            return wire.ControlReply({"ready": ready})
         if request.query == "wait_running":
             count, timeout = int(args.get("count", 1)), float(args.get("timeout", 30))
-            return wire.ControlReply({"running": await self._core.board.wait_running(count, timeout)})
+            # A test's cue that its calls have been handed to instances.
+            board = self._core.board
+            running = await self._core.watch.until(lambda: board.running >= count, timeout)
+            return wire.ControlReply({"running": running})
         if request.query == "wait_event":
             event = await self.wait_event(args.get("kind"), args.get("slot"), float(args.get("after", 0)),
                                           patience=float(args.get("timeout", 30)))
@@ -259,7 +264,7 @@ class ControlHandler:
                     return event
             return None
 
-        await self._core.board.watch.until(lambda: match() is not None, patience)  # poked by every event
+        await self._core.watch.until(lambda: match() is not None, patience)  # poked by every event
         return match()
 
     # --- diagnostics ---------------------------------------------------------------------------------

@@ -1,14 +1,18 @@
 """The dispatching core: one per stack, run by supervisord, shared by every door (client session).
 
 It binds three ZeroMQ sockets in the stack's private directory: doors (client sessions), shims (instances)
-and control (the monitor). The MCP logic is in the switchboard; this module moves frames and keeps time.
+and control (the monitor). The MCP logic is the switchboard, a synchronous state machine; this module feeds
+it events (frames, the time), then carries out the actions it returns. A send that fails becomes a new
+event for the switchboard once the current actions are done, never a call back into it.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -25,6 +29,7 @@ import zmq
 from mcpmux import wire
 from mcpmux.config import Config, ConfigError, load_config
 from mcpmux.jsonrpc import JsonObject
+from mcpmux.router import actions
 from mcpmux.router.control import ControlHandler
 from mcpmux.router.healing import Healer
 from mcpmux.router.inbox import Inbox
@@ -33,6 +38,7 @@ from mcpmux.router.metrics import Metrics
 from mcpmux.router.scaling import Scaler
 from mcpmux.router.session import Session
 from mcpmux.router.switchboard import Switchboard
+from mcpmux.router.watch import Watch
 from mcpmux.stack import StackPaths
 from mcpmux.supervisor import Supervisor
 
@@ -45,6 +51,7 @@ HEARTBEAT_LIVENESS = 3  # missed shim heartbeats (1 s apart) before an instance 
 DOOR_LIVENESS = 10.0  # seconds of silence before a door (which beats every 2 s) is gone
 TICK = 0.5
 SUPERVISOR_POLL = 5.0  # seconds between looks at supervisord's process table (events can be dropped)
+DOOR_BACKLOG_LIMIT = 256 * 1024 * 1024  # bytes kept for a door whose client reads slowly before giving it up
 
 
 class Core:
@@ -53,17 +60,15 @@ class Core:
         self.paths = paths
         self.idle_stop = idle_stop
         self.metrics = Metrics()
-        self.board = Switchboard(config, self._send_to_client, self._send_to_instance, self.metrics)
-        self.board.on_profile = self._adopt_profile
+        self.board = Switchboard(config, self.metrics)
+        self.watch = Watch()  # control queries that wait for the pool to reach a state
+        self.metrics.on_event = self.watch.poke
         saved = self._load_profile()
         if saved is not None:
             self.board.profile, self.board.profile_from_client = saved, True
         self.supervisor = Supervisor(paths)
         self.scaler = Scaler(config, self.board, self.supervisor, self.metrics)
         self.healer = Healer(self.supervisor, self.metrics)
-        self.board.on_circuit_open = self._restart
-        self.board.on_ready = self._ready
-        self.board.on_safe_tools = self._announce_safe_tools
         self.control = ControlHandler(self)
         self.exporter: prometheus.Exporter | None = None
         self.started = time.time()
@@ -74,6 +79,11 @@ class Core:
         self._idle_since: float | None = time.monotonic()
         self._last_poll = 0.0
         self._stale_shims: set[int] = set()  # shims initialized with params the pool no longer uses
+        # Frames for doors whose ZeroMQ queue is full (their client reads slowly), sent in order later.
+        self._door_backlog: dict[bytes, collections.deque[bytes]] = {}
+        self._doors_gone: set[bytes] = set()  # found unreachable while carrying out actions
+        self._shims_gone: set[str] = set()
+        self._deadline_timer: asyncio.TimerHandle | None = None
         self._stopping = asyncio.Event()
         self._control_tasks: set[asyncio.Task[None]] = set()
 
@@ -103,22 +113,26 @@ class Core:
         self.metrics.event("core", f"core {os.getpid()} started; figures count from here")
         for inbox in (self._doors, self._shims, self._control):
             inbox.start()
-        tasks = [
-            asyncio.create_task(self._tick()),
-            asyncio.create_task(self.scaler.boot()),
-        ]
+        self._background(self.scaler.boot())
+        forever = [asyncio.create_task(self._tick())]
         if self.config.multiplexer.prometheus_port:
             self.exporter = self._start_exporter(self.config.multiplexer.prometheus_port)
             if self.exporter is not None:
-                tasks.append(asyncio.create_task(self.exporter.fold_forever()))
-        await self._stopping.wait()
+                forever.append(asyncio.create_task(self.exporter.fold_forever()))
+        stopping = asyncio.create_task(self._stopping.wait())
+        await asyncio.wait([stopping, *forever], return_when=asyncio.FIRST_COMPLETED)
         if self.exporter is not None:
             self.exporter.stop()
-        for task in tasks:
+        for task in [stopping, *forever, *self._control_tasks]:
             task.cancel()
         for inbox in (self._doors, self._shims, self._control):
             inbox.stop()
         self._context.destroy(linger=0)
+        for task in forever:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                # A loop that stopped would leave the stack deaf (no heartbeats checked, no scaling): end the
+                # core instead; supervisord starts a new one and the doors resync.
+                raise RuntimeError("a core loop stopped") from task.exception()
 
     def _start_exporter(self, port: int) -> prometheus.Exporter | None:
         try:
@@ -130,78 +144,158 @@ class Core:
             return None
         return prometheus.start(self, port)
 
+    # --- carrying out the switchboard's actions ------------------------------------------------------
+
+    def _settle(self) -> None:
+        """Carry out what the switchboard asked for; then feed it what went wrong doing so, until it is quiet."""
+        while True:
+            for action in self.board.take_actions():
+                self._perform(action)
+            if not (self._doors_gone or self._shims_gone):
+                break
+            doors, self._doors_gone = self._doors_gone, set()
+            shims, self._shims_gone = self._shims_gone, set()
+            for identity in doors:
+                session = self.board.sessions.get(identity)
+                if session is not None:
+                    self._close_session(session, "door unreachable")
+            for slot in shims:
+                instance = self.board.pool.get(slot)
+                if instance is not None:
+                    self._instance_lost(instance, "shim unreachable")
+        self._arm_deadline_timer()
+        self.watch.poke()
+
+    def _perform(self, action: actions.Action) -> None:
+        match action:
+            case actions.ToClient(session, message):
+                self._send_door(session, wire.encode_payload(wire.ToClient, message))
+            case actions.ToInstance(slot, message):
+                self._send_shim(slot, wire.encode_payload(wire.ToBackend, message))
+            case actions.RestartInstance(slot, reason):
+                log.warning("%s: circuit open (%s); restarting it", slot, reason)
+                self.metrics.event("circuit", f"{slot} circuit opened: {reason}", slot=slot)
+                self._background(self.healer.restart(slot, reason))
+            case actions.InstanceReady(slot):
+                self.healer.healthy_again(slot)
+                instance = self.board.pool.get(slot)
+                backend = instance.backend_pid if instance else "?"
+                self.metrics.event("ready", f"{slot} ready (backend pid {backend})", slot=slot)
+            case actions.ProfileAdopted(params, changed):
+                self._adopt_profile(params, changed)
+            case actions.SafeToolsChanged(names):
+                frame = wire.encode(wire.SafeTools(names))
+                for identity in list(self.board.sessions):
+                    self._send_door(identity, frame)
+
+    def _arm_deadline_timer(self) -> None:
+        """Wake up when the switchboard's next request deadline falls due."""
+        due = self.board.next_deadline()
+        if self._deadline_timer is not None:
+            if due is not None and self._deadline_timer.when() <= due:
+                return  # an earlier wake-up is set; it re-arms for the rest
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
+        if due is not None:
+            loop = asyncio.get_running_loop()
+            self._deadline_timer = loop.call_at(loop.time() + max(0.0, due - time.monotonic()), self._deadlines_due)
+
+    def _deadlines_due(self) -> None:
+        self._deadline_timer = None
+        self.board.expire_due()
+        self._settle()
+
     # --- doors ---------------------------------------------------------------------------------------
 
     async def _from_door(self, identity: bytes, message: wire.Message) -> None:
         session = self.board.sessions.get(identity)
+        self._flush_backlog(identity)
         if isinstance(message, wire.DoorHello):
             if session is None:
                 session = self.board.open_session(identity, message.pid, message.initialize_params)
                 self.metrics.event("session", f"session {session.name} opened (door pid {message.pid})")
-            await self._send_door(identity, wire.encode(wire.Welcome(os.getpid(), self.board.retry.safe_tools)))
+            self._send_door(identity, wire.encode(wire.Welcome(os.getpid(), self.board.retry.safe_tools)))
         elif session is None:
             # A door of a core that died: nothing it sent since is known here, so it must start over.
-            await self._send_door(identity, wire.encode(wire.Resync()))
+            self._send_door(identity, wire.encode(wire.Resync()))
         elif isinstance(message, wire.ClientMessage):
-            await self.board.from_client(session, message.payload)
+            self.board.from_client(session, message.payload)
         elif isinstance(message, wire.Heartbeat):
             session.last_seen = time.monotonic()
         elif isinstance(message, wire.DoorBye):
-            await self._close_session(session, "client disconnected")
+            self._close_session(session, "client disconnected")
+        self._settle()
 
-    async def _close_session(self, session: Session, reason: str) -> None:
+    def _close_session(self, session: Session, reason: str) -> None:
         self.metrics.event("session", f"session {session.name} closed: {reason}")
-        await self.board.close_session(session)
+        self._door_backlog.pop(session.identity, None)
+        self.board.close_session(session)
 
-    async def _announce_safe_tools(self, names: list[str]) -> None:
-        frame = wire.encode(wire.SafeTools(names))
-        for identity in list(self.board.sessions):
-            await self._send_door(identity, frame)
-
-    async def _send_to_client(self, session: Session, payload: JsonObject) -> None:
-        if not await self._send_door(session.identity, wire.encode_payload(wire.ToClient, payload)):
-            await self._close_session(session, "door unreachable")
-
-    async def _send_door(self, identity: bytes, frame: bytes) -> bool:
+    def _send_door(self, identity: bytes, frame: bytes) -> None:
+        """Send, or keep the frame for later if the door's queue is full (its client reads slowly)."""
+        backlog = self._door_backlog.get(identity)
+        if backlog is not None:
+            backlog.append(frame)
+            if sum(map(len, backlog)) > DOOR_BACKLOG_LIMIT:
+                log.warning("door %r: %d bytes wait for a client that does not read", identity, DOOR_BACKLOG_LIMIT)
+                self._doors_gone.add(identity)
+            return
         try:
             self._doors.send(identity, frame)
+        except zmq.Again:
+            self._door_backlog[identity] = collections.deque([frame])
         except zmq.ZMQError as exc:
             log.info("door %r unreachable: %s", identity, exc)
-            return False
-        return True
+            self._doors_gone.add(identity)
+
+    def _flush_backlog(self, identity: bytes) -> None:
+        backlog = self._door_backlog.get(identity)
+        while backlog:
+            try:
+                self._doors.send(identity, backlog[0])
+            except zmq.Again:
+                return
+            except zmq.ZMQError as exc:
+                if exc.errno != errno.EHOSTUNREACH:
+                    raise
+                self._doors_gone.add(identity)
+                return
+            backlog.popleft()
+        self._door_backlog.pop(identity, None)
 
     # --- shims ---------------------------------------------------------------------------------------
 
     async def _shim_message(self, identity: bytes, message: wire.Message) -> None:
-        await self._from_shim(identity.decode(), message)
+        self._from_shim(identity.decode(), message)
+        self._settle()
 
-    async def _from_shim(self, slot: str, message: wire.Message) -> None:
+    def _from_shim(self, slot: str, message: wire.Message) -> None:
         instance = self.board.pool.get(slot)
         if isinstance(message, wire.FromBackend):
             if instance is not None:
-                await self.board.from_instance(instance, message.payload)
+                self.board.from_instance(instance, message.payload)
             return
         if isinstance(message, wire.ShimHello):
-            await self._shim_hello(slot, message)
+            self._shim_hello(slot, message)
             return
         if instance is None:
             if slot in self.scaler.wanted and not self.healer.held(slot):
-                await self._send_shim(slot, wire.Resync())  # a shim from before this core started
+                self._send_shim(slot, wire.encode(wire.Resync()))  # a shim from before this core started
             return
         instance.last_seen = time.monotonic()
         if isinstance(message, wire.BackendReady):
             probe = self.healer.slots[slot].probe
-            await self.board.instance_ready(instance, message.initialize_result, probe=probe)
+            self.board.instance_ready(instance, message.initialize_result, probe=probe)
         elif isinstance(message, wire.BackendFailed):
             was_ready = instance.ready
-            await self._instance_lost(instance, message.reason, message.stderr_tail)
+            self._instance_lost(instance, message.reason, message.stderr_tail)
             if not was_ready:
-                await self.board.startup_failed(message.reason, message.stderr_tail)
+                self.board.startup_failed(message.reason, message.stderr_tail)
 
-    async def _shim_hello(self, slot: str, hello: wire.ShimHello) -> None:
+    def _shim_hello(self, slot: str, hello: wire.ShimHello) -> None:
         previous = self.board.pool.get(slot)
         if previous is not None and previous.pid != hello.pid:
-            await self._instance_lost(previous, "replaced by a new shim process")
+            self._instance_lost(previous, "replaced by a new shim process")
         self.scaler.adopt(slot)
         if self.healer.held(slot) or hello.pid in self._stale_shims:
             return
@@ -212,56 +306,43 @@ class Core:
         self.board.pool.add(instance)
         self.metrics.event("start", f"{slot} connected (shim pid {hello.pid})", slot=slot)
         if hello.initialize_result is not None:
-            await self.board.instance_ready(instance, hello.initialize_result)
+            self.board.instance_ready(instance, hello.initialize_result)
         else:
-            await self._initialize(instance, self.board.profile)
+            instance.started = time.monotonic()  # the startup timeout runs from here
+            self._send_shim(slot, wire.encode(wire.InitializeBackend(self.board.profile)))
 
-    async def _initialize(self, instance: Instance, profile: JsonObject) -> None:
-        instance.started = time.monotonic()  # the startup timeout runs from here
-        await self._send_shim(instance.slot, wire.InitializeBackend(profile))
-
-    async def _instance_lost(self, instance: Instance, reason: str, stderr_tail: str = "") -> None:
+    def _instance_lost(self, instance: Instance, reason: str, stderr_tail: str = "") -> None:
         if self.board.pool.get(instance.slot) is not instance:
             return
         log.warning("%s lost: %s%s", instance.slot, reason, f"\n{stderr_tail}" if stderr_tail else "")
         self.metrics.event("lost", f"{instance.slot} lost: {reason}", slot=instance.slot, stderr=stderr_tail)
-        await self.board.instance_lost(instance, reason)
-
-    async def _restart(self, instance: Instance, reason: str) -> None:
-        log.warning("%s: circuit open (%s); restarting it", instance.slot, reason)
-        self.metrics.event("circuit", f"{instance.slot} circuit opened: {reason}", slot=instance.slot)
-        self._background(self.healer.restart(instance.slot, reason))
-
-    async def _ready(self, instance: Instance, _: str) -> None:
-        self.healer.healthy_again(instance.slot)
-        self.metrics.event("ready", f"{instance.slot} ready (backend pid {instance.backend_pid})", slot=instance.slot)
+        self.board.instance_lost(instance, reason)
 
     def _background(self, work: Coroutine[Any, Any, None]) -> None:
         """Run slow work (supervisord calls) without holding up the message loops."""
         task = asyncio.create_task(work)
         self._control_tasks.add(task)
-        task.add_done_callback(self._control_tasks.discard)
+        task.add_done_callback(self._background_done)
 
-    async def _send_to_instance(self, instance: Instance, payload: JsonObject) -> None:
-        if not await self._send_shim(instance.slot, wire.encode_payload(wire.ToBackend, payload)):
-            await self._instance_lost(instance, "shim unreachable")
+    def _background_done(self, task: asyncio.Task[None]) -> None:
+        self._control_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background work failed", exc_info=task.exception())
 
-    async def _send_shim(self, slot: str, message: wire.Message | bytes) -> bool:
-        frame = message if isinstance(message, bytes) else wire.encode(message)
+    def _send_shim(self, slot: str, frame: bytes) -> None:
         try:
             self._shims.send(slot.encode(), frame)
         except zmq.ZMQError as exc:
             log.info("shim %s unreachable: %s", slot, exc)
-            return False
-        return True
+            self._shims_gone.add(slot)
 
-    async def _adopt_profile(self, params: JsonObject, changed: bool) -> None:
+    def _adopt_profile(self, params: JsonObject, changed: bool) -> None:
         """The first client's params: keep them; if the pool warmed up with others, restart it."""
         self.paths.pool_profile.write_text(json.dumps(params))
         if not changed:
             return
         self._stale_shims.update(instance.pid for instance in self.board.pool)
-        await self.board.forget_instances("re-initializing with the first client's params")
+        self.board.forget_instances("re-initializing with the first client's params")
         for slot in list(self.scaler.wanted):
             self._background(self.healer.reinitialize(slot, "the first client's params differ from the warm-up's"))
 
@@ -294,31 +375,36 @@ class Core:
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(TICK)
-            now = time.monotonic()
-            for instance in list(self.board.pool):
-                if now - instance.last_seen > HEARTBEAT_LIVENESS * 1.0 + TICK:
-                    await self._instance_lost(instance, f"missed {HEARTBEAT_LIVENESS} heartbeats")
-            for session in list(self.board.sessions.values()):
-                if now - session.last_seen > DOOR_LIVENESS:
-                    await self._close_session(session, "door stopped beating")
-            await self._check_startups(now)
-            settings = self.config.multiplexer
-            interval = settings.health_check_interval / 1000
-            await self.board.health_check(interval, timeout=min(10.0, interval))
+            self._check_liveness(time.monotonic())
+            self._settle()
             await self.healer.tick()
             await self.scaler.tick()
-            await self._stop_when_idle(now)
-            if now - self._last_poll >= SUPERVISOR_POLL:
-                self._last_poll = now
+            self._settle()
+            await self._stop_when_idle(time.monotonic())
+            if time.monotonic() - self._last_poll >= SUPERVISOR_POLL:
+                self._last_poll = time.monotonic()
                 self._background(self._poll_supervisor())
 
-    async def _check_startups(self, now: float) -> None:
+    def _check_liveness(self, now: float) -> None:
+        for identity in list(self._door_backlog):
+            self._flush_backlog(identity)
+        for instance in list(self.board.pool):
+            if now - instance.last_seen > HEARTBEAT_LIVENESS * 1.0 + TICK:
+                self._instance_lost(instance, f"missed {HEARTBEAT_LIVENESS} heartbeats")
+        for session in list(self.board.sessions.values()):
+            if now - session.last_seen > DOOR_LIVENESS:
+                self._close_session(session, "door stopped beating")
+        self._check_startups(now)
+        interval = self.config.multiplexer.health_check_interval / 1000
+        self.board.health_check(interval, timeout=min(10.0, interval))
+
+    def _check_startups(self, now: float) -> None:
         limit = self.config.multiplexer.startup_timeout / 1000
         for instance in list(self.board.pool):
             waiting = instance.state in (InstanceState.STARTING, InstanceState.PROBING)
             if waiting and now - instance.started > limit:
                 reason = f"not ready within startupTimeout ({limit * 1000:.0f} ms)"
-                await self._instance_lost(instance, reason)
+                self._instance_lost(instance, reason)
                 self._background(self.healer.restart(instance.slot, reason))
 
     async def _poll_supervisor(self) -> None:
@@ -337,7 +423,8 @@ class Core:
             tail = await self.supervisor.log_tail(slot)
             reason = f"supervisord could not start it ({process.get('spawnerr') or 'exited too quickly'})"
             self.metrics.event("alert", f"{slot}: {reason}", slot=slot, stderr=tail)
-            await self.board.startup_failed(reason, tail)
+            self.board.startup_failed(reason, tail)
+            self._settle()
             await self.healer.back_off(slot, reason)
 
     async def _stop_when_idle(self, now: float) -> None:

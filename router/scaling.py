@@ -90,7 +90,8 @@ class Scaler:
             if instance is not None and instance.in_flight == 0:
                 del self.wanted[slot]
                 self._metrics.event("scale", f"stop {slot}: load {load:.2f} <= {self._settings.scale_down_threshold}")
-                self._board.pool.remove(slot)
+                # The same path as any loss: its subscriptions move to another instance.
+                self._board.instance_lost(instance, "scaled down")
                 try:
                     await self._supervisor.stop(slot)
                 except (OSError, xmlrpc.client.Fault) as exc:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +32,6 @@ class Pending:
     dispatched: float = 0.0
     pinned_slot: str | None = None  # an instance it must run on (cursor, subscription)
     attempts: int = 0
-    timer: asyncio.TimerHandle | None = None
 
     @property
     def method(self) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 import psutil
 
 from tests.conftest import Stack, StackFactory
-from tests.rawclient import RawClient, call, pid_of, raw_session
+from tests.rawclient import RawClient, answer, call, pid_of, raw_session
 
 INSTANCE_FAILED = -32051
 
@@ -144,3 +144,41 @@ async def test_a_server_that_cannot_start_is_backed_off_not_restarted_in_a_loop(
     assert "next start in" in backoff["text"]
     assert status["readyInstances"] == 0
     assert [i["state"] for i in status["instances"]] in (["stopped"], ["starting"])
+
+
+async def test_a_dead_door_does_not_hold_up_the_failover_of_other_sessions(make_stack: StackFactory) -> None:
+    """A session whose door died has calls on an instance that is then lost: the other session's calls are
+    answered at once (not at their deadline), its subscription moves to the new instance, and the core's
+    timers keep running."""
+    stack = make_stack("--min-instances", "1", "--max-instances", "1", "--max-concurrent-requests", "8",
+                       "--request-timeout", "120000")
+    async with raw_session(stack) as dead, raw_session(stack) as alive:
+        await dead.initialize()
+        await alive.initialize()
+        await alive.request("sub", "resources/subscribe", {"uri": "lab://moved"})
+        for n in range(2):
+            await dead.send(call(f"d{n}", "slow_write", seconds=60))
+            await alive.send(call(f"a{n}", "slow_write", seconds=60))
+        stack.wait_running(4)
+        core_pid = stack.status()["corePid"]
+        dead.process.kill()  # no goodbye: the core keeps its session until it finds the door gone
+        await dead.process.wait()
+        victim = stack.status()["instances"][0]
+        psutil.Process(victim["backendPid"]).kill()
+        failed = [await alive.response(f"a{n}", timeout=20) for n in range(2)]
+        stack.wait_ready(1)
+        touched = await alive.request("touch", "tools/call", {"name": "touch", "arguments": {"uri": "lab://moved"}})
+        await alive.wait_for(lambda received: any(m.get("method") == "notifications/resources/updated"
+                                                  for m in received), timeout=10)
+        replacement = stack.status()["instances"][0]
+        before = time.time()
+        psutil.Process(replacement["pid"]).suspend()  # found only by missed heartbeats: the timers must run
+        lost = stack.wait_event("lost", before, slot=replacement["slot"])
+        psutil.Process(replacement["pid"]).kill()
+        status = stack.status()
+
+    assert [response["error"]["code"] for response in failed] == [INSTANCE_FAILED, INSTANCE_FAILED]
+    assert answer(touched)["sent"] is True, "the new instance holds the subscription"
+    assert "heartbeats" in lost["text"]
+    assert status["corePid"] == core_pid, "the core did not crash"
+    assert status["sessions"] == 1, "the dead door's session is closed"

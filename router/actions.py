@@ -1,0 +1,58 @@
+"""What the switchboard asks its I/O loop to do. The switchboard only returns these; the core carries them out.
+
+Nothing here is awaited or called back into the switchboard while it changes its state: a send that fails
+comes back as a new event (a door gone, an instance lost) after the current one is finished.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mcpmux.jsonrpc import JsonObject
+
+
+@dataclass(frozen=True, slots=True)
+class ToClient:
+    """Send a JSON-RPC message to the client of a session, through its door."""
+
+    session: bytes
+    message: JsonObject
+
+
+@dataclass(frozen=True, slots=True)
+class ToInstance:
+    """Send a JSON-RPC message to an instance's backend, through its shim."""
+
+    slot: str
+    message: JsonObject
+
+
+@dataclass(frozen=True, slots=True)
+class RestartInstance:
+    """An instance's circuit opened: restart it through supervisord."""
+
+    slot: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceReady:
+    slot: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileAdopted:
+    """The first client's initialize params; `changed` if the pool warmed up with other ones."""
+
+    params: JsonObject
+    changed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SafeToolsChanged:
+    """Which tools are safe to run again changed: the doors retry these if the core dies."""
+
+    names: list[str]
+
+
+Action = ToClient | ToInstance | RestartInstance | InstanceReady | ProfileAdopted | SafeToolsChanged

@@ -1,0 +1,146 @@
+"""Drive the switchboard as the core does, with no process, socket or event loop: events in, actions out.
+
+The clock is a number the test moves. What the switchboard asks for is collected per session and per
+instance, as the core would send it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from mcpmux import jsonrpc
+from mcpmux.config import Config
+from mcpmux.jsonrpc import JsonObject, RequestId
+from mcpmux.router import actions
+from mcpmux.router.instances import Instance
+from mcpmux.router.metrics import Metrics
+from mcpmux.router.session import Session
+from mcpmux.router.switchboard import Switchboard
+
+INITIALIZE_RESULT: JsonObject = {
+    "protocolVersion": "2025-11-25",
+    "capabilities": {"tools": {}, "resources": {"subscribe": True}, "logging": {}},
+    "serverInfo": {"name": "fake", "version": "1"},
+}
+
+
+TOOLS = [{"name": "work", "inputSchema": {"type": "object"}},
+         {"name": "look", "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": True}}]
+
+
+@dataclass
+class Clock:
+    now: float = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Harness:
+    board: Switchboard
+    clock: Clock
+    to_client: dict[bytes, list[JsonObject]] = field(default_factory=dict)
+    to_instance: dict[str, list[JsonObject]] = field(default_factory=dict)
+    other: list[actions.Action] = field(default_factory=list)
+    answered: set[Any] = field(default_factory=set)  # backend ids the instances have answered
+
+    @classmethod
+    def make(cls, load_balancing: JsonObject | None = None, **multiplexer: Any) -> Harness:
+        config = Config.model_validate({"server": {"command": "server"}, "multiplexer": multiplexer,
+                                        "loadBalancing": load_balancing or {}})
+        clock = Clock()
+        return cls(Switchboard(config, Metrics(), clock=clock), clock)
+
+    # --- events --------------------------------------------------------------------------------------
+
+    def collect(self) -> None:
+        for action in self.board.take_actions():
+            match action:
+                case actions.ToClient(session, message):
+                    self.to_client.setdefault(session, []).append(message)
+                case actions.ToInstance(slot, message):
+                    self.to_instance.setdefault(slot, []).append(message)
+                case _:
+                    self.other.append(action)
+
+    def open(self, name: str, capabilities: JsonObject | None = None) -> Session:
+        params = {"protocolVersion": "2025-11-25", "capabilities": capabilities or {}, "clientInfo": {"name": name}}
+        session = self.board.open_session(name.encode(), 1, params)
+        self.collect()
+        return session
+
+    def close(self, session: Session) -> None:
+        self.board.close_session(session)
+        self.collect()
+
+    def add_instance(self, slot: str) -> Instance:
+        instance = Instance(slot, 1, 1)
+        self.board.pool.add(instance)
+        self.board.instance_ready(instance, INITIALIZE_RESULT)
+        self.collect()
+        sent = self.to_instance.pop(slot, [])
+        learning = [m for m in sent if m.get("method") == "tools/list" and isinstance(m["id"], int)
+                    and m["id"] not in self.board.running_ids()]
+        self.to_instance[slot] = [m for m in sent if m not in learning]
+        for request in learning:  # the switchboard reads the tools' annotations first
+            self.board.from_instance(instance, jsonrpc.result(request["id"], {"tools": TOOLS}))
+        self.collect()
+        return instance
+
+    def request(self, session: Session, request_id: RequestId, method: str, params: JsonObject | None = None) -> None:
+        message: JsonObject = {"jsonrpc": "2.0", "id": request_id, "method": method}
+        if params is not None:
+            message["params"] = params
+        self.board.from_client(session, message)
+        self.collect()
+
+    def call(self, session: Session, request_id: RequestId, tool: str = "work") -> None:
+        self.request(session, request_id, "tools/call", {"name": tool, "arguments": {}})
+
+    def cancel(self, session: Session, request_id: RequestId) -> None:
+        self.board.from_client(session, jsonrpc.notification("notifications/cancelled", {"requestId": request_id}))
+        self.collect()
+
+    def answer(self, instance: Instance, backend_id: Any, result: JsonObject | None = None) -> None:
+        self.answered.add(backend_id)
+        self.board.from_instance(instance, jsonrpc.result(backend_id, result if result is not None else {"ok": True}))
+        self.collect()
+
+    def answer_all(self, instance: Instance) -> None:
+        for request in self.requests_on(instance):
+            self.answer(instance, request["id"])
+
+    def lose(self, instance: Instance, reason: str = "gone") -> None:
+        self.board.instance_lost(instance, reason)
+        self.collect()
+
+    def advance(self, seconds: float) -> None:
+        self.clock.now += seconds
+        self.board.expire_due()
+        self.collect()
+
+    # --- what was sent -------------------------------------------------------------------------------
+
+    def responses(self, session: Session) -> dict[RequestId, list[JsonObject]]:
+        by_id: dict[RequestId, list[JsonObject]] = {}
+        for message in self.to_client.get(session.identity, []):
+            if "method" not in message:
+                by_id.setdefault(message["id"], []).append(message)
+        return by_id
+
+    def response(self, session: Session, request_id: RequestId) -> JsonObject:
+        (only,) = self.responses(session).get(request_id, [])
+        return only
+
+    def requests_on(self, instance: Instance) -> list[JsonObject]:
+        """Requests sent to the instance and not yet answered or cancelled."""
+        sent = [m for m in self.to_instance.get(instance.slot, []) if jsonrpc.is_request(m)]
+        cancelled = {m["params"]["requestId"] for m in self.to_instance.get(instance.slot, [])
+                     if m.get("method") == "notifications/cancelled"}
+        return [m for m in sent if m["id"] not in self.answered and m["id"] not in cancelled]
+
+    def error_code(self, session: Session, request_id: RequestId) -> int | None:
+        response = self.response(session, request_id)
+        return response["error"]["code"] if "error" in response else None

@@ -1,0 +1,278 @@
+"""The switchboard as a state machine: every path of a request, with no process and no event loop."""
+
+from __future__ import annotations
+
+from mcpmux import jsonrpc
+from mcpmux.router import actions
+from tests.switchboard_harness import Harness
+
+
+def test_a_request_goes_to_an_instance_under_its_own_id_and_comes_back_under_the_clients() -> None:
+    h = Harness.make()
+    client = h.open("a")
+    instance = h.add_instance("shim:shim_00")
+
+    h.call(client, "call-1")
+    (sent,) = h.requests_on(instance)
+    h.answer(instance, sent["id"], {"content": []})
+
+    assert sent["id"] != "call-1" and isinstance(sent["id"], int)
+    assert h.response(client, "call-1") == {"jsonrpc": "2.0", "id": "call-1", "result": {"content": []}}
+    assert instance.in_flight == 0
+
+
+def test_two_sessions_may_use_the_same_id() -> None:
+    h = Harness.make()
+    a, b = h.open("a"), h.open("b")
+    instance = h.add_instance("shim:shim_00")
+
+    h.call(a, 7)
+    h.call(b, 7)
+    first, second = h.requests_on(instance)
+    h.answer(instance, second["id"], {"who": "b"})
+    h.answer(instance, first["id"], {"who": "a"})
+
+    assert first["id"] != second["id"]
+    assert h.response(a, 7)["result"] == {"who": "a"}
+    assert h.response(b, 7)["result"] == {"who": "b"}
+
+
+def test_requests_beyond_the_cap_wait_and_are_served_in_order() -> None:
+    h = Harness.make(maxConcurrentRequests=1)
+    client = h.open("a")
+    instance = h.add_instance("shim:shim_00")
+
+    for n in range(3):
+        h.call(client, n)
+    served = []
+    while h.requests_on(instance):
+        (running,) = h.requests_on(instance)
+        served.append(running["params"]["name"])
+        h.answer(instance, running["id"], {"n": len(served)})
+
+    assert len(served) == 3
+    assert [h.response(client, n)["result"]["n"] for n in range(3)] == [1, 2, 3]
+
+
+def test_a_full_queue_answers_at_once() -> None:
+    h = Harness.make(maxConcurrentRequests=1, queueSize=1)
+    client = h.open("a")
+    h.add_instance("shim:shim_00")
+
+    h.call(client, "running")
+    h.call(client, "queued")
+    h.call(client, "refused")
+
+    assert h.error_code(client, "refused") == jsonrpc.OVERLOADED
+    assert "running" not in h.responses(client) and "queued" not in h.responses(client)
+
+
+def test_a_cancelled_request_is_cancelled_on_its_instance_and_gets_no_response() -> None:
+    h = Harness.make()
+    client = h.open("a")
+    instance = h.add_instance("shim:shim_00")
+
+    h.call(client, "c")
+    (sent,) = h.requests_on(instance)
+    h.cancel(client, "c")
+    h.answer(instance, sent["id"])  # a late answer after the cancellation
+
+    cancel = h.to_instance[instance.slot][-1]
+    assert cancel["method"] == "notifications/cancelled" and cancel["params"]["requestId"] == sent["id"]
+    assert h.responses(client) == {}
+    assert instance.in_flight == 0
+
+
+def test_a_cancelled_queued_request_leaves_the_queue() -> None:
+    h = Harness.make(maxConcurrentRequests=1)
+    client = h.open("a")
+    instance = h.add_instance("shim:shim_00")
+
+    h.call(client, "running")
+    h.call(client, "queued")
+    h.cancel(client, "queued")
+    (running,) = h.requests_on(instance)
+    h.answer(instance, running["id"])
+
+    assert list(h.responses(client)) == ["running"]
+    assert h.requests_on(instance) == [], "the cancelled request never reached the instance"
+    assert len(h.board.queue) == 0
+
+
+def test_a_request_past_its_deadline_gets_a_timeout_and_its_instance_a_cancellation() -> None:
+    h = Harness.make(requestTimeout=2000)
+    client = h.open("a")
+    instance = h.add_instance("shim:shim_00")
+
+    h.call(client, "slow")
+    (sent,) = h.requests_on(instance)
+    h.advance(1.9)
+    before = dict(h.responses(client))
+    h.advance(0.2)
+
+    assert before == {}
+    assert h.error_code(client, "slow") == jsonrpc.REQUEST_TIMEOUT
+    assert h.to_instance[instance.slot][-1]["params"]["requestId"] == sent["id"]
+    assert h.board.next_deadline() is None, "nothing is left to time out"
+
+
+def test_a_queued_request_times_out_too_counting_from_its_arrival() -> None:
+    h = Harness.make(requestTimeout=1000)
+    client = h.open("a")
+
+    h.call(client, "waits")  # no instance at all
+    h.advance(1.0)
+
+    assert h.error_code(client, "waits") == jsonrpc.REQUEST_TIMEOUT
+    assert "waiting for an instance" in h.response(client, "waits")["error"]["message"]
+    assert len(h.board.queue) == 0
+
+
+def test_a_safe_request_on_a_lost_instance_runs_again_elsewhere() -> None:
+    h = Harness.make()
+    client = h.open("a")
+    first, second = h.add_instance("shim:shim_00"), h.add_instance("shim:shim_01")
+
+    h.request(client, "list", "tools/list")
+    h.call(client, "look", tool="look")
+    on_first = {(m.get("params") or {}).get("name", m["method"]) for m in h.requests_on(first)}
+    lost = first if on_first else second
+    other = second if lost is first else first
+    h.lose(lost)
+    for request in h.requests_on(other):
+        h.answer(other, request["id"], {"tools": []} if request["method"] == "tools/list" else {"content": []})
+
+    assert h.error_code(client, "list") is None and h.error_code(client, "look") is None
+
+
+def test_an_unsafe_request_on_a_lost_instance_fails_at_once_and_is_not_run_again() -> None:
+    h = Harness.make()
+    client = h.open("a")
+    instance = h.add_instance("shim:shim_00")
+    spare = h.add_instance("shim:shim_01")
+
+    h.call(client, "effects")
+    on = instance if h.requests_on(instance) else spare
+    h.lose(on)
+
+    assert h.error_code(client, "effects") == jsonrpc.INSTANCE_FAILED
+    assert "may have had effects" in h.response(client, "effects")["error"]["message"]
+    other = spare if on is instance else instance
+    assert h.requests_on(other) == []
+
+
+def test_a_request_queued_while_no_instance_is_ready_runs_when_one_is() -> None:
+    h = Harness.make()
+    client = h.open("a")
+
+    h.call(client, "early")
+    instance = h.add_instance("shim:shim_00")
+    (sent,) = h.requests_on(instance)
+    h.answer(instance, sent["id"])
+
+    assert h.error_code(client, "early") is None
+
+
+def test_a_closed_session_cancels_its_requests_and_keeps_nothing() -> None:
+    h = Harness.make(maxConcurrentRequests=1)
+    client = h.open("a")
+    instance = h.add_instance("shim:shim_00")
+
+    h.call(client, "running")
+    h.call(client, "queued")
+    h.close(client)
+
+    assert h.board.sessions == {}
+    assert len(h.board.queue) == 0 and h.board.running == 0 and h.board.next_deadline() is None
+    assert instance.in_flight == 0
+    assert h.to_instance[instance.slot][-1]["method"] == "notifications/cancelled"
+
+
+# --- regressions: each was a failure of the callback design, reproduced with a real stack ----------------
+
+
+def test_losing_an_instance_answers_every_sessions_requests_even_when_one_session_is_gone() -> None:
+    """A dead door's session, closed while the loss is handled, once aborted the loss half way (KeyError)."""
+    h = Harness.make(maxConcurrentRequests=8)
+    dead, alive = h.open("dead"), h.open("alive")
+    instance = h.add_instance("shim:shim_00")
+    h.request(dead, "sub", "resources/subscribe", {"uri": "file:///x"})
+    (subscribe,) = h.requests_on(instance)
+    h.answer(instance, subscribe["id"], {})
+    for n in range(3):
+        h.call(dead, f"d{n}")
+        h.call(alive, f"a{n}")
+    replacement = h.add_instance("shim:shim_01")
+
+    h.lose(instance)
+    h.close(dead)  # the core finds the dead door only when it sends it the failures
+
+    assert {h.error_code(alive, f"a{n}") for n in range(3)} == {jsonrpc.INSTANCE_FAILED}
+    assert instance.in_flight == 0 and replacement.in_flight == 0
+    methods = [m.get("method") for m in h.to_instance[replacement.slot] if "resources/" in str(m.get("method"))]
+    assert methods == ["resources/subscribe", "resources/unsubscribe"], "moved, then dropped with its last session"
+    assert h.board.snapshot()["subscriptions"] == 0
+    assert h.board.running == 0 and h.board.next_deadline() is None
+
+
+def test_losing_an_instance_moves_its_subscriptions_for_the_sessions_left() -> None:
+    h = Harness.make()
+    client = h.open("a")
+    instance = h.add_instance("shim:shim_00")
+    h.request(client, "sub", "resources/subscribe", {"uri": "file:///x"})
+    (subscribe,) = h.requests_on(instance)
+    h.answer(instance, subscribe["id"], {})
+    replacement = h.add_instance("shim:shim_01")
+
+    h.lose(instance, "scaled down")
+    h.board.from_instance(replacement, jsonrpc.notification("notifications/resources/updated", {"uri": "file:///x"}))
+    h.collect()
+    h.request(client, "unsub", "resources/unsubscribe", {"uri": "file:///x"})
+
+    moved = [m for m in h.to_instance[replacement.slot] if m.get("method") == "resources/subscribe"]
+    assert [m["params"]["uri"] for m in moved] == ["file:///x"]
+    updates = [m for m in h.to_client[client.identity] if m.get("method") == "notifications/resources/updated"]
+    assert len(updates) == 1, "updates come from the instance that holds the subscription now"
+    unsubscribe = [m for m in h.to_instance[replacement.slot] if m.get("method") == "resources/unsubscribe"]
+    assert len(unsubscribe) == 1, "unsubscribing reaches the instance that holds it, not a lost one"
+
+
+def test_a_loss_found_while_dispatching_fails_only_what_was_sent() -> None:
+    """A send to an unreachable shim once ran the loss inside the queue's drain, which then popped a request
+    that was never sent: one queued call was failed as 'may have had effects', another dropped."""
+    h = Harness.make(maxConcurrentRequests=1)
+    client = h.open("a")
+    instance = h.add_instance("shim:shim_00")
+    h.call(client, "running")
+    h.call(client, "queued-1")
+    h.call(client, "queued-2")
+
+    (running,) = h.requests_on(instance)
+    h.answer(instance, running["id"])  # the drain hands queued-1 to the instance...
+    h.lose(instance, "shim unreachable")  # ...whose shim turns out to be gone when the core sends it
+
+    assert h.error_code(client, "running") is None
+    assert h.error_code(client, "queued-1") == jsonrpc.INSTANCE_FAILED
+    assert "queued-2" not in h.responses(client), "never sent: it waits for an instance, within its deadline"
+    assert len(h.board.queue) == 1
+    replacement = h.add_instance("shim:shim_01")
+    (retried,) = h.requests_on(replacement)
+    h.answer(replacement, retried["id"])
+    assert h.error_code(client, "queued-2") is None
+
+
+def test_the_switchboard_asks_for_a_restart_rather_than_calling_one() -> None:
+    h = Harness.make({"circuitBreakerThreshold": 1}, minInstances=1)
+    client = h.open("a")
+    instance = h.add_instance("shim:shim_00")
+    h.add_instance("shim:shim_01")
+
+    h.call(client, "c")
+    on = instance if h.requests_on(instance) else h.board.pool.get("shim:shim_01")
+    assert on is not None
+    (sent,) = h.requests_on(on)
+    h.board.from_instance(on, jsonrpc.error(sent["id"], jsonrpc.INTERNAL_ERROR, "broken"))
+    h.collect()
+
+    assert actions.RestartInstance(on.slot, "1 failures in a row, last: answered error -32603") in h.other
+    assert h.board.pool.get(on.slot) is None

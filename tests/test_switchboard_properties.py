@@ -1,0 +1,158 @@
+"""Random interleavings of sessions, requests, cancellations, answers, losses and time, against the
+switchboard's promises: every client request gets exactly one response (none once cancelled), to its own
+session under its own id; no instance holds more than its cap; nothing is kept after its session and its
+instances are gone."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from mcpmux import jsonrpc
+from mcpmux.jsonrpc import RequestId
+from mcpmux.router.session import Session
+from tests.switchboard_harness import Harness
+
+CAP = 2
+SLOTS = ("shim:shim_00", "shim:shim_01", "shim:shim_02")
+SESSIONS = ("a", "b", "c")
+
+
+class SwitchboardMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.h = Harness.make(maxConcurrentRequests=CAP, queueSize=4, requestTimeout=10_000)
+        self.sessions: dict[str, Session] = {}
+        self.closed: list[Session] = []
+        self.sent: dict[bytes, list[RequestId]] = {}
+        self.cancelled: dict[bytes, dict[RequestId, int]] = {}  # id -> responses seen when cancelled
+        self.ids = itertools.count()
+
+    # --- rules ---------------------------------------------------------------------------------------
+
+    @precondition(lambda self: len(self.sessions) < len(SESSIONS))
+    @rule(data=st.data())
+    def open_session(self, data: st.DataObject) -> None:
+        name = data.draw(st.sampled_from([n for n in SESSIONS if n not in self.sessions]))
+        session = self.h.open(f"{name}{next(self.ids)}")  # a door's identity is never used twice
+        self.sessions[name] = session
+        self.sent[session.identity] = []
+        self.cancelled[session.identity] = {}
+
+    @precondition(lambda self: bool(self.sessions))
+    @rule(data=st.data())
+    def close_session(self, data: st.DataObject) -> None:
+        name = data.draw(st.sampled_from(sorted(self.sessions)))
+        session = self.sessions.pop(name)
+        self.h.close(session)
+        self.closed.append(session)
+
+    @precondition(lambda self: len(self.h.board.pool) < len(SLOTS))
+    @rule(data=st.data())
+    def instance_ready(self, data: st.DataObject) -> None:
+        slot = data.draw(st.sampled_from([s for s in SLOTS if self.h.board.pool.get(s) is None]))
+        self.h.to_instance.pop(slot, None)  # what a lost instance of this slot was sent
+        self.h.add_instance(slot)
+
+    @precondition(lambda self: len(self.h.board.pool) > 0)
+    @rule(data=st.data())
+    def instance_lost(self, data: st.DataObject) -> None:
+        slot = data.draw(st.sampled_from(sorted(instance.slot for instance in self.h.board.pool)))
+        instance = self.h.board.pool.get(slot)
+        assert instance is not None
+        self.h.lose(instance)
+
+    @precondition(lambda self: bool(self.sessions))
+    @rule(data=st.data(), kind=st.sampled_from(["work", "look", "tools/list"]), string_id=st.booleans())
+    def request(self, data: st.DataObject, kind: str, string_id: bool) -> None:
+        session = self.sessions[data.draw(st.sampled_from(sorted(self.sessions)))]
+        number = next(self.ids)
+        request_id: RequestId = f"r{number}" if string_id else number
+        self.sent[session.identity].append(request_id)
+        if kind == "tools/list":
+            self.h.request(session, request_id, "tools/list")
+        else:
+            self.h.call(session, request_id, tool=kind)
+
+    @precondition(lambda self: bool(self.sessions))
+    @rule(data=st.data())
+    def cancel(self, data: st.DataObject) -> None:
+        session = self.sessions[data.draw(st.sampled_from(sorted(self.sessions)))]
+        unanswered = [rid for rid in self.sent[session.identity]
+                      if rid not in self.h.responses(session) and rid not in self.cancelled[session.identity]]
+        if not unanswered:
+            return
+        request_id = data.draw(st.sampled_from(unanswered))
+        self.cancelled[session.identity][request_id] = 0
+        self.h.cancel(session, request_id)
+
+    @precondition(lambda self: self.h.board.running > 0)
+    @rule(data=st.data(), outcome=st.sampled_from(["result", "tool error", "internal error"]))
+    def instance_answers(self, data: st.DataObject, outcome: str) -> None:
+        running = [(instance, request) for instance in self.h.board.pool for request in self.h.requests_on(instance)
+                   if request["id"] in self.h.board.running_ids()]
+        if not running:
+            return
+        instance, request = data.draw(st.sampled_from(running))
+        if outcome == "internal error":
+            self.h.answered.add(request["id"])
+            self.h.board.from_instance(instance, jsonrpc.error(request["id"], jsonrpc.INTERNAL_ERROR, "broken"))
+            self.h.collect()
+        else:
+            self.h.answer(instance, request["id"], {"content": [], "isError": outcome == "tool error"})
+
+    @rule(seconds=st.sampled_from([0.1, 1.0, 4.0, 11.0]))
+    def time_passes(self, seconds: float) -> None:
+        self.h.advance(seconds)
+
+    # --- invariants ----------------------------------------------------------------------------------
+
+    @invariant()
+    def responses_are_single_and_belong_to_their_session(self) -> None:
+        for session in [*self.sessions.values(), *self.closed]:
+            for request_id, responses in self.h.responses(session).items():
+                assert request_id in self.sent[session.identity], f"{request_id!r} is not {session.name}'s"
+                assert len(responses) == 1, f"{session.name} got {len(responses)} responses to {request_id!r}"
+            for request_id in self.cancelled[session.identity]:
+                assert request_id not in self.h.responses(session) or request_id in self._answered_before_cancel()
+
+    @invariant()
+    def no_instance_exceeds_its_cap(self) -> None:
+        for instance in self.h.board.pool:
+            assert 0 <= instance.in_flight <= CAP, (instance.slot, instance.in_flight)
+
+    @invariant()
+    def what_is_kept_belongs_to_open_sessions(self) -> None:
+        open_identities = {session.identity for session in self.sessions.values()}
+        assert set(self.h.board.sessions) == open_identities
+        for session in self.closed:
+            assert not session.pending, f"{session.name} is closed but keeps requests"
+
+    def _answered_before_cancel(self) -> set[Any]:
+        return set()  # a cancel is only sent for a request not answered yet (see the cancel rule)
+
+    def teardown(self) -> None:
+        self.h.advance(60.0)  # past every deadline: whatever was waiting has been answered by now
+        for session in self.sessions.values():
+            answered = self.h.responses(session)
+            for request_id in self.sent[session.identity]:
+                if request_id in self.cancelled[session.identity]:
+                    assert request_id not in answered, f"{request_id!r} was cancelled, yet answered"
+                else:
+                    assert len(answered.get(request_id, [])) == 1, f"{request_id!r} of {session.name} unanswered"
+        for session in list(self.sessions.values()):
+            self.h.close(session)
+        for instance in list(self.h.board.pool):
+            self.h.lose(instance)
+        board = self.h.board
+        assert board.sessions == {} and len(board.queue) == 0 and board.running == 0
+        assert board.next_deadline() is None
+        assert board.snapshot()["subscriptions"] == 0
+
+
+SwitchboardMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
+test_switchboard_keeps_its_promises = SwitchboardMachine.TestCase
