@@ -6,6 +6,11 @@ requests are unanswered, so that if the core restarts it can answer each of them
 One runs per client session for as long as the session lasts, so it is lean: `mcpmux-router` validates the
 configuration and starts the stack, then replaces itself (exec) with this module, a synchronous poll loop
 that imports neither pydantic nor asyncio.
+
+A client may stop reading for a while (busy with a large result): the door never blocks on it. Its stdout is
+non-blocking and what the client has not taken yet waits in an outbox, so the door goes on beating and the
+core does not take a slow client for a dead door. When the outbox is full the door stops reading the core
+(heartbeats still go out) until the client catches up; ZeroMQ's queues and then the core hold the rest.
 """
 
 from __future__ import annotations
@@ -27,7 +32,16 @@ from mcpmux.stack import StackPaths
 
 HEARTBEAT_INTERVAL = 2.0
 STDIN = 0
+STDOUT = 1
 READ_SIZE = 1 << 16
+# What the client has not read yet, at most (or 4 messages of --max-message-bytes, if that is more): enough
+# that a few large results never stop the door reading the core, bounded so that a client that stops
+# reading cannot make the door grow without limit. Over it, the door stops reading the core until the
+# outbox is down to half; the core's messages then wait in ZeroMQ (RCVHWM) and in the core.
+OUTBOX_LIMIT = 8 * 1024 * 1024
+OUTBOX_MESSAGES = 4
+RCVHWM = 1000  # messages from the core queued in this door's socket while it does not read them
+DRAIN_TIMEOUT = 30.0  # seconds the door waits, after its client's EOF, for the client to read what is left
 
 
 class CoreUnreachable(RuntimeError):
@@ -44,45 +58,103 @@ class Door:
         self._socket.setsockopt(zmq.ROUTING_ID, uuid.uuid4().hex.encode())
         self._socket.setsockopt(zmq.LINGER, 2000)
         self._socket.setsockopt(zmq.SNDHWM, 100_000)
+        self._socket.setsockopt(zmq.RCVHWM, RCVHWM)
         self._unanswered: dict[RequestId, JsonObject] = {}
         self._initialize_params: JsonObject | None = None
         self._to_settle: dict[RequestId, JsonObject] | None = None
         self._retry = RetryPolicy()  # the core keeps it up to date with the tools' annotations
         self._welcomed = False
         self._next_beat = 0.0
-        self._stdout = sys.stdout.buffer
+        self._outbox = bytearray()
+        self._outbox_limit = max(OUTBOX_LIMIT, OUTBOX_MESSAGES * max_message_bytes)
+        self._client_gone = False
 
     def run(self) -> None:
         self._monitor = self._socket.get_monitor_socket(zmq.EVENT_CONNECTED)
         self._socket.connect(self._paths.doors_endpoint)
         self._send(wire.DoorHello(os.getpid()))
         self._await_welcome()
-        splitter = LineSplitter(self._limit)
-        poller = zmq.Poller()
-        poller.register(self._socket, zmq.POLLIN)
-        poller.register(self._monitor, zmq.POLLIN)
-        poller.register(STDIN, zmq.POLLIN)
-        while True:
-            events = dict(poller.poll(max(0, int((self._next_beat - time.monotonic()) * 1000))))
-            if events.get(self._socket):
-                self._from_core()
-            if events.get(self._monitor):
-                self._connection_events()
-            if events.get(STDIN):
-                data = os.read(STDIN, READ_SIZE)
-                if not data:
-                    break
-                for line in splitter.feed(data):
-                    self._from_client(line)
-            self._beat_if_due()
-        last = splitter.rest()
-        if last is not None:
-            self._from_client(last)
+        os.set_blocking(STDOUT, False)
+        try:
+            self._relay()
+        finally:
+            os.set_blocking(STDOUT, True)  # a terminal's other users expect it as it was
         self._send(wire.DoorBye())
         self._socket.disable_monitor()
         self._monitor.close(linger=0)
         self._socket.close(linger=1000)
         self._context.term()
+
+    def _relay(self) -> None:
+        """Relay until the client's EOF (then hand it what is left) or until it is gone."""
+        splitter = LineSplitter(self._limit)
+        poller = zmq.Poller()
+        poller.register(self._monitor, zmq.POLLIN)
+        poller.register(STDIN, zmq.POLLIN)
+        reading_core = writing = False
+        while not self._client_gone:
+            if reading_core and len(self._outbox) > self._outbox_limit:
+                reading_core = False  # backpressure: the core's messages wait in ZeroMQ meanwhile
+                poller.unregister(self._socket)
+            elif not reading_core and len(self._outbox) < self._outbox_limit // 2:
+                reading_core = True
+                poller.register(self._socket, zmq.POLLIN)
+            if writing != bool(self._outbox):
+                writing = not writing
+                poller.register(STDOUT, zmq.POLLOUT if writing else 0)
+            events = dict(poller.poll(max(0, int((self._next_beat - time.monotonic()) * 1000))))
+            if events.get(self._socket):
+                self._from_core()
+            if events.get(self._monitor):
+                self._connection_events()
+            if events.get(STDIN) and not self._from_stdin(splitter):
+                self._drain()
+                return
+            self._flush()
+            self._beat_if_due()
+
+    def _from_stdin(self, splitter: LineSplitter) -> bool:
+        """Relay what the client wrote; false at its EOF."""
+        try:
+            data = os.read(STDIN, READ_SIZE)
+        except BlockingIOError:  # stdin shares stdout's open file (a socket, a terminal), now non-blocking
+            return True
+        if data:
+            for line in splitter.feed(data):
+                self._from_client(line)
+            return True
+        last = splitter.rest()
+        if last is not None:
+            self._from_client(last)
+        return False
+
+    def _drain(self) -> None:
+        """At the client's EOF: hand it what it has not read yet, within DRAIN_TIMEOUT, beating meanwhile."""
+        deadline = time.monotonic() + DRAIN_TIMEOUT
+        poller = zmq.Poller()
+        poller.register(STDOUT, zmq.POLLOUT)
+        while self._flush():
+            now = time.monotonic()
+            if now >= deadline:
+                print(f"mcpmux-router: the client did not read its last {len(self._outbox)} bytes",
+                      file=sys.stderr)
+                return
+            poller.poll(max(0, int((min(deadline, self._next_beat) - now) * 1000)))
+            self._beat_if_due()
+
+    def _flush(self) -> bool:
+        """Write what the client's pipe takes now; true while something is left for later."""
+        while self._outbox and not self._client_gone:
+            try:
+                written = os.write(STDOUT, self._outbox)
+            except BlockingIOError:
+                return True
+            except BrokenPipeError:  # the client is gone: the session ends as it does at EOF
+                self._client_gone = True
+                self._outbox.clear()
+                return False
+            del self._outbox[:written]
+        return False
 
     def _await_welcome(self) -> None:
         deadline = time.monotonic() + self._connect_timeout
@@ -133,7 +205,7 @@ class Door:
     # --- core -> client ------------------------------------------------------------------------------
 
     def _from_core(self) -> None:
-        while True:
+        while len(self._outbox) <= self._outbox_limit:  # over it, the rest waits until the client reads
             try:
                 message = wire.decode(self._socket.recv(zmq.NOBLOCK))
             except zmq.Again:
@@ -177,8 +249,8 @@ class Door:
         self._socket.send(wire.encode(message))
 
     def _write(self, message: JsonObject) -> None:
-        self._stdout.write(jsonrpc.dumps(message))
-        self._stdout.flush()
+        """Queue a message for the client; the poll loop writes it as fast as the client reads."""
+        self._outbox += jsonrpc.dumps(message)
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -22,15 +23,24 @@ INITIALIZE = {
 
 
 class RawClient:
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
+    def __init__(self, process: asyncio.subprocess.Process, stdout: asyncio.StreamReader,
+                 stdout_pipe: asyncio.ReadTransport) -> None:
         self.process = process
         self.received: list[dict[str, Any]] = []
+        self._stdout = stdout
+        self._stdout_pipe = stdout_pipe
         self._arrived = asyncio.Condition()
         self._reader = asyncio.create_task(self._read())
 
+    def pause_reading(self) -> None:
+        """Stop reading the router's stdout, as a client busy elsewhere does: the pipe fills and stays full."""
+        self._stdout_pipe.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._stdout_pipe.resume_reading()
+
     async def _read(self) -> None:
-        assert self.process.stdout
-        async for line in self.process.stdout:
+        async for line in self._stdout:
             message = json.loads(line)  # the router must only ever print JSON-RPC
             async with self._arrived:
                 self.received.append(message)
@@ -103,11 +113,21 @@ def _same_id(a: Any, b: Any) -> bool:
 
 @asynccontextmanager
 async def raw_session(stack: Stack) -> AsyncIterator[RawClient]:
-    process = await asyncio.create_subprocess_exec(
-        *ROUTER, *stack.router_args, env=stack.env,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=64 * 1024 * 1024,
-    )
-    client = RawClient(process)
+    # The router's stdout is a pipe of our own, so the client holds its read transport and can pause it
+    # (asyncio.subprocess keeps the transport of `stdout=PIPE` to itself).
+    read_end, write_end = os.pipe()
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *ROUTER, *stack.router_args, env=stack.env, stdin=asyncio.subprocess.PIPE, stdout=write_end)
+    except BaseException:
+        os.close(read_end)
+        raise
+    finally:
+        os.close(write_end)
+    stdout = asyncio.StreamReader(limit=64 * 1024 * 1024)
+    stdout_pipe, _ = await asyncio.get_running_loop().connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(stdout), os.fdopen(read_end, "rb", buffering=0))
+    client = RawClient(process, stdout, stdout_pipe)
     try:
         yield client
     finally:
@@ -119,3 +139,4 @@ async def raw_session(stack: Stack) -> AsyncIterator[RawClient]:
             process.kill()
             await process.wait()
         client._reader.cancel()
+        stdout_pipe.close()

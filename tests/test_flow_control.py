@@ -1,0 +1,70 @@
+"""A client that stops reading for a while slows its own session down, and nothing else happens to it."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.conftest import StackFactory
+from tests.rawclient import answer, call, raw_session
+
+BIG = 64 * 1024  # each of these results is larger than a pipe's buffer, so the first one fills the pipe
+SLOW_CALLS = 48  # 2 s each on 2 x 3 slots: some are still queued or running after the core's door liveness
+CLIENT_BUSY = 12.0  # longer than the core's DOOR_LIVENESS (10 s)
+
+
+async def test_a_client_that_stops_reading_keeps_its_session_and_its_calls(make_stack: StackFactory) -> None:
+    stack = make_stack("--min-instances", "2", "--max-instances", "2", "--max-concurrent-requests", "3")
+    async with raw_session(stack) as client:
+        await client.initialize()
+        stack.wait_ready(2)
+        sessions = stack.status()["sessions"]
+        client.pause_reading()
+        big = [f"big-{n}" for n in range(4)]
+        slow = [f"slow-{n}" for n in range(SLOW_CALLS)]
+        for n, request_id in enumerate(big):
+            await client.send(call(request_id, "echo", text=str(n) * BIG))
+        for request_id in slow:  # slow_write may have had effects: a door that resynced would fail it (-32051)
+            await client.send(call(request_id, "slow_write", seconds=2))
+        # Not a synchronisation sleep: the client is busy for longer than the core waits for a silent door.
+        await asyncio.sleep(CLIENT_BUSY)
+        client.resume_reading()
+        responses = {request_id: await client.response(request_id, timeout=90) for request_id in big + slow}
+        status = stack.status()
+
+    assert all(len(client.responses_to(request_id)) == 1 for request_id in big + slow)
+    failed = {request_id: response["error"] for request_id, response in responses.items() if "error" in response}
+    assert not failed, failed
+    assert [answer(responses[request_id])["text"] for request_id in big] == [str(n) * BIG for n in range(4)]
+    closed = [event for event in status["events"] if "stopped beating" in event["text"]]
+    assert not closed, closed
+    assert status["sessions"] == sessions
+
+
+async def test_a_client_that_stops_reading_more_than_the_door_holds_still_gets_everything(
+        make_stack: StackFactory) -> None:
+    """More output than the door's outbox holds: it stops reading the core until the client reads."""
+    # The outbox holds 8 MiB or 4 messages of --max-message-bytes, the more of the two: here 8 MiB.
+    stack = make_stack("--min-instances", "2", "--max-instances", "2", "--max-concurrent-requests", "3",
+                       "--max-message-bytes", str(1024 * 1024))
+    calls = [f"big-{n}" for n in range(200)]  # about 13 MB of results
+    async with raw_session(stack) as client:
+        await client.initialize()
+        stack.wait_ready(2)
+        answered_before = stack.status()["succeededRequests"]
+        client.pause_reading()
+        for n, request_id in enumerate(calls):
+            await client.send(call(request_id, "echo", text=f"{n % 10}" * BIG))
+        for _ in range(600):  # until the core has answered them all, to the door's outbox and ZeroMQ's queues
+            status = stack.status()
+            if status["succeededRequests"] - answered_before >= len(calls):
+                break
+            await asyncio.sleep(0.1)
+        client.resume_reading()
+        responses = {request_id: await client.response(request_id, timeout=60) for request_id in calls}
+        status = stack.status()
+
+    assert all(len(client.responses_to(request_id)) == 1 for request_id in calls)
+    assert [answer(responses[request_id])["text"] for request_id in calls] == [
+        f"{n % 10}" * BIG for n in range(len(calls))]
+    assert status["sessions"] == 1
+    assert not [event for event in status["events"] if "closed" in event["text"]]
