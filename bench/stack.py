@@ -21,6 +21,7 @@ BIN = Path(sys.executable).parent
 ROUTER = str(BIN / "mcpmux-router")
 LAB_SERVER = [sys.executable, str(ROOT / "tests" / "servers" / "lab_server.py")]
 ECHO_SERVER = [sys.executable, str(ROOT / "bench" / "servers" / "echo_server.py")]
+BARE_CHAIN = [sys.executable, str(ROOT / "bench" / "servers" / "bare_chain.py")]  # + door SERVER...: see there
 TIME_SERVER = [str(BIN / "mcp-server-time")]
 STOP_WAIT = 15.0
 
