@@ -153,7 +153,7 @@ class ControlHandler:
 
     def _instance(self, instance: Instance, now: float, events: list[dict[str, Any]]) -> dict[str, Any]:
         state = str(instance.state.value)
-        if state == "ready" and instance.in_flight >= self._core.board.balancer.cap:
+        if state == "ready" and instance.in_flight >= self._core.board.eligibility.cap:
             state = "busy"
         shim = self._usage(instance.pid, tree=False)
         return {

@@ -1,4 +1,8 @@
-"""The bounded queue of requests waiting for an instance below its cap, served in arrival order."""
+"""The order policy: which waiting request goes next. Today first come, first served, within one bound.
+
+Requests wait here when no eligible instance has room. Priorities and fair sharing between sessions replace
+this order; the switchboard only peeks, pushes and removes by key.
+"""
 
 from __future__ import annotations
 

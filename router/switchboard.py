@@ -13,12 +13,11 @@ import itertools
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from mcpmux import jsonrpc
 from mcpmux.config import Config
 from mcpmux.jsonrpc import JsonObject
-from mcpmux.router import cursors, profile
+from mcpmux.router import cursors, profile, rewrite, server_requests
 from mcpmux.router.actions import (
     Action,
     InstanceReady,
@@ -30,7 +29,7 @@ from mcpmux.router.actions import (
 )
 from mcpmux.router.breaker import CircuitBreaker, is_instance_failure
 from mcpmux.router.deadlines import Deadlines
-from mcpmux.router.dispatch import LeastConnections
+from mcpmux.router.eligibility import Eligibility, PinnedInstanceGone
 from mcpmux.router.instances import Instance, InstanceState, Pool
 from mcpmux.router.metrics import Metrics
 from mcpmux.router.queue import QueueFull, RequestQueue
@@ -43,25 +42,13 @@ from mcpmux.router.session import (
     Session,
     most_verbose,
 )
+from mcpmux.router.subscriptions import Subscriptions
 
 log = logging.getLogger("mcpmux.core")
 
 OnAnswer = Callable[[Instance, JsonObject], None]
 Clock = Callable[[], float]
 
-CLIENT_CAPABILITY_OF = {
-    "sampling/createMessage": "sampling",
-    "elicitation/create": "elicitation",
-    "roots/list": "roots",
-}
-
-
-@dataclass(eq=False)
-class Subscription:
-    """A resource subscription lives on one instance, however many sessions asked for it."""
-
-    slot: str | None
-    sessions: set[bytes] = field(default_factory=set)
 
 
 class Switchboard:
@@ -69,8 +56,8 @@ class Switchboard:
         settings = config.multiplexer
         self.pool = Pool()
         self.sessions: dict[bytes, Session] = {}
-        self.queue: RequestQueue[Pending] = RequestQueue(settings.queue_size)
-        self.balancer = LeastConnections(settings.max_concurrent_requests)
+        self.queue: RequestQueue[Pending] = RequestQueue(settings.queue_size)  # which waiting request goes next
+        self.eligibility = Eligibility(settings.max_concurrent_requests)  # which instances may serve a request
         self.metrics = metrics
         self.profile: JsonObject = profile.WARM  # the initialize params every backend gets
         self.profile_from_client = False
@@ -85,7 +72,7 @@ class Switchboard:
         self._running: dict[int, Pending] = {}  # by the id the instance sees
         self._internal: dict[int, OnAnswer | None] = {}  # requests the router itself sent, with their follow-up
         self._init_waiters: list[Pending] = []
-        self._subscriptions: dict[str, Subscription] = {}
+        self.subscriptions = Subscriptions()
         self._log_level: str | None = None
         self.retry = RetryPolicy()
         # Unique across instances and across core restarts, so a late answer never matches a new request.
@@ -109,11 +96,8 @@ class Switchboard:
         del self.sessions[session.identity]
         for pending in list(session.pending.values()):
             self._abandon(pending, "client session ended")
-        for uri, subscription in list(self._subscriptions.items()):
-            subscription.sessions.discard(session.identity)
-            if not subscription.sessions:
-                del self._subscriptions[uri]
-                self._internal_request(subscription.slot, "resources/unsubscribe", {"uri": uri})
+        for uri, slot in self.subscriptions.drop_session(session.identity):
+            self._internal_request(slot, "resources/unsubscribe", {"uri": uri})
         self._update_log_level()
 
     # --- from the client -----------------------------------------------------------------------------
@@ -186,25 +170,22 @@ class Switchboard:
 
     def _subscribe(self, session: Session, message: JsonObject) -> None:
         uri = (message.get("params") or {}).get("uri")
-        subscription = self._subscriptions.get(uri) if isinstance(uri, str) else None
-        if subscription is None or subscription.slot is None:
+        if not isinstance(uri, str) or self.subscriptions.holder(uri) is None:
             self._admit(Pending(session, message["id"], message, received=self._now()))
             return
-        subscription.sessions.add(session.identity)
+        self.subscriptions.join(uri, session.identity)
         self._answer_local(session, jsonrpc.result(message["id"], {}))
 
     def _unsubscribe(self, session: Session, message: JsonObject) -> None:
         uri = (message.get("params") or {}).get("uri")
-        subscription = self._subscriptions.get(uri) if isinstance(uri, str) else None
-        if not isinstance(uri, str) or subscription is None or session.identity not in subscription.sessions:
+        if not isinstance(uri, str) or not self.subscriptions.has(uri, session.identity):
             self._admit(Pending(session, message["id"], message, received=self._now()))
             return
-        subscription.sessions.discard(session.identity)
-        if subscription.sessions or subscription.slot is None:
+        slot = self.subscriptions.leave(uri, session.identity)
+        if slot is None:  # others still listen, or no instance holds it now
             self._answer_local(session, jsonrpc.result(message["id"], {}))
             return
-        del self._subscriptions[uri]
-        self._admit(Pending(session, message["id"], message, pinned_slot=subscription.slot, received=self._now()))
+        self._admit(Pending(session, message["id"], message, pinned_slot=slot, received=self._now()))
 
     _LOCAL_METHODS: dict[str, Callable[[Switchboard, Session, JsonObject], None]] = {
         "ping": _ping,
@@ -261,32 +242,30 @@ class Switchboard:
             self._fail(pending, jsonrpc.OVERLOADED, f"mcpmux is overloaded: {full}; retry later")
 
     def _dispatch(self, pending: Pending) -> bool:
-        """Send the request to an instance now if one can take it; False if it must wait."""
-        if pending.pinned_slot is not None:
-            instance = self.pool.get(pending.pinned_slot)
-            if instance is None or not instance.ready:
-                self._fail(pending, jsonrpc.INVALID_PARAMS,
-                                 f"Invalid params: the instance that made this cursor ({pending.pinned_slot}) is gone")
-                return True
-        else:
-            instance = self.balancer.pick(self.pool.ready())
-            if instance is None:
-                return False
+        """Send the request to an instance now if one can take it (or answer it if none ever can); False if
+        it must wait."""
+        try:
+            instance = self.eligibility.choose(pending, self.pool)
+        except PinnedInstanceGone as gone:
+            self._fail(pending, jsonrpc.INVALID_PARAMS, f"Invalid params: {gone}")
+            return True
+        if instance is None:
+            return False
         backend_id = next(self._ids)
         pending.backend_id, pending.slot = backend_id, instance.slot
         pending.dispatched = self._now()
         pending.attempts += 1
         instance.in_flight += 1
         self._running[backend_id] = pending
-        self._send(instance, _with_backend_ids(pending.message, backend_id))
+        self._send(instance, rewrite.for_instance(pending.message, backend_id))
         return True
 
     def drain(self) -> None:
-        """Hand queued requests, oldest first, to instances that have room."""
+        """Hand waiting requests, in the order policy's order, to the instances eligible for them."""
         while (pending := self.queue.peek()) is not None:
             if not self._dispatch(pending):
                 return
-            self.queue.pop()
+            self.queue.remove(pending.key)  # by key: a request answered at once has left the queue already
 
     def _finish(self, pending: Pending, response: JsonObject) -> None:
         """Send a request's one response, under the client's own id."""
@@ -397,9 +376,7 @@ class Switchboard:
         elif pending.method == "resources/subscribe":
             uri = (pending.message.get("params") or {}).get("uri")
             if isinstance(uri, str):
-                subscription = self._subscriptions.setdefault(uri, Subscription(instance.slot))
-                subscription.slot = subscription.slot or instance.slot
-                subscription.sessions.add(pending.session.identity)
+                self.subscriptions.confirmed(uri, instance.slot, pending.session.identity)
         return message
 
     def _instance_request(self, instance: Instance, message: JsonObject) -> None:
@@ -408,15 +385,9 @@ class Switchboard:
             self._send(instance, jsonrpc.result(message["id"], {}))
             return
         session = self._session_for(instance)
-        capability = CLIENT_CAPABILITY_OF.get(method)
-        refusal = None
-        if session is None:
-            refusal = (jsonrpc.UNATTRIBUTABLE,
-                       f"mcpmux cannot tell which client session {method} is for: several share this instance")
-        elif capability is not None and not session.supports(capability):
-            refusal = (jsonrpc.METHOD_NOT_FOUND, f"the client does not support {capability}")
-        if refusal is not None or session is None:
-            code, text = refusal or (jsonrpc.INTERNAL_ERROR, "no session")
+        refused = server_requests.refusal(session, method)
+        if refused is not None or session is None:
+            code, text = refused or (jsonrpc.INTERNAL_ERROR, "no session")
             self._send(instance, jsonrpc.error(message["id"], code, text))
             return
         client_id = next(self._ids)
@@ -445,8 +416,8 @@ class Switchboard:
         pending = self._running.get(params.get("progressToken"))  # type: ignore[arg-type]
         if pending is None:
             return
-        token = pending.message["params"]["_meta"]["progressToken"]
-        self._answer(pending.session, {**message, "params": {**params, "progressToken": token}})
+        token = rewrite.client_progress_token(pending.message)
+        self._answer(pending.session, rewrite.with_progress_token(message, params, token))
 
     def _list_changed(self, method: str, message: JsonObject) -> None:
         # Every instance announces the same change: a session hears it once until it lists again.
@@ -456,10 +427,7 @@ class Switchboard:
                 self._answer(session, message)
 
     def _resource_updated(self, instance: Instance, params: JsonObject, message: JsonObject) -> None:
-        subscription = self._subscriptions.get(params.get("uri"))  # type: ignore[arg-type]
-        if subscription is None or subscription.slot != instance.slot:
-            return
-        for identity in list(subscription.sessions):
+        for identity in self.subscriptions.listeners(params.get("uri"), instance.slot):
             session = self.sessions.get(identity)
             if session is not None:
                 self._answer(session, message)
@@ -481,18 +449,8 @@ class Switchboard:
                 self._answer(session, message)
 
     def _session_for(self, instance: Instance, *, guess_when_idle: bool = True) -> Session | None:
-        """The session an instance's own request or log belongs to.
-
-        stdio carries no link from a server's message to the request that caused it, so: the one session
-        with requests on that instance; if none, the session that was active last; if several, nobody.
-        """
-        owners = {p.session.identity for p in self._running.values() if p.slot == instance.slot}
-        if len(owners) == 1:
-            return self.sessions.get(owners.pop())
-        if owners or not guess_when_idle:
-            return None
-        candidates = [s for s in self.sessions.values() if s.initialize_params is not None]
-        return max(candidates, key=lambda s: s.last_request, default=None)
+        return server_requests.attribute(instance.slot, self._running.values(), self.sessions,
+                                         guess_when_idle=guess_when_idle)
 
     # --- instances coming and going ------------------------------------------------------------------
 
@@ -520,10 +478,8 @@ class Switchboard:
         if "tools" in ((instance.initialize_result or {}).get("capabilities") or {}):
             # Which tools are safe to retry comes from their annotations: read them before any failure.
             self._internal_request(instance.slot, "tools/list", {}, self._learn_tools)
-        for uri, subscription in self._subscriptions.items():
-            if subscription.slot is None:
-                subscription.slot = instance.slot
-                self._internal_request(instance.slot, "resources/subscribe", {"uri": uri})
+        for uri in list(self.subscriptions.place_unplaced(instance.slot)):
+            self._internal_request(instance.slot, "resources/subscribe", {"uri": uri})
         waiters, self._init_waiters = self._init_waiters, []
         for pending in waiters:
             self._finish(pending, jsonrpc.result(pending.client_id, instance.initialize_result or {}))
@@ -616,11 +572,10 @@ class Switchboard:
                            f"The instance running this request failed ({reason}); it was not retried "
                            "because it may have had effects")
         instance.in_flight = 0
-        for uri, subscription in self._subscriptions.items():
-            if subscription.slot == instance.slot:
-                target = self.balancer.pick(self.pool.ready())
-                subscription.slot = target.slot if target else None
-                if target is not None:
+        if self.subscriptions.unplace(instance.slot):
+            target = self.eligibility.balancer.pick(self.pool.ready())
+            if target is not None:
+                for uri in list(self.subscriptions.place_unplaced(target.slot)):
                     self._internal_request(target.slot, "resources/subscribe", {"uri": uri})
         self.drain()
 
@@ -677,17 +632,6 @@ class Switchboard:
             "sessions": len(self.sessions),
             "queued": len(self.queue),
             "running": len(self._running),
-            "subscriptions": len(self._subscriptions),
+            "subscriptions": len(self.subscriptions),
             "logLevel": self._log_level,
         }
-
-
-def _with_backend_ids(message: JsonObject, backend_id: int) -> JsonObject:
-    """The request as the instance sees it: our id, and our id as its progress token if it has one."""
-    out = {**message, "id": backend_id}
-    params = message.get("params")
-    if isinstance(params, dict):
-        meta = params.get("_meta")
-        if isinstance(meta, dict) and "progressToken" in meta:
-            out["params"] = {**params, "_meta": {**meta, "progressToken": backend_id}}
-    return out

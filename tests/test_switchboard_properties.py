@@ -79,6 +79,15 @@ class SwitchboardMachine(RuleBasedStateMachine):
             self.h.call(session, request_id, tool=kind)
 
     @precondition(lambda self: bool(self.sessions))
+    @rule(data=st.data(), uri=st.sampled_from(["file:///a", "file:///b"]), subscribe=st.booleans())
+    def subscription(self, data: st.DataObject, uri: str, subscribe: bool) -> None:
+        session = self.sessions[data.draw(st.sampled_from(sorted(self.sessions)))]
+        request_id = f"s{next(self.ids)}"
+        self.sent[session.identity].append(request_id)
+        self.h.request(session, request_id, "resources/subscribe" if subscribe else "resources/unsubscribe",
+                       {"uri": uri})
+
+    @precondition(lambda self: bool(self.sessions))
     @rule(data=st.data())
     def cancel(self, data: st.DataObject) -> None:
         session = self.sessions[data.draw(st.sampled_from(sorted(self.sessions)))]

@@ -1,0 +1,43 @@
+"""Requests an instance sends to the client (sampling, elicitation, roots): whose client they are for.
+
+stdio carries no link from a server's message to the request that caused it, so the switchboard attributes
+a server's request (or log message) by who is using the instance, and refuses it when it cannot tell or
+when that client did not declare the capability the request needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from mcpmux import jsonrpc
+from mcpmux.router.session import Pending, Session
+
+CLIENT_CAPABILITY_OF = {
+    "sampling/createMessage": "sampling",
+    "elicitation/create": "elicitation",
+    "roots/list": "roots",
+}
+
+
+def attribute(slot: str, running: Iterable[Pending], sessions: dict[bytes, Session], *,
+              guess_when_idle: bool = True) -> Session | None:
+    """The session a message of instance `slot` belongs to: the one session with requests on it; if none,
+    the session that was active last (unless `guess_when_idle` is off); if several, nobody."""
+    owners = {pending.session.identity for pending in running if pending.slot == slot}
+    if len(owners) == 1:
+        return sessions.get(owners.pop())
+    if owners or not guess_when_idle:
+        return None
+    candidates = [session for session in sessions.values() if session.initialize_params is not None]
+    return max(candidates, key=lambda session: session.last_request, default=None)
+
+
+def refusal(session: Session | None, method: str) -> tuple[int, str] | None:
+    """Why a server's request cannot go to `session` (code and message for the instance), or None."""
+    if session is None:
+        return (jsonrpc.UNATTRIBUTABLE,
+                f"mcpmux cannot tell which client session {method} is for: several share this instance")
+    capability = CLIENT_CAPABILITY_OF.get(method)
+    if capability is not None and not session.supports(capability):
+        return (jsonrpc.METHOD_NOT_FOUND, f"the client does not support {capability}")
+    return None
