@@ -42,7 +42,6 @@ class Shim:
         self._socket.connect(f"ipc://{stack_dir / 'shims.sock'}")
         self._initializing = False
         self._initialize_result: JsonObject | None = None
-        self._in_flight: set[Any] = set()
         self._failure: str | None = None
         self._next_beat = 0.0
 
@@ -78,7 +77,7 @@ class Shim:
     def _beat_if_due(self) -> None:
         now = time.monotonic()
         if now >= self._next_beat:
-            self._send(wire.Heartbeat(len(self._in_flight), self._backend.alive))
+            self._send(wire.Heartbeat())
             self._next_beat = now + HEARTBEAT_INTERVAL
 
     # --- core -> backend -----------------------------------------------------------------------------
@@ -95,21 +94,11 @@ class Shim:
                 _log(f"ignored a message from the core: {exc}")
                 continue
             if isinstance(message, wire.ToBackend):
-                self._track_outgoing(message.payload)
                 self._backend.send(message.payload)
             elif isinstance(message, wire.InitializeBackend):
                 self._initialize(message.params)
             elif isinstance(message, wire.Resync):
                 self._hello()
-
-    def _track_outgoing(self, payload: JsonObject) -> None:
-        method = payload.get("method")
-        if method is None:
-            return
-        if "id" in payload:
-            self._in_flight.add(payload["id"])
-        elif method == "notifications/cancelled":
-            self._in_flight.discard((payload.get("params") or {}).get("requestId"))
 
     def _initialize(self, params: JsonObject) -> None:
         if self._initializing or self._initialize_result is not None:
@@ -124,11 +113,9 @@ class Shim:
         if messages is None:
             return False
         for payload in messages:
-            if "method" not in payload:
-                if payload.get("id") == INIT_ID:
-                    self._initialized(payload)
-                    continue
-                self._in_flight.discard(payload.get("id"))
+            if "method" not in payload and payload.get("id") == INIT_ID:
+                self._initialized(payload)
+                continue
             self._socket.send(wire.encode_payload(wire.FromBackend, payload))
         return True
 

@@ -6,13 +6,9 @@ and two different configurations never share one.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import re
-import socket
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:  # the door imports this module and must not pay for pydantic
     from mcpmux.config import Config
@@ -22,6 +18,9 @@ IPC_PATH_LIMIT = 107  # sun_path is 108 bytes on Linux, one of them the terminat
 
 def stack_id(config: Config, origin: str) -> str:
     """A short, readable, stable name: `<what it runs>-<hash of origin and configuration>`."""
+    import hashlib  # here, not at the top: every door imports this module for its paths, and needs neither
+    import re
+
     digest = hashlib.sha256(f"{origin}\n{config.canonical_json()}".encode()).hexdigest()[:10]
     label = re.sub(r"[^A-Za-z0-9]+", "-", Path(config.server.args[-1] if config.server.args else "").name
                    or Path(config.server.command).name).strip("-")[:24] or "stack"
@@ -35,9 +34,11 @@ def runtime_root() -> Path:
     return Path(f"/tmp/mcpmux-{os.getuid()}")
 
 
-@dataclass(frozen=True)
-class StackPaths:
-    """Every file of one stack, all inside one directory that only its owner can enter."""
+class StackPaths(NamedTuple):
+    """Every file of one stack, all inside one directory that only its owner can enter.
+
+    A NamedTuple rather than a dataclass: every door imports it, and `dataclasses` costs a door megabytes.
+    """
 
     root: Path
 
@@ -117,6 +118,8 @@ def stack_paths(config: Config, origin: str) -> StackPaths:
 
 def accepting(path: Path) -> bool:
     """Whether a process accepts connections on a unix socket (a file left by a dead process does not)."""
+    import socket  # here, not at the top: see stack_id
+
     if not path.exists():
         return False
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -1,182 +1,145 @@
 """The one definition of what crosses ZeroMQ between doors, the core, shims and the monitor.
 
-Each message is a msgpack array: a short tag, then the dataclass fields in order. Arrays rather than maps
-keep the hot path (a JSON-RPC payload wrapped in one frame) small and quick to decode.
-JSON-RPC payloads travel as dicts, untouched: ids keep their type, unknown fields survive.
+Each message is a msgpack array: a short tag, then the fields in order. Arrays rather than maps keep the
+hot path (a JSON-RPC payload wrapped in one frame) small and quick to decode. JSON-RPC payloads travel as
+dicts, untouched: ids keep their type, unknown fields survive.
+
+Messages are NamedTuples, not dataclasses: the door (one per client session) imports this module, and
+`dataclasses` alone brings `inspect`, `ast` and `dis` into every door's memory.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar
+from typing import Any, NamedTuple
 
 import msgpack
 
-JsonObject = dict[str, Any]
+from mcpmux.jsonrpc import JsonObject
 
 
 class WireError(ValueError):
     """A frame that is not a message of this protocol."""
 
 
-@dataclass(slots=True)
-class Message:
-    tag: ClassVar[str] = ""
-
-
 # --- door <-> core -----------------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class DoorHello(Message):
+class DoorHello(NamedTuple):
     """A door's first frame; its ZeroMQ routing id is the session id."""
 
-    tag: ClassVar[str] = "dh"
     pid: int
     initialize_params: JsonObject | None = None  # set when a door reconnects to a restarted core
 
 
-@dataclass(slots=True)
-class Welcome(Message):
-    tag: ClassVar[str] = "wl"
-    core_pid: int
-    safe_tools: list[str] = field(default_factory=list)
+class Welcome(NamedTuple):
+    safe_tools: list[str]
 
 
-@dataclass(slots=True)
-class SafeTools(Message):
+class SafeTools(NamedTuple):
     """The tools whose annotations make them safe to run again: a door retries these if its core dies."""
 
-    tag: ClassVar[str] = "st"
     names: list[str]
 
 
-@dataclass(slots=True)
-class ClientMessage(Message):
+class ClientMessage(NamedTuple):
     """A JSON-RPC message from the client, already checked to be a JSON object."""
 
-    tag: ClassVar[str] = "cm"
     payload: JsonObject
 
 
-@dataclass(slots=True)
-class ToClient(Message):
-    tag: ClassVar[str] = "tc"
+class ToClient(NamedTuple):
     payload: JsonObject
 
 
-@dataclass(slots=True)
-class DoorBye(Message):
-    tag: ClassVar[str] = "db"
+class DoorBye(NamedTuple):
+    """The client closed its session."""
 
 
 # --- shim <-> core -----------------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class ShimHello(Message):
+class ShimHello(NamedTuple):
     """Sent when the shim starts and whenever the core asks (a restarted core knows nobody)."""
 
-    tag: ClassVar[str] = "sh"
     pid: int
     backend_pid: int
     initialize_result: JsonObject | None = None  # set once the backend is initialized
 
 
-@dataclass(slots=True)
-class Heartbeat(Message):
-    tag: ClassVar[str] = "hb"
-    in_flight: int
-    backend_alive: bool
+class Heartbeat(NamedTuple):
+    """A door or a shim is alive (a stuck process stops beating)."""
 
 
-@dataclass(slots=True)
-class Resync(Message):
+class Resync(NamedTuple):
     """From the core to a shim it does not know: say hello again."""
 
-    tag: ClassVar[str] = "rs"
 
 
-@dataclass(slots=True)
-class InitializeBackend(Message):
-    tag: ClassVar[str] = "ib"
+class InitializeBackend(NamedTuple):
     params: JsonObject
 
 
-@dataclass(slots=True)
-class BackendReady(Message):
-    tag: ClassVar[str] = "br"
+class BackendReady(NamedTuple):
     initialize_result: JsonObject
 
 
-@dataclass(slots=True)
-class BackendFailed(Message):
+class BackendFailed(NamedTuple):
     """The backend exited or could not be initialized; the shim exits next."""
 
-    tag: ClassVar[str] = "bf"
     reason: str
     stderr_tail: str = ""
 
 
-@dataclass(slots=True)
-class ToBackend(Message):
-    tag: ClassVar[str] = "tb"
+class ToBackend(NamedTuple):
     payload: JsonObject
 
 
-@dataclass(slots=True)
-class FromBackend(Message):
-    tag: ClassVar[str] = "fb"
+class FromBackend(NamedTuple):
     payload: JsonObject
 
 
 # --- monitor <-> core --------------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class ControlRequest(Message):
-    tag: ClassVar[str] = "cq"
+class ControlRequest(NamedTuple):
     query: str
-    args: JsonObject = field(default_factory=dict)
+    args: JsonObject
 
 
-@dataclass(slots=True)
-class ControlReply(Message):
-    tag: ClassVar[str] = "cr"
+class ControlReply(NamedTuple):
     data: JsonObject
     error: str | None = None
 
 
-_BY_TAG: dict[str, type[Message]] = {
-    cls.tag: cls
-    for cls in (
-        DoorHello, Welcome, SafeTools, ClientMessage, ToClient, DoorBye,
-        ShimHello, Heartbeat, Resync, InitializeBackend, BackendReady, BackendFailed, ToBackend, FromBackend,
-        ControlRequest, ControlReply,
-    )
+Message = (
+    DoorHello | Welcome | SafeTools | ClientMessage | ToClient | DoorBye
+    | ShimHello | Heartbeat | Resync | InitializeBackend | BackendReady | BackendFailed | ToBackend | FromBackend
+    | ControlRequest | ControlReply
+)
+
+TAGS: dict[type[Any], str] = {
+    DoorHello: "dh", Welcome: "wl", SafeTools: "st", ClientMessage: "cm", ToClient: "tc", DoorBye: "db",
+    ShimHello: "sh", Heartbeat: "hb", Resync: "rs", InitializeBackend: "ib", BackendReady: "br",
+    BackendFailed: "bf", ToBackend: "tb", FromBackend: "fb", ControlRequest: "cq", ControlReply: "cr",
 }
-
-
-def encode(message: Message) -> bytes:
-    # Not dataclasses.astuple: it deep-copies every payload on the way.
-    values = [getattr(message, name) for name in _FIELDS[type(message)]]
-    return msgpack.packb((message.tag, *values), use_bin_type=True)
-
+_BY_TAG: dict[str, type[Any]] = {tag: cls for cls, tag in TAGS.items()}
 
 PayloadMessage = type[ToBackend] | type[FromBackend] | type[ClientMessage] | type[ToClient]
 
 
+def encode(message: Message) -> bytes:
+    return msgpack.packb((TAGS[type(message)], *message), use_bin_type=True)
+
+
 def encode_payload(message_type: PayloadMessage, payload: JsonObject) -> bytes:
-    """The hot path: skip dataclass construction for the frames that carry JSON-RPC."""
-    return msgpack.packb((message_type.tag, payload), use_bin_type=True)
-
-
-_FIELDS = {cls: tuple(f.name for f in fields(cls)) for cls in _BY_TAG.values()}
+    """The hot path: no tuple built for the frames that carry JSON-RPC."""
+    return msgpack.packb((TAGS[message_type], payload), use_bin_type=True)
 
 
 def decode(frame: bytes) -> Message:
     try:
         tag, *fields = msgpack.unpackb(frame, raw=False, strict_map_key=False)
-        return _BY_TAG[tag](*fields)
+        message: Message = _BY_TAG[tag](*fields)
     except (ValueError, TypeError, KeyError, msgpack.UnpackException) as exc:
         raise WireError(f"undecodable frame ({len(frame)} bytes): {exc}") from None
+    return message

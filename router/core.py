@@ -212,9 +212,9 @@ class Core:
         self._flush_backlog(identity)
         if isinstance(message, wire.DoorHello):
             if session is None:
-                session = self.board.open_session(identity, message.pid, message.initialize_params)
+                session = self.board.open_session(identity, message.initialize_params)
                 self.metrics.event("session", f"session {session.name} opened (door pid {message.pid})")
-            self._send_door(identity, wire.encode(wire.Welcome(os.getpid(), self.board.retry.safe_tools)))
+            self._send_door(identity, wire.encode(wire.Welcome(self.board.retry.safe_tools)))
         elif session is None:
             # A door of a core that died: nothing it sent since is known here, so it must start over.
             self._send_door(identity, wire.encode(wire.Resync()))

@@ -19,7 +19,6 @@ import argparse
 import os
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import zmq
@@ -55,7 +54,7 @@ class Door:
         self._connect_timeout = connect_timeout
         self._context = zmq.Context()
         self._socket = self._context.socket(zmq.DEALER)
-        self._socket.setsockopt(zmq.ROUTING_ID, uuid.uuid4().hex.encode())
+        self._socket.setsockopt(zmq.ROUTING_ID, os.urandom(16).hex().encode())
         self._socket.setsockopt(zmq.LINGER, 2000)
         self._socket.setsockopt(zmq.SNDHWM, 100_000)
         self._socket.setsockopt(zmq.RCVHWM, RCVHWM)
@@ -179,7 +178,7 @@ class Door:
     def _beat_if_due(self) -> None:
         now = time.monotonic()
         if now >= self._next_beat:
-            self._send(wire.Heartbeat(len(self._unanswered), True))
+            self._send(wire.Heartbeat())
             self._next_beat = now + HEARTBEAT_INTERVAL
 
     # --- client -> core ------------------------------------------------------------------------------

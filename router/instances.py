@@ -28,7 +28,6 @@ class Instance:
     in_flight: int = 0
     served: int = 0
     failed: int = 0
-    errors: int = 0  # JSON-RPC error responses (served counts them too)
     consecutive_failures: int = 0
     latencies: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=512))
     last_ping: float = field(default_factory=time.monotonic)

@@ -53,7 +53,6 @@ class ServerRequest:
 @dataclass(eq=False)
 class Session:
     identity: bytes
-    door_pid: int
     initialize_params: dict[str, Any] | None = None
     log_level: str | None = None
     pending: dict[RequestId, Pending] = field(default_factory=dict)

@@ -85,8 +85,8 @@ class Switchboard:
         actions, self._actions = self._actions, []
         return actions
 
-    def open_session(self, identity: bytes, door_pid: int, initialize_params: JsonObject | None) -> Session:
-        session = Session(identity, door_pid, initialize_params, last_seen=self._now())
+    def open_session(self, identity: bytes, initialize_params: JsonObject | None) -> Session:
+        session = Session(identity, initialize_params, last_seen=self._now())
         self.sessions[identity] = session
         return session
 
@@ -356,8 +356,6 @@ class Switchboard:
         instance.in_flight -= 1
         instance.served += 1
         instance.latencies.append(self._now() - pending.dispatched)
-        if "error" in message:
-            instance.errors += 1
         self._finish(pending, self._adapt_result(instance, pending, message))
         if is_instance_failure(message):
             self._instance_failed(instance, f"answered error {message['error'].get('code')}")

@@ -67,7 +67,7 @@ class Harness:
 
     def open(self, name: str, capabilities: JsonObject | None = None) -> Session:
         params = {"protocolVersion": "2025-11-25", "capabilities": capabilities or {}, "clientInfo": {"name": name}}
-        session = self.board.open_session(name.encode(), 1, params)
+        session = self.board.open_session(name.encode(), params)
         self.collect()
         return session
 
