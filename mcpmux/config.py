@@ -57,7 +57,8 @@ class MultiplexerConfig(_Section):
 
 
 class LoadBalancingConfig(_Section):
-    strategy: Literal["least_connections"] = "least_connections"
+    strategy: Literal["least_connections", "session_affinity"] = Field(
+        "least_connections", description="least_connections, or session_affinity for servers that keep state")
     circuit_breaker_enabled: bool = True
     circuit_breaker_threshold: int = Field(3, ge=1)
 

@@ -27,5 +27,9 @@ class LeastConnections:
             if best is None or (instance.in_flight, instance.last_pick) < (best.in_flight, best.last_pick):
                 best = instance
         if best is not None:
-            best.last_pick = next(self._turn)
+            best.last_pick = self.turn()
         return best
+
+    def turn(self) -> int:
+        """A number larger than every one given before: when an instance was last chosen."""
+        return next(self._turn)

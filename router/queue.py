@@ -7,7 +7,7 @@ this order; the switchboard only peeks, pushes and removes by key.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -26,6 +26,10 @@ class RequestQueue(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._items)
+
+    def __iter__(self) -> Iterator[T]:
+        """The waiting requests, next first."""
+        return iter(self._items.values())
 
     def push(self, key: Hashable, item: T) -> None:
         if len(self._items) >= self.limit:

@@ -57,7 +57,8 @@ class Switchboard:
         self.pool = Pool()
         self.sessions: dict[bytes, Session] = {}
         self.queue: RequestQueue[Pending] = RequestQueue(settings.queue_size)  # which waiting request goes next
-        self.eligibility = Eligibility(settings.max_concurrent_requests)  # which instances may serve a request
+        # Which instances may serve a request:
+        self.eligibility = Eligibility(settings.max_concurrent_requests, config.load_balancing.strategy)
         self.metrics = metrics
         self.profile: JsonObject = profile.WARM  # the initialize params every backend gets
         self.profile_from_client = False
@@ -94,6 +95,7 @@ class Switchboard:
         if self.sessions.get(session.identity) is not session:
             return
         del self.sessions[session.identity]
+        self.eligibility.session_closed(session.identity)
         for pending in list(session.pending.values()):
             self._abandon(pending, "client session ended")
         for uri, slot in self.subscriptions.drop_session(session.identity):
@@ -261,11 +263,13 @@ class Switchboard:
         return True
 
     def drain(self) -> None:
-        """Hand waiting requests, in the order policy's order, to the instances eligible for them."""
-        while (pending := self.queue.peek()) is not None:
-            if not self._dispatch(pending):
+        """Hand waiting requests, in the order policy's order, to the instances eligible for them. A request
+        whose instances are all busy lets later ones pass that can run elsewhere (a pinned session's)."""
+        for pending in list(self.queue):
+            if not self.eligibility.has_room(self.pool):
                 return
-            self.queue.remove(pending.key)  # by key: a request answered at once has left the queue already
+            if self._dispatch(pending):
+                self.queue.remove(pending.key)  # by key: a request answered at once has left the queue already
 
     def _finish(self, pending: Pending, response: JsonObject) -> None:
         """Send a request's one response, under the client's own id."""
@@ -570,12 +574,25 @@ class Switchboard:
                            f"The instance running this request failed ({reason}); it was not retried "
                            "because it may have had effects")
         instance.in_flight = 0
+        for identity in self.eligibility.instance_lost(instance.slot):
+            self._tell_state_reset(identity, instance.slot, reason)
         if self.subscriptions.unplace(instance.slot):
             target = self.eligibility.balancer.pick(self.pool.ready())
             if target is not None:
                 for uri in list(self.subscriptions.place_unplaced(target.slot)):
                     self._internal_request(target.slot, "resources/subscribe", {"uri": uri})
         self.drain()
+
+    def _tell_state_reset(self, identity: bytes, slot: str, reason: str) -> None:
+        """A session pinned to a lost instance continues elsewhere: say so on the logging channel, since
+        whatever the server kept for it is gone."""
+        session = self.sessions.get(identity)
+        if session is None or not session.wants_log("warning"):
+            return
+        self._answer(session, jsonrpc.notification("notifications/message", {
+            "level": "warning", "logger": "mcpmux",
+            "data": f"the server instance serving this session ({slot}) was lost ({reason}); the session "
+                    "continues on another instance, and any state the server kept for it was reset"}))
 
     # --- helpers -------------------------------------------------------------------------------------
 

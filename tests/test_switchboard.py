@@ -276,3 +276,56 @@ def test_the_switchboard_asks_for_a_restart_rather_than_calling_one() -> None:
 
     assert actions.RestartInstance(on.slot, "1 failures in a row, last: answered error -32603") in h.other
     assert h.board.pool.get(on.slot) is None
+
+
+# --- strategies -----------------------------------------------------------------------------------------
+
+
+def test_session_affinity_keeps_a_session_on_one_instance_and_spreads_sessions() -> None:
+    h = Harness.make({"strategy": "session_affinity"})
+    a, b = h.open("a"), h.open("b")
+    first, second = h.add_instance("shim:shim_00"), h.add_instance("shim:shim_01")
+
+    for n in range(3):
+        h.call(a, f"a{n}")
+        h.call(b, f"b{n}")
+    on_first = {m["id"] for m in h.requests_on(first)}
+    on_second = {m["id"] for m in h.requests_on(second)}
+
+    assert len(on_first) == len(on_second) == 3, "each session on an instance of its own"
+    assert h.board.eligibility.sessions_of(first.slot) != h.board.eligibility.sessions_of(second.slot)
+
+
+def test_session_affinity_waits_for_its_instance_rather_than_use_another() -> None:
+    h = Harness.make({"strategy": "session_affinity"}, maxConcurrentRequests=1)
+    a = h.open("a")
+    first, second = h.add_instance("shim:shim_00"), h.add_instance("shim:shim_01")
+
+    h.call(a, "one")
+    h.call(a, "two")
+    busy = first if h.requests_on(first) else second
+    other = second if busy is first else first
+    assert h.requests_on(other) == [] and len(h.board.queue) == 1
+    (running,) = h.requests_on(busy)
+    h.answer(busy, running["id"])
+
+    assert len(h.requests_on(busy)) == 1 and h.requests_on(other) == []
+
+
+def test_session_affinity_moves_a_session_whose_instance_is_lost_and_says_so() -> None:
+    h = Harness.make({"strategy": "session_affinity"})
+    a = h.open("a")
+    first = h.add_instance("shim:shim_00")
+    h.call(a, "before")
+    (sent,) = h.requests_on(first)
+    h.answer(first, sent["id"])
+    second = h.add_instance("shim:shim_01")
+
+    h.lose(first, "backend exited")
+    h.call(a, "after")
+
+    (moved,) = h.requests_on(second)
+    warning = [m for m in h.to_client[a.identity] if m.get("method") == "notifications/message"]
+    assert moved["params"]["name"] == "work"
+    assert len(warning) == 1 and "state" in warning[0]["params"]["data"]
+    assert h.board.eligibility.pins == {a.identity: second.slot}

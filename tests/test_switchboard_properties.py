@@ -23,9 +23,12 @@ SESSIONS = ("a", "b", "c")
 
 
 class SwitchboardMachine(RuleBasedStateMachine):
+    strategy = "least_connections"
+
     def __init__(self) -> None:
         super().__init__()
-        self.h = Harness.make(maxConcurrentRequests=CAP, queueSize=4, requestTimeout=10_000)
+        self.h = Harness.make({"strategy": self.strategy}, maxConcurrentRequests=CAP, queueSize=4,
+                              requestTimeout=10_000)
         self.sessions: dict[str, Session] = {}
         self.closed: list[Session] = []
         self.sent: dict[bytes, list[RequestId]] = {}
@@ -141,6 +144,15 @@ class SwitchboardMachine(RuleBasedStateMachine):
         for session in self.closed:
             assert not session.pending, f"{session.name} is closed but keeps requests"
 
+    @invariant()
+    def an_affine_session_runs_on_one_instance(self) -> None:
+        if self.strategy != "session_affinity":
+            return
+        for session in self.sessions.values():
+            slots = {pending.slot for pending in session.pending.values()
+                     if pending.slot is not None and pending.pinned_slot is None}
+            assert len(slots) <= 1, f"{session.name} runs on {slots}"
+
     def _answered_before_cancel(self) -> set[Any]:
         return set()  # a cancel is only sent for a request not answered yet (see the cancel rule)
 
@@ -163,5 +175,11 @@ class SwitchboardMachine(RuleBasedStateMachine):
         assert board.snapshot()["subscriptions"] == 0
 
 
+class AffineSwitchboardMachine(SwitchboardMachine):
+    strategy = "session_affinity"
+
+
 SwitchboardMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
+AffineSwitchboardMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
 test_switchboard_keeps_its_promises = SwitchboardMachine.TestCase
+test_switchboard_keeps_its_promises_with_session_affinity = AffineSwitchboardMachine.TestCase

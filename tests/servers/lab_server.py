@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import itertools
 import json
 import os
 import sys
@@ -146,6 +147,15 @@ mcp: MCPServer = MCPServer("lab-server", version="1.0.0", log_level="WARNING")
 def echo(text: str) -> str:
     """Return the text unchanged."""
     return _reply(text=text)
+
+
+COUNTER = itertools.count(1)
+
+
+@mcp.tool(structured_output=False)
+def count() -> str:
+    """Return how many times this process was asked (state that lives in the server process)."""
+    return _reply(count=next(COUNTER))
 
 
 @mcp.tool(structured_output=False)
