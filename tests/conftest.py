@@ -6,6 +6,7 @@ different tests never meet, and each stack is stopped and its processes checked 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -79,6 +80,24 @@ class Stack:
         event = query(self.paths, "wait_event", args, timeout=timeout + 5)["event"]
         assert event is not None, f"no {kind!r} event within {timeout} s"
         return event  # type: ignore[no-any-return]
+
+    # The same queries for async tests. Each blocks on a ZeroMQ socket until the core answers: run in a
+    # thread, so the event loop (and the client's reader tasks on it) keeps running while the test waits.
+
+    async def current_status(self) -> dict[str, Any]:
+        return await asyncio.to_thread(self.status)
+
+    async def ready(self, count: int, timeout: float = 30) -> None:
+        """Return once the pool has `count` ready instances."""
+        await asyncio.to_thread(self.wait_ready, count, timeout)
+
+    async def running(self, count: int, timeout: float = 30) -> None:
+        """Return once `count` requests have been handed to instances."""
+        await asyncio.to_thread(self.wait_running, count, timeout)
+
+    async def event(self, kind: str, after: float, timeout: float = 60, slot: str | None = None) -> dict[str, Any]:
+        """The first event of this kind the core records after `after` (a time.time())."""
+        return await asyncio.to_thread(self.wait_event, kind, after, timeout, slot)
 
     def supervisorctl(self, *command: str) -> str:
         completed = subprocess.run(

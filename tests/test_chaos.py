@@ -44,7 +44,7 @@ async def kill_at_random(stack: Stack, watched: RawClient, rng: random.Random) -
     moments = sorted(rng.sample(range(3, REQUESTS_PER_SESSION - 5), KILLS))
     for moment in moments:
         await watched.wait_for(lambda received, m=moment: sum("method" not in r for r in received) > m, timeout=120)
-        status = await asyncio.to_thread(stack.status)
+        status = await stack.current_status()
         live = [i for i in status["instances"] if i["state"] in ("ready", "busy") and i["backendPid"]]
         if not live:
             continue
@@ -67,8 +67,8 @@ async def test_chaos_loses_nothing_and_duplicates_nothing(make_stack: StackFacto
         clients = {"a": a, "b": b, "c": c}
         sessions = [run_session(client, name, random.Random(rng.random()), tools) for name, client in clients.items()]
         *_, kills = await asyncio.gather(*sessions, kill_at_random(stack, a, random.Random(rng.random())))
-        await asyncio.to_thread(stack.wait_ready, 3, 60)
-        events = (await asyncio.to_thread(stack.status))["events"]
+        await stack.ready(3, timeout=60)
+        events = (await stack.current_status())["events"]
 
     outcomes: Counter[str] = Counter()
     for name, client in clients.items():

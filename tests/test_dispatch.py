@@ -14,7 +14,7 @@ async def test_blocking_calls_run_side_by_side_on_k_instances(make_stack: StackF
     # `block` holds its server's event loop: one server can only run these one after another.
     stack = make_stack("--min-instances", "3", "--max-instances", "3", "--max-concurrent-requests", "1")
     async with stack.session() as client:
-        stack.wait_ready(3)
+        await stack.ready(3)
         results = await asyncio.gather(*(client.call_tool("block", {"seconds": 0.5}) for _ in range(3)))
     windows = [result_json(result) for result in results]
 
@@ -25,7 +25,7 @@ async def test_blocking_calls_run_side_by_side_on_k_instances(make_stack: StackF
 async def test_six_calls_on_three_instances_with_a_cap_of_two_split_evenly(make_stack: StackFactory) -> None:
     stack = make_stack("--min-instances", "3", "--max-instances", "3", "--max-concurrent-requests", "2")
     async with stack.session() as client:
-        stack.wait_ready(3)
+        await stack.ready(3)
         results = await asyncio.gather(*(client.call_tool("sleep", {"seconds": 0.5}) for _ in range(6)))
     pids = [result_json(result)["pid"] for result in results]
 
@@ -92,20 +92,36 @@ async def test_time_spent_queued_counts_toward_the_deadline(make_stack: StackFac
 
 
 async def test_every_request_of_a_burst_gets_exactly_one_response(make_stack: StackFactory) -> None:
+    # Two instances with a cap of two run 4 calls, the queue holds 10 more: the first 14 of the burst are
+    # served whatever the timing. A later one is served only if it arrived after an earlier one finished,
+    # and refused at once as overloaded otherwise; each call holds its instance far longer than the burst
+    # takes to arrive, so the burst overflows the queue and both kinds of answer are exercised.
     stack = make_stack("--min-instances", "2", "--max-instances", "2", "--max-concurrent-requests", "2",
                        "--queue-size", "10")
+    room = 2 * 2 + 10
     ids: list[Any] = [*range(20), *(f"s{n}" for n in range(20))]
     async with raw_session(stack) as client:
         await client.initialize()
+        await stack.ready(2)
         for request_id in ids:
-            await client.send(call(request_id, "sleep", seconds=0.05))
+            await client.send(call(request_id, "sleep", seconds=0.5))
         await client.wait_for(lambda received: sum("method" not in m for m in received) >= len(ids) + 1)
-        await client.request("last", "ping")
-        counts = [len(client.responses_to(request_id)) for request_id in ids]
-        outcomes = {("result" in r) for request_id in ids for r in client.responses_to(request_id)}
+        await client.request("last", "ping")  # answered after any duplicate the burst could still cause
+        responses = {request_id: client.responses_to(request_id) for request_id in ids}
+        total = sum("method" not in m for m in client.received)
 
-    assert counts == [1] * len(ids)
-    assert outcomes <= {True, False}
+    assert [len(replies) for replies in responses.values()] == [1] * len(ids), "exactly one response per request"
+    assert total == len(ids) + 2, "and none beyond them, but for initialize's and the ping's"
+    first = {request_id: replies[0] for request_id, replies in responses.items()}
+    served = [request_id for request_id in ids if "result" in first[request_id]]
+    refused = [first[request_id]["error"] for request_id in ids if "result" not in first[request_id]]
+    assert served[:room] == ids[:room], "every call that fits the instances and the queue is served"
+    assert all(error["code"] == -32050 and "overloaded" in error["message"] for error in refused), refused
+    assert refused, "the burst overflowed the queue"
+    windows = [answer(first[request_id]) for request_id in served]
+    for k in range(room, len(served)):  # let in only once enough earlier calls had left the pool
+        finished = sum(earlier["end"] <= windows[k]["start"] for earlier in windows[:k])
+        assert finished >= k - room + 1, f"{served[k]!r} was let in while {room} calls filled the pool"
 
 
 async def test_ids_keep_their_type_and_never_collide(make_stack: StackFactory) -> None:

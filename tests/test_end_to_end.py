@@ -32,9 +32,9 @@ async def test_time_server_answers_through_the_router_as_it_does_directly(make_s
 async def test_the_router_starts_the_stack_with_the_minimum_of_instances(make_stack: StackFactory) -> None:
     stack = make_stack("--min-instances", "3", "--max-instances", "4")
     async with stack.session() as client:
-        stack.wait_ready(3)
+        await stack.ready(3)
         pids = {result_json(await client.call_tool("whoami", {}))["pid"] for _ in range(6)}
-        status = stack.status()
+        status = await stack.current_status()
 
     assert status["totalInstances"] == 3
     assert status["readyInstances"] == 3

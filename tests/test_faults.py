@@ -20,11 +20,11 @@ def instance_serving(stack: Stack, backend_pid: int) -> dict[str, Any]:
 async def calls_in_flight_on_two_instances(client: RawClient, stack: Stack) -> None:
     """One safe (`block`, readOnlyHint) and one unsafe (`slow_write`) call on each of two instances."""
     await client.initialize()
-    stack.wait_ready(2)
+    await stack.ready(2)
     for request_id, tool in (("safe-1", "block"), ("safe-2", "block"),
                              ("unsafe-1", "slow_write"), ("unsafe-2", "slow_write")):
         await client.send(call(request_id, tool, seconds=2))
-    stack.wait_running(4)
+    await stack.running(4)
 
 
 async def test_killing_a_backend_retries_safe_calls_and_fails_unsafe_ones_explicitly(
@@ -32,11 +32,12 @@ async def test_killing_a_backend_retries_safe_calls_and_fails_unsafe_ones_explic
     stack = make_stack("--min-instances", "2", "--max-instances", "2", "--max-concurrent-requests", "2")
     async with raw_session(stack) as client:
         await calls_in_flight_on_two_instances(client, stack)
-        victim = stack.status()["instances"][0]
+        victim = (await stack.current_status())["instances"][0]
         psutil.Process(victim["backendPid"]).kill()
         responses = {rid: await client.response(rid) for rid in ("safe-1", "safe-2", "unsafe-1", "unsafe-2")}
-        stack.wait_ready(2)
+        await stack.ready(2)
         after = await client.request("after", "tools/call", {"name": "whoami", "arguments": {}})
+    status = await stack.current_status()
 
     assert all("result" in responses[rid] for rid in ("safe-1", "safe-2")), responses
     failed = [rid for rid in ("unsafe-1", "unsafe-2") if "error" in responses[rid]]
@@ -46,26 +47,27 @@ async def test_killing_a_backend_retries_safe_calls_and_fails_unsafe_ones_explic
     assert "not retried because it may have had effects" in error["message"]
     assert all(pid_of(responses[rid]) != victim["backendPid"] for rid in ("safe-1", "safe-2"))
     assert pid_of(after) != victim["backendPid"]
-    assert len([i for i in stack.status()["instances"] if i["state"] in ("ready", "busy")]) == 2
+    assert len([i for i in status["instances"] if i["state"] in ("ready", "busy")]) == 2
 
 
 async def test_killing_a_shim_fails_its_calls_over(make_stack: StackFactory) -> None:
     stack = make_stack("--min-instances", "2", "--max-instances", "2", "--max-concurrent-requests", "2")
     async with raw_session(stack) as client:
         await calls_in_flight_on_two_instances(client, stack)
-        victim = stack.status()["instances"][0]
+        victim = (await stack.current_status())["instances"][0]
         before = time.time()
         psutil.Process(victim["pid"]).kill()
-        lost = stack.wait_event("lost", before, slot=victim["slot"])
+        lost = await stack.event("lost", before, slot=victim["slot"])
         responses = {rid: await client.response(rid) for rid in ("safe-1", "safe-2", "unsafe-1", "unsafe-2")}
-        stack.wait_ready(2)
+        await stack.ready(2)
+    status = await stack.current_status()
 
     # Whichever comes first: three missed heartbeats, or supervisord's replacement saying hello.
     assert "heartbeats" in lost["text"] or "replaced by a new shim" in lost["text"]
     assert all("result" in responses[rid] for rid in ("safe-1", "safe-2"))
     assert sum("error" in responses[rid] for rid in ("unsafe-1", "unsafe-2")) == 1
     assert not psutil.pid_exists(victim["backendPid"]), "the backend died with its shim"
-    assert victim["pid"] not in {i["pid"] for i in stack.status()["instances"]}
+    assert victim["pid"] not in {i["pid"] for i in status["instances"]}
 
 
 async def test_a_core_restart_keeps_sessions_going(make_stack: StackFactory) -> None:
@@ -76,7 +78,7 @@ async def test_a_core_restart_keeps_sessions_going(make_stack: StackFactory) -> 
         core.kill()
         responses = {rid: await client.response(rid) for rid in ("safe-1", "safe-2", "unsafe-1", "unsafe-2")}
         after = await client.request("after", "tools/call", {"name": "echo", "arguments": {"text": "still here"}})
-        new_core = stack.status()["corePid"]
+        new_core = (await stack.current_status())["corePid"]
 
     assert new_core != core.pid
     assert all("result" in responses[rid] for rid in ("safe-1", "safe-2")), responses
@@ -90,12 +92,12 @@ async def test_a_hung_backend_opens_its_circuit_and_is_restarted(make_stack: Sta
                        "--request-timeout", "1500", "--circuit-breaker-threshold", "1")
     async with raw_session(stack) as client:
         await client.initialize()
-        stack.wait_ready(2)
+        await stack.ready(2)
         before = time.time()
         hung = await client.request("hung", "tools/call", {"name": "hang", "arguments": {}})
-        circuit = stack.wait_event("circuit", before)
-        restart = stack.wait_event("restart", before, slot=circuit["slot"])
-        stack.wait_ready(2)
+        circuit = await stack.event("circuit", before)
+        restart = await stack.event("restart", before, slot=circuit["slot"])
+        await stack.ready(2)
         pids = {pid_of(await client.request(f"w{n}", "tools/call", {"name": "whoami", "arguments": {}}))
                 for n in range(4)}
         processes = "\n".join(line for line in stack.supervisorctl("status").splitlines() if line.startswith("shim:"))
@@ -118,8 +120,8 @@ async def test_an_instance_failing_at_protocol_level_is_restarted_but_tool_error
         same = pid_of(await client.request("same", "tools/call", {"name": "whoami", "arguments": {}}))
         before = time.time()
         errors = [await client.request(f"b{n}", "tools/call", {"name": "broken", "arguments": {}}) for n in range(3)]
-        stack.wait_event("circuit", before)
-        ready = stack.wait_event("ready", before)
+        await stack.event("circuit", before)
+        ready = await stack.event("ready", before)
         healed = await client.request("healed", "tools/call", {"name": "broken", "arguments": {}})
 
     assert all(answer["result"]["isError"] for answer in tool_errors)
@@ -135,8 +137,8 @@ async def test_a_server_that_cannot_start_is_backed_off_not_restarted_in_a_loop(
     async with raw_session(stack) as client:
         response = await client.request("init", "initialize", {
             "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}})
-        backoff = stack.wait_event("backoff", before)
-        status = stack.status()
+        backoff = await stack.event("backoff", before)
+        status = await stack.current_status()
 
     assert response["error"]["code"] == INSTANCE_FAILED
     assert "/nonexistent/mcp-server" in response["error"]["message"]

@@ -22,7 +22,6 @@ from typer.testing import CliRunner
 
 from mcpmux.monitor import health, render
 from mcpmux.monitor.cli import app
-from mcpmux.monitor.control import query
 from tests.conftest import LAB_SERVER, ROUTER, Stack, StackFactory, result_json
 
 MONITOR = [str(Path(sys.executable).parent / "mcpmux-monitor")]
@@ -59,8 +58,8 @@ async def test_status_counts_a_known_sequence_of_calls(make_stack: StackFactory)
     stack, where = up(make_stack)
     async with stack.session() as client:
         await client.list_tools()
-        stack.wait_ready(2)
-        before = monitor_json("status", "--stack-dir", where)
+        await stack.ready(2)
+        before = await asyncio.to_thread(monitor_json, "status", "--stack-dir", where)
         pids = [result_json(await client.call_tool("whoami", {}))["pid"] for _ in range(4)]
         tool_error = await client.call_tool("fail", {})  # a tool's error is a result: a success for the protocol
         with pytest.raises(MCPError):
@@ -103,7 +102,7 @@ async def test_status_counts_a_known_sequence_of_calls(make_stack: StackFactory)
 async def test_diagnostics_show_configuration_processes_errors_and_versions(make_stack: StackFactory) -> None:
     stack, where = up(make_stack, "--max-concurrent-requests", "4")
     async with stack.session() as client:
-        stack.wait_ready(2)
+        await stack.ready(2)
         await client.call_tool("whoami", {})
 
     data = monitor_json("diagnostics", "--stack-dir", where)
@@ -168,25 +167,23 @@ async def test_health_follows_an_instance_killed_and_the_stack_stopped(make_stac
     stack, where = up(make_stack)
     async with stack.session() as client:
         await client.list_tools()
-    stack.wait_ready(2)
+    await stack.ready(2)
 
     healthy = monitor("health", "--stack-dir", where)
     assert healthy.exit_code == 0, healthy.output
     assert "HEALTHY" in healthy.stdout
 
-    victim = by_slot(stack.status())["shim:shim_00"]
+    victim = by_slot(await stack.current_status())["shim:shim_00"]
     since = time.time()
     psutil.Process(victim["backendPid"]).kill()
-    lost = query(stack.paths, "wait_event", {"kind": "lost", "slot": "shim:shim_00", "after": since, "timeout": 30},
-                 timeout=35)["event"]
-    assert lost is not None, "the core noticed the backend's death"
+    await stack.event("lost", since, timeout=30, slot="shim:shim_00")  # the core noticed the backend's death
 
     degraded = monitor("health", "--stack-dir", where)
     assert degraded.exit_code == 1, degraded.output
     assert "DEGRADED" in degraded.stdout
     assert "shim:shim_00 lost" in degraded.stdout
 
-    stack.wait_ready(2)  # supervisord restarted the slot
+    await stack.ready(2)  # supervisord restarted the slot
     recovered = by_slot(monitor_json("status", "--stack-dir", where))["shim:shim_00"]
     assert recovered["state"] == "ready"
     assert recovered["backendPid"] != victim["backendPid"]
@@ -264,7 +261,7 @@ async def test_logs_show_the_core_and_the_shims(make_stack: StackFactory) -> Non
     try:
         async with stack.session() as client:
             pid = result_json(await client.call_tool("garbage", {}))["pid"]
-        slot = next(i["slot"] for i in stack.status()["instances"] if i["backendPid"] == pid)
+        slot = next(i["slot"] for i in (await stack.current_status())["instances"] if i["backendPid"] == pid)
         while True:  # the shim's complaint reaches its log through supervisord: wait until it is written
             entry = json.loads(await asyncio.wait_for(follow.stdout.readline(), 30))
             if "this is not json" in entry["line"]:
@@ -312,12 +309,12 @@ async def test_prometheus_endpoint_has_the_same_figures(make_stack: StackFactory
     stack, _ = up(make_stack, "--prometheus-port", str(port))
     async with stack.session() as client:
         await client.list_tools()
-        stack.wait_ready(2)
+        await stack.ready(2)
         for _ in range(3):
             await client.call_tool("whoami", {})
         with pytest.raises(MCPError):
             await client.get_prompt("no-such-prompt", {})
-    status = stack.status()
+    status = await stack.current_status()
     metrics = scrape(f"http://127.0.0.1:{port}/metrics")
 
     assert status["prometheus"] == f"http://127.0.0.1:{port}/metrics"
@@ -352,9 +349,9 @@ async def test_prometheus_endpoint_has_the_same_figures(make_stack: StackFactory
 async def test_the_dashboard_renders_the_pool(make_stack: StackFactory) -> None:
     stack, where = up(make_stack)
     async with stack.session() as client:
-        stack.wait_ready(2)
+        await stack.ready(2)
         await client.call_tool("whoami", {})
-    status = stack.status()
+    status = await stack.current_status()
     verdict = health.assess(status)
 
     text = render.render_dashboard(status, verdict, width=140)

@@ -29,7 +29,7 @@ def pool(make_stack: StackFactory, instances: int = 2, cap: int = 1, **env: str)
 
 async def on_every_instance(client: ClientSession, stack: Stack, tool: str, count: int = 2) -> list[dict[str, Any]]:
     """Call a tool once on each instance: with a cap of 1, concurrent calls cannot share one."""
-    stack.wait_ready(count)
+    await stack.ready(count)
     results = await asyncio.gather(*(client.call_tool(tool, {}) for _ in range(count)))
     answers = [result_json(result) for result in results]
     assert len({answer["pid"] for answer in answers}) == count
@@ -39,15 +39,17 @@ async def on_every_instance(client: ClientSession, stack: Stack, tool: str, coun
 async def test_progress_reaches_the_client_under_its_own_token(make_stack: StackFactory) -> None:
     stack = pool(make_stack)
     seen: list[tuple[float, float | None, str | None]] = []
+    all_seen = anyio.Event()
 
     async def on_progress(progress: float, total: float | None, message: str | None) -> None:
         seen.append((progress, total, message))
+        if len(seen) == 4:
+            all_seen.set()
 
     async with stack.session() as client:
         result = await client.call_tool("progress", {"steps": 4, "delay": 0}, progress_callback=on_progress)
         with anyio.fail_after(10):
-            while len(seen) < 4:  # progress callbacks run as tasks and may trail the result
-                await anyio.lowlevel.checkpoint()
+            await all_seen.wait()  # progress callbacks run as tasks and may trail the result
 
     assert result_json(result)["steps"] == 4
     assert sorted(seen) == [(i, 4, f"step {i}/4") for i in range(1, 5)]
@@ -59,15 +61,17 @@ async def test_progress_of_two_sessions_on_one_instance_stays_apart(make_stack: 
 
     async def run_session(steps: int) -> list[float]:
         seen: list[float] = []
+        all_seen = anyio.Event()
 
         async def on_progress(progress: float, total: float | None, message: str | None) -> None:
             seen.append(total or -1)
+            if len(seen) == steps:
+                all_seen.set()
 
         async with stack.session() as client:
             await client.call_tool("progress", {"steps": steps, "delay": 0.01}, progress_callback=on_progress)
             with anyio.fail_after(10):
-                while len(seen) < steps:
-                    await anyio.lowlevel.checkpoint()
+                await all_seen.wait()
         return seen
 
     first, second = await asyncio.gather(run_session(3), run_session(5))
@@ -110,7 +114,7 @@ async def test_a_list_change_announced_by_every_instance_reaches_the_client_once
     changed = "notifications/tools/list_changed"
     async with raw_session(stack) as client:
         await client.initialize()
-        stack.wait_ready(2)
+        await stack.ready(2)
         await announce_on_every_instance(client, "a")
         assert len(client.notifications(changed)) == 1
 
@@ -138,21 +142,23 @@ async def test_set_level_applies_to_every_instance_including_replacements(make_s
 
         backend = psutil.Process(levels[0]["pid"])
         backend.kill()
-        backend.wait(10)
-        stack.wait_ready(2)  # the core learns of the loss, supervisord starts a new shim
+        await asyncio.to_thread(backend.wait, 10)
+        await stack.ready(2)  # the core learns of the loss, supervisord starts a new shim
 
         levels = await on_every_instance(client, stack, "get_log_level")
 
-    assert levels[0]["pid"] != backend.pid or levels[1]["pid"] != backend.pid
+    assert backend.pid not in {answer["pid"] for answer in levels}, "the killed backend's replacement answered"
     assert [answer["level"] for answer in levels] == ["warning", "warning"]
 
 
 async def test_log_messages_are_filtered_by_the_sessions_level(make_stack: StackFactory) -> None:
     stack = pool(make_stack)
     received: list[tuple[str, Any]] = []
+    logged = anyio.Event()
 
     async def on_log(params: types.LoggingMessageNotificationParams) -> None:
         received.append((params.level, params.data))
+        logged.set()
 
     async with stack.session(logging_callback=on_log) as client:
         await client.set_logging_level("warning")
@@ -160,8 +166,7 @@ async def test_log_messages_are_filtered_by_the_sessions_level(make_stack: Stack
         await client.call_tool("log", {"level": "error", "message": "loud enough"})
         await client.call_tool("whoami", {})
         with anyio.fail_after(10):
-            while not received:
-                await anyio.lowlevel.checkpoint()
+            await logged.wait()
 
     assert received == [("error", "loud enough")]
 
@@ -169,11 +174,14 @@ async def test_log_messages_are_filtered_by_the_sessions_level(make_stack: Stack
 async def test_subscriptions_stay_with_their_instance_and_their_session(make_stack: StackFactory) -> None:
     stack = pool(make_stack)
     updates: dict[str, list[str]] = {"subscriber": [], "bystander": []}
+    subscriber_updated = anyio.Event()
 
     def handler(name: str) -> Any:
         async def on_message(message: Any) -> None:
             if isinstance(message, types.ResourceUpdatedNotification):
                 updates[name].append(str(message.params.uri))
+                if name == "subscriber":
+                    subscriber_updated.set()
         return on_message
 
     async with stack.session(message_handler=handler("subscriber")) as subscriber, \
@@ -186,8 +194,7 @@ async def test_subscriptions_stay_with_their_instance_and_their_session(make_sta
         await asyncio.gather(*(bystander.call_tool("touch", {"uri": "lab://item/3"}) for _ in range(2)))
         await subscriber.call_tool("whoami", {})
         with anyio.fail_after(10):
-            while not updates["subscriber"]:
-                await anyio.lowlevel.checkpoint()
+            await subscriber_updated.wait()
         await subscriber.unsubscribe_resource("lab://item/3")
         after = await on_every_instance(subscriber, stack, "get_subscriptions")
 
@@ -199,7 +206,7 @@ async def test_subscriptions_stay_with_their_instance_and_their_session(make_sta
 async def test_pagination_cursors_lead_back_to_the_instance_that_made_them(make_stack: StackFactory) -> None:
     stack = pool(make_stack, instances=3, LAB_PAGE_SIZE="4")
     async with stack.session() as client:
-        stack.wait_ready(3)
+        await stack.ready(3)
         uris: list[str] = []
         cursor: str | None = None
         pages = 0
@@ -237,7 +244,7 @@ async def test_a_cancelled_call_frees_its_instance(make_stack: StackFactory) -> 
         with anyio.move_on_after(1):  # leaving the scope makes the SDK send notifications/cancelled
             await client.call_tool("sleep", {"seconds": 30})
         result = result_json(await client.call_tool("echo", {"text": "next"}))
-        status = stack.status()
+        status = await stack.current_status()
 
     assert result["text"] == "next", "the only instance took a new call: the cancelled one let go of it"
     assert status["instances"][0]["inFlight"] == 0
@@ -264,7 +271,7 @@ async def test_a_server_request_that_could_belong_to_two_sessions_is_refused_not
     async with stack.session(sampling_callback=sampling) as busy, \
             stack.session(sampling_callback=sampling) as asking:
         running = asyncio.ensure_future(busy.call_tool("sleep", {"seconds": 2}))
-        await asyncio.to_thread(stack.wait_running, 1)
+        await stack.running(1)
         with pytest.raises(MCPError) as raised:
             await asking.call_tool("sample", {"prompt": "whose?"})
         await running

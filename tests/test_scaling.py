@@ -16,10 +16,10 @@ async def test_a_backlog_starts_another_instance(make_stack: StackFactory) -> No
         for n in range(3):
             await client.send({"jsonrpc": "2.0", "id": n, "method": "tools/call",
                                "params": {"name": "sleep", "arguments": {"seconds": 3}}})
-        scale = stack.wait_event("scale", before)
-        stack.wait_ready(2)
+        scale = await stack.event("scale", before)
+        await stack.ready(2)
         answers = [await client.response(n) for n in range(3)]
-        status = stack.status()
+        status = await stack.current_status()
 
     assert scale["text"].startswith("start shim:shim_01")
     assert all("result" in answer for answer in answers)

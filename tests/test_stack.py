@@ -77,7 +77,7 @@ async def test_a_stack_started_with_up_stays_up_without_sessions(make_stack: Sta
         await client.send_ping()
     supervisord = stack.processes()[:1]
 
-    _, alive = psutil.wait_procs(supervisord, timeout=3)
+    _, alive = psutil.wait_procs(supervisord, timeout=3)  # a deliberate pause: three idle timeouts pass
 
     assert "supervisorctl -c" in printed
     assert alive == supervisord, "a stack started with --up does not stop when idle"
@@ -88,15 +88,15 @@ CLAUDE_CODE_INITIALIZE = {"protocolVersion": "2025-11-25",
                           "clientInfo": {"name": "claude-code", "version": "2.1.0"}}
 
 
-def backend_pids(stack: Stack) -> set[int]:
-    return {instance["backendPid"] for instance in stack.status()["instances"]}
+async def backend_pids(stack: Stack) -> set[int]:
+    return {instance["backendPid"] for instance in (await stack.current_status())["instances"]}
 
 
 async def test_a_stack_started_with_up_is_ready_before_its_first_client(make_stack: StackFactory) -> None:
     stack = make_stack("--min-instances", "2", "--max-instances", "2")
     stack.router("--up")
-    stack.wait_ready(2)
-    warm = backend_pids(stack)
+    await stack.ready(2)
+    warm = await backend_pids(stack)
     async with raw_session(stack) as client:
         await client.request("init", "initialize", CLAUDE_CODE_INITIALIZE)
         served = {pid_of(await client.request(n, "tools/call", {"name": "whoami", "arguments": {}}))
@@ -109,8 +109,8 @@ async def test_a_first_client_with_other_capabilities_gets_backends_initialized_
         make_stack: StackFactory) -> None:
     stack = make_stack("--min-instances", "2", "--max-instances", "2")
     stack.router("--up")
-    stack.wait_ready(2)
-    warm = backend_pids(stack)
+    await stack.ready(2)
+    warm = await backend_pids(stack)
     async with raw_session(stack) as client:
         await client.initialize()  # declares sampling too
         served = {pid_of(await client.request(n, "tools/call", {"name": "whoami", "arguments": {}}))
