@@ -13,10 +13,6 @@ from tests.rawclient import RawClient, answer, call, pid_of, raw_session
 INSTANCE_FAILED = -32051
 
 
-def instance_serving(stack: Stack, backend_pid: int) -> dict[str, Any]:
-    return next(i for i in stack.status()["instances"] if i["backendPid"] == backend_pid)
-
-
 async def calls_in_flight_on_two_instances(client: RawClient, stack: Stack) -> None:
     """One safe (`block`, readOnlyHint) and one unsafe (`slow_write`) call on each of two instances."""
     await client.initialize()
@@ -161,23 +157,23 @@ async def test_a_dead_door_does_not_hold_up_the_failover_of_other_sessions(make_
         for n in range(2):
             await dead.send(call(f"d{n}", "slow_write", seconds=60))
             await alive.send(call(f"a{n}", "slow_write", seconds=60))
-        stack.wait_running(4)
-        core_pid = stack.status()["corePid"]
+        await stack.running(4)
+        core_pid = (await stack.current_status())["corePid"]
         dead.process.kill()  # no goodbye: the core keeps its session until it finds the door gone
         await dead.process.wait()
-        victim = stack.status()["instances"][0]
+        victim = (await stack.current_status())["instances"][0]
         psutil.Process(victim["backendPid"]).kill()
         failed = [await alive.response(f"a{n}", timeout=20) for n in range(2)]
-        stack.wait_ready(1)
+        await stack.ready(1)
         touched = await alive.request("touch", "tools/call", {"name": "touch", "arguments": {"uri": "lab://moved"}})
         await alive.wait_for(lambda received: any(m.get("method") == "notifications/resources/updated"
                                                   for m in received), timeout=10)
-        replacement = stack.status()["instances"][0]
+        replacement = (await stack.current_status())["instances"][0]
         before = time.time()
         psutil.Process(replacement["pid"]).suspend()  # found only by missed heartbeats: the timers must run
-        lost = stack.wait_event("lost", before, slot=replacement["slot"])
+        lost = await stack.event("lost", before, slot=replacement["slot"])
         psutil.Process(replacement["pid"]).kill()
-        status = stack.status()
+        status = (await stack.current_status())
 
     assert [response["error"]["code"] for response in failed] == [INSTANCE_FAILED, INSTANCE_FAILED]
     assert answer(touched)["sent"] is True, "the new instance holds the subscription"

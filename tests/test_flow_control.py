@@ -16,8 +16,8 @@ async def test_a_client_that_stops_reading_keeps_its_session_and_its_calls(make_
     stack = make_stack("--min-instances", "2", "--max-instances", "2", "--max-concurrent-requests", "3")
     async with raw_session(stack) as client:
         await client.initialize()
-        stack.wait_ready(2)
-        sessions = stack.status()["sessions"]
+        await stack.ready(2)
+        sessions = (await stack.current_status())["sessions"]
         client.pause_reading()
         big = [f"big-{n}" for n in range(4)]
         slow = [f"slow-{n}" for n in range(SLOW_CALLS)]
@@ -29,7 +29,7 @@ async def test_a_client_that_stops_reading_keeps_its_session_and_its_calls(make_
         await asyncio.sleep(CLIENT_BUSY)
         client.resume_reading()
         responses = {request_id: await client.response(request_id, timeout=90) for request_id in big + slow}
-        status = stack.status()
+        status = (await stack.current_status())
 
     assert all(len(client.responses_to(request_id)) == 1 for request_id in big + slow)
     failed = {request_id: response["error"] for request_id, response in responses.items() if "error" in response}
@@ -49,19 +49,19 @@ async def test_a_client_that_stops_reading_more_than_the_door_holds_still_gets_e
     calls = [f"big-{n}" for n in range(200)]  # about 13 MB of results
     async with raw_session(stack) as client:
         await client.initialize()
-        stack.wait_ready(2)
-        answered_before = stack.status()["succeededRequests"]
+        await stack.ready(2)
+        answered_before = (await stack.current_status())["succeededRequests"]
         client.pause_reading()
         for n, request_id in enumerate(calls):
             await client.send(call(request_id, "echo", text=f"{n % 10}" * BIG))
         for _ in range(600):  # until the core has answered them all, to the door's outbox and ZeroMQ's queues
-            status = stack.status()
+            status = (await stack.current_status())
             if status["succeededRequests"] - answered_before >= len(calls):
                 break
             await asyncio.sleep(0.1)
         client.resume_reading()
         responses = {request_id: await client.response(request_id, timeout=60) for request_id in calls}
-        status = stack.status()
+        status = (await stack.current_status())
 
     assert all(len(client.responses_to(request_id)) == 1 for request_id in calls)
     assert [answer(responses[request_id])["text"] for request_id in calls] == [

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from mcp import ClientSession
 
 from tests.conftest import StackFactory, result_json
@@ -18,7 +16,7 @@ async def counts(client: ClientSession, calls: int) -> list[tuple[int, int]]:
 async def test_session_affinity_keeps_each_sessions_state_and_spreads_sessions(make_stack: StackFactory) -> None:
     stack = make_stack("--min-instances", "2", "--max-instances", "2", "--strategy", "session_affinity")
     async with stack.session() as first, stack.session() as second:
-        await asyncio.to_thread(stack.wait_ready, 2)
+        await stack.ready(2)
         seen_first = await counts(first, 4)
         seen_second = await counts(second, 4)
 
@@ -32,7 +30,7 @@ async def test_least_connections_spreads_one_sessions_calls_and_so_its_state(mak
     """Why session_affinity exists: by default a session's calls go wherever there is room."""
     stack = make_stack("--min-instances", "2", "--max-instances", "2")
     async with stack.session() as client:
-        await asyncio.to_thread(stack.wait_ready, 2)
+        await stack.ready(2)
         seen = await counts(client, 4)
 
     assert len({pid for pid, _ in seen}) == 2
