@@ -15,11 +15,12 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import TextIO
 
 from mcp import ClientSession, StdioServerParameters, stdio_client
 
-JsonObject = dict[str, Any]
+from mcpmux.jsonrpc import JsonObject
+
 PROTOCOL_VERSION = "2025-06-18"
 READ_LIMIT = 16 * 1024 * 1024
 

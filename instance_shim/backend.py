@@ -14,11 +14,10 @@ import signal
 import subprocess
 import sys
 from collections.abc import Mapping
-from typing import Any
 
+from mcpmux.jsonrpc import JsonObject
 from mcpmux.lines import TOO_LONG, LineSplitter
 
-JsonObject = dict[str, Any]
 LINE_LIMIT = 64 * 1024 * 1024
 READ_SIZE = 1 << 16
 _PR_SET_PDEATHSIG = 1

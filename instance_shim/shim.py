@@ -16,17 +16,16 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import zmq
 
 from mcpmux import wire
+from mcpmux.jsonrpc import JsonObject
 from mcpmux.shim.backend import Backend
 from mcpmux.signals import die_on_termination
 
 HEARTBEAT_INTERVAL = 1.0
 INIT_ID = "mcpmux-shim-initialize"
-JsonObject = dict[str, Any]
 
 
 class Shim:

@@ -7,6 +7,7 @@ and two different configurations never share one.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -14,6 +15,7 @@ if TYPE_CHECKING:  # the door imports this module and must not pay for pydantic
     from mcpmux.config import Config
 
 IPC_PATH_LIMIT = 107  # sun_path is 108 bytes on Linux, one of them the terminating NUL
+ROUTER_MODULE = "mcpmux.router.cli"  # what `mcpmux-router` runs
 
 
 def stack_id(config: Config, origin: str) -> str:
@@ -98,6 +100,15 @@ class StackPaths(NamedTuple):
     def pool_profile(self) -> Path:
         """The initialize params the pool's backends were started with, kept across core restarts."""
         return self.root / "profile.json"
+
+    def session_command(self) -> list[str]:
+        """A client session on this running stack: the router, attached by directory, with this interpreter.
+
+        For callers outside the router (the monitor's load test): they start it as a client would, and
+        import nothing of it. -E -P: the caller's PYTHONPATH and working directory must not decide what
+        the router imports.
+        """
+        return [sys.executable, "-E", "-P", "-m", ROUTER_MODULE, "--stack-dir", str(self.root)]
 
     def create(self) -> None:
         """Make the directory private; refuse one that someone else could have planted."""

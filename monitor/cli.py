@@ -1,7 +1,7 @@
 """`mcpmux-monitor`: the operator's view of a stack.
 
     mcpmux-monitor status --config mcpmux.json      # the stack a router given this configuration uses
-    mcpmux-monitor health --stack-dir DIR           # the stack in a runtime directory (mcpmux-router --where)
+    mcpmux-monitor health --stack-dir DIR           # the stack in a runtime directory (the router's --where)
     mcpmux-monitor watch                            # the only running stack, when there is one
 
 Every command takes --json for scripts. A stack that is not running is a message and exit code 2.
@@ -17,20 +17,31 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.json import JSON
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
+from mcpmux import resolve
 from mcpmux import stacks as stacks_mod
 from mcpmux.config import ConfigError
 from mcpmux.monitor import health as health_mod
 from mcpmux.monitor import logs as logs_mod
 from mcpmux.monitor import render
-from mcpmux.monitor.control import ControlError, StackNotRunning, core_listening, query, wait_for_core
+from mcpmux.monitor.control import (
+    ControlError,
+    StackNotRunning,
+    core_listening,
+    parse_status,
+    query,
+    wait_for_core,
+)
+from mcpmux.monitor.control import status as query_status
 from mcpmux.stack import StackPaths, runtime_root
+from mcpmux.status import StackStatus, StatusError, events_from_json
+from mcpmux.versions import versions
 
 app = typer.Typer(help="Watch and test a running mcpmux stack.", no_args_is_help=True, add_completion=False)
 
@@ -72,13 +83,8 @@ def find_stack(config: Path | None, stack_dir: Path | None = None, *, running: b
         return named or StackPaths(stack_dir.resolve())
     if config is None and not os.environ.get("MCP_CONFIG_PATH"):
         return _only_stack(running)
-    from mcpmux.router.cli import build_parser, resolve
-    from mcpmux.stack import stack_paths
-
-    argv = ["--config", str(config)] if config else []
     try:
-        resolved, origin = resolve(build_parser().parse_args(argv))
-        return stack_paths(resolved, origin)
+        return resolve.find_stack(config)
     except (ConfigError, ValueError) as exc:
         fail(str(exc))
 
@@ -104,6 +110,15 @@ def ask(paths: StackPaths, name: str, args: dict[str, Any] | None = None) -> dic
         fail(str(exc))
     except ControlError as exc:
         fail(f"the core could not answer {name!r}: {exc}", EXIT_FAILED)
+
+
+def ask_status(paths: StackPaths) -> StackStatus:
+    try:
+        return query_status(paths)
+    except StackNotRunning as exc:
+        fail(str(exc))
+    except ControlError as exc:
+        fail(f"the core could not answer 'status': {exc}", EXIT_FAILED)
 
 
 # --- every stack ----------------------------------------------------------------------------------------
@@ -138,12 +153,11 @@ def _stack_row(entry: stacks_mod.StackEntry) -> dict[str, Any]:
     if not entry.paths.core_listening():
         return row
     try:
-        status_data = query(entry.paths, "status", timeout=2.0)
+        pool = query_status(entry.paths, timeout=2.0)
     except (StackNotRunning, ControlError):
         return row
-    return {**row, "running": True, "sessions": status_data["sessions"],
-            "readyInstances": status_data["readyInstances"], "totalInstances": status_data["totalInstances"],
-            "uptime": status_data["uptime"]}
+    return {**row, "running": True, "sessions": pool.sessions, "readyInstances": pool.ready_instances,
+            "totalInstances": len(pool.instances), "uptime": pool.uptime}
 
 
 @app.command()
@@ -178,14 +192,14 @@ def status(
     config: ConfigOption = None, stack_dir: StackDirOption = None, as_json: JsonOption = False
 ) -> None:
     """The pool at a glance: every instance, the load, the queue, requests and latency."""
-    data = ask(find_stack(config, stack_dir), "status")
+    pool = ask_status(find_stack(config, stack_dir))
     if as_json:
-        emit_json(data)
+        emit_json(pool.to_json())
         return
     console = out()
-    title = f"mcpmux stack {data['stack']} (core pid {data['corePid']}, up {render.duration(data['uptime'])})"
-    console.print(render.instances_table(data, title=title, wide=console.width >= render.WIDE))
-    console.print(render.summary_lines(data))
+    title = f"mcpmux stack {pool.stack} (core pid {pool.core_pid}, up {render.duration(pool.uptime)})"
+    console.print(render.instances_table(pool, title=title, wide=console.width >= render.WIDE))
+    console.print(render.summary_lines(pool))
 
 
 @app.command()
@@ -198,20 +212,20 @@ def health(
 ) -> None:
     """healthy (exit 0), degraded (exit 1) or down (exit 2), with the reasons."""
     paths = find_stack(config, stack_dir)
-    data: dict[str, Any] | None = None
+    pool: StackStatus | None = None
     try:
-        data = query(paths, "status")
+        pool = query_status(paths)
     except StackNotRunning as exc:
         verdict = health_mod.not_running(str(exc))
     except ControlError as exc:
         fail(f"the core could not answer: {exc}", EXIT_FAILED)
     else:
         thresholds = health_mod.Thresholds(min_success_rate=min_success_rate, recent_seconds=window)
-        verdict = health_mod.assess(data, thresholds)
+        verdict = health_mod.assess(pool, thresholds)
     if as_json:
-        figures = ("readyInstances", "totalInstances", "successRate")
-        emit_json({**verdict.as_json(), "stack": paths.root.name,
-                   **({key: data[key] for key in figures} if data else {})})
+        figures = {} if pool is None else {"readyInstances": pool.ready_instances,
+                                           "totalInstances": len(pool.instances), "successRate": pool.success_rate}
+        emit_json({**verdict.as_json(), "stack": paths.root.name, **figures})
     else:
         out().print(render.health_renderable(verdict))
     raise typer.Exit(int(verdict.verdict))
@@ -313,24 +327,26 @@ def diagnostics(
     config: ConfigOption = None, stack_dir: StackDirOption = None, as_json: JsonOption = False
 ) -> None:
     """Everything needed to report a problem: configuration, instances, processes, errors, versions."""
-    from mcpmux.router.control import versions
-
     data = ask(find_stack(config, stack_dir), "diagnostics")
     data["monitorVersions"] = versions()
+    try:
+        pool = parse_status(data["status"])
+        errors = events_from_json(data["errors"])
+    except (ControlError, StatusError, KeyError) as exc:
+        fail(f"the core's diagnostics are not ones this monitor reads: {exc}", EXIT_FAILED)
     if as_json:
         emit_json(data)
         return
     console = out()
-    status_data = data["status"]
     console.rule(f"stack {data['stack']}")
-    console.print(f"directory {data['stackDir']}\ncore pid {status_data['corePid']}, "
-                  f"up {render.duration(status_data['uptime'])}, platform {data['platform']}")
+    console.print(f"directory {data['stackDir']}\ncore pid {pool.core_pid}, "
+                  f"up {render.duration(pool.uptime)}, platform {data['platform']}")
     console.rule("configuration in force")
     console.print(JSON.from_data(data["config"]))
     console.rule("instances")
-    console.print(render.instances_table(status_data, wide=console.width >= render.WIDE))
-    console.print(render.summary_lines(status_data))
-    console.print(render.details_table(status_data))
+    console.print(render.instances_table(pool, wide=console.width >= render.WIDE))
+    console.print(render.summary_lines(pool))
+    console.print(render.details_table(pool))
     console.rule("supervisord")
     if isinstance(data["processes"], str):
         console.print(Text(data["processes"], style="red"))
@@ -345,8 +361,8 @@ def diagnostics(
                 str(process.get("exitstatus", "")))
         console.print(table)
     console.rule("recent errors")
-    if data["errors"]:
-        console.print(render.events_table(data["errors"], limit=20, details=True))
+    if errors:
+        console.print(render.events_table(errors, limit=20, details=True))
     else:
         console.print("none")
     console.rule("versions")
@@ -416,28 +432,28 @@ def watch(
 ) -> None:
     """A live dashboard: instances, load, queue, latency and recent events, refreshed in place."""
     paths = find_stack(config, stack_dir)
-    data = ask(paths, "status")
+    pool = ask_status(paths)
     console = out()
 
-    def frame(status_data: dict[str, Any], verdict: health_mod.Health, error: str | None = None) -> Any:
-        return render.dashboard(status_data, verdict, error=error, wide=console.width >= render.WIDE + render.FRAME)
+    def frame(shown: StackStatus, verdict: health_mod.Health, error: str | None = None) -> RenderableType:
+        return render.dashboard(shown, verdict, error=error, wide=console.width >= render.WIDE + render.FRAME)
 
     if as_json:
-        emit_json({"status": data, "health": health_mod.assess(data).as_json()})
+        emit_json({"status": pool.to_json(), "health": health_mod.assess(pool).as_json()})
         return
     if once:
-        console.print(frame(data, health_mod.assess(data)))
+        console.print(frame(pool, health_mod.assess(pool)))
         return
     try:
-        with Live(frame(data, health_mod.assess(data)), console=console, auto_refresh=False, screen=True) as live:
+        with Live(frame(pool, health_mod.assess(pool)), console=console, auto_refresh=False, screen=True) as live:
             while True:
                 time.sleep(interval)
                 try:
-                    data = query(paths, "status")
-                    live.update(frame(data, health_mod.assess(data)), refresh=True)
+                    pool = query_status(paths)
+                    live.update(frame(pool, health_mod.assess(pool)), refresh=True)
                 except (StackNotRunning, ControlError) as exc:
                     # The core may be restarting (supervisord brings it back): show the last figures, wait.
-                    live.update(frame(data, health_mod.not_running(str(exc)), f"not answering: {exc}"),
+                    live.update(frame(pool, health_mod.not_running(str(exc)), f"not answering: {exc}"),
                                 refresh=True)
     except KeyboardInterrupt:
         pass

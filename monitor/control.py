@@ -9,6 +9,7 @@ import zmq
 
 from mcpmux import wire
 from mcpmux.stack import StackPaths, accepting
+from mcpmux.status import StackStatus, StatusError
 
 CORE_POLL = 0.05
 
@@ -57,3 +58,16 @@ def query(
     if reply.error:
         raise ControlError(reply.error)
     return reply.data
+
+
+def status(paths: StackPaths, timeout: float = 5.0) -> StackStatus:
+    """The core's `status`, typed; a reply that does not follow the contract (a core of another mcpmux
+    version, say) is a ControlError saying which key."""
+    return parse_status(query(paths, "status", timeout=timeout))
+
+
+def parse_status(data: Any) -> StackStatus:
+    try:
+        return StackStatus.from_json(data)
+    except StatusError as exc:
+        raise ControlError(f"the core's status is not one this monitor reads: {exc}") from None

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import collections
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-SERVING_STATES = ("ready", "busy")
+from mcpmux.status import SERVING_STATES, InstanceStatus, SlotState, StackStatus
 
 
 class Verdict(enum.IntEnum):
@@ -42,46 +44,42 @@ def not_running(message: str) -> Health:
     return Health(Verdict.DOWN, [message])
 
 
-def assess(status: dict[str, Any], thresholds: Thresholds | None = None) -> Health:
+def assess(status: StackStatus, thresholds: Thresholds | None = None) -> Health:
     limits = thresholds or Thresholds()
-    instances: list[dict[str, Any]] = status.get("instances", [])
-    serving = [i for i in instances if i.get("state") in SERVING_STATES]
+    instances = status.instances
+    waiting = not status.initialized  # no client yet: starting instances wait for one, by design
     down: list[str] = []
     degraded: list[str] = []
     notes: list[str] = []
 
     if not instances:
         down.append("the pool has no instance")
-    elif not serving:
-        if not status.get("initialized", True) and all(i.get("state") == "starting" for i in instances):
+    elif not status.serving:
+        if waiting and all(i.state is SlotState.STARTING for i in instances):
             notes.append(f"{len(instances)} instance(s) wait for a first client to initialize their backends")
         else:
             down.append(f"no instance can serve requests ({_states(instances)})")
 
     for instance in instances:
-        state = instance.get("state")
-        if state not in SERVING_STATES and not (state == "starting" and not status.get("initialized", True)):
-            degraded.append(f"{instance['slot']} is {state}")
-        failures = instance.get("consecutiveFailures") or 0
-        if failures and state in SERVING_STATES:
-            degraded.append(f"{instance['slot']} failed its last {failures} request(s)")
+        serving = instance.state in SERVING_STATES
+        if not serving and not (instance.state is SlotState.STARTING and waiting):
+            degraded.append(f"{instance.slot} is {instance.state}")
+        if instance.consecutive_failures and serving:
+            degraded.append(f"{instance.slot} failed its last {instance.consecutive_failures} request(s)")
 
-    finished = int(status.get("succeededRequests", 0)) + int(status.get("failedRequests", 0))
-    rate = float(status.get("successRate", 1.0))
+    finished, rate = status.finished_requests, status.success_rate
     if finished >= limits.min_requests and rate < limits.min_success_rate:
         degraded.append(f"success rate {rate:.1%} is below {limits.min_success_rate:.0%} "
-                        f"({status.get('failedRequests', 0)} of {finished} requests failed)")
+                        f"({status.failed_requests} of {finished} requests failed)")
 
-    capacity = int(status.get("queueCapacity", 0))
-    queued = int(status.get("queued", 0))
+    capacity, queued = status.queue_capacity, status.queued
     if capacity and queued >= capacity * limits.queue_fraction:
         degraded.append(f"the queue holds {queued} of at most {capacity} requests")
 
-    now = float(status.get("time", 0.0))
-    for event in status.get("errors", []):
-        age = now - float(event.get("time", 0.0))
+    for event in status.errors:
+        age = status.time - event.time
         if age <= limits.recent_seconds:
-            degraded.append(f"{age:.0f} s ago: {event.get('text', event.get('kind'))}")
+            degraded.append(f"{age:.0f} s ago: {event.text or event.kind}")
 
     if down:
         return Health(Verdict.DOWN, down + degraded, notes)
@@ -90,8 +88,6 @@ def assess(status: dict[str, Any], thresholds: Thresholds | None = None) -> Heal
     return Health(Verdict.HEALTHY, [], notes)
 
 
-def _states(instances: list[dict[str, Any]]) -> str:
-    counts: dict[str, int] = {}
-    for instance in instances:
-        counts[str(instance.get("state"))] = counts.get(str(instance.get("state")), 0) + 1
+def _states(instances: Iterable[InstanceStatus]) -> str:
+    counts = collections.Counter(str(instance.state) for instance in instances)
     return ", ".join(f"{count} {state}" for state, count in sorted(counts.items()))

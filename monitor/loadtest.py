@@ -1,7 +1,7 @@
 """`mcpmux-monitor test N`: N tool calls through a real client session on a running stack.
 
 The session is opened exactly as a client's would be, over stdio, by running the router attached to the
-stack's directory (``mcpmux-router --stack-dir DIR``): every call crosses the door, the core and a shim.
+stack's directory (the router's ``--stack-dir DIR``): every call crosses the door, the core and a shim.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import statistics
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -51,8 +50,8 @@ class LoadTestResult:
 
 def router_params(paths: StackPaths) -> StdioServerParameters:
     """The router, attached to a running stack by its directory, with this interpreter."""
-    args = ["-E", "-P", "-m", "mcpmux.router.cli", "--stack-dir", str(paths.root)]
-    return StdioServerParameters(command=sys.executable, args=args, env=dict(os.environ))
+    command, *args = paths.session_command()
+    return StdioServerParameters(command=command, args=args, env=dict(os.environ))
 
 
 def choose_tool(tools: list[Tool], name: str | None, arguments: dict[str, Any] | None) -> Tool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime
 import io
-from typing import Any
+from collections.abc import Callable, Sequence
 
 from rich import box
 from rich.console import Console, Group, RenderableType
@@ -13,10 +13,13 @@ from rich.table import Table
 from rich.text import Text
 
 from mcpmux.monitor.health import Health, Verdict
+from mcpmux.status import Event, InstanceStatus, SlotState, StackStatus, Usage
 
-STATE_STYLE = {
-    "ready": "green", "busy": "yellow", "starting": "cyan", "draining": "magenta",
-    "unhealthy": "red", "open-circuit": "bold red", "failed": "red", "stopped": "red",
+# Every SlotState has one (tests check it); other names (supervisord's) are shown unstyled.
+STATE_STYLE: dict[str, str] = {
+    SlotState.STARTING: "cyan", SlotState.PROBING: "magenta", SlotState.READY: "green",
+    SlotState.BUSY: "yellow", SlotState.OPEN_CIRCUIT: "bold red", SlotState.FAILED: "red",
+    SlotState.STOPPED: "red",
 }
 WIDE = 120  # columns from which tables show every detail
 FRAME = 10  # what the dashboard's panel takes of the width
@@ -60,16 +63,16 @@ def verdict_text(health: Health) -> Text:
     return Text(health.verdict.word.upper(), style=VERDICT_STYLE[health.verdict])
 
 
-def _both(instance: dict[str, Any], field: str) -> float | None:
+def _both(instance: InstanceStatus, figure: Callable[[Usage], float]) -> float | None:
     """A figure summed over the shim and the backend; None when neither process could be measured."""
-    found = [float(usage[field]) for usage in (instance.get("shim"), instance.get("backend")) if usage]
+    found = [figure(usage) for usage in (instance.shim, instance.backend) if usage is not None]
     return sum(found) if found else None
 
 
-def instances_table(status: dict[str, Any], *, title: str | None = None, wide: bool = True) -> Table:
+def instances_table(status: StackStatus, *, title: str | None = None, wide: bool = True) -> Table:
     """One row per instance; `wide` adds the pids, failure streaks and per-instance latency."""
-    rows = status["instances"]
-    latency = wide and any(instance.get("latencyMs") for instance in rows)
+    rows = status.instances
+    latency = wide and any(instance.latency for instance in rows)
     columns: list[tuple[str, bool]] = [  # (header, shown)
         ("slot", True), ("state", True), ("running", True), ("served", True), ("failed", True),
         ("in a row", wide), ("restarts", True), ("uptime", True), ("p50", latency), ("p95", latency),
@@ -81,40 +84,40 @@ def instances_table(status: dict[str, Any], *, title: str | None = None, wide: b
         if shown:
             table.add_column(header, justify="left" if header in ("slot", "state") else "right", no_wrap=True)
     for instance in rows:
-        times = instance.get("latencyMs") or {}
-        rss, cpu = _both(instance, "rssBytes"), _both(instance, "cpuPercent")
+        times = instance.latency
+        rss, cpu = _both(instance, lambda u: u.rss_bytes), _both(instance, lambda u: u.cpu_percent)
         cells: list[str | Text] = [
-            short_slot(instance["slot"]), state_text(instance["state"]), str(instance["inFlight"]),
-            str(instance["served"]), str(instance["failed"]), str(instance.get("consecutiveFailures", 0)),
-            str(instance.get("restarts", 0)), duration(instance.get("uptime")),
-            millis(times.get("p50")), millis(times.get("p95")),
-            str(instance.get("pid") or "-"), str(instance.get("backendPid") or "-"), size(rss),
+            short_slot(instance.slot), state_text(instance.state), str(instance.in_flight),
+            str(instance.served), str(instance.failed), str(instance.consecutive_failures),
+            str(instance.restarts), duration(instance.uptime),
+            millis(times.p50 if times else None), millis(times.p95 if times else None),
+            str(instance.pid or "-"), str(instance.backend_pid or "-"), size(rss),
             "-" if cpu is None else f"{cpu:.0f}%",
         ]
         table.add_row(*(cell for cell, (_, shown) in zip(cells, columns, strict=True) if shown))
     return table
 
 
-def details_table(status: dict[str, Any]) -> Table:
+def details_table(status: StackStatus) -> Table:
     """Each instance's processes in detail: what diagnostics adds to the status table."""
     table = Table(box=box.SIMPLE, expand=False)
     for header in ("slot", "shim pid", "shim RSS", "shim CPU", "backend pid", "procs", "backend RSS",
                    "backend CPU", "heartbeat", "alert / last event"):
         table.add_column(header, justify="left" if header in ("slot", "alert / last event") else "right")
-    for instance in status["instances"]:
-        shim, backend = instance.get("shim") or {}, instance.get("backend") or {}
-        beat = instance.get("sinceHeartbeat")
+    for instance in status.instances:
+        shim, backend = instance.shim, instance.backend
+        beat = instance.since_heartbeat
         table.add_row(
-            short_slot(instance["slot"]), str(instance.get("pid") or "-"), size(shim.get("rssBytes")),
-            _cpu_seconds(shim), str(instance.get("backendPid") or "-"), str(backend.get("processes", "-")),
-            size(backend.get("rssBytes")), _cpu_seconds(backend), "-" if beat is None else f"{beat:.1f}s ago",
-            str(instance.get("alert") or instance.get("lastEvent") or ""),
+            short_slot(instance.slot), str(instance.pid or "-"), size(shim.rss_bytes if shim else None),
+            _cpu_seconds(shim), str(instance.backend_pid or "-"), str(backend.processes if backend else "-"),
+            size(backend.rss_bytes if backend else None), _cpu_seconds(backend),
+            "-" if beat is None else f"{beat:.1f}s ago", instance.alert or instance.last_event or "",
         )
     return table
 
 
-def _cpu_seconds(usage: dict[str, Any]) -> str:
-    return "-" if "cpuSeconds" not in usage else f"{usage['cpuSeconds']:.2f}s"
+def _cpu_seconds(usage: Usage | None) -> str:
+    return "-" if usage is None else f"{usage.cpu_seconds:.2f}s"
 
 
 def short_slot(slot: str) -> str:
@@ -122,37 +125,34 @@ def short_slot(slot: str) -> str:
     return slot.partition(":")[2] or slot
 
 
-def summary_lines(status: dict[str, Any]) -> Text:
-    latency = status.get("latencyMs") or {}
+def summary_lines(status: StackStatus) -> Text:
+    latency = status.latency
     text = Text()
-    text.append(f"instances {status['readyInstances']} ready, {status['busyInstances']} busy, "
-                f"{status.get('startingInstances', 0)} starting, {status['errorInstances']} in error "
-                f"(of {status['totalInstances']}; min {status.get('minInstances', '?')}, "
-                f"max {status.get('maxInstances', '?')})\n")
-    text.append(f"sessions {status.get('sessions', 0)}  load {status.get('load', 0.0):.2f}  "
-                f"queue {status.get('queued', 0)}/{status.get('queueCapacity', '?')}  "
-                f"running {status.get('running', 0)}\n")
-    text.append(f"requests {status['totalRequests']}  failed {status['failedRequests']}  "
-                f"timed out {status.get('timedOutRequests', 0)}  retried {status.get('retriedRequests', 0)}  "
-                f"success {status['successRate']:.1%}\n")
-    text.append(f"latency p50 {millis(latency.get('p50'))}  p95 {millis(latency.get('p95'))}  "
-                f"p99 {millis(latency.get('p99'))}")
-    if status.get("prometheus"):
-        text.append(f"\nPrometheus metrics at {status['prometheus']}")
+    text.append(f"instances {status.ready_instances} ready, {status.busy_instances} busy, "
+                f"{status.starting_instances} starting, {status.error_instances} in error "
+                f"(of {len(status.instances)}; min {status.min_instances}, max {status.max_instances})\n")
+    text.append(f"sessions {status.sessions}  load {status.load:.2f}  "
+                f"queue {status.queued}/{status.queue_capacity}  running {status.running}\n")
+    text.append(f"requests {status.total_requests}  failed {status.failed_requests}  "
+                f"timed out {status.timed_out_requests}  retried {status.retried_requests}  "
+                f"success {status.success_rate:.1%}\n")
+    text.append(f"latency p50 {millis(latency.p50)}  p95 {millis(latency.p95)}  p99 {millis(latency.p99)}")
+    if status.prometheus:
+        text.append(f"\nPrometheus metrics at {status.prometheus}")
     return text
 
 
-def events_table(events: list[dict[str, Any]], *, title: str | None = None, limit: int = 10,
+def events_table(events: Sequence[Event], *, title: str | None = None, limit: int = 10,
                  details: bool = False) -> Table:
     table = Table(title=title, box=box.SIMPLE, expand=False)
     table.add_column("time")
     table.add_column("kind")
     table.add_column("event", overflow="fold")
     for event in events[-limit:]:
-        text = str(event.get("text", ""))
-        if details and event.get("stderr"):
-            text += "\n" + str(event["stderr"])
-        table.add_row(clock(float(event.get("time", 0))), str(event.get("kind", "")), text)
+        text = event.text
+        if details and event.stderr:
+            text += "\n" + event.stderr
+        table.add_row(clock(event.time), str(event.kind), text)
     return table
 
 
@@ -167,12 +167,12 @@ def health_renderable(health: Health) -> RenderableType:
 
 
 def dashboard(
-    status: dict[str, Any] | None, health: Health, *, error: str | None = None, wide: bool = True
+    status: StackStatus | None, health: Health, *, error: str | None = None, wide: bool = True
 ) -> RenderableType:
     """Everything `watch` shows, as one renderable."""
     if status is None:
         return Panel(Text(error or "no answer from the stack", style="bold red"), title="mcpmux", expand=True)
-    header = Text(f"stack {status['stack']}  core pid {status['corePid']}  up {duration(status['uptime'])}  ")
+    header = Text(f"stack {status.stack}  core pid {status.core_pid}  up {duration(status.uptime)}  ")
     header.append_text(verdict_text(health))
     if error:
         header.append(f"  ({error})", style="red")
@@ -182,11 +182,10 @@ def dashboard(
     ]
     if health.reasons:
         parts.append(Text("\n".join(f"- {reason}" for reason in health.reasons), style="yellow"))
-    scaling = status.get("scaling") or []
-    if scaling:
-        last = scaling[-1]
-        parts.append(Text(f"last scaling decision ({clock(float(last['time']))}): {last['text']}"))
-    parts.append(events_table(status.get("events") or [], title="recent events", limit=10))
+    if status.scaling:
+        last = status.scaling[-1]
+        parts.append(Text(f"last scaling decision ({clock(last.time)}): {last.text}"))
+    parts.append(events_table(status.events, title="recent events", limit=10))
     return Panel(Group(*parts), title=header, title_align="left", expand=True)
 
 
@@ -198,6 +197,6 @@ def to_text(renderable: RenderableType, width: int = 140) -> str:
     return buffer.getvalue()
 
 
-def render_dashboard(status: dict[str, Any] | None, health: Health, width: int = 140) -> str:
+def render_dashboard(status: StackStatus | None, health: Health, width: int = 140) -> str:
     """The dashboard, rendered once to a string."""
     return to_text(dashboard(status, health, wide=width >= WIDE + FRAME), width)

@@ -18,14 +18,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from mcpmux import __version__
-from mcpmux.config import (
-    Config,
-    ConfigError,
-    LoadBalancingConfig,
-    MultiplexerConfig,
-    load_config,
-    parse_config,
-)
+from mcpmux.config import Config, ConfigError, LoadBalancingConfig, MultiplexerConfig, load_config
+from mcpmux.resolve import resolve as resolve_config
 from mcpmux.stack import StackPaths, stack_paths
 
 SECTIONS: dict[str, type[BaseModel]] = {"multiplexer": MultiplexerConfig, "loadBalancing": LoadBalancingConfig}
@@ -62,25 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve(args: argparse.Namespace) -> tuple[Config, str]:
-    """The configuration in force and the origin that, with it, names the stack."""
-    overrides = _overrides(args)
+    """The configuration in force and the origin that, with it, names the stack (see `mcpmux.resolve`)."""
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    if command:
-        server: dict[str, Any] = {"command": command[0], "args": command[1:], "env": _env(args.env)}
-        server["cwd"] = args.cwd or os.getcwd()
-        data: dict[str, Any] = {"server": server, **overrides}
-        return parse_config(data, "command line"), "command line"
-    path = args.config or (Path(os.environ["MCP_CONFIG_PATH"]) if os.environ.get("MCP_CONFIG_PATH") else None)
-    if path is None:
-        raise ConfigError("no server to run: give --config PATH, set MCP_CONFIG_PATH, or put the command after --")
-    path = path.resolve()
-    config = load_config(path)
-    data = config.model_dump(by_alias=True)
-    for section, values in overrides.items():
-        data[section].update(values)
-    data["server"]["env"].update(_env(args.env))
-    data["server"]["cwd"] = args.cwd or data["server"]["cwd"] or str(path.parent)
-    return parse_config(data, str(path)), str(path)
+    return resolve_config(config=args.config, command=command, env=args.env, cwd=args.cwd,
+                          overrides=_overrides(args))
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -90,16 +69,6 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             section, key = dest.split(".", 1)
             overrides.setdefault(section, {})[key] = value
     return overrides
-
-
-def _env(pairs: list[str]) -> dict[str, str]:
-    env = {}
-    for pair in pairs:
-        key, separator, value = pair.partition("=")
-        if not separator or not key:
-            raise ConfigError(f"--env {pair!r}: expected KEY=VALUE")
-        env[key] = value
-    return env
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mcpmux.router.metrics import Metrics
+from mcpmux.status import EventKind
 from mcpmux.supervisor import Supervisor
 
 log = logging.getLogger("mcpmux.healing")
@@ -57,7 +58,7 @@ class Healer:
     async def restart(self, slot: str, reason: str) -> None:
         record = self.slots[slot]
         record.probe = True
-        self._metrics.event("restart", f"restarting {slot}: {reason}", slot=slot)
+        self._metrics.event(EventKind.RESTART, f"restarting {slot}: {reason}", slot=slot)
         await self._cycle(slot)
 
     async def reinitialize(self, slot: str, reason: str) -> None:
@@ -66,7 +67,7 @@ class Healer:
         record.probe = False
         record.starts.clear()
         record.planned = True
-        self._metrics.event("reinit", f"re-initializing {slot}: {reason}", slot=slot)
+        self._metrics.event(EventKind.REINIT, f"re-initializing {slot}: {reason}", slot=slot)
         await self._cycle(slot)
 
     async def _cycle(self, slot: str) -> None:
@@ -83,7 +84,7 @@ class Healer:
             record.resume_at = None
             record.gave_up = True
             log.error("%s", record.alert)
-            self._metrics.event("alert", record.alert, slot=slot)
+            self._metrics.event(EventKind.ALERT, record.alert, slot=slot)
             return
         delay = BASE_DELAY * 2**record.backoffs
         record.backoffs += 1
@@ -91,14 +92,14 @@ class Healer:
         record.probe = True
         record.alert = f"{slot} flapping ({reason}); next start in {delay:.0f} s"
         log.warning("%s", record.alert)
-        self._metrics.event("backoff", record.alert, slot=slot)
+        self._metrics.event(EventKind.BACKOFF, record.alert, slot=slot)
 
     async def tick(self) -> None:
         now = time.monotonic()
         for slot, record in self.slots.items():
             if record.resume_at is not None and now >= record.resume_at:
                 record.resume_at = None
-                self._metrics.event("restart", f"starting {slot} again after backing off", slot=slot)
+                self._metrics.event(EventKind.RESTART, f"starting {slot} again after backing off", slot=slot)
                 await self._call(self._supervisor.start, slot)
 
     def held(self, slot: str) -> bool:

@@ -9,13 +9,22 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from mcpmux.status import SlotState
+
 
 class InstanceState(enum.StrEnum):
-    STARTING = "starting"  # shim connected, backend not initialized yet
-    PROBING = "probing"  # half-open: restarted after failures, must answer a ping before taking traffic
-    READY = "ready"
-    OPEN = "open-circuit"  # failed too often: takes nothing new, being restarted
-    FAILED = "failed"  # backend gone; the slot will be restarted by supervisord
+    """The states the core moves a connected instance through: a subset of the `SlotState`s it is shown in,
+    spelled by them (busy is ready at the cap, stopped a slot with no shim: the status derives both)."""
+
+    STARTING = SlotState.STARTING.value  # shim connected, backend not initialized yet
+    PROBING = SlotState.PROBING.value  # half-open: restarted after failures, must answer a ping first
+    READY = SlotState.READY.value
+    OPEN = SlotState.OPEN_CIRCUIT.value  # failed too often: takes nothing new, being restarted
+    FAILED = SlotState.FAILED.value  # backend gone; the slot will be restarted by supervisord
+
+    @property
+    def shown(self) -> SlotState:
+        return SlotState(self.value)
 
 
 @dataclass(eq=False)

@@ -9,11 +9,8 @@ The first client's params are kept in the runtime directory, so restarts and a r
 
 from __future__ import annotations
 
-from typing import Any
-
 from mcpmux import __version__
-
-JsonObject = dict[str, Any]
+from mcpmux.jsonrpc import JsonObject
 
 WARM = {
     "protocolVersion": "2025-11-25",

@@ -18,13 +18,13 @@ import logging
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from mcpmux.router.control import STATES
+from mcpmux.status import EventKind, Latency, SlotState, StackStatus
 
 if TYPE_CHECKING:
     from mcpmux.router.core import Core
@@ -80,48 +80,53 @@ class CoreCollector:
         metrics = self._core.metrics
         self.histogram.fold(metrics.requests_succeeded + metrics.requests_failed, list(metrics.latencies))
 
-    async def _snapshot(self) -> dict[str, Any]:
+    async def _snapshot(self) -> Scrape:
         self.fold()
         histogram = self.histogram
-        return {
-            "status": self._core.control.status(),
-            "buckets": histogram.buckets(),
-            "sum": histogram.total,
-            "unobserved": histogram.unobserved,
-        }
+        return Scrape(self._core.control.status(), histogram.buckets(), histogram.total, histogram.unobserved)
 
     def collect(self) -> Iterator[Metric]:
         future = asyncio.run_coroutine_threadsafe(self._snapshot(), self._loop)
-        snapshot = future.result(SCRAPE_TIMEOUT)
-        yield from _families(snapshot["status"], snapshot["buckets"], snapshot["sum"], snapshot["unobserved"])
+        scrape = future.result(SCRAPE_TIMEOUT)
+        yield from _families(scrape.status, scrape.buckets, scrape.total, scrape.unobserved)
 
 
-def _families(status: dict[str, Any], buckets: list[tuple[str, float]], total: float,
+@dataclass(frozen=True)
+class Scrape:
+    """What one scrape reads, taken at once on the event loop."""
+
+    status: StackStatus
+    buckets: list[tuple[str, float]]
+    total: float
+    unobserved: int
+
+
+def _families(status: StackStatus, buckets: list[tuple[str, float]], total: float,
               unobserved: int) -> Iterator[Metric]:
-    instances = [i for i in status["instances"] if i.get("pid")]
+    instances = [i for i in status.instances if i.connected]
 
     requests = CounterMetricFamily(
         "mcpmux_requests", "Requests each instance answered (served; errors included) and requests that "
         "failed on it (a server error, or lost with it); counts restart with the instance's process",
         labels=["instance", "outcome"])
     for instance in instances:
-        requests.add_metric([instance["slot"], "served"], instance["served"])
-        requests.add_metric([instance["slot"], "failed"], instance["failed"])
+        requests.add_metric([instance.slot, "served"], instance.served)
+        requests.add_metric([instance.slot, "failed"], instance.failed)
     yield requests
 
     received = CounterMetricFamily("mcpmux_pool_requests_received", "Requests received from client sessions")
-    received.add_metric([], status["totalRequests"])
+    received.add_metric([], status.total_requests)
     yield received
     outcomes = CounterMetricFamily("mcpmux_pool_requests", "Requests finished by the pool, by outcome "
                                    "(error: a JSON-RPC error response)", labels=["outcome"])
-    outcomes.add_metric(["success"], status["succeededRequests"])
-    outcomes.add_metric(["error"], status["failedRequests"])
+    outcomes.add_metric(["success"], status.succeeded_requests)
+    outcomes.add_metric(["error"], status.failed_requests)
     yield outcomes
     timed_out = CounterMetricFamily("mcpmux_requests_timed_out", "Requests mcpmux answered with a timeout")
-    timed_out.add_metric([], status["timedOutRequests"])
+    timed_out.add_metric([], status.timed_out_requests)
     yield timed_out
     retried = CounterMetricFamily("mcpmux_requests_retried", "Requests retried after their instance failed")
-    retried.add_metric([], status["retriedRequests"])
+    retried.add_metric([], status.retried_requests)
     yield retried
 
     yield HistogramMetricFamily("mcpmux_request_duration_seconds", "From a request's arrival to its answer",
@@ -131,15 +136,16 @@ def _families(status: dict[str, Any], buckets: list[tuple[str, float]], total: f
     dropped.add_metric([], unobserved)
     yield dropped
 
-    yield _gauge("mcpmux_queue_depth", "Requests waiting for an instance", status.get("queued", 0))
-    yield _gauge("mcpmux_queue_capacity", "Requests the queue holds at most", status.get("queueCapacity", 0))
-    yield _gauge("mcpmux_load", "In-flight and queued requests over capacity", status.get("load", 0))
-    yield _gauge("mcpmux_sessions", "Client sessions connected", status.get("sessions", 0))
-    yield _gauge("mcpmux_wanted_instances", "Instances the scaler wants running", len(status["wantedSlots"]))
+    yield _gauge("mcpmux_queue_depth", "Requests waiting for an instance", status.queued)
+    yield _gauge("mcpmux_queue_capacity", "Requests the queue holds at most", status.queue_capacity)
+    yield _gauge("mcpmux_load", "In-flight and queued requests over capacity", status.load)
+    yield _gauge("mcpmux_sessions", "Client sessions connected", status.sessions)
+    yield _gauge("mcpmux_wanted_instances", "Instances the scaler wants running", len(status.wanted_slots))
 
     by_state = GaugeMetricFamily("mcpmux_instances", "Instances by state", labels=["state"])
-    for state in STATES:
-        by_state.add_metric([state], status["instancesByState"].get(state, 0))
+    counts = status.instances_by_state
+    for state in SlotState:
+        by_state.add_metric([state.value], counts[state])
     yield by_state
 
     in_flight = GaugeMetricFamily("mcpmux_instance_in_flight", "Requests running on each instance",
@@ -157,18 +163,17 @@ def _families(status: dict[str, Any], buckets: list[tuple[str, float]], total: f
     latency = GaugeMetricFamily("mcpmux_instance_latency_seconds", "Recent request latency of each instance",
                                 labels=["instance", "quantile"])
     for instance in instances:
-        slot = instance["slot"]
-        in_flight.add_metric([slot], instance["inFlight"])
-        failures.add_metric([slot], instance.get("consecutiveFailures", 0))
-        restarts.add_metric([slot], instance.get("restarts", 0))
-        uptime.add_metric([slot], instance.get("uptime") or 0.0)
-        for process in ("shim", "backend"):
-            usage = instance.get(process)
-            if usage:
-                rss.add_metric([slot, process], usage["rssBytes"])
-                cpu.add_metric([slot, process], usage["cpuSeconds"])
-        for name, quantile in (("p50", "0.5"), ("p95", "0.95"), ("p99", "0.99")):
-            value = (instance.get("latencyMs") or {}).get(name)
+        slot = instance.slot
+        in_flight.add_metric([slot], instance.in_flight)
+        failures.add_metric([slot], instance.consecutive_failures)
+        restarts.add_metric([slot], instance.restarts)
+        uptime.add_metric([slot], instance.uptime or 0.0)
+        for process, usage in (("shim", instance.shim), ("backend", instance.backend)):
+            if usage is not None:
+                rss.add_metric([slot, process], usage.rss_bytes)
+                cpu.add_metric([slot, process], usage.cpu_seconds)
+        times = instance.latency or Latency()
+        for value, quantile in ((times.p50, "0.5"), (times.p95, "0.95"), (times.p99, "0.99")):
             if value is not None:
                 latency.add_metric([slot, quantile], value / 1000)
     yield from (in_flight, failures, restarts, uptime, rss, cpu, latency)
@@ -204,7 +209,7 @@ def start(core: Core, port: int) -> Exporter | None:
         server, thread = start_http_server(port, addr=HOST, registry=registry)
     except OSError as exc:
         log.error("cannot serve Prometheus metrics on %s:%d: %s", HOST, port, exc)
-        core.metrics.event("error", f"Prometheus endpoint {HOST}:{port} not served: {exc}")
+        core.metrics.event(EventKind.ERROR, f"Prometheus endpoint {HOST}:{port} not served: {exc}")
         return None
     exporter = Exporter(server, thread, collector)
     log.info("Prometheus metrics at %s", exporter.endpoint)

@@ -13,6 +13,7 @@ import xmlrpc.client
 from mcpmux.config import Config
 from mcpmux.router.metrics import Metrics
 from mcpmux.router.switchboard import Switchboard
+from mcpmux.status import EventKind
 from mcpmux.supervisor import SHIM_GROUP, Supervisor, shim_slot
 
 log = logging.getLogger("mcpmux.scaling")
@@ -78,7 +79,7 @@ class Scaler:
 
     async def _start(self, slot: str, reason: str) -> None:
         self.wanted[slot] = time.monotonic()
-        self._metrics.event("scale", f"start {slot}: {reason}", slot=slot)
+        self._metrics.event(EventKind.SCALE, f"start {slot}: {reason}", slot=slot)
         try:
             await self._supervisor.start(slot)
         except (OSError, xmlrpc.client.Fault) as exc:
@@ -89,7 +90,8 @@ class Scaler:
             instance = self._board.pool.get(slot)
             if instance is not None and instance.in_flight == 0:
                 del self.wanted[slot]
-                self._metrics.event("scale", f"stop {slot}: load {load:.2f} <= {self._settings.scale_down_threshold}")
+                threshold = self._settings.scale_down_threshold
+                self._metrics.event(EventKind.SCALE, f"stop {slot}: load {load:.2f} <= {threshold}")
                 # The same path as any loss: its subscriptions move to another instance.
                 self._board.instance_lost(instance, "scaled down")
                 try:

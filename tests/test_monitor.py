@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 
 from mcpmux.monitor import health, render
 from mcpmux.monitor.cli import app
+from mcpmux.status import StackStatus
 from tests.conftest import LAB_SERVER, ROUTER, Stack, StackFactory, result_json
 
 MONITOR = [str(Path(sys.executable).parent / "mcpmux-monitor")]
@@ -199,27 +200,6 @@ async def test_health_follows_an_instance_killed_and_the_stack_stopped(make_stac
     assert json.loads(down.stdout)["verdict"] == "down"
 
 
-def test_health_verdicts_from_the_figures() -> None:
-    def status(*states: str, **figures: Any) -> dict[str, Any]:
-        instances = [{"slot": f"shim:shim_{n:02d}", "state": state} for n, state in enumerate(states)]
-        return {"instances": instances, "initialized": True, "time": 1000.0, "succeededRequests": 100,
-                "failedRequests": 0, "successRate": 1.0, "queued": 0, "queueCapacity": 10, "errors": [],
-                **figures}
-
-    assert health.assess(status("ready", "busy")).verdict is health.Verdict.HEALTHY
-    assert health.assess(status("ready", "starting")).reasons == ["shim:shim_01 is starting"]
-    assert health.assess(status("ready", "open-circuit")).verdict is health.Verdict.DEGRADED
-    assert health.assess(status("stopped", "open-circuit")).verdict is health.Verdict.DOWN
-    assert health.assess(status()).verdict is health.Verdict.DOWN
-    waiting = health.assess(status("starting", "starting", initialized=False))
-    assert waiting.verdict is health.Verdict.HEALTHY and waiting.notes
-    poor = health.assess(status("ready", succeededRequests=80, failedRequests=20, successRate=0.8))
-    assert poor.verdict is health.Verdict.DEGRADED and "success rate 80.0%" in poor.reasons[0]
-    assert health.assess(status("ready", queued=5)).reasons == ["the queue holds 5 of at most 10 requests"]
-    old = {"time": 1000.0 - 301, "kind": "lost", "text": "shim:shim_00 lost: crash"}
-    assert health.assess(status("ready", errors=[old])).verdict is health.Verdict.HEALTHY
-
-
 # --- load test -----------------------------------------------------------------------------------------
 
 
@@ -351,12 +331,12 @@ async def test_the_dashboard_renders_the_pool(make_stack: StackFactory) -> None:
     async with stack.session() as client:
         await stack.ready(2)
         await client.call_tool("whoami", {})
-    status = await stack.current_status()
+    status = StackStatus.from_json(await stack.current_status())
     verdict = health.assess(status)
 
     text = render.render_dashboard(status, verdict, width=140)
 
-    assert f"stack {status['stack']}" in text and "HEALTHY" in text
+    assert f"stack {status.stack}" in text and "HEALTHY" in text
     assert "shim_00" in text and "shim_01" in text
     assert text.count(" ready ") >= 2
     assert "recent events" in text and "shim:shim_00 connected (shim pid" in text
@@ -367,7 +347,7 @@ async def test_the_dashboard_renders_the_pool(make_stack: StackFactory) -> None:
     assert "shim_00" in narrow
     assert "no answer" in render.render_dashboard(None, health.not_running("no answer"))
     once = monitor("watch", "--once", "--stack-dir", where)
-    assert once.exit_code == 0 and status["stack"] in once.stdout
+    assert once.exit_code == 0 and status.stack in once.stdout
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,66 @@
+"""Which configuration is in force, and so which stack: the router's rule, shared with the monitor.
+
+`--config FILE` (else ``$MCP_CONFIG_PATH``) names a file, or a command line names the server outright; flags
+override the file's keys. The origin (the file's resolved path, or "command line") names the stack along
+with the configuration, so the monitor given the same `--config` finds the stack the router serves.
+The door never imports this module (it is handed its stack directory): pydantic stays out of it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from mcpmux.config import Config, ConfigError, load_config, parse_config
+from mcpmux.stack import StackPaths, stack_paths
+
+COMMAND_LINE = "command line"
+
+
+def resolve(
+    *,
+    config: Path | None = None,
+    command: Sequence[str] = (),
+    env: Sequence[str] = (),
+    cwd: str | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> tuple[Config, str]:
+    """The configuration in force and the origin that, with it, names the stack.
+
+    `command` (the server and its arguments) wins over a file; `env` holds KEY=VALUE pairs added to the
+    server's environment; `overrides` maps a section ("multiplexer", "loadBalancing") to camelCase keys.
+    """
+    sections = overrides or {}
+    if command:
+        server: dict[str, Any] = {"command": command[0], "args": list(command[1:]), "env": parse_env(env),
+                                  "cwd": cwd or os.getcwd()}
+        data: dict[str, Any] = {"server": server, **{section: dict(keys) for section, keys in sections.items()}}
+        return parse_config(data, COMMAND_LINE), COMMAND_LINE
+    path = config or (Path(os.environ["MCP_CONFIG_PATH"]) if os.environ.get("MCP_CONFIG_PATH") else None)
+    if path is None:
+        raise ConfigError("no server to run: give --config PATH, set MCP_CONFIG_PATH, or put the command after --")
+    path = path.resolve()
+    data = load_config(path).model_dump(by_alias=True)
+    for section, values in sections.items():
+        data[section].update(values)
+    data["server"]["env"].update(parse_env(env))
+    data["server"]["cwd"] = cwd or data["server"]["cwd"] or str(path.parent)
+    return parse_config(data, str(path)), str(path)
+
+
+def find_stack(config: Path | None = None) -> StackPaths:
+    """The stack a router given only `--config FILE` (or ``$MCP_CONFIG_PATH``) serves."""
+    resolved, origin = resolve(config=config)
+    return stack_paths(resolved, origin)
+
+
+def parse_env(pairs: Sequence[str]) -> dict[str, str]:
+    env = {}
+    for pair in pairs:
+        key, separator, value = pair.partition("=")
+        if not separator or not key:
+            raise ConfigError(f"--env {pair!r}: expected KEY=VALUE")
+        env[key] = value
+    return env
