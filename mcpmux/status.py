@@ -158,6 +158,7 @@ class InstanceStatus:
     backend: Usage | None = None
     supervisord: str | None = None  # not connected only: supervisord's state name for the slot
     last_event: str | None = None  # not connected only
+    sessions: tuple[str, ...] = ()  # the sessions pinned to it (session_affinity)
 
     @property
     def connected(self) -> bool:
@@ -174,6 +175,7 @@ class InstanceStatus:
             "backoffs": self.backoffs, "alert": self.alert, "uptime": self.uptime,
             "sinceHeartbeat": self.since_heartbeat, "latencyMs": _json_or_none(self.latency),
             "shim": _json_or_none(self.shim), "backend": _json_or_none(self.backend),
+            "sessions": list(self.sessions),
         })
         if not self.connected:
             data["lastEvent"] = self.last_event
@@ -194,6 +196,7 @@ class InstanceStatus:
             shim=None if shim is None else Usage.from_json(shim),
             backend=None if backend is None else Usage.from_json(backend),
             supervisord=_opt_str(data, "supervisord"), last_event=_opt_str(data, "lastEvent"),
+            sessions=tuple(_text(item, "sessions") for item in data.get("sessions", [])),
         )
 
 
@@ -230,6 +233,7 @@ class StackStatus:
     errors: tuple[Event, ...] = ()  # the latest failures
     events: tuple[Event, ...] = ()  # the latest events of any kind
     prometheus: str | None = None  # the exporter's URL when it serves
+    strategy: str = "least_connections"  # loadBalancing.strategy
 
     @property
     def instances_by_state(self) -> dict[SlotState, int]:
@@ -309,6 +313,7 @@ class StackStatus:
             "running": self.running,
             "subscriptions": self.subscriptions,
             "logLevel": self.log_level,
+            "strategy": self.strategy,
         }
 
     @classmethod
@@ -331,6 +336,7 @@ class StackStatus:
             subscriptions=_int(data, "subscriptions"), log_level=_opt_str(data, "logLevel"),
             scaling=events_from_json(_list(data, "scaling")), errors=events_from_json(_list(data, "errors")),
             events=events_from_json(_list(data, "events")), prometheus=_opt_str(data, "prometheus"),
+            strategy=str(data.get("strategy", "least_connections")),
         )
 
 

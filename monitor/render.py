@@ -131,12 +131,16 @@ def summary_lines(status: StackStatus) -> Text:
     text.append(f"instances {status.ready_instances} ready, {status.busy_instances} busy, "
                 f"{status.starting_instances} starting, {status.error_instances} in error "
                 f"(of {len(status.instances)}; min {status.min_instances}, max {status.max_instances})\n")
-    text.append(f"sessions {status.sessions}  load {status.load:.2f}  "
+    text.append(f"strategy {status.strategy}  sessions {status.sessions}  load {status.load:.2f}  "
                 f"queue {status.queued}/{status.queue_capacity}  running {status.running}\n")
     text.append(f"requests {status.total_requests}  failed {status.failed_requests}  "
                 f"timed out {status.timed_out_requests}  retried {status.retried_requests}  "
                 f"success {status.success_rate:.1%}\n")
     text.append(f"latency p50 {millis(latency.p50)}  p95 {millis(latency.p95)}  p99 {millis(latency.p99)}")
+    pinned = [f"{instance.slot.rsplit(':', 1)[-1]}: {', '.join(s[:8] for s in instance.sessions)}"
+               for instance in status.instances if instance.sessions]
+    if pinned:
+        text.append("\nsessions pinned  " + "  ".join(pinned))
     if status.prometheus:
         text.append(f"\nPrometheus metrics at {status.prometheus}")
     return text

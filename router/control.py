@@ -132,6 +132,7 @@ class ControlHandler:
             errors=tuple(event for event in events if event.is_error)[-20:],
             events=tuple(events[-50:]),
             prometheus=exporter.endpoint if exporter is not None else None,
+            strategy=board.eligibility.strategy,
         )
 
     def _instance(self, instance: Instance, now: float, events: list[Event]) -> InstanceStatus:
@@ -157,6 +158,8 @@ class ControlHandler:
             latency=percentiles_ms(instance.latencies),
             shim=shim,
             backend=self._usage(instance.backend_pid, tree=True),
+            sessions=tuple(session.decode(errors="replace")
+                           for session in self._core.board.eligibility.sessions_of(instance.slot)),
         )
 
     def _slot_history(self, slot: str, events: list[Event]) -> tuple[int, int, str | None]:

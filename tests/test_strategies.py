@@ -19,11 +19,14 @@ async def test_session_affinity_keeps_each_sessions_state_and_spreads_sessions(m
         await stack.ready(2)
         seen_first = await counts(first, 4)
         seen_second = await counts(second, 4)
+        status = await stack.current_status()
 
     assert len({pid for pid, _ in seen_first}) == 1, "one session, one instance"
     assert [count for _, count in seen_first] == [1, 2, 3, 4], "its state is all in one place"
     assert [count for _, count in seen_second] == [1, 2, 3, 4]
     assert seen_first[0][0] != seen_second[0][0], "the two sessions were spread over the pool"
+    assert status["strategy"] == "session_affinity"
+    assert sorted(len(instance["sessions"]) for instance in status["instances"]) == [1, 1], "status shows who is where"
 
 
 async def test_least_connections_spreads_one_sessions_calls_and_so_its_state(make_stack: StackFactory) -> None:
