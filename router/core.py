@@ -51,6 +51,9 @@ HEARTBEAT_LIVENESS = 3  # missed shim heartbeats (1 s apart) before an instance 
 DOOR_LIVENESS = 10.0  # seconds of silence before a door (which beats every 2 s) is gone
 TICK = 0.5
 SUPERVISOR_POLL = 5.0  # seconds between looks at supervisord's process table (events can be dropped)
+# A stack started by a router has a client on its way: its instances wait this long for that client's
+# initialize params rather than start with the warm-up's and be initialized again when they differ.
+AWAIT_FIRST_CLIENT = 5.0
 DOOR_BACKLOG_LIMIT = 256 * 1024 * 1024  # bytes kept for a door whose client reads slowly before giving it up
 
 
@@ -72,6 +75,7 @@ class Core:
         self.control = ControlHandler(self)
         self.exporter: prometheus.Exporter | None = None
         self.started = time.time()
+        self._booted = time.monotonic()
         self._context = zmq.Context()
         self._doors = Inbox(self._router_socket(paths.doors_endpoint), self._from_door)
         self._shims = Inbox(self._router_socket(paths.shims_endpoint), self._shim_message)
@@ -79,6 +83,7 @@ class Core:
         self._idle_since: float | None = time.monotonic()
         self._last_poll = 0.0
         self._stale_shims: set[int] = set()  # shims initialized with params the pool no longer uses
+        self._awaiting_params: set[str] = set()  # connected instances waiting for the first client's params
         # Frames for doors whose ZeroMQ queue is full (their client reads slowly), sent in order later.
         self._door_backlog: dict[bytes, collections.deque[bytes]] = {}
         self._doors_gone: set[bytes] = set()  # found unreachable while carrying out actions
@@ -307,9 +312,25 @@ class Core:
         self.metrics.event("start", f"{slot} connected (shim pid {hello.pid})", slot=slot)
         if hello.initialize_result is not None:
             self.board.instance_ready(instance, hello.initialize_result)
+        elif self._first_client_coming():
+            self._awaiting_params.add(slot)
         else:
-            instance.started = time.monotonic()  # the startup timeout runs from here
-            self._send_shim(slot, wire.encode(wire.InitializeBackend(self.board.profile)))
+            self._initialize(instance)
+
+    def _first_client_coming(self) -> bool:
+        return (self.idle_stop and not self.board.profile_from_client
+                and time.monotonic() - self._booted < AWAIT_FIRST_CLIENT)
+
+    def _initialize(self, instance: Instance) -> None:
+        instance.started = time.monotonic()  # the startup timeout runs from here
+        self._send_shim(instance.slot, wire.encode(wire.InitializeBackend(self.board.profile)))
+
+    def _initialize_awaiting(self) -> None:
+        awaiting, self._awaiting_params = self._awaiting_params, set()
+        for slot in sorted(awaiting):
+            instance = self.board.pool.get(slot)
+            if instance is not None and instance.initialize_result is None:
+                self._initialize(instance)
 
     def _instance_lost(self, instance: Instance, reason: str, stderr_tail: str = "") -> None:
         if self.board.pool.get(instance.slot) is not instance:
@@ -337,13 +358,18 @@ class Core:
             self._shims_gone.add(slot)
 
     def _adopt_profile(self, params: JsonObject, changed: bool) -> None:
-        """The first client's params: keep them; if the pool warmed up with others, restart it."""
+        """The first client's params: keep them; initialize the instances that waited for them, and restart
+        those that warmed up with other ones."""
         self.paths.pool_profile.write_text(json.dumps(params))
+        waited = set(self._awaiting_params)
+        self._initialize_awaiting()
         if not changed:
             return
-        self._stale_shims.update(instance.pid for instance in self.board.pool)
-        self.board.forget_instances("re-initializing with the first client's params")
-        for slot in list(self.scaler.wanted):
+        warmed = [instance for instance in self.board.pool if instance.slot not in waited]
+        self._stale_shims.update(instance.pid for instance in warmed)
+        for instance in warmed:
+            self.board.instance_lost(instance, "re-initializing with the first client's params")
+        for slot in [instance.slot for instance in warmed]:
             self._background(self.healer.reinitialize(slot, "the first client's params differ from the warm-up's"))
 
     def _load_profile(self) -> JsonObject | None:
@@ -386,6 +412,8 @@ class Core:
                 self._background(self._poll_supervisor())
 
     def _check_liveness(self, now: float) -> None:
+        if self._awaiting_params and not self._first_client_coming():
+            self._initialize_awaiting()  # no client came: warm up with the usual params
         for identity in list(self._door_backlog):
             self._flush_backlog(identity)
         for instance in list(self.board.pool):

@@ -196,3 +196,18 @@ def test_a_running_stack_whose_core_can_no_longer_start_stops_itself(make_stack:
 
     assert not alive, f"still running after the core went FATAL: {alive}"
     assert "the core cannot start (FATAL); stopping the stack" in (stack.paths.logs / "guard.log").read_text()
+
+
+async def test_a_router_started_stack_initializes_its_instances_once_with_the_first_clients_params(
+        make_stack: StackFactory) -> None:
+    """The first router brings a client with it: the instances wait for its params rather than warm up with
+    Claude Code's and start again when this client's differ."""
+    stack = make_stack("--min-instances", "2", "--max-instances", "2", LAB_TOOLS_BY_CAPS="1")
+    async with raw_session(stack) as client:
+        await client.initialize()  # declares sampling, which the warm-up params do not
+        tools = await client.request("tools", "tools/list")
+        await stack.ready(2)
+        status = await stack.current_status()
+
+    assert "sample" in {tool["name"] for tool in tools["result"]["tools"]}, "initialized with the client's params"
+    assert not [event for event in status["events"] if event["kind"] in ("reinit", "lost")], status["events"]
