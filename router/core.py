@@ -154,9 +154,10 @@ class Core:
     def _settle(self) -> None:
         """Carry out what the switchboard asked for; then feed it what went wrong doing so, until it is quiet."""
         while True:
-            for action in self.board.take_actions():
+            actions_done = self.board.take_actions()
+            for action in actions_done:
                 self._perform(action)
-            if not (self._doors_gone or self._shims_gone):
+            if not (actions_done or self._doors_gone or self._shims_gone):
                 break
             doors, self._doors_gone = self._doors_gone, set()
             shims, self._shims_gone = self._shims_gone, set()
@@ -249,6 +250,7 @@ class Core:
             self._doors.send(identity, frame)
         except zmq.Again:
             self._door_backlog[identity] = collections.deque([frame])
+            self._hold(identity, True)
         except zmq.ZMQError as exc:
             log.info("door %r unreachable: %s", identity, exc)
             self._doors_gone.add(identity)
@@ -266,7 +268,13 @@ class Core:
                 self._doors_gone.add(identity)
                 return
             backlog.popleft()
-        self._door_backlog.pop(identity, None)
+        if self._door_backlog.pop(identity, None) is not None:
+            self._hold(identity, False)
+
+    def _hold(self, identity: bytes, held: bool) -> None:
+        session = self.board.sessions.get(identity)
+        if session is not None:
+            self.board.hold_session(session, held)
 
     # --- shims ---------------------------------------------------------------------------------------
 

@@ -60,6 +60,7 @@ class Session:
     list_changed_sent: set[str] = field(default_factory=set)
     last_seen: float = field(default_factory=time.monotonic)
     last_request: float = 0.0
+    held: bool = False  # its door takes no more for now (a slow client): start nothing new for it
 
     @property
     def name(self) -> str:

@@ -81,6 +81,12 @@ class Switchboard:
 
     # --- sessions ------------------------------------------------------------------------------------
 
+    def hold_session(self, session: Session, held: bool) -> None:
+        """Backpressure: while a session's door is full, its new and waiting requests stay queued."""
+        session.held = held
+        if not held:
+            self.drain()
+
     def take_actions(self) -> list[Action]:
         """What the core must now do, in order; the switchboard forgets them."""
         actions, self._actions = self._actions, []
@@ -246,6 +252,8 @@ class Switchboard:
     def _dispatch(self, pending: Pending) -> bool:
         """Send the request to an instance now if one can take it (or answer it if none ever can); False if
         it must wait."""
+        if pending.session.held:
+            return False
         try:
             instance = self.eligibility.choose(pending, self.pool)
         except PinnedInstanceGone as gone:

@@ -329,3 +329,19 @@ def test_session_affinity_moves_a_session_whose_instance_is_lost_and_says_so() -
     assert moved["params"]["name"] == "work"
     assert len(warning) == 1 and "state" in warning[0]["params"]["data"]
     assert h.board.eligibility.pins == {a.identity: second.slot}
+
+
+def test_a_held_session_starts_nothing_new_until_released() -> None:
+    h = Harness.make()
+    slow, other = h.open("slow"), h.open("other")
+    instance = h.add_instance("shim:shim_00")
+
+    h.board.hold_session(slow, True)
+    h.call(slow, "waits")
+    h.call(other, "runs")
+    (running,) = h.requests_on(instance)
+    h.board.hold_session(slow, False)
+    h.collect()
+
+    assert running["params"]["name"] == "work" and len(h.requests_on(instance)) == 2
+    assert len(h.board.queue) == 0
