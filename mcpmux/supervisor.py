@@ -1,11 +1,10 @@
 """supervisord's XML-RPC interface, over the stack's private unix socket.
 
-Calls block, so the async wrappers run them in threads, each thread with its own proxy.
+Calls block: the core makes them from worker threads (router/background.py), each thread with its own proxy.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 import xmlrpc.client
@@ -66,25 +65,16 @@ class Supervisor:
             raise
         return True
 
-    async def start(self, name: str) -> bool:
-        return await asyncio.to_thread(self.start_sync, name)
+    def processes(self) -> list[dict[str, Any]]:
+        return list(self.proxy().supervisor.getAllProcessInfo())
 
-    async def stop(self, name: str) -> bool:
-        return await asyncio.to_thread(self.stop_sync, name)
-
-    async def processes(self) -> list[dict[str, Any]]:
-        return list(await asyncio.to_thread(lambda: self.proxy().supervisor.getAllProcessInfo()))
-
-    async def log_tail(self, name: str, length: int = 2000) -> str:
+    def log_tail(self, name: str, length: int = 2000) -> str:
         """The end of a process's log (stderr goes there too): why it would not start."""
         try:
-            text, _, _ = await asyncio.to_thread(lambda: self.proxy().supervisor.tailProcessStdoutLog(name, 0, length))
+            text, _, _ = self.proxy().supervisor.tailProcessStdoutLog(name, 0, length)
         except (OSError, xmlrpc.client.Fault):
             return ""
         return str(text)
 
     def shutdown_sync(self) -> None:
         self.proxy().supervisor.shutdown()
-
-    async def shutdown(self) -> None:
-        await asyncio.to_thread(self.shutdown_sync)

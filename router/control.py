@@ -18,19 +18,16 @@ or not restarting). Figures the core does not keep (yet) are reported as null ra
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import platform
 import time
-import xmlrpc.client
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psutil
 
 from mcpmux import __version__, wire
-from mcpmux.jsonrpc import JsonObject
 from mcpmux.router.metrics import percentiles_ms
 from mcpmux.status import Event, EventKind, InstanceStatus, SlotState, StackStatus, Usage
 from mcpmux.versions import versions
@@ -41,6 +38,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mcpmux.control")
 
+Reply = Callable[[wire.ControlReply], None]
+
 START_GRACE = 10.0  # seconds a wanted slot may take to connect before it counts as stopped
 SUPERVISOR_TIMEOUT = 2.0
 
@@ -50,43 +49,41 @@ class ControlHandler:
         self._core = core
         self._processes: dict[int, psutil.Process] = {}  # kept between queries so cpu_percent has a baseline
 
-    async def handle(self, request: wire.ControlRequest) -> wire.ControlReply:
-        args = request.args
+    def handle(self, request: wire.ControlRequest, reply: Reply) -> None:
+        """Answer a query through `reply`, now or once what it waits for has happened (never twice)."""
+        args, core = request.args, self._core
+        board = core.board
         if request.query == "status":
-            return wire.ControlReply((await self.full_status()).to_json())
-        if request.query == "events":
+            self._with_supervisor_states(lambda states: reply(wire.ControlReply(self._status(states).to_json())))
+        elif request.query == "events":
             events = self.events(int(args.get("limit", 50)), errors_only=bool(args.get("errors")))
-            return wire.ControlReply({"events": [event.to_json() for event in events]})
-        if request.query == "wait_ready":
-            count, timeout = int(args.get("count", 1)), float(args.get("timeout", 30))
-            board = self._core.board
-            ready = await self._core.watch.until(lambda: len(board.pool.ready()) >= count, timeout)
-            return wire.ControlReply({"ready": ready})
-        if request.query == "wait_running":
-            count, timeout = int(args.get("count", 1)), float(args.get("timeout", 30))
-            # A test's cue that its calls have been handed to instances.
-            board = self._core.board
-            running = await self._core.watch.until(lambda: board.running >= count, timeout)
-            return wire.ControlReply({"running": running})
-        if request.query == "wait_event":
-            event = await self.wait_event(args.get("kind"), args.get("slot"), float(args.get("after", 0)),
-                                          patience=float(args.get("timeout", 30)))
-            return wire.ControlReply({"event": None if event is None else event.to_json()})
-        if request.query == "processes":
-            return wire.ControlReply({"processes": await self._core.supervisor.processes()})
-        if request.query == "diagnostics":
-            return wire.ControlReply(await self.diagnostics())
-        return wire.ControlReply({}, f"unknown query {request.query!r}")
+            reply(wire.ControlReply({"events": [event.to_json() for event in events]}))
+        elif request.query == "wait_ready":
+            count = int(args.get("count", 1))
+            core.wait_until(lambda: len(board.pool.ready()) >= count, float(args.get("timeout", 30)),
+                            lambda ready: reply(wire.ControlReply({"ready": ready})))
+        elif request.query == "wait_running":  # a test's cue that its calls have been handed to instances
+            count = int(args.get("count", 1))
+            core.wait_until(lambda: board.running >= count, float(args.get("timeout", 30)),
+                            lambda running: reply(wire.ControlReply({"running": running})))
+        elif request.query == "wait_event":
+            self._wait_event(args.get("kind"), args.get("slot"), float(args.get("after", 0)),
+                             float(args.get("timeout", 30)), reply)
+        elif request.query == "processes":
+            core.background.run(core.supervisor.processes,
+                                lambda processes: reply(wire.ControlReply({"processes": processes})),
+                                what="listing processes",
+                                failed=lambda exc: reply(wire.ControlReply({}, f"supervisord: {exc}")))
+        elif request.query == "diagnostics":
+            self._diagnostics(reply)
+        else:
+            reply(wire.ControlReply({}, f"unknown query {request.query!r}"))
 
     # --- status --------------------------------------------------------------------------------------
 
     def status(self) -> StackStatus:
         """Everything the core knows by itself (no call to supervisord): safe to build on every scrape."""
         return self._status(None)
-
-    async def full_status(self) -> StackStatus:
-        """`status`, with supervisord's word on the wanted slots that have no connected shim."""
-        return self._status(await self._supervisor_states())
 
     def _status(self, supervisor_states: dict[str, str] | None) -> StackStatus:
         core = self._core
@@ -189,13 +186,16 @@ class ControlHandler:
         return InstanceStatus(slot=slot, state=state, supervisord=supervisord, restarts=restarts,
                               backoffs=backoffs, alert=alert, last_event=last.text if last else None)
 
-    async def _supervisor_states(self) -> dict[str, str] | None:
-        try:
-            processes = await asyncio.wait_for(self._core.supervisor.processes(), SUPERVISOR_TIMEOUT)
-        except (OSError, TimeoutError, xmlrpc.client.Error) as exc:
-            log.info("supervisord did not list its processes: %s", exc)
-            return None
-        return {f"{p['group']}:{p['name']}": str(p["statename"]) for p in processes}
+    def _with_supervisor_states(self, then: Callable[[dict[str, str] | None], None]) -> None:
+        """supervisord's word on every slot, or None if it does not answer within SUPERVISOR_TIMEOUT."""
+        then_once = _once(then)
+
+        def listed(processes: list[dict[str, Any]]) -> None:
+            then_once({f"{p['group']}:{p['name']}": str(p["statename"]) for p in processes})
+
+        self._core.background.run(self._core.supervisor.processes, listed, what="listing processes",
+                                  failed=lambda _: then_once(None))
+        self._core.wait_until(lambda: False, SUPERVISOR_TIMEOUT, lambda _: then_once(None))
 
     # --- processes -----------------------------------------------------------------------------------
 
@@ -238,7 +238,7 @@ class ControlHandler:
         events = [e for e in self._core.metrics.events if not errors_only or e.is_error]
         return events[-limit:] if limit > 0 else events
 
-    async def wait_event(self, kind: str | None, slot: str | None, after: float, *, patience: float) -> Event | None:
+    def _wait_event(self, kind: str | None, slot: str | None, after: float, patience: float, reply: Reply) -> None:
         """The first matching event recorded after `after`, waiting up to `patience` seconds for it."""
 
         def match() -> Event | None:
@@ -247,29 +247,56 @@ class ControlHandler:
                     return event
             return None
 
-        await self._core.watch.until(lambda: match() is not None, patience)  # poked by every event
-        return match()
+        def answer(_: bool) -> None:
+            event = match()
+            reply(wire.ControlReply({"event": None if event is None else event.to_json()}))
+
+        self._core.wait_until(lambda: match() is not None, patience, answer)
 
     # --- diagnostics ---------------------------------------------------------------------------------
 
-    async def diagnostics(self) -> JsonObject:
+    def _diagnostics(self, reply: Reply) -> None:
         core = self._core
-        try:
-            processes: list[dict[str, Any]] | str = await asyncio.wait_for(
-                core.supervisor.processes(), SUPERVISOR_TIMEOUT)
-        except (OSError, TimeoutError, xmlrpc.client.Error) as exc:
-            processes = f"supervisord did not answer: {exc}"
-        status = await self.full_status()
-        return {
-            "stack": core.paths.root.name,
-            "stackDir": str(core.paths.root),
-            "config": core.config.model_dump(by_alias=True),
-            "status": status.to_json(),
-            "processes": processes,
-            "errors": [event.to_json() for event in self.events(50, errors_only=True)],
-            "versions": versions(),
-            "platform": platform.platform(),
-        }
+
+        def answer(processes: list[dict[str, Any]] | str) -> None:
+            reply(wire.ControlReply({
+                "stack": core.paths.root.name,
+                "stackDir": str(core.paths.root),
+                "config": core.config.model_dump(by_alias=True),
+                "status": self._status(_states(processes)).to_json(),
+                "processes": processes,
+                "errors": [event.to_json() for event in self.events(50, errors_only=True)],
+                "versions": versions(),
+                "platform": platform.platform(),
+            }))
+
+        once = _once(answer)
+        core.background.run(core.supervisor.processes, once, what="listing processes",
+                            failed=lambda exc: once(f"supervisord did not answer: {exc}"))
+        core.wait_until(lambda: False, SUPERVISOR_TIMEOUT,
+                        lambda _: once(f"supervisord did not answer within {SUPERVISOR_TIMEOUT:.0f} s"))
+
+
+def _states(processes: list[dict[str, Any]] | str) -> dict[str, str] | None:
+    if isinstance(processes, str):
+        return None
+    return {f"{p['group']}:{p['name']}": str(p["statename"]) for p in processes}
+
+
+T = TypeVar("T")
+
+
+def _once(call: Callable[[T], None]) -> Callable[[T], None]:
+    """`call`, but only the first time: an answer and its timeout may both come."""
+    done = False
+
+    def first(value: T) -> None:
+        nonlocal done
+        if not done:
+            done = True
+            call(value)
+
+    return first
 
 
 def _losses(events: Iterable[Event], slot: str) -> int:

@@ -9,18 +9,18 @@ event for the switchboard once the current actions are done, never a call back i
 from __future__ import annotations
 
 import argparse
-import asyncio
 import collections
 import contextlib
 import errno
+import functools
 import json
 import logging
 import os
 import signal
 import sys
 import time
-import xmlrpc.client
-from collections.abc import Coroutine
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,15 +30,14 @@ from mcpmux import wire
 from mcpmux.config import Config, ConfigError, load_config
 from mcpmux.jsonrpc import JsonObject
 from mcpmux.router import actions
+from mcpmux.router.background import Background
 from mcpmux.router.control import ControlHandler
 from mcpmux.router.healing import Healer
-from mcpmux.router.inbox import Inbox
 from mcpmux.router.instances import Instance, InstanceState
 from mcpmux.router.metrics import Metrics
 from mcpmux.router.scaling import Scaler
 from mcpmux.router.session import Session
 from mcpmux.router.switchboard import Switchboard
-from mcpmux.router.watch import Watch
 from mcpmux.stack import StackPaths
 from mcpmux.supervisor import Supervisor
 
@@ -50,6 +49,8 @@ log = logging.getLogger("mcpmux.core")
 HEARTBEAT_LIVENESS = 3  # missed shim heartbeats (1 s apart) before an instance is dead
 DOOR_LIVENESS = 10.0  # seconds of silence before a door (which beats every 2 s) is gone
 TICK = 0.5
+FOLD_INTERVAL = 0.5  # seconds between folds of finished requests into the Prometheus histogram
+RECEIVE_BATCH = 1000  # messages taken from one socket before looking at the others
 SUPERVISOR_POLL = 5.0  # seconds between looks at supervisord's process table (events can be dropped)
 # A stack started by a router has a client on its way: its instances wait this long for that client's
 # initialize params rather than start with the warm-up's and be initialized again when they differ.
@@ -64,22 +65,21 @@ class Core:
         self.idle_stop = idle_stop
         self.metrics = Metrics()
         self.board = Switchboard(config, self.metrics)
-        self.watch = Watch()  # control queries that wait for the pool to reach a state
-        self.metrics.on_event = self.watch.poke
+        self.background = Background()
         saved = self._load_profile()
         if saved is not None:
             self.board.profile, self.board.profile_from_client = saved, True
         self.supervisor = Supervisor(paths)
-        self.scaler = Scaler(config, self.board, self.supervisor, self.metrics)
-        self.healer = Healer(self.supervisor, self.metrics)
+        self.scaler = Scaler(config, self.board, self.supervisor, self.metrics, self.background)
+        self.healer = Healer(self.supervisor, self.metrics, self.background)
         self.control = ControlHandler(self)
         self.exporter: prometheus.Exporter | None = None
         self.started = time.time()
         self._booted = time.monotonic()
         self._context = zmq.Context()
-        self._doors = Inbox(self._router_socket(paths.doors_endpoint), self._from_door)
-        self._shims = Inbox(self._router_socket(paths.shims_endpoint), self._shim_message)
-        self._control = Inbox(self._router_socket(paths.control_endpoint), self._control_message)
+        self._doors = self._router_socket(paths.doors_endpoint)
+        self._shims = self._router_socket(paths.shims_endpoint)
+        self._control = self._router_socket(paths.control_endpoint)
         self._idle_since: float | None = time.monotonic()
         self._last_poll = 0.0
         self._stale_shims: set[int] = set()  # shims initialized with params the pool no longer uses
@@ -88,9 +88,10 @@ class Core:
         self._door_backlog: dict[bytes, collections.deque[bytes]] = {}
         self._doors_gone: set[bytes] = set()  # found unreachable while carrying out actions
         self._shims_gone: set[str] = set()
-        self._deadline_timer: asyncio.TimerHandle | None = None
-        self._stopping = asyncio.Event()
-        self._control_tasks: set[asyncio.Task[None]] = set()
+        self._waits: list[Wait] = []  # control queries waiting for the pool to reach a state
+        self._next_tick = 0.0
+        self._next_fold = 0.0
+        self._stopping = False
 
     def _router_socket(self, endpoint: str) -> zmq.Socket[bytes]:
         socket = self._context.socket(zmq.ROUTER)
@@ -109,35 +110,91 @@ class Core:
         os.chmod(path, 0o600)
         return socket
 
-    async def run(self) -> None:
-        loop = asyncio.get_running_loop()
+    def run(self) -> None:
+        """One synchronous loop: poll the sockets, then carry out what the switchboard asks, then the time."""
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})  # a mask is inherited
         for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, self._stopping.set)
+            signal.signal(signum, self._stop)
+        signal.set_wakeup_fd(self.background.wake_write_fd)  # a signal wakes the poll
         log.info("core %d serving stack %s", os.getpid(), self.paths.root.name)
         self.metrics.event("core", f"core {os.getpid()} started; figures count from here")
-        for inbox in (self._doors, self._shims, self._control):
-            inbox.start()
-        self._background(self.scaler.boot())
-        forever = [asyncio.create_task(self._tick())]
         if self.config.multiplexer.prometheus_port:
             self.exporter = self._start_exporter(self.config.multiplexer.prometheus_port)
+        self.scaler.boot()
+        poller = zmq.Poller()
+        for socket in (self._doors, self._shims, self._control):
+            poller.register(socket, zmq.POLLIN)
+        poller.register(self.background.wake_fd, zmq.POLLIN)
+        handlers = {self._doors: self._from_door, self._shims: self._from_shim_frame,
+                    self._control: self._control_message}
+        try:
+            while not self._stopping:
+                for socket, _ in poller.poll(self._poll_timeout()):
+                    if socket in handlers:
+                        self._receive(socket, handlers[socket])
+                self.background.run_ready()
+                self._settle()
+                self._on_time()
+        finally:
             if self.exporter is not None:
-                forever.append(asyncio.create_task(self.exporter.fold_forever()))
-        stopping = asyncio.create_task(self._stopping.wait())
-        await asyncio.wait([stopping, *forever], return_when=asyncio.FIRST_COMPLETED)
-        if self.exporter is not None:
-            self.exporter.stop()
-        for task in [stopping, *forever, *self._control_tasks]:
-            task.cancel()
-        for inbox in (self._doors, self._shims, self._control):
-            inbox.stop()
-        self._context.destroy(linger=0)
-        for task in forever:
-            if task.done() and not task.cancelled() and task.exception() is not None:
-                # A loop that stopped would leave the stack deaf (no heartbeats checked, no scaling): end the
-                # core instead; supervisord starts a new one and the doors resync.
-                raise RuntimeError("a core loop stopped") from task.exception()
+                self.exporter.stop()
+            self.background.close()
+            self._context.destroy(linger=0)
+
+    def _stop(self, signum: int, frame: object) -> None:
+        self._stopping = True
+
+    def _poll_timeout(self) -> int:
+        """Milliseconds until the next thing due: a tick, a request deadline, a control query's patience."""
+        due = [self._next_tick, *(wait.deadline for wait in self._waits)]
+        deadline = self.board.next_deadline()
+        if deadline is not None:
+            due.append(deadline)
+        return max(0, int((min(due) - time.monotonic()) * 1000) + 1)
+
+    def _receive(self, socket: zmq.Socket[bytes], handle: Callable[[bytes, wire.Message], None]) -> None:
+        """Every message waiting on a socket, up to a bound so that one busy socket cannot starve the rest."""
+        for _ in range(RECEIVE_BATCH):
+            try:
+                frames = socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) != 2:
+                log.warning("dropped a message of %d frames", len(frames))
+                continue
+            try:
+                message = wire.decode(frames[1])
+            except wire.WireError as exc:
+                log.warning("%r sent %s", frames[0], exc)
+                continue
+            handle(frames[0], message)
+
+    def _on_time(self) -> None:
+        now = time.monotonic()
+        if (deadline := self.board.next_deadline()) is not None and deadline <= now:
+            self.board.expire_due()
+            self._settle()
+        if now >= self._next_tick:
+            self._next_tick = now + TICK
+            self._tick(now)
+        self._check_waits(now)
+
+    def wait_until(self, condition: Callable[[], bool], patience: float, then: Callable[[bool], None]) -> None:
+        """Call `then(True)` once `condition` holds (checked after every change), or `then(False)` after
+        `patience` seconds."""
+        if condition():
+            then(True)
+            return
+        self._waits.append(Wait(condition, time.monotonic() + patience, then))
+
+    def _check_waits(self, now: float) -> None:
+        for wait in list(self._waits):
+            if wait.condition():
+                self._waits.remove(wait)
+                wait.then(True)
+            elif now >= wait.deadline:
+                self._waits.remove(wait)
+                wait.then(False)
 
     def _start_exporter(self, port: int) -> prometheus.Exporter | None:
         try:
@@ -169,8 +226,7 @@ class Core:
                 instance = self.board.pool.get(slot)
                 if instance is not None:
                     self._instance_lost(instance, "shim unreachable")
-        self._arm_deadline_timer()
-        self.watch.poke()
+        self._check_waits(time.monotonic())
 
     def _perform(self, action: actions.Action) -> None:
         match action:
@@ -181,7 +237,7 @@ class Core:
             case actions.RestartInstance(slot, reason):
                 log.warning("%s: circuit open (%s); restarting it", slot, reason)
                 self.metrics.event("circuit", f"{slot} circuit opened: {reason}", slot=slot)
-                self._background(self.healer.restart(slot, reason))
+                self.healer.restart(slot, reason)
             case actions.InstanceReady(slot):
                 self.healer.healthy_again(slot)
                 instance = self.board.pool.get(slot)
@@ -194,26 +250,9 @@ class Core:
                 for identity in list(self.board.sessions):
                     self._send_door(identity, frame)
 
-    def _arm_deadline_timer(self) -> None:
-        """Wake up when the switchboard's next request deadline falls due."""
-        due = self.board.next_deadline()
-        if self._deadline_timer is not None:
-            if due is not None and self._deadline_timer.when() <= due:
-                return  # an earlier wake-up is set; it re-arms for the rest
-            self._deadline_timer.cancel()
-            self._deadline_timer = None
-        if due is not None:
-            loop = asyncio.get_running_loop()
-            self._deadline_timer = loop.call_at(loop.time() + max(0.0, due - time.monotonic()), self._deadlines_due)
-
-    def _deadlines_due(self) -> None:
-        self._deadline_timer = None
-        self.board.expire_due()
-        self._settle()
-
     # --- doors ---------------------------------------------------------------------------------------
 
-    async def _from_door(self, identity: bytes, message: wire.Message) -> None:
+    def _from_door(self, identity: bytes, message: wire.Message) -> None:
         session = self.board.sessions.get(identity)
         self._flush_backlog(identity)
         if isinstance(message, wire.DoorHello):
@@ -247,7 +286,7 @@ class Core:
                 self._doors_gone.add(identity)
             return
         try:
-            self._doors.send(identity, frame)
+            self._doors.send_multipart([identity, frame], zmq.NOBLOCK)
         except zmq.Again:
             self._door_backlog[identity] = collections.deque([frame])
             self._hold(identity, True)
@@ -259,7 +298,7 @@ class Core:
         backlog = self._door_backlog.get(identity)
         while backlog:
             try:
-                self._doors.send(identity, backlog[0])
+                self._doors.send_multipart([identity, backlog[0]], zmq.NOBLOCK)
             except zmq.Again:
                 return
             except zmq.ZMQError as exc:
@@ -278,9 +317,8 @@ class Core:
 
     # --- shims ---------------------------------------------------------------------------------------
 
-    async def _shim_message(self, identity: bytes, message: wire.Message) -> None:
+    def _from_shim_frame(self, identity: bytes, message: wire.Message) -> None:
         self._from_shim(identity.decode(), message)
-        self._settle()
 
     def _from_shim(self, slot: str, message: wire.Message) -> None:
         instance = self.board.pool.get(slot)
@@ -313,7 +351,7 @@ class Core:
         if self.healer.held(slot) or hello.pid in self._stale_shims:
             return
         if hello.initialize_result is None and self.healer.started(slot):
-            self._background(self.healer.back_off(slot, "restarted too often"))
+            self.healer.back_off(slot, "restarted too often")
             return
         instance = Instance(slot, hello.pid, hello.backend_pid)
         self.board.pool.add(instance)
@@ -347,20 +385,9 @@ class Core:
         self.metrics.event("lost", f"{instance.slot} lost: {reason}", slot=instance.slot, stderr=stderr_tail)
         self.board.instance_lost(instance, reason)
 
-    def _background(self, work: Coroutine[Any, Any, None]) -> None:
-        """Run slow work (supervisord calls) without holding up the message loops."""
-        task = asyncio.create_task(work)
-        self._control_tasks.add(task)
-        task.add_done_callback(self._background_done)
-
-    def _background_done(self, task: asyncio.Task[None]) -> None:
-        self._control_tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("background work failed", exc_info=task.exception())
-
     def _send_shim(self, slot: str, frame: bytes) -> None:
         try:
-            self._shims.send(slot.encode(), frame)
+            self._shims.send_multipart([slot.encode(), frame], zmq.NOBLOCK)
         except zmq.ZMQError as exc:
             log.info("shim %s unreachable: %s", slot, exc)
             self._shims_gone.add(slot)
@@ -378,7 +405,7 @@ class Core:
         for instance in warmed:
             self.board.instance_lost(instance, "re-initializing with the first client's params")
         for slot in [instance.slot for instance in warmed]:
-            self._background(self.healer.reinitialize(slot, "the first client's params differ from the warm-up's"))
+            self.healer.reinitialize(slot, "the first client's params differ from the warm-up's")
 
     def _load_profile(self) -> JsonObject | None:
         try:
@@ -389,35 +416,31 @@ class Core:
 
     # --- control -------------------------------------------------------------------------------------
 
-    async def _control_message(self, identity: bytes, message: wire.Message) -> None:
-        # Some queries wait for the pool (wait_ready): answer each in its own task.
-        self._background(self._answer_control(identity, message))
+    def _control_message(self, identity: bytes, request: wire.Message) -> None:
+        def reply(answer: wire.ControlReply) -> None:
+            with contextlib.suppress(zmq.ZMQError):  # the monitor went away before its answer
+                self._control.send_multipart([identity, wire.encode(answer)], zmq.NOBLOCK)
 
-    async def _answer_control(self, identity: bytes, request: wire.Message) -> None:
-        try:
-            if not isinstance(request, wire.ControlRequest):
-                raise wire.WireError("expected a control request")
-            reply = await self.control.handle(request)
-        except Exception as exc:
-            log.exception("control request failed")
-            reply = wire.ControlReply({}, f"{type(exc).__name__}: {exc}")
-        with contextlib.suppress(zmq.ZMQError):  # the monitor went away before its answer
-            self._control.send(identity, wire.encode(reply))
+        if not isinstance(request, wire.ControlRequest):
+            reply(wire.ControlReply({}, "expected a control request"))
+            return
+        self.control.handle(request, reply)
 
     # --- time ----------------------------------------------------------------------------------------
 
-    async def _tick(self) -> None:
-        while True:
-            await asyncio.sleep(TICK)
-            self._check_liveness(time.monotonic())
-            self._settle()
-            await self.healer.tick()
-            await self.scaler.tick()
-            self._settle()
-            await self._stop_when_idle(time.monotonic())
-            if time.monotonic() - self._last_poll >= SUPERVISOR_POLL:
-                self._last_poll = time.monotonic()
-                self._background(self._poll_supervisor())
+    def _tick(self, now: float) -> None:
+        self._check_liveness(now)
+        self._settle()
+        self.healer.tick()
+        self.scaler.tick()
+        self._settle()
+        self._stop_when_idle(now)
+        if now - self._last_poll >= SUPERVISOR_POLL:
+            self._last_poll = now
+            self.background.run(self.supervisor.processes, self._check_fatal, what="listing processes")
+        if self.exporter is not None and now >= self._next_fold:
+            self._next_fold = now + FOLD_INTERVAL
+            self.exporter.collector.fold()
 
     def _check_liveness(self, now: float) -> None:
         if self._awaiting_params and not self._first_client_coming():
@@ -441,29 +464,27 @@ class Core:
             if waiting and now - instance.started > limit:
                 reason = f"not ready within startupTimeout ({limit * 1000:.0f} ms)"
                 self._instance_lost(instance, reason)
-                self._background(self.healer.restart(instance.slot, reason))
+                self.healer.restart(instance.slot, reason)
 
-    async def _poll_supervisor(self) -> None:
+    def _check_fatal(self, processes: list[dict[str, Any]]) -> None:
         """supervisord's own view: a slot that cannot even start (FATAL) is backed off, then given up."""
-        try:
-            processes = await self.supervisor.processes()
-        except (OSError, xmlrpc.client.Fault) as exc:
-            log.warning("cannot read supervisord's process list: %s", exc)
-            return
         for process in processes:
             slot = f"{process['group']}:{process['name']}"
-            if slot not in self.scaler.wanted or process["statename"] != "FATAL":
+            if slot not in self.scaler.wanted or process["statename"] != "FATAL" or self.healer.held(slot):
                 continue
-            if self.healer.held(slot):
-                continue
-            tail = await self.supervisor.log_tail(slot)
             reason = f"supervisord could not start it ({process.get('spawnerr') or 'exited too quickly'})"
-            self.metrics.event("alert", f"{slot}: {reason}", slot=slot, stderr=tail)
-            self.board.startup_failed(reason, tail)
-            self._settle()
-            await self.healer.back_off(slot, reason)
+            self.background.run(functools.partial(self.supervisor.log_tail, slot),
+                                functools.partial(self._slot_fatal, slot, reason), what=f"reading {slot}'s log")
 
-    async def _stop_when_idle(self, now: float) -> None:
+    def _slot_fatal(self, slot: str, reason: str, tail: str) -> None:
+        if self.healer.held(slot):
+            return
+        self.metrics.event("alert", f"{slot}: {reason}", slot=slot, stderr=tail)
+        self.board.startup_failed(reason, tail)
+        self._settle()
+        self.healer.back_off(slot, reason)
+
+    def _stop_when_idle(self, now: float) -> None:
         if self.board.sessions:
             self._idle_since = None
             return
@@ -472,7 +493,16 @@ class Core:
         if self.idle_stop and now - self._idle_since >= self.config.multiplexer.idle_timeout / 1000:
             log.info("no session for %.0f s: stopping the stack", now - self._idle_since)
             self.idle_stop = False
-            await self.supervisor.shutdown()
+            self.background.run(self.supervisor.shutdown_sync, what="stopping the stack")
+
+
+@dataclass(eq=False)
+class Wait:
+    """A control query waiting for the pool to reach a state."""
+
+    condition: Callable[[], bool]
+    deadline: float
+    then: Callable[[bool], None]
 
 
 def main() -> None:
@@ -486,7 +516,7 @@ def main() -> None:
         config = load_config(paths.config)
     except ConfigError as exc:
         sys.exit(str(exc))
-    asyncio.run(Core(config, paths, idle_stop=args.idle_stop).run())
+    Core(config, paths, idle_stop=args.idle_stop).run()
 
 
 if __name__ == "__main__":

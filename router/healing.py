@@ -8,12 +8,13 @@ and the rest of the pool goes on serving.
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import time
-import xmlrpc.client
 from dataclasses import dataclass, field
 from typing import Any
 
+from mcpmux.router.background import Background
 from mcpmux.router.metrics import Metrics
 from mcpmux.status import EventKind
 from mcpmux.supervisor import Supervisor
@@ -39,9 +40,10 @@ class SlotRecord:
 
 
 class Healer:
-    def __init__(self, supervisor: Supervisor, metrics: Metrics) -> None:
+    def __init__(self, supervisor: Supervisor, metrics: Metrics, background: Background) -> None:
         self._supervisor = supervisor
         self._metrics = metrics
+        self._background = background
         self.slots: dict[str, SlotRecord] = collections.defaultdict(SlotRecord)
 
     def started(self, slot: str) -> bool:
@@ -55,30 +57,33 @@ class Healer:
         record.starts.append(now)
         return len(record.starts) == FLAP_RESTARTS and now - record.starts[0] < FLAP_WINDOW
 
-    async def restart(self, slot: str, reason: str) -> None:
+    def restart(self, slot: str, reason: str) -> None:
         record = self.slots[slot]
         record.probe = True
         self._metrics.event(EventKind.RESTART, f"restarting {slot}: {reason}", slot=slot)
-        await self._cycle(slot)
+        self._cycle(slot)
 
-    async def reinitialize(self, slot: str, reason: str) -> None:
+    def reinitialize(self, slot: str, reason: str) -> None:
         """A planned restart (new initialize params), not a failure: it counts as neither restart nor flap."""
         record = self.slots[slot]
         record.probe = False
         record.starts.clear()
         record.planned = True
         self._metrics.event(EventKind.REINIT, f"re-initializing {slot}: {reason}", slot=slot)
-        await self._cycle(slot)
+        self._cycle(slot)
 
-    async def _cycle(self, slot: str) -> None:
-        await self._call(self._supervisor.stop, slot)
-        await self._call(self._supervisor.start, slot)
+    def _cycle(self, slot: str) -> None:
+        def stop_then_start() -> None:
+            self._supervisor.stop_sync(slot)
+            self._supervisor.start_sync(slot)
 
-    async def back_off(self, slot: str, reason: str) -> None:
+        self._background.run(stop_then_start, what=f"restarting {slot}")
+
+    def back_off(self, slot: str, reason: str) -> None:
         """Stop a flapping slot; start it again later, or give up on it."""
         record = self.slots[slot]
         record.starts.clear()
-        await self._call(self._supervisor.stop, slot)
+        self._background.run(functools.partial(self._supervisor.stop_sync, slot), what=f"stopping {slot}")
         if record.backoffs >= MAX_BACKOFFS:
             record.alert = f"{slot} gave up after {record.backoffs} back-offs: {reason}"
             record.resume_at = None
@@ -94,13 +99,13 @@ class Healer:
         log.warning("%s", record.alert)
         self._metrics.event(EventKind.BACKOFF, record.alert, slot=slot)
 
-    async def tick(self) -> None:
+    def tick(self) -> None:
         now = time.monotonic()
         for slot, record in self.slots.items():
             if record.resume_at is not None and now >= record.resume_at:
                 record.resume_at = None
                 self._metrics.event(EventKind.RESTART, f"starting {slot} again after backing off", slot=slot)
-                await self._call(self._supervisor.start, slot)
+                self._background.run(functools.partial(self._supervisor.start_sync, slot), what=f"starting {slot}")
 
     def held(self, slot: str) -> bool:
         """Backing off or given up: a shim that shows up in this slot now is on its way out."""
@@ -115,9 +120,3 @@ class Healer:
     def describe(self, slot: str) -> dict[str, Any]:
         record = self.slots.get(slot) or SlotRecord()
         return {"restarts": record.restarts, "backoffs": record.backoffs, "alert": record.alert}
-
-    async def _call(self, action: Any, slot: str) -> None:
-        try:
-            await action(slot)
-        except (OSError, xmlrpc.client.Fault) as exc:
-            log.warning("supervisord refused to act on %s: %s", slot, exc)

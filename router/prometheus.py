@@ -11,12 +11,12 @@ counted in ``mcpmux_request_duration_unobserved_total``).
 
 from __future__ import annotations
 
-import asyncio
 import bisect
 import contextlib
 import logging
 import threading
 from collections.abc import Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from wsgiref.simple_server import WSGIServer
@@ -70,23 +70,24 @@ class LatencyHistogram:
 class CoreCollector:
     """A prometheus-client collector reading the live core; runs in the HTTP server's thread."""
 
-    def __init__(self, core: Core, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, core: Core) -> None:
         self._core = core
-        self._loop = loop
         self.histogram = LatencyHistogram()
 
     def fold(self) -> None:
-        """On the event loop: account for the requests finished since the last fold."""
+        """On the core's loop: account for the requests finished since the last fold."""
         metrics = self._core.metrics
         self.histogram.fold(metrics.requests_succeeded + metrics.requests_failed, list(metrics.latencies))
 
-    async def _snapshot(self) -> Scrape:
+    def _snapshot(self) -> Scrape:
         self.fold()
         histogram = self.histogram
         return Scrape(self._core.control.status(), histogram.buckets(), histogram.total, histogram.unobserved)
 
     def collect(self) -> Iterator[Metric]:
-        future = asyncio.run_coroutine_threadsafe(self._snapshot(), self._loop)
+        """In the HTTP server's thread: the core's loop takes the snapshot, between its events."""
+        future: Future[Scrape] = Future()
+        self._core.background.call_soon_threadsafe(lambda: future.set_result(self._snapshot()))
         scrape = future.result(SCRAPE_TIMEOUT)
         yield from _families(scrape.status, scrape.buckets, scrape.total, scrape.unobserved)
 
@@ -190,11 +191,6 @@ class Exporter:
         self.collector = collector
         self.endpoint = f"http://{HOST}:{server.server_port}/metrics"
 
-    async def fold_forever(self) -> None:
-        while True:
-            await asyncio.sleep(FOLD_INTERVAL)
-            self.collector.fold()
-
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
@@ -202,7 +198,7 @@ class Exporter:
 
 def start(core: Core, port: int) -> Exporter | None:
     """Serve /metrics on 127.0.0.1:`port` from inside the running core; None (and an event) if it cannot."""
-    collector = CoreCollector(core, asyncio.get_running_loop())
+    collector = CoreCollector(core)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
     try:

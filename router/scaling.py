@@ -6,11 +6,13 @@ is not empty, or load above scaleUpThreshold), down slowly (load below scaleDown
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-import xmlrpc.client
+from typing import Any
 
 from mcpmux.config import Config
+from mcpmux.router.background import Background
 from mcpmux.router.metrics import Metrics
 from mcpmux.router.switchboard import Switchboard
 from mcpmux.status import EventKind
@@ -22,26 +24,29 @@ SCALE_DOWN_AFTER = 60.0  # seconds of low load before one instance is stopped
 
 
 class Scaler:
-    def __init__(self, config: Config, board: Switchboard, supervisor: Supervisor, metrics: Metrics) -> None:
+    def __init__(self, config: Config, board: Switchboard, supervisor: Supervisor, metrics: Metrics,
+                 background: Background) -> None:
         self._settings = config.multiplexer
         self._board = board
         self._supervisor = supervisor
         self._metrics = metrics
+        self._background = background
         self.wanted: dict[str, float] = {}  # slot -> when it was asked to start
         self._low_since: float | None = None
 
-    async def boot(self) -> None:
+    def boot(self) -> None:
         """Adopt the shims a previous core left running, then start up to the minimum."""
-        try:
-            for process in await self._supervisor.processes():
-                if process["group"] == SHIM_GROUP and process["statename"] in ("RUNNING", "STARTING", "BACKOFF"):
-                    self.adopt(f"{SHIM_GROUP}:{process['name']}")
-        except (OSError, xmlrpc.client.Fault) as exc:
-            log.warning("could not list processes: %s", exc)
+        self._background.run(self._supervisor.processes, self._booted, what="listing processes",
+                             failed=lambda _: self._booted([]))
+
+    def _booted(self, processes: list[dict[str, Any]]) -> None:
+        for process in processes:
+            if process["group"] == SHIM_GROUP and process["statename"] in ("RUNNING", "STARTING", "BACKOFF"):
+                self.adopt(f"{SHIM_GROUP}:{process['name']}")
         index = 0
         while len(self.wanted) < self._settings.min_instances:
             if shim_slot(index) not in self.wanted:
-                await self._start(shim_slot(index), "minimum instances")
+                self._start(shim_slot(index), "minimum instances")
             index += 1
 
     def adopt(self, slot: str) -> None:
@@ -53,13 +58,13 @@ class Scaler:
         running = sum(instance.in_flight for instance in self._board.pool)
         return (running + len(self._board.queue)) / capacity
 
-    async def tick(self) -> None:
+    def tick(self) -> None:
         load = self.load()
         starting = any(self._board.pool.get(slot) is None or not self._board.pool.get(slot).ready  # type: ignore[union-attr]
                        for slot in self.wanted)
         if load >= self._settings.scale_up_threshold and not starting:
             if len(self.wanted) < self._settings.max_instances:
-                await self._start(self._free_slot(), f"load {load:.2f} >= {self._settings.scale_up_threshold}")
+                self._start(self._free_slot(), f"load {load:.2f} >= {self._settings.scale_up_threshold}")
             self._low_since = None
             return
         if load > self._settings.scale_down_threshold or len(self.wanted) <= self._settings.min_instances:
@@ -69,7 +74,7 @@ class Scaler:
         self._low_since = self._low_since or now
         if now - self._low_since >= SCALE_DOWN_AFTER:
             self._low_since = None
-            await self._stop_idle_one(load)
+            self._stop_idle_one(load)
 
     def _free_slot(self) -> str:
         index = 0
@@ -77,25 +82,19 @@ class Scaler:
             index += 1
         return shim_slot(index)
 
-    async def _start(self, slot: str, reason: str) -> None:
+    def _start(self, slot: str, reason: str) -> None:
         self.wanted[slot] = time.monotonic()
         self._metrics.event(EventKind.SCALE, f"start {slot}: {reason}", slot=slot)
-        try:
-            await self._supervisor.start(slot)
-        except (OSError, xmlrpc.client.Fault) as exc:
-            log.warning("could not start %s: %s", slot, exc)
+        self._background.run(functools.partial(self._supervisor.start_sync, slot), what=f"starting {slot}")
 
-    async def _stop_idle_one(self, load: float) -> None:
+    def _stop_idle_one(self, load: float) -> None:
         for slot in sorted(self.wanted, reverse=True):
             instance = self._board.pool.get(slot)
             if instance is not None and instance.in_flight == 0:
                 del self.wanted[slot]
-                threshold = self._settings.scale_down_threshold
-                self._metrics.event(EventKind.SCALE, f"stop {slot}: load {load:.2f} <= {threshold}")
+                self._metrics.event(EventKind.SCALE,
+                                    f"stop {slot}: load {load:.2f} <= {self._settings.scale_down_threshold}")
                 # The same path as any loss: its subscriptions move to another instance.
                 self._board.instance_lost(instance, "scaled down")
-                try:
-                    await self._supervisor.stop(slot)
-                except (OSError, xmlrpc.client.Fault) as exc:
-                    log.warning("could not stop %s: %s", slot, exc)
+                self._background.run(functools.partial(self._supervisor.stop_sync, slot), what=f"stopping {slot}")
                 return
