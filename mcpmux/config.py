@@ -41,6 +41,7 @@ class MultiplexerConfig(_Section):
     scale_up_threshold: float = Field(0.8, gt=0, le=1)
     scale_down_threshold: float = Field(0.3, ge=0, lt=1)
     queue_size: int = Field(256, ge=0, description="requests waiting when every instance is at its cap")
+    queue_per_session: int = Field(128, ge=1, description="of those, requests one session may have waiting")
     idle_timeout: int = Field(600_000, ge=0, description="ms without a session before a router-started stack stops")
     max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="longest JSON-RPC line accepted")
     prometheus_port: int = Field(0, ge=0, le=65535, description="serve Prometheus metrics on 127.0.0.1:PORT (0: off)")
@@ -56,11 +57,23 @@ class MultiplexerConfig(_Section):
         return self
 
 
+Level = Literal["high", "normal", "low"]
+
+
+class PriorityRules(_Section):
+    """Priority levels by tool name pattern (fnmatch) and by method, e.g. {"tools": {"search_*": "high"}}."""
+
+    tools: dict[str, Level] = {}
+    methods: dict[str, Level] = {}
+
+
 class LoadBalancingConfig(_Section):
     strategy: Literal["least_connections", "session_affinity"] = Field(
         "least_connections", description="least_connections, or session_affinity for servers that keep state")
     circuit_breaker_enabled: bool = True
     circuit_breaker_threshold: int = Field(3, ge=1)
+    priorities: PriorityRules = Field(PriorityRules(), description='JSON, e.g. {"tools": {"reindex": "low"}}')
+    priority_ageing: int = Field(10_000, ge=0, description="ms of waiting that raise a request one level (0: never)")
 
 
 class Config(_Section):

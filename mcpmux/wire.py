@@ -29,6 +29,7 @@ class DoorHello(NamedTuple):
 
     pid: int
     initialize_params: JsonObject | None = None  # set when a door reconnects to a restarted core
+    priority: str | None = None  # the session's level: high, normal or low (mcpmux-router --priority)
 
 
 class Welcome(NamedTuple):

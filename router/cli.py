@@ -9,6 +9,7 @@ Every configuration key has a flag, generated from the configuration model so th
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -39,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stack-dir", type=Path, help="relay to the running stack in this runtime directory")
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="server environment")
     parser.add_argument("--cwd", help="server working directory")
+    parser.add_argument("--priority", choices=("high", "normal", "low"),
+                        help="this session's requests' level (not part of the stack's configuration)")
     for section, model in SECTIONS.items():
         group = parser.add_argument_group(section)
         for name, field in model.model_fields.items():
@@ -48,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
             if annotation is bool:
                 group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None)
             else:
-                kind: Callable[[str], Any] = {int: int, float: float}.get(annotation, str)  # type: ignore[arg-type]
+                structured = isinstance(annotation, type) and issubclass(annotation, BaseModel)
+                kind: Callable[[str], Any] = (json.loads if structured
+                                              else {int: int, float: float}.get(annotation, str))  # type: ignore[arg-type]
                 group.add_argument(flag, dest=dest, type=kind, default=None, help=field.description)
     parser.add_argument("--version", action="version", version=f"mcpmux {__version__}")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- the server command and its arguments")
@@ -104,7 +109,7 @@ def _run(args: argparse.Namespace, config: Config | None, paths: StackPaths) -> 
         if not launcher.is_running(paths):
             print(f"mcpmux-router: no running stack in {paths.root}", file=sys.stderr)
             return 1
-        return _serve(load_config(paths.config), paths)
+        return _serve(load_config(paths.config), paths, args.priority)
     try:
         started = launcher.ensure_up(config, paths, idle_stop=not args.up)
     except launcher.LaunchError as exc:
@@ -116,10 +121,10 @@ def _run(args: argparse.Namespace, config: Config | None, paths: StackPaths) -> 
         state = "started" if started else "already running"
         print(f"stack {paths.root.name} {state}; manage it with: supervisorctl -c {paths.supervisord_conf}")
         return 0
-    return _serve(config, paths)
+    return _serve(config, paths, args.priority)
 
 
-def _serve(config: Config, paths: StackPaths) -> int:
+def _serve(config: Config, paths: StackPaths, priority: str | None) -> int:
     """Become the door: a fresh, lean interpreter for the rest of the session (same pid, same stdio)."""
     sys.stdout.flush()
     # -E -P: the client's working directory and PYTHONPATH must not decide what the door imports.
@@ -127,6 +132,7 @@ def _serve(config: Config, paths: StackPaths) -> int:
         sys.executable, "-E", "-P", "-m", "mcpmux.router.door", "--stack-dir", str(paths.root),
         "--max-message-bytes", str(config.multiplexer.max_message_bytes),
         "--connect-timeout", str(config.multiplexer.startup_timeout / 1000),
+        *(["--priority", priority] if priority else []),
     ])
 
 

@@ -35,6 +35,7 @@ from mcpmux.router.control import ControlHandler
 from mcpmux.router.healing import Healer
 from mcpmux.router.instances import Instance, InstanceState
 from mcpmux.router.metrics import Metrics
+from mcpmux.router.queue import Priority
 from mcpmux.router.scaling import Scaler
 from mcpmux.router.session import Session
 from mcpmux.router.switchboard import Switchboard
@@ -257,7 +258,8 @@ class Core:
         self._flush_backlog(identity)
         if isinstance(message, wire.DoorHello):
             if session is None:
-                session = self.board.open_session(identity, message.initialize_params)
+                session = self.board.open_session(identity, message.initialize_params,
+                                                  Priority.named(message.priority))
                 self.metrics.event("session", f"session {session.name} opened (door pid {message.pid})")
             self._send_door(identity, wire.encode(wire.Welcome(self.board.retry.safe_tools)))
         elif session is None:

@@ -48,8 +48,10 @@ class CoreUnreachable(RuntimeError):
 
 
 class Door:
-    def __init__(self, paths: StackPaths, *, max_message_bytes: int, connect_timeout: float) -> None:
+    def __init__(self, paths: StackPaths, *, max_message_bytes: int, connect_timeout: float,
+                 priority: str | None = None) -> None:
         self._paths = paths
+        self._priority = priority
         self._limit = max_message_bytes
         self._connect_timeout = connect_timeout
         self._context = zmq.Context()
@@ -71,7 +73,7 @@ class Door:
     def run(self) -> None:
         self._monitor = self._socket.get_monitor_socket(zmq.EVENT_CONNECTED)
         self._socket.connect(self._paths.doors_endpoint)
-        self._send(wire.DoorHello(os.getpid()))
+        self._send(wire.DoorHello(os.getpid(), None, self._priority))
         self._await_welcome()
         os.set_blocking(STDOUT, False)
         try:
@@ -228,7 +230,7 @@ class Door:
                 # The core restarted and lost this session: introduce it again; what was sent before this
                 # point is settled once the core welcomes us (later Resyncs are echoes of the same loss).
                 self._to_settle = dict(self._unanswered)
-                self._send(wire.DoorHello(os.getpid(), self._initialize_params))
+                self._send(wire.DoorHello(os.getpid(), self._initialize_params, self._priority))
 
     def _settle(self) -> None:
         """Answer each request the lost core never answered: resend the safe ones, fail the others."""
@@ -257,9 +259,10 @@ def main() -> None:
     parser.add_argument("--stack-dir", type=Path, required=True)
     parser.add_argument("--max-message-bytes", type=int, default=16 * 1024 * 1024)
     parser.add_argument("--connect-timeout", type=float, default=30.0)
+    parser.add_argument("--priority", choices=("high", "normal", "low"))
     args = parser.parse_args()
     door = Door(StackPaths(args.stack_dir), max_message_bytes=args.max_message_bytes,
-                connect_timeout=args.connect_timeout)
+                connect_timeout=args.connect_timeout, priority=args.priority)
     try:
         door.run()
     except CoreUnreachable as exc:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mcpmux.jsonrpc import RequestId
+from mcpmux.router.queue import Priority
 
 LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 
@@ -61,6 +62,7 @@ class Session:
     last_seen: float = field(default_factory=time.monotonic)
     last_request: float = 0.0
     held: bool = False  # its door takes no more for now (a slow client): start nothing new for it
+    priority: Priority | None = None  # the session's own level (mcpmux-router --priority)
 
     @property
     def name(self) -> str:

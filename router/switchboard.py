@@ -32,7 +32,8 @@ from mcpmux.router.deadlines import Deadlines
 from mcpmux.router.eligibility import Eligibility, PinnedInstanceGone
 from mcpmux.router.instances import Instance, InstanceState, Pool
 from mcpmux.router.metrics import Metrics
-from mcpmux.router.queue import QueueFull, RequestQueue
+from mcpmux.router.priorities import PriorityPolicy
+from mcpmux.router.queue import Priority, QueueFull, RequestQueue
 from mcpmux.router.retry import RetryPolicy
 from mcpmux.router.session import (
     LIST_CHANGED_BY_LIST_METHOD,
@@ -56,7 +57,11 @@ class Switchboard:
         settings = config.multiplexer
         self.pool = Pool()
         self.sessions: dict[bytes, Session] = {}
-        self.queue: RequestQueue[Pending] = RequestQueue(settings.queue_size)  # which waiting request goes next
+        # Which waiting request goes next, and at which level each arrives:
+        self.queue: RequestQueue[Pending] = RequestQueue(
+            settings.queue_size, per_session=min(settings.queue_per_session, max(1, settings.queue_size)),
+            ageing=config.load_balancing.priority_ageing / 1000, clock=clock)
+        self.priorities = PriorityPolicy(config.load_balancing.priorities)
         # Which instances may serve a request:
         self.eligibility = Eligibility(settings.max_concurrent_requests, config.load_balancing.strategy)
         self.metrics = metrics
@@ -92,8 +97,9 @@ class Switchboard:
         actions, self._actions = self._actions, []
         return actions
 
-    def open_session(self, identity: bytes, initialize_params: JsonObject | None) -> Session:
-        session = Session(identity, initialize_params, last_seen=self._now())
+    def open_session(self, identity: bytes, initialize_params: JsonObject | None,
+                     priority: Priority | None = None) -> Session:
+        session = Session(identity, initialize_params, last_seen=self._now(), priority=priority)
         self.sessions[identity] = session
         return session
 
@@ -102,6 +108,7 @@ class Switchboard:
             return
         del self.sessions[session.identity]
         self.eligibility.session_closed(session.identity)
+        self.queue.forget_session(session.identity)
         for pending in list(session.pending.values()):
             self._abandon(pending, "client session ended")
         for uri, slot in self.subscriptions.drop_session(session.identity):
@@ -240,12 +247,14 @@ class Switchboard:
                 return
             pending.pinned_slot, inner = unwrapped
             pending.message = {**pending.message, "params": {**params, "cursor": inner}}
+        level, pending.message = self.priorities.level(pending.message, pending.session.priority)
         pending.session.pending[pending.client_id] = pending
         self._arm(pending, self._request_timeout)
         if self._dispatch(pending):
             return
         try:
-            self.queue.push(pending.key, pending)
+            self.queue.push(pending.key, pending, session=pending.session.identity, arrived=pending.received,
+                            level=level)
         except QueueFull as full:
             self._fail(pending, jsonrpc.OVERLOADED, f"mcpmux is overloaded: {full}; retry later")
 
@@ -277,7 +286,8 @@ class Switchboard:
             if not self.eligibility.has_room(self.pool):
                 return
             if self._dispatch(pending):
-                self.queue.remove(pending.key)  # by key: a request answered at once has left the queue already
+                # By key: a request answered at once (its pinned instance gone) has left the queue already.
+                self.queue.remove(pending.key, served=True)
 
     def _finish(self, pending: Pending, response: JsonObject) -> None:
         """Send a request's one response, under the client's own id."""
@@ -575,7 +585,8 @@ class Switchboard:
             pending.backend_id = pending.slot = None
             if pending.pinned_slot is None and self.retry.may_retry(pending.message, pending.attempts):
                 self.metrics.requests_retried += 1
-                self.queue.push_front(pending.key, pending)
+                self.queue.push_front(pending.key, pending, session=pending.session.identity,
+                                      arrived=pending.received)
             else:
                 instance.failed += 1
                 self._fail(pending, jsonrpc.INSTANCE_FAILED,

@@ -112,13 +112,14 @@ def _same_id(a: Any, b: Any) -> bool:
 
 
 @asynccontextmanager
-async def raw_session(stack: Stack) -> AsyncIterator[RawClient]:
+async def raw_session(stack: Stack, *options: str) -> AsyncIterator[RawClient]:
+    """A session through the router, with `options` for this session only (--priority, say)."""
     # The router's stdout is a pipe of our own, so the client holds its read transport and can pause it
     # (asyncio.subprocess keeps the transport of `stdout=PIPE` to itself).
     read_end, write_end = os.pipe()
     try:
         process = await asyncio.create_subprocess_exec(
-            *ROUTER, *stack.router_args, env=stack.env, stdin=asyncio.subprocess.PIPE, stdout=write_end)
+            *ROUTER, *options, *stack.router_args, env=stack.env, stdin=asyncio.subprocess.PIPE, stdout=write_end)
     except BaseException:
         os.close(read_end)
         raise

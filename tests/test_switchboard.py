@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from mcpmux import jsonrpc
 from mcpmux.router import actions
+from mcpmux.router.queue import Priority
 from tests.switchboard_harness import Harness
 
 
@@ -345,3 +346,46 @@ def test_a_held_session_starts_nothing_new_until_released() -> None:
 
     assert running["params"]["name"] == "work" and len(h.requests_on(instance)) == 2
     assert len(h.board.queue) == 0
+
+
+# --- priorities ---------------------------------------------------------------------------------------
+
+
+def test_a_high_request_by_meta_passes_a_backlog_and_the_server_never_sees_the_key() -> None:
+    h = Harness.make(maxConcurrentRequests=1)
+    busy = h.open("busy")
+    instance = h.add_instance("shim:shim_00")
+    for n in range(5):
+        h.call(busy, f"bulk{n}")
+    h.request(busy, "urgent", "tools/call",
+              {"name": "work", "arguments": {}, "_meta": {"mcpmux/priority": "high", "progressToken": 7}})
+
+    order = []
+    while running := h.requests_on(instance):
+        (request,) = running
+        order.append(request)
+        h.answer(instance, request["id"])
+
+    urgent = next(r for r in order if r["params"].get("_meta"))
+    assert order.index(urgent) == 1, "next after the call already running"
+    assert urgent["params"]["_meta"] == {"progressToken": urgent["id"]}, "mcpmux's key removed, the rest kept"
+
+
+def test_a_sessions_level_and_the_configured_rules_set_a_requests_level() -> None:
+    h = Harness.make({"priorities": {"tools": {"re*": "low"}}}, maxConcurrentRequests=1)
+    background = h.board.open_session(b"agent", {"capabilities": {}}, Priority.LOW)
+    interactive = h.open("interactive")
+    instance = h.add_instance("shim:shim_00")
+
+    h.call(background, "first")  # runs at once: nothing waits
+    h.call(background, "agent-work")
+    h.call(interactive, "reindex", tool="reindex")
+    h.call(interactive, "normal")
+    answered: list[object] = []
+    while running := h.requests_on(instance):
+        (request,) = running
+        h.answer(instance, request["id"])
+        done = {*h.responses(background), *h.responses(interactive)}
+        answered += [rid for rid in done if rid not in answered]
+
+    assert answered == ["first", "normal", "agent-work", "reindex"], "normal first, then the low ones in turn"
