@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import time
 from typing import Any
 
@@ -58,13 +59,24 @@ class Scaler:
         running = sum(instance.in_flight for instance in self._board.pool)
         return (running + len(self._board.queue)) / capacity
 
+    def needed(self) -> int:
+        """Instances that would bring the load to the scale-up threshold, within the bounds."""
+        settings = self._settings
+        demand = sum(instance.in_flight for instance in self._board.pool) + len(self._board.queue)
+        wanted = math.ceil(demand / (settings.max_concurrent_requests * settings.scale_up_threshold))
+        return max(settings.min_instances, min(settings.max_instances, wanted))
+
     def tick(self) -> None:
         load = self.load()
         starting = any(self._board.pool.get(slot) is None or not self._board.pool.get(slot).ready  # type: ignore[union-attr]
                        for slot in self.wanted)
         if load >= self._settings.scale_up_threshold and not starting:
-            if len(self.wanted) < self._settings.max_instances:
-                self._start(self._free_slot(), f"load {load:.2f} >= {self._settings.scale_up_threshold}")
+            # A load step grows the pool to what the backlog needs in one decision, the new instances starting
+            # side by side; the next decision waits until they are ready (the cooldown).
+            missing = self.needed() - len(self.wanted)
+            for _ in range(missing):
+                self._start(self._free_slot(), f"load {load:.2f} >= {self._settings.scale_up_threshold}: "
+                                               f"{self.needed()} instances needed")
             self._low_since = None
             return
         if load > self._settings.scale_down_threshold or len(self.wanted) <= self._settings.min_instances:
@@ -84,6 +96,7 @@ class Scaler:
 
     def _start(self, slot: str, reason: str) -> None:
         self.wanted[slot] = time.monotonic()
+        log.info("start %s: %s", slot, reason)
         self._metrics.event(EventKind.SCALE, f"start {slot}: {reason}", slot=slot)
         self._background.run(functools.partial(self._supervisor.start_sync, slot), what=f"starting {slot}")
 
@@ -92,6 +105,7 @@ class Scaler:
             instance = self._board.pool.get(slot)
             if instance is not None and instance.in_flight == 0:
                 del self.wanted[slot]
+                log.info("stop %s: load %.2f", slot, load)
                 self._metrics.event(EventKind.SCALE,
                                     f"stop {slot}: load {load:.2f} <= {self._settings.scale_down_threshold}")
                 # The same path as any loss: its subscriptions move to another instance.

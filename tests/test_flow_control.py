@@ -44,8 +44,9 @@ async def test_a_client_that_stops_reading_more_than_the_door_holds_still_gets_e
         make_stack: StackFactory) -> None:
     """More output than the door's outbox holds: it stops reading the core until the client reads."""
     # The outbox holds 8 MiB or 4 messages of --max-message-bytes, the more of the two: here 8 MiB.
+    # One session's burst of 200 calls: its own queue bound must hold them all.
     stack = make_stack("--min-instances", "2", "--max-instances", "2", "--max-concurrent-requests", "3",
-                       "--max-message-bytes", str(1024 * 1024))
+                       "--max-message-bytes", str(1024 * 1024), "--queue-per-session", "256")
     calls = [f"big-{n}" for n in range(200)]  # about 13 MB of results
     async with raw_session(stack) as client:
         await client.initialize()

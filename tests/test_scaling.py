@@ -24,3 +24,25 @@ async def test_a_backlog_starts_another_instance(make_stack: StackFactory) -> No
     assert scale["text"].startswith("start shim:shim_01")
     assert all("result" in answer for answer in answers)
     assert status["readyInstances"] + status["busyInstances"] == 2
+
+
+async def test_a_load_step_grows_the_pool_in_one_decision_and_no_request_fails(make_stack: StackFactory) -> None:
+    stack = make_stack("--min-instances", "1", "--max-instances", "3", "--max-concurrent-requests", "1")
+    async with raw_session(stack) as client:
+        await client.initialize()
+        await stack.ready(1)
+        before = time.time()
+        for n in range(9):
+            await client.send({"jsonrpc": "2.0", "id": n, "method": "tools/call",
+                               "params": {"name": "sleep", "arguments": {"seconds": 1}}})
+        await stack.ready(3)
+        answers = [await client.response(n) for n in range(9)]
+        status = await stack.current_status()
+
+    starts = [event for event in status["scaling"] if event["time"] > before and event["text"].startswith("start")]
+    first_ready = min(event["time"] for event in status["events"]
+                      if event["kind"] == "ready" and event["time"] > before)
+    assert {event["slot"] for event in starts} == {"shim:shim_01", "shim:shim_02"}
+    assert all("3 instances needed" in event["text"] for event in starts)
+    assert all(event["time"] < first_ready for event in starts), "one decision, before any new instance was ready"
+    assert all("result" in answer for answer in answers), "no request failed while the pool grew"
