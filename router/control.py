@@ -188,14 +188,16 @@ class ControlHandler:
 
     def _with_supervisor_states(self, then: Callable[[dict[str, str] | None], None]) -> None:
         """supervisord's word on every slot, or None if it does not answer within SUPERVISOR_TIMEOUT."""
-        then_once = _once(then)
+        self._with_processes(lambda processes: then(_states(processes)))
 
-        def listed(processes: list[dict[str, Any]]) -> None:
-            then_once({f"{p['group']}:{p['name']}": str(p["statename"]) for p in processes})
-
-        self._core.background.run(self._core.supervisor.processes, listed, what="listing processes",
-                                  failed=lambda _: then_once(None))
-        self._core.wait_until(lambda: False, SUPERVISOR_TIMEOUT, lambda _: then_once(None))
+    def _with_processes(self, then: Callable[[list[dict[str, Any]] | str], None]) -> None:
+        """supervisord's process list, or why there is none, once, within SUPERVISOR_TIMEOUT."""
+        once = _once(then)
+        core = self._core
+        core.background.run(core.supervisor.processes, once, what="listing processes",
+                            failed=lambda exc: once(f"supervisord did not answer: {exc}"))
+        core.wait_until(lambda: False, SUPERVISOR_TIMEOUT,
+                        lambda _: once(f"supervisord did not answer within {SUPERVISOR_TIMEOUT:.0f} s"))
 
     # --- processes -----------------------------------------------------------------------------------
 
@@ -270,11 +272,7 @@ class ControlHandler:
                 "platform": platform.platform(),
             }))
 
-        once = _once(answer)
-        core.background.run(core.supervisor.processes, once, what="listing processes",
-                            failed=lambda exc: once(f"supervisord did not answer: {exc}"))
-        core.wait_until(lambda: False, SUPERVISOR_TIMEOUT,
-                        lambda _: once(f"supervisord did not answer within {SUPERVISOR_TIMEOUT:.0f} s"))
+        self._with_processes(answer)
 
 
 def _states(processes: list[dict[str, Any]] | str) -> dict[str, str] | None:
