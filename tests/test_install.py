@@ -51,8 +51,12 @@ class Installed:
 @pytest.fixture(scope="module")
 def installed() -> Iterator[Installed]:
     scratch = Path(tempfile.mkdtemp(prefix="mx-install-", dir="/tmp"))
+    # Built from a copy of the sources: setuptools' build/ in the checkout can hold files deleted since.
+    source = scratch / "source"
+    shutil.copytree(ROOT, source, symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "node", "*.egg-info", "__pycache__", ".*_cache", "results"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(scratch / "dist"),
-                    str(ROOT)], check=True, capture_output=True, cwd=scratch)
+                    str(source)], check=True, capture_output=True, cwd=scratch)
     wheel = next((scratch / "dist").glob("mcpmux-*.whl"))
     venv = scratch / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
@@ -75,6 +79,8 @@ def test_the_wheel_holds_one_import_package_and_its_template(installed: Installe
     assert top_level == {"mcpmux"}
     assert "mcpmux/templates/stack.conf.in" in names
     assert {"mcpmux/router/core.py", "mcpmux/shim/shim.py", "mcpmux/monitor/cli.py"} <= set(names)
+    shipped = {name.removeprefix("mcpmux/router/") for name in names if name.startswith("mcpmux/router/")}
+    assert shipped == {path.name for path in (ROOT / "router").glob("*.py")}, "exactly the router's modules"
 
 
 def test_the_base_install_does_not_pull_the_sdk_or_the_demo_server(installed: Installed) -> None:
