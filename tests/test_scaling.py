@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 from tests.conftest import StackFactory
@@ -32,9 +33,10 @@ async def test_a_load_step_grows_the_pool_in_one_decision_and_no_request_fails(m
         await client.initialize()
         await stack.ready(1)
         before = time.time()
-        for n in range(9):
-            await client.send({"jsonrpc": "2.0", "id": n, "method": "tools/call",
-                               "params": {"name": "sleep", "arguments": {"seconds": 1}}})
+        # One write: the core sees the whole step at once, not a few calls then the rest.
+        await client.send_raw(b"".join(json.dumps({
+            "jsonrpc": "2.0", "id": n, "method": "tools/call",
+            "params": {"name": "sleep", "arguments": {"seconds": 1}}}).encode() + b"\n" for n in range(9)))
         await stack.ready(3)
         answers = [await client.response(n) for n in range(9)]
         status = await stack.current_status()
