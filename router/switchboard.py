@@ -282,6 +282,8 @@ class Switchboard:
     def drain(self) -> None:
         """Hand waiting requests, in the order policy's order, to the instances eligible for them. A request
         whose instances are all busy lets later ones pass that can run elsewhere (a pinned session's)."""
+        if not len(self.queue) or not self.eligibility.has_room(self.pool):
+            return  # the common case, on every response: nothing to order
         for pending in list(self.queue):
             if not self.eligibility.has_room(self.pool):
                 return

@@ -112,6 +112,15 @@ class Harness:
         for request in self.requests_on(instance):
             self.answer(instance, request["id"])
 
+    def serve_one_at_a_time(self, instance: Instance) -> list[JsonObject]:
+        """Answer what the instance runs, one request at a time, until it runs nothing: the order served."""
+        served = []
+        while running := self.requests_on(instance):
+            (request,) = running
+            served.append(request)
+            self.answer(instance, request["id"], {"n": len(served)})
+        return served
+
     def lose(self, instance: Instance, reason: str = "gone") -> None:
         self.board.instance_lost(instance, reason)
         self.collect()

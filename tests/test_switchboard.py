@@ -45,11 +45,7 @@ def test_requests_beyond_the_cap_wait_and_are_served_in_order() -> None:
 
     for n in range(3):
         h.call(client, n)
-    served = []
-    while h.requests_on(instance):
-        (running,) = h.requests_on(instance)
-        served.append(running["params"]["name"])
-        h.answer(instance, running["id"], {"n": len(served)})
+    served = h.serve_one_at_a_time(instance)
 
     assert len(served) == 3
     assert [h.response(client, n)["result"]["n"] for n in range(3)] == [1, 2, 3]
@@ -360,11 +356,7 @@ def test_a_high_request_by_meta_passes_a_backlog_and_the_server_never_sees_the_k
     h.request(busy, "urgent", "tools/call",
               {"name": "work", "arguments": {}, "_meta": {"mcpmux/priority": "high", "progressToken": 7}})
 
-    order = []
-    while running := h.requests_on(instance):
-        (request,) = running
-        order.append(request)
-        h.answer(instance, request["id"])
+    order = h.serve_one_at_a_time(instance)
 
     urgent = next(r for r in order if r["params"].get("_meta"))
     assert order.index(urgent) == 1, "next after the call already running"
