@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from mcpmux.envelope import Envelope
 from mcpmux.jsonrpc import RequestId
 from mcpmux.router.queue import Priority
 
@@ -26,7 +27,7 @@ class Pending:
 
     session: Session
     client_id: RequestId
-    message: dict[str, Any]
+    message: Envelope
     received: float = field(default_factory=time.monotonic)
     backend_id: int | None = None
     slot: str | None = None  # the instance running it, once dispatched

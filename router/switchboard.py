@@ -12,10 +12,12 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from mcpmux import jsonrpc
 from mcpmux.config import Config
+from mcpmux.envelope import Envelope, Flag, Kind
 from mcpmux.jsonrpc import JsonObject
 from mcpmux.router import cursors, profile, rewrite, server_requests
 from mcpmux.router.actions import (
@@ -47,7 +49,11 @@ from mcpmux.router.subscriptions import Subscriptions
 
 log = logging.getLogger("mcpmux.core")
 
-OnAnswer = Callable[[Instance, JsonObject], None]
+# The methods whose results the switchboard reads (the others' bodies pass through unopened):
+OPENED = frozenset({"tools/list", "resources/subscribe"})
+
+Message = Mapping[str, Any]  # an Envelope from a door or a shim, or a dict the switchboard built
+OnAnswer = Callable[[Instance, Message], None]
 Clock = Callable[[], float]
 
 
@@ -117,16 +123,17 @@ class Switchboard:
 
     # --- from the client -----------------------------------------------------------------------------
 
-    def from_client(self, session: Session, message: JsonObject) -> None:
+    def from_client(self, session: Session, message: Message) -> None:
         session.last_seen = self._now()
-        if jsonrpc.is_request(message):
+        message = Envelope.of(message, strip_priority=True)
+        if message.kind is Kind.REQUEST:
             self._client_request(session, message)
-        elif jsonrpc.is_notification(message):
+        elif message.kind is Kind.NOTIFICATION:
             self._client_notification(session, message)
         else:
             self._client_response(session, message)
 
-    def _client_request(self, session: Session, message: JsonObject) -> None:
+    def _client_request(self, session: Session, message: Envelope) -> None:
         method, client_id = message["method"], message["id"]
         session.last_request = self._now()
         self.metrics.requests_received += 1
@@ -142,15 +149,15 @@ class Switchboard:
             return
         self._admit(Pending(session, client_id, message, received=self._now()))
 
-    def _ping(self, session: Session, message: JsonObject) -> None:
+    def _ping(self, session: Session, message: Envelope) -> None:
         self._answer_local(session, jsonrpc.result(message["id"], {}))
 
-    def _discover(self, session: Session, message: JsonObject) -> None:
+    def _discover(self, session: Session, message: Envelope) -> None:
         # The 2026-07-28 era is not served yet; -32601 is what makes a client fall back to initialize.
         self._answer_local(session, jsonrpc.error(
             message["id"], jsonrpc.METHOD_NOT_FOUND, "Method not found: server/discover (use initialize)"))
 
-    def _initialize(self, session: Session, message: JsonObject) -> None:
+    def _initialize(self, session: Session, message: Envelope) -> None:
         params = message.get("params")
         if not isinstance(params, dict):
             self._answer_local(session, jsonrpc.error(
@@ -170,7 +177,7 @@ class Switchboard:
         self._init_waiters.append(pending)
         self._arm(pending, self._startup_timeout)
 
-    def _set_level(self, session: Session, message: JsonObject) -> None:
+    def _set_level(self, session: Session, message: Envelope) -> None:
         level = (message.get("params") or {}).get("level")
         if not self._backends_offer("logging"):
             self._admit(Pending(session, message["id"], message, received=self._now()))
@@ -183,7 +190,7 @@ class Switchboard:
         self._update_log_level()
         self._answer_local(session, jsonrpc.result(message["id"], {}))
 
-    def _subscribe(self, session: Session, message: JsonObject) -> None:
+    def _subscribe(self, session: Session, message: Envelope) -> None:
         uri = (message.get("params") or {}).get("uri")
         if not isinstance(uri, str) or self.subscriptions.holder(uri) is None:
             self._admit(Pending(session, message["id"], message, received=self._now()))
@@ -191,7 +198,7 @@ class Switchboard:
         self.subscriptions.join(uri, session.identity)
         self._answer_local(session, jsonrpc.result(message["id"], {}))
 
-    def _unsubscribe(self, session: Session, message: JsonObject) -> None:
+    def _unsubscribe(self, session: Session, message: Envelope) -> None:
         uri = (message.get("params") or {}).get("uri")
         if not isinstance(uri, str) or not self.subscriptions.has(uri, session.identity):
             self._admit(Pending(session, message["id"], message, received=self._now()))
@@ -202,7 +209,7 @@ class Switchboard:
             return
         self._admit(Pending(session, message["id"], message, pinned_slot=slot, received=self._now()))
 
-    _LOCAL_METHODS: dict[str, Callable[[Switchboard, Session, JsonObject], None]] = {
+    _LOCAL_METHODS: dict[str, Callable[[Switchboard, Session, Envelope], None]] = {
         "ping": _ping,
         "server/discover": _discover,
         "initialize": _initialize,
@@ -211,7 +218,7 @@ class Switchboard:
         "resources/unsubscribe": _unsubscribe,
     }
 
-    def _client_notification(self, session: Session, message: JsonObject) -> None:
+    def _client_notification(self, session: Session, message: Envelope) -> None:
         method = message["method"]
         if method == "notifications/cancelled":
             request_id = (message.get("params") or {}).get("requestId")
@@ -225,29 +232,27 @@ class Switchboard:
             for instance in self.pool.ready():
                 self._send(instance, message)
 
-    def _client_response(self, session: Session, message: JsonObject) -> None:
-        request = session.server_requests.pop(message["id"], None)
+    def _client_response(self, session: Session, message: Envelope) -> None:
+        request = session.server_requests.pop(message.id, None)
         instance = self.pool.get(request.slot) if request else None
         if request is None or instance is None:
-            log.info("dropped a client response to %r: no instance waits for it", message.get("id"))
+            log.info("dropped a client response to %r: no instance waits for it", message.id)
             return
-        self._send(instance, {**message, "id": request.backend_id})
+        self._send(instance, message.with_id(request.backend_id))
 
     # --- the life of a request -----------------------------------------------------------------------
 
     def _admit(self, pending: Pending) -> None:
-        params = pending.message.get("params")
-        params = params if isinstance(params, dict) else {}
-        cursor = params.get("cursor")
-        if isinstance(cursor, str):
-            unwrapped = cursors.unwrap(cursor)
+        if pending.message.flags & Flag.CURSOR:  # only then is the body opened
+            params = pending.message["params"]
+            unwrapped = cursors.unwrap(params["cursor"])
             if unwrapped is None:
                 self._answer_local(pending.session, jsonrpc.error(
                     pending.client_id, jsonrpc.INVALID_PARAMS, "Invalid params: unknown pagination cursor"))
                 return
             pending.pinned_slot, inner = unwrapped
-            pending.message = {**pending.message, "params": {**params, "cursor": inner}}
-        level, pending.message = self.priorities.level(pending.message, pending.session.priority)
+            pending.message = Envelope.from_message({**pending.message, "params": {**params, "cursor": inner}})
+        level = self.priorities.level(pending.message, pending.session.priority)
         pending.session.pending[pending.client_id] = pending
         self._arm(pending, self._request_timeout)
         if self._dispatch(pending):
@@ -291,7 +296,7 @@ class Switchboard:
                 # By key: a request answered at once (its pinned instance gone) has left the queue already.
                 self.queue.remove(pending.key, served=True)
 
-    def _finish(self, pending: Pending, response: JsonObject) -> None:
+    def _finish(self, pending: Pending, response: Message) -> None:
         """Send a request's one response, under the client's own id."""
         self._deadlines.cancel(pending.key)
         pending.session.pending.pop(pending.client_id, None)
@@ -300,7 +305,7 @@ class Switchboard:
         else:
             self.metrics.requests_succeeded += 1
         self.metrics.observe_latency(self._now() - pending.received)
-        self._answer(pending.session, {**response, "id": pending.client_id})
+        self._answer(pending.session, Envelope.of(response).with_id(pending.client_id))
 
     def _fail(self, pending: Pending, code: int, text: str) -> None:
         self.queue.remove(pending.key)
@@ -357,7 +362,8 @@ class Switchboard:
 
     # --- from an instance ----------------------------------------------------------------------------
 
-    def from_instance(self, instance: Instance, message: JsonObject) -> None:
+    def from_instance(self, instance: Instance, message: Message) -> None:
+        message = Envelope.of(message)
         if "method" not in message:
             self._instance_response(instance, message)
         elif "id" in message:
@@ -365,8 +371,8 @@ class Switchboard:
         else:
             self._instance_notification(instance, message)
 
-    def _instance_response(self, instance: Instance, message: JsonObject) -> None:
-        backend_id = message.get("id")
+    def _instance_response(self, instance: Instance, message: Envelope) -> None:
+        backend_id = message.id
         if backend_id in self._internal:
             follow_up = self._internal.pop(backend_id)
             if follow_up is not None:
@@ -374,7 +380,7 @@ class Switchboard:
             elif "error" in message:
                 log.warning("%s refused an mcpmux request: %s", instance.slot, message["error"])
             return
-        pending = self._running.pop(backend_id, None)  # type: ignore[arg-type]
+        pending = self._running.pop(backend_id, None)
         if pending is None:
             return  # the answer to a request that timed out or was cancelled
         instance.in_flight -= 1
@@ -387,12 +393,15 @@ class Switchboard:
             self.breaker.success(instance)
         self.drain()
 
-    def _adapt_result(self, instance: Instance, pending: Pending, message: JsonObject) -> JsonObject:
+    def _adapt_result(self, instance: Instance, pending: Pending, message: Envelope) -> Envelope:
+        if message.kind is not Kind.RESULT or not (message.flags & Flag.NEXT_CURSOR or pending.method in OPENED):
+            return message  # the common case: the body passes through unopened
         result = message.get("result")
         if not isinstance(result, dict):
             return message
         if isinstance(result.get("nextCursor"), str):
-            message = {**message, "result": {**result, "nextCursor": cursors.wrap(instance.slot, result["nextCursor"])}}
+            wrapped = cursors.wrap(instance.slot, result["nextCursor"])
+            message = Envelope.from_message({**message, "result": {**result, "nextCursor": wrapped}})
         if pending.method == "tools/list":
             self.retry.observe_tools(result)
         elif pending.method == "resources/subscribe":
@@ -401,7 +410,7 @@ class Switchboard:
                 self.subscriptions.confirmed(uri, instance.slot, pending.session.identity)
         return message
 
-    def _instance_request(self, instance: Instance, message: JsonObject) -> None:
+    def _instance_request(self, instance: Instance, message: Envelope) -> None:
         method = message["method"]
         if method == "ping":
             self._send(instance, jsonrpc.result(message["id"], {}))
@@ -414,9 +423,9 @@ class Switchboard:
             return
         client_id = next(self._ids)
         session.server_requests[client_id] = ServerRequest(instance.slot, message["id"])
-        self._answer(session, {**message, "id": client_id})
+        self._answer(session, message.with_id(client_id))
 
-    def _instance_notification(self, instance: Instance, message: JsonObject) -> None:
+    def _instance_notification(self, instance: Instance, message: Envelope) -> None:
         method = message["method"]
         params = message.get("params") or {}
         if method == "notifications/progress":
@@ -434,21 +443,21 @@ class Switchboard:
             for target in [session] if session else list(self.sessions.values()):
                 self._answer(target, message)
 
-    def _progress(self, params: JsonObject, message: JsonObject) -> None:
+    def _progress(self, params: JsonObject, message: Envelope) -> None:
         pending = self._running.get(params.get("progressToken"))  # type: ignore[arg-type]
         if pending is None:
             return
         token = rewrite.client_progress_token(pending.message)
-        self._answer(pending.session, rewrite.with_progress_token(message, params, token))
+        self._answer(pending.session, rewrite.with_progress_token(message, token))
 
-    def _list_changed(self, method: str, message: JsonObject) -> None:
+    def _list_changed(self, method: str, message: Envelope) -> None:
         # Every instance announces the same change: a session hears it once until it lists again.
         for session in list(self.sessions.values()):
             if method not in session.list_changed_sent:
                 session.list_changed_sent.add(method)
                 self._answer(session, message)
 
-    def _resource_updated(self, instance: Instance, params: JsonObject, message: JsonObject) -> None:
+    def _resource_updated(self, instance: Instance, params: JsonObject, message: Envelope) -> None:
         for identity in self.subscriptions.listeners(params.get("uri"), instance.slot):
             session = self.sessions.get(identity)
             if session is not None:
@@ -463,7 +472,7 @@ class Switchboard:
                         "notifications/cancelled", {**params, "requestId": client_id}))
                     return
 
-    def _log_message(self, instance: Instance, params: JsonObject, message: JsonObject) -> None:
+    def _log_message(self, instance: Instance, params: JsonObject, message: Envelope) -> None:
         owner = self._session_for(instance, guess_when_idle=False)
         targets = [owner] if owner else list(self.sessions.values())
         for session in targets:
@@ -485,7 +494,7 @@ class Switchboard:
             return
         self._become_ready(instance)
 
-    def _probe_answered(self, instance: Instance, message: JsonObject) -> None:
+    def _probe_answered(self, instance: Instance, message: Message) -> None:
         if "result" in message:
             self._become_ready(instance)
         else:
@@ -507,7 +516,7 @@ class Switchboard:
             self._finish(pending, jsonrpc.result(pending.client_id, instance.initialize_result or {}))
         self.drain()
 
-    def _learn_tools(self, instance: Instance, message: JsonObject) -> None:
+    def _learn_tools(self, instance: Instance, message: Message) -> None:
         result = message.get("result")
         if not isinstance(result, dict):
             return
@@ -553,7 +562,7 @@ class Switchboard:
                 if backend_id is not None:
                     self._pings[instance.slot] = (backend_id, now + timeout)
 
-    def _pong(self, instance: Instance, message: JsonObject) -> None:
+    def _pong(self, instance: Instance, message: Message) -> None:
         self._pings.pop(instance.slot, None)
         instance.last_ping = self._now()
 
@@ -626,10 +635,10 @@ class Switchboard:
         """The ids the instances see for the client requests they run."""
         return set(self._running)
 
-    def _answer(self, session: Session, message: JsonObject) -> None:
+    def _answer(self, session: Session, message: Message) -> None:
         self._actions.append(ToClient(session.identity, message))
 
-    def _send(self, instance: Instance, message: JsonObject) -> None:
+    def _send(self, instance: Instance, message: Message) -> None:
         self._actions.append(ToInstance(instance.slot, message))
 
     def _answer_local(self, session: Session, response: JsonObject) -> None:
