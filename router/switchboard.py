@@ -253,6 +253,7 @@ class Switchboard:
         pending.session.pending[pending.client_id] = pending
         self._arm(pending, self._request_timeout)
         if self._dispatch(pending):
+            self.queue.took_turn(pending.session.identity)
             return
         try:
             self.queue.push(pending.key, pending, session=pending.session.identity, arrived=pending.received,
