@@ -56,7 +56,7 @@ class Scaler:
     def capacity(self) -> int:
         """The sum of the wanted instances' current limits (each fixed, or found from its latency)."""
         limits = self._board.eligibility.limits
-        return sum(limits.of(slot) for slot in self.wanted) or limits.of("")
+        return max(1, sum(limits.of(slot) for slot in self.wanted))
 
     def load(self) -> float:
         """In-flight requests over the pool's capacity; queued requests push it above 1."""

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import json
+import math
 import random
+from pathlib import Path
 
+from mcpmux.config import Config
+from mcpmux.jsonrpc import JsonObject
+from mcpmux.router.background import Background
 from mcpmux.router.instances import Instance
 from mcpmux.router.limits import (
     HIGHEST,
@@ -14,6 +20,9 @@ from mcpmux.router.limits import (
     limits_for,
     request_kind,
 )
+from mcpmux.router.scaling import Scaler
+from mcpmux.stack import StackPaths
+from mcpmux.supervisor import Supervisor
 from tests.switchboard_harness import Harness
 
 SERVICE = 0.1  # seconds one call takes on its own
@@ -181,3 +190,32 @@ def test_each_instance_has_its_own_cap() -> None:
     serve(h, first, concurrent=True)
     assert h.board.eligibility.cap(first) > 1 and h.board.eligibility.cap(second) == 1
     assert len(h.requests_on(second)) == 1, "the second instance still runs one call"
+
+
+def test_the_scaler_counts_the_pool_capacity_as_the_sum_of_the_limits(tmp_path: Path) -> None:
+    settings: JsonObject = {"maxConcurrentRequests": "auto", "minInstances": 1, "maxInstances": 4,
+                            "requestTimeout": 3_600_000}
+    h = Harness.make(**settings)
+    paths = StackPaths(tmp_path)
+    paths.credentials.write_text(json.dumps({"username": "u", "password": "p"}))  # never used: nothing starts
+    background = Background()
+    try:
+        scaler = Scaler(Config.model_validate({"server": {"command": "server"}, "multiplexer": settings}),
+                        h.board, Supervisor(paths), h.board.metrics, background)
+        client = h.open("a")
+        first, second = h.add_instance("shim:shim_00"), h.add_instance("shim:shim_01")
+        for slot in (first.slot, second.slot):
+            scaler.adopt(slot)
+        for n in range(40):
+            h.call(client, n)
+        serve(h, first, concurrent=True)  # its limit grows; the second still runs its first call
+        for n in range(40, 60):
+            h.call(client, n)
+
+        capacity = h.board.eligibility.cap(first) + h.board.eligibility.cap(second)
+        demand = first.in_flight + second.in_flight + len(h.board.queue)
+        assert capacity > 2 and scaler.capacity() == capacity
+        assert scaler.load() == demand / capacity
+        assert scaler.needed() == min(4, math.ceil(demand / (capacity / 2 * 0.8)))
+    finally:
+        background.close()
