@@ -28,7 +28,6 @@ from bench import plots
 from bench.clients import raw_client
 from bench.harness import Bench, Report, scenario
 from bench.stack import LAB_SERVER, BenchStack
-from bench.stats import Stat
 from mcpmux.jsonrpc import JsonObject
 
 CALLS = 40
@@ -230,6 +229,3 @@ def summarize(bench: Bench, report: Report, steps: list[Step], found: list[Found
         bench.results_dir / "loadstep.png", f"{CALLS} calls of 0.3 s at once on a one-call-at-a-time server",
         {case: s.serving for case, s in shown.items()}, {case: s.waiting for case, s in shown.items()},
         {case: s.wanted for case, s in shown.items()}).name)
-    report.data["markdown"] = [f"Median queue-empty time: {case} "
-                               f"{Stat.of([s.queue_empty for s in runs]).median:.2f} s"
-                               for case, runs in by_case.items()]
