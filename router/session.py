@@ -34,6 +34,8 @@ class Pending:
     dispatched: float = 0.0
     pinned_slot: str | None = None  # an instance it must run on (cursor, subscription)
     attempts: int = 0
+    level: Priority = Priority.NORMAL
+    concurrency: int = 0  # requests its instance ran when it was sent there, itself included
 
     @property
     def method(self) -> str:

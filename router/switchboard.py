@@ -33,6 +33,7 @@ from mcpmux.router.breaker import CircuitBreaker, is_instance_failure
 from mcpmux.router.deadlines import Deadlines
 from mcpmux.router.eligibility import Eligibility, PinnedInstanceGone
 from mcpmux.router.instances import Instance, InstanceState, Pool
+from mcpmux.router.limits import limits_for, request_kind
 from mcpmux.router.metrics import Metrics
 from mcpmux.router.priorities import PriorityPolicy
 from mcpmux.router.queue import Priority, QueueFull, RequestQueue
@@ -69,7 +70,8 @@ class Switchboard:
             ageing=config.load_balancing.priority_ageing / 1000, clock=clock)
         self.priorities = PriorityPolicy(config.load_balancing.priorities)
         # Which instances may serve a request:
-        self.eligibility = Eligibility(settings.max_concurrent_requests, config.load_balancing.strategy)
+        self.eligibility = Eligibility(limits_for(settings.max_concurrent_requests), config.load_balancing.strategy,
+                                       config.load_balancing.high_reserve)
         self.metrics = metrics
         self.profile: JsonObject = profile.WARM  # the initialize params every backend gets
         self.profile_from_client = False
@@ -252,14 +254,15 @@ class Switchboard:
                 return
             pending.pinned_slot, inner = unwrapped
             pending.message = Envelope.from_message({**pending.message, "params": {**params, "cursor": inner}})
-        level = self.priorities.level(pending.message, pending.session.priority)
+        pending.level = self.priorities.level(pending.message, pending.session.priority)
         pending.session.pending[pending.client_id] = pending
         self._arm(pending, self._request_timeout)
         if self._dispatch(pending):
+            self.queue.took_turn(pending.session.identity)
             return
         try:
             self.queue.push(pending.key, pending, session=pending.session.identity, arrived=pending.received,
-                            level=level)
+                            level=pending.level)
         except QueueFull as full:
             self._fail(pending, jsonrpc.OVERLOADED, f"mcpmux is overloaded: {full}; retry later")
 
@@ -280,6 +283,7 @@ class Switchboard:
         pending.dispatched = self._now()
         pending.attempts += 1
         instance.in_flight += 1
+        pending.concurrency = instance.in_flight
         self._running[backend_id] = pending
         self._send(instance, rewrite.for_instance(pending.message, backend_id))
         return True
@@ -385,7 +389,9 @@ class Switchboard:
             return  # the answer to a request that timed out or was cancelled
         instance.in_flight -= 1
         instance.served += 1
-        instance.latencies.append(self._now() - pending.dispatched)
+        latency = self._now() - pending.dispatched
+        instance.latencies.append(latency)
+        self.eligibility.limits.observe(instance.slot, request_kind(pending.message), latency, pending.concurrency)
         self._finish(pending, self._adapt_result(instance, pending, message))
         if is_instance_failure(message):
             self._instance_failed(instance, f"answered error {message['error'].get('code')}")
