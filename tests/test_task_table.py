@@ -26,19 +26,23 @@ def pool(load_balancing: JsonObject | None = None, **options: Any) -> tuple[Harn
     return h, [h.add_instance(slot, WITH_TASKS) for slot in SLOTS]
 
 
+def call_on(h: Harness, instance: Instance, session: Session, request_id: RequestId, params: JsonObject) -> None:
+    """A tools/call from `session` made to run on `instance`: the others look full while it is dispatched."""
+    others = [(other, other.in_flight) for other in h.board.pool if other is not instance]
+    for other, _ in others:
+        other.in_flight = h.board.eligibility.cap
+    h.request(session, request_id, "tools/call", params)
+    for other, in_flight in others:
+        other.in_flight = in_flight
+
+
 def create(h: Harness, session: Session, request_id: RequestId, task_id: str, *, on: Instance,
            ttl: int | None = 60_000, meta: JsonObject | None = None) -> None:
-    """A task-augmented call from `session`, made to run on `on` (the other instance is kept busy)."""
-    others = [i for i in h.board.pool if i is not on]
-    saved = [(i, i.in_flight) for i in others]
-    for other in others:
-        other.in_flight = h.board.eligibility.cap
+    """A task-augmented call from `session` that creates task `task_id` on instance `on`."""
     params: JsonObject = {"name": "work", "arguments": {}, "task": {"ttl": ttl}}
     if meta is not None:
         params["_meta"] = meta
-    h.request(session, request_id, "tools/call", params)
-    for other, in_flight in saved:
-        other.in_flight = in_flight
+    call_on(h, on, session, request_id, params)
     (sent,) = [m for m in h.requests_on(on) if (m.get("params") or {}).get("task")]
     h.answer(on, sent["id"], {"task": task(task_id, ttl=ttl)})
     assert h.response(session, request_id)["result"]["task"]["taskId"] == task_id
@@ -165,7 +169,7 @@ def test_status_notifications_go_to_the_owner_only_and_unknown_ones_to_nobody() 
     h, (instance, _) = pool()
     a, b = h.open("a"), h.open("b")
     create(h, a, "c1", "t-a", on=instance)
-    h.call(b, "busy")  # b is the one using the instance now: a guess would pick b
+    call_on(h, instance, b, "busy", {"name": "work"})  # b is the one using the instance now
 
     h.board.from_instance(instance, jsonrpc.notification("notifications/tasks/status", task("t-a", "completed")))
     h.board.from_instance(instance, jsonrpc.notification("notifications/tasks/status", task("t-unknown")))
@@ -179,7 +183,7 @@ def test_a_server_request_for_a_task_reaches_its_owner_not_the_session_using_the
     h, (instance, _) = pool()
     a, b = h.open("a", {"elicitation": {}}), h.open("b", {"elicitation": {}})
     create(h, a, "c1", "t-a", on=instance)
-    h.call(b, "busy")  # by who is using the instance, the question would be b's
+    call_on(h, instance, b, "busy", {"name": "work"})  # by who is using the instance, the question is b's
     related = {"_meta": {RELATED_TASK: {"taskId": "t-a"}}}
 
     h.board.from_instance(instance, {"jsonrpc": "2.0", "id": 99, "method": "elicitation/create",
