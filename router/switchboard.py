@@ -209,8 +209,9 @@ class Switchboard:
 
     def _task_request(self, session: Session, message: JsonObject) -> None:
         """tasks/get, result, cancel and list, by the task table: to the task's instance at once, outside
-        the queue and the cap, or answered here."""
-        if not self._backends_offer("tasks"):
+        the queue and the cap, or answered here. A server without tasks answers them itself."""
+        backend = self.pool.any_initialize_result()
+        if backend is not None and "tasks" not in (backend.get("capabilities") or {}):
             self._admit(Pending(session, message["id"], message, received=self._now()))
             return
         route = self.tasks.route(session.identity, message, self._now(), {i.slot for i in self.pool.ready()})

@@ -311,3 +311,18 @@ def test_without_the_tasks_capability_task_methods_pass_through_to_the_server() 
     h.request(a, "g", "tasks/get", {"taskId": "whatever"})
 
     assert [m["method"] for m in h.requests_on(instance)] == ["tasks/get"]
+
+
+def test_with_no_instance_ready_the_table_still_decides() -> None:
+    h = Harness.make()
+    a, b = h.open("a"), h.open("b")
+    instance = h.add_instance(SLOTS[0], WITH_TASKS)
+    create(h, a, "c1", "t-a", on=instance)
+    h.lose(instance)  # the pool is empty now
+
+    h.request(b, "steal", "tasks/result", {"taskId": "t-a"})
+    h.request(a, "mine", "tasks/get", {"taskId": "t-a"})
+
+    assert h.error_code(b, "steal") == jsonrpc.INVALID_PARAMS, "answered at once, never queued for a server"
+    assert h.response(a, "mine")["result"]["status"] == "failed"
+    assert len(h.board.queue) == 0
