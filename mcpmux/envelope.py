@@ -37,6 +37,7 @@ class Flag(enum.IntFlag):
     NEXT_CURSOR = 2  # result.nextCursor is a string: to wrap with the instance that made it
     PROGRESS = 4  # params._meta.progressToken is set
     RETOKEN = 8  # the edge must set the progress token to `token` (requests: _meta; progress: params)
+    TASK = 16  # params.task is set: the request creates a task (router/tasks.py)
 
 
 Header = tuple[int, Any, "str | None", "str | None", "str | None", int, "int | None", Any]
@@ -83,6 +84,8 @@ class Envelope(Mapping[str, Any]):
                     flags |= Flag.PROGRESS
             if isinstance(params.get("cursor"), str):
                 flags |= Flag.CURSOR
+            if isinstance(params.get("task"), dict):
+                flags |= Flag.TASK
         result = rest.get("result")
         if isinstance(result, dict) and isinstance(result.get("nextCursor"), str):
             flags |= Flag.NEXT_CURSOR

@@ -19,7 +19,7 @@ from mcpmux import jsonrpc
 from mcpmux.config import Config
 from mcpmux.envelope import Envelope, Flag, Kind
 from mcpmux.jsonrpc import JsonObject
-from mcpmux.router import cursors, profile, rewrite, server_requests
+from mcpmux.router import cursors, profile, rewrite, server_requests, tasks
 from mcpmux.router.actions import (
     Action,
     InstanceReady,
@@ -87,6 +87,7 @@ class Switchboard:
         self._internal: dict[int, OnAnswer | None] = {}  # requests the router itself sent, with their follow-up
         self._init_waiters: list[Pending] = []
         self.subscriptions = Subscriptions()
+        self.tasks = tasks.TaskTable()
         self._log_level: str | None = None
         self.retry = RetryPolicy()
         # Unique across instances and across core restarts, so a late answer never matches a new request.
@@ -121,6 +122,10 @@ class Switchboard:
             self._abandon(pending, "client session ended")
         for uri, slot in self.subscriptions.drop_session(session.identity):
             self._internal_request(slot, "resources/unsubscribe", {"uri": uri})
+        for task in self.tasks.drop_session(session.identity):  # nobody else may fetch them
+            instance = self.pool.get(task.slot)
+            if instance is not None and tasks.offers_cancel(instance.initialize_result):
+                self._internal_request(task.slot, "tasks/cancel", {"taskId": task.task_id})
         self._update_log_level()
 
     # --- from the client -----------------------------------------------------------------------------
@@ -211,6 +216,26 @@ class Switchboard:
             return
         self._admit(Pending(session, message["id"], message, pinned_slot=slot, received=self._now()))
 
+    def _task_request(self, session: Session, message: Envelope) -> None:
+        """tasks/get, result, cancel and list, by the task table: to the task's instance at once, outside
+        the queue and the cap, or answered here. A server without tasks answers them itself."""
+        backend = self.pool.any_initialize_result()
+        if backend is not None and "tasks" not in (backend.get("capabilities") or {}):
+            self._admit(Pending(session, message["id"], message, received=self._now()))
+            return
+        route = self.tasks.route(session.identity, message, self._now(), {i.slot for i in self.pool.ready()})
+        if isinstance(route, tasks.Reply):
+            self._answer_local(session, route.response)
+            return
+        instance = self.pool.get(route.slot)
+        assert instance is not None, "the table routes only to ready instances"
+        pending = Pending(session, message["id"], Envelope.of(route.message), pinned_slot=route.slot,
+                          received=self._now(), capped=False)
+        session.pending[pending.client_id] = pending
+        if pending.method != "tasks/result":  # that one lasts as long as its task
+            self._arm(pending, self._request_timeout)
+        self._start(pending, instance)
+
     _LOCAL_METHODS: dict[str, Callable[[Switchboard, Session, Envelope], None]] = {
         "ping": _ping,
         "server/discover": _discover,
@@ -218,6 +243,7 @@ class Switchboard:
         "logging/setLevel": _set_level,
         "resources/subscribe": _subscribe,
         "resources/unsubscribe": _unsubscribe,
+        **dict.fromkeys(tasks.METHODS, _task_request),
     }
 
     def _client_notification(self, session: Session, message: Envelope) -> None:
@@ -278,15 +304,19 @@ class Switchboard:
             return True
         if instance is None:
             return False
+        self._start(pending, instance)
+        return True
+
+    def _start(self, pending: Pending, instance: Instance) -> None:
         backend_id = next(self._ids)
         pending.backend_id, pending.slot = backend_id, instance.slot
         pending.dispatched = self._now()
         pending.attempts += 1
-        instance.in_flight += 1
+        if pending.capped:
+            instance.in_flight += 1
         pending.concurrency = instance.in_flight
         self._running[backend_id] = pending
         self._send(instance, rewrite.for_instance(pending.message, backend_id))
-        return True
 
     def drain(self) -> None:
         """Hand waiting requests, in the order policy's order, to the instances eligible for them. A request
@@ -360,7 +390,8 @@ class Switchboard:
         instance = self.pool.get(pending.slot or "")
         if instance is None:
             return
-        instance.in_flight -= 1
+        if pending.capped:
+            instance.in_flight -= 1
         self._send(instance, jsonrpc.notification(
             "notifications/cancelled", {"requestId": pending.backend_id, "reason": reason}))
 
@@ -387,19 +418,24 @@ class Switchboard:
         pending = self._running.pop(backend_id, None)
         if pending is None:
             return  # the answer to a request that timed out or was cancelled
-        instance.in_flight -= 1
-        instance.served += 1
         latency = self._now() - pending.dispatched
-        instance.latencies.append(latency)
-        self.eligibility.limits.observe(instance.slot, request_kind(pending.message), latency, pending.concurrency)
+        if pending.capped:  # a tasks/* request holds no slot, and its latency is its task's
+            instance.in_flight -= 1
+            instance.latencies.append(latency)
+            self.eligibility.limits.observe(instance.slot, request_kind(pending.message), latency,
+                                            pending.concurrency)
+        instance.served += 1
         self._finish(pending, self._adapt_result(instance, pending, message))
-        if is_instance_failure(message):
+        if is_instance_failure(message) and pending.method != "tasks/result":  # that error is its task's outcome
             self._instance_failed(instance, f"answered error {message['error'].get('code')}")
         else:
             self.breaker.success(instance)
         self.drain()
 
-    def _adapt_result(self, instance: Instance, pending: Pending, message: Envelope) -> Envelope:
+    def _adapt_result(self, instance: Instance, pending: Pending, message: Envelope) -> Message:
+        if tasks.concerns(pending.message):
+            return self.tasks.answered(pending.session.identity, instance.slot, pending.message, message,
+                                       pending.backend_id, self._now())
         if message.kind is not Kind.RESULT or not (message.flags & Flag.NEXT_CURSOR or pending.method in OPENED):
             return message  # the common case: the body passes through unopened
         result = message.get("result")
@@ -421,7 +457,7 @@ class Switchboard:
         if method == "ping":
             self._send(instance, jsonrpc.result(message["id"], {}))
             return
-        session = self._session_for(instance)
+        session = self._task_owner(instance, message) or self._session_for(instance)
         refused = server_requests.refusal(session, method)
         if refused is not None or session is None:
             code, text = refused or (jsonrpc.INTERNAL_ERROR, "no session")
@@ -444,14 +480,24 @@ class Switchboard:
             self._server_cancelled(instance, params)
         elif method == "notifications/message":
             self._log_message(instance, params, message)
+        elif method == "notifications/tasks/status":
+            task = self.tasks.observe(instance.slot, params)
+            owner = self.sessions.get(task.session) if task is not None else None
+            if owner is not None:  # never anyone else, not even when the task is unknown
+                self._answer(owner, message)
         else:
-            session = self._session_for(instance)
+            session = self._task_owner(instance, message) or self._session_for(instance)
             for target in [session] if session else list(self.sessions.values()):
                 self._answer(target, message)
 
     def _progress(self, params: JsonObject, message: Envelope) -> None:
         pending = self._running.get(params.get("progressToken"))  # type: ignore[arg-type]
         if pending is None:
+            # A task's progress keeps its request's token after the request was answered.
+            target = self.tasks.progress_target(params.get("progressToken"))
+            session = self.sessions.get(target[0]) if target is not None else None
+            if target is not None and session is not None:
+                self._answer(session, rewrite.with_progress_token(message, target[1]))
             return
         token = rewrite.client_progress_token(pending.message)
         self._answer(pending.session, rewrite.with_progress_token(message, token))
@@ -479,11 +525,17 @@ class Switchboard:
                     return
 
     def _log_message(self, instance: Instance, params: JsonObject, message: Envelope) -> None:
-        owner = self._session_for(instance, guess_when_idle=False)
+        owner = self._task_owner(instance, message) or self._session_for(instance, guess_when_idle=False)
         targets = [owner] if owner else list(self.sessions.values())
         for session in targets:
             if session.wants_log(str(params.get("level"))):
                 self._answer(session, message)
+
+    def _task_owner(self, instance: Instance, message: Message) -> Session | None:
+        """The session owning the task a message names in its related-task `_meta`: exact, where
+        `_session_for` can only guess."""
+        task = self.tasks.owner(instance.slot, message)
+        return self.sessions.get(task.session) if task is not None else None
 
     def _session_for(self, instance: Instance, *, guess_when_idle: bool = True) -> Session | None:
         return server_requests.attribute(instance.slot, self._running.values(), self.sessions,
@@ -595,12 +647,19 @@ class Switchboard:
             instance.state = InstanceState.FAILED
         self.pool.remove(instance.slot)
         self._pings.pop(instance.slot, None)
+        for task in self.tasks.instance_lost(instance.slot, reason):
+            owner = self.sessions.get(task.session)
+            if owner is not None:
+                self._answer(owner, jsonrpc.notification("notifications/tasks/status", task.task))
         for backend_id, pending in list(self._running.items()):
             if pending.slot != instance.slot:
                 continue
             del self._running[backend_id]
             pending.backend_id = pending.slot = None
-            if pending.pinned_slot is None and self.retry.may_retry(pending.message, pending.attempts):
+            lost_task = self.tasks.lost_answer(pending.session.identity, instance.slot, pending.message)
+            if lost_task is not None:
+                self._finish(pending, lost_task)
+            elif pending.pinned_slot is None and self.retry.may_retry(pending.message, pending.attempts):
                 self.metrics.requests_retried += 1
                 self.queue.push_front(pending.key, pending, session=pending.session.identity,
                                       arrived=pending.received)
@@ -684,5 +743,6 @@ class Switchboard:
             "queued": len(self.queue),
             "running": len(self._running),
             "subscriptions": len(self.subscriptions),
+            "tasks": len(self.tasks),
             "logLevel": self._log_level,
         }
