@@ -1,7 +1,9 @@
 """The shim's main loop: relay between the router's core (ZeroMQ DEALER) and one backend (stdio).
 
-It initializes the backend with the parameters the core sends (the first client's real ones), reports the
-result, then relays frames both ways and beats a heartbeat. When the backend dies the shim says so and
+It opens the backend connection with the parameters the core sends (the first client's real ones), in the
+era the core asks for (shim/opening.py), reports the result, then relays frames both ways and beats a
+heartbeat. In the 2026-07-28 era it wraps each `requestState` its backend issues with its slot
+(mcpmux/request_state.py), so the client's retry comes back here. When the backend dies the shim says so and
 exits, and supervisord starts a fresh one in the same slot.
 
 It is started once per instance, so it stays small: one synchronous poll loop, no asyncio (which would
@@ -19,14 +21,15 @@ from pathlib import Path
 
 import zmq
 
-from mcpmux import wire
+from mcpmux import request_state, wire
 from mcpmux.envelope import Envelope
 from mcpmux.jsonrpc import JsonObject
 from mcpmux.shim.backend import Backend
+from mcpmux.shim.opening import Opened, Opening
 from mcpmux.signals import die_on_termination
+from mcpmux.stateless import Era
 
 HEARTBEAT_INTERVAL = 1.0
-INIT_ID = "mcpmux-shim-initialize"
 
 
 class Shim:
@@ -40,8 +43,8 @@ class Shim:
         self._socket.setsockopt(zmq.LINGER, 1000)
         self._socket.setsockopt(zmq.SNDHWM, 100_000)
         self._socket.connect(f"ipc://{stack_dir / 'shims.sock'}")
-        self._initializing = False
-        self._initialize_result: JsonObject | None = None
+        self._opening = Opening(self._backend.send)
+        self._opened: Opened | None = None
         self._failure: str | None = None
         self._next_beat = 0.0
 
@@ -77,6 +80,7 @@ class Shim:
     def _beat_if_due(self) -> None:
         now = time.monotonic()
         if now >= self._next_beat:
+            self._opening.expire()
             self._send(wire.Heartbeat())
             self._next_beat = now + HEARTBEAT_INTERVAL
 
@@ -96,15 +100,14 @@ class Shim:
             if isinstance(message, wire.ToBackend):
                 self._backend.send_line(message.envelope.line())
             elif isinstance(message, wire.InitializeBackend):
-                self._initialize(message.params)
+                self._initialize(message.params, Era(message.era))
             elif isinstance(message, wire.Resync):
                 self._hello()
 
-    def _initialize(self, params: JsonObject) -> None:
-        if self._initializing or self._initialize_result is not None:
+    def _initialize(self, params: JsonObject, era: Era) -> None:
+        if self._opening.busy or self._opened is not None:
             return
-        self._initializing = True
-        self._backend.send({"jsonrpc": "2.0", "id": INIT_ID, "method": "initialize", "params": params})
+        self._opening.start(params, era)
 
     # --- backend -> core -----------------------------------------------------------------------------
 
@@ -112,29 +115,37 @@ class Shim:
         messages = self._backend.read_messages()
         if messages is None:
             return False
+        stateless = self._opened is not None and self._opened.era is Era.STATELESS
         for payload in messages:
-            if "method" not in payload and payload.get("id") == INIT_ID:
+            if self._opening.owns(payload):
                 self._initialized(payload)
                 continue
+            if stateless and "result" in payload:
+                payload = request_state.wrap_result(payload, self._slot, os.getpid())
             envelope = Envelope.from_message(payload)
             wire.send(self._socket, wire.encode_envelope(wire.FromBackend, envelope), block=True)
         return True
 
     def _initialized(self, response: JsonObject) -> None:
-        self._initializing = False
-        if "result" not in response:
-            error = response.get("error", {})
-            self._failure = f"backend refused initialize: {error.get('message', error)}"
+        outcome = self._opening.answer(response)
+        if outcome is None:
+            return  # still opening (falling back to the handshake), or a late answer
+        if not isinstance(outcome, Opened):
+            self._failure = outcome.reason
             self._backend.send_eof()
             return
-        self._backend.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
-        self._initialize_result = response["result"]
-        self._send(wire.BackendReady(response["result"]))
+        self._opened = outcome
+        self._send(wire.BackendReady(outcome.result, outcome.era.value, outcome.fallback))
 
     # --- lifecycle -----------------------------------------------------------------------------------
 
     def _hello(self) -> None:
-        self._send(wire.ShimHello(os.getpid(), self._backend.pid, self._initialize_result))
+        opened = self._opened
+        if opened is None:
+            self._send(wire.ShimHello(os.getpid(), self._backend.pid))
+        else:
+            self._send(wire.ShimHello(os.getpid(), self._backend.pid, opened.result, opened.era.value,
+                                      opened.fallback))
 
     def _send(self, message: wire.Message) -> None:
         wire.send(self._socket, wire.encode(message), block=True)
@@ -152,7 +163,7 @@ class Shim:
         code = self._backend.wait(timeout=2)
         self._backend.drain_stderr()
         reason = self._failure or f"backend exited with code {code}"
-        if self._initializing:
+        if self._opening.busy:
             reason += " during initialize"
         _log(reason)
         self._send(wire.BackendFailed(reason, "\n".join(self._backend.stderr_tail)))

@@ -2,10 +2,12 @@
 
 The door and the shim parse each message once, where it enters mcpmux (they must check it anyway), and
 cut it in two. The header holds what routing needs: the kind, the id, the method, a tool call's name, the
-priority the client asked for, and flags saying whether the body holds a cursor, a next-page cursor or a
-progress token. The body is the rest of the message, serialized without `jsonrpc` and `id`. The core routes
-on the header and passes the body on untouched, so its work per message does not grow with the payload.
-The id the other side must see travels in the header, and the edge that writes the line splices it in.
+priority the client asked for, and flags saying whether the body holds a cursor, a next-page cursor, a
+progress token, the stateless era's per-request `_meta`, a `requestState` (the instance that issued it is in
+the header: `pin`), an `input_required` result or a listen stream's id (in the header: `token`). The body
+is the rest of the message, serialized without `jsonrpc` and `id`. The core routes on the header and passes
+the body on untouched, so its work per message does not grow with the payload. The id the other side must
+see travels in the header, and the edge that writes the line splices it in.
 
 The core parses a body only where its logic needs what is inside (a tools/list result, a subscription's
 uri, a cursor to unwrap): lazily, once, through the `Mapping` interface, which reads like the dict the
@@ -19,7 +21,10 @@ import json
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from mcpmux import request_state, stateless
 from mcpmux.jsonrpc import JsonObject
+from mcpmux.request_state import Pin
+from mcpmux.stateless import SUBSCRIPTION_ID_KEY
 
 PRIORITY_KEY = "mcpmux/priority"  # a private _meta key: its prefix is neither modelcontextprotocol nor mcp
 
@@ -38,19 +43,24 @@ class Flag(enum.IntFlag):
     PROGRESS = 4  # params._meta.progressToken is set
     RETOKEN = 8  # the edge must set the progress token to `token` (requests: _meta; progress: params)
     TASK = 16  # params.task is set: the request creates a task (router/tasks.py)
+    ENVELOPED = 32  # params._meta carries the 2026-07-28 protocol version: a request of the stateless era
+    STATE = 64  # params.requestState was issued through mcpmux: `pin` names the instance that issued it
+    INPUT_REQUIRED = 128  # result.resultType is input_required (2026-07-28): the client retries with input
+    SUBSCRIPTION = 256  # _meta names a subscriptions/listen stream: `token` is its id, rewritten by RETOKEN
 
 
-Header = tuple[int, Any, "str | None", "str | None", "str | None", int, "int | None", Any]
+Header = tuple[int, Any, "str | None", "str | None", "str | None", int, "int | None", Any, "Pin | None"]
 
 
 class Envelope(Mapping[str, Any]):
     """One JSON-RPC message: header fields as attributes, the whole message readable as a mapping."""
 
-    __slots__ = ("_parsed", "body", "error_code", "flags", "id", "kind", "method", "priority", "token", "tool")
+    __slots__ = ("_parsed", "body", "error_code", "flags", "id", "kind", "method", "pin", "priority", "token",
+                 "tool")
 
     def __init__(self, kind: Kind, id: Any, method: str | None, body: bytes, *, tool: str | None = None,
                  priority: str | None = None, flags: Flag = Flag.NONE, error_code: int | None = None,
-                 token: Any = None, parsed: JsonObject | None = None) -> None:
+                 token: Any = None, pin: Pin | None = None, parsed: JsonObject | None = None) -> None:
         self.kind = kind
         self.id = id  # None for a notification (and for an error answering an unparseable request)
         self.method = method
@@ -59,62 +69,59 @@ class Envelope(Mapping[str, Any]):
         self.flags = flags
         self.error_code = error_code
         self.token = token
+        self.pin = pin
         self.body = body
         self._parsed = parsed
 
     # --- building --------------------------------------------------------------------------------------
 
     @classmethod
-    def from_message(cls, message: JsonObject, *, strip_priority: bool = False) -> Envelope:
-        """Cut a parsed message in two. `strip_priority` (the door's) takes mcpmux's own `_meta` key out of
-        the body into the header, so the server never sees it."""
+    def from_message(cls, message: JsonObject, *, from_client: bool = False) -> Envelope:
+        """Cut a parsed message in two. `from_client` (the door's cut) moves mcpmux's own parts of a client's
+        message from the body into the header, so the server never sees them: a priority in `_meta`, and the
+        instance named in a `requestState` (mcpmux/request_state.py)."""
         rest = {key: value for key, value in message.items() if key != "jsonrpc" and key != "id"}
         method = message.get("method")
         params = rest.get("params")
-        priority = None
-        flags = Flag.NONE
+        priority: Any = None
+        pin: Pin | None = None
+        flags, token = Flag.NONE, None
         if isinstance(params, dict):
-            meta = params.get("_meta")
-            if isinstance(meta, dict):
-                if strip_priority and PRIORITY_KEY in meta:
-                    priority, params = _without_priority(params, meta)
-                    rest["params"] = params
-                    meta = params.get("_meta")
-                if isinstance(meta, dict) and "progressToken" in meta:
-                    flags |= Flag.PROGRESS
-            if isinstance(params.get("cursor"), str):
-                flags |= Flag.CURSOR
-            if isinstance(params.get("task"), dict):
-                flags |= Flag.TASK
+            if from_client:
+                priority, pin, params = _client_parts(params)
+                rest["params"] = params
+            flags, token = _params_flags(params)
+            flags |= Flag.STATE if pin is not None else Flag.NONE
         result = rest.get("result")
-        if isinstance(result, dict) and isinstance(result.get("nextCursor"), str):
-            flags |= Flag.NEXT_CURSOR
+        if isinstance(result, dict):
+            flags, token = _result_flags(result)
         tool = params.get("name") if method == "tools/call" and isinstance(params, dict) else None
         error = rest.get("error")
         code = error.get("code") if isinstance(error, dict) else None
         return cls(_kind(message), message.get("id"), method if isinstance(method, str) else None,
                    dumps(rest), tool=tool if isinstance(tool, str) else None,
                    priority=priority if isinstance(priority, str) else None, flags=flags,
-                   error_code=code if isinstance(code, int) else None, parsed=rest)
+                   error_code=code if isinstance(code, int) else None, token=token, pin=pin, parsed=rest)
 
     @classmethod
-    def of(cls, message: Mapping[str, Any], *, strip_priority: bool = False) -> Envelope:
+    def of(cls, message: Mapping[str, Any], *, from_client: bool = False) -> Envelope:
         """An envelope as it is, or a message built as a dict cut into one."""
         if isinstance(message, Envelope):
             return message
-        return cls.from_message(dict(message), strip_priority=strip_priority)
+        return cls.from_message(dict(message), from_client=from_client)
 
     def with_id(self, new_id: Any) -> Envelope:
         """The same message under another id (the body is shared, not copied)."""
         return self._copy(id=new_id)
 
     def with_token(self, token: Any) -> Envelope:
-        """The same message with another progress token, written in by the edge that sends it on."""
+        """The same message with another progress token (or listen stream id, for a SUBSCRIPTION message),
+        written in by the edge that sends it on."""
         return self._copy(token=token, flags=self.flags | Flag.RETOKEN)
 
     def _copy(self, **changes: Any) -> Envelope:
         fields = {"tool": self.tool, "priority": self.priority, "flags": self.flags,
-                  "error_code": self.error_code, "token": self.token, "parsed": self._parsed}
+                  "error_code": self.error_code, "token": self.token, "pin": self.pin, "parsed": self._parsed}
         fields.update({key: value for key, value in changes.items() if key != "id"})
         return Envelope(self.kind, changes.get("id", self.id), self.method, self.body, **fields)
 
@@ -122,13 +129,13 @@ class Envelope(Mapping[str, Any]):
 
     def header(self) -> Header:
         return (int(self.kind), self.id, self.method, self.tool, self.priority, int(self.flags),
-                self.error_code, self.token)
+                self.error_code, self.token, self.pin)
 
     @classmethod
     def from_wire(cls, header: Any, body: bytes) -> Envelope:
-        kind, id, method, tool, priority, flags, error_code, token = header
+        kind, id, method, tool, priority, flags, error_code, token, pin = header
         return cls(Kind(kind), id, method, body, tool=tool, priority=priority, flags=Flag(flags),
-                   error_code=error_code, token=token)
+                   error_code=error_code, token=token, pin=None if pin is None else (pin[0], pin[1]))
 
     def line(self) -> bytes:
         """The message as the JSON line the other side reads: the id spliced in, the token written in."""
@@ -139,7 +146,15 @@ class Envelope(Mapping[str, Any]):
         return head + (b"," + body[1:] if len(body) > 2 else b"}") + b"\n"
 
     def _retokened(self) -> JsonObject:
+        """The body with the token written where it belongs: a listen stream's id in `_meta` (of params or
+        result), a request's progress token in `params._meta`, a progress notification's in `params`."""
         rest = dict(self._body())
+        if self.flags & Flag.SUBSCRIPTION:
+            part = "result" if self.kind is Kind.RESULT else "params"
+            inner = dict(rest.get(part) or {})
+            inner["_meta"] = {**(inner.get("_meta") or {}), SUBSCRIPTION_ID_KEY: self.token}
+            rest[part] = inner
+            return rest
         params = dict(rest.get("params") or {})
         if self.kind is Kind.REQUEST:
             params["_meta"] = {**(params.get("_meta") or {}), "progressToken": self.token}
@@ -159,9 +174,7 @@ class Envelope(Mapping[str, Any]):
         message: JsonObject = {"jsonrpc": "2.0"}
         if self.kind is not Kind.NOTIFICATION:
             message["id"] = self.id
-        message.update(self._body())
-        if self.flags & Flag.RETOKEN:
-            message["params"] = self._retokened()["params"]
+        message.update(self._retokened() if self.flags & Flag.RETOKEN else self._body())
         return message
 
     def __getitem__(self, key: str) -> Any:
@@ -214,6 +227,53 @@ def _kind(message: JsonObject) -> Kind:
     if "method" in message:
         return Kind.REQUEST if "id" in message else Kind.NOTIFICATION
     return Kind.ERROR if "error" in message else Kind.RESULT
+
+
+def _client_parts(params: JsonObject) -> tuple[Any, Pin | None, JsonObject]:
+    """mcpmux's own parts of a client's params (a priority, the instance a requestState names) and the
+    params without them."""
+    priority: Any = None
+    meta = params.get("_meta")
+    if isinstance(meta, dict) and PRIORITY_KEY in meta:
+        priority, params = _without_priority(params, meta)
+    state = params.get("requestState")
+    unwrapped = request_state.unwrap(state) if isinstance(state, str) else None
+    if unwrapped is None:
+        return priority, None, params
+    inner, pin = unwrapped
+    return priority, pin, {**params, "requestState": inner}
+
+
+def _params_flags(params: JsonObject) -> tuple[Flag, Any]:
+    """What a request's or notification's params say to routing, and the listen stream they name."""
+    flags = Flag.NONE
+    token = None
+    meta = params.get("_meta")
+    if isinstance(meta, dict):
+        if "progressToken" in meta:
+            flags |= Flag.PROGRESS
+        if stateless.PROTOCOL_VERSION_KEY in meta:
+            flags |= Flag.ENVELOPED
+        if SUBSCRIPTION_ID_KEY in meta:
+            flags, token = flags | Flag.SUBSCRIPTION, meta[SUBSCRIPTION_ID_KEY]
+    if isinstance(params.get("cursor"), str):
+        flags |= Flag.CURSOR
+    if isinstance(params.get("task"), dict):
+        flags |= Flag.TASK
+    return flags, token
+
+
+def _result_flags(result: JsonObject) -> tuple[Flag, Any]:
+    flags = Flag.NONE
+    token = None
+    if isinstance(result.get("nextCursor"), str):
+        flags |= Flag.NEXT_CURSOR
+    if request_state.is_input_required(result):
+        flags |= Flag.INPUT_REQUIRED
+    meta = result.get("_meta")
+    if isinstance(meta, dict) and SUBSCRIPTION_ID_KEY in meta:
+        flags, token = flags | Flag.SUBSCRIPTION, meta[SUBSCRIPTION_ID_KEY]
+    return flags, token
 
 
 def _without_priority(params: JsonObject, meta: JsonObject) -> tuple[Any, JsonObject]:

@@ -160,6 +160,7 @@ class InstanceStatus:
     supervisord: str | None = None  # not connected only: supervisord's state name for the slot
     last_event: str | None = None  # not connected only
     sessions: tuple[str, ...] = ()  # the sessions pinned to it (session_affinity)
+    era: str | None = None  # the protocol era its backend connection was opened in: handshake or 2026-07-28
 
     @property
     def connected(self) -> bool:
@@ -176,7 +177,7 @@ class InstanceStatus:
             "backoffs": self.backoffs, "alert": self.alert, "uptime": self.uptime,
             "sinceHeartbeat": self.since_heartbeat, "latencyMs": _json_or_none(self.latency),
             "shim": _json_or_none(self.shim), "backend": _json_or_none(self.backend),
-            "sessions": list(self.sessions),
+            "sessions": list(self.sessions), "era": self.era,
         })
         if not self.connected:
             data["lastEvent"] = self.last_event
@@ -198,6 +199,7 @@ class InstanceStatus:
             backend=None if backend is None else Usage.from_json(backend),
             supervisord=_opt_str(data, "supervisord"), last_event=_opt_str(data, "lastEvent"),
             sessions=tuple(_text(item, "sessions") for item in data.get("sessions", [])),
+            era=_opt_str(data, "era"),
         )
 
 
@@ -235,6 +237,14 @@ class StackStatus:
     events: tuple[Event, ...] = ()  # the latest events of any kind
     prometheus: str | None = None  # the exporter's URL when it serves
     strategy: str = "least_connections"  # loadBalancing.strategy
+    session_eras: tuple[tuple[str, str], ...] = ()  # each open session and the era its client speaks
+
+    @property
+    def sessions_by_era(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for _, era in self.session_eras:
+            counts[era] = counts.get(era, 0) + 1
+        return counts
 
     @property
     def instances_by_state(self) -> dict[SlotState, int]:
@@ -315,6 +325,7 @@ class StackStatus:
             "subscriptions": self.subscriptions,
             "logLevel": self.log_level,
             "strategy": self.strategy,
+            "sessionEras": dict(self.session_eras),
         }
 
     @classmethod
@@ -338,6 +349,7 @@ class StackStatus:
             scaling=events_from_json(_list(data, "scaling")), errors=events_from_json(_list(data, "errors")),
             events=events_from_json(_list(data, "events")), prometheus=_opt_str(data, "prometheus"),
             strategy=str(data.get("strategy", "least_connections")),
+            session_eras=tuple((name, _str(data["sessionEras"], name)) for name in data.get("sessionEras", {})),
         )
 
 

@@ -68,6 +68,8 @@ class ShimHello(NamedTuple):
     pid: int
     backend_pid: int
     initialize_result: JsonObject | None = None  # set once the backend is initialized
+    era: str = "handshake"  # the era its backend connection was opened in (mcpmux/stateless.py)
+    fallback: str | None = None  # why the backend refused the stateless era it was asked to open in
 
 
 class Heartbeat(NamedTuple):
@@ -81,10 +83,13 @@ class Resync(NamedTuple):
 
 class InitializeBackend(NamedTuple):
     params: JsonObject
+    era: str = "handshake"  # 2026-07-28: open with server/discover, falling back to initialize (shim/opening.py)
 
 
 class BackendReady(NamedTuple):
-    initialize_result: JsonObject
+    initialize_result: JsonObject  # in the stateless era, the discover result
+    era: str = "handshake"
+    fallback: str | None = None  # why the backend refused the stateless era it was asked to open in
 
 
 class BackendFailed(NamedTuple):

@@ -74,20 +74,21 @@ def instances_table(status: StackStatus, *, title: str | None = None, wide: bool
     rows = status.instances
     latency = wide and any(instance.latency for instance in rows)
     columns: list[tuple[str, bool]] = [  # (header, shown)
-        ("slot", True), ("state", True), ("running", True), ("limit", True), ("served", True), ("failed", True),
-        ("in a row", wide), ("restarts", True), ("uptime", True), ("p50", latency), ("p95", latency),
+        ("slot", True), ("state", True), ("era", wide), ("running", True), ("limit", True), ("served", True),
+        ("failed", True), ("in a row", wide), ("restarts", True), ("uptime", True), ("p50", latency), ("p95", latency),
         ("shim pid", wide), ("backend pid", wide), ("RSS", True), ("CPU", True),
     ]
     table = Table(title=title, box=box.SIMPLE_HEAVY if wide else box.SIMPLE, expand=False, pad_edge=wide,
                   collapse_padding=not wide)
     for header, shown in columns:
         if shown:
-            table.add_column(header, justify="left" if header in ("slot", "state") else "right", no_wrap=True)
+            table.add_column(header, justify="left" if header in ("slot", "state", "era") else "right",
+                             no_wrap=True)
     for instance in rows:
         times = instance.latency
         rss, cpu = _both(instance, lambda u: u.rss_bytes), _both(instance, lambda u: u.cpu_percent)
         cells: list[str | Text] = [
-            short_slot(instance.slot), state_text(instance.state), str(instance.in_flight),
+            short_slot(instance.slot), state_text(instance.state), instance.era or "-", str(instance.in_flight),
             "-" if instance.limit is None else str(instance.limit), str(instance.served), str(instance.failed),
             str(instance.consecutive_failures),
             str(instance.restarts), duration(instance.uptime),
@@ -143,9 +144,23 @@ def summary_lines(status: StackStatus) -> Text:
                for instance in status.instances if instance.sessions]
     if pinned:
         text.append("\nsessions pinned  " + "  ".join(pinned))
+    for era, (instances, sessions) in _by_era(status).items():
+        text.append(f"\nera {era}: instances {', '.join(map(short_slot, instances)) or 'none'}; "
+                    f"sessions {', '.join(name[:8] for name in sessions) or 'none'}")
     if status.prometheus:
         text.append(f"\nPrometheus metrics at {status.prometheus}")
     return text
+
+
+def _by_era(status: StackStatus) -> dict[str, tuple[list[str], list[str]]]:
+    """The instances and the sessions of each protocol era: who may serve whom."""
+    eras: dict[str, tuple[list[str], list[str]]] = {}
+    for instance in status.instances:
+        if instance.era is not None:
+            eras.setdefault(instance.era, ([], []))[0].append(instance.slot)
+    for name, era in status.session_eras:
+        eras.setdefault(era, ([], []))[1].append(name)
+    return eras
 
 
 def events_table(events: Sequence[Event], *, title: str | None = None, limit: int = 10,

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import psutil
 
 from mcpmux import __version__, wire
+from mcpmux.router import eras
 from mcpmux.router.metrics import percentiles_ms
 from mcpmux.status import Event, EventKind, InstanceStatus, SlotState, StackStatus, Usage
 from mcpmux.versions import versions
@@ -130,6 +131,7 @@ class ControlHandler:
             events=tuple(events[-50:]),
             prometheus=exporter.endpoint if exporter is not None else None,
             strategy=board.eligibility.strategy,
+            session_eras=tuple((session.name, eras.era_of(session).value) for session in board.sessions.values()),
         )
 
     def _instance(self, instance: Instance, now: float, events: list[Event]) -> InstanceStatus:
@@ -159,6 +161,7 @@ class ControlHandler:
             backend=self._usage(instance.backend_pid, tree=True),
             sessions=tuple(session.decode(errors="replace")
                            for session in self._core.board.eligibility.sessions_of(instance.slot)),
+            era=instance.era.value if instance.initialize_result is not None else None,
         )
 
     def _slot_history(self, slot: str, events: list[Event]) -> tuple[int, int, str | None]:

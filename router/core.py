@@ -41,6 +41,7 @@ from mcpmux.router.scaling import Scaler
 from mcpmux.router.session import Session
 from mcpmux.router.switchboard import Switchboard
 from mcpmux.stack import StackPaths
+from mcpmux.stateless import Era
 from mcpmux.supervisor import Supervisor
 
 if TYPE_CHECKING:  # prometheus-client is an extra, imported only when the exporter is configured
@@ -339,7 +340,8 @@ class Core:
         instance.last_seen = time.monotonic()
         if isinstance(message, wire.BackendReady):
             probe = self.healer.slots[slot].probe
-            self.board.instance_ready(instance, message.initialize_result, probe=probe)
+            self.board.instance_ready(instance, message.initialize_result, probe=probe, era=Era(message.era),
+                                      fallback=message.fallback)
         elif isinstance(message, wire.BackendFailed):
             was_ready = instance.ready
             self._instance_lost(instance, message.reason, message.stderr_tail)
@@ -360,7 +362,7 @@ class Core:
         self.board.pool.add(instance)
         self.metrics.event("start", f"{slot} connected (shim pid {hello.pid})", slot=slot)
         if hello.initialize_result is not None:
-            self.board.instance_ready(instance, hello.initialize_result)
+            self.board.instance_ready(instance, hello.initialize_result, era=Era(hello.era), fallback=hello.fallback)
         elif self._first_client_coming():
             self._awaiting_params.add(slot)
         else:
@@ -372,7 +374,8 @@ class Core:
 
     def _initialize(self, instance: Instance) -> None:
         instance.started = time.monotonic()  # the startup timeout runs from here
-        self._send_shim(instance.slot, wire.encode(wire.InitializeBackend(self.board.profile)))
+        era = self.board.eras.era_to_open(self.board.profile_era)
+        self._send_shim(instance.slot, wire.encode(wire.InitializeBackend(self.board.profile, era.value)))
 
     def _initialize_awaiting(self) -> None:
         awaiting, self._awaiting_params = self._awaiting_params, set()

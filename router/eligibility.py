@@ -19,6 +19,8 @@ import math
 from collections import Counter
 from typing import Literal
 
+from mcpmux.envelope import Flag
+from mcpmux.router import eras
 from mcpmux.router.dispatch import LeastConnections
 from mcpmux.router.instances import Instance, Pool
 from mcpmux.router.limits import Limits
@@ -31,8 +33,9 @@ Strategy = Literal["least_connections", "session_affinity"]
 class PinnedInstanceGone(Exception):
     """The one instance that may serve this request is gone: the request cannot be served anywhere."""
 
-    def __init__(self, slot: str) -> None:
-        super().__init__(f"the instance that made this cursor ({slot}) is gone")
+    def __init__(self, slot: str, what: str = "cursor") -> None:
+        advice = "; call again without requestState and inputResponses" if what == "requestState" else ""
+        super().__init__(f"the instance that made this {what} ({slot}) is gone{advice}")
         self.slot = slot
 
 
@@ -53,13 +56,15 @@ class Eligibility:
         if pending.pinned_slot is not None:
             instance = pool.get(pending.pinned_slot)
             if instance is None or not instance.ready:
-                raise PinnedInstanceGone(pending.pinned_slot)
+                raise PinnedInstanceGone(pending.pinned_slot,
+                                         "requestState" if pending.message.flags & Flag.STATE else "cursor")
             return instance if self._has_room(instance) and self._reserve_allows(pending, pool) else None
         if not self._reserve_allows(pending, pool):
             return None
+        ready = eras.ready_of(pool, pending.session)  # instances of the session's protocol era
         if self.strategy == "session_affinity":
-            return self._affine(pending.session.identity, pool)
-        return self.balancer.pick(pool.ready())
+            return self._affine(pending.session.identity, pool, ready)
+        return self.balancer.pick(ready)
 
     def has_room(self, pool: Pool) -> bool:
         """Whether any ready instance is below its limit (else no waiting request can start)."""
@@ -93,10 +98,10 @@ class Eligibility:
         free = sum(max(0, self.cap(instance) - instance.in_flight) for instance in pool.ready())
         return free > self.reserved(pool)
 
-    def _affine(self, session: bytes, pool: Pool) -> Instance | None:
+    def _affine(self, session: bytes, pool: Pool, ready: list[Instance]) -> Instance | None:
         slot = self.pins.get(session)
         if slot is None:
-            instance = self._least_pinned(pool)
+            instance = self._least_pinned(ready)
             if instance is None:
                 return None
             self.pins[session] = instance.slot
@@ -109,7 +114,6 @@ class Eligibility:
         instance.last_pick = self.balancer.turn()
         return instance
 
-    def _least_pinned(self, pool: Pool) -> Instance | None:
+    def _least_pinned(self, ready: list[Instance]) -> Instance | None:
         pinned = Counter(self.pins.values())
-        ready = pool.ready()
         return min(ready, key=lambda i: (pinned[i.slot], i.in_flight, i.last_pick), default=None)

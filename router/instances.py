@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from mcpmux.stateless import Era
 from mcpmux.status import SlotState
 
 
@@ -33,7 +34,8 @@ class Instance:
     pid: int
     backend_pid: int
     state: InstanceState = InstanceState.STARTING
-    initialize_result: dict[str, Any] | None = None
+    initialize_result: dict[str, Any] | None = None  # in the stateless era, its discover result
+    era: Era = Era.HANDSHAKE  # the era its backend connection was opened in (router/eras.py)
     in_flight: int = 0
     served: int = 0
     failed: int = 0
@@ -78,6 +80,8 @@ class Pool:
         return [instance for instance in self._by_slot.values() if instance.ready]
 
     def any_initialize_result(self) -> dict[str, Any] | None:
+        """A handshake instance's InitializeResult: what the handshake era's clients are answered."""
         for instance in self.ready():
-            return instance.initialize_result
+            if instance.era is Era.HANDSHAKE:
+                return instance.initialize_result
         return None

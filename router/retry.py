@@ -8,6 +8,7 @@ from typing import Any
 SAFE_METHODS = frozenset({
     "tools/list", "prompts/list", "prompts/get", "resources/list", "resources/templates/list",
     "resources/read", "completion/complete", "ping",
+    "subscriptions/listen",  # opening a stream again has no effect (a door re-opens it after a core restart)
 })
 MAX_ATTEMPTS = 3
 

@@ -9,6 +9,7 @@ from typing import Any
 from mcpmux.envelope import Envelope
 from mcpmux.jsonrpc import RequestId
 from mcpmux.router.queue import Priority
+from mcpmux.stateless import Era
 
 LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 
@@ -37,6 +38,7 @@ class Pending:
     level: Priority = Priority.NORMAL
     concurrency: int = 0  # requests its instance ran when it was sent there, itself included
     capped: bool = True  # counts against its instance's cap (tasks/* requests do not: router/tasks.py)
+    listening: dict[str, Any] | None = None  # a listen stream's acknowledged filter (router/listen.py)
 
     @property
     def method(self) -> str:
@@ -67,6 +69,7 @@ class Session:
     last_request: float = 0.0
     held: bool = False  # its door takes no more for now (a slow client): start nothing new for it
     priority: Priority | None = None  # the session's own level (mcpmux-router --priority)
+    era: Era | None = None  # the protocol era its client opened with, once it has (router/eras.py)
 
     @property
     def name(self) -> str:

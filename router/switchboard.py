@@ -19,7 +19,7 @@ from mcpmux import jsonrpc
 from mcpmux.config import Config
 from mcpmux.envelope import Envelope, Flag, Kind
 from mcpmux.jsonrpc import JsonObject
-from mcpmux.router import cursors, profile, rewrite, server_requests, tasks
+from mcpmux.router import cursors, eras, listen, profile, rewrite, server_requests, tasks
 from mcpmux.router.actions import (
     Action,
     InstanceReady,
@@ -47,6 +47,7 @@ from mcpmux.router.session import (
     most_verbose,
 )
 from mcpmux.router.subscriptions import Subscriptions
+from mcpmux.stateless import Era
 
 log = logging.getLogger("mcpmux.core")
 
@@ -74,7 +75,9 @@ class Switchboard:
                                        config.load_balancing.high_reserve)
         self.metrics = metrics
         self.profile: JsonObject = profile.WARM  # the initialize params every backend gets
+        self.profile_era = Era.STATELESS  # the era backends open in (the handshake, if the backend refuses it)
         self.profile_from_client = False
+        self.eras = eras.Eras()  # what the pool's backend speaks
         self.breaker = CircuitBreaker(config.load_balancing.circuit_breaker_threshold,
                                       enabled=config.load_balancing.circuit_breaker_enabled)
         self._pings: dict[str, tuple[int, float]] = {}  # health pings awaiting an answer, by slot
@@ -132,7 +135,7 @@ class Switchboard:
 
     def from_client(self, session: Session, message: Message) -> None:
         session.last_seen = self._now()
-        message = Envelope.of(message, strip_priority=True)
+        message = Envelope.of(message, from_client=True)
         if message.kind is Kind.REQUEST:
             self._client_request(session, message)
         elif message.kind is Kind.NOTIFICATION:
@@ -148,8 +151,14 @@ class Switchboard:
             self._answer_local(session, jsonrpc.error(
                 client_id, jsonrpc.INVALID_REQUEST, f"Invalid Request: id {client_id!r} is already in use"))
             return
+        refused = self.eras.refusal(session, message)
+        if refused is not None:
+            self._answer_local(session, refused)
+            return
         if method in LIST_CHANGED_BY_LIST_METHOD:
             session.list_changed_sent.discard(LIST_CHANGED_BY_LIST_METHOD[method])
+        if not self.profile_from_client and session.era is Era.STATELESS:
+            self._adopt_profile(profile.from_envelope(message), Era.STATELESS)
         local = self._LOCAL_METHODS.get(method)
         if local is not None:
             local(self, session, message)
@@ -160,9 +169,23 @@ class Switchboard:
         self._answer_local(session, jsonrpc.result(message["id"], {}))
 
     def _discover(self, session: Session, message: Envelope) -> None:
-        # The 2026-07-28 era is not served yet; -32601 is what makes a client fall back to initialize.
-        self._answer_local(session, jsonrpc.error(
-            message["id"], jsonrpc.METHOD_NOT_FOUND, "Method not found: server/discover (use initialize)"))
+        """Answered from what the pool's instances speak (router/eras.py); while nobody knows yet, it waits
+        for the first instance, which opens in the stateless era."""
+        if not self.profile_from_client:
+            self._adopt_profile(profile.from_envelope(message), Era.STATELESS)
+        answer = self.eras.discover(session, message)
+        if answer is not None:
+            self._answer_local(session, answer)
+            return
+        pending = Pending(session, message["id"], message, received=self._now())
+        session.pending[pending.client_id] = pending
+        self._init_waiters.append(pending)
+        self._arm(pending, self._startup_timeout)
+
+    def _listen(self, session: Session, message: Envelope) -> None:
+        """A stateless session's listen stream holds no slot and has no deadline (router/listen.py)."""
+        stream = eras.era_of(session) is Era.STATELESS
+        self._admit(Pending(session, message["id"], message, received=self._now(), capped=not stream))
 
     def _initialize(self, session: Session, message: Envelope) -> None:
         params = message.get("params")
@@ -171,10 +194,7 @@ class Switchboard:
                 message["id"], jsonrpc.INVALID_PARAMS, "Invalid params: initialize needs params"))
             return
         session.initialize_params = params
-        if not self.profile_from_client:
-            changed = not profile.same_handshake(self.profile, params)
-            self.profile, self.profile_from_client = params, True
-            self._actions.append(ProfileAdopted(params, changed))
+        self._adopt_profile(params, Era.HANDSHAKE)
         pending = Pending(session, message["id"], message, received=self._now())
         result = self.pool.any_initialize_result()
         if result is not None:
@@ -183,6 +203,15 @@ class Switchboard:
         session.pending[pending.client_id] = pending
         self._init_waiters.append(pending)
         self._arm(pending, self._startup_timeout)
+
+    def _adopt_profile(self, params: JsonObject, era: Era) -> None:
+        """The first client's params and era: every backend opens with them (router/profile.py)."""
+        if self.profile_from_client:
+            return
+        opened_in = self.eras.era_to_open(self.profile_era)  # the warm instances' era
+        changed = self.eras.era_to_open(era) is not opened_in or not profile.same_handshake(self.profile, params)
+        self.profile, self.profile_era, self.profile_from_client = params, era, True
+        self._actions.append(ProfileAdopted(params, changed))
 
     def _set_level(self, session: Session, message: Envelope) -> None:
         level = (message.get("params") or {}).get("level")
@@ -239,6 +268,7 @@ class Switchboard:
     _LOCAL_METHODS: dict[str, Callable[[Switchboard, Session, Envelope], None]] = {
         "ping": _ping,
         "server/discover": _discover,
+        listen.METHOD: _listen,
         "initialize": _initialize,
         "logging/setLevel": _set_level,
         "resources/subscribe": _subscribe,
@@ -257,7 +287,7 @@ class Switchboard:
             pass  # every backend had its own handshake when it started
         else:
             # roots/list_changed and the like concern every instance serving this client.
-            for instance in self.pool.ready():
+            for instance in eras.ready_of(self.pool, session):
                 self._send(instance, message)
 
     def _client_response(self, session: Session, message: Envelope) -> None:
@@ -280,9 +310,13 @@ class Switchboard:
                 return
             pending.pinned_slot, inner = unwrapped
             pending.message = Envelope.from_message({**pending.message, "params": {**params, "cursor": inner}})
+        if pending.message.flags & Flag.STATE and (gone := eras.pin_retry(pending, self.pool)) is not None:
+            self._answer_local(pending.session, jsonrpc.error(pending.client_id, jsonrpc.INVALID_PARAMS, gone))
+            return
         pending.level = self.priorities.level(pending.message, pending.session.priority)
         pending.session.pending[pending.client_id] = pending
-        self._arm(pending, self._request_timeout)
+        if not listen.is_stream(pending):
+            self._arm(pending, self._request_timeout)
         if self._dispatch(pending):
             self.queue.took_turn(pending.session.identity)
             return
@@ -436,6 +470,8 @@ class Switchboard:
         if tasks.concerns(pending.message):
             return self.tasks.answered(pending.session.identity, instance.slot, pending.message, message,
                                        pending.backend_id, self._now())
+        if message.flags & Flag.SUBSCRIPTION:  # a listen stream's closing result names the stream
+            return message.with_token(pending.client_id)
         if message.kind is not Kind.RESULT or not (message.flags & Flag.NEXT_CURSOR or pending.method in OPENED):
             return message  # the common case: the body passes through unopened
         result = message.get("result")
@@ -468,6 +504,11 @@ class Switchboard:
         self._answer(session, message.with_id(client_id))
 
     def _instance_notification(self, instance: Instance, message: Envelope) -> None:
+        if message.flags & Flag.SUBSCRIPTION:  # a frame of a listen stream, tagged with our request id
+            stream = self._running.get(message.token)
+            for frame in listen.to_client(stream, message) if stream is not None else []:
+                self._answer(stream.session, frame)  # type: ignore[union-attr]
+            return
         method = message["method"]
         params = message.get("params") or {}
         if method == "notifications/progress":
@@ -504,8 +545,9 @@ class Switchboard:
 
     def _list_changed(self, method: str, message: Envelope) -> None:
         # Every instance announces the same change: a session hears it once until it lists again.
+        # (The stateless era hears of changes on its listen streams only.)
         for session in list(self.sessions.values()):
-            if method not in session.list_changed_sent:
+            if method not in session.list_changed_sent and eras.era_of(session) is Era.HANDSHAKE:
                 session.list_changed_sent.add(method)
                 self._answer(session, message)
 
@@ -543,9 +585,12 @@ class Switchboard:
 
     # --- instances coming and going ------------------------------------------------------------------
 
-    def instance_ready(self, instance: Instance, result: JsonObject, *, probe: bool = False) -> None:
-        """A backend finished its handshake. After failures it is half-open: one ping decides."""
+    def instance_ready(self, instance: Instance, result: JsonObject, *, probe: bool = False,
+                       era: Era = Era.HANDSHAKE, fallback: str | None = None) -> None:
+        """A backend finished its handshake (or its discover, in the stateless era). After failures it is
+        half-open: one ping decides."""
         instance.initialize_result = result
+        self.eras.opened(instance, era, fallback)
         if probe:
             instance.state = InstanceState.PROBING
             self._internal_request(instance.slot, "ping", {}, self._probe_answered, allow_unready=True)
@@ -567,11 +612,16 @@ class Switchboard:
         if "tools" in ((instance.initialize_result or {}).get("capabilities") or {}):
             # Which tools are safe to retry comes from their annotations: read them before any failure.
             self._internal_request(instance.slot, "tools/list", {}, self._learn_tools)
-        for uri in list(self.subscriptions.place_unplaced(instance.slot)):
-            self._internal_request(instance.slot, "resources/subscribe", {"uri": uri})
+        if instance.era is Era.HANDSHAKE:
+            for uri in list(self.subscriptions.place_unplaced(instance.slot)):
+                self._internal_request(instance.slot, "resources/subscribe", {"uri": uri})
         waiters, self._init_waiters = self._init_waiters, []
         for pending in waiters:
-            self._finish(pending, jsonrpc.result(pending.client_id, instance.initialize_result or {}))
+            answer = self.eras.waiter_answer(pending, instance)
+            if answer is None:
+                self._init_waiters.append(pending)  # it waits for an instance of its own era
+            else:
+                self._finish(pending, answer)
         self.drain()
 
     def _learn_tools(self, instance: Instance, message: Message) -> None:
@@ -659,6 +709,9 @@ class Switchboard:
             lost_task = self.tasks.lost_answer(pending.session.identity, instance.slot, pending.message)
             if lost_task is not None:
                 self._finish(pending, lost_task)
+            elif listen.is_stream(pending):  # opened again elsewhere: the client keeps its stream
+                self.queue.push_front(pending.key, pending, session=pending.session.identity,
+                                      arrived=pending.received)
             elif pending.pinned_slot is None and self.retry.may_retry(pending.message, pending.attempts):
                 self.metrics.requests_retried += 1
                 self.queue.push_front(pending.key, pending, session=pending.session.identity,
@@ -672,7 +725,7 @@ class Switchboard:
         for identity in self.eligibility.instance_lost(instance.slot):
             self._tell_state_reset(identity, instance.slot, reason)
         if self.subscriptions.unplace(instance.slot):
-            target = self.eligibility.balancer.pick(self.pool.ready())
+            target = self.eligibility.balancer.pick([i for i in self.pool.ready() if i.era is Era.HANDSHAKE])
             if target is not None:
                 for uri in list(self.subscriptions.place_unplaced(target.slot)):
                     self._internal_request(target.slot, "resources/subscribe", {"uri": uri})
@@ -720,6 +773,10 @@ class Switchboard:
         instance = self.pool.get(slot or "")
         if instance is None or not (instance.ready or allow_unready):
             return None
+        as_sent = self.eras.internal(instance, method, params)  # as an instance of its era takes it
+        if as_sent is None:
+            return None
+        method, params = as_sent
         backend_id = next(self._ids)
         self._internal[backend_id] = follow_up
         self._send(instance, {"jsonrpc": "2.0", "id": backend_id, "method": method, "params": params})

@@ -17,6 +17,7 @@ from mcpmux.router.instances import Instance
 from mcpmux.router.metrics import Metrics
 from mcpmux.router.session import Session
 from mcpmux.router.switchboard import Switchboard
+from mcpmux.stateless import Era
 
 INITIALIZE_RESULT: JsonObject = {
     "protocolVersion": "2025-11-25",
@@ -75,10 +76,11 @@ class Harness:
         self.board.close_session(session)
         self.collect()
 
-    def add_instance(self, slot: str, initialize_result: JsonObject = INITIALIZE_RESULT) -> Instance:
-        instance = Instance(slot, 1, 1)
+    def add_instance(self, slot: str, initialize_result: JsonObject = INITIALIZE_RESULT, *, era: Era = Era.HANDSHAKE,
+                     fallback: str | None = None, pid: int = 1) -> Instance:
+        instance = Instance(slot, pid, pid + 1)
         self.board.pool.add(instance)
-        self.board.instance_ready(instance, initialize_result)
+        self.board.instance_ready(instance, initialize_result, era=era, fallback=fallback)
         self.collect()
         sent = self.to_instance.pop(slot, [])
         learning = [m for m in sent if m.get("method") == "tools/list" and isinstance(m["id"], int)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from mcpmux import wire
+from mcpmux import request_state, wire
 from mcpmux.envelope import Envelope, Flag, Kind
 
 
@@ -71,11 +71,11 @@ def test_a_new_progress_token_is_written_in_by_the_edge() -> None:
 def test_the_door_takes_mcpmuxs_priority_key_out_of_the_body() -> None:
     meta = {"mcpmux/priority": "high", "progressToken": 1}
     message = {**CALL, "params": {"name": "search", "_meta": meta}}
-    envelope = Envelope.from_message(message, strip_priority=True)
+    envelope = Envelope.from_message(message, from_client=True)
     assert envelope.priority == "high"
     assert line_of(envelope)["params"] == {"name": "search", "_meta": {"progressToken": 1}}
     alone = Envelope.from_message({**CALL, "params": {"name": "x", "_meta": {"mcpmux/priority": "low"}}},
-                                  strip_priority=True)
+                                  from_client=True)
     assert line_of(alone)["params"] == {"name": "x"}
 
 
@@ -93,3 +93,50 @@ def test_a_frame_that_is_not_an_envelope_is_a_wire_error() -> None:
         wire.decode([header])
     with pytest.raises(wire.WireError):
         wire.decode([b"\x93\xa2tc\x01\x02", b"{}"])
+
+
+# --- the 2026-07-28 era -------------------------------------------------------------------------------
+
+ENVELOPE = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
+TAG = "io.modelcontextprotocol/subscriptionId"
+
+
+def test_the_door_moves_the_instance_named_in_a_request_state_into_the_header() -> None:
+    state = request_state.wrap("sealed.state", "shim:shim_01", 4242)
+    message = {**CALL, "params": {"name": "ask", "requestState": state, "_meta": ENVELOPE}}
+
+    envelope = across_the_wire(Envelope.from_message(message, from_client=True))
+
+    assert envelope.flags == Flag.STATE | Flag.ENVELOPED
+    assert envelope.pin == ("shim:shim_01", 4242)
+    assert line_of(envelope)["params"] == {"name": "ask", "requestState": "sealed.state", "_meta": ENVELOPE}
+
+
+def test_a_request_state_mcpmux_did_not_wrap_passes_untouched() -> None:
+    message = {**CALL, "params": {"name": "ask", "requestState": "mcpmux1.not-base64"}}
+    envelope = Envelope.from_message(message, from_client=True)
+    assert envelope.pin is None and not envelope.flags & Flag.STATE
+    assert line_of(envelope)["params"]["requestState"] == "mcpmux1.not-base64"  # type: ignore[index]
+
+
+def test_the_shim_wraps_the_state_of_an_input_required_result_only() -> None:
+    asked = {"jsonrpc": "2.0", "id": 5, "result": {"resultType": "input_required", "requestState": "s",
+                                                   "inputRequests": {}}}
+    done = {"jsonrpc": "2.0", "id": 6, "result": {"resultType": "complete", "requestState": "s"}}
+
+    wrapped = request_state.wrap_result(asked, "shim:shim_00", 7)
+
+    assert request_state.unwrap(wrapped["result"]["requestState"]) == ("s", ("shim:shim_00", 7))
+    assert Envelope.from_message(wrapped).flags == Flag.INPUT_REQUIRED
+    assert request_state.wrap_result(done, "shim:shim_00", 7) == done
+
+
+def test_a_listen_streams_id_is_rewritten_by_the_edge_in_notifications_and_results() -> None:
+    changed = Envelope.from_message({"jsonrpc": "2.0", "method": "notifications/tools/list_changed",
+                                     "params": {"_meta": {TAG: 981}}})
+    closed = Envelope.from_message({"jsonrpc": "2.0", "id": 981, "result": {"_meta": {TAG: 981}}})
+
+    assert (changed.flags, changed.token) == (Flag.SUBSCRIPTION, 981)
+    assert line_of(across_the_wire(changed.with_token("listen-1")))["params"] == {"_meta": {TAG: "listen-1"}}
+    assert line_of(across_the_wire(closed.with_id("listen-1").with_token("listen-1"))) == {
+        "jsonrpc": "2.0", "id": "listen-1", "result": {"_meta": {TAG: "listen-1"}}}

@@ -64,16 +64,17 @@ STATUS_JSON: dict[str, Any] = {
          "served": 12,
          "failed": 1, "consecutiveFailures": 0, "restarts": 0, "backoffs": 0, "alert": None, "uptime": 99.5,
          "sinceHeartbeat": 0.4, "latencyMs": {"p50": 1.25, "p95": 3.5, "p99": 7.0}, "shim": SHIM_USAGE,
-         "backend": BACKEND_USAGE, "sessions": ["9f2c41d0"]},
+         "backend": BACKEND_USAGE, "sessions": ["9f2c41d0"], "era": "2026-07-28"},
         {"slot": "shim:shim_01", "pid": 4203, "backendPid": 4204, "state": "busy", "inFlight": 3, "limit": 3,
          "served": 9,
          "failed": 0, "consecutiveFailures": 0, "restarts": 1, "backoffs": 0, "alert": None, "uptime": 40.0,
          "sinceHeartbeat": 0.9, "latencyMs": {"p50": None, "p95": None, "p99": None}, "shim": SHIM_USAGE,
-         "backend": None, "sessions": []},
+         "backend": None, "sessions": [], "era": "handshake"},
         {"slot": "shim:shim_02", "pid": None, "backendPid": None, "state": "stopped", "supervisord": "FATAL",
          "inFlight": 0, "limit": None, "served": 0, "failed": 0, "consecutiveFailures": 0, "restarts": 5, "backoffs": 2,
          "alert": "shim:shim_02 flapping: given up", "uptime": None, "sinceHeartbeat": None, "latencyMs": None,
-         "shim": None, "backend": None, "sessions": [], "lastEvent": "shim:shim_02 lost: backend exited (code 1)"},
+         "shim": None, "backend": None, "sessions": [], "era": None,
+         "lastEvent": "shim:shim_02 lost: backend exited (code 1)"},
     ],
     "instancesByState": {"starting": 0, "probing": 0, "ready": 1, "busy": 1, "open-circuit": 0, "failed": 0,
                          "stopped": 1},
@@ -105,6 +106,7 @@ STATUS_JSON: dict[str, Any] = {
     "subscriptions": 1,
     "logLevel": "info",
     "strategy": "session_affinity",
+    "sessionEras": {"9f2c41d0": "handshake", "77aa01be": "2026-07-28"},
 }
 
 
@@ -248,7 +250,10 @@ def test_the_renderer_shows_a_realistic_status() -> None:
     assert "queue 0/256" in text and "running 3" in text and "success 90.9%" in text
     assert "limit auto per instance" in text
     table = render.to_text(render.instances_table(status), width=200)
-    assert [line.split()[3] for line in table.splitlines() if "shim_0" in line] == ["1", "3", "-"], "each limit"
+    assert [line.split()[4] for line in table.splitlines() if "shim_0" in line] == ["1", "3", "-"], "each limit"
+    assert [line.split()[2] for line in table.splitlines() if "shim_0" in line] == ["2026-07-28", "handshake", "-"]
+    assert "era 2026-07-28: instances shim_00; sessions 77aa01be" in text
+    assert "era handshake: instances shim_01; sessions 9f2c41d0" in text
     assert "last scaling decision" in text and "Prometheus metrics at http://127.0.0.1:9464/metrics" in text
     details = render.to_text(render.details_table(status), width=200)
     assert "shim:shim_02 flapping: given up" in details and "2" in details
