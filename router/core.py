@@ -239,6 +239,9 @@ class Core:
                 log.warning("%s: circuit open (%s); restarting it", slot, reason)
                 self.metrics.event("circuit", f"{slot} circuit opened: {reason}", slot=slot)
                 self.healer.restart(slot, reason)
+            case actions.RecycleInstance(slot, pid, reason):
+                log.info("%s: recycling (%s)", slot, reason)
+                self.healer.recycle(slot, pid, reason)
             case actions.InstanceReady(slot):
                 self.healer.healthy_again(slot)
                 instance = self.board.pool.get(slot)
@@ -350,7 +353,7 @@ class Core:
         if previous is not None and previous.pid != hello.pid:
             self._instance_lost(previous, "replaced by a new shim process")
         self.scaler.adopt(slot)
-        if self.healer.held(slot) or hello.pid in self._stale_shims:
+        if self.healer.held(slot) or hello.pid in self._stale_shims or self.healer.outgoing(slot, hello.pid):
             return
         if hello.initialize_result is None and self.healer.started(slot):
             self.healer.back_off(slot, "restarted too often")
