@@ -118,3 +118,15 @@ async def test_dedicated_session_beyond_max_instances_waits_then_gets_a_clear_er
     message = raised.value.error.message
     assert raised.value.error.code == jsonrpc.REQUEST_TIMEOUT
     assert "every instance is dedicated to another session and maxInstances (1) is reached" in message
+
+
+async def test_dedicated_pool_grows_to_an_instance_per_session(make_stack: StackFactory) -> None:
+    stack = make_stack("--min-instances", "1", "--max-instances", "3", "--strategy", "dedicated")
+    async with stack.session() as a, stack.session() as b, stack.session() as c:
+        seen = await asyncio.gather(counts(a, 2), counts(b, 2), counts(c, 2))
+        status = await stack.current_status()
+
+    assert all([count for _, count in session] == [1, 2] for session in seen), seen
+    assert len({session[0][0] for session in seen}) == 3, "three sessions, three instances"
+    assert sorted(map(len, sessions_by_slot(status).values())) == [1, 1, 1]
+    assert any("each with an instance of its own" in event["text"] for event in status["scaling"])
