@@ -358,6 +358,11 @@ class Core:
         if hello.initialize_result is None and self.healer.started(slot):
             self.healer.back_off(slot, "restarted too often")
             return
+        if hello.initialize_result is not None and not self.board.eligibility.shares_instances:
+            # Under dedicated, a backend that comes back initialized (a shim from before this core, or one
+            # taken for dead) may hold a session's state, and nothing says whose: it starts fresh.
+            self.healer.recycle(slot, hello.pid, "it came back with a backend that served an earlier session")
+            return
         instance = Instance(slot, hello.pid, hello.backend_pid)
         self.board.pool.add(instance)
         self.metrics.event("start", f"{slot} connected (shim pid {hello.pid})", slot=slot)

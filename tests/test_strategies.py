@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import mcp_types as types
@@ -130,3 +131,25 @@ async def test_dedicated_pool_grows_to_an_instance_per_session(make_stack: Stack
     assert len({session[0][0] for session in seen}) == 3, "three sessions, three instances"
     assert sorted(map(len, sessions_by_slot(status).values())) == [1, 1, 1]
     assert any("each with an instance of its own" in event["text"] for event in status["scaling"])
+
+
+async def test_dedicated_sessions_start_fresh_after_a_core_restart_rather_than_inherit_state(
+        make_stack: StackFactory) -> None:
+    """A new core knows no assignment: the instances it finds may hold any session's state, so they restart."""
+    stack = dedicated_pool(make_stack)
+    async with stack.session() as first, stack.session() as second:
+        await stack.ready(2)
+        before = await asyncio.gather(counts(first, 2), counts(second, 2))
+        core = next(process for process in stack.processes() if "mcpmux.router.core" in process.cmdline())
+        killed = time.time()
+        core.kill()
+        back = await stack.event("session", after=killed)  # each door introduces itself to the new core
+        await stack.event("session", after=back["time"])
+        after = await asyncio.gather(counts(first, 2), counts(second, 2))
+        status = await stack.current_status()
+
+    old_pids = {pid for session in before for pid, _ in session}
+    assert status["corePid"] != core.pid
+    assert [[count for _, count in session] for session in after] == [[1, 2], [1, 2]], after
+    assert not old_pids & {pid for session in after for pid, _ in session}, "on restarted instances"
+    assert sorted(map(len, sessions_by_slot(status).values())) == [1, 1]
