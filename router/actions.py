@@ -6,7 +6,9 @@ comes back as a new event (a door gone, an instance lost) after the current one 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from mcpmux.jsonrpc import JsonObject
 
@@ -16,7 +18,7 @@ class ToClient:
     """Send a JSON-RPC message to the client of a session, through its door."""
 
     session: bytes
-    message: JsonObject
+    message: Mapping[str, Any]  # an Envelope as it came, or a dict the switchboard built
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,7 +26,7 @@ class ToInstance:
     """Send a JSON-RPC message to an instance's backend, through its shim."""
 
     slot: str
-    message: JsonObject
+    message: Mapping[str, Any]
 
 
 @dataclass(frozen=True, slots=True)

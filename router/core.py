@@ -28,6 +28,7 @@ import zmq
 
 from mcpmux import wire
 from mcpmux.config import Config, ConfigError, load_config
+from mcpmux.envelope import Envelope
 from mcpmux.jsonrpc import JsonObject
 from mcpmux.router import actions
 from mcpmux.router.background import Background
@@ -86,7 +87,7 @@ class Core:
         self._stale_shims: set[int] = set()  # shims initialized with params the pool no longer uses
         self._awaiting_params: set[str] = set()  # connected instances waiting for the first client's params
         # Frames for doors whose ZeroMQ queue is full (their client reads slowly), sent in order later.
-        self._door_backlog: dict[bytes, collections.deque[bytes]] = {}
+        self._door_backlog: dict[bytes, collections.deque[list[bytes]]] = {}
         self._doors_gone: set[bytes] = set()  # found unreachable while carrying out actions
         self._shims_gone: set[str] = set()
         self._waits: list[Wait] = []  # control queries waiting for the pool to reach a state
@@ -157,14 +158,14 @@ class Core:
         """Every message waiting on a socket, up to a bound so that one busy socket cannot starve the rest."""
         for _ in range(RECEIVE_BATCH):
             try:
-                frames = socket.recv_multipart(zmq.NOBLOCK)
+                frames = wire.receive(socket)
             except zmq.Again:
                 return
-            if len(frames) != 2:
+            if len(frames) < 2:
                 log.warning("dropped a message of %d frames", len(frames))
                 continue
             try:
-                message = wire.decode(frames[1])
+                message = wire.decode(frames[1:])
             except wire.WireError as exc:
                 log.warning("%r sent %s", frames[0], exc)
                 continue
@@ -232,9 +233,9 @@ class Core:
     def _perform(self, action: actions.Action) -> None:
         match action:
             case actions.ToClient(session, message):
-                self._send_door(session, wire.encode_payload(wire.ToClient, message))
+                self._send_door(session, wire.encode_envelope(wire.ToClient, Envelope.of(message)))
             case actions.ToInstance(slot, message):
-                self._send_shim(slot, wire.encode_payload(wire.ToBackend, message))
+                self._send_shim(slot, wire.encode_envelope(wire.ToBackend, Envelope.of(message)))
             case actions.RestartInstance(slot, reason):
                 log.warning("%s: circuit open (%s); restarting it", slot, reason)
                 self.metrics.event("circuit", f"{slot} circuit opened: {reason}", slot=slot)
@@ -250,9 +251,9 @@ class Core:
             case actions.ProfileAdopted(params, changed):
                 self._adopt_profile(params, changed)
             case actions.SafeToolsChanged(names):
-                frame = wire.encode(wire.SafeTools(names))
+                frames = wire.encode(wire.SafeTools(names))
                 for identity in list(self.board.sessions):
-                    self._send_door(identity, frame)
+                    self._send_door(identity, frames)
 
     # --- doors ---------------------------------------------------------------------------------------
 
@@ -269,7 +270,7 @@ class Core:
             # A door of a core that died: nothing it sent since is known here, so it must start over.
             self._send_door(identity, wire.encode(wire.Resync()))
         elif isinstance(message, wire.ClientMessage):
-            self.board.from_client(session, message.payload)
+            self.board.from_client(session, message.envelope)
         elif isinstance(message, wire.Heartbeat):
             session.last_seen = time.monotonic()
         elif isinstance(message, wire.DoorBye):
@@ -281,19 +282,19 @@ class Core:
         self._door_backlog.pop(session.identity, None)
         self.board.close_session(session)
 
-    def _send_door(self, identity: bytes, frame: bytes) -> None:
-        """Send, or keep the frame for later if the door's queue is full (its client reads slowly)."""
+    def _send_door(self, identity: bytes, frames: list[bytes]) -> None:
+        """Send, or keep the message for later if the door's queue is full (its client reads slowly)."""
         backlog = self._door_backlog.get(identity)
         if backlog is not None:
-            backlog.append(frame)
-            if sum(map(len, backlog)) > DOOR_BACKLOG_LIMIT:
+            backlog.append(frames)
+            if sum(len(frame) for message in backlog for frame in message) > DOOR_BACKLOG_LIMIT:
                 log.warning("door %r: %d bytes wait for a client that does not read", identity, DOOR_BACKLOG_LIMIT)
                 self._doors_gone.add(identity)
             return
         try:
-            self._doors.send_multipart([identity, frame], zmq.NOBLOCK)
+            wire.send(self._doors, [identity, *frames])
         except zmq.Again:
-            self._door_backlog[identity] = collections.deque([frame])
+            self._door_backlog[identity] = collections.deque([frames])
             self._hold(identity, True)
         except zmq.ZMQError as exc:
             log.info("door %r unreachable: %s", identity, exc)
@@ -303,7 +304,7 @@ class Core:
         backlog = self._door_backlog.get(identity)
         while backlog:
             try:
-                self._doors.send_multipart([identity, backlog[0]], zmq.NOBLOCK)
+                wire.send(self._doors, [identity, *backlog[0]])
             except zmq.Again:
                 return
             except zmq.ZMQError as exc:
@@ -329,7 +330,7 @@ class Core:
         instance = self.board.pool.get(slot)
         if isinstance(message, wire.FromBackend):
             if instance is not None:
-                self.board.from_instance(instance, message.payload)
+                self.board.from_instance(instance, message.envelope)
             return
         if isinstance(message, wire.ShimHello):
             self._shim_hello(slot, message)
@@ -395,9 +396,9 @@ class Core:
         self.metrics.event("lost", f"{instance.slot} lost: {reason}", slot=instance.slot, stderr=stderr_tail)
         self.board.instance_lost(instance, reason)
 
-    def _send_shim(self, slot: str, frame: bytes) -> None:
+    def _send_shim(self, slot: str, frames: list[bytes]) -> None:
         try:
-            self._shims.send_multipart([slot.encode(), frame], zmq.NOBLOCK)
+            wire.send(self._shims, [slot.encode(), *frames])
         except zmq.ZMQError as exc:
             log.info("shim %s unreachable: %s", slot, exc)
             self._shims_gone.add(slot)
@@ -429,7 +430,7 @@ class Core:
     def _control_message(self, identity: bytes, request: wire.Message) -> None:
         def reply(answer: wire.ControlReply) -> None:
             with contextlib.suppress(zmq.ZMQError):  # the monitor went away before its answer
-                self._control.send_multipart([identity, wire.encode(answer)], zmq.NOBLOCK)
+                self._control.send_multipart([identity, *wire.encode(answer)], zmq.NOBLOCK)
 
         if not isinstance(request, wire.ControlRequest):
             reply(wire.ControlReply({}, "expected a control request"))

@@ -11,6 +11,8 @@ messages) belongs to that session: the assignment says so, with no guessing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from mcpmux.router.instances import Instance, Pool
 
 
@@ -20,7 +22,7 @@ class Dedicated:
         self._slot_of: dict[bytes, str] = {}  # session -> its instance
         self._recycling: set[str] = set()  # instances whose session ended: nobody's until they restart
 
-    def choose(self, session: bytes, pool: Pool, cap: int) -> Instance | None:
+    def choose(self, session: bytes, pool: Pool, cap: Callable[[Instance], int]) -> Instance | None:
         """The session's own instance if it can take a request now; one is assigned at its first request."""
         slot = self._slot_of.get(session)
         if slot is None:
@@ -32,7 +34,7 @@ class Dedicated:
             instance = pool.get(slot)
             if instance is None or not instance.ready:
                 return None
-        return instance if instance.in_flight < cap else None
+        return instance if instance.in_flight < cap(instance) else None
 
     def _free(self, pool: Pool) -> Instance | None:
         taken = set(self._slot_of.values()) | self._recycling

@@ -1,24 +1,31 @@
 """The eligibility policy: which instances may serve a request, and which of them gets it.
 
-A request pinned to an instance (a pagination cursor it made, a subscription it holds) runs there and
-nowhere else. Otherwise it depends on the strategy (`loadBalancing.strategy`):
+Each instance runs at most its limit of requests at once (router/limits.py: fixed, or found from its
+latency). A request pinned to an instance (a pagination cursor it made, a subscription it holds) runs there
+and nowhere else. Otherwise it depends on the strategy (`loadBalancing.strategy`):
 
-- `least_connections`: the least busy ready instance below the per-instance cap.
+- `least_connections`: the least busy ready instance below its limit.
 - `session_affinity`: the instance the session was pinned to at its first request (the one with the fewest
   sessions then), so a server that keeps state in its process sees one session's calls in one place; an
   instance may serve several sessions. A session whose instance is lost is pinned again and told.
 - `dedicated`: an instance of the session's own, nobody else's, recycled when the session ends
   (router/dedicated.py).
+
+With `loadBalancing.highReserve`, a share of the pool's free slots is kept for `high` requests: others start
+only while more than that many slots are free, so an urgent call need not wait for a slow one to finish.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from typing import Literal
 
 from mcpmux.router.dedicated import Dedicated
 from mcpmux.router.dispatch import LeastConnections
 from mcpmux.router.instances import Instance, Pool
+from mcpmux.router.limits import Limits
+from mcpmux.router.queue import Priority
 from mcpmux.router.session import Pending
 
 Strategy = Literal["least_connections", "session_affinity", "dedicated"]
@@ -33,15 +40,18 @@ class PinnedInstanceGone(Exception):
 
 
 class Eligibility:
-    def __init__(self, cap: int, strategy: Strategy = "least_connections", max_instances: int = 1) -> None:
-        self.balancer = LeastConnections(cap)
+    def __init__(self, limits: Limits, strategy: Strategy = "least_connections", high_reserve: float = 0.0,
+                 max_instances: int = 1) -> None:
+        self.limits = limits
+        self.balancer = LeastConnections(self.cap)
         self.strategy = strategy
+        self.high_reserve = high_reserve
         self.pins: dict[bytes, str] = {}  # session -> slot, under session_affinity
         self.dedicated = Dedicated(max_instances)  # session <-> slot, under dedicated
 
-    @property
-    def cap(self) -> int:
-        return self.balancer.cap
+    def cap(self, instance: Instance) -> int:
+        """How many requests this instance may run at once, now."""
+        return self.limits.of(instance.slot)
 
     @property
     def shares_instances(self) -> bool:
@@ -56,7 +66,9 @@ class Eligibility:
                 raise PinnedInstanceGone(pending.pinned_slot)
             if not self.dedicated.may_run(pending.session.identity, instance.slot):
                 raise PinnedInstanceGone(pending.pinned_slot, "is dedicated to another session now")
-            return instance if instance.in_flight < self.cap else None
+            return instance if self._has_room(instance) and self._reserve_allows(pending, pool) else None
+        if not self._reserve_allows(pending, pool):
+            return None
         if self.strategy == "session_affinity":
             return self._affine(pending.session.identity, pool)
         if self.strategy == "dedicated":
@@ -64,8 +76,13 @@ class Eligibility:
         return self.balancer.pick(pool.ready())
 
     def has_room(self, pool: Pool) -> bool:
-        """Whether any ready instance is below its cap (else no waiting request can start)."""
-        return any(instance.in_flight < self.cap for instance in pool.ready())
+        """Whether any ready instance is below its limit (else no waiting request can start)."""
+        return any(self._has_room(instance) for instance in pool.ready())
+
+    def reserved(self, pool: Pool) -> int:
+        """Free slots kept for high requests: highReserve of the ready slots, rounded down, never all of them."""
+        slots = sum(self.cap(instance) for instance in pool.ready())
+        return min(slots - 1, math.floor(self.high_reserve * slots)) if slots else 0
 
     def session_closed(self, session: bytes) -> str | None:
         """Forget the session; the instance it had to itself (dedicated), which must be recycled."""
@@ -74,6 +91,7 @@ class Eligibility:
 
     def instance_lost(self, slot: str) -> list[bytes]:
         """Unpin the sessions of a lost instance; they are pinned again at their next request."""
+        self.limits.forget(slot)
         moved = [session for session, pinned in self.pins.items() if pinned == slot]
         for session in moved:
             del self.pins[session]
@@ -93,6 +111,15 @@ class Eligibility:
             return self.dedicated.waiting_reason(pending.session.identity)
         return None
 
+    def _has_room(self, instance: Instance) -> bool:
+        return instance.in_flight < self.cap(instance)
+
+    def _reserve_allows(self, pending: Pending, pool: Pool) -> bool:
+        if self.high_reserve <= 0 or pending.level is Priority.HIGH:
+            return True
+        free = sum(max(0, self.cap(instance) - instance.in_flight) for instance in pool.ready())
+        return free > self.reserved(pool)
+
     def _affine(self, session: bytes, pool: Pool) -> Instance | None:
         slot = self.pins.get(session)
         if slot is None:
@@ -104,7 +131,7 @@ class Eligibility:
             instance = pool.get(slot)
             if instance is None or not instance.ready:
                 return None  # starting, or being replaced: the session waits for its own instance
-        if instance.in_flight >= self.cap:
+        if not self._has_room(instance):
             return None
         instance.last_pick = self.balancer.turn()
         return instance

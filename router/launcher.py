@@ -102,6 +102,10 @@ def _await_core(paths: StackPaths) -> None:
         state = _core_state(paths)
         if state in ("FATAL", "GONE"):
             raise LaunchError(f"the stack's core cannot start:\n{core_log_tail(paths)}")
+        if state == "BACKOFF":
+            # It crashed and supervisord tries again, a bounded number of times (startretries): on a loaded
+            # machine those tries may outlast the timeout, which is for a core that hangs, not one that dies.
+            deadline = time.monotonic() + CORE_START_TIMEOUT
         if time.monotonic() > deadline:
             raise LaunchError(f"the stack's core did not start within {CORE_START_TIMEOUT:.0f} s (it is {state}):\n"
                               f"{core_log_tail(paths)}")

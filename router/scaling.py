@@ -57,18 +57,25 @@ class Scaler:
     def adopt(self, slot: str) -> None:
         self.wanted.setdefault(slot, time.monotonic())
 
+    def capacity(self) -> int:
+        """The sum of the wanted instances' current limits (each fixed, or found from its latency)."""
+        limits = self._board.eligibility.limits
+        return max(1, sum(limits.of(slot) for slot in self.wanted))
+
     def load(self) -> float:
         """In-flight requests over the pool's capacity; queued requests push it above 1."""
-        capacity = max(1, len(self.wanted)) * self._settings.max_concurrent_requests
-        running = sum(instance.in_flight for instance in self._board.pool)
-        return (running + len(self._board.queue)) / capacity
+        return self._demand() / self.capacity()
 
     def needed(self) -> int:
-        """Instances that would bring the load to the scale-up threshold, within the bounds."""
+        """Instances that would bring the load to the scale-up threshold, within the bounds, if each took
+        what the wanted ones take on average."""
         settings = self._settings
-        demand = sum(instance.in_flight for instance in self._board.pool) + len(self._board.queue)
-        wanted = math.ceil(demand / (settings.max_concurrent_requests * settings.scale_up_threshold))
+        per_instance = self.capacity() / max(1, len(self.wanted))
+        wanted = math.ceil(self._demand() / (per_instance * settings.scale_up_threshold))
         return max(settings.min_instances, min(settings.max_instances, wanted))
+
+    def _demand(self) -> int:
+        return sum(instance.in_flight for instance in self._board.pool) + len(self._board.queue)
 
     def tick(self) -> None:
         if not self._board.eligibility.shares_instances:

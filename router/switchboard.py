@@ -12,12 +12,14 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from mcpmux import jsonrpc
 from mcpmux.config import Config
+from mcpmux.envelope import Envelope, Flag, Kind
 from mcpmux.jsonrpc import JsonObject
-from mcpmux.router import cursors, profile, rewrite, server_requests
+from mcpmux.router import cursors, profile, rewrite, server_requests, tasks
 from mcpmux.router.actions import (
     Action,
     InstanceReady,
@@ -32,6 +34,7 @@ from mcpmux.router.breaker import CircuitBreaker, is_instance_failure
 from mcpmux.router.deadlines import Deadlines
 from mcpmux.router.eligibility import Eligibility, PinnedInstanceGone
 from mcpmux.router.instances import Instance, InstanceState, Pool
+from mcpmux.router.limits import limits_for, request_kind
 from mcpmux.router.metrics import Metrics
 from mcpmux.router.priorities import PriorityPolicy
 from mcpmux.router.queue import Priority, QueueFull, RequestQueue
@@ -48,7 +51,11 @@ from mcpmux.router.subscriptions import Subscriptions
 
 log = logging.getLogger("mcpmux.core")
 
-OnAnswer = Callable[[Instance, JsonObject], None]
+# The methods whose results the switchboard reads (the others' bodies pass through unopened):
+OPENED = frozenset({"tools/list", "resources/subscribe"})
+
+Message = Mapping[str, Any]  # an Envelope from a door or a shim, or a dict the switchboard built
+OnAnswer = Callable[[Instance, Message], None]
 Clock = Callable[[], float]
 
 
@@ -64,8 +71,8 @@ class Switchboard:
             ageing=config.load_balancing.priority_ageing / 1000, clock=clock)
         self.priorities = PriorityPolicy(config.load_balancing.priorities)
         # Which instances may serve a request:
-        self.eligibility = Eligibility(settings.max_concurrent_requests, config.load_balancing.strategy,
-                                       max_instances=settings.max_instances)
+        self.eligibility = Eligibility(limits_for(settings.max_concurrent_requests), config.load_balancing.strategy,
+                                       config.load_balancing.high_reserve, max_instances=settings.max_instances)
         self.metrics = metrics
         self.profile: JsonObject = profile.WARM  # the initialize params every backend gets
         self.profile_from_client = False
@@ -81,6 +88,7 @@ class Switchboard:
         self._internal: dict[int, OnAnswer | None] = {}  # requests the router itself sent, with their follow-up
         self._init_waiters: list[Pending] = []
         self.subscriptions = Subscriptions(shared=self.eligibility.shares_instances)
+        self.tasks = tasks.TaskTable()
         self._log_level: str | None = None
         self.retry = RetryPolicy()
         # Unique across instances and across core restarts, so a late answer never matches a new request.
@@ -115,22 +123,27 @@ class Switchboard:
             self._abandon(pending, "client session ended")
         for uri, slot in self.subscriptions.drop_session(session.identity):
             self._internal_request(slot, "resources/unsubscribe", {"uri": uri})
+        for task in self.tasks.drop_session(session.identity):  # nobody else may fetch them
+            instance = self.pool.get(task.slot)
+            if instance is not None and tasks.offers_cancel(instance.initialize_result):
+                self._internal_request(task.slot, "tasks/cancel", {"taskId": task.task_id})
         self._update_log_level()
         if own_instance is not None:
             self._recycle(own_instance)
 
     # --- from the client -----------------------------------------------------------------------------
 
-    def from_client(self, session: Session, message: JsonObject) -> None:
+    def from_client(self, session: Session, message: Message) -> None:
         session.last_seen = self._now()
-        if jsonrpc.is_request(message):
+        message = Envelope.of(message, strip_priority=True)
+        if message.kind is Kind.REQUEST:
             self._client_request(session, message)
-        elif jsonrpc.is_notification(message):
+        elif message.kind is Kind.NOTIFICATION:
             self._client_notification(session, message)
         else:
             self._client_response(session, message)
 
-    def _client_request(self, session: Session, message: JsonObject) -> None:
+    def _client_request(self, session: Session, message: Envelope) -> None:
         method, client_id = message["method"], message["id"]
         session.last_request = self._now()
         self.metrics.requests_received += 1
@@ -146,15 +159,15 @@ class Switchboard:
             return
         self._admit(Pending(session, client_id, message, received=self._now()))
 
-    def _ping(self, session: Session, message: JsonObject) -> None:
+    def _ping(self, session: Session, message: Envelope) -> None:
         self._answer_local(session, jsonrpc.result(message["id"], {}))
 
-    def _discover(self, session: Session, message: JsonObject) -> None:
+    def _discover(self, session: Session, message: Envelope) -> None:
         # The 2026-07-28 era is not served yet; -32601 is what makes a client fall back to initialize.
         self._answer_local(session, jsonrpc.error(
             message["id"], jsonrpc.METHOD_NOT_FOUND, "Method not found: server/discover (use initialize)"))
 
-    def _initialize(self, session: Session, message: JsonObject) -> None:
+    def _initialize(self, session: Session, message: Envelope) -> None:
         params = message.get("params")
         if not isinstance(params, dict):
             self._answer_local(session, jsonrpc.error(
@@ -174,7 +187,7 @@ class Switchboard:
         self._init_waiters.append(pending)
         self._arm(pending, self._startup_timeout)
 
-    def _set_level(self, session: Session, message: JsonObject) -> None:
+    def _set_level(self, session: Session, message: Envelope) -> None:
         level = (message.get("params") or {}).get("level")
         if not self._backends_offer("logging"):
             self._admit(Pending(session, message["id"], message, received=self._now()))
@@ -187,7 +200,7 @@ class Switchboard:
         self._update_log_level()
         self._answer_local(session, jsonrpc.result(message["id"], {}))
 
-    def _subscribe(self, session: Session, message: JsonObject) -> None:
+    def _subscribe(self, session: Session, message: Envelope) -> None:
         uri = (message.get("params") or {}).get("uri")
         if not isinstance(uri, str) or self.subscriptions.holder(uri, session.identity) is None:
             self._admit(Pending(session, message["id"], message, received=self._now()))
@@ -195,7 +208,7 @@ class Switchboard:
         self.subscriptions.join(uri, session.identity)
         self._answer_local(session, jsonrpc.result(message["id"], {}))
 
-    def _unsubscribe(self, session: Session, message: JsonObject) -> None:
+    def _unsubscribe(self, session: Session, message: Envelope) -> None:
         uri = (message.get("params") or {}).get("uri")
         if not isinstance(uri, str) or not self.subscriptions.has(uri, session.identity):
             self._admit(Pending(session, message["id"], message, received=self._now()))
@@ -206,16 +219,37 @@ class Switchboard:
             return
         self._admit(Pending(session, message["id"], message, pinned_slot=slot, received=self._now()))
 
-    _LOCAL_METHODS: dict[str, Callable[[Switchboard, Session, JsonObject], None]] = {
+    def _task_request(self, session: Session, message: Envelope) -> None:
+        """tasks/get, result, cancel and list, by the task table: to the task's instance at once, outside
+        the queue and the cap, or answered here. A server without tasks answers them itself."""
+        backend = self.pool.any_initialize_result()
+        if backend is not None and "tasks" not in (backend.get("capabilities") or {}):
+            self._admit(Pending(session, message["id"], message, received=self._now()))
+            return
+        route = self.tasks.route(session.identity, message, self._now(), {i.slot for i in self.pool.ready()})
+        if isinstance(route, tasks.Reply):
+            self._answer_local(session, route.response)
+            return
+        instance = self.pool.get(route.slot)
+        assert instance is not None, "the table routes only to ready instances"
+        pending = Pending(session, message["id"], Envelope.of(route.message), pinned_slot=route.slot,
+                          received=self._now(), capped=False)
+        session.pending[pending.client_id] = pending
+        if pending.method != "tasks/result":  # that one lasts as long as its task
+            self._arm(pending, self._request_timeout)
+        self._start(pending, instance)
+
+    _LOCAL_METHODS: dict[str, Callable[[Switchboard, Session, Envelope], None]] = {
         "ping": _ping,
         "server/discover": _discover,
         "initialize": _initialize,
         "logging/setLevel": _set_level,
         "resources/subscribe": _subscribe,
         "resources/unsubscribe": _unsubscribe,
+        **dict.fromkeys(tasks.METHODS, _task_request),
     }
 
-    def _client_notification(self, session: Session, message: JsonObject) -> None:
+    def _client_notification(self, session: Session, message: Envelope) -> None:
         method = message["method"]
         if method == "notifications/cancelled":
             request_id = (message.get("params") or {}).get("requestId")
@@ -229,36 +263,35 @@ class Switchboard:
             for instance in self.pool.ready():
                 self._send(instance, message)
 
-    def _client_response(self, session: Session, message: JsonObject) -> None:
-        request = session.server_requests.pop(message["id"], None)
+    def _client_response(self, session: Session, message: Envelope) -> None:
+        request = session.server_requests.pop(message.id, None)
         instance = self.pool.get(request.slot) if request else None
         if request is None or instance is None:
-            log.info("dropped a client response to %r: no instance waits for it", message.get("id"))
+            log.info("dropped a client response to %r: no instance waits for it", message.id)
             return
-        self._send(instance, {**message, "id": request.backend_id})
+        self._send(instance, message.with_id(request.backend_id))
 
     # --- the life of a request -----------------------------------------------------------------------
 
     def _admit(self, pending: Pending) -> None:
-        params = pending.message.get("params")
-        params = params if isinstance(params, dict) else {}
-        cursor = params.get("cursor")
-        if isinstance(cursor, str):
-            unwrapped = cursors.unwrap(cursor)
+        if pending.message.flags & Flag.CURSOR:  # only then is the body opened
+            params = pending.message["params"]
+            unwrapped = cursors.unwrap(params["cursor"])
             if unwrapped is None:
                 self._answer_local(pending.session, jsonrpc.error(
                     pending.client_id, jsonrpc.INVALID_PARAMS, "Invalid params: unknown pagination cursor"))
                 return
             pending.pinned_slot, inner = unwrapped
-            pending.message = {**pending.message, "params": {**params, "cursor": inner}}
-        level, pending.message = self.priorities.level(pending.message, pending.session.priority)
+            pending.message = Envelope.from_message({**pending.message, "params": {**params, "cursor": inner}})
+        pending.level = self.priorities.level(pending.message, pending.session.priority)
         pending.session.pending[pending.client_id] = pending
         self._arm(pending, self._request_timeout)
         if self._dispatch(pending):
+            self.queue.took_turn(pending.session.identity)
             return
         try:
             self.queue.push(pending.key, pending, session=pending.session.identity, arrived=pending.received,
-                            level=level)
+                            level=pending.level)
         except QueueFull as full:
             self._fail(pending, jsonrpc.OVERLOADED, f"mcpmux is overloaded: {full}; retry later")
 
@@ -276,14 +309,19 @@ class Switchboard:
             return False
         if not self.subscriptions.shared:  # a dedicated session's subscriptions follow it to a new instance
             self._place_subscriptions(instance.slot, only={pending.session.identity})
+        self._start(pending, instance)
+        return True
+
+    def _start(self, pending: Pending, instance: Instance) -> None:
         backend_id = next(self._ids)
         pending.backend_id, pending.slot = backend_id, instance.slot
         pending.dispatched = self._now()
         pending.attempts += 1
-        instance.in_flight += 1
+        if pending.capped:
+            instance.in_flight += 1
+        pending.concurrency = instance.in_flight
         self._running[backend_id] = pending
         self._send(instance, rewrite.for_instance(pending.message, backend_id))
-        return True
 
     def drain(self) -> None:
         """Hand waiting requests, in the order policy's order, to the instances eligible for them. A request
@@ -297,7 +335,7 @@ class Switchboard:
                 # By key: a request answered at once (its pinned instance gone) has left the queue already.
                 self.queue.remove(pending.key, served=True)
 
-    def _finish(self, pending: Pending, response: JsonObject) -> None:
+    def _finish(self, pending: Pending, response: Message) -> None:
         """Send a request's one response, under the client's own id."""
         self._deadlines.cancel(pending.key)
         pending.session.pending.pop(pending.client_id, None)
@@ -306,7 +344,7 @@ class Switchboard:
         else:
             self.metrics.requests_succeeded += 1
         self.metrics.observe_latency(self._now() - pending.received)
-        self._answer(pending.session, {**response, "id": pending.client_id})
+        self._answer(pending.session, Envelope.of(response).with_id(pending.client_id))
 
     def _fail(self, pending: Pending, code: int, text: str) -> None:
         self.queue.remove(pending.key)
@@ -358,13 +396,15 @@ class Switchboard:
         instance = self.pool.get(pending.slot or "")
         if instance is None:
             return
-        instance.in_flight -= 1
+        if pending.capped:
+            instance.in_flight -= 1
         self._send(instance, jsonrpc.notification(
             "notifications/cancelled", {"requestId": pending.backend_id, "reason": reason}))
 
     # --- from an instance ----------------------------------------------------------------------------
 
-    def from_instance(self, instance: Instance, message: JsonObject) -> None:
+    def from_instance(self, instance: Instance, message: Message) -> None:
+        message = Envelope.of(message)
         if "method" not in message:
             self._instance_response(instance, message)
         elif "id" in message:
@@ -372,8 +412,8 @@ class Switchboard:
         else:
             self._instance_notification(instance, message)
 
-    def _instance_response(self, instance: Instance, message: JsonObject) -> None:
-        backend_id = message.get("id")
+    def _instance_response(self, instance: Instance, message: Envelope) -> None:
+        backend_id = message.id
         if backend_id in self._internal:
             follow_up = self._internal.pop(backend_id)
             if follow_up is not None:
@@ -381,25 +421,35 @@ class Switchboard:
             elif "error" in message:
                 log.warning("%s refused an mcpmux request: %s", instance.slot, message["error"])
             return
-        pending = self._running.pop(backend_id, None)  # type: ignore[arg-type]
+        pending = self._running.pop(backend_id, None)
         if pending is None:
             return  # the answer to a request that timed out or was cancelled
-        instance.in_flight -= 1
+        latency = self._now() - pending.dispatched
+        if pending.capped:  # a tasks/* request holds no slot, and its latency is its task's
+            instance.in_flight -= 1
+            instance.latencies.append(latency)
+            self.eligibility.limits.observe(instance.slot, request_kind(pending.message), latency,
+                                            pending.concurrency)
         instance.served += 1
-        instance.latencies.append(self._now() - pending.dispatched)
         self._finish(pending, self._adapt_result(instance, pending, message))
-        if is_instance_failure(message):
+        if is_instance_failure(message) and pending.method != "tasks/result":  # that error is its task's outcome
             self._instance_failed(instance, f"answered error {message['error'].get('code')}")
         else:
             self.breaker.success(instance)
         self.drain()
 
-    def _adapt_result(self, instance: Instance, pending: Pending, message: JsonObject) -> JsonObject:
+    def _adapt_result(self, instance: Instance, pending: Pending, message: Envelope) -> Message:
+        if tasks.concerns(pending.message):
+            return self.tasks.answered(pending.session.identity, instance.slot, pending.message, message,
+                                       pending.backend_id, self._now())
+        if message.kind is not Kind.RESULT or not (message.flags & Flag.NEXT_CURSOR or pending.method in OPENED):
+            return message  # the common case: the body passes through unopened
         result = message.get("result")
         if not isinstance(result, dict):
             return message
         if isinstance(result.get("nextCursor"), str):
-            message = {**message, "result": {**result, "nextCursor": cursors.wrap(instance.slot, result["nextCursor"])}}
+            wrapped = cursors.wrap(instance.slot, result["nextCursor"])
+            message = Envelope.from_message({**message, "result": {**result, "nextCursor": wrapped}})
         if pending.method == "tools/list":
             self.retry.observe_tools(result)
         elif pending.method == "resources/subscribe":
@@ -408,12 +458,12 @@ class Switchboard:
                 self.subscriptions.confirmed(uri, instance.slot, pending.session.identity)
         return message
 
-    def _instance_request(self, instance: Instance, message: JsonObject) -> None:
+    def _instance_request(self, instance: Instance, message: Envelope) -> None:
         method = message["method"]
         if method == "ping":
             self._send(instance, jsonrpc.result(message["id"], {}))
             return
-        session = self._session_for(instance)
+        session = self._task_owner(instance, message) or self._session_for(instance)
         refused = server_requests.refusal(session, method)
         if refused is not None or session is None:
             code, text = refused or (jsonrpc.INTERNAL_ERROR, "no session")
@@ -421,9 +471,9 @@ class Switchboard:
             return
         client_id = next(self._ids)
         session.server_requests[client_id] = ServerRequest(instance.slot, message["id"])
-        self._answer(session, {**message, "id": client_id})
+        self._answer(session, message.with_id(client_id))
 
-    def _instance_notification(self, instance: Instance, message: JsonObject) -> None:
+    def _instance_notification(self, instance: Instance, message: Envelope) -> None:
         method = message["method"]
         params = message.get("params") or {}
         if method == "notifications/progress":
@@ -436,26 +486,36 @@ class Switchboard:
             self._server_cancelled(instance, params)
         elif method == "notifications/message":
             self._log_message(instance, params, message)
+        elif method == "notifications/tasks/status":
+            task = self.tasks.observe(instance.slot, params)
+            owner = self.sessions.get(task.session) if task is not None else None
+            if owner is not None:  # never anyone else, not even when the task is unknown
+                self._answer(owner, message)
         else:
-            session = self._session_for(instance)
+            session = self._task_owner(instance, message) or self._session_for(instance)
             for target in [session] if session else self._unattributed_audience():
                 self._answer(target, message)
 
-    def _progress(self, params: JsonObject, message: JsonObject) -> None:
+    def _progress(self, params: JsonObject, message: Envelope) -> None:
         pending = self._running.get(params.get("progressToken"))  # type: ignore[arg-type]
         if pending is None:
+            # A task's progress keeps its request's token after the request was answered.
+            target = self.tasks.progress_target(params.get("progressToken"))
+            session = self.sessions.get(target[0]) if target is not None else None
+            if target is not None and session is not None:
+                self._answer(session, rewrite.with_progress_token(message, target[1]))
             return
         token = rewrite.client_progress_token(pending.message)
-        self._answer(pending.session, rewrite.with_progress_token(message, params, token))
+        self._answer(pending.session, rewrite.with_progress_token(message, token))
 
-    def _list_changed(self, method: str, message: JsonObject) -> None:
+    def _list_changed(self, method: str, message: Envelope) -> None:
         # Every instance announces the same change: a session hears it once until it lists again.
         for session in list(self.sessions.values()):
             if method not in session.list_changed_sent:
                 session.list_changed_sent.add(method)
                 self._answer(session, message)
 
-    def _resource_updated(self, instance: Instance, params: JsonObject, message: JsonObject) -> None:
+    def _resource_updated(self, instance: Instance, params: JsonObject, message: Envelope) -> None:
         for identity in self.subscriptions.listeners(params.get("uri"), instance.slot):
             session = self.sessions.get(identity)
             if session is not None:
@@ -470,12 +530,18 @@ class Switchboard:
                         "notifications/cancelled", {**params, "requestId": client_id}))
                     return
 
-    def _log_message(self, instance: Instance, params: JsonObject, message: JsonObject) -> None:
-        owner = self._session_for(instance, guess_when_idle=False)
+    def _log_message(self, instance: Instance, params: JsonObject, message: Envelope) -> None:
+        owner = self._task_owner(instance, message) or self._session_for(instance, guess_when_idle=False)
         targets = [owner] if owner else self._unattributed_audience()
         for session in targets:
             if session.wants_log(str(params.get("level"))):
                 self._answer(session, message)
+
+    def _task_owner(self, instance: Instance, message: Message) -> Session | None:
+        """The session owning the task a message names in its related-task `_meta`: exact, where
+        `_session_for` can only guess."""
+        task = self.tasks.owner(instance.slot, message)
+        return self.sessions.get(task.session) if task is not None else None
 
     def _session_for(self, instance: Instance, *, guess_when_idle: bool = True) -> Session | None:
         return server_requests.attribute(instance.slot, self._running.values(), self.sessions,
@@ -497,7 +563,7 @@ class Switchboard:
             return
         self._become_ready(instance)
 
-    def _probe_answered(self, instance: Instance, message: JsonObject) -> None:
+    def _probe_answered(self, instance: Instance, message: Message) -> None:
         if "result" in message:
             self._become_ready(instance)
         else:
@@ -519,7 +585,7 @@ class Switchboard:
             self._finish(pending, jsonrpc.result(pending.client_id, instance.initialize_result or {}))
         self.drain()
 
-    def _learn_tools(self, instance: Instance, message: JsonObject) -> None:
+    def _learn_tools(self, instance: Instance, message: Message) -> None:
         result = message.get("result")
         if not isinstance(result, dict):
             return
@@ -565,7 +631,7 @@ class Switchboard:
                 if backend_id is not None:
                     self._pings[instance.slot] = (backend_id, now + timeout)
 
-    def _pong(self, instance: Instance, message: JsonObject) -> None:
+    def _pong(self, instance: Instance, message: Message) -> None:
         self._pings.pop(instance.slot, None)
         instance.last_ping = self._now()
 
@@ -592,12 +658,19 @@ class Switchboard:
             instance.state = InstanceState.FAILED
         self.pool.remove(instance.slot)
         self._pings.pop(instance.slot, None)
+        for task in self.tasks.instance_lost(instance.slot, reason):
+            owner = self.sessions.get(task.session)
+            if owner is not None:
+                self._answer(owner, jsonrpc.notification("notifications/tasks/status", task.task))
         for backend_id, pending in list(self._running.items()):
             if pending.slot != instance.slot:
                 continue
             del self._running[backend_id]
             pending.backend_id = pending.slot = None
-            if pending.pinned_slot is None and self.retry.may_retry(pending.message, pending.attempts):
+            lost_task = self.tasks.lost_answer(pending.session.identity, instance.slot, pending.message)
+            if lost_task is not None:
+                self._finish(pending, lost_task)
+            elif pending.pinned_slot is None and self.retry.may_retry(pending.message, pending.attempts):
                 self.metrics.requests_retried += 1
                 self.queue.push_front(pending.key, pending, session=pending.session.identity,
                                       arrived=pending.received)
@@ -651,10 +724,10 @@ class Switchboard:
         """The ids the instances see for the client requests they run."""
         return set(self._running)
 
-    def _answer(self, session: Session, message: JsonObject) -> None:
+    def _answer(self, session: Session, message: Message) -> None:
         self._actions.append(ToClient(session.identity, message))
 
-    def _send(self, instance: Instance, message: JsonObject) -> None:
+    def _send(self, instance: Instance, message: Message) -> None:
         self._actions.append(ToInstance(instance.slot, message))
 
     def _answer_local(self, session: Session, response: JsonObject) -> None:
@@ -694,5 +767,6 @@ class Switchboard:
             "queued": len(self.queue),
             "running": len(self._running),
             "subscriptions": len(self.subscriptions),
+            "tasks": len(self.tasks),
             "logLevel": self._log_level,
         }

@@ -75,10 +75,10 @@ class Harness:
         self.board.close_session(session)
         self.collect()
 
-    def add_instance(self, slot: str) -> Instance:
+    def add_instance(self, slot: str, initialize_result: JsonObject = INITIALIZE_RESULT) -> Instance:
         instance = Instance(slot, 1, 1)
         self.board.pool.add(instance)
-        self.board.instance_ready(instance, INITIALIZE_RESULT)
+        self.board.instance_ready(instance, initialize_result)
         self.collect()
         sent = self.to_instance.pop(slot, [])
         learning = [m for m in sent if m.get("method") == "tools/list" and isinstance(m["id"], int)

@@ -16,6 +16,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from mcpmux import jsonrpc
 from mcpmux.jsonrpc import RequestId
 from mcpmux.router.instances import Instance, Pool
+from mcpmux.router.limits import HIGHEST
 from mcpmux.router.session import Pending, Session
 from tests.switchboard_harness import Harness
 
@@ -26,11 +27,13 @@ SESSIONS = ("a", "b", "c")
 
 class SwitchboardMachine(RuleBasedStateMachine):
     strategy = "least_connections"
+    cap: int | str = CAP
+    high_reserve = 0.0
 
     def __init__(self) -> None:
         super().__init__()
-        self.h = Harness.make({"strategy": self.strategy}, maxConcurrentRequests=CAP, queueSize=4,
-                              requestTimeout=10_000)
+        self.h = Harness.make({"strategy": self.strategy, "highReserve": self.high_reserve},
+                              maxConcurrentRequests=self.cap, queueSize=4, requestTimeout=10_000)
         self.sessions: dict[str, Session] = {}
         self.closed: list[Session] = []
         self.sent: dict[bytes, list[RequestId]] = {}
@@ -74,7 +77,7 @@ class SwitchboardMachine(RuleBasedStateMachine):
         self.h.lose(instance)
 
     @precondition(lambda self: bool(self.sessions))
-    @rule(data=st.data(), kind=st.sampled_from(["work", "look", "tools/list"]), string_id=st.booleans())
+    @rule(data=st.data(), kind=st.sampled_from(["work", "look", "tools/list", "urgent"]), string_id=st.booleans())
     def request(self, data: st.DataObject, kind: str, string_id: bool) -> None:
         session = self.sessions[data.draw(st.sampled_from(sorted(self.sessions)))]
         number = next(self.ids)
@@ -82,6 +85,9 @@ class SwitchboardMachine(RuleBasedStateMachine):
         self.sent[session.identity].append(request_id)
         if kind == "tools/list":
             self.h.request(session, request_id, "tools/list")
+        elif kind == "urgent":
+            self.h.request(session, request_id, "tools/call",
+                           {"name": "work", "arguments": {}, "_meta": {"mcpmux/priority": "high"}})
         else:
             self.h.call(session, request_id, tool=kind)
 
@@ -138,8 +144,9 @@ class SwitchboardMachine(RuleBasedStateMachine):
 
     @invariant()
     def no_instance_exceeds_its_cap(self) -> None:
+        cap = HIGHEST if self.cap == "auto" else CAP
         for instance in self.h.board.pool:
-            assert 0 <= instance.in_flight <= CAP, (instance.slot, instance.in_flight)
+            assert 0 <= instance.in_flight <= cap, (instance.slot, instance.in_flight)
 
     @invariant()
     def what_is_kept_belongs_to_open_sessions(self) -> None:
@@ -207,8 +214,16 @@ class DedicatedSwitchboardMachine(SwitchboardMachine):
     strategy = "dedicated"
 
 
-for machine in (SwitchboardMachine, AffineSwitchboardMachine, DedicatedSwitchboardMachine):
+class AdaptiveSwitchboardMachine(SwitchboardMachine):
+    """Limits found from latency, which change under the requests' feet, and a reserve for high ones."""
+
+    cap = "auto"
+    high_reserve = 0.5
+
+
+for machine in (SwitchboardMachine, AffineSwitchboardMachine, DedicatedSwitchboardMachine, AdaptiveSwitchboardMachine):
     machine.TestCase.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
 test_switchboard_keeps_its_promises = SwitchboardMachine.TestCase
 test_switchboard_keeps_its_promises_with_session_affinity = AffineSwitchboardMachine.TestCase
 test_switchboard_keeps_its_promises_with_dedicated_instances = DedicatedSwitchboardMachine.TestCase
+test_switchboard_keeps_its_promises_with_adaptive_limits_and_a_reserve = AdaptiveSwitchboardMachine.TestCase
