@@ -142,7 +142,8 @@ def summary_lines(status: StackStatus) -> Text:
     pinned = [f"{instance.slot.rsplit(':', 1)[-1]}: {', '.join(s[:8] for s in instance.sessions)}"
                for instance in status.instances if instance.sessions]
     if pinned:
-        text.append("\nsessions pinned  " + "  ".join(pinned))
+        label = "dedicated to" if status.strategy == "dedicated" else "sessions pinned"
+        text.append(f"\n{label}  " + "  ".join(pinned))
     if status.prometheus:
         text.append(f"\nPrometheus metrics at {status.prometheus}")
     return text
