@@ -113,6 +113,20 @@ def timeline(path: Path, title: str, answers: Sequence[tuple[float, float, bool]
     return _save(figure, path)
 
 
+def steps(path: Path, title: str, times: Sequence[float], series: dict[str, Sequence[float]],
+          marks: dict[str, float]) -> Path:
+    """Counts over time as steps (sessions, instances), events as lines."""
+    figure, axes = plt.subplots(figsize=(8, 4))
+    for index, (label, values) in enumerate(series.items()):
+        axes.step(times, values, where="post", label=label, color=COLORS[index % len(COLORS)],
+                  linewidth=2 if index == 0 else 1.5)
+    for index, (label, at) in enumerate(marks.items()):
+        axes.axvline(at, linestyle="--", color=COLORS[(len(series) + index) % len(COLORS)], label=label)
+    axes.set_xlabel("seconds")
+    axes.set_ylabel("count")
+    axes.set_title(title)
+    axes.legend(fontsize="small")
+    return _save(figure, path)
 def instances_over_time(path: Path, title: str, instances: dict[str, Sequence[tuple[float, int]]],
                         waiting: dict[str, Sequence[tuple[float, int]]],
                         wanted: dict[str, Sequence[tuple[float, int]]]) -> Path:

@@ -84,8 +84,9 @@ class PriorityRules(_Section):
 
 
 class LoadBalancingConfig(_Section):
-    strategy: Literal["least_connections", "session_affinity"] = Field(
-        "least_connections", description="least_connections, or session_affinity for servers that keep state")
+    strategy: Literal["least_connections", "session_affinity", "dedicated"] = Field(
+        "least_connections",
+        description="least_connections; for servers that keep state, session_affinity or dedicated")
     circuit_breaker_enabled: bool = True
     circuit_breaker_threshold: int = Field(3, ge=1)
     priorities: PriorityRules = Field(PriorityRules(), description='JSON, e.g. {"tools": {"reindex": "low"}}')

@@ -49,6 +49,7 @@ class EventKind(enum.StrEnum):
     READY = "ready"  # its backend is initialized
     SCALE = "scale"  # the scaler started or stopped a slot
     REINIT = "reinit"  # a slot re-initialized with a new client's params
+    RECYCLE = "recycle"  # a dedicated instance restarted for fresh state after its session ended
     LOST = "lost"  # an instance's shim or backend died
     CIRCUIT = "circuit"  # an instance's circuit opened
     RESTART = "restart"  # the healer restarts a slot
@@ -159,7 +160,7 @@ class InstanceStatus:
     backend: Usage | None = None
     supervisord: str | None = None  # not connected only: supervisord's state name for the slot
     last_event: str | None = None  # not connected only
-    sessions: tuple[str, ...] = ()  # the sessions pinned to it (session_affinity)
+    sessions: tuple[str, ...] = ()  # the sessions pinned to it (session_affinity) or its one session (dedicated)
     era: str | None = None  # the protocol era its backend connection was opened in: handshake or 2026-07-28
 
     @property

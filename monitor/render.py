@@ -143,7 +143,8 @@ def summary_lines(status: StackStatus) -> Text:
     pinned = [f"{instance.slot.rsplit(':', 1)[-1]}: {', '.join(s[:8] for s in instance.sessions)}"
                for instance in status.instances if instance.sessions]
     if pinned:
-        text.append("\nsessions pinned  " + "  ".join(pinned))
+        label = "dedicated to" if status.strategy == "dedicated" else "sessions pinned"
+        text.append(f"\n{label}  " + "  ".join(pinned))
     for era, (instances, sessions) in _by_era(status).items():
         text.append(f"\nera {era}: instances {', '.join(map(short_slot, instances)) or 'none'}; "
                     f"sessions {', '.join(name[:8] for name in sessions) or 'none'}")

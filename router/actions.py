@@ -38,6 +38,16 @@ class RestartInstance:
 
 
 @dataclass(frozen=True, slots=True)
+class RecycleInstance:
+    """A dedicated instance's session ended: restart it (a planned restart, not a failure) so the next
+    session starts fresh. The shim `pid` is the one on its way out: ignore it if it says hello again."""
+
+    slot: str
+    pid: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class InstanceReady:
     slot: str
 
@@ -57,4 +67,4 @@ class SafeToolsChanged:
     names: list[str]
 
 
-Action = ToClient | ToInstance | RestartInstance | InstanceReady | ProfileAdopted | SafeToolsChanged
+Action = ToClient | ToInstance | RestartInstance | RecycleInstance | InstanceReady | ProfileAdopted | SafeToolsChanged

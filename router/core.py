@@ -241,6 +241,9 @@ class Core:
                 log.warning("%s: circuit open (%s); restarting it", slot, reason)
                 self.metrics.event("circuit", f"{slot} circuit opened: {reason}", slot=slot)
                 self.healer.restart(slot, reason)
+            case actions.RecycleInstance(slot, pid, reason):
+                log.info("%s: recycling (%s)", slot, reason)
+                self.healer.recycle(slot, pid, reason)
             case actions.InstanceReady(slot):
                 self.healer.healthy_again(slot)
                 instance = self.board.pool.get(slot)
@@ -353,10 +356,15 @@ class Core:
         if previous is not None and previous.pid != hello.pid:
             self._instance_lost(previous, "replaced by a new shim process")
         self.scaler.adopt(slot)
-        if self.healer.held(slot) or hello.pid in self._stale_shims:
+        if self.healer.held(slot) or hello.pid in self._stale_shims or self.healer.outgoing(slot, hello.pid):
             return
         if hello.initialize_result is None and self.healer.started(slot):
             self.healer.back_off(slot, "restarted too often")
+            return
+        if hello.initialize_result is not None and not self.board.eligibility.shares_instances:
+            # Under dedicated, a backend that comes back initialized (a shim from before this core, or one
+            # taken for dead) may hold a session's state, and nothing says whose: it starts fresh.
+            self.healer.recycle(slot, hello.pid, "it came back with a backend that served an earlier session")
             return
         instance = Instance(slot, hello.pid, hello.backend_pid)
         self.board.pool.add(instance)

@@ -8,6 +8,8 @@ and nowhere else. Otherwise it depends on the strategy (`loadBalancing.strategy`
 - `session_affinity`: the instance the session was pinned to at its first request (the one with the fewest
   sessions then), so a server that keeps state in its process sees one session's calls in one place; an
   instance may serve several sessions. A session whose instance is lost is pinned again and told.
+- `dedicated`: an instance of the session's own, nobody else's, recycled when the session ends
+  (router/dedicated.py).
 
 With `loadBalancing.highReserve`, a share of the pool's free slots is kept for `high` requests: others start
 only while more than that many slots are free, so an urgent call need not wait for a slow one to finish.
@@ -21,35 +23,43 @@ from typing import Literal
 
 from mcpmux.envelope import Flag
 from mcpmux.router import eras
+from mcpmux.router.dedicated import Dedicated
 from mcpmux.router.dispatch import LeastConnections
 from mcpmux.router.instances import Instance, Pool
 from mcpmux.router.limits import Limits
 from mcpmux.router.queue import Priority
 from mcpmux.router.session import Pending
 
-Strategy = Literal["least_connections", "session_affinity"]
+Strategy = Literal["least_connections", "session_affinity", "dedicated"]
 
 
 class PinnedInstanceGone(Exception):
     """The one instance that may serve this request is gone: the request cannot be served anywhere."""
 
-    def __init__(self, slot: str, what: str = "cursor") -> None:
+    def __init__(self, slot: str, why: str = "is gone", what: str = "cursor") -> None:
         advice = "; call again without requestState and inputResponses" if what == "requestState" else ""
-        super().__init__(f"the instance that made this {what} ({slot}) is gone{advice}")
+        super().__init__(f"the instance that made this {what} ({slot}) {why}{advice}")
         self.slot = slot
 
 
 class Eligibility:
-    def __init__(self, limits: Limits, strategy: Strategy = "least_connections", high_reserve: float = 0.0) -> None:
+    def __init__(self, limits: Limits, strategy: Strategy = "least_connections", high_reserve: float = 0.0,
+                 max_instances: int = 1) -> None:
         self.limits = limits
         self.balancer = LeastConnections(self.cap)
         self.strategy = strategy
         self.high_reserve = high_reserve
         self.pins: dict[bytes, str] = {}  # session -> slot, under session_affinity
+        self.dedicated = Dedicated(max_instances)  # session <-> slot, under dedicated
 
     def cap(self, instance: Instance) -> int:
         """How many requests this instance may run at once, now."""
         return self.limits.of(instance.slot)
+
+    @property
+    def shares_instances(self) -> bool:
+        """Whether an instance may serve several sessions (all strategies but dedicated)."""
+        return self.strategy != "dedicated"
 
     def choose(self, pending: Pending, pool: Pool) -> Instance | None:
         """The instance to run `pending` on now, or None if it must wait; PinnedInstanceGone if it never can."""
@@ -57,13 +67,17 @@ class Eligibility:
             instance = pool.get(pending.pinned_slot)
             if instance is None or not instance.ready:
                 raise PinnedInstanceGone(pending.pinned_slot,
-                                         "requestState" if pending.message.flags & Flag.STATE else "cursor")
+                                         what="requestState" if pending.message.flags & Flag.STATE else "cursor")
+            if not self.dedicated.may_run(pending.session.identity, instance.slot):
+                raise PinnedInstanceGone(pending.pinned_slot, "is dedicated to another session now")
             return instance if self._has_room(instance) and self._reserve_allows(pending, pool) else None
         if not self._reserve_allows(pending, pool):
             return None
         ready = eras.ready_of(pool, pending.session)  # instances of the session's protocol era
         if self.strategy == "session_affinity":
             return self._affine(pending.session.identity, pool, ready)
+        if self.strategy == "dedicated":
+            return self.dedicated.choose(pending.session.identity, pool, self.cap, ready)
         return self.balancer.pick(ready)
 
     def has_room(self, pool: Pool) -> bool:
@@ -75,8 +89,10 @@ class Eligibility:
         slots = sum(self.cap(instance) for instance in pool.ready())
         return min(slots - 1, math.floor(self.high_reserve * slots)) if slots else 0
 
-    def session_closed(self, session: bytes) -> None:
+    def session_closed(self, session: bytes) -> str | None:
+        """Forget the session; the instance it had to itself (dedicated), which must be recycled."""
         self.pins.pop(session, None)
+        return self.dedicated.session_closed(session)
 
     def instance_lost(self, slot: str) -> list[bytes]:
         """Unpin the sessions of a lost instance; they are pinned again at their next request."""
@@ -84,10 +100,21 @@ class Eligibility:
         moved = [session for session, pinned in self.pins.items() if pinned == slot]
         for session in moved:
             del self.pins[session]
-        return moved
+        return moved + self.dedicated.instance_lost(slot)
 
     def sessions_of(self, slot: str) -> list[bytes]:
-        return [session for session, pinned in self.pins.items() if pinned == slot]
+        owner = self.dedicated.owner(slot)
+        return [session for session, pinned in self.pins.items() if pinned == slot] + ([owner] if owner else [])
+
+    def assignment(self) -> dict[str, bytes] | None:
+        """Under dedicated, each instance's one session (what it sends on its own is for that session)."""
+        return self.dedicated.assignment() if self.strategy == "dedicated" else None
+
+    def waiting_reason(self, pending: Pending) -> str | None:
+        """Why a request still waits for an instance, if the strategy is the cause."""
+        if self.strategy == "dedicated" and pending.pinned_slot is None:
+            return self.dedicated.waiting_reason(pending.session.identity)
+        return None
 
     def _has_room(self, instance: Instance) -> bool:
         return instance.in_flight < self.cap(instance)

@@ -77,7 +77,7 @@ def _render(config: Config, paths: StackPaths, credentials: dict[str, str], idle
         username=credentials["username"],
         password=credentials["password"],
         stack=paths.root.name,
-        python=" ".join(PYTHON),
+        python=sys.executable,  # the template adds -E -P itself
         core_flags="--idle-stop" if idle_stop else "",
         max_instances=config.multiplexer.max_instances,
     )

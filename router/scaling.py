@@ -2,6 +2,8 @@
 
 supervisord owns the processes; this module decides and asks it by slot name. Up fast (a queue that
 is not empty, or load above scaleUpThreshold), down slowly (load below scaleDownThreshold for a while).
+Under the dedicated strategy the demand is the sessions, each needing an instance of its own; an instance
+dedicated to a live session is never stopped.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class Scaler:
         self._background = background
         self.wanted: dict[str, float] = {}  # slot -> when it was asked to start
         self._low_since: float | None = None
+        self._adopted = False  # the shims a previous core left are adopted before counting what is missing
 
     def boot(self) -> None:
         """Adopt the shims a previous core left running, then start up to the minimum."""
@@ -41,6 +44,7 @@ class Scaler:
                              failed=lambda _: self._booted([]))
 
     def _booted(self, processes: list[dict[str, Any]]) -> None:
+        self._adopted = True
         for process in processes:
             if process["group"] == SHIM_GROUP and process["statename"] in ("RUNNING", "STARTING", "BACKOFF"):
                 self.adopt(f"{SHIM_GROUP}:{process['name']}")
@@ -74,6 +78,9 @@ class Scaler:
         return sum(instance.in_flight for instance in self._board.pool) + len(self._board.queue)
 
     def tick(self) -> None:
+        if not self._board.eligibility.shares_instances:
+            self._tick_dedicated()
+            return
         load = self.load()
         starting = any(self._board.pool.get(slot) is None or not self._board.pool.get(slot).ready  # type: ignore[union-attr]
                        for slot in self.wanted)
@@ -93,7 +100,30 @@ class Scaler:
         self._low_since = self._low_since or now
         if now - self._low_since >= SCALE_DOWN_AFTER:
             self._low_since = None
-            self._stop_idle_one(load)
+            self._stop_idle_one(f"load {load:.2f} <= {self._settings.scale_down_threshold}")
+
+    def dedicated_needed(self) -> int:
+        """One instance per session, within the bounds."""
+        settings = self._settings
+        return max(settings.min_instances, min(settings.max_instances, len(self._board.sessions)))
+
+    def _tick_dedicated(self) -> None:
+        # Every session needs an instance of its own: start all that are missing in one decision (a
+        # recycling slot counts, it is free again soon); stop a spare that stayed unneeded for a while.
+        if not self._adopted:
+            return
+        needed = self.dedicated_needed()
+        for _ in range(needed - len(self.wanted)):
+            self._start(self._free_slot(), f"{len(self._board.sessions)} sessions, each with an instance of its "
+                                           f"own: {needed} instances needed")
+        if len(self.wanted) <= needed:
+            self._low_since = None
+            return
+        now = time.monotonic()
+        self._low_since = self._low_since or now
+        if now - self._low_since >= SCALE_DOWN_AFTER:
+            self._low_since = None
+            self._stop_idle_one(f"{len(self.wanted)} instances for {len(self._board.sessions)} sessions")
 
     def _free_slot(self) -> str:
         index = 0
@@ -107,14 +137,14 @@ class Scaler:
         self._metrics.event(EventKind.SCALE, f"start {slot}: {reason}", slot=slot)
         self._background.run(functools.partial(self._supervisor.start_sync, slot), what=f"starting {slot}")
 
-    def _stop_idle_one(self, load: float) -> None:
+    def _stop_idle_one(self, why: str) -> None:
         for slot in sorted(self.wanted, reverse=True):
             instance = self._board.pool.get(slot)
-            if instance is not None and instance.in_flight == 0:
+            dedicated = self._board.eligibility.dedicated.owner(slot) is not None
+            if instance is not None and instance.in_flight == 0 and not dedicated:
                 del self.wanted[slot]
-                log.info("stop %s: load %.2f", slot, load)
-                self._metrics.event(EventKind.SCALE,
-                                    f"stop {slot}: load {load:.2f} <= {self._settings.scale_down_threshold}")
+                log.info("stop %s: %s", slot, why)
+                self._metrics.event(EventKind.SCALE, f"stop {slot}: {why}")
                 # The same path as any loss: its subscriptions move to another instance.
                 self._board.instance_lost(instance, "scaled down")
                 self._background.run(functools.partial(self._supervisor.stop_sync, slot), what=f"stopping {slot}")

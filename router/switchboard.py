@@ -24,6 +24,7 @@ from mcpmux.router.actions import (
     Action,
     InstanceReady,
     ProfileAdopted,
+    RecycleInstance,
     RestartInstance,
     SafeToolsChanged,
     ToClient,
@@ -72,7 +73,7 @@ class Switchboard:
         self.priorities = PriorityPolicy(config.load_balancing.priorities)
         # Which instances may serve a request:
         self.eligibility = Eligibility(limits_for(settings.max_concurrent_requests), config.load_balancing.strategy,
-                                       config.load_balancing.high_reserve)
+                                       config.load_balancing.high_reserve, max_instances=settings.max_instances)
         self.metrics = metrics
         self.profile: JsonObject = profile.WARM  # the initialize params every backend gets
         self.profile_era = Era.STATELESS  # the era backends open in (the handshake, if the backend refuses it)
@@ -89,7 +90,7 @@ class Switchboard:
         self._running: dict[int, Pending] = {}  # by the id the instance sees
         self._internal: dict[int, OnAnswer | None] = {}  # requests the router itself sent, with their follow-up
         self._init_waiters: list[Pending] = []
-        self.subscriptions = Subscriptions()
+        self.subscriptions = Subscriptions(shared=self.eligibility.shares_instances)
         self.tasks = tasks.TaskTable()
         self._log_level: str | None = None
         self.retry = RetryPolicy()
@@ -119,7 +120,7 @@ class Switchboard:
         if self.sessions.get(session.identity) is not session:
             return
         del self.sessions[session.identity]
-        self.eligibility.session_closed(session.identity)
+        own_instance = self.eligibility.session_closed(session.identity)
         self.queue.forget_session(session.identity)
         for pending in list(session.pending.values()):
             self._abandon(pending, "client session ended")
@@ -130,6 +131,8 @@ class Switchboard:
             if instance is not None and tasks.offers_cancel(instance.initialize_result):
                 self._internal_request(task.slot, "tasks/cancel", {"taskId": task.task_id})
         self._update_log_level()
+        if own_instance is not None:
+            self._recycle(own_instance)
 
     # --- from the client -----------------------------------------------------------------------------
 
@@ -228,7 +231,7 @@ class Switchboard:
 
     def _subscribe(self, session: Session, message: Envelope) -> None:
         uri = (message.get("params") or {}).get("uri")
-        if not isinstance(uri, str) or self.subscriptions.holder(uri) is None:
+        if not isinstance(uri, str) or self.subscriptions.holder(uri, session.identity) is None:
             self._admit(Pending(session, message["id"], message, received=self._now()))
             return
         self.subscriptions.join(uri, session.identity)
@@ -338,6 +341,8 @@ class Switchboard:
             return True
         if instance is None:
             return False
+        if not self.subscriptions.shared:  # a dedicated session's subscriptions follow it to a new instance
+            self._place_subscriptions(instance.slot, only={pending.session.identity})
         self._start(pending, instance)
         return True
 
@@ -394,7 +399,8 @@ class Switchboard:
     def _expire(self, pending: Pending, seconds: float) -> None:
         if pending.session.pending.get(pending.client_id) is not pending:
             return
-        where = f"running on {pending.slot}" if pending.slot else "waiting for an instance"
+        where = (f"running on {pending.slot}" if pending.slot
+                 else self.eligibility.waiting_reason(pending) or "waiting for an instance")
         if pending in self._init_waiters:
             self._init_waiters.remove(pending)
             where = "waiting for a backend to start"
@@ -528,7 +534,7 @@ class Switchboard:
                 self._answer(owner, message)
         else:
             session = self._task_owner(instance, message) or self._session_for(instance)
-            for target in [session] if session else list(self.sessions.values()):
+            for target in [session] if session else self._unattributed_audience():
                 self._answer(target, message)
 
     def _progress(self, params: JsonObject, message: Envelope) -> None:
@@ -568,7 +574,7 @@ class Switchboard:
 
     def _log_message(self, instance: Instance, params: JsonObject, message: Envelope) -> None:
         owner = self._task_owner(instance, message) or self._session_for(instance, guess_when_idle=False)
-        targets = [owner] if owner else list(self.sessions.values())
+        targets = [owner] if owner else self._unattributed_audience()
         for session in targets:
             if session.wants_log(str(params.get("level"))):
                 self._answer(session, message)
@@ -581,7 +587,12 @@ class Switchboard:
 
     def _session_for(self, instance: Instance, *, guess_when_idle: bool = True) -> Session | None:
         return server_requests.attribute(instance.slot, self._running.values(), self.sessions,
-                                         guess_when_idle=guess_when_idle)
+                                         guess_when_idle=guess_when_idle, assigned=self.eligibility.assignment())
+
+    def _unattributed_audience(self) -> list[Session]:
+        """Who hears an instance's message that belongs to no one session: everybody when sessions share
+        instances; nobody under dedicated, where an instance with no session serves no one."""
+        return list(self.sessions.values()) if self.eligibility.shares_instances else []
 
     # --- instances coming and going ------------------------------------------------------------------
 
@@ -612,9 +623,8 @@ class Switchboard:
         if "tools" in ((instance.initialize_result or {}).get("capabilities") or {}):
             # Which tools are safe to retry comes from their annotations: read them before any failure.
             self._internal_request(instance.slot, "tools/list", {}, self._learn_tools)
-        if instance.era is Era.HANDSHAKE:
-            for uri in list(self.subscriptions.place_unplaced(instance.slot)):
-                self._internal_request(instance.slot, "resources/subscribe", {"uri": uri})
+        if self.subscriptions.shared and instance.era is Era.HANDSHAKE:
+            self._place_subscriptions(instance.slot)
         waiters, self._init_waiters = self._init_waiters, []
         for pending in waiters:
             answer = self.eras.waiter_answer(pending, instance)
@@ -724,12 +734,25 @@ class Switchboard:
         instance.in_flight = 0
         for identity in self.eligibility.instance_lost(instance.slot):
             self._tell_state_reset(identity, instance.slot, reason)
-        if self.subscriptions.unplace(instance.slot):
+        if self.subscriptions.unplace(instance.slot) and self.subscriptions.shared:
             target = self.eligibility.balancer.pick([i for i in self.pool.ready() if i.era is Era.HANDSHAKE])
             if target is not None:
-                for uri in list(self.subscriptions.place_unplaced(target.slot)):
-                    self._internal_request(target.slot, "resources/subscribe", {"uri": uri})
+                self._place_subscriptions(target.slot)
         self.drain()
+
+    def _place_subscriptions(self, slot: str, only: set[bytes] | None = None) -> None:
+        for uri in list(self.subscriptions.place_unplaced(slot, only)):
+            self._internal_request(slot, "resources/subscribe", {"uri": uri})
+
+    def _recycle(self, slot: str) -> None:
+        """A dedicated session ended: its instance leaves the pool and restarts before anyone else has it."""
+        instance = self.pool.get(slot)
+        if instance is None:  # lost already: it comes back fresh
+            self.eligibility.instance_lost(slot)
+            return
+        reason = "its session ended; restarted so that the next session starts fresh"
+        self.instance_lost(instance, reason)
+        self._actions.append(RecycleInstance(slot, instance.pid, reason))
 
     def _tell_state_reset(self, identity: bytes, slot: str, reason: str) -> None:
         """A session pinned to a lost instance continues elsewhere: say so on the logging channel, since

@@ -198,7 +198,8 @@ def test_state_and_event_names_are_spelled_once() -> None:
         assert state.shown.value == state.value
     assert InstanceState.OPEN.shown is SlotState.OPEN_CIRCUIT
     assert set(EventKind) >= ERROR_EVENT_KINDS
-    assert {EventKind.SCALE, EventKind.READY, EventKind.START, EventKind.SESSION}.isdisjoint(ERROR_EVENT_KINDS)
+    assert {EventKind.SCALE, EventKind.READY, EventKind.START, EventKind.SESSION,
+            EventKind.RECYCLE}.isdisjoint(ERROR_EVENT_KINDS), "a recycled dedicated instance is no failure"
 
 
 def test_every_event_kind_the_router_records_is_an_event_kind() -> None:
@@ -279,6 +280,17 @@ def test_health_verdicts_from_typed_statuses() -> None:
     assert health.assess(make_status(ready, errors=(old,))).verdict is health.Verdict.HEALTHY
     recent = dataclasses.replace(old, time=1000.0 - 5)
     assert health.assess(make_status(ready, errors=(recent,))).reasons == ["5 s ago: shim:shim_00 lost: crash"]
+
+
+def test_health_and_the_dashboard_say_which_session_is_on_which_instance() -> None:
+    own, spare = (dataclasses.replace(instance, sessions=sessions) for instance, sessions in
+                  zip(make_status(SlotState.READY, SlotState.READY).instances, [("9f2c41d0aa",), ()], strict=True))
+    status = make_status(instances=(own, spare), strategy="dedicated")
+
+    assert health.assess(status).notes == ["strategy dedicated: shim_00: 9f2c41d0aa"]
+    assert health.assess(make_status(SlotState.READY)).notes == [], "least_connections places no session"
+    text = render.render_dashboard(status, health.assess(status), width=140)
+    assert "strategy dedicated" in text and "dedicated to  shim_00: 9f2c41d0" in text
 
 
 def test_the_exporter_reads_the_typed_status() -> None:

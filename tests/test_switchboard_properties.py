@@ -1,7 +1,8 @@
 """Random interleavings of sessions, requests, cancellations, answers, losses and time, against the
 switchboard's promises: every client request gets exactly one response (none once cancelled), to its own
 session under its own id; no instance holds more than its cap; nothing is kept after its session and its
-instances are gone."""
+instances are gone. Under dedicated, an instance never runs requests of two sessions, at once or one after
+the other (a session's instance is recycled, a new one, before another session has the slot)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from mcpmux import jsonrpc
 from mcpmux.jsonrpc import RequestId
+from mcpmux.router.instances import Instance, Pool
 from mcpmux.router.limits import HIGHEST
-from mcpmux.router.session import Session
+from mcpmux.router.session import Pending, Session
 from tests.switchboard_harness import Harness
 
 CAP = 2
@@ -37,6 +39,8 @@ class SwitchboardMachine(RuleBasedStateMachine):
         self.sent: dict[bytes, list[RequestId]] = {}
         self.cancelled: dict[bytes, dict[RequestId, int]] = {}  # id -> responses seen when cancelled
         self.ids = itertools.count()
+        self.served: dict[Instance, set[bytes]] = {}  # every instance object, and whose requests it was given
+        self._watch_choices()
 
     # --- rules ---------------------------------------------------------------------------------------
 
@@ -160,6 +164,26 @@ class SwitchboardMachine(RuleBasedStateMachine):
                      if pending.slot is not None and pending.pinned_slot is None}
             assert len(slots) <= 1, f"{session.name} runs on {slots}"
 
+    def _watch_choices(self) -> None:
+        """Note every instance the eligibility policy gives a request to, even one taken back at once."""
+        eligibility = self.h.board.eligibility
+        choose = eligibility.choose
+
+        def watched(pending: Pending, pool: Pool) -> Instance | None:
+            instance = choose(pending, pool)
+            if instance is not None:
+                self.served.setdefault(instance, set()).add(pending.session.identity)
+            return instance
+
+        eligibility.choose = watched  # type: ignore[method-assign]
+
+    @invariant()
+    def a_dedicated_instance_serves_one_session_in_its_life(self) -> None:
+        if self.strategy != "dedicated":
+            return
+        for instance, sessions in self.served.items():
+            assert len(sessions) <= 1, f"{instance.slot} was given requests of {sessions}"
+
     def _answered_before_cancel(self) -> set[Any]:
         return set()  # a cancel is only sent for a request not answered yet (see the cancel rule)
 
@@ -186,6 +210,10 @@ class AffineSwitchboardMachine(SwitchboardMachine):
     strategy = "session_affinity"
 
 
+class DedicatedSwitchboardMachine(SwitchboardMachine):
+    strategy = "dedicated"
+
+
 class AdaptiveSwitchboardMachine(SwitchboardMachine):
     """Limits found from latency, which change under the requests' feet, and a reserve for high ones."""
 
@@ -193,9 +221,9 @@ class AdaptiveSwitchboardMachine(SwitchboardMachine):
     high_reserve = 0.5
 
 
-SwitchboardMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
-AffineSwitchboardMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
-AdaptiveSwitchboardMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
+for machine in (SwitchboardMachine, AffineSwitchboardMachine, DedicatedSwitchboardMachine, AdaptiveSwitchboardMachine):
+    machine.TestCase.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
 test_switchboard_keeps_its_promises = SwitchboardMachine.TestCase
 test_switchboard_keeps_its_promises_with_session_affinity = AffineSwitchboardMachine.TestCase
+test_switchboard_keeps_its_promises_with_dedicated_instances = DedicatedSwitchboardMachine.TestCase
 test_switchboard_keeps_its_promises_with_adaptive_limits_and_a_reserve = AdaptiveSwitchboardMachine.TestCase
