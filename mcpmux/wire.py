@@ -1,9 +1,9 @@
 """The one definition of what crosses ZeroMQ between doors, the core, shims and the monitor.
 
 Each message is a msgpack array: a short tag, then the fields in order (arrays rather than maps: small
-and quick to decode). A message that carries JSON-RPC travels as two frames: that array, whose fields are
-the envelope's routing header, and the body as opaque JSON text (mcpmux/envelope.py), which the core
-passes on without decoding it.
+and quick to decode). A message that carries JSON-RPC is the envelope's routing header and its body, the
+JSON text as opaque bytes (mcpmux/envelope.py), which the core passes on without decoding it. One frame
+per message: each extra frame costs a receive and a "more?" question, each a system call or two.
 
 Messages are NamedTuples, not dataclasses: the door (one per client session) imports this module, and
 `dataclasses` alone brings `inspect`, `ast` and `dis` into every door's memory.
@@ -140,19 +140,20 @@ def encode(message: Message) -> list[bytes]:
 
 
 def encode_envelope(message_type: EnvelopeMessage, envelope: Envelope) -> list[bytes]:
-    """The hot path: the header in one frame, the body as it is in the next."""
-    return [msgpack.packb((TAGS[message_type], *envelope.header()), use_bin_type=True), envelope.body]
+    """The hot path: the header's fields, then the body as msgpack bytes (copied, never parsed)."""
+    return [msgpack.packb((TAGS[message_type], *envelope.header(), envelope.body), use_bin_type=True)]
 
 
 def decode(frames: list[bytes]) -> Message:
     try:
+        if len(frames) != 1:
+            raise ValueError(f"{len(frames)} frames, not one")
         tag, *fields = msgpack.unpackb(frames[0], raw=False, strict_map_key=False)
         if tag in _CARRIERS:
-            if len(frames) != 2:
-                raise ValueError(f"{len(frames)} frames for a JSON-RPC message")
-            return _BY_TAG[tag](Envelope.from_wire(fields, frames[1]))  # type: ignore[no-any-return]
-        if len(frames) != 1:
-            raise ValueError(f"{len(frames)} frames for a {tag!r} message")
+            *header, body = fields
+            if not isinstance(body, bytes):
+                raise ValueError("a JSON-RPC message without its body")
+            return _BY_TAG[tag](Envelope.from_wire(header, body))  # type: ignore[no-any-return]
         message: Message = _BY_TAG[tag](*fields)
     except (ValueError, TypeError, KeyError, IndexError, msgpack.UnpackException) as exc:
         size = sum(len(frame) for frame in frames)
