@@ -48,7 +48,8 @@ class EventKind(enum.StrEnum):
     START = "start"  # a shim connected
     READY = "ready"  # its backend is initialized
     SCALE = "scale"  # the scaler started or stopped a slot
-    REINIT = "reinit"  # a slot re-initialized with a new client's params
+    REINIT = "reinit"  # a slot restarted to serve another client context
+    CONTEXT = "context"  # an instance initialized for, or bound to, a client context
     LOST = "lost"  # an instance's shim or backend died
     CIRCUIT = "circuit"  # an instance's circuit opened
     RESTART = "restart"  # the healer restarts a slot

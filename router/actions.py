@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mcpmux.jsonrpc import JsonObject
+from mcpmux.router.contexts import ClientContext
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,11 +42,17 @@ class InstanceReady:
 
 
 @dataclass(frozen=True, slots=True)
-class ProfileAdopted:
-    """The first client's initialize params; `changed` if the pool warmed up with other ones."""
+class ContextWanted:
+    """A session waits for an instance of a client context that no instance runs: the scaler places one
+    (`Switchboard.unmet_handshakes`)."""
 
-    params: JsonObject
-    changed: bool
+
+@dataclass(frozen=True, slots=True)
+class InstanceBound:
+    """An instance is now bound to one client context (its roots): its shim keeps it for a restarted core."""
+
+    slot: str
+    context: ClientContext
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,4 +62,4 @@ class SafeToolsChanged:
     names: list[str]
 
 
-Action = ToClient | ToInstance | RestartInstance | InstanceReady | ProfileAdopted | SafeToolsChanged
+Action = ToClient | ToInstance | RestartInstance | InstanceReady | ContextWanted | InstanceBound | SafeToolsChanged

@@ -106,7 +106,7 @@ class ControlHandler:
             core_pid=os.getpid(),
             uptime=time.time() - core.started,
             time=time.time(),
-            initialized=board.profile is not None,
+            initialized=board.contexts.seen,
             instances=tuple(instances),
             wanted_slots=tuple(sorted(core.scaler.wanted)),
             min_instances=settings.min_instances,

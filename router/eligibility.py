@@ -1,7 +1,8 @@
 """The eligibility policy: which instances may serve a request, and which of them gets it.
 
 A request pinned to an instance (a pagination cursor it made, a subscription it holds) runs there and
-nowhere else. Otherwise it depends on the strategy (`loadBalancing.strategy`):
+nowhere else. Otherwise only the instances that serve the session's context may run it (router/contexts.py:
+a filter applied before any strategy), and among them it depends on the strategy (`loadBalancing.strategy`):
 
 - `least_connections`: the least busy ready instance below the per-instance cap.
 - `session_affinity`: the instance the session was pinned to at its first request (the one with the fewest
@@ -14,9 +15,10 @@ from __future__ import annotations
 from collections import Counter
 from typing import Literal
 
+from mcpmux.router.contexts import ContextRules
 from mcpmux.router.dispatch import LeastConnections
 from mcpmux.router.instances import Instance, Pool
-from mcpmux.router.session import Pending
+from mcpmux.router.session import Pending, Session
 
 Strategy = Literal["least_connections", "session_affinity"]
 
@@ -30,9 +32,11 @@ class PinnedInstanceGone(Exception):
 
 
 class Eligibility:
-    def __init__(self, cap: int, strategy: Strategy = "least_connections") -> None:
+    def __init__(self, cap: int, strategy: Strategy = "least_connections",
+                 contexts: ContextRules | None = None) -> None:
         self.balancer = LeastConnections(cap)
         self.strategy = strategy
+        self.contexts = contexts or ContextRules()
         self.pins: dict[bytes, str] = {}  # session -> slot, under session_affinity
 
     @property
@@ -46,9 +50,16 @@ class Eligibility:
             if instance is None or not instance.ready:
                 raise PinnedInstanceGone(pending.pinned_slot)
             return instance if instance.in_flight < self.cap else None
+        serving = self.serving(pending.session, pool)
         if self.strategy == "session_affinity":
-            return self._affine(pending.session.identity, pool)
-        return self.balancer.pick(pool.ready())
+            return self._affine(pending.session, serving, pool)
+        # Instances already bound to the session's context first, while one has room: a spare is bound
+        # to a context only when that context needs it.
+        return self.balancer.pick([i for i in serving if i.bound and i.in_flight < self.cap] or serving)
+
+    def serving(self, session: Session, pool: Pool) -> list[Instance]:
+        """The context filter: the ready instances that may serve this session now."""
+        return [instance for instance in pool.ready() if self.contexts.usable(instance, session)]
 
     def has_room(self, pool: Pool) -> bool:
         """Whether any ready instance is below its cap (else no waiting request can start)."""
@@ -67,23 +78,27 @@ class Eligibility:
     def sessions_of(self, slot: str) -> list[bytes]:
         return [session for session, pinned in self.pins.items() if pinned == slot]
 
-    def _affine(self, session: bytes, pool: Pool) -> Instance | None:
-        slot = self.pins.get(session)
-        if slot is None:
-            instance = self._least_pinned(pool)
-            if instance is None:
-                return None
-            self.pins[session] = instance.slot
-        else:
-            instance = pool.get(slot)
+    def _affine(self, session: Session, serving: list[Instance], pool: Pool) -> Instance | None:
+        slot = self.pins.get(session.identity)
+        instance = None if slot is None else pool.get(slot)
+        if slot is not None:
             if instance is None or not instance.ready:
                 return None  # starting, or being replaced: the session waits for its own instance
+            if instance not in serving:
+                if self.contexts.serves(instance, session):
+                    return None  # settling: it serves again in a moment
+                slot = None  # the session's context moved: pin it again
+        if slot is None:
+            instance = self._least_pinned(serving)
+            if instance is None:
+                return None
+            self.pins[session.identity] = instance.slot
+        assert instance is not None
         if instance.in_flight >= self.cap:
             return None
         instance.last_pick = self.balancer.turn()
         return instance
 
-    def _least_pinned(self, pool: Pool) -> Instance | None:
+    def _least_pinned(self, serving: list[Instance]) -> Instance | None:
         pinned = Counter(self.pins.values())
-        ready = pool.ready()
-        return min(ready, key=lambda i: (pinned[i.slot], i.in_flight, i.last_pick), default=None)
+        return min(serving, key=lambda i: (pinned[i.slot], i.in_flight, i.last_pick), default=None)

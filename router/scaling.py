@@ -2,6 +2,11 @@
 
 supervisord owns the processes; this module decides and asks it by slot name. Up fast (a queue that
 is not empty, or load above scaleUpThreshold), down slowly (load below scaleDownThreshold for a while).
+
+Each slot runs one client context's handshake (router/contexts.py). A context that sessions wait for and
+no instance runs gets one at once: a shim waiting to be initialized, else a free slot, else an idle
+instance of another context restarted with it (router/placement.py). The pool grows for load with the
+busiest context.
 """
 
 from __future__ import annotations
@@ -10,10 +15,15 @@ import functools
 import logging
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 from mcpmux.config import Config
+from mcpmux.router import placement, profile
 from mcpmux.router.background import Background
+from mcpmux.router.contexts import ClientContext
+from mcpmux.router.healing import Healer
+from mcpmux.router.instances import Instance
 from mcpmux.router.metrics import Metrics
 from mcpmux.router.switchboard import Switchboard
 from mcpmux.status import EventKind
@@ -26,13 +36,20 @@ SCALE_DOWN_AFTER = 60.0  # seconds of low load before one instance is stopped
 
 class Scaler:
     def __init__(self, config: Config, board: Switchboard, supervisor: Supervisor, metrics: Metrics,
-                 background: Background) -> None:
+                 background: Background, healer: Healer, initialize: Callable[[str, ClientContext], None]) -> None:
         self._settings = config.multiplexer
+        self._spares = config.server.cwd_from_client  # waiting shims are spares for any client's directory
         self._board = board
         self._supervisor = supervisor
         self._metrics = metrics
         self._background = background
+        self._healer = healer
+        self._initialize = initialize  # the core sends a waiting shim its context's initialize params
         self.wanted: dict[str, float] = {}  # slot -> when it was asked to start
+        self.assigned: dict[str, ClientContext] = {}  # slot -> the handshake it runs, or is started for
+        self.awaiting: set[str] = set()  # connected shims not initialized yet (for the first client; spares)
+        self.retired: set[int] = set()  # pids of shims restarted for another context: their last words are ignored
+        self.warm = ClientContext.of(profile.WARM)
         self._low_since: float | None = None
 
     def boot(self) -> None:
@@ -67,16 +84,20 @@ class Scaler:
         return max(settings.min_instances, min(settings.max_instances, wanted))
 
     def tick(self) -> None:
+        self.place()
         load = self.load()
-        starting = any(self._board.pool.get(slot) is None or not self._board.pool.get(slot).ready  # type: ignore[union-attr]
+        starting = any(slot not in self.awaiting and (self._board.pool.get(slot) is None
+                                                       or not self._board.pool.get(slot).ready)  # type: ignore[union-attr]
                        for slot in self.wanted)
         if load >= self._settings.scale_up_threshold and not starting:
             # A load step grows the pool to what the backlog needs in one decision, the new instances starting
             # side by side; the next decision waits until they are ready (the cooldown).
-            missing = self.needed() - len(self.wanted)
-            for _ in range(missing):
-                self._start(self._free_slot(), f"load {load:.2f} >= {self._settings.scale_up_threshold}: "
-                                               f"{self.needed()} instances needed")
+            busiest = self._board.busiest_handshake() or self.warm
+            reason = f"load {load:.2f} >= {self._settings.scale_up_threshold}: {self.needed()} instances needed"
+            if self.awaiting:
+                self._use_spare(busiest, reason)
+            for _ in range(self.needed() - len(self.wanted)):
+                self._start(self._free_slot(), reason, busiest)
             self._low_since = None
             return
         if load > self._settings.scale_down_threshold or len(self.wanted) <= self._settings.min_instances:
@@ -94,17 +115,59 @@ class Scaler:
             index += 1
         return shim_slot(index)
 
-    def _start(self, slot: str, reason: str) -> None:
+    def place(self) -> None:
+        """Give each client context that sessions wait for, and no instance runs, an instance now."""
+        for handshake in self._board.unmet_handshakes():
+            on_its_way = any(context == handshake and self._board.pool.get(slot) is None
+                             for slot, context in self.assigned.items() if slot in self.wanted)
+            if not on_its_way:
+                self._provide(handshake)
+
+    def _provide(self, handshake: ClientContext) -> None:
+        reason = f"context {handshake.describe()} wanted"
+        if self.awaiting:
+            self._use_spare(handshake, reason)
+        elif len(self.wanted) < self._settings.max_instances:
+            self._start(self._free_slot(), reason, handshake)
+        elif (victim := placement.recycling_victim(list(self._board.pool), self._in_use)) is not None:
+            self._recycle(victim, handshake)
+        # else: every instance is busy with other contexts; the requests wait, and their deadline says why
+
+    def _use_spare(self, handshake: ClientContext, reason: str) -> None:
+        """Initialize waiting shims with a context: one spare, or all that waited for the first client."""
+        slots = [min(self.awaiting)] if self._spares else sorted(self.awaiting)
+        for slot in slots:
+            self.awaiting.discard(slot)
+            log.info("initialize %s: %s", slot, reason)
+            self._initialize(slot, handshake)
+
+    def _recycle(self, instance: Instance, handshake: ClientContext) -> None:
+        reason = (f"restarted for context {handshake.describe()}: the pool is at maxInstances "
+                  f"({self._settings.max_instances}) and this instance was idle")
+        log.info("recycle %s: %s", instance.slot, reason)
+        self.retired.add(instance.pid)
+        self.assigned[instance.slot] = handshake
+        self._board.instance_lost(instance, reason)
+        self._healer.reinitialize(instance.slot, reason)
+
+    def _in_use(self, instance: Instance) -> bool:
+        return bool(self._board.served_by(instance))
+
+    def _start(self, slot: str, reason: str, context: ClientContext | None = None) -> None:
+        if context is not None:
+            self.assigned[slot] = context
         self.wanted[slot] = time.monotonic()
         log.info("start %s: %s", slot, reason)
         self._metrics.event(EventKind.SCALE, f"start {slot}: {reason}", slot=slot)
         self._background.run(functools.partial(self._supervisor.start_sync, slot), what=f"starting {slot}")
 
     def _stop_idle_one(self, load: float) -> None:
-        for slot in sorted(self.wanted, reverse=True):
-            instance = self._board.pool.get(slot)
-            if instance is not None and instance.in_flight == 0:
+        for instance in placement.retiring_order(list(self._board.pool), self._in_use):
+            slot = instance.slot
+            if slot in self.wanted:
                 del self.wanted[slot]
+                self.assigned.pop(slot, None)
+                self.awaiting.discard(slot)
                 log.info("stop %s: load %.2f", slot, load)
                 self._metrics.event(EventKind.SCALE,
                                     f"stop {slot}: load {load:.2f} <= {self._settings.scale_down_threshold}")
