@@ -24,12 +24,13 @@ down: setup
 status: setup
 	$(BIN)/mcpmux-monitor status --config $(CONFIG)
 
-# server-everything (npm) joins the tests when Node.js is present; they skip it otherwise.
+# server-everything and server-filesystem (npm) join the tests when Node.js is present; they skip them otherwise.
+NODE_SERVERS := @modelcontextprotocol/server-everything @modelcontextprotocol/server-filesystem
 node:
 	@if command -v npm >/dev/null 2>&1; then \
-		npm install --silent --no-audit --no-fund --prefix $(NODE_PREFIX) @modelcontextprotocol/server-everything \
-			|| echo "npm install failed: tests against server-everything will be skipped"; \
-	else echo "npm not found: tests against server-everything will be skipped"; fi
+		npm install --silent --no-audit --no-fund --prefix $(NODE_PREFIX) $(NODE_SERVERS) \
+			|| echo "npm install failed: tests against the npm servers will be skipped"; \
+	else echo "npm not found: tests against the npm servers will be skipped"; fi
 
 lint: setup
 	$(BIN)/ruff check .

@@ -23,7 +23,7 @@ import json
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from mcpmux import jsonrpc
+from mcpmux import __version__, jsonrpc
 from mcpmux.jsonrpc import JsonObject
 from mcpmux.router.instances import Instance
 from mcpmux.router.session import Session
@@ -81,12 +81,10 @@ class ClientContext:
         return f"{self.label} {self.protocol_version or '(no version)'}"
 
     def initialize_params(self, client_info: Any) -> JsonObject:
-        """The params to initialize a backend for this context with."""
-        params: JsonObject = {"protocolVersion": self.protocol_version,
-                              "capabilities": json.loads(self.capabilities)}
-        if client_info is not None:
-            params["clientInfo"] = client_info
-        return params
+        """The params to initialize a backend for this context with (clientInfo is required: mcpmux's own
+        when no client of this context has said who it is)."""
+        return {"protocolVersion": self.protocol_version, "capabilities": json.loads(self.capabilities),
+                "clientInfo": client_info if client_info is not None else {"name": "mcpmux", "version": __version__}}
 
     def to_json(self) -> JsonObject:
         return {"protocolVersion": self.protocol_version, "capabilities": json.loads(self.capabilities),
@@ -149,6 +147,11 @@ class ContextRules:
         """Whether any client has said who it is (initialize)."""
         return bool(self._client_info)
 
+    @property
+    def first_handshake(self) -> ClientContext | None:
+        """The handshake of the first client this core saw."""
+        return next(iter(self._client_info), None)
+
     def initialize_params(self, handshake: ClientContext) -> JsonObject:
         return handshake.initialize_params(self._client_info.get(handshake))
 
@@ -168,6 +171,10 @@ class ContextRules:
         context = instance.context
         return (not instance.bound and context is not None and context.supports(ROOTS)
                 and (self.roots_observed or instance.roots_request is not None))
+
+    def may_ask_roots(self, instance: Instance) -> bool:
+        """Whether the server may ask this instance's client for roots (it was initialized with them)."""
+        return not instance.bound and instance.context is not None and instance.context.supports(ROOTS)
 
     def bind(self, instance: Instance, context: ClientContext) -> None:
         instance.context, instance.bound = context, True

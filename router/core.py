@@ -370,7 +370,7 @@ class Core:
         elif self._first_client_coming() or self.config.server.cwd_from_client:
             self.scaler.awaiting.add(slot)  # initialized for the first client, or for whoever needs it
         else:
-            self._initialize(instance, self.scaler.warm)
+            self._initialize(instance, self.scaler.default_context())
 
     def _first_client_coming(self) -> bool:
         return (self.idle_stop and not self.board.contexts.seen

@@ -92,7 +92,7 @@ class Scaler:
         if load >= self._settings.scale_up_threshold and not starting:
             # A load step grows the pool to what the backlog needs in one decision, the new instances starting
             # side by side; the next decision waits until they are ready (the cooldown).
-            busiest = self._board.busiest_handshake() or self.warm
+            busiest = self.default_context()
             reason = f"load {load:.2f} >= {self._settings.scale_up_threshold}: {self.needed()} instances needed"
             if self.awaiting:
                 self._use_spare(busiest, reason)
@@ -125,8 +125,12 @@ class Scaler:
 
     def _provide(self, handshake: ClientContext) -> None:
         reason = f"context {handshake.describe()} wanted"
+        coming = [slot for slot in sorted(self.wanted)
+                  if slot not in self.assigned and self._board.pool.get(slot) is None]
         if self.awaiting:
             self._use_spare(handshake, reason)
+        elif coming:
+            self.assigned[coming[0]] = handshake  # starting already: it is initialized with this one
         elif len(self.wanted) < self._settings.max_instances:
             self._start(self._free_slot(), reason, handshake)
         elif (victim := placement.recycling_victim(list(self._board.pool), self._in_use)) is not None:
@@ -149,6 +153,11 @@ class Scaler:
         self.assigned[instance.slot] = handshake
         self._board.instance_lost(instance, reason)
         self._healer.reinitialize(instance.slot, reason)
+
+    def default_context(self) -> ClientContext:
+        """What a slot started for no context in particular runs: the busiest context's handshake, else the
+        first client's, else the warm-up's."""
+        return self._board.busiest_handshake() or self._board.contexts.first_handshake or self.warm
 
     def _in_use(self, instance: Instance) -> bool:
         return bool(self._board.served_by(instance))

@@ -539,13 +539,23 @@ class Switchboard:
             self._internal_request(instance.slot, "tools/list", {}, self._learn_tools)
         for uri in list(self.subscriptions.place_unplaced(instance.slot)):
             self._internal_request(instance.slot, "resources/subscribe", {"uri": uri})
+        if self.contexts.may_ask_roots(instance):
+            # A server that wants roots asks right after its handshake: let it ask before it serves (its
+            # clients' initialize included), so that it is bound at its first use and its first request
+            # finds its roots in place.
+            self._settle(instance)
+            return
+        self._answer_initialize(instance)
+        self.drain()
+
+    def _answer_initialize(self, instance: Instance) -> None:
+        """The sessions waiting for a backend of this one's handshake get its InitializeResult."""
         self.contexts.learned(instance)
         for pending in list(self._init_waiters):
             result = self.contexts.initialize_result(pending.session)
             if result is not None:
                 self._init_waiters.remove(pending)
                 self._finish(pending, jsonrpc.result(pending.client_id, result))
-        self.drain()
 
     def _learn_tools(self, instance: Instance, message: JsonObject) -> None:
         result = message.get("result")
@@ -738,9 +748,13 @@ class Switchboard:
         if instance.roots_request is None:
             return False
         self._give_roots(instance)
+        self._settle(instance)
+        return True
+
+    def _settle(self, instance: Instance) -> None:
+        """Serve nothing until the instance answers a ping: what it was sent or asked before is done."""
         instance.settling = True
         self._internal_request(instance.slot, "ping", {}, self._settled)
-        return True
 
     def _bind_to(self, instance: Instance, session: Session) -> None:
         assert session.context is not None
@@ -749,6 +763,7 @@ class Switchboard:
 
     def _settled(self, instance: Instance, message: JsonObject) -> None:
         instance.settling = False
+        self._answer_initialize(instance)
         self.drain()
 
     # --- helpers -------------------------------------------------------------------------------------

@@ -106,9 +106,12 @@ class Harness:
         sent = self.to_instance.pop(slot, [])
         learning = [m for m in sent if m.get("method") == "tools/list" and isinstance(m["id"], int)
                     and m["id"] not in self.board.running_ids()]
-        self.to_instance[slot] = [m for m in sent if m not in learning]
+        settling = [m for m in sent if m.get("method") == "ping"]
+        self.to_instance[slot] = [m for m in sent if m not in learning and m not in settling]
         for request in learning:  # the switchboard reads the tools' annotations first
             self.board.from_instance(instance, jsonrpc.result(request["id"], {"tools": TOOLS}))
+        for request in settling:  # an instance of clients with roots is pinged before it serves
+            self.board.from_instance(instance, jsonrpc.result(request["id"], {}))
         self.collect()
         return instance
 

@@ -305,3 +305,23 @@ def test_recycling_takes_an_idle_instance_of_an_unused_context_first_and_never_a
     assert placement.recycling_victim(pool[:2], in_use).slot == "s0", "a used context keeps its other instance"
     assert placement.recycling_victim(pool[3:], in_use) is None
     assert [i.slot for i in placement.retiring_order(pool, in_use)] == ["s2", "s1", "s0"]
+
+
+def test_a_new_instance_of_clients_with_roots_lets_its_server_ask_for_them_before_it_serves() -> None:
+    h = Harness.make()
+    session = h.open("a", ROOTS, roots=["file:///a"])
+    instance = Instance("shim:shim_00", 1, 1)
+    instance.context = ClientContext.of({"protocolVersion": "2025-11-25", "capabilities": ROOTS})
+    h.board.pool.add(instance)
+    h.board.instance_ready(instance, INITIALIZE_RESULT)
+    h.collect()
+
+    h.call(session, 1)
+    assert "tools/call" not in [m["method"] for m in h.requests_on(instance)], "not before it answered a ping"
+    instance_asks_roots(h, instance)  # right after its handshake, as server-filesystem does
+    pong(h, instance)
+    (answer,) = answers_to(h, instance, "roots-1")
+    pong(h, instance)
+
+    assert root_uris(answer) == ["file:///a"]
+    assert "tools/call" in [m["method"] for m in h.requests_on(instance)]

@@ -63,15 +63,16 @@ STATUS_JSON: dict[str, Any] = {
         {"slot": "shim:shim_00", "pid": 4201, "backendPid": 4202, "state": "ready", "inFlight": 0, "served": 12,
          "failed": 1, "consecutiveFailures": 0, "restarts": 0, "backoffs": 0, "alert": None, "uptime": 99.5,
          "sinceHeartbeat": 0.4, "latencyMs": {"p50": 1.25, "p95": 3.5, "p99": 7.0}, "shim": SHIM_USAGE,
-         "backend": BACKEND_USAGE, "sessions": ["9f2c41d0"]},
+         "backend": BACKEND_USAGE, "sessions": ["9f2c41d0"], "context": "7caa21 2025-11-25", "bound": False},
         {"slot": "shim:shim_01", "pid": 4203, "backendPid": 4204, "state": "busy", "inFlight": 3, "served": 9,
          "failed": 0, "consecutiveFailures": 0, "restarts": 1, "backoffs": 0, "alert": None, "uptime": 40.0,
          "sinceHeartbeat": 0.9, "latencyMs": {"p50": None, "p95": None, "p99": None}, "shim": SHIM_USAGE,
-         "backend": None, "sessions": []},
+         "backend": None, "sessions": [], "context": "51e0b9 2025-11-25", "bound": True},
         {"slot": "shim:shim_02", "pid": None, "backendPid": None, "state": "stopped", "supervisord": "FATAL",
          "inFlight": 0, "served": 0, "failed": 0, "consecutiveFailures": 0, "restarts": 5, "backoffs": 2,
          "alert": "shim:shim_02 flapping: given up", "uptime": None, "sinceHeartbeat": None, "latencyMs": None,
-         "shim": None, "backend": None, "sessions": [], "lastEvent": "shim:shim_02 lost: backend exited (code 1)"},
+         "shim": None, "backend": None, "sessions": [], "context": None, "bound": False,
+         "lastEvent": "shim:shim_02 lost: backend exited (code 1)"},
     ],
     "instancesByState": {"starting": 0, "probing": 0, "ready": 1, "busy": 1, "open-circuit": 0, "failed": 0,
                          "stopped": 1},
@@ -103,6 +104,8 @@ STATUS_JSON: dict[str, Any] = {
     "subscriptions": 1,
     "logLevel": "info",
     "strategy": "session_affinity",
+    "contexts": [{"label": "51e0b9", "protocolVersion": "2025-11-25", "cwd": "/home/me/project", "roots": 1,
+                  "sessions": ["9f2c41d0", "3f2a"], "instances": ["shim:shim_00", "shim:shim_01"]}],
 }
 
 
