@@ -127,10 +127,14 @@ class Scaler:
         reason = f"context {handshake.describe()} wanted"
         coming = [slot for slot in sorted(self.wanted)
                   if slot not in self.assigned and self._board.pool.get(slot) is None]
+        unused = placement.unused(list(self._board.pool), self._in_use)
         if self.awaiting:
             self._use_spare(handshake, reason)
         elif coming:
             self.assigned[coming[0]] = handshake  # starting already: it is initialized with this one
+        elif unused:
+            for instance in unused:
+                self._recycle(instance, handshake)
         elif len(self.wanted) < self._settings.max_instances:
             self._start(self._free_slot(), reason, handshake)
         elif (victim := placement.recycling_victim(list(self._board.pool), self._in_use)) is not None:
@@ -146,8 +150,9 @@ class Scaler:
             self._initialize(slot, handshake)
 
     def _recycle(self, instance: Instance, handshake: ClientContext) -> None:
-        reason = (f"restarted for context {handshake.describe()}: the pool is at maxInstances "
-                  f"({self._settings.max_instances}) and this instance was idle")
+        why = ("no open session uses its context" if not self._in_use(instance)
+               else f"the pool is at maxInstances ({self._settings.max_instances}) and it was idle")
+        reason = f"restarted for context {handshake.describe()}: {why}"
         log.info("recycle %s: %s", instance.slot, reason)
         self.retired.add(instance.pid)
         self.assigned[instance.slot] = handshake

@@ -516,7 +516,9 @@ class Switchboard:
     def instance_ready(self, instance: Instance, result: JsonObject, *, probe: bool = False) -> None:
         """A backend finished its handshake. After failures it is half-open: one ping decides."""
         instance.initialize_result = result
-        if probe:
+        # A server that wants roots asks right after its handshake: let it ask before it serves, so that
+        # it is bound at its first use and its first request finds its roots in place.
+        if probe or self.contexts.may_ask_roots(instance):
             instance.state = InstanceState.PROBING
             self._internal_request(instance.slot, "ping", {}, self._probe_answered, allow_unready=True)
             return
@@ -539,12 +541,6 @@ class Switchboard:
             self._internal_request(instance.slot, "tools/list", {}, self._learn_tools)
         for uri in list(self.subscriptions.place_unplaced(instance.slot)):
             self._internal_request(instance.slot, "resources/subscribe", {"uri": uri})
-        if self.contexts.may_ask_roots(instance):
-            # A server that wants roots asks right after its handshake: let it ask before it serves (its
-            # clients' initialize included), so that it is bound at its first use and its first request
-            # finds its roots in place.
-            self._settle(instance)
-            return
         self._answer_initialize(instance)
         self.drain()
 
@@ -763,7 +759,6 @@ class Switchboard:
 
     def _settled(self, instance: Instance, message: JsonObject) -> None:
         instance.settling = False
-        self._answer_initialize(instance)
         self.drain()
 
     # --- helpers -------------------------------------------------------------------------------------

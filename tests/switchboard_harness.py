@@ -104,14 +104,17 @@ class Harness:
         self.board.instance_ready(instance, result or INITIALIZE_RESULT)
         self.collect()
         sent = self.to_instance.pop(slot, [])
+        self.to_instance[slot] = [m for m in sent if m.get("method") != "ping"]
+        for ping in [m for m in sent if m.get("method") == "ping"]:
+            # An instance of clients with roots is pinged before it serves: its server may ask for them first.
+            self.board.from_instance(instance, jsonrpc.result(ping["id"], {}))
+        self.collect()
+        sent = self.to_instance.pop(slot, [])
         learning = [m for m in sent if m.get("method") == "tools/list" and isinstance(m["id"], int)
                     and m["id"] not in self.board.running_ids()]
-        settling = [m for m in sent if m.get("method") == "ping"]
-        self.to_instance[slot] = [m for m in sent if m not in learning and m not in settling]
+        self.to_instance[slot] = [m for m in sent if m not in learning]
         for request in learning:  # the switchboard reads the tools' annotations first
             self.board.from_instance(instance, jsonrpc.result(request["id"], {"tools": TOOLS}))
-        for request in settling:  # an instance of clients with roots is pinged before it serves
-            self.board.from_instance(instance, jsonrpc.result(request["id"], {}))
         self.collect()
         return instance
 

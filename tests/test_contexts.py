@@ -305,6 +305,7 @@ def test_recycling_takes_an_idle_instance_of_an_unused_context_first_and_never_a
     assert placement.recycling_victim(pool[:2], in_use).slot == "s0", "a used context keeps its other instance"
     assert placement.recycling_victim(pool[3:], in_use) is None
     assert [i.slot for i in placement.retiring_order(pool, in_use)] == ["s2", "s1", "s0"]
+    assert [i.slot for i in placement.unused(pool, in_use)] == ["s2"], "every idle one nobody can use"
 
 
 def test_a_new_instance_of_clients_with_roots_lets_its_server_ask_for_them_before_it_serves() -> None:

@@ -257,7 +257,11 @@ def test_the_renderer_shows_a_realistic_status() -> None:
 def test_health_verdicts_from_typed_statuses() -> None:
     ready, busy, starting = SlotState.READY, SlotState.BUSY, SlotState.STARTING
     assert health.assess(make_status(ready, busy)).verdict is health.Verdict.HEALTHY
-    assert health.assess(make_status(ready, starting)).reasons == ["shim:shim_01 is starting"]
+    initializing = dataclasses.replace(make_status(starting).instances[0], slot="shim:shim_01", context="7caa21 x")
+    assert health.assess(make_status(instances=(make_status(ready).instances[0], initializing))).reasons == [
+        "shim:shim_01 is starting"]
+    spare = health.assess(make_status(ready, starting))  # a connected shim with no context waits for a client
+    assert spare.verdict is health.Verdict.HEALTHY
     assert health.assess(make_status(ready, SlotState.OPEN_CIRCUIT)).verdict is health.Verdict.DEGRADED
     assert health.assess(make_status(SlotState.STOPPED, SlotState.OPEN_CIRCUIT)).verdict is health.Verdict.DOWN
     assert health.assess(make_status()).verdict is health.Verdict.DOWN
