@@ -18,8 +18,10 @@ core: a new stack knows nothing of the clients of the previous one.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -29,6 +31,15 @@ from mcpmux.router.instances import Instance
 from mcpmux.router.session import Session
 
 ROOTS = "roots"
+
+
+class Several(enum.Enum):
+    """Requests of several client contexts run on an instance: nobody's roots are its own."""
+
+    SEVERAL = "several"
+
+
+SEVERAL = Several.SEVERAL
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +213,44 @@ class ContextRules:
         if session.context is None or (not session.roots_known and self.roots_observed):
             return False  # nothing to start before the client gives its roots
         return not any(self.serves(instance, session) for instance in instances)
+
+    def unmet(self, sessions: list[Session], initializing: list[Session],
+              instances: list[Instance]) -> list[ClientContext]:
+        """The handshakes to start instances with: those of sessions whose initialize waits for a backend
+        of their handshake, or whose requests wait and no instance can ever serve."""
+        wanted = {session.context.handshake() for session in initializing
+                  if session.context is not None and self.needs_handshake(session, instances)}
+        for session in sessions:
+            waiting = any(pending.slot is None for pending in session.pending.values())
+            if session.context is not None and waiting and self.needs_instance(session, instances):
+                wanted.add(session.context.handshake())
+        return sorted(wanted, key=lambda context: context.label)
+
+    def busiest(self, sessions: list[Session]) -> ClientContext | None:
+        """The handshake of the most requests running or waiting: what a pool growing for load starts."""
+        counts = Counter(session.context.handshake() for session in sessions if session.context is not None
+                         for _ in session.pending)
+        return counts.most_common(1)[0][0] if counts else None
+
+    def roots_owner(self, running: list[Session]) -> Session | Several | None:
+        """Whom an unbound instance's roots/list is for, from the sessions whose requests it runs: the one
+        context they share (once its roots are known), SEVERAL if they differ, None to wait (idle: it is
+        bound at its first use)."""
+        if not running or not all(session.roots_known for session in running):
+            return None
+        if len({session.context for session in running}) > 1:
+            return SEVERAL
+        return running[0]
+
+    def roots_answer(self, instance: Instance, backend_id: Any) -> JsonObject:
+        """The answer to an instance's roots/list: its bound context's roots, never another's."""
+        if not instance.bound:
+            return jsonrpc.error(backend_id, jsonrpc.UNATTRIBUTABLE, "mcpmux cannot tell whose roots these "
+                                 "are: requests of several client contexts run on this instance")
+        roots = instance.context.roots_result() if instance.context is not None else None
+        if roots is None:
+            return jsonrpc.error(backend_id, jsonrpc.INTERNAL_ERROR, "the client gave no roots")
+        return jsonrpc.result(backend_id, roots)
 
     def needs_handshake(self, session: Session, instances: list[Instance]) -> bool:
         """Whether no instance, ready or starting, was initialized as this session would initialize it (its

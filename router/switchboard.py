@@ -12,7 +12,6 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable
 
 from mcpmux import jsonrpc
@@ -30,7 +29,7 @@ from mcpmux.router.actions import (
     ToInstance,
 )
 from mcpmux.router.breaker import CircuitBreaker, is_instance_failure
-from mcpmux.router.contexts import ROOTS, ClientContext, ContextRules
+from mcpmux.router.contexts import ROOTS, SEVERAL, ClientContext, ContextRules
 from mcpmux.router.deadlines import Deadlines
 from mcpmux.router.eligibility import Eligibility, PinnedInstanceGone
 from mcpmux.router.instances import Instance, InstanceState, Pool
@@ -689,21 +688,12 @@ class Switchboard:
 
     def unmet_handshakes(self) -> list[ClientContext]:
         """What to initialize new instances with: one per context that sessions wait for and no instance,
-        ready or starting, can serve (for their initialize, or for their requests)."""
-        instances = list(self.pool)
-        wanted = {pending.session.context.handshake() for pending in self._init_waiters
-                  if pending.session.context and self.contexts.needs_handshake(pending.session, instances)}
-        for session in self.sessions.values():
-            if session.context is not None and any(p.slot is None for p in session.pending.values()) \
-                    and self.contexts.needs_instance(session, instances):
-                wanted.add(session.context.handshake())
-        return sorted(wanted, key=lambda context: context.label)
+        ready or starting, can serve."""
+        initializing = [pending.session for pending in self._init_waiters]
+        return self.contexts.unmet(list(self.sessions.values()), initializing, list(self.pool))
 
     def busiest_handshake(self) -> ClientContext | None:
-        """The handshake of the most requests running or waiting: what a pool growing for load starts."""
-        counts = Counter(pending.session.context.handshake() for session in self.sessions.values()
-                         for pending in session.pending.values() if pending.session.context is not None)
-        return counts.most_common(1)[0][0] if counts else None
+        return self.contexts.busiest(list(self.sessions.values()))
 
     def _roots_request(self, instance: Instance, message: JsonObject) -> None:
         """An instance asks for roots: answered from its context, never from another's."""
@@ -719,22 +709,13 @@ class Switchboard:
         """Answer an instance's roots/list once it is bound. An unbound one is bound now if every request it
         runs is of one context whose roots are known; an idle one at its first use."""
         if not instance.bound:
-            contexts = {p.session.context for p in self._running.values() if p.slot == instance.slot}
-            owners = [p.session for p in self._running.values() if p.slot == instance.slot]
-            if len(contexts) > 1 and all(session.roots_known for session in owners):
-                backend_id, instance.roots_request = instance.roots_request, None
-                self._send(instance, jsonrpc.error(backend_id, jsonrpc.UNATTRIBUTABLE,
-                                                   "mcpmux cannot tell whose roots these are: requests of "
-                                                   "several client contexts run on this instance"))
-                return
-            if not owners or not all(session.roots_known for session in owners):
+            owner = self.contexts.roots_owner([p.session for p in self._running.values() if p.slot == instance.slot])
+            if owner is None:
                 return  # bound at its first use, or once its client's roots are known
-            self._bind_to(instance, owners[0])
-        context = instance.context
+            if owner is not SEVERAL:
+                self._bind_to(instance, owner)
         backend_id, instance.roots_request = instance.roots_request, None
-        roots = context.roots_result() if context is not None else None
-        self._send(instance, jsonrpc.result(backend_id, roots) if roots is not None else jsonrpc.error(
-            backend_id, jsonrpc.INTERNAL_ERROR, "the client gave no roots"))
+        self._send(instance, self.contexts.roots_answer(instance, backend_id))
 
     def _bind(self, instance: Instance, session: Session) -> bool:
         """Bind an instance to a session's context at its first use; True if it must settle first: it
