@@ -3,12 +3,17 @@ apart from its own, and answers roots/list from its context, never from another 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import pytest
+
 from mcpmux import jsonrpc
+from mcpmux.resolve import resolve
 from mcpmux.router import actions, placement
 from mcpmux.router.contexts import ClientContext
 from mcpmux.router.instances import Instance
+from mcpmux.stack import stack_paths
 from tests.switchboard_harness import INITIALIZE_RESULT, Harness
 
 SAMPLING = {"sampling": {}}
@@ -326,3 +331,20 @@ def test_a_new_instance_of_clients_with_roots_lets_its_server_ask_for_them_befor
 
     assert root_uris(answer) == ["file:///a"]
     assert "tools/call" in [m["method"] for m in h.requests_on(instance)]
+
+
+def test_with_cwd_from_client_one_registration_is_one_stack_from_any_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def stack_from(directory: Path, *, from_client: bool) -> str:
+        monkeypatch.chdir(directory)
+        config, origin = resolve(command=["mcp-server-git", "--repository", "."], cwd_from_client=from_client)
+        return stack_paths(config, origin).root.name
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+
+    assert stack_from(first, from_client=True) == stack_from(second, from_client=True)
+    assert stack_from(first, from_client=False) != stack_from(second, from_client=False)
+    config, _ = resolve(command=["srv"], cwd_from_client=True)
+    assert config.server.cwd_from_client and config.server.cwd is None
