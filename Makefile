@@ -24,13 +24,16 @@ down: setup
 status: setup
 	$(BIN)/mcpmux-monitor status --config $(CONFIG)
 
-# server-everything and server-filesystem (npm) join the tests when Node.js is present; they skip them otherwise.
-NODE_SERVERS := @modelcontextprotocol/server-everything @modelcontextprotocol/server-filesystem
+# Published servers from npm join the tests when Node.js is present; they skip them otherwise:
+# server-everything (every message kind), server-sequential-thinking (state kept in its process)
+# and server-filesystem (roots from the client context).
+NODE_SERVERS := @modelcontextprotocol/server-everything @modelcontextprotocol/server-sequential-thinking \
+	@modelcontextprotocol/server-filesystem
 node:
 	@if command -v npm >/dev/null 2>&1; then \
 		npm install --silent --no-audit --no-fund --prefix $(NODE_PREFIX) $(NODE_SERVERS) \
-			|| echo "npm install failed: tests against the npm servers will be skipped"; \
-	else echo "npm not found: tests against the npm servers will be skipped"; fi
+			|| echo "npm install failed: tests against the published servers will be skipped"; \
+	else echo "npm not found: tests against the published servers will be skipped"; fi
 
 lint: setup
 	$(BIN)/ruff check .

@@ -85,6 +85,7 @@ class RawClient:
         self._process = process
         self._next_id = 0
         self._sent_at: dict[int, float] = {}
+        self._received_at: dict[int, float] = {}
         self._waiters: dict[int, asyncio.Future[JsonObject]] = {}
         self._on_answer: Callable[[Answer], None] | None = None
         self.answer_counts: Counter[int] = Counter()
@@ -117,6 +118,33 @@ class RawClient:
         self._sent_at[request_id] = time.perf_counter()
         self._write(message)
         return request_id
+
+    def send_all(self, messages: list[tuple[str, JsonObject]]) -> list[int]:
+        """Write several requests in one write (the core reads them as one step); their ids."""
+        lines, ids = [], []
+        for method, params in messages:
+            self._next_id += 1
+            ids.append(self._next_id)
+            self._waiters[self._next_id] = asyncio.get_running_loop().create_future()
+            lines.append(json.dumps({"jsonrpc": "2.0", "id": self._next_id, "method": method, "params": params},
+                                    separators=(",", ":")).encode() + b"\n")
+        now = time.perf_counter()
+        self._sent_at.update(dict.fromkeys(ids, now))
+        assert self._process.stdin is not None
+        self._process.stdin.write(b"".join(lines))
+        return ids
+
+    async def answers(self, ids: list[int], timeout: float = 120) -> list[JsonObject]:
+        """The responses to requests sent with `send_all`, in the order of `ids`."""
+        try:
+            return list(await asyncio.wait_for(asyncio.gather(*(self._waiters[i] for i in ids)), timeout))
+        finally:
+            for request_id in ids:
+                self._waiters.pop(request_id, None)
+
+    def received_time(self, request_id: int) -> float:
+        """When the first response to a request arrived (perf_counter seconds)."""
+        return self._received_at[request_id]
 
     def notify(self, method: str, params: JsonObject | None = None) -> None:
         message: JsonObject = {"jsonrpc": "2.0", "method": method}
@@ -222,6 +250,7 @@ class RawClient:
             self.strays.append(message)
             return
         self.answer_counts[request_id] += 1
+        self._received_at.setdefault(request_id, received)
         waiter = self._waiters.get(request_id)
         if waiter is not None and not waiter.done():
             waiter.set_result(message)

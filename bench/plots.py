@@ -113,6 +113,50 @@ def timeline(path: Path, title: str, answers: Sequence[tuple[float, float, bool]
     return _save(figure, path)
 
 
+def steps(path: Path, title: str, times: Sequence[float], series: dict[str, Sequence[float]],
+          marks: dict[str, float]) -> Path:
+    """Counts over time as steps (sessions, instances), events as lines."""
+    figure, axes = plt.subplots(figsize=(8, 4))
+    for index, (label, values) in enumerate(series.items()):
+        axes.step(times, values, where="post", label=label, color=COLORS[index % len(COLORS)],
+                  linewidth=2 if index == 0 else 1.5)
+    for index, (label, at) in enumerate(marks.items()):
+        axes.axvline(at, linestyle="--", color=COLORS[(len(series) + index) % len(COLORS)], label=label)
+    axes.set_xlabel("seconds")
+    axes.set_ylabel("count")
+    axes.set_title(title)
+    axes.legend(fontsize="small")
+    return _save(figure, path)
+def instances_over_time(path: Path, title: str, instances: dict[str, Sequence[tuple[float, int]]],
+                        waiting: dict[str, Sequence[tuple[float, int]]],
+                        wanted: dict[str, Sequence[tuple[float, int]]]) -> Path:
+    """Instances that have taken traffic (steps, left axis), instances the scaler wants (dotted, left) and
+    calls not yet started (dashed, right axis) over time, one colour per case."""
+    figure, axes = plt.subplots(figsize=(8, 5))
+    right = axes.twinx()
+    for index, name in enumerate(instances):
+        color = COLORS[index % len(COLORS)]
+        for series, axis, style, width, label in (
+                (instances[name], axes, "-", 2.0, "instances serving"),
+                (wanted.get(name, []), axes, ":", 1.5, "instances wanted"),
+                (waiting.get(name, []), right, "--", 1.0, "calls waiting")):
+            axis.step([t for t, _ in series], [n for _, n in series], where="post", color=color, linestyle=style,
+                      linewidth=width, label=f"{name}: {label}")
+    axes.set_xlabel("seconds since the load step")
+    axes.set_ylabel("instances")
+    right.set_ylabel("calls not yet started")
+    axes.set_ylim(bottom=0)
+    right.set_ylim(bottom=0)
+    axes.set_title(title)
+    handles, labels = axes.get_legend_handles_labels()
+    more_handles, more_labels = right.get_legend_handles_labels()
+    figure.legend(handles + more_handles, labels + more_labels, fontsize="small", loc="lower center", ncol=2)
+    figure.tight_layout(rect=(0, 0.2, 1, 1))
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
 def _save(figure: Figure, path: Path) -> Path:
     figure.tight_layout()
     figure.savefig(path, dpi=110)

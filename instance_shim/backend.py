@@ -72,7 +72,10 @@ class Backend:
     # --- writing -------------------------------------------------------------------------------------
 
     def send(self, message: JsonObject) -> None:
-        self._outbox += json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+        self.send_line(json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode() + b"\n")
+
+    def send_line(self, line: bytes) -> None:
+        self._outbox += line
         self.flush()
 
     def send_eof(self) -> None:

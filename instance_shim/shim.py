@@ -22,6 +22,7 @@ from pathlib import Path
 import zmq
 
 from mcpmux import wire
+from mcpmux.envelope import Envelope
 from mcpmux.jsonrpc import JsonObject
 from mcpmux.shim.backend import Backend
 from mcpmux.signals import die_on_termination
@@ -96,16 +97,16 @@ class Shim:
     def _relay_core(self) -> None:
         while True:
             try:
-                frame = self._socket.recv(zmq.NOBLOCK)
+                frames = wire.receive(self._socket)
             except zmq.Again:
                 return
             try:
-                message = wire.decode(frame)
+                message = wire.decode(frames)
             except wire.WireError as exc:  # from a newer core: not ours to understand
                 _log(f"ignored a message from the core: {exc}")
                 continue
             if isinstance(message, wire.ToBackend):
-                self._backend.send(message.payload)
+                self._backend.send_line(message.envelope.line())
             elif isinstance(message, wire.InitializeBackend):
                 self._initialize(message)
             elif isinstance(message, wire.BindContext):
@@ -140,7 +141,8 @@ class Shim:
             if "method" not in payload and payload.get("id") == INIT_ID:
                 self._initialized(payload)
                 continue
-            self._socket.send(wire.encode_payload(wire.FromBackend, payload))
+            envelope = Envelope.from_message(payload)
+            wire.send(self._socket, wire.encode_envelope(wire.FromBackend, envelope), block=True)
         return True
 
     def _initialized(self, response: JsonObject) -> None:
@@ -160,7 +162,7 @@ class Shim:
         self._send(wire.ShimHello(os.getpid(), self._backend.pid, self._initialize_result, self._client_context))
 
     def _send(self, message: wire.Message) -> None:
-        self._socket.send(wire.encode(message))
+        wire.send(self._socket, wire.encode(message), block=True)
 
     def _cannot_start(self, exc: OSError) -> int:
         """Tell the core why (the client waiting for initialize deserves the reason), then exit."""

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 
@@ -34,10 +34,19 @@ class ServerConfig(_Section):
     cwd_from_client: bool = False
 
 
+# Requests one instance may run at once: a number, or "auto" (found from measured latency, 1..16).
+Concurrency = int | Literal["auto"]
+
+
+def concurrency_flag(text: str) -> int | str:
+    """`--max-concurrent-requests N|auto`."""
+    return text if text == "auto" else int(text)
+
+
 class MultiplexerConfig(_Section):
     min_instances: int = Field(2, ge=1)
     max_instances: int = Field(default_factory=default_max_instances, ge=1)
-    max_concurrent_requests: int = Field(3, ge=1, description="per instance")
+    max_concurrent_requests: Concurrency = Field(3, description='per instance: a number, or "auto"')
     request_timeout: int = Field(90_000, gt=0, description="ms, queue time included")
     health_check_interval: int = Field(30_000, gt=0, description="ms")
     startup_timeout: int = Field(30_000, gt=0, description="ms")
@@ -48,6 +57,13 @@ class MultiplexerConfig(_Section):
     idle_timeout: int = Field(600_000, ge=0, description="ms without a session before a router-started stack stops")
     max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="longest JSON-RPC line accepted")
     prometheus_port: int = Field(0, ge=0, le=65535, description="serve Prometheus metrics on 127.0.0.1:PORT (0: off)")
+
+    @field_validator("max_concurrent_requests", mode="before")
+    @classmethod
+    def _number_or_auto(cls, value: Any) -> Any:
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return value
+        raise ValueError('expected a number of at least 1, or "auto"')
 
     @model_validator(mode="after")
     def _check_bounds(self) -> MultiplexerConfig:
@@ -71,12 +87,14 @@ class PriorityRules(_Section):
 
 
 class LoadBalancingConfig(_Section):
-    strategy: Literal["least_connections", "session_affinity"] = Field(
-        "least_connections", description="least_connections, or session_affinity for servers that keep state")
+    strategy: Literal["least_connections", "session_affinity", "dedicated"] = Field(
+        "least_connections",
+        description="least_connections; for servers that keep state, session_affinity or dedicated")
     circuit_breaker_enabled: bool = True
     circuit_breaker_threshold: int = Field(3, ge=1)
     priorities: PriorityRules = Field(PriorityRules(), description='JSON, e.g. {"tools": {"reindex": "low"}}')
     priority_ageing: int = Field(10_000, ge=0, description="ms of waiting that raise a request one level (0: never)")
+    high_reserve: float = Field(0.0, ge=0, lt=1, description="share of the pool's slots kept free for high priority")
 
 
 class Config(_Section):

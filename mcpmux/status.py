@@ -50,6 +50,7 @@ class EventKind(enum.StrEnum):
     SCALE = "scale"  # the scaler started or stopped a slot
     REINIT = "reinit"  # a slot restarted to serve another client context
     CONTEXT = "context"  # an instance initialized for, or bound to, a client context
+    RECYCLE = "recycle"  # a dedicated instance restarted for fresh state after its session ended
     LOST = "lost"  # an instance's shim or backend died
     CIRCUIT = "circuit"  # an instance's circuit opened
     RESTART = "restart"  # the healer restarts a slot
@@ -146,6 +147,7 @@ class InstanceStatus:
     pid: int | None = None  # the shim's
     backend_pid: int | None = None
     in_flight: int = 0
+    limit: int | None = None  # requests it may run at once now (found from its latency under "auto"); connected only
     served: int = 0  # requests answered, errors included
     failed: int = 0
     consecutive_failures: int = 0
@@ -159,7 +161,7 @@ class InstanceStatus:
     backend: Usage | None = None
     supervisord: str | None = None  # not connected only: supervisord's state name for the slot
     last_event: str | None = None  # not connected only
-    sessions: tuple[str, ...] = ()  # the sessions pinned to it (session_affinity)
+    sessions: tuple[str, ...] = ()  # the sessions pinned to it (session_affinity) or its one session (dedicated)
     context: str | None = None  # the client context it was initialized for: "<label> <protocol version>"
     bound: bool = False  # given roots: it serves exactly that context; else every session of its handshake
 
@@ -173,7 +175,7 @@ class InstanceStatus:
         if not self.connected:
             data["supervisord"] = self.supervisord
         data.update({
-            "inFlight": self.in_flight, "served": self.served, "failed": self.failed,
+            "inFlight": self.in_flight, "limit": self.limit, "served": self.served, "failed": self.failed,
             "consecutiveFailures": self.consecutive_failures, "restarts": self.restarts,
             "backoffs": self.backoffs, "alert": self.alert, "uptime": self.uptime,
             "sinceHeartbeat": self.since_heartbeat, "latencyMs": _json_or_none(self.latency),
@@ -190,7 +192,7 @@ class InstanceStatus:
         latency, shim, backend = data.get("latencyMs"), data.get("shim"), data.get("backend")
         return cls(
             slot=_str(data, "slot"), state=_state(data), pid=_opt_int(data, "pid"),
-            backend_pid=_opt_int(data, "backendPid"), in_flight=_int(data, "inFlight"),
+            backend_pid=_opt_int(data, "backendPid"), in_flight=_int(data, "inFlight"), limit=_opt_int(data, "limit"),
             served=_int(data, "served"), failed=_int(data, "failed"),
             consecutive_failures=_int(data, "consecutiveFailures"), restarts=_int(data, "restarts"),
             backoffs=_int(data, "backoffs"), alert=_opt_str(data, "alert"), uptime=_opt_float(data, "uptime"),
@@ -244,7 +246,7 @@ class StackStatus:
     wanted_slots: tuple[str, ...]
     min_instances: int
     max_instances: int
-    max_concurrent_requests: int
+    max_concurrent_requests: int | str  # the configured per-instance limit: a number, or "auto"
     total_requests: int  # received
     succeeded_requests: int
     failed_requests: int
@@ -358,7 +360,7 @@ class StackStatus:
             instances=tuple(InstanceStatus.from_json(item) for item in _list(data, "instances")),
             wanted_slots=tuple(_text(item, "wantedSlots") for item in _list(data, "wantedSlots")),
             min_instances=_int(data, "minInstances"), max_instances=_int(data, "maxInstances"),
-            max_concurrent_requests=_int(data, "maxConcurrentRequests"),
+            max_concurrent_requests=_concurrency(data, "maxConcurrentRequests"),
             total_requests=_int(data, "totalRequests"), succeeded_requests=_int(data, "succeededRequests"),
             failed_requests=_int(data, "failedRequests"), timed_out_requests=_int(data, "timedOutRequests"),
             retried_requests=_int(data, "retriedRequests"), latency=Latency.from_json(_get(data, "latencyMs")),
@@ -424,6 +426,11 @@ def _float(data: Mapping[str, Any], key: str) -> float:
 
 def _opt_float(data: Mapping[str, Any], key: str) -> float | None:
     return None if data.get(key) is None else _float(data, key)
+
+
+def _concurrency(data: Mapping[str, Any], key: str) -> int | str:
+    value = _get(data, key)
+    return value if value == "auto" else _int(data, key)
 
 
 def _bool(data: Mapping[str, Any], key: str) -> bool:

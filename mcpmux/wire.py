@@ -1,8 +1,9 @@
 """The one definition of what crosses ZeroMQ between doors, the core, shims and the monitor.
 
-Each message is a msgpack array: a short tag, then the fields in order. Arrays rather than maps keep the
-hot path (a JSON-RPC payload wrapped in one frame) small and quick to decode. JSON-RPC payloads travel as
-dicts, untouched: ids keep their type, unknown fields survive.
+Each message is a msgpack array: a short tag, then the fields in order (arrays rather than maps: small
+and quick to decode). A message that carries JSON-RPC travels as two frames: that array, whose fields are
+the envelope's routing header, and the body as opaque JSON text (mcpmux/envelope.py), which the core
+passes on without decoding it.
 
 Messages are NamedTuples, not dataclasses: the door (one per client session) imports this module, and
 `dataclasses` alone brings `inspect`, `ast` and `dis` into every door's memory.
@@ -13,7 +14,9 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import msgpack
+import zmq
 
+from mcpmux.envelope import Envelope
 from mcpmux.jsonrpc import JsonObject
 
 
@@ -46,11 +49,11 @@ class SafeTools(NamedTuple):
 class ClientMessage(NamedTuple):
     """A JSON-RPC message from the client, already checked to be a JSON object."""
 
-    payload: JsonObject
+    envelope: Envelope
 
 
 class ToClient(NamedTuple):
-    payload: JsonObject
+    envelope: Envelope
 
 
 class DoorBye(NamedTuple):
@@ -103,11 +106,11 @@ class BackendFailed(NamedTuple):
 
 
 class ToBackend(NamedTuple):
-    payload: JsonObject
+    envelope: Envelope
 
 
 class FromBackend(NamedTuple):
-    payload: JsonObject
+    envelope: Envelope
 
 
 # --- monitor <-> core --------------------------------------------------------------------------------
@@ -137,22 +140,62 @@ TAGS: dict[type[Any], str] = {
 }
 _BY_TAG: dict[str, type[Any]] = {tag: cls for cls, tag in TAGS.items()}
 
-PayloadMessage = type[ToBackend] | type[FromBackend] | type[ClientMessage] | type[ToClient]
+EnvelopeMessage = type[ToBackend] | type[FromBackend] | type[ClientMessage] | type[ToClient]
+_CARRIERS = frozenset(TAGS[carrier] for carrier in (ClientMessage, ToClient, ToBackend, FromBackend))
 
 
-def encode(message: Message) -> bytes:
-    return msgpack.packb((TAGS[type(message)], *message), use_bin_type=True)
+def encode(message: Message) -> list[bytes]:
+    """The frames of a message, to send with `send_multipart`."""
+    if isinstance(message, ClientMessage | ToClient | ToBackend | FromBackend):
+        return encode_envelope(type(message), message.envelope)
+    return [msgpack.packb((TAGS[type(message)], *message), use_bin_type=True)]
 
 
-def encode_payload(message_type: PayloadMessage, payload: JsonObject) -> bytes:
-    """The hot path: no tuple built for the frames that carry JSON-RPC."""
-    return msgpack.packb((TAGS[message_type], payload), use_bin_type=True)
+def encode_envelope(message_type: EnvelopeMessage, envelope: Envelope) -> list[bytes]:
+    """The hot path: the header in one frame, the body as it is in the next."""
+    return [msgpack.packb((TAGS[message_type], *envelope.header()), use_bin_type=True), envelope.body]
 
 
-def decode(frame: bytes) -> Message:
+def decode(frames: list[bytes]) -> Message:
     try:
-        tag, *fields = msgpack.unpackb(frame, raw=False, strict_map_key=False)
+        tag, *fields = msgpack.unpackb(frames[0], raw=False, strict_map_key=False)
+        if tag in _CARRIERS:
+            if len(frames) != 2:
+                raise ValueError(f"{len(frames)} frames for a JSON-RPC message")
+            return _BY_TAG[tag](Envelope.from_wire(fields, frames[1]))  # type: ignore[no-any-return]
+        if len(frames) != 1:
+            raise ValueError(f"{len(frames)} frames for a {tag!r} message")
         message: Message = _BY_TAG[tag](*fields)
-    except (ValueError, TypeError, KeyError, msgpack.UnpackException) as exc:
-        raise WireError(f"undecodable frame ({len(frame)} bytes): {exc}") from None
+    except (ValueError, TypeError, KeyError, IndexError, msgpack.UnpackException) as exc:
+        size = sum(len(frame) for frame in frames)
+        raise WireError(f"undecodable message ({len(frames)} frames, {size} bytes): {exc}") from None
     return message
+
+
+# --- sockets -----------------------------------------------------------------------------------------
+# pyzmq's send_multipart and recv_multipart build a flag enum per frame, which costs more than the send
+# itself on the hot path; these do the same with plain ints.
+
+_NOBLOCK = int(zmq.NOBLOCK)
+_MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
+_MORE = int(zmq.SNDMORE)
+_RCVMORE = int(zmq.RCVMORE)
+
+
+def send(socket: zmq.Socket[bytes], frames: list[bytes], *, block: bool = False) -> None:
+    """Send one message of several frames; zmq.Again (not blocking) or another ZMQError if it cannot go.
+
+    A message is queued whole or not at all, so only the first frame can fail for want of room."""
+    more, last = (_MORE, 0) if block else (_MORE_NOBLOCK, _NOBLOCK)
+    for frame in frames[:-1]:
+        socket.send(frame, more, copy=False)
+    socket.send(frames[-1], last, copy=False)
+
+
+def receive(socket: zmq.Socket[bytes]) -> list[bytes]:
+    """The frames of the next message, without blocking (zmq.Again if there is none)."""
+    frames = [socket.recv(_NOBLOCK)]
+    while socket.get(_RCVMORE):
+        frames.append(socket.recv(_NOBLOCK))
+    return frames
+

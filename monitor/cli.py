@@ -224,7 +224,8 @@ def health(
         verdict = health_mod.assess(pool, thresholds)
     if as_json:
         figures = {} if pool is None else {"readyInstances": pool.ready_instances,
-                                           "totalInstances": len(pool.instances), "successRate": pool.success_rate}
+                                           "totalInstances": len(pool.instances), "successRate": pool.success_rate,
+                                           "strategy": pool.strategy}
         emit_json({**verdict.as_json(), "stack": paths.root.name, **figures})
     else:
         out().print(render.health_renderable(verdict))

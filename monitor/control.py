@@ -47,10 +47,10 @@ def query(
     socket.setsockopt(zmq.LINGER, 0)
     socket.connect(paths.control_endpoint)
     try:
-        socket.send(wire.encode(wire.ControlRequest(name, args or {})))
+        socket.send_multipart(wire.encode(wire.ControlRequest(name, args or {})))
         if not socket.poll(int(timeout * 1000)):
             raise StackNotRunning(f"stack {paths.root.name} did not answer within {timeout:.0f} s")
-        reply = wire.decode(socket.recv())
+        reply = wire.decode(socket.recv_multipart())
     finally:
         socket.close()
     if not isinstance(reply, wire.ControlReply):

@@ -83,6 +83,7 @@ def assess(status: StackStatus, thresholds: Thresholds | None = None) -> Health:
         if age <= limits.recent_seconds:
             degraded.append(f"{age:.0f} s ago: {event.text or event.kind}")
 
+    notes += _placement(status)
     if down:
         return Health(Verdict.DOWN, down + degraded, notes)
     if degraded:
@@ -93,3 +94,12 @@ def assess(status: StackStatus, thresholds: Thresholds | None = None) -> Health:
 def _states(instances: Iterable[InstanceStatus]) -> str:
     counts = collections.Counter(str(instance.state) for instance in instances)
     return ", ".join(f"{count} {state}" for state, count in sorted(counts.items()))
+
+
+def _placement(status: StackStatus) -> list[str]:
+    """The strategy, and which session is on which instance when sessions stay on one."""
+    if status.strategy == "least_connections":
+        return []
+    placed = [f"{instance.slot.partition(':')[2] or instance.slot}: {', '.join(instance.sessions)}"
+              for instance in status.instances if instance.sessions]
+    return [f"strategy {status.strategy}: " + ("; ".join(placed) if placed else "no session is placed yet")]

@@ -74,7 +74,7 @@ def instances_table(status: StackStatus, *, title: str | None = None, wide: bool
     rows = status.instances
     latency = wide and any(instance.latency for instance in rows)
     columns: list[tuple[str, bool]] = [  # (header, shown)
-        ("slot", True), ("state", True), ("running", True), ("served", True), ("failed", True),
+        ("slot", True), ("state", True), ("running", True), ("limit", True), ("served", True), ("failed", True),
         ("in a row", wide), ("restarts", True), ("uptime", True), ("p50", latency), ("p95", latency),
         ("shim pid", wide), ("backend pid", wide), ("RSS", True), ("CPU", True),
     ]
@@ -88,7 +88,8 @@ def instances_table(status: StackStatus, *, title: str | None = None, wide: bool
         rss, cpu = _both(instance, lambda u: u.rss_bytes), _both(instance, lambda u: u.cpu_percent)
         cells: list[str | Text] = [
             short_slot(instance.slot), state_text(instance.state), str(instance.in_flight),
-            str(instance.served), str(instance.failed), str(instance.consecutive_failures),
+            "-" if instance.limit is None else str(instance.limit), str(instance.served), str(instance.failed),
+            str(instance.consecutive_failures),
             str(instance.restarts), duration(instance.uptime),
             millis(times.p50 if times else None), millis(times.p95 if times else None),
             str(instance.pid or "-"), str(instance.backend_pid or "-"), size(rss),
@@ -131,7 +132,8 @@ def summary_lines(status: StackStatus) -> Text:
     text.append(f"instances {status.ready_instances} ready, {status.busy_instances} busy, "
                 f"{status.starting_instances} starting, {status.error_instances} in error "
                 f"(of {len(status.instances)}; min {status.min_instances}, max {status.max_instances})\n")
-    text.append(f"strategy {status.strategy}  sessions {status.sessions}  load {status.load:.2f}  "
+    text.append(f"strategy {status.strategy}  limit {status.max_concurrent_requests} per instance  "
+                f"sessions {status.sessions}  load {status.load:.2f}  "
                 f"queue {status.queued}/{status.queue_capacity}  running {status.running}\n")
     text.append(f"requests {status.total_requests}  failed {status.failed_requests}  "
                 f"timed out {status.timed_out_requests}  retried {status.retried_requests}  "
@@ -140,7 +142,8 @@ def summary_lines(status: StackStatus) -> Text:
     pinned = [f"{instance.slot.rsplit(':', 1)[-1]}: {', '.join(s[:8] for s in instance.sessions)}"
                for instance in status.instances if instance.sessions]
     if pinned:
-        text.append("\nsessions pinned  " + "  ".join(pinned))
+        label = "dedicated to" if status.strategy == "dedicated" else "sessions pinned"
+        text.append(f"\n{label}  " + "  ".join(pinned))
     for context in status.contexts:
         where = f" in {context.cwd}" if context.cwd else ""
         roots = "" if context.roots is None else f", {context.roots} roots"

@@ -6,9 +6,10 @@ comes back as a new event (a door gone, an instance lost) after the current one 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from mcpmux.jsonrpc import JsonObject
 from mcpmux.router.contexts import ClientContext
 
 
@@ -17,7 +18,7 @@ class ToClient:
     """Send a JSON-RPC message to the client of a session, through its door."""
 
     session: bytes
-    message: JsonObject
+    message: Mapping[str, Any]  # an Envelope as it came, or a dict the switchboard built
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +26,7 @@ class ToInstance:
     """Send a JSON-RPC message to an instance's backend, through its shim."""
 
     slot: str
-    message: JsonObject
+    message: Mapping[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +34,16 @@ class RestartInstance:
     """An instance's circuit opened: restart it through supervisord."""
 
     slot: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RecycleInstance:
+    """A dedicated instance's session ended: restart it (a planned restart, not a failure) so the next
+    session starts fresh. The shim `pid` is the one on its way out: ignore it if it says hello again."""
+
+    slot: str
+    pid: int
     reason: str
 
 
@@ -62,4 +73,5 @@ class SafeToolsChanged:
     names: list[str]
 
 
-Action = ToClient | ToInstance | RestartInstance | InstanceReady | ContextWanted | InstanceBound | SafeToolsChanged
+Action = (ToClient | ToInstance | RestartInstance | RecycleInstance | InstanceReady | ContextWanted | InstanceBound
+          | SafeToolsChanged)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 from mcpmux import jsonrpc
-from mcpmux.jsonrpc import JsonObject
 from mcpmux.router.instances import Instance, InstanceState, Pool
 
 log = logging.getLogger("mcpmux.breaker")
@@ -13,7 +14,7 @@ log = logging.getLogger("mcpmux.breaker")
 MAX_EJECTED_FRACTION = 0.5  # errors alone never take more than half of the pool out of service
 
 
-def is_instance_failure(response: JsonObject) -> bool:
+def is_instance_failure(response: Mapping[str, Any]) -> bool:
     """Errors that say the server is broken, not that the request was wrong.
 
     A tool's own error (`isError: true` in a result) is the tool's answer; -32600..-32602 are the

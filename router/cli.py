@@ -19,11 +19,20 @@ from typing import Any
 from pydantic import BaseModel
 
 from mcpmux import __version__
-from mcpmux.config import Config, ConfigError, LoadBalancingConfig, MultiplexerConfig, load_config
+from mcpmux.config import (
+    Concurrency,
+    Config,
+    ConfigError,
+    LoadBalancingConfig,
+    MultiplexerConfig,
+    concurrency_flag,
+    load_config,
+)
 from mcpmux.resolve import resolve as resolve_config
 from mcpmux.stack import StackPaths, stack_paths
 
 SECTIONS: dict[str, type[BaseModel]] = {"multiplexer": MultiplexerConfig, "loadBalancing": LoadBalancingConfig}
+FLAG_TYPES: dict[Any, Callable[[str], Any]] = {int: int, float: float, Concurrency: concurrency_flag}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,8 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                 group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None)
             else:
                 structured = isinstance(annotation, type) and issubclass(annotation, BaseModel)
-                kind: Callable[[str], Any] = (json.loads if structured
-                                              else {int: int, float: float}.get(annotation, str))  # type: ignore[arg-type]
+                kind = json.loads if structured else FLAG_TYPES.get(annotation, str)
                 group.add_argument(flag, dest=dest, type=kind, default=None, help=field.description)
     parser.add_argument("--version", action="version", version=f"mcpmux {__version__}")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- the server command and its arguments")

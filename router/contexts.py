@@ -22,6 +22,7 @@ import enum
 import hashlib
 import json
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -138,7 +139,7 @@ class ContextRules:
         session.roots_known = not context.supports(ROOTS)
         self._client_info.setdefault(context, params.get("clientInfo"))
 
-    def roots_answered(self, session: Session, response: JsonObject) -> None:
+    def roots_answered(self, session: Session, response: Mapping[str, Any]) -> None:
         """The client answered mcpmux's `roots/list`: its context now has those roots."""
         if session.context is None:
             return
@@ -231,6 +232,13 @@ class ContextRules:
         counts = Counter(session.context.handshake() for session in sessions if session.context is not None
                          for _ in session.pending)
         return counts.most_common(1)[0][0] if counts else None
+
+    def unplaced(self, sessions: list[Session], available: list[ClientContext | None]) -> list[ClientContext]:
+        """Under dedicated: the handshakes of `sessions` (each needing an instance of its own) that the
+        `available` instances' contexts (free or starting) do not cover, one per instance to provide."""
+        wants = Counter(session.context.handshake() for session in sessions if session.context is not None)
+        have = Counter(context.handshake() for context in available if context is not None)
+        return sorted((wants - have).elements(), key=lambda context: context.label)
 
     def roots_owner(self, running: list[Session]) -> Session | Several | None:
         """Whom an unbound instance's roots/list is for, from the sessions whose requests it runs: the one

@@ -152,7 +152,8 @@ class ControlHandler:
 
     def _instance(self, instance: Instance, now: float, events: list[Event]) -> InstanceStatus:
         state = instance.state.shown
-        if state is SlotState.READY and instance.in_flight >= self._core.board.eligibility.cap:
+        limit = self._core.board.eligibility.cap(instance)
+        if state is SlotState.READY and instance.in_flight >= limit:
             state = SlotState.BUSY
         shim = self._usage(instance.pid, tree=False)
         restarts, backoffs, alert = self._slot_history(instance.slot, events)
@@ -162,6 +163,7 @@ class ControlHandler:
             pid=instance.pid,
             backend_pid=instance.backend_pid,
             in_flight=instance.in_flight,
+            limit=limit,
             served=instance.served,
             failed=instance.failed,
             consecutive_failures=instance.consecutive_failures,

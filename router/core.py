@@ -27,6 +27,7 @@ import zmq
 
 from mcpmux import wire
 from mcpmux.config import Config, ConfigError, load_config
+from mcpmux.envelope import Envelope
 from mcpmux.jsonrpc import JsonObject
 from mcpmux.router import actions
 from mcpmux.router.background import Background
@@ -82,7 +83,7 @@ class Core:
         self._idle_since: float | None = time.monotonic()
         self._last_poll = 0.0
         # Frames for doors whose ZeroMQ queue is full (their client reads slowly), sent in order later.
-        self._door_backlog: dict[bytes, collections.deque[bytes]] = {}
+        self._door_backlog: dict[bytes, collections.deque[list[bytes]]] = {}
         self._doors_gone: set[bytes] = set()  # found unreachable while carrying out actions
         self._shims_gone: set[str] = set()
         self._waits: list[Wait] = []  # control queries waiting for the pool to reach a state
@@ -153,14 +154,14 @@ class Core:
         """Every message waiting on a socket, up to a bound so that one busy socket cannot starve the rest."""
         for _ in range(RECEIVE_BATCH):
             try:
-                frames = socket.recv_multipart(zmq.NOBLOCK)
+                frames = wire.receive(socket)
             except zmq.Again:
                 return
-            if len(frames) != 2:
+            if len(frames) < 2:
                 log.warning("dropped a message of %d frames", len(frames))
                 continue
             try:
-                message = wire.decode(frames[1])
+                message = wire.decode(frames[1:])
             except wire.WireError as exc:
                 log.warning("%r sent %s", frames[0], exc)
                 continue
@@ -228,13 +229,16 @@ class Core:
     def _perform(self, action: actions.Action) -> None:
         match action:
             case actions.ToClient(session, message):
-                self._send_door(session, wire.encode_payload(wire.ToClient, message))
+                self._send_door(session, wire.encode_envelope(wire.ToClient, Envelope.of(message)))
             case actions.ToInstance(slot, message):
-                self._send_shim(slot, wire.encode_payload(wire.ToBackend, message))
+                self._send_shim(slot, wire.encode_envelope(wire.ToBackend, Envelope.of(message)))
             case actions.RestartInstance(slot, reason):
                 log.warning("%s: circuit open (%s); restarting it", slot, reason)
                 self.metrics.event("circuit", f"{slot} circuit opened: {reason}", slot=slot)
                 self.healer.restart(slot, reason)
+            case actions.RecycleInstance(slot, pid, reason):
+                log.info("%s: recycling (%s)", slot, reason)
+                self.healer.recycle(slot, pid, reason)
             case actions.InstanceReady(slot):
                 self.healer.healthy_again(slot)
                 instance = self.board.pool.get(slot)
@@ -246,9 +250,9 @@ class Core:
                 self._send_shim(slot, wire.encode(wire.BindContext(context.to_json())))
                 self.metrics.event("context", f"{slot} bound to context {context.describe()}", slot=slot)
             case actions.SafeToolsChanged(names):
-                frame = wire.encode(wire.SafeTools(names))
+                frames = wire.encode(wire.SafeTools(names))
                 for identity in list(self.board.sessions):
-                    self._send_door(identity, frame)
+                    self._send_door(identity, frames)
 
     # --- doors ---------------------------------------------------------------------------------------
 
@@ -265,7 +269,7 @@ class Core:
             # A door of a core that died: nothing it sent since is known here, so it must start over.
             self._send_door(identity, wire.encode(wire.Resync()))
         elif isinstance(message, wire.ClientMessage):
-            self.board.from_client(session, message.payload)
+            self.board.from_client(session, message.envelope)
         elif isinstance(message, wire.Heartbeat):
             session.last_seen = time.monotonic()
         elif isinstance(message, wire.DoorBye):
@@ -277,19 +281,19 @@ class Core:
         self._door_backlog.pop(session.identity, None)
         self.board.close_session(session)
 
-    def _send_door(self, identity: bytes, frame: bytes) -> None:
-        """Send, or keep the frame for later if the door's queue is full (its client reads slowly)."""
+    def _send_door(self, identity: bytes, frames: list[bytes]) -> None:
+        """Send, or keep the message for later if the door's queue is full (its client reads slowly)."""
         backlog = self._door_backlog.get(identity)
         if backlog is not None:
-            backlog.append(frame)
-            if sum(map(len, backlog)) > DOOR_BACKLOG_LIMIT:
+            backlog.append(frames)
+            if sum(len(frame) for message in backlog for frame in message) > DOOR_BACKLOG_LIMIT:
                 log.warning("door %r: %d bytes wait for a client that does not read", identity, DOOR_BACKLOG_LIMIT)
                 self._doors_gone.add(identity)
             return
         try:
-            self._doors.send_multipart([identity, frame], zmq.NOBLOCK)
+            wire.send(self._doors, [identity, *frames])
         except zmq.Again:
-            self._door_backlog[identity] = collections.deque([frame])
+            self._door_backlog[identity] = collections.deque([frames])
             self._hold(identity, True)
         except zmq.ZMQError as exc:
             log.info("door %r unreachable: %s", identity, exc)
@@ -299,7 +303,7 @@ class Core:
         backlog = self._door_backlog.get(identity)
         while backlog:
             try:
-                self._doors.send_multipart([identity, backlog[0]], zmq.NOBLOCK)
+                wire.send(self._doors, [identity, *backlog[0]])
             except zmq.Again:
                 return
             except zmq.ZMQError as exc:
@@ -325,7 +329,7 @@ class Core:
         instance = self.board.pool.get(slot)
         if isinstance(message, wire.FromBackend):
             if instance is not None:
-                self.board.from_instance(instance, message.payload)
+                self.board.from_instance(instance, message.envelope)
             return
         if isinstance(message, wire.ShimHello):
             self._shim_hello(slot, message)
@@ -350,10 +354,15 @@ class Core:
         if previous is not None and previous.pid != hello.pid:
             self._instance_lost(previous, "replaced by a new shim process")
         self.scaler.adopt(slot)
-        if self.healer.held(slot) or hello.pid in self.scaler.retired:
+        if self.healer.held(slot) or hello.pid in self.scaler.retired or self.healer.outgoing(slot, hello.pid):
             return
         if hello.initialize_result is None and self.healer.started(slot):
             self.healer.back_off(slot, "restarted too often")
+            return
+        if hello.initialize_result is not None and not self.board.eligibility.shares_instances:
+            # Under dedicated, a backend that comes back initialized (a shim from before this core, or one
+            # taken for dead) may hold a session's state, and nothing says whose: it starts fresh.
+            self.healer.recycle(slot, hello.pid, "it came back with a backend that served an earlier session")
             return
         instance = Instance(slot, hello.pid, hello.backend_pid)
         self.board.pool.add(instance)
@@ -415,9 +424,9 @@ class Core:
         self.metrics.event("lost", f"{instance.slot} lost: {reason}", slot=instance.slot, stderr=stderr_tail)
         self.board.instance_lost(instance, reason)
 
-    def _send_shim(self, slot: str, frame: bytes) -> None:
+    def _send_shim(self, slot: str, frames: list[bytes]) -> None:
         try:
-            self._shims.send_multipart([slot.encode(), frame], zmq.NOBLOCK)
+            wire.send(self._shims, [slot.encode(), *frames])
         except zmq.ZMQError as exc:
             log.info("shim %s unreachable: %s", slot, exc)
             self._shims_gone.add(slot)
@@ -427,7 +436,7 @@ class Core:
     def _control_message(self, identity: bytes, request: wire.Message) -> None:
         def reply(answer: wire.ControlReply) -> None:
             with contextlib.suppress(zmq.ZMQError):  # the monitor went away before its answer
-                self._control.send_multipart([identity, wire.encode(answer)], zmq.NOBLOCK)
+                self._control.send_multipart([identity, *wire.encode(answer)], zmq.NOBLOCK)
 
         if not isinstance(request, wire.ControlRequest):
             reply(wire.ControlReply({}, "expected a control request"))

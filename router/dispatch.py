@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from mcpmux.router.instances import Instance
 
@@ -15,14 +15,14 @@ class LeastConnections:
     instead of sending every one to the first instance (the tie bias measured in other MCP gateways).
     """
 
-    def __init__(self, cap: int) -> None:
-        self.cap = cap
+    def __init__(self, cap: Callable[[Instance], int]) -> None:
+        self.cap = cap  # each instance's own limit
         self._turn = itertools.count(1)
 
     def pick(self, instances: Sequence[Instance]) -> Instance | None:
         best: Instance | None = None
         for instance in instances:
-            if not instance.ready or instance.in_flight >= self.cap:
+            if not instance.ready or instance.in_flight >= self.cap(instance):
                 continue
             if best is None or (instance.in_flight, instance.last_pick) < (best.in_flight, best.last_pick):
                 best = instance

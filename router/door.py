@@ -24,6 +24,7 @@ from pathlib import Path
 import zmq
 
 from mcpmux import jsonrpc, wire
+from mcpmux.envelope import Envelope, Kind
 from mcpmux.jsonrpc import JsonObject, RequestId
 from mcpmux.lines import TOO_LONG, LineSplitter
 from mcpmux.router.retry import RetryPolicy
@@ -60,9 +61,9 @@ class Door:
         self._socket.setsockopt(zmq.LINGER, 2000)
         self._socket.setsockopt(zmq.SNDHWM, 100_000)
         self._socket.setsockopt(zmq.RCVHWM, RCVHWM)
-        self._unanswered: dict[RequestId, JsonObject] = {}
+        self._unanswered: dict[RequestId, Envelope] = {}
         self._initialize_params: JsonObject | None = None
-        self._to_settle: dict[RequestId, JsonObject] | None = None
+        self._to_settle: dict[RequestId, Envelope] | None = None
         self._retry = RetryPolicy()  # the core keeps it up to date with the tools' annotations
         self._welcomed = False
         self._next_beat = 0.0
@@ -196,30 +197,31 @@ class Door:
         except jsonrpc.InvalidMessage as invalid:
             self._write(jsonrpc.error(invalid.request_id, invalid.code, str(invalid)))
             return
-        if jsonrpc.is_request(message):
-            self._unanswered[message["id"]] = message
-            if message["method"] == "initialize" and isinstance(message.get("params"), dict):
+        envelope = Envelope.from_message(message, strip_priority=True)
+        if envelope.kind is Kind.REQUEST:
+            self._unanswered[envelope.id] = envelope
+            if envelope.method == "initialize" and isinstance(message.get("params"), dict):
                 self._initialize_params = message["params"]
-        elif message.get("method") == "notifications/cancelled":
+        elif envelope.method == "notifications/cancelled":
             self._unanswered.pop((message.get("params") or {}).get("requestId"), None)  # type: ignore[arg-type]
-        self._socket.send(wire.encode_payload(wire.ClientMessage, message))
+        wire.send(self._socket, wire.encode_envelope(wire.ClientMessage, envelope), block=True)
 
     # --- core -> client ------------------------------------------------------------------------------
 
     def _from_core(self) -> None:
         while len(self._outbox) <= self._outbox_limit:  # over it, the rest waits until the client reads
             try:
-                message = wire.decode(self._socket.recv(zmq.NOBLOCK))
+                message = wire.decode(wire.receive(self._socket))
             except zmq.Again:
                 return
             except wire.WireError as exc:  # a newer core's message this door does not know: skip it
                 print(f"mcpmux-router: ignored a message from the core: {exc}", file=sys.stderr)
                 continue
             if isinstance(message, wire.ToClient):
-                payload = message.payload
-                if "method" not in payload:
-                    self._unanswered.pop(payload.get("id"), None)  # type: ignore[arg-type]
-                self._write(payload)
+                envelope = message.envelope
+                if envelope.kind in (Kind.RESULT, Kind.ERROR):
+                    self._unanswered.pop(envelope.id, None)
+                self._outbox += envelope.line()
             elif isinstance(message, wire.SafeTools):
                 self._retry.replace(message.names)
             elif isinstance(message, wire.Welcome):
@@ -237,18 +239,18 @@ class Door:
         """Answer each request the lost core never answered: resend the safe ones, fail the others."""
         to_settle, self._to_settle = self._to_settle or {}, None
         for request in to_settle.values():
-            if request["id"] not in self._unanswered:
+            if request.id not in self._unanswered:
                 continue
             if self._retry.may_retry(request, attempts=0):
-                self._socket.send(wire.encode_payload(wire.ClientMessage, request))
+                wire.send(self._socket, wire.encode_envelope(wire.ClientMessage, request), block=True)
                 continue
-            del self._unanswered[request["id"]]
-            self._write(jsonrpc.error(request["id"], jsonrpc.INSTANCE_FAILED,
+            del self._unanswered[request.id]
+            self._write(jsonrpc.error(request.id, jsonrpc.INSTANCE_FAILED,
                                       "mcpmux's core restarted while this request ran; it was not retried "
                                       "because it may have had effects"))
 
     def _send(self, message: wire.Message) -> None:
-        self._socket.send(wire.encode(message))
+        wire.send(self._socket, wire.encode(message), block=True)
 
     def _write(self, message: JsonObject) -> None:
         """Queue a message for the client; the poll loop writes it as fast as the client reads."""

@@ -1,47 +1,66 @@
 """The eligibility policy: which instances may serve a request, and which of them gets it.
 
-A request pinned to an instance (a pagination cursor it made, a subscription it holds) runs there and
-nowhere else. Otherwise only the instances that serve the session's context may run it (router/contexts.py:
-a filter applied before any strategy), and among them it depends on the strategy (`loadBalancing.strategy`):
+Each instance runs at most its limit of requests at once (router/limits.py: fixed, or found from its
+latency). A request pinned to an instance (a pagination cursor it made, a subscription it holds) runs there
+and nowhere else. Otherwise only the instances that serve the session's context may run it (router/contexts.py:
+a filter applied before the reserve and any strategy), and among them it depends on the strategy
+(`loadBalancing.strategy`):
 
-- `least_connections`: the least busy ready instance below the per-instance cap.
+- `least_connections`: the least busy ready instance below its limit.
 - `session_affinity`: the instance the session was pinned to at its first request (the one with the fewest
   sessions then), so a server that keeps state in its process sees one session's calls in one place; an
   instance may serve several sessions. A session whose instance is lost is pinned again and told.
+- `dedicated`: an instance of the session's own, nobody else's, recycled when the session ends
+  (router/dedicated.py).
+
+With `loadBalancing.highReserve`, a share of the pool's free slots is kept for `high` requests: others start
+only while more than that many slots are free, so an urgent call need not wait for a slow one to finish.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from typing import Literal
 
 from mcpmux.router.contexts import ContextRules
+from mcpmux.router.dedicated import Dedicated
 from mcpmux.router.dispatch import LeastConnections
 from mcpmux.router.instances import Instance, Pool
+from mcpmux.router.limits import Limits
+from mcpmux.router.queue import Priority
 from mcpmux.router.session import Pending, Session
 
-Strategy = Literal["least_connections", "session_affinity"]
+Strategy = Literal["least_connections", "session_affinity", "dedicated"]
 
 
 class PinnedInstanceGone(Exception):
     """The one instance that may serve this request is gone: the request cannot be served anywhere."""
 
-    def __init__(self, slot: str) -> None:
-        super().__init__(f"the instance that made this cursor ({slot}) is gone")
+    def __init__(self, slot: str, why: str = "is gone") -> None:
+        super().__init__(f"the instance that made this cursor ({slot}) {why}")
         self.slot = slot
 
 
 class Eligibility:
-    def __init__(self, cap: int, strategy: Strategy = "least_connections",
-                 contexts: ContextRules | None = None) -> None:
-        self.balancer = LeastConnections(cap)
+    def __init__(self, limits: Limits, strategy: Strategy = "least_connections", high_reserve: float = 0.0,
+                 max_instances: int = 1, contexts: ContextRules | None = None) -> None:
+        self.limits = limits
+        self.balancer = LeastConnections(self.cap)
         self.strategy = strategy
+        self.high_reserve = high_reserve
         self.contexts = contexts or ContextRules()
         self.pins: dict[bytes, str] = {}  # session -> slot, under session_affinity
+        self.dedicated = Dedicated(max_instances)  # session <-> slot, under dedicated
+
+    def cap(self, instance: Instance) -> int:
+        """How many requests this instance may run at once, now."""
+        return self.limits.of(instance.slot)
 
     @property
-    def cap(self) -> int:
-        return self.balancer.cap
+    def shares_instances(self) -> bool:
+        """Whether an instance may serve several sessions (all strategies but dedicated)."""
+        return self.strategy != "dedicated"
 
     def choose(self, pending: Pending, pool: Pool) -> Instance | None:
         """The instance to run `pending` on now, or None if it must wait; PinnedInstanceGone if it never can."""
@@ -49,34 +68,68 @@ class Eligibility:
             instance = pool.get(pending.pinned_slot)
             if instance is None or not instance.ready:
                 raise PinnedInstanceGone(pending.pinned_slot)
-            return instance if instance.in_flight < self.cap else None
+            if not self.dedicated.may_run(pending.session.identity, instance.slot):
+                raise PinnedInstanceGone(pending.pinned_slot, "is dedicated to another session now")
+            return instance if self._has_room(instance) and self._reserve_allows(pending, pool) else None
         serving = self.serving(pending.session, pool)
+        if not self._reserve_allows(pending, pool):
+            return None
         if self.strategy == "session_affinity":
             return self._affine(pending.session, serving, pool)
+        if self.strategy == "dedicated":
+            return self.dedicated.choose(pending.session.identity, serving, pool, self.cap)
         # Instances already bound to the session's context first, while one has room: a spare is bound
         # to a context only when that context needs it.
-        return self.balancer.pick([i for i in serving if i.bound and i.in_flight < self.cap] or serving)
+        return self.balancer.pick([i for i in serving if i.bound and self._has_room(i)] or serving)
 
     def serving(self, session: Session, pool: Pool) -> list[Instance]:
         """The context filter: the ready instances that may serve this session now."""
         return [instance for instance in pool.ready() if self.contexts.usable(instance, session)]
 
     def has_room(self, pool: Pool) -> bool:
-        """Whether any ready instance is below its cap (else no waiting request can start)."""
-        return any(instance.in_flight < self.cap for instance in pool.ready())
+        """Whether any ready instance is below its limit (else no waiting request can start)."""
+        return any(self._has_room(instance) for instance in pool.ready())
 
-    def session_closed(self, session: bytes) -> None:
+    def reserved(self, pool: Pool) -> int:
+        """Free slots kept for high requests: highReserve of the ready slots, rounded down, never all of them."""
+        slots = sum(self.cap(instance) for instance in pool.ready())
+        return min(slots - 1, math.floor(self.high_reserve * slots)) if slots else 0
+
+    def session_closed(self, session: bytes) -> str | None:
+        """Forget the session; the instance it had to itself (dedicated), which must be recycled."""
         self.pins.pop(session, None)
+        return self.dedicated.session_closed(session)
 
     def instance_lost(self, slot: str) -> list[bytes]:
         """Unpin the sessions of a lost instance; they are pinned again at their next request."""
+        self.limits.forget(slot)
         moved = [session for session, pinned in self.pins.items() if pinned == slot]
         for session in moved:
             del self.pins[session]
-        return moved
+        return moved + self.dedicated.instance_lost(slot)
 
     def sessions_of(self, slot: str) -> list[bytes]:
-        return [session for session, pinned in self.pins.items() if pinned == slot]
+        owner = self.dedicated.owner(slot)
+        return [session for session, pinned in self.pins.items() if pinned == slot] + ([owner] if owner else [])
+
+    def assignment(self) -> dict[str, bytes] | None:
+        """Under dedicated, each instance's one session (what it sends on its own is for that session)."""
+        return self.dedicated.assignment() if self.strategy == "dedicated" else None
+
+    def waiting_reason(self, pending: Pending) -> str | None:
+        """Why a request still waits for an instance, if the strategy is the cause."""
+        if self.strategy == "dedicated" and pending.pinned_slot is None:
+            return self.dedicated.waiting_reason(pending.session.identity)
+        return None
+
+    def _has_room(self, instance: Instance) -> bool:
+        return instance.in_flight < self.cap(instance)
+
+    def _reserve_allows(self, pending: Pending, pool: Pool) -> bool:
+        if self.high_reserve <= 0 or pending.level is Priority.HIGH:
+            return True
+        free = sum(max(0, self.cap(instance) - instance.in_flight) for instance in pool.ready())
+        return free > self.reserved(pool)
 
     def _affine(self, session: Session, serving: list[Instance], pool: Pool) -> Instance | None:
         slot = self.pins.get(session.identity)
@@ -94,7 +147,7 @@ class Eligibility:
                 return None
             self.pins[session.identity] = instance.slot
         assert instance is not None
-        if instance.in_flight >= self.cap:
+        if not self._has_room(instance):
             return None
         instance.last_pick = self.balancer.turn()
         return instance

@@ -37,6 +37,7 @@ class SlotRecord:
     alert: str | None = None
     gave_up: bool = False
     planned: bool = False  # the next start was asked for, not caused by a failure
+    outgoing_pid: int | None = None  # a recycled shim on its way out: it takes no part if it says hello
 
 
 class Healer:
@@ -65,12 +66,32 @@ class Healer:
 
     def reinitialize(self, slot: str, reason: str) -> None:
         """A planned restart (new initialize params), not a failure: it counts as neither restart nor flap."""
+        self._planned_restart(slot)
+        self._metrics.event(EventKind.REINIT, f"re-initializing {slot}: {reason}", slot=slot)
+        self._cycle(slot)
+
+    def recycle(self, slot: str, pid: int, reason: str) -> None:
+        """A planned restart for fresh state (its dedicated session ended), however often sessions end."""
+        self._planned_restart(slot)
+        self.slots[slot].outgoing_pid = pid
+        self._metrics.event(EventKind.RECYCLE, f"recycling {slot}: {reason}", slot=slot)
+        self._cycle(slot)
+
+    def outgoing(self, slot: str, pid: int) -> bool:
+        """Whether a shim saying hello is the recycled one on its way out (a new one ends the wait)."""
+        record = self.slots.get(slot)
+        if record is None or record.outgoing_pid is None:
+            return False
+        if record.outgoing_pid == pid:
+            return True
+        record.outgoing_pid = None
+        return False
+
+    def _planned_restart(self, slot: str) -> None:
         record = self.slots[slot]
         record.probe = False
         record.starts.clear()
         record.planned = True
-        self._metrics.event(EventKind.REINIT, f"re-initializing {slot}: {reason}", slot=slot)
-        self._cycle(slot)
 
     def _cycle(self, slot: str) -> None:
         def stop_then_start() -> None:

@@ -74,7 +74,7 @@ def _render(config: Config, paths: StackPaths, credentials: dict[str, str], idle
         username=credentials["username"],
         password=credentials["password"],
         stack=paths.root.name,
-        python=" ".join(PYTHON),
+        python=sys.executable,  # the template adds -E -P itself
         core_flags="--idle-stop" if idle_stop else "",
         max_instances=config.multiplexer.max_instances,
     )
@@ -99,6 +99,10 @@ def _await_core(paths: StackPaths) -> None:
         state = _core_state(paths)
         if state in ("FATAL", "GONE"):
             raise LaunchError(f"the stack's core cannot start:\n{core_log_tail(paths)}")
+        if state == "BACKOFF":
+            # It crashed and supervisord tries again, a bounded number of times (startretries): on a loaded
+            # machine those tries may outlast the timeout, which is for a core that hangs, not one that dies.
+            deadline = time.monotonic() + CORE_START_TIMEOUT
         if time.monotonic() > deadline:
             raise LaunchError(f"the stack's core did not start within {CORE_START_TIMEOUT:.0f} s (it is {state}):\n"
                               f"{core_log_tail(paths)}")

@@ -151,6 +151,8 @@ def _families(status: StackStatus, buckets: list[tuple[str, float]], total: floa
 
     in_flight = GaugeMetricFamily("mcpmux_instance_in_flight", "Requests running on each instance",
                                   labels=["instance"])
+    limit = GaugeMetricFamily("mcpmux_instance_limit", "Requests each instance may run at once (found from its "
+                              "latency under maxConcurrentRequests auto)", labels=["instance"])
     failures = GaugeMetricFamily("mcpmux_instance_consecutive_failures", "Failures in a row of each instance",
                                  labels=["instance"])
     restarts = GaugeMetricFamily("mcpmux_instance_restarts", "Times each slot was restarted (as far as "
@@ -166,6 +168,8 @@ def _families(status: StackStatus, buckets: list[tuple[str, float]], total: floa
     for instance in instances:
         slot = instance.slot
         in_flight.add_metric([slot], instance.in_flight)
+        if instance.limit is not None:
+            limit.add_metric([slot], instance.limit)
         failures.add_metric([slot], instance.consecutive_failures)
         restarts.add_metric([slot], instance.restarts)
         uptime.add_metric([slot], instance.uptime or 0.0)
@@ -177,7 +181,7 @@ def _families(status: StackStatus, buckets: list[tuple[str, float]], total: floa
         for value, quantile in ((times.p50, "0.5"), (times.p95, "0.95"), (times.p99, "0.99")):
             if value is not None:
                 latency.add_metric([slot, quantile], value / 1000)
-    yield from (in_flight, failures, restarts, uptime, rss, cpu, latency)
+    yield from (in_flight, limit, failures, restarts, uptime, rss, cpu, latency)
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

@@ -83,6 +83,10 @@ class RequestQueue(Generic[T]):
             self._last_served[entry.session] = next(self._turns)
         return entry.item
 
+    def took_turn(self, session: bytes) -> None:
+        """One of the session's requests started without waiting: that was its turn too."""
+        self._last_served[session] = next(self._turns)
+
     def forget_session(self, session: bytes) -> None:
         self._last_served.pop(session, None)
 

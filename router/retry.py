@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 SAFE_METHODS = frozenset({
@@ -34,7 +35,7 @@ class RetryPolicy:
     def replace(self, names: list[str]) -> None:
         self._safe_tools = set(names)
 
-    def may_retry(self, message: dict[str, Any], attempts: int) -> bool:
+    def may_retry(self, message: Mapping[str, Any], attempts: int) -> bool:
         if attempts >= MAX_ATTEMPTS:
             return False
         method = message.get("method")

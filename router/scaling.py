@@ -7,6 +7,9 @@ Each slot runs one client context's handshake (router/contexts.py). A context th
 no instance runs gets one at once: a shim waiting to be initialized, else a free slot, else an idle
 instance of another context restarted with it (router/placement.py). The pool grows for load with the
 busiest context.
+
+Under the dedicated strategy the demand is the sessions, each needing an instance of its own (of its own
+context): an instance dedicated to a live session is never stopped nor restarted for another context.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import functools
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -51,6 +55,7 @@ class Scaler:
         self.retired: set[int] = set()  # pids of shims restarted for another context: their last words are ignored
         self.warm = ClientContext.of(profile.WARM)
         self._low_since: float | None = None
+        self._adopted = False  # the shims a previous core left are adopted before counting what is missing
 
     def boot(self) -> None:
         """Adopt the shims a previous core left running, then start up to the minimum."""
@@ -58,6 +63,7 @@ class Scaler:
                              failed=lambda _: self._booted([]))
 
     def _booted(self, processes: list[dict[str, Any]]) -> None:
+        self._adopted = True
         for process in processes:
             if process["group"] == SHIM_GROUP and process["statename"] in ("RUNNING", "STARTING", "BACKOFF"):
                 self.adopt(f"{SHIM_GROUP}:{process['name']}")
@@ -70,21 +76,31 @@ class Scaler:
     def adopt(self, slot: str) -> None:
         self.wanted.setdefault(slot, time.monotonic())
 
+    def capacity(self) -> int:
+        """The sum of the wanted instances' current limits (each fixed, or found from its latency)."""
+        limits = self._board.eligibility.limits
+        return max(1, sum(limits.of(slot) for slot in self.wanted))
+
     def load(self) -> float:
         """In-flight requests over the pool's capacity; queued requests push it above 1."""
-        capacity = max(1, len(self.wanted)) * self._settings.max_concurrent_requests
-        running = sum(instance.in_flight for instance in self._board.pool)
-        return (running + len(self._board.queue)) / capacity
+        return self._demand() / self.capacity()
 
     def needed(self) -> int:
-        """Instances that would bring the load to the scale-up threshold, within the bounds."""
+        """Instances that would bring the load to the scale-up threshold, within the bounds, if each took
+        what the wanted ones take on average."""
         settings = self._settings
-        demand = sum(instance.in_flight for instance in self._board.pool) + len(self._board.queue)
-        wanted = math.ceil(demand / (settings.max_concurrent_requests * settings.scale_up_threshold))
+        per_instance = self.capacity() / max(1, len(self.wanted))
+        wanted = math.ceil(self._demand() / (per_instance * settings.scale_up_threshold))
         return max(settings.min_instances, min(settings.max_instances, wanted))
+
+    def _demand(self) -> int:
+        return sum(instance.in_flight for instance in self._board.pool) + len(self._board.queue)
 
     def tick(self) -> None:
         self.place()
+        if not self._board.eligibility.shares_instances:
+            self._tick_dedicated()
+            return
         load = self.load()
         starting = any(slot not in self.awaiting and (self._board.pool.get(slot) is None
                                                        or not self._board.pool.get(slot).ready)  # type: ignore[union-attr]
@@ -107,7 +123,59 @@ class Scaler:
         self._low_since = self._low_since or now
         if now - self._low_since >= SCALE_DOWN_AFTER:
             self._low_since = None
-            self._stop_idle_one(load)
+            self._stop_idle_one(f"load {load:.2f} <= {self._settings.scale_down_threshold}")
+
+    def dedicated_needed(self) -> int:
+        """One instance per session, within the bounds."""
+        settings = self._settings
+        return max(settings.min_instances, min(settings.max_instances, len(self._board.sessions)))
+
+    def _tick_dedicated(self) -> None:
+        # Every session needs an instance of its own: start all that are missing in one decision (a
+        # recycling slot counts, it is free again soon); stop a spare that stayed unneeded for a while.
+        if not self._adopted:
+            return
+        needed = self.dedicated_needed()
+        # Contexts and dedicated together: a session needs an instance of its own *and* of its context, so
+        # the slots started for sessions still without one run those sessions' handshakes (the others, the
+        # busiest context's); at maxInstances a spare nobody waits for is restarted with a waiting context.
+        wants = self._dedicated_wants()
+        for _ in range(needed - len(self.wanted)):
+            self._start(self._free_slot(), f"{len(self._board.sessions)} sessions, each with an instance of its "
+                                           f"own: {needed} instances needed", wants.pop(0) if wants else None)
+        for handshake, spare in zip(wants, self._unwanted_spares(), strict=False):
+            self._recycle(spare, handshake)
+        if len(self.wanted) <= needed:
+            self._low_since = None
+            return
+        now = time.monotonic()
+        self._low_since = self._low_since or now
+        if now - self._low_since >= SCALE_DOWN_AFTER:
+            self._low_since = None
+            self._stop_idle_one(f"{len(self.wanted)} instances for {len(self._board.sessions)} sessions")
+
+    def _dedicated_wants(self) -> list[ClientContext]:
+        """The handshakes of sessions with no instance of their own that no free or coming instance runs."""
+        return self._board.contexts.unplaced(self._board.sessions_without_instance(),
+                                             [*self._coming(), *(i.context for i in self._board.dedicated_spares())])
+
+    def _unwanted_spares(self) -> list[Instance]:
+        """Free instances that no session without an instance of its own can use (coming ones first)."""
+        demand = Counter(self._board.contexts.unplaced(self._board.sessions_without_instance(), self._coming()))
+        unwanted = []
+        for spare in self._board.dedicated_spares():
+            handshake = spare.context.handshake() if spare.context is not None else None
+            if handshake is not None and demand[handshake] > 0:
+                demand[handshake] -= 1
+            else:
+                unwanted.append(spare)
+        return unwanted
+
+    def _coming(self) -> list[ClientContext | None]:
+        """The handshakes of the wanted slots not ready yet."""
+        return [context for slot, context in self.assigned.items()
+                if slot in self.wanted and (self._board.pool.get(slot) is None
+                                            or not self._board.pool.get(slot).ready)]  # type: ignore[union-attr]
 
     def _free_slot(self) -> str:
         index = 0
@@ -127,7 +195,7 @@ class Scaler:
         reason = f"context {handshake.describe()} wanted"
         coming = [slot for slot in sorted(self.wanted)
                   if slot not in self.assigned and self._board.pool.get(slot) is None]
-        unused = placement.unused(list(self._board.pool), self._in_use)
+        unused = placement.unused(self._yielding(), self._in_use)
         if self.awaiting:
             self._use_spare(handshake, reason)
         elif coming:
@@ -137,7 +205,7 @@ class Scaler:
                 self._recycle(instance, handshake)
         elif len(self.wanted) < self._settings.max_instances:
             self._start(self._free_slot(), reason, handshake)
-        elif (victim := placement.recycling_victim(list(self._board.pool), self._in_use)) is not None:
+        elif (victim := placement.recycling_victim(self._yielding(), self._in_use)) is not None:
             self._recycle(victim, handshake)
         # else: every instance is busy with other contexts; the requests wait, and their deadline says why
 
@@ -164,6 +232,11 @@ class Scaler:
         first client's, else the warm-up's."""
         return self._board.busiest_handshake() or self._board.contexts.first_handshake or self.warm
 
+    def _yielding(self) -> list[Instance]:
+        """The instances that may be restarted for another context: not one dedicated to a live session."""
+        return [instance for instance in self._board.pool
+                if self._board.eligibility.dedicated.owner(instance.slot) is None]
+
     def _in_use(self, instance: Instance) -> bool:
         return bool(self._board.served_by(instance))
 
@@ -175,16 +248,15 @@ class Scaler:
         self._metrics.event(EventKind.SCALE, f"start {slot}: {reason}", slot=slot)
         self._background.run(functools.partial(self._supervisor.start_sync, slot), what=f"starting {slot}")
 
-    def _stop_idle_one(self, load: float) -> None:
+    def _stop_idle_one(self, why: str) -> None:
         for instance in placement.retiring_order(list(self._board.pool), self._in_use):
             slot = instance.slot
-            if slot in self.wanted:
+            if slot in self.wanted and self._board.eligibility.dedicated.owner(slot) is None:
                 del self.wanted[slot]
                 self.assigned.pop(slot, None)
                 self.awaiting.discard(slot)
-                log.info("stop %s: load %.2f", slot, load)
-                self._metrics.event(EventKind.SCALE,
-                                    f"stop {slot}: load {load:.2f} <= {self._settings.scale_down_threshold}")
+                log.info("stop %s: %s", slot, why)
+                self._metrics.event(EventKind.SCALE, f"stop {slot}: {why}")
                 # The same path as any loss: its subscriptions move to another instance.
                 self._board.instance_lost(instance, "scaled down")
                 self._background.run(functools.partial(self._supervisor.stop_sync, slot), what=f"stopping {slot}")

@@ -7,7 +7,7 @@ when that client did not declare the capability the request needs.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from mcpmux import jsonrpc
 from mcpmux.router.session import Pending, Session
@@ -20,9 +20,16 @@ CLIENT_CAPABILITY_OF = {
 
 
 def attribute(slot: str, running: Iterable[Pending], sessions: dict[bytes, Session], *,
-              guess_when_idle: bool = True) -> Session | None:
-    """The session a message of instance `slot` belongs to: the one session with requests on it; if none,
-    the session that was active last (unless `guess_when_idle` is off); if several, nobody."""
+              guess_when_idle: bool = True, assigned: Mapping[str, bytes] | None = None) -> Session | None:
+    """The session a message of instance `slot` belongs to.
+
+    When each instance serves one session (`assigned`, under the dedicated strategy), its session, or nobody
+    if it has none: never a guess. Otherwise the one session with requests on it; if none, the session that
+    was active last (unless `guess_when_idle` is off); if several, nobody.
+    """
+    if assigned is not None:
+        owner = assigned.get(slot)
+        return sessions.get(owner) if owner is not None else None
     owners = {pending.session.identity for pending in running if pending.slot == slot}
     if len(owners) == 1:
         return sessions.get(owners.pop())
@@ -36,7 +43,8 @@ def refusal(session: Session | None, method: str) -> tuple[int, str] | None:
     """Why a server's request cannot go to `session` (code and message for the instance), or None."""
     if session is None:
         return (jsonrpc.UNATTRIBUTABLE,
-                f"mcpmux cannot tell which client session {method} is for: several share this instance")
+                f"mcpmux cannot tell which client session {method} is for: several share this instance, "
+                "or none uses it")
     capability = CLIENT_CAPABILITY_OF.get(method)
     if capability is not None and not session.supports(capability):
         return (jsonrpc.METHOD_NOT_FOUND, f"the client does not support {capability}")

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from mcpmux.envelope import Envelope
 from mcpmux.jsonrpc import RequestId
 from mcpmux.router.queue import Priority
 
@@ -29,13 +30,16 @@ class Pending:
 
     session: Session
     client_id: RequestId
-    message: dict[str, Any]
+    message: Envelope
     received: float = field(default_factory=time.monotonic)
     backend_id: int | None = None
     slot: str | None = None  # the instance running it, once dispatched
     dispatched: float = 0.0
-    pinned_slot: str | None = None  # an instance it must run on (cursor, subscription)
+    pinned_slot: str | None = None  # an instance it must run on (cursor, subscription, task)
     attempts: int = 0
+    level: Priority = Priority.NORMAL
+    concurrency: int = 0  # requests its instance ran when it was sent there, itself included
+    capped: bool = True  # counts against its instance's cap (tasks/* requests do not: router/tasks.py)
 
     @property
     def method(self) -> str:

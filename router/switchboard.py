@@ -12,17 +12,20 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from mcpmux import jsonrpc
 from mcpmux.config import Config
+from mcpmux.envelope import Envelope, Flag, Kind
 from mcpmux.jsonrpc import JsonObject
-from mcpmux.router import cursors, rewrite, server_requests
+from mcpmux.router import cursors, rewrite, server_requests, tasks
 from mcpmux.router.actions import (
     Action,
     ContextWanted,
     InstanceBound,
     InstanceReady,
+    RecycleInstance,
     RestartInstance,
     SafeToolsChanged,
     ToClient,
@@ -33,6 +36,7 @@ from mcpmux.router.contexts import ROOTS, SEVERAL, ClientContext, ContextRules
 from mcpmux.router.deadlines import Deadlines
 from mcpmux.router.eligibility import Eligibility, PinnedInstanceGone
 from mcpmux.router.instances import Instance, InstanceState, Pool
+from mcpmux.router.limits import limits_for, request_kind
 from mcpmux.router.metrics import Metrics
 from mcpmux.router.priorities import PriorityPolicy
 from mcpmux.router.queue import Priority, QueueFull, RequestQueue
@@ -49,7 +53,11 @@ from mcpmux.router.subscriptions import Subscriptions
 
 log = logging.getLogger("mcpmux.core")
 
-OnAnswer = Callable[[Instance, JsonObject], None]
+# The methods whose results the switchboard reads (the others' bodies pass through unopened):
+OPENED = frozenset({"tools/list", "resources/subscribe"})
+
+Message = Mapping[str, Any]  # an Envelope from a door or a shim, or a dict the switchboard built
+OnAnswer = Callable[[Instance, Message], None]
 Clock = Callable[[], float]
 
 
@@ -68,8 +76,9 @@ class Switchboard:
         self.contexts = ContextRules(cwd_from_client=config.server.cwd_from_client)
         self._max_instances = settings.max_instances
         # Which instances may serve a request:
-        self.eligibility = Eligibility(settings.max_concurrent_requests, config.load_balancing.strategy,
-                                       self.contexts)
+        self.eligibility = Eligibility(limits_for(settings.max_concurrent_requests), config.load_balancing.strategy,
+                                       config.load_balancing.high_reserve, max_instances=settings.max_instances,
+                                       contexts=self.contexts)
         self.metrics = metrics
         self.breaker = CircuitBreaker(config.load_balancing.circuit_breaker_threshold,
                                       enabled=config.load_balancing.circuit_breaker_enabled)
@@ -82,7 +91,8 @@ class Switchboard:
         self._running: dict[int, Pending] = {}  # by the id the instance sees
         self._internal: dict[int, OnAnswer | None] = {}  # requests the router itself sent, with their follow-up
         self._init_waiters: list[Pending] = []
-        self.subscriptions = Subscriptions()
+        self.subscriptions = Subscriptions(shared=self.eligibility.shares_instances)
+        self.tasks = tasks.TaskTable()
         self._log_level: str | None = None
         self.retry = RetryPolicy()
         # Unique across instances and across core restarts, so a late answer never matches a new request.
@@ -114,26 +124,33 @@ class Switchboard:
         if self.sessions.get(session.identity) is not session:
             return
         del self.sessions[session.identity]
-        self.eligibility.session_closed(session.identity)
+        own_instance = self.eligibility.session_closed(session.identity)
         self.queue.forget_session(session.identity)
         for pending in list(session.pending.values()):
             self._abandon(pending, "client session ended")
         for uri, slot in self.subscriptions.drop_session(session.identity):
             self._internal_request(slot, "resources/unsubscribe", {"uri": uri})
+        for task in self.tasks.drop_session(session.identity):  # nobody else may fetch them
+            instance = self.pool.get(task.slot)
+            if instance is not None and tasks.offers_cancel(instance.initialize_result):
+                self._internal_request(task.slot, "tasks/cancel", {"taskId": task.task_id})
         self._update_log_level()
+        if own_instance is not None:
+            self._recycle(own_instance)
 
     # --- from the client -----------------------------------------------------------------------------
 
-    def from_client(self, session: Session, message: JsonObject) -> None:
+    def from_client(self, session: Session, message: Message) -> None:
         session.last_seen = self._now()
-        if jsonrpc.is_request(message):
+        message = Envelope.of(message, strip_priority=True)
+        if message.kind is Kind.REQUEST:
             self._client_request(session, message)
-        elif jsonrpc.is_notification(message):
+        elif message.kind is Kind.NOTIFICATION:
             self._client_notification(session, message)
         else:
             self._client_response(session, message)
 
-    def _client_request(self, session: Session, message: JsonObject) -> None:
+    def _client_request(self, session: Session, message: Envelope) -> None:
         method, client_id = message["method"], message["id"]
         session.last_request = self._now()
         self.metrics.requests_received += 1
@@ -149,15 +166,15 @@ class Switchboard:
             return
         self._admit(Pending(session, client_id, message, received=self._now()))
 
-    def _ping(self, session: Session, message: JsonObject) -> None:
+    def _ping(self, session: Session, message: Envelope) -> None:
         self._answer_local(session, jsonrpc.result(message["id"], {}))
 
-    def _discover(self, session: Session, message: JsonObject) -> None:
+    def _discover(self, session: Session, message: Envelope) -> None:
         # The 2026-07-28 era is not served yet; -32601 is what makes a client fall back to initialize.
         self._answer_local(session, jsonrpc.error(
             message["id"], jsonrpc.METHOD_NOT_FOUND, "Method not found: server/discover (use initialize)"))
 
-    def _initialize(self, session: Session, message: JsonObject) -> None:
+    def _initialize(self, session: Session, message: Envelope) -> None:
         params = message.get("params")
         if not isinstance(params, dict):
             self._answer_local(session, jsonrpc.error(
@@ -177,7 +194,7 @@ class Switchboard:
         if self.contexts.needs_handshake(session, list(self.pool)):
             self._actions.append(ContextWanted())
 
-    def _set_level(self, session: Session, message: JsonObject) -> None:
+    def _set_level(self, session: Session, message: Envelope) -> None:
         level = (message.get("params") or {}).get("level")
         if not self._backends_offer("logging"):
             self._admit(Pending(session, message["id"], message, received=self._now()))
@@ -190,15 +207,15 @@ class Switchboard:
         self._update_log_level()
         self._answer_local(session, jsonrpc.result(message["id"], {}))
 
-    def _subscribe(self, session: Session, message: JsonObject) -> None:
+    def _subscribe(self, session: Session, message: Envelope) -> None:
         uri = (message.get("params") or {}).get("uri")
-        if not isinstance(uri, str) or self.subscriptions.holder(uri) is None:
+        if not isinstance(uri, str) or self.subscriptions.holder(uri, session.identity) is None:
             self._admit(Pending(session, message["id"], message, received=self._now()))
             return
         self.subscriptions.join(uri, session.identity)
         self._answer_local(session, jsonrpc.result(message["id"], {}))
 
-    def _unsubscribe(self, session: Session, message: JsonObject) -> None:
+    def _unsubscribe(self, session: Session, message: Envelope) -> None:
         uri = (message.get("params") or {}).get("uri")
         if not isinstance(uri, str) or not self.subscriptions.has(uri, session.identity):
             self._admit(Pending(session, message["id"], message, received=self._now()))
@@ -209,16 +226,37 @@ class Switchboard:
             return
         self._admit(Pending(session, message["id"], message, pinned_slot=slot, received=self._now()))
 
-    _LOCAL_METHODS: dict[str, Callable[[Switchboard, Session, JsonObject], None]] = {
+    def _task_request(self, session: Session, message: Envelope) -> None:
+        """tasks/get, result, cancel and list, by the task table: to the task's instance at once, outside
+        the queue and the cap, or answered here. A server without tasks answers them itself."""
+        backend = self.pool.any_initialize_result()
+        if backend is not None and "tasks" not in (backend.get("capabilities") or {}):
+            self._admit(Pending(session, message["id"], message, received=self._now()))
+            return
+        route = self.tasks.route(session.identity, message, self._now(), {i.slot for i in self.pool.ready()})
+        if isinstance(route, tasks.Reply):
+            self._answer_local(session, route.response)
+            return
+        instance = self.pool.get(route.slot)
+        assert instance is not None, "the table routes only to ready instances"
+        pending = Pending(session, message["id"], Envelope.of(route.message), pinned_slot=route.slot,
+                          received=self._now(), capped=False)
+        session.pending[pending.client_id] = pending
+        if pending.method != "tasks/result":  # that one lasts as long as its task
+            self._arm(pending, self._request_timeout)
+        self._start(pending, instance)
+
+    _LOCAL_METHODS: dict[str, Callable[[Switchboard, Session, Envelope], None]] = {
         "ping": _ping,
         "server/discover": _discover,
         "initialize": _initialize,
         "logging/setLevel": _set_level,
         "resources/subscribe": _subscribe,
         "resources/unsubscribe": _unsubscribe,
+        **dict.fromkeys(tasks.METHODS, _task_request),
     }
 
-    def _client_notification(self, session: Session, message: JsonObject) -> None:
+    def _client_notification(self, session: Session, message: Envelope) -> None:
         method = message["method"]
         if method == "notifications/cancelled":
             request_id = (message.get("params") or {}).get("requestId")
@@ -235,16 +273,16 @@ class Switchboard:
                 if self.contexts.serves(instance, session):
                     self._send(instance, message)
 
-    def _client_response(self, session: Session, message: JsonObject) -> None:
-        if session.roots_ask is not None and message["id"] == session.roots_ask:
+    def _client_response(self, session: Session, message: Envelope) -> None:
+        if session.roots_ask is not None and message.id == session.roots_ask:
             self._roots_answered(session, message)
             return
-        request = session.server_requests.pop(message["id"], None)
+        request = session.server_requests.pop(message.id, None)
         instance = self.pool.get(request.slot) if request else None
         if request is None or instance is None:
-            log.info("dropped a client response to %r: no instance waits for it", message.get("id"))
+            log.info("dropped a client response to %r: no instance waits for it", message.id)
             return
-        self._send(instance, {**message, "id": request.backend_id})
+        self._send(instance, message.with_id(request.backend_id))
 
     # --- the life of a request -----------------------------------------------------------------------
 
@@ -254,25 +292,24 @@ class Switchboard:
                 pending.client_id, jsonrpc.INVALID_REQUEST,
                 "Invalid Request: send initialize first (instances are initialized with their clients' context)"))
             return
-        params = pending.message.get("params")
-        params = params if isinstance(params, dict) else {}
-        cursor = params.get("cursor")
-        if isinstance(cursor, str):
-            unwrapped = cursors.unwrap(cursor)
+        if pending.message.flags & Flag.CURSOR:  # only then is the body opened
+            params = pending.message["params"]
+            unwrapped = cursors.unwrap(params["cursor"])
             if unwrapped is None:
                 self._answer_local(pending.session, jsonrpc.error(
                     pending.client_id, jsonrpc.INVALID_PARAMS, "Invalid params: unknown pagination cursor"))
                 return
             pending.pinned_slot, inner = unwrapped
-            pending.message = {**pending.message, "params": {**params, "cursor": inner}}
-        level, pending.message = self.priorities.level(pending.message, pending.session.priority)
+            pending.message = Envelope.from_message({**pending.message, "params": {**params, "cursor": inner}})
+        pending.level = self.priorities.level(pending.message, pending.session.priority)
         pending.session.pending[pending.client_id] = pending
         self._arm(pending, self._request_timeout)
         if self._dispatch(pending):
+            self.queue.took_turn(pending.session.identity)
             return
         try:
             self.queue.push(pending.key, pending, session=pending.session.identity, arrived=pending.received,
-                            level=level)
+                            level=pending.level)
         except QueueFull as full:
             self._fail(pending, jsonrpc.OVERLOADED, f"mcpmux is overloaded: {full}; retry later")
             return
@@ -292,14 +329,21 @@ class Switchboard:
             return False
         if self.contexts.needs_binding(instance) and self._bind(instance, pending.session):
             return False  # it settles first
+        if not self.subscriptions.shared:  # a dedicated session's subscriptions follow it to a new instance
+            self._place_subscriptions(instance.slot, only={pending.session.identity})
+        self._start(pending, instance)
+        return True
+
+    def _start(self, pending: Pending, instance: Instance) -> None:
         backend_id = next(self._ids)
         pending.backend_id, pending.slot = backend_id, instance.slot
         pending.dispatched = self._now()
         pending.attempts += 1
-        instance.in_flight += 1
+        if pending.capped:
+            instance.in_flight += 1
+        pending.concurrency = instance.in_flight
         self._running[backend_id] = pending
         self._send(instance, rewrite.for_instance(pending.message, backend_id))
-        return True
 
     def drain(self) -> None:
         """Hand waiting requests, in the order policy's order, to the instances eligible for them. A request
@@ -313,7 +357,7 @@ class Switchboard:
                 # By key: a request answered at once (its pinned instance gone) has left the queue already.
                 self.queue.remove(pending.key, served=True)
 
-    def _finish(self, pending: Pending, response: JsonObject) -> None:
+    def _finish(self, pending: Pending, response: Message) -> None:
         """Send a request's one response, under the client's own id."""
         self._deadlines.cancel(pending.key)
         pending.session.pending.pop(pending.client_id, None)
@@ -322,7 +366,7 @@ class Switchboard:
         else:
             self.metrics.requests_succeeded += 1
         self.metrics.observe_latency(self._now() - pending.received)
-        self._answer(pending.session, {**response, "id": pending.client_id})
+        self._answer(pending.session, Envelope.of(response).with_id(pending.client_id))
 
     def _fail(self, pending: Pending, code: int, text: str) -> None:
         self.queue.remove(pending.key)
@@ -343,7 +387,8 @@ class Switchboard:
     def _expire(self, pending: Pending, seconds: float) -> None:
         if pending.session.pending.get(pending.client_id) is not pending:
             return
-        where = f"running on {pending.slot}" if pending.slot else "waiting for an instance"
+        where = (f"running on {pending.slot}" if pending.slot
+                 else self.eligibility.waiting_reason(pending) or "waiting for an instance")
         if pending in self._init_waiters:
             self._init_waiters.remove(pending)
             where = "waiting for a backend to start"
@@ -379,13 +424,15 @@ class Switchboard:
         instance = self.pool.get(pending.slot or "")
         if instance is None:
             return
-        instance.in_flight -= 1
+        if pending.capped:
+            instance.in_flight -= 1
         self._send(instance, jsonrpc.notification(
             "notifications/cancelled", {"requestId": pending.backend_id, "reason": reason}))
 
     # --- from an instance ----------------------------------------------------------------------------
 
-    def from_instance(self, instance: Instance, message: JsonObject) -> None:
+    def from_instance(self, instance: Instance, message: Message) -> None:
+        message = Envelope.of(message)
         if "method" not in message:
             self._instance_response(instance, message)
         elif "id" in message:
@@ -393,8 +440,8 @@ class Switchboard:
         else:
             self._instance_notification(instance, message)
 
-    def _instance_response(self, instance: Instance, message: JsonObject) -> None:
-        backend_id = message.get("id")
+    def _instance_response(self, instance: Instance, message: Envelope) -> None:
+        backend_id = message.id
         if backend_id in self._internal:
             follow_up = self._internal.pop(backend_id)
             if follow_up is not None:
@@ -402,25 +449,35 @@ class Switchboard:
             elif "error" in message:
                 log.warning("%s refused an mcpmux request: %s", instance.slot, message["error"])
             return
-        pending = self._running.pop(backend_id, None)  # type: ignore[arg-type]
+        pending = self._running.pop(backend_id, None)
         if pending is None:
             return  # the answer to a request that timed out or was cancelled
-        instance.in_flight -= 1
+        latency = self._now() - pending.dispatched
+        if pending.capped:  # a tasks/* request holds no slot, and its latency is its task's
+            instance.in_flight -= 1
+            instance.latencies.append(latency)
+            self.eligibility.limits.observe(instance.slot, request_kind(pending.message), latency,
+                                            pending.concurrency)
         instance.served += 1
-        instance.latencies.append(self._now() - pending.dispatched)
         self._finish(pending, self._adapt_result(instance, pending, message))
-        if is_instance_failure(message):
+        if is_instance_failure(message) and pending.method != "tasks/result":  # that error is its task's outcome
             self._instance_failed(instance, f"answered error {message['error'].get('code')}")
         else:
             self.breaker.success(instance)
         self.drain()
 
-    def _adapt_result(self, instance: Instance, pending: Pending, message: JsonObject) -> JsonObject:
+    def _adapt_result(self, instance: Instance, pending: Pending, message: Envelope) -> Message:
+        if tasks.concerns(pending.message):
+            return self.tasks.answered(pending.session.identity, instance.slot, pending.message, message,
+                                       pending.backend_id, self._now())
+        if message.kind is not Kind.RESULT or not (message.flags & Flag.NEXT_CURSOR or pending.method in OPENED):
+            return message  # the common case: the body passes through unopened
         result = message.get("result")
         if not isinstance(result, dict):
             return message
         if isinstance(result.get("nextCursor"), str):
-            message = {**message, "result": {**result, "nextCursor": cursors.wrap(instance.slot, result["nextCursor"])}}
+            wrapped = cursors.wrap(instance.slot, result["nextCursor"])
+            message = Envelope.from_message({**message, "result": {**result, "nextCursor": wrapped}})
         if pending.method == "tools/list":
             self.retry.observe_tools(result)
         elif pending.method == "resources/subscribe":
@@ -429,7 +486,7 @@ class Switchboard:
                 self.subscriptions.confirmed(uri, instance.slot, pending.session.identity)
         return message
 
-    def _instance_request(self, instance: Instance, message: JsonObject) -> None:
+    def _instance_request(self, instance: Instance, message: Envelope) -> None:
         method = message["method"]
         if method == "ping":
             self._send(instance, jsonrpc.result(message["id"], {}))
@@ -437,7 +494,7 @@ class Switchboard:
         if method == "roots/list":
             self._roots_request(instance, message)
             return
-        session = self._session_for(instance)
+        session = self._task_owner(instance, message) or self._session_for(instance)
         refused = server_requests.refusal(session, method)
         if refused is not None or session is None:
             code, text = refused or (jsonrpc.INTERNAL_ERROR, "no session")
@@ -445,9 +502,9 @@ class Switchboard:
             return
         client_id = next(self._ids)
         session.server_requests[client_id] = ServerRequest(instance.slot, message["id"])
-        self._answer(session, {**message, "id": client_id})
+        self._answer(session, message.with_id(client_id))
 
-    def _instance_notification(self, instance: Instance, message: JsonObject) -> None:
+    def _instance_notification(self, instance: Instance, message: Envelope) -> None:
         method = message["method"]
         params = message.get("params") or {}
         if method == "notifications/progress":
@@ -460,27 +517,38 @@ class Switchboard:
             self._server_cancelled(instance, params)
         elif method == "notifications/message":
             self._log_message(instance, params, message)
+        elif method == "notifications/tasks/status":
+            task = self.tasks.observe(instance.slot, params)
+            owner = self.sessions.get(task.session) if task is not None else None
+            if owner is not None:  # never anyone else, not even when the task is unknown
+                self._answer(owner, message)
         else:
-            session = self._session_for(instance)
-            for target in [session] if session else self.served_by(instance):
+            session = self._task_owner(instance, message) or self._session_for(instance)
+            for target in [session] if session else self._unattributed_audience(instance):
                 self._answer(target, message)
 
-    def _progress(self, params: JsonObject, message: JsonObject) -> None:
+    def _progress(self, params: JsonObject, message: Envelope) -> None:
         pending = self._running.get(params.get("progressToken"))  # type: ignore[arg-type]
         if pending is None:
+            # A task's progress keeps its request's token after the request was answered.
+            target = self.tasks.progress_target(params.get("progressToken"))
+            session = self.sessions.get(target[0]) if target is not None else None
+            if target is not None and session is not None:
+                self._answer(session, rewrite.with_progress_token(message, target[1]))
             return
         token = rewrite.client_progress_token(pending.message)
-        self._answer(pending.session, rewrite.with_progress_token(message, params, token))
+        self._answer(pending.session, rewrite.with_progress_token(message, token))
 
-    def _list_changed(self, instance: Instance, method: str, message: JsonObject) -> None:
+    def _list_changed(self, instance: Instance, method: str, message: Envelope) -> None:
         # Every instance announces the same change: a session hears it once until it lists again. Only the
-        # sessions of its context: another context may list other things.
+        # sessions of its context: another context may list other things. Under dedicated too: an instance
+        # of the same context announces what the session's own would (the servers are the same program).
         for session in self.served_by(instance):
             if method not in session.list_changed_sent:
                 session.list_changed_sent.add(method)
                 self._answer(session, message)
 
-    def _resource_updated(self, instance: Instance, params: JsonObject, message: JsonObject) -> None:
+    def _resource_updated(self, instance: Instance, params: JsonObject, message: Envelope) -> None:
         for identity in self.subscriptions.listeners(params.get("uri"), instance.slot):
             session = self.sessions.get(identity)
             if session is not None:
@@ -495,17 +563,33 @@ class Switchboard:
                         "notifications/cancelled", {**params, "requestId": client_id}))
                     return
 
-    def _log_message(self, instance: Instance, params: JsonObject, message: JsonObject) -> None:
-        owner = self._session_for(instance, guess_when_idle=False)
-        targets = [owner] if owner else self.served_by(instance)
+    def _log_message(self, instance: Instance, params: JsonObject, message: Envelope) -> None:
+        owner = self._task_owner(instance, message) or self._session_for(instance, guess_when_idle=False)
+        targets = [owner] if owner else self._unattributed_audience(instance)
         for session in targets:
             if session.wants_log(str(params.get("level"))):
                 self._answer(session, message)
 
+    def _task_owner(self, instance: Instance, message: Message) -> Session | None:
+        """The session owning the task a message names in its related-task `_meta`: exact, where
+        `_session_for` can only guess."""
+        task = self.tasks.owner(instance.slot, message)
+        return self.sessions.get(task.session) if task is not None else None
+
     def _session_for(self, instance: Instance, *, guess_when_idle: bool = True) -> Session | None:
-        served = {session.identity: session for session in self.served_by(instance)}
-        return server_requests.attribute(instance.slot, self._running.values(), served,
-                                         guess_when_idle=guess_when_idle)
+        # Under dedicated the instance's own session, whatever its context does meanwhile (its roots asked
+        # again); otherwise only a session the instance serves (one of its context) can be the one.
+        assigned = self.eligibility.assignment()
+        candidates = (self.sessions if assigned is not None
+                      else {session.identity: session for session in self.served_by(instance)})
+        return server_requests.attribute(instance.slot, self._running.values(), candidates,
+                                         guess_when_idle=guess_when_idle, assigned=assigned)
+
+    def _unattributed_audience(self, instance: Instance) -> list[Session]:
+        """Who hears an instance's message that belongs to no one session. When sessions share instances,
+        the sessions of its context (dedicated's "everybody" narrowed by contexts': an instance speaks only
+        to those it may serve); under dedicated nobody, since an instance with no session serves no one."""
+        return self.served_by(instance) if self.eligibility.shares_instances else []
 
     def served_by(self, instance: Instance) -> list[Session]:
         return [session for session in self.sessions.values() if self.contexts.serves(instance, session)]
@@ -523,7 +607,7 @@ class Switchboard:
             return
         self._become_ready(instance)
 
-    def _probe_answered(self, instance: Instance, message: JsonObject) -> None:
+    def _probe_answered(self, instance: Instance, message: Message) -> None:
         if "result" in message:
             self._become_ready(instance)
         else:
@@ -538,8 +622,8 @@ class Switchboard:
         if "tools" in ((instance.initialize_result or {}).get("capabilities") or {}):
             # Which tools are safe to retry comes from their annotations: read them before any failure.
             self._internal_request(instance.slot, "tools/list", {}, self._learn_tools)
-        for uri in list(self.subscriptions.place_unplaced(instance.slot)):
-            self._internal_request(instance.slot, "resources/subscribe", {"uri": uri})
+        if self.subscriptions.shared:
+            self._place_subscriptions(instance.slot)
         self._answer_initialize(instance)
         self.drain()
 
@@ -552,7 +636,7 @@ class Switchboard:
                 self._init_waiters.remove(pending)
                 self._finish(pending, jsonrpc.result(pending.client_id, result))
 
-    def _learn_tools(self, instance: Instance, message: JsonObject) -> None:
+    def _learn_tools(self, instance: Instance, message: Message) -> None:
         result = message.get("result")
         if not isinstance(result, dict):
             return
@@ -598,7 +682,7 @@ class Switchboard:
                 if backend_id is not None:
                     self._pings[instance.slot] = (backend_id, now + timeout)
 
-    def _pong(self, instance: Instance, message: JsonObject) -> None:
+    def _pong(self, instance: Instance, message: Message) -> None:
         self._pings.pop(instance.slot, None)
         instance.last_ping = self._now()
 
@@ -625,12 +709,19 @@ class Switchboard:
             instance.state = InstanceState.FAILED
         self.pool.remove(instance.slot)
         self._pings.pop(instance.slot, None)
+        for task in self.tasks.instance_lost(instance.slot, reason):
+            owner = self.sessions.get(task.session)
+            if owner is not None:
+                self._answer(owner, jsonrpc.notification("notifications/tasks/status", task.task))
         for backend_id, pending in list(self._running.items()):
             if pending.slot != instance.slot:
                 continue
             del self._running[backend_id]
             pending.backend_id = pending.slot = None
-            if pending.pinned_slot is None and self.retry.may_retry(pending.message, pending.attempts):
+            lost_task = self.tasks.lost_answer(pending.session.identity, instance.slot, pending.message)
+            if lost_task is not None:
+                self._finish(pending, lost_task)
+            elif pending.pinned_slot is None and self.retry.may_retry(pending.message, pending.attempts):
                 self.metrics.requests_retried += 1
                 self.queue.push_front(pending.key, pending, session=pending.session.identity,
                                       arrived=pending.received)
@@ -643,12 +734,25 @@ class Switchboard:
         instance.roots_request = None
         for identity in self.eligibility.instance_lost(instance.slot):
             self._tell_state_reset(identity, instance.slot, reason)
-        if self.subscriptions.unplace(instance.slot):
+        if self.subscriptions.unplace(instance.slot) and self.subscriptions.shared:
             target = self.eligibility.balancer.pick(self.pool.ready())
             if target is not None:
-                for uri in list(self.subscriptions.place_unplaced(target.slot)):
-                    self._internal_request(target.slot, "resources/subscribe", {"uri": uri})
+                self._place_subscriptions(target.slot)
         self.drain()
+
+    def _place_subscriptions(self, slot: str, only: set[bytes] | None = None) -> None:
+        for uri in list(self.subscriptions.place_unplaced(slot, only)):
+            self._internal_request(slot, "resources/subscribe", {"uri": uri})
+
+    def _recycle(self, slot: str) -> None:
+        """A dedicated session ended: its instance leaves the pool and restarts before anyone else has it."""
+        instance = self.pool.get(slot)
+        if instance is None:  # lost already: it comes back fresh
+            self.eligibility.instance_lost(slot)
+            return
+        reason = "its session ended; restarted so that the next session starts fresh"
+        self.instance_lost(instance, reason)
+        self._actions.append(RecycleInstance(slot, instance.pid, reason))
 
     def _tell_state_reset(self, identity: bytes, slot: str, reason: str) -> None:
         """A session pinned to a lost instance continues elsewhere: say so on the logging channel, since
@@ -671,14 +775,35 @@ class Switchboard:
         session.roots_ask = next(self._ids)
         self._answer(session, {"jsonrpc": "2.0", "id": session.roots_ask, "method": "roots/list"})
 
-    def _roots_answered(self, session: Session, message: JsonObject) -> None:
+    def _roots_answered(self, session: Session, message: Message) -> None:
         session.roots_ask = None
         self.contexts.roots_answered(session, message)
+        self._follow_roots(session)
         for instance in self.pool:
             if instance.roots_request is not None:
                 self._give_roots(instance)
         self.drain()
         self._want_instance(session)
+
+    def _follow_roots(self, session: Session) -> None:
+        """Under dedicated, a session's own instance is its alone and holds its state: it follows the
+        session's new roots (bound to them, and told they changed, as a server with one client is) rather
+        than the session moving elsewhere and its instance being recycled."""
+        slot = self.eligibility.dedicated.slot_of(session.identity)
+        instance = self.pool.get(slot or "")
+        if instance is None or not instance.bound or session.context in (None, instance.context):
+            return
+        self._bind_to(instance, session)
+        self._send(instance, jsonrpc.notification("notifications/roots/list_changed"))
+
+    def sessions_without_instance(self) -> list[Session]:
+        """Under dedicated: the sessions that have no instance of their own yet."""
+        return [session for session in self.sessions.values()
+                if not self.eligibility.dedicated.has_instance(session.identity)]
+
+    def dedicated_spares(self) -> list[Instance]:
+        """Under dedicated: the free instances (ready, nobody's, idle)."""
+        return self.eligibility.dedicated.spares(self.pool.ready())
 
     def _want_instance(self, session: Session) -> None:
         """Ask for an instance of the session's context if it has requests waiting and nothing can serve it."""
@@ -695,7 +820,7 @@ class Switchboard:
     def busiest_handshake(self) -> ClientContext | None:
         return self.contexts.busiest(list(self.sessions.values()))
 
-    def _roots_request(self, instance: Instance, message: JsonObject) -> None:
+    def _roots_request(self, instance: Instance, message: Message) -> None:
         """An instance asks for roots: answered from its context, never from another's."""
         if instance.context is None or not instance.context.supports(ROOTS):
             self._send(instance, jsonrpc.error(message["id"], jsonrpc.METHOD_NOT_FOUND,
@@ -738,7 +863,7 @@ class Switchboard:
         self.contexts.bind(instance, session.context)
         self._actions.append(InstanceBound(instance.slot, session.context))
 
-    def _settled(self, instance: Instance, message: JsonObject) -> None:
+    def _settled(self, instance: Instance, message: Message) -> None:
         instance.settling = False
         self.drain()
 
@@ -753,10 +878,10 @@ class Switchboard:
         """The ids the instances see for the client requests they run."""
         return set(self._running)
 
-    def _answer(self, session: Session, message: JsonObject) -> None:
+    def _answer(self, session: Session, message: Message) -> None:
         self._actions.append(ToClient(session.identity, message))
 
-    def _send(self, instance: Instance, message: JsonObject) -> None:
+    def _send(self, instance: Instance, message: Message) -> None:
         self._actions.append(ToInstance(instance.slot, message))
 
     def _answer_local(self, session: Session, response: JsonObject) -> None:
@@ -796,5 +921,6 @@ class Switchboard:
             "queued": len(self.queue),
             "running": len(self._running),
             "subscriptions": len(self.subscriptions),
+            "tasks": len(self.tasks),
             "logLevel": self._log_level,
         }

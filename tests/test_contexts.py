@@ -348,3 +348,55 @@ def test_with_cwd_from_client_one_registration_is_one_stack_from_any_directory(
     assert stack_from(first, from_client=False) != stack_from(second, from_client=False)
     config, _ = resolve(command=["srv"], cwd_from_client=True)
     assert config.server.cwd_from_client and config.server.cwd is None
+
+
+# --- with the dedicated strategy ---------------------------------------------------------------------
+
+
+def test_a_dedicated_session_gets_a_free_instance_of_its_own_context_only() -> None:
+    h = Harness.make({"strategy": "dedicated"})
+    plain, sampling = h.open("plain"), h.open("sampling", SAMPLING)
+    other = h.add_instance("shim:shim_00")  # the lowest slot, free, but of the other handshake
+    own = h.add_instance("shim:shim_01", SAMPLING)
+
+    h.call(sampling, 1)
+    h.call(plain, 2)
+
+    assert [m["method"] for m in h.requests_on(own)] == ["tools/call"]
+    assert [m["method"] for m in h.requests_on(other)] == ["tools/call"]
+    assert h.board.eligibility.assignment() == {own.slot: b"sampling", other.slot: b"plain"}
+
+
+def test_a_dedicated_instance_follows_its_sessions_new_roots_rather_than_the_session_moving() -> None:
+    h = Harness.make({"strategy": "dedicated"})
+    session = h.open("a", ROOTS, roots=["file:///old"])
+    instance = h.add_instance("shim:shim_00", ROOTS)
+    instance_asks_roots(h, instance)
+    h.call(session, 1)
+    pong(h, instance)
+    h.answer_all(instance)
+    assert instance.bound
+
+    h.change_roots(session, ["file:///new"])
+
+    assert bound(h)[-1] == (instance.slot, ('{"uri":"file:///new"}',))
+    assert h.requests_on(instance) == [] and any(
+        m.get("method") == "notifications/roots/list_changed" for m in h.to_instance[instance.slot])
+    instance_asks_roots(h, instance, "roots-2")
+    assert root_uris(answers_to(h, instance, "roots-2")[0]) == ["file:///new"]
+    h.call(session, 2)
+    assert [m["method"] for m in h.requests_on(instance)] == ["tools/call"], "still its own instance"
+
+
+def test_the_scaler_under_dedicated_wants_an_instance_per_session_of_each_context() -> None:
+    h = Harness.make({"strategy": "dedicated"})
+    plain = h.open("plain")
+    h.open("other"), h.open("sampling", SAMPLING)
+    spare = h.add_instance("shim:shim_00")
+    h.call(plain, 1)  # takes the one instance of its handshake
+
+    wants = h.board.contexts.unplaced(h.board.sessions_without_instance(),
+                                      [i.context for i in h.board.dedicated_spares()])
+
+    assert h.board.eligibility.assignment() == {spare.slot: b"plain"}
+    assert sorted(context.capabilities for context in wants) == ['{"sampling":{}}', "{}"], "other's and sampling's"

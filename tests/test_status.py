@@ -60,16 +60,18 @@ STATUS_JSON: dict[str, Any] = {
     "time": 1_700_000_100.0,
     "initialized": True,
     "instances": [
-        {"slot": "shim:shim_00", "pid": 4201, "backendPid": 4202, "state": "ready", "inFlight": 0, "served": 12,
+        {"slot": "shim:shim_00", "pid": 4201, "backendPid": 4202, "state": "ready", "inFlight": 0, "limit": 1,
+         "served": 12,
          "failed": 1, "consecutiveFailures": 0, "restarts": 0, "backoffs": 0, "alert": None, "uptime": 99.5,
          "sinceHeartbeat": 0.4, "latencyMs": {"p50": 1.25, "p95": 3.5, "p99": 7.0}, "shim": SHIM_USAGE,
          "backend": BACKEND_USAGE, "sessions": ["9f2c41d0"], "context": "7caa21 2025-11-25", "bound": False},
-        {"slot": "shim:shim_01", "pid": 4203, "backendPid": 4204, "state": "busy", "inFlight": 3, "served": 9,
+        {"slot": "shim:shim_01", "pid": 4203, "backendPid": 4204, "state": "busy", "inFlight": 3, "limit": 3,
+         "served": 9,
          "failed": 0, "consecutiveFailures": 0, "restarts": 1, "backoffs": 0, "alert": None, "uptime": 40.0,
          "sinceHeartbeat": 0.9, "latencyMs": {"p50": None, "p95": None, "p99": None}, "shim": SHIM_USAGE,
          "backend": None, "sessions": [], "context": "51e0b9 2025-11-25", "bound": True},
         {"slot": "shim:shim_02", "pid": None, "backendPid": None, "state": "stopped", "supervisord": "FATAL",
-         "inFlight": 0, "served": 0, "failed": 0, "consecutiveFailures": 0, "restarts": 5, "backoffs": 2,
+         "inFlight": 0, "limit": None, "served": 0, "failed": 0, "consecutiveFailures": 0, "restarts": 5, "backoffs": 2,
          "alert": "shim:shim_02 flapping: given up", "uptime": None, "sinceHeartbeat": None, "latencyMs": None,
          "shim": None, "backend": None, "sessions": [], "context": None, "bound": False,
          "lastEvent": "shim:shim_02 lost: backend exited (code 1)"},
@@ -79,7 +81,7 @@ STATUS_JSON: dict[str, Any] = {
     "wantedSlots": ["shim:shim_00", "shim:shim_01", "shim:shim_02"],
     "minInstances": 2,
     "maxInstances": 4,
-    "maxConcurrentRequests": 3,
+    "maxConcurrentRequests": "auto",
     "totalInstances": 3,
     "readyInstances": 1,
     "busyInstances": 1,
@@ -197,7 +199,8 @@ def test_state_and_event_names_are_spelled_once() -> None:
         assert state.shown.value == state.value
     assert InstanceState.OPEN.shown is SlotState.OPEN_CIRCUIT
     assert set(EventKind) >= ERROR_EVENT_KINDS
-    assert {EventKind.SCALE, EventKind.READY, EventKind.START, EventKind.SESSION}.isdisjoint(ERROR_EVENT_KINDS)
+    assert {EventKind.SCALE, EventKind.READY, EventKind.START, EventKind.SESSION,
+            EventKind.RECYCLE}.isdisjoint(ERROR_EVENT_KINDS), "a recycled dedicated instance is no failure"
 
 
 def test_every_event_kind_the_router_records_is_an_event_kind() -> None:
@@ -247,6 +250,9 @@ def test_the_renderer_shows_a_realistic_status() -> None:
     assert "stack lab-server-0123456789" in text and "DEGRADED" in text
     assert "instances 1 ready, 1 busy, 0 starting, 1 in error (of 3; min 2, max 4)" in text
     assert "queue 0/256" in text and "running 3" in text and "success 90.9%" in text
+    assert "limit auto per instance" in text
+    table = render.to_text(render.instances_table(status), width=200)
+    assert [line.split()[3] for line in table.splitlines() if "shim_0" in line] == ["1", "3", "-"], "each limit"
     assert "last scaling decision" in text and "Prometheus metrics at http://127.0.0.1:9464/metrics" in text
     details = render.to_text(render.details_table(status), width=200)
     assert "shim:shim_02 flapping: given up" in details and "2" in details
@@ -278,6 +284,17 @@ def test_health_verdicts_from_typed_statuses() -> None:
     assert health.assess(make_status(ready, errors=(recent,))).reasons == ["5 s ago: shim:shim_00 lost: crash"]
 
 
+def test_health_and_the_dashboard_say_which_session_is_on_which_instance() -> None:
+    own, spare = (dataclasses.replace(instance, sessions=sessions) for instance, sessions in
+                  zip(make_status(SlotState.READY, SlotState.READY).instances, [("9f2c41d0aa",), ()], strict=True))
+    status = make_status(instances=(own, spare), strategy="dedicated")
+
+    assert health.assess(status).notes == ["strategy dedicated: shim_00: 9f2c41d0aa"]
+    assert health.assess(make_status(SlotState.READY)).notes == [], "least_connections places no session"
+    text = render.render_dashboard(status, health.assess(status), width=140)
+    assert "strategy dedicated" in text and "dedicated to  shim_00: 9f2c41d0" in text
+
+
 def test_the_exporter_reads_the_typed_status() -> None:
     status = StackStatus.from_json(STATUS_JSON)
     families: dict[str, Metric] = {f.name: f for f in _families(status, [("+Inf", 22.0)], 0.5, 0)}
@@ -293,6 +310,7 @@ def test_the_exporter_reads_the_typed_status() -> None:
         ("shim:shim_01", "shim"): 21_000_000}
     assert samples("mcpmux_instance_latency_seconds")[("shim:shim_00", "0.99")] == pytest.approx(0.007)
     assert samples("mcpmux_wanted_instances") == {(): 3.0}
+    assert samples("mcpmux_instance_limit") == {("shim:shim_00",): 1.0, ("shim:shim_01",): 3.0}
 
 
 # --- finding the stack without the router ----------------------------------------------------------------

@@ -381,3 +381,17 @@ def test_a_sessions_level_and_the_configured_rules_set_a_requests_level() -> Non
         answered += [rid for rid in done if rid not in answered]
 
     assert answered == ["first", "normal", "agent-work", "reindex"], "normal first, then the low ones in turn"
+
+
+def test_a_session_whose_call_started_at_once_has_had_its_turn() -> None:
+    h = Harness.make(maxConcurrentRequests=1)
+    bulk, other = h.open("bulk"), h.open("other")
+    instance = h.add_instance("shim:shim_00")
+    for n in range(4):
+        h.call(bulk, f"bulk{n}")  # the first runs at once, three wait
+    h.call(other, "late")
+
+    h.serve_one_at_a_time(instance)
+
+    assert h.response(other, "late")["result"]["n"] == 2, "served right after the call already running"
+    assert [h.response(bulk, f"bulk{n}")["result"]["n"] for n in range(4)] == [1, 3, 4, 5]

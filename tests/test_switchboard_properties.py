@@ -2,7 +2,8 @@
 switchboard's promises: every client request gets exactly one response (none once cancelled), to its own
 session under its own id; no instance holds more than its cap; an instance never runs a request of a session
 of another client context, nor gets another context's roots; nothing is kept after its session and its
-instances are gone."""
+instances are gone. Under dedicated, an instance never runs requests of two sessions, at once or one after
+the other (a session's instance is recycled, a new one, before another session has the slot)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from mcpmux import jsonrpc
 from mcpmux.jsonrpc import JsonObject, RequestId
-from mcpmux.router.session import Session
+from mcpmux.router.instances import Instance, Pool
+from mcpmux.router.limits import HIGHEST
+from mcpmux.router.session import Pending, Session
 from tests.switchboard_harness import Harness
 
 CAP = 2
@@ -29,17 +32,22 @@ ROOT_SETS = (["file:///a"], ["file:///b"])
 
 class SwitchboardMachine(RuleBasedStateMachine):
     strategy = "least_connections"
+    cap: int | str = CAP
+    high_reserve = 0.0
 
     def __init__(self) -> None:
         super().__init__()
-        self.h = Harness.make({"strategy": self.strategy}, maxConcurrentRequests=CAP, queueSize=4,
-                              requestTimeout=10_000)
+        self.h = Harness.make({"strategy": self.strategy, "highReserve": self.high_reserve},
+                              maxConcurrentRequests=self.cap, queueSize=4, requestTimeout=10_000)
         self.sessions: dict[str, Session] = {}
         self.closed: list[Session] = []
         self.sent: dict[bytes, list[RequestId]] = {}
         self.cancelled: dict[bytes, dict[RequestId, int]] = {}  # id -> responses seen when cancelled
         self.ids = itertools.count()
         self.checked: set[int] = set()  # running backend ids whose context was checked at dispatch
+        self.roots_seen: list[JsonObject] = []  # roots answers to instances already checked
+        self.served: dict[Instance, set[bytes]] = {}  # every instance object, and whose requests it was given
+        self._watch_choices()
 
     # --- rules ---------------------------------------------------------------------------------------
 
@@ -100,7 +108,7 @@ class SwitchboardMachine(RuleBasedStateMachine):
         self.h.lose(instance)
 
     @precondition(lambda self: bool(self.sessions))
-    @rule(data=st.data(), kind=st.sampled_from(["work", "look", "tools/list"]), string_id=st.booleans())
+    @rule(data=st.data(), kind=st.sampled_from(["work", "look", "tools/list", "urgent"]), string_id=st.booleans())
     def request(self, data: st.DataObject, kind: str, string_id: bool) -> None:
         session = self.sessions[data.draw(st.sampled_from(sorted(self.sessions)))]
         number = next(self.ids)
@@ -108,6 +116,9 @@ class SwitchboardMachine(RuleBasedStateMachine):
         self.sent[session.identity].append(request_id)
         if kind == "tools/list":
             self.h.request(session, request_id, "tools/list")
+        elif kind == "urgent":
+            self.h.request(session, request_id, "tools/call",
+                           {"name": "work", "arguments": {}, "_meta": {"mcpmux/priority": "high"}})
         else:
             self.h.call(session, request_id, tool=kind)
 
@@ -179,16 +190,22 @@ class SwitchboardMachine(RuleBasedStateMachine):
 
     @invariant()
     def roots_given_to_an_instance_are_its_own_contexts(self) -> None:
+        """Checked when an answer is first seen: under dedicated an instance's context follows its session's
+        roots later (it is rebound), so an earlier answer is checked against the context it had then."""
         for instance in self.h.board.pool:
             for message in self.h.to_instance.get(instance.slot, []):
                 if "result" in message and isinstance(message["result"].get("roots"), list):
+                    if any(message is seen for seen in self.roots_seen):
+                        continue
+                    self.roots_seen.append(message)
                     assert instance.bound and instance.context is not None
                     assert instance.context.roots_result() == message["result"], (instance.slot, message)
 
     @invariant()
     def no_instance_exceeds_its_cap(self) -> None:
+        cap = HIGHEST if self.cap == "auto" else CAP
         for instance in self.h.board.pool:
-            assert 0 <= instance.in_flight <= CAP, (instance.slot, instance.in_flight)
+            assert 0 <= instance.in_flight <= cap, (instance.slot, instance.in_flight)
 
     @invariant()
     def what_is_kept_belongs_to_open_sessions(self) -> None:
@@ -205,6 +222,26 @@ class SwitchboardMachine(RuleBasedStateMachine):
             slots = {pending.slot for pending in session.pending.values()
                      if pending.slot is not None and pending.pinned_slot is None}
             assert len(slots) <= 1, f"{session.name} runs on {slots}"
+
+    def _watch_choices(self) -> None:
+        """Note every instance the eligibility policy gives a request to, even one taken back at once."""
+        eligibility = self.h.board.eligibility
+        choose = eligibility.choose
+
+        def watched(pending: Pending, pool: Pool) -> Instance | None:
+            instance = choose(pending, pool)
+            if instance is not None:
+                self.served.setdefault(instance, set()).add(pending.session.identity)
+            return instance
+
+        eligibility.choose = watched  # type: ignore[method-assign]
+
+    @invariant()
+    def a_dedicated_instance_serves_one_session_in_its_life(self) -> None:
+        if self.strategy != "dedicated":
+            return
+        for instance, sessions in self.served.items():
+            assert len(sessions) <= 1, f"{instance.slot} was given requests of {sessions}"
 
     def _answered_before_cancel(self) -> set[Any]:
         return set()  # a cancel is only sent for a request not answered yet (see the cancel rule)
@@ -232,7 +269,20 @@ class AffineSwitchboardMachine(SwitchboardMachine):
     strategy = "session_affinity"
 
 
-SwitchboardMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
-AffineSwitchboardMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
+class DedicatedSwitchboardMachine(SwitchboardMachine):
+    strategy = "dedicated"
+
+
+class AdaptiveSwitchboardMachine(SwitchboardMachine):
+    """Limits found from latency, which change under the requests' feet, and a reserve for high ones."""
+
+    cap = "auto"
+    high_reserve = 0.5
+
+
+for machine in (SwitchboardMachine, AffineSwitchboardMachine, DedicatedSwitchboardMachine, AdaptiveSwitchboardMachine):
+    machine.TestCase.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
 test_switchboard_keeps_its_promises = SwitchboardMachine.TestCase
 test_switchboard_keeps_its_promises_with_session_affinity = AffineSwitchboardMachine.TestCase
+test_switchboard_keeps_its_promises_with_dedicated_instances = DedicatedSwitchboardMachine.TestCase
+test_switchboard_keeps_its_promises_with_adaptive_limits_and_a_reserve = AdaptiveSwitchboardMachine.TestCase

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import importlib
 
-MODULES = ("overhead", "scaling", "ceiling", "failover", "memory", "published", "coldstart")
+MODULES = ("overhead", "scaling", "ceiling", "failover", "memory", "published", "coldstart", "dedicated", "fairness",
+           "loadstep")
 
 
 def load() -> None:

@@ -1,0 +1,223 @@
+"""A JSON-RPC message as it crosses mcpmux: a small routing header, and the body as opaque JSON text.
+
+The door and the shim parse each message once, where it enters mcpmux (they must check it anyway), and
+cut it in two. The header holds what routing needs: the kind, the id, the method, a tool call's name, the
+priority the client asked for, and flags saying whether the body holds a cursor, a next-page cursor or a
+progress token. The body is the rest of the message, serialized without `jsonrpc` and `id`. The core routes
+on the header and passes the body on untouched, so its work per message does not grow with the payload.
+The id the other side must see travels in the header, and the edge that writes the line splices it in.
+
+The core parses a body only where its logic needs what is inside (a tools/list result, a subscription's
+uri, a cursor to unwrap): lazily, once, through the `Mapping` interface, which reads like the dict the
+message was. A message built in the core (an error, a local answer) becomes an envelope when it is sent.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from mcpmux.jsonrpc import JsonObject
+
+PRIORITY_KEY = "mcpmux/priority"  # a private _meta key: its prefix is neither modelcontextprotocol nor mcp
+
+
+class Kind(enum.IntEnum):
+    REQUEST = 0
+    NOTIFICATION = 1
+    RESULT = 2
+    ERROR = 3
+
+
+class Flag(enum.IntFlag):
+    NONE = 0
+    CURSOR = 1  # params.cursor is a string: a next page, to route where the first came from
+    NEXT_CURSOR = 2  # result.nextCursor is a string: to wrap with the instance that made it
+    PROGRESS = 4  # params._meta.progressToken is set
+    RETOKEN = 8  # the edge must set the progress token to `token` (requests: _meta; progress: params)
+    TASK = 16  # params.task is set: the request creates a task (router/tasks.py)
+
+
+Header = tuple[int, Any, "str | None", "str | None", "str | None", int, "int | None", Any]
+
+
+class Envelope(Mapping[str, Any]):
+    """One JSON-RPC message: header fields as attributes, the whole message readable as a mapping."""
+
+    __slots__ = ("_parsed", "body", "error_code", "flags", "id", "kind", "method", "priority", "token", "tool")
+
+    def __init__(self, kind: Kind, id: Any, method: str | None, body: bytes, *, tool: str | None = None,
+                 priority: str | None = None, flags: Flag = Flag.NONE, error_code: int | None = None,
+                 token: Any = None, parsed: JsonObject | None = None) -> None:
+        self.kind = kind
+        self.id = id  # None for a notification (and for an error answering an unparseable request)
+        self.method = method
+        self.tool = tool
+        self.priority = priority
+        self.flags = flags
+        self.error_code = error_code
+        self.token = token
+        self.body = body
+        self._parsed = parsed
+
+    # --- building --------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_message(cls, message: JsonObject, *, strip_priority: bool = False) -> Envelope:
+        """Cut a parsed message in two. `strip_priority` (the door's) takes mcpmux's own `_meta` key out of
+        the body into the header, so the server never sees it."""
+        rest = {key: value for key, value in message.items() if key != "jsonrpc" and key != "id"}
+        method = message.get("method")
+        params = rest.get("params")
+        priority = None
+        flags = Flag.NONE
+        if isinstance(params, dict):
+            meta = params.get("_meta")
+            if isinstance(meta, dict):
+                if strip_priority and PRIORITY_KEY in meta:
+                    priority, params = _without_priority(params, meta)
+                    rest["params"] = params
+                    meta = params.get("_meta")
+                if isinstance(meta, dict) and "progressToken" in meta:
+                    flags |= Flag.PROGRESS
+            if isinstance(params.get("cursor"), str):
+                flags |= Flag.CURSOR
+            if isinstance(params.get("task"), dict):
+                flags |= Flag.TASK
+        result = rest.get("result")
+        if isinstance(result, dict) and isinstance(result.get("nextCursor"), str):
+            flags |= Flag.NEXT_CURSOR
+        tool = params.get("name") if method == "tools/call" and isinstance(params, dict) else None
+        error = rest.get("error")
+        code = error.get("code") if isinstance(error, dict) else None
+        return cls(_kind(message), message.get("id"), method if isinstance(method, str) else None,
+                   dumps(rest), tool=tool if isinstance(tool, str) else None,
+                   priority=priority if isinstance(priority, str) else None, flags=flags,
+                   error_code=code if isinstance(code, int) else None, parsed=rest)
+
+    @classmethod
+    def of(cls, message: Mapping[str, Any], *, strip_priority: bool = False) -> Envelope:
+        """An envelope as it is, or a message built as a dict cut into one."""
+        if isinstance(message, Envelope):
+            return message
+        return cls.from_message(dict(message), strip_priority=strip_priority)
+
+    def with_id(self, new_id: Any) -> Envelope:
+        """The same message under another id (the body is shared, not copied)."""
+        return self._copy(id=new_id)
+
+    def with_token(self, token: Any) -> Envelope:
+        """The same message with another progress token, written in by the edge that sends it on."""
+        return self._copy(token=token, flags=self.flags | Flag.RETOKEN)
+
+    def _copy(self, **changes: Any) -> Envelope:
+        fields = {"tool": self.tool, "priority": self.priority, "flags": self.flags,
+                  "error_code": self.error_code, "token": self.token, "parsed": self._parsed}
+        fields.update({key: value for key, value in changes.items() if key != "id"})
+        return Envelope(self.kind, changes.get("id", self.id), self.method, self.body, **fields)
+
+    # --- the wire --------------------------------------------------------------------------------------
+
+    def header(self) -> Header:
+        return (int(self.kind), self.id, self.method, self.tool, self.priority, int(self.flags),
+                self.error_code, self.token)
+
+    @classmethod
+    def from_wire(cls, header: Any, body: bytes) -> Envelope:
+        kind, id, method, tool, priority, flags, error_code, token = header
+        return cls(Kind(kind), id, method, body, tool=tool, priority=priority, flags=Flag(flags),
+                   error_code=error_code, token=token)
+
+    def line(self) -> bytes:
+        """The message as the JSON line the other side reads: the id spliced in, the token written in."""
+        body = self.body if not self.flags & Flag.RETOKEN else dumps(self._retokened())
+        head = b'{"jsonrpc":"2.0"'
+        if self.kind is not Kind.NOTIFICATION:
+            head += b',"id":' + dumps(self.id)
+        return head + (b"," + body[1:] if len(body) > 2 else b"}") + b"\n"
+
+    def _retokened(self) -> JsonObject:
+        rest = dict(self._body())
+        params = dict(rest.get("params") or {})
+        if self.kind is Kind.REQUEST:
+            params["_meta"] = {**(params.get("_meta") or {}), "progressToken": self.token}
+        else:
+            params["progressToken"] = self.token
+        rest["params"] = params
+        return rest
+
+    # --- reading the body ------------------------------------------------------------------------------
+
+    def _body(self) -> JsonObject:
+        if self._parsed is None:
+            self._parsed = json.loads(self.body)
+        return self._parsed
+
+    def to_dict(self) -> JsonObject:
+        message: JsonObject = {"jsonrpc": "2.0"}
+        if self.kind is not Kind.NOTIFICATION:
+            message["id"] = self.id
+        message.update(self._body())
+        if self.flags & Flag.RETOKEN:
+            message["params"] = self._retokened()["params"]
+        return message
+
+    def __getitem__(self, key: str) -> Any:
+        if key == "id":
+            if self.kind is Kind.NOTIFICATION:
+                raise KeyError(key)
+            return self.id
+        if key == "method" and self.method is not None:
+            return self.method
+        if key == "jsonrpc":
+            return "2.0"
+        if key in _KEYS_OF_OTHER_KINDS[self.kind]:
+            raise KeyError(key)  # known from the header: no need to open the body to say so
+        return self.to_dict()[key] if self.flags & Flag.RETOKEN else self._body()[key]
+
+    def __contains__(self, key: object) -> bool:
+        if key == "id":
+            return self.kind is not Kind.NOTIFICATION
+        if key == "method":
+            return self.kind in (Kind.REQUEST, Kind.NOTIFICATION)
+        if key == "result":
+            return self.kind is Kind.RESULT
+        if key == "error":
+            return self.kind is Kind.ERROR
+        return key == "jsonrpc" or key in self._body()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.to_dict())
+
+    def __len__(self) -> int:
+        return len(self.to_dict())
+
+    def __repr__(self) -> str:
+        return f"Envelope({self.kind.name}, id={self.id!r}, method={self.method!r}, {len(self.body)} bytes)"
+
+
+_KEYS_OF_OTHER_KINDS = {
+    Kind.REQUEST: frozenset({"result", "error"}),
+    Kind.NOTIFICATION: frozenset({"result", "error"}),
+    Kind.RESULT: frozenset({"method", "error"}),
+    Kind.ERROR: frozenset({"method", "result"}),
+}
+
+
+def dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _kind(message: JsonObject) -> Kind:
+    if "method" in message:
+        return Kind.REQUEST if "id" in message else Kind.NOTIFICATION
+    return Kind.ERROR if "error" in message else Kind.RESULT
+
+
+def _without_priority(params: JsonObject, meta: JsonObject) -> tuple[Any, JsonObject]:
+    rest = {key: value for key, value in meta.items() if key != PRIORITY_KEY}
+    trimmed = {key: value for key, value in params.items() if key != "_meta"}
+    return meta[PRIORITY_KEY], trimmed | ({"_meta": rest} if rest else {})
+

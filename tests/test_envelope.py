@@ -1,0 +1,95 @@
+"""The envelope: a message cut into a routing header and an opaque body, and put back together at the edge."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mcpmux import wire
+from mcpmux.envelope import Envelope, Flag, Kind
+
+
+def line_of(envelope: Envelope) -> dict[str, object]:
+    raw = envelope.line()
+    assert raw.endswith(b"\n") and raw.count(b"\n") == 1
+    decoded = json.loads(raw)
+    assert isinstance(decoded, dict)
+    return decoded
+
+
+def across_the_wire(envelope: Envelope) -> Envelope:
+    message = wire.decode(wire.encode_envelope(wire.ToBackend, envelope))
+    assert isinstance(message, wire.ToBackend)
+    return message.envelope
+
+
+CALL = {"jsonrpc": "2.0", "id": "c-1", "method": "tools/call",
+        "params": {"name": "search", "arguments": {"q": "é"}, "_meta": {"progressToken": 7, "other": 1}}}
+
+
+def test_the_header_holds_what_routing_needs() -> None:
+    envelope = Envelope.from_message(CALL)
+    assert (envelope.kind, envelope.id, envelope.method, envelope.tool) == (Kind.REQUEST, "c-1", "tools/call", "search")
+    assert envelope.flags == Flag.PROGRESS
+    assert b'"id"' not in envelope.body and b"jsonrpc" not in envelope.body
+
+
+@pytest.mark.parametrize("message", [
+    CALL,
+    {"jsonrpc": "2.0", "id": 3, "result": {}},
+    {"jsonrpc": "2.0", "id": 0, "result": {"content": [], "nextCursor": "p2"}},
+    {"jsonrpc": "2.0", "id": None, "error": {"code": -32700, "message": "Parse error"}},
+    {"jsonrpc": "2.0", "method": "notifications/initialized"},
+    {"jsonrpc": "2.0", "id": 5, "method": "ping"},
+])
+def test_a_message_crosses_unchanged(message: dict[str, object]) -> None:
+    envelope = across_the_wire(Envelope.from_message(message))
+    assert line_of(envelope) == message
+    assert envelope == message  # the mapping view reads like the dict it was
+
+
+def test_an_id_is_replaced_without_opening_the_body() -> None:
+    envelope = across_the_wire(Envelope.from_message(CALL).with_id(12345))
+    assert envelope._parsed is None
+    assert line_of(envelope) == {**CALL, "id": 12345}
+
+
+def test_ids_keep_their_type() -> None:
+    for request_id in ("1", 1, "x y"):
+        assert line_of(Envelope.from_message({**CALL, "id": request_id}))["id"] == request_id
+
+
+def test_a_new_progress_token_is_written_in_by_the_edge() -> None:
+    request = across_the_wire(Envelope.from_message(CALL).with_id(99).with_token(99))
+    assert line_of(request)["params"] == {**CALL["params"], "_meta": {"progressToken": 99, "other": 1}}  # type: ignore[dict-item]
+    progress = Envelope.from_message({"jsonrpc": "2.0", "method": "notifications/progress",
+                                      "params": {"progressToken": 99, "progress": 1}})
+    assert line_of(across_the_wire(progress.with_token(7)))["params"] == {"progressToken": 7, "progress": 1}
+
+
+def test_the_door_takes_mcpmuxs_priority_key_out_of_the_body() -> None:
+    meta = {"mcpmux/priority": "high", "progressToken": 1}
+    message = {**CALL, "params": {"name": "search", "_meta": meta}}
+    envelope = Envelope.from_message(message, strip_priority=True)
+    assert envelope.priority == "high"
+    assert line_of(envelope)["params"] == {"name": "search", "_meta": {"progressToken": 1}}
+    alone = Envelope.from_message({**CALL, "params": {"name": "x", "_meta": {"mcpmux/priority": "low"}}},
+                                  strip_priority=True)
+    assert line_of(alone)["params"] == {"name": "x"}
+
+
+def test_flags_say_when_the_core_must_open_the_body() -> None:
+    listing = Envelope.from_message({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"cursor": "c"}})
+    page = Envelope.from_message({"jsonrpc": "2.0", "id": 1, "result": {"tools": [], "nextCursor": "n"}})
+    assert listing.flags == Flag.CURSOR and page.flags == Flag.NEXT_CURSOR
+    error = Envelope.from_message({"jsonrpc": "2.0", "id": 1, "error": {"code": -32603, "message": "boom"}})
+    assert (error.kind, error.error_code) == (Kind.ERROR, -32603)
+
+
+def test_a_frame_that_is_not_an_envelope_is_a_wire_error() -> None:
+    header, _ = wire.encode_envelope(wire.ToClient, Envelope.from_message(CALL))
+    with pytest.raises(wire.WireError):
+        wire.decode([header])
+    with pytest.raises(wire.WireError):
+        wire.decode([b"\x93\xa2tc\x01\x02", b"{}"])
