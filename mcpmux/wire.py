@@ -33,6 +33,7 @@ class DoorHello(NamedTuple):
     pid: int
     initialize_params: JsonObject | None = None  # set when a door reconnects to a restarted core
     priority: str | None = None  # the session's level: high, normal or low (mcpmux-router --priority)
+    cwd: str | None = None  # the client's working directory (the door's)
 
 
 class Welcome(NamedTuple):
@@ -68,6 +69,7 @@ class ShimHello(NamedTuple):
     pid: int
     backend_pid: int
     initialize_result: JsonObject | None = None  # set once the backend is initialized
+    context: JsonObject | None = None  # the client context the core gave it (InitializeBackend, BindContext)
 
 
 class Heartbeat(NamedTuple):
@@ -81,10 +83,19 @@ class Resync(NamedTuple):
 
 class InitializeBackend(NamedTuple):
     params: JsonObject
+    cwd: str | None = None  # where to start the server, if the shim waits to know (server.cwdFromClient)
+    context: JsonObject | None = None  # kept by the shim for a restarted core
+
+
+class BindContext(NamedTuple):
+    """The instance now serves one client context only (its roots): kept by the shim for a restarted core."""
+
+    context: JsonObject
 
 
 class BackendReady(NamedTuple):
     initialize_result: JsonObject
+    backend_pid: int = 0  # a server started only once the core said where (server.cwdFromClient)
 
 
 class BackendFailed(NamedTuple):
@@ -117,13 +128,14 @@ class ControlReply(NamedTuple):
 
 Message = (
     DoorHello | Welcome | SafeTools | ClientMessage | ToClient | DoorBye
-    | ShimHello | Heartbeat | Resync | InitializeBackend | BackendReady | BackendFailed | ToBackend | FromBackend
+    | ShimHello | Heartbeat | Resync | InitializeBackend | BindContext | BackendReady | BackendFailed | ToBackend
+    | FromBackend
     | ControlRequest | ControlReply
 )
 
 TAGS: dict[type[Any], str] = {
     DoorHello: "dh", Welcome: "wl", SafeTools: "st", ClientMessage: "cm", ToClient: "tc", DoorBye: "db",
-    ShimHello: "sh", Heartbeat: "hb", Resync: "rs", InitializeBackend: "ib", BackendReady: "br",
+    ShimHello: "sh", Heartbeat: "hb", Resync: "rs", InitializeBackend: "ib", BindContext: "bc", BackendReady: "br",
     BackendFailed: "bf", ToBackend: "tb", FromBackend: "fb", ControlRequest: "cq", ControlReply: "cr",
 }
 _BY_TAG: dict[str, type[Any]] = {tag: cls for cls, tag in TAGS.items()}

@@ -144,6 +144,12 @@ def summary_lines(status: StackStatus) -> Text:
     if pinned:
         label = "dedicated to" if status.strategy == "dedicated" else "sessions pinned"
         text.append(f"\n{label}  " + "  ".join(pinned))
+    for context in status.contexts:
+        where = f" in {context.cwd}" if context.cwd else ""
+        roots = "" if context.roots is None else f", {context.roots} roots"
+        serving = ", ".join(map(short_slot, context.instances)) or "none yet"
+        text.append(f"\ncontext {context.label} {context.protocol_version}{where}{roots}: "
+                    f"{len(context.sessions)} sessions on {serving}")
     if status.prometheus:
         text.append(f"\nPrometheus metrics at {status.prometheus}")
     return text

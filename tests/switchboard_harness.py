@@ -13,6 +13,7 @@ from mcpmux import jsonrpc
 from mcpmux.config import Config
 from mcpmux.jsonrpc import JsonObject, RequestId
 from mcpmux.router import actions
+from mcpmux.router.contexts import ClientContext
 from mcpmux.router.instances import Instance
 from mcpmux.router.metrics import Metrics
 from mcpmux.router.session import Session
@@ -65,20 +66,48 @@ class Harness:
                 case _:
                     self.other.append(action)
 
-    def open(self, name: str, capabilities: JsonObject | None = None) -> Session:
+    def open(self, name: str, capabilities: JsonObject | None = None, *, roots: list[str] | None = None,
+             cwd: str | None = None) -> Session:
+        """A session whose client has initialized; with `roots`, it answers mcpmux's roots/list with them."""
         params = {"protocolVersion": "2025-11-25", "capabilities": capabilities or {}, "clientInfo": {"name": name}}
-        session = self.board.open_session(name.encode(), params)
+        session = self.board.open_session(name.encode(), params, cwd=cwd)
         self.collect()
+        if roots is not None:
+            self.give_roots(session, roots)
         return session
+
+    def roots_asked(self, session: Session) -> list[JsonObject]:
+        return [m for m in self.to_client.get(session.identity, []) if m.get("method") == "roots/list"]
+
+    def give_roots(self, session: Session, roots: list[str]) -> None:
+        """The client answers mcpmux's latest roots/list."""
+        asked = self.roots_asked(session)[-1]
+        self.board.from_client(session, jsonrpc.result(asked["id"], {"roots": [{"uri": uri} for uri in roots]}))
+        self.collect()
+
+    def change_roots(self, session: Session, roots: list[str]) -> None:
+        """The client's roots change: it says so, and answers mcpmux's roots/list with the new ones."""
+        self.board.from_client(session, jsonrpc.notification("notifications/roots/list_changed"))
+        self.collect()
+        self.give_roots(session, roots)
 
     def close(self, session: Session) -> None:
         self.board.close_session(session)
         self.collect()
 
-    def add_instance(self, slot: str, initialize_result: JsonObject = INITIALIZE_RESULT) -> Instance:
+    def add_instance(self, slot: str, capabilities: JsonObject | None = None,
+                     result: JsonObject | None = None) -> Instance:
+        """A ready instance initialized for the handshake of clients with these capabilities."""
         instance = Instance(slot, 1, 1)
+        instance.context = ClientContext.of({"protocolVersion": "2025-11-25", "capabilities": capabilities or {}})
         self.board.pool.add(instance)
-        self.board.instance_ready(instance, initialize_result)
+        self.board.instance_ready(instance, result or INITIALIZE_RESULT)
+        self.collect()
+        sent = self.to_instance.pop(slot, [])
+        self.to_instance[slot] = [m for m in sent if m.get("method") != "ping"]
+        for ping in [m for m in sent if m.get("method") == "ping"]:
+            # An instance of clients with roots is pinged before it serves: its server may ask for them first.
+            self.board.from_instance(instance, jsonrpc.result(ping["id"], {}))
         self.collect()
         sent = self.to_instance.pop(slot, [])
         learning = [m for m in sent if m.get("method") == "tools/list" and isinstance(m["id"], int)
