@@ -25,8 +25,10 @@ status: setup
 	$(BIN)/mcpmux-monitor status --config $(CONFIG)
 
 # Published servers from npm join the tests when Node.js is present; they skip them otherwise:
-# server-everything (every message kind) and server-sequential-thinking (state kept in its process).
-NODE_SERVERS := @modelcontextprotocol/server-everything @modelcontextprotocol/server-sequential-thinking
+# server-everything (every message kind), server-sequential-thinking (state kept in its process)
+# and server-filesystem (roots from the client context).
+NODE_SERVERS := @modelcontextprotocol/server-everything @modelcontextprotocol/server-sequential-thinking \
+	@modelcontextprotocol/server-filesystem
 node:
 	@if command -v npm >/dev/null 2>&1; then \
 		npm install --silent --no-audit --no-fund --prefix $(NODE_PREFIX) $(NODE_SERVERS) \

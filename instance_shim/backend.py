@@ -48,12 +48,17 @@ class Backend:
     def alive(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
-    def start(self) -> None:
+    @property
+    def started(self) -> bool:
+        return self._process is not None
+
+    def start(self, cwd: str | None = None) -> None:
+        """Start the server in `cwd` (the client's), else in the configured directory."""
         env = server_environment(os.environ, self._spec.get("env", {}))
         self._process = subprocess.Popen(
             [find_command(self._spec["command"], env), *self._spec.get("args", [])],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0,
-            env=env, cwd=self._spec.get("cwd"), preexec_fn=_die_with_parent,
+            env=env, cwd=cwd or self._spec.get("cwd"), preexec_fn=_die_with_parent,
         )
         for pipe in (self._process.stdin, self._process.stdout, self._process.stderr):
             assert pipe is not None

@@ -1,10 +1,12 @@
 """The shim's main loop: relay between the router's core (ZeroMQ DEALER) and one backend (stdio).
 
-It opens the backend connection with the parameters the core sends (the first client's real ones), in the
+It opens the backend connection with the parameters the core sends (a client context's real ones), in the
 era the core asks for (shim/opening.py), reports the result, then relays frames both ways and beats a
 heartbeat. In the 2026-07-28 era it wraps each `requestState` its backend issues with its slot
 (mcpmux/request_state.py), so the client's retry comes back here. When the backend dies the shim says so and
-exits, and supervisord starts a fresh one in the same slot.
+exits, and supervisord starts a fresh one in the same slot. Under `server.cwdFromClient` it starts the
+backend only once the core says in which client's directory. It keeps the client context the core gave its
+instance, so that a restarted core knows whom the instance may serve.
 
 It is started once per instance, so it stays small: one synchronous poll loop, no asyncio (which would
 bring in ssl and a third of the shim's memory).
@@ -37,6 +39,7 @@ class Shim:
         stack = json.loads((stack_dir / "stack.json").read_text())
         self._slot = slot
         self._backend = Backend(stack["server"])
+        self._deferred = bool(stack["server"].get("cwdFromClient"))  # start the backend where the core says
         self._context = zmq.Context()
         self._socket = self._context.socket(zmq.DEALER)
         self._socket.setsockopt(zmq.ROUTING_ID, slot.encode())
@@ -46,33 +49,42 @@ class Shim:
         self._opening = Opening(self._backend.send)
         self._opened: Opened | None = None
         self._failure: str | None = None
+        self._client_context: JsonObject | None = None
         self._next_beat = 0.0
+        self._poller = zmq.Poller()
+        self._pipes: dict[str, int] = {}  # the backend's, once it runs
+        self._running = True
 
     def run(self) -> int:
-        try:
-            self._backend.start()
-        except OSError as exc:
-            return self._cannot_start(exc)
+        if not self._deferred:
+            try:
+                self._backend.start()
+            except OSError as exc:
+                return self._cannot_start(exc)
         self._hello()
-        stdout, stderr, stdin = (self._backend.fileno(name) for name in ("stdout", "stderr", "stdin"))
-        poller = zmq.Poller()
-        poller.register(self._socket, zmq.POLLIN)
-        poller.register(stdout, zmq.POLLIN)
-        poller.register(stderr, zmq.POLLIN)
-        stdout_open = True
-        while stdout_open:
-            poller.register(stdin, zmq.POLLOUT if self._backend.wants_write else 0)
-            events = dict(poller.poll(self._until_heartbeat()))
+        self._poller.register(self._socket, zmq.POLLIN)
+        if self._backend.started:
+            self._watch_backend()
+        while self._running:
+            if "stdin" in self._pipes:
+                self._poller.register(self._pipes["stdin"], zmq.POLLOUT if self._backend.wants_write else 0)
+            events = dict(self._poller.poll(self._until_heartbeat()))
+            stdout, stderr, stdin = (self._pipes.get(name, -1) for name in ("stdout", "stderr", "stdin"))
             if events.get(stderr) and not self._backend.read_stderr():
-                poller.unregister(stderr)
+                self._poller.unregister(stderr)
             if events.get(stdout):
-                stdout_open = self._relay_backend()
+                self._running = self._relay_backend()
             if events.get(self._socket):
                 self._relay_core()
             if events.get(stdin):
                 self._backend.flush()
             self._beat_if_due()
         return self._exit()
+
+    def _watch_backend(self) -> None:
+        self._pipes = {name: self._backend.fileno(name) for name in ("stdout", "stderr", "stdin")}
+        self._poller.register(self._pipes["stdout"], zmq.POLLIN)
+        self._poller.register(self._pipes["stderr"], zmq.POLLIN)
 
     def _until_heartbeat(self) -> int:
         return max(0, int((self._next_beat - time.monotonic()) * 1000))
@@ -100,14 +112,26 @@ class Shim:
             if isinstance(message, wire.ToBackend):
                 self._backend.send_line(message.envelope.line())
             elif isinstance(message, wire.InitializeBackend):
-                self._initialize(message.params, Era(message.era))
+                self._initialize(message)
+            elif isinstance(message, wire.BindContext):
+                self._client_context = message.context
             elif isinstance(message, wire.Resync):
                 self._hello()
 
-    def _initialize(self, params: JsonObject, era: Era) -> None:
-        if self._opening.busy or self._opened is not None:
+    def _initialize(self, message: wire.InitializeBackend) -> None:
+        if self._opening.busy or self._opened is not None or not self._running:
             return
-        self._opening.start(params, era)
+        if not self._backend.started:
+            try:
+                self._backend.start(message.cwd)
+            except OSError as exc:
+                self._failure = (f"cannot start the server {self._backend.command!r} in {message.cwd}: "
+                                 f"{exc.strerror or exc}")
+                self._running = False
+                return
+            self._watch_backend()
+        self._client_context = message.context
+        self._opening.start(message.params, Era(message.era))
 
     # --- backend -> core -----------------------------------------------------------------------------
 
@@ -135,17 +159,17 @@ class Shim:
             self._backend.send_eof()
             return
         self._opened = outcome
-        self._send(wire.BackendReady(outcome.result, outcome.era.value, outcome.fallback))
+        self._send(wire.BackendReady(outcome.result, self._backend.pid, outcome.era.value, outcome.fallback))
 
     # --- lifecycle -----------------------------------------------------------------------------------
 
     def _hello(self) -> None:
         opened = self._opened
         if opened is None:
-            self._send(wire.ShimHello(os.getpid(), self._backend.pid))
+            self._send(wire.ShimHello(os.getpid(), self._backend.pid, None, self._client_context))
         else:
-            self._send(wire.ShimHello(os.getpid(), self._backend.pid, opened.result, opened.era.value,
-                                      opened.fallback))
+            self._send(wire.ShimHello(os.getpid(), self._backend.pid, opened.result, self._client_context,
+                                      opened.era.value, opened.fallback))
 
     def _send(self, message: wire.Message) -> None:
         wire.send(self._socket, wire.encode(message), block=True)
@@ -160,6 +184,12 @@ class Shim:
         return 2
 
     def _exit(self) -> int:
+        if not self._backend.started:  # it could not start where the core said
+            reason = self._failure or "the server was never started"
+            _log(reason)
+            self._send(wire.BackendFailed(reason))
+            self._socket.close(linger=1000)
+            return 2
         code = self._backend.wait(timeout=2)
         self._backend.drain_stderr()
         reason = self._failure or f"backend exited with code {code}"

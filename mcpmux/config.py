@@ -29,6 +29,9 @@ class ServerConfig(_Section):
     args: list[str] = []
     env: dict[str, str] = {}
     cwd: str | None = None
+    # Run each instance in the client's working directory (its router's): instances are keyed by it, so
+    # one registration serves every project in its own directory.
+    cwd_from_client: bool = False
 
 
 # Requests one instance may run at once: a number, or "auto" (found from measured latency, 1..16).

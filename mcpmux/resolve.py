@@ -25,17 +25,21 @@ def resolve(
     command: Sequence[str] = (),
     env: Sequence[str] = (),
     cwd: str | None = None,
+    cwd_from_client: bool = False,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> tuple[Config, str]:
     """The configuration in force and the origin that, with it, names the stack.
 
     `command` (the server and its arguments) wins over a file; `env` holds KEY=VALUE pairs added to the
     server's environment; `overrides` maps a section ("multiplexer", "loadBalancing") to camelCase keys.
+    With `cwd_from_client`, a command's stack is not named by the directory it is started in: each client's
+    instances run in its own.
     """
     sections = overrides or {}
     if command:
         server: dict[str, Any] = {"command": command[0], "args": list(command[1:]), "env": parse_env(env),
-                                  "cwd": cwd or os.getcwd()}
+                                  "cwd": cwd or (None if cwd_from_client else os.getcwd()),
+                                  "cwdFromClient": cwd_from_client}
         data: dict[str, Any] = {"server": server, **{section: dict(keys) for section, keys in sections.items()}}
         return parse_config(data, COMMAND_LINE), COMMAND_LINE
     path = config or (Path(os.environ["MCP_CONFIG_PATH"]) if os.environ.get("MCP_CONFIG_PATH") else None)
@@ -47,6 +51,7 @@ def resolve(
         data[section].update(values)
     data["server"]["env"].update(parse_env(env))
     data["server"]["cwd"] = cwd or data["server"]["cwd"] or str(path.parent)
+    data["server"]["cwdFromClient"] = cwd_from_client or data["server"]["cwdFromClient"]
     return parse_config(data, str(path)), str(path)
 
 

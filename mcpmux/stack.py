@@ -96,11 +96,6 @@ class StackPaths(NamedTuple):
         """Whether a core is serving this stack (it binds its sockets once its configuration is loaded)."""
         return accepting(self.control_sock)
 
-    @property
-    def pool_profile(self) -> Path:
-        """The initialize params the pool's backends were started with, kept across core restarts."""
-        return self.root / "profile.json"
-
     def session_command(self) -> list[str]:
         """A client session on this running stack: the router, attached by directory, with this interpreter.
 

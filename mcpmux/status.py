@@ -48,7 +48,8 @@ class EventKind(enum.StrEnum):
     START = "start"  # a shim connected
     READY = "ready"  # its backend is initialized
     SCALE = "scale"  # the scaler started or stopped a slot
-    REINIT = "reinit"  # a slot re-initialized with a new client's params
+    REINIT = "reinit"  # a slot restarted to serve another client context
+    CONTEXT = "context"  # an instance initialized for, or bound to, a client context
     RECYCLE = "recycle"  # a dedicated instance restarted for fresh state after its session ended
     LOST = "lost"  # an instance's shim or backend died
     CIRCUIT = "circuit"  # an instance's circuit opened
@@ -161,6 +162,8 @@ class InstanceStatus:
     supervisord: str | None = None  # not connected only: supervisord's state name for the slot
     last_event: str | None = None  # not connected only
     sessions: tuple[str, ...] = ()  # the sessions pinned to it (session_affinity) or its one session (dedicated)
+    context: str | None = None  # the client context it was initialized for: "<label> <protocol version>"
+    bound: bool = False  # given roots: it serves exactly that context; else every session of its handshake
     era: str | None = None  # the protocol era its backend connection was opened in: handshake or 2026-07-28
 
     @property
@@ -178,7 +181,7 @@ class InstanceStatus:
             "backoffs": self.backoffs, "alert": self.alert, "uptime": self.uptime,
             "sinceHeartbeat": self.since_heartbeat, "latencyMs": _json_or_none(self.latency),
             "shim": _json_or_none(self.shim), "backend": _json_or_none(self.backend),
-            "sessions": list(self.sessions), "era": self.era,
+            "sessions": list(self.sessions), "context": self.context, "bound": self.bound, "era": self.era,
         })
         if not self.connected:
             data["lastEvent"] = self.last_event
@@ -200,8 +203,34 @@ class InstanceStatus:
             backend=None if backend is None else Usage.from_json(backend),
             supervisord=_opt_str(data, "supervisord"), last_event=_opt_str(data, "lastEvent"),
             sessions=tuple(_text(item, "sessions") for item in data.get("sessions", [])),
+            context=_opt_str(data, "context"), bound=bool(data.get("bound", False)),
             era=_opt_str(data, "era"),
         )
+
+
+@dataclass(frozen=True)
+class ContextStatus:
+    """A client context of the open sessions: who is in it and which instances may serve it."""
+
+    label: str  # a short hash of the context (router/contexts.py)
+    protocol_version: str
+    cwd: str | None  # the clients' directory, under cwdFromClient
+    roots: int | None  # how many roots its clients gave; None: none (not asked for, or not known yet)
+    sessions: tuple[str, ...]
+    instances: tuple[str, ...]  # slots that serve it (bound to it, or not bound to any roots)
+
+    def to_json(self) -> JsonObject:
+        return {"label": self.label, "protocolVersion": self.protocol_version, "cwd": self.cwd,
+                "roots": self.roots, "sessions": list(self.sessions), "instances": list(self.instances)}
+
+    @classmethod
+    def from_json(cls, data: Any) -> ContextStatus:
+        data = _object(data, "context")
+        roots = data.get("roots")
+        return cls(label=_str(data, "label"), protocol_version=_str(data, "protocolVersion"),
+                   cwd=_opt_str(data, "cwd"), roots=None if roots is None else _int(data, "roots"),
+                   sessions=tuple(_text(item, "sessions") for item in _list(data, "sessions")),
+                   instances=tuple(_text(item, "instances") for item in _list(data, "instances")))
 
 
 @dataclass(frozen=True)
@@ -238,14 +267,8 @@ class StackStatus:
     events: tuple[Event, ...] = ()  # the latest events of any kind
     prometheus: str | None = None  # the exporter's URL when it serves
     strategy: str = "least_connections"  # loadBalancing.strategy
+    contexts: tuple[ContextStatus, ...] = ()  # the open sessions' client contexts
     session_eras: tuple[tuple[str, str], ...] = ()  # each open session and the era its client speaks
-
-    @property
-    def sessions_by_era(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for _, era in self.session_eras:
-            counts[era] = counts.get(era, 0) + 1
-        return counts
 
     @property
     def instances_by_state(self) -> dict[SlotState, int]:
@@ -326,6 +349,7 @@ class StackStatus:
             "subscriptions": self.subscriptions,
             "logLevel": self.log_level,
             "strategy": self.strategy,
+            "contexts": [context.to_json() for context in self.contexts],
             "sessionEras": dict(self.session_eras),
         }
 
@@ -350,6 +374,7 @@ class StackStatus:
             scaling=events_from_json(_list(data, "scaling")), errors=events_from_json(_list(data, "errors")),
             events=events_from_json(_list(data, "events")), prometheus=_opt_str(data, "prometheus"),
             strategy=str(data.get("strategy", "least_connections")),
+            contexts=tuple(ContextStatus.from_json(item) for item in data.get("contexts", [])),
             session_eras=tuple((name, _str(data["sessionEras"], name)) for name in data.get("sessionEras", {})),
         )
 

@@ -1,9 +1,9 @@
 """The one definition of what crosses ZeroMQ between doors, the core, shims and the monitor.
 
 Each message is a msgpack array: a short tag, then the fields in order (arrays rather than maps: small
-and quick to decode). A message that carries JSON-RPC travels as two frames: that array, whose fields are
-the envelope's routing header, and the body as opaque JSON text (mcpmux/envelope.py), which the core
-passes on without decoding it.
+and quick to decode). A message that carries JSON-RPC is the envelope's routing header and its body, the
+JSON text as opaque bytes (mcpmux/envelope.py), which the core passes on without decoding it. One frame
+per message: each extra frame costs a receive and a "more?" question, each a system call or two.
 
 Messages are NamedTuples, not dataclasses: the door (one per client session) imports this module, and
 `dataclasses` alone brings `inspect`, `ast` and `dis` into every door's memory.
@@ -33,6 +33,7 @@ class DoorHello(NamedTuple):
     pid: int
     initialize_params: JsonObject | None = None  # set when a door reconnects to a restarted core
     priority: str | None = None  # the session's level: high, normal or low (mcpmux-router --priority)
+    cwd: str | None = None  # the client's working directory (the door's)
 
 
 class Welcome(NamedTuple):
@@ -68,6 +69,7 @@ class ShimHello(NamedTuple):
     pid: int
     backend_pid: int
     initialize_result: JsonObject | None = None  # set once the backend is initialized
+    context: JsonObject | None = None  # the client context the core gave it (InitializeBackend, BindContext)
     era: str = "handshake"  # the era its backend connection was opened in (mcpmux/stateless.py)
     fallback: str | None = None  # why the backend refused the stateless era it was asked to open in
 
@@ -83,11 +85,20 @@ class Resync(NamedTuple):
 
 class InitializeBackend(NamedTuple):
     params: JsonObject
+    cwd: str | None = None  # where to start the server, if the shim waits to know (server.cwdFromClient)
+    context: JsonObject | None = None  # kept by the shim for a restarted core
     era: str = "handshake"  # 2026-07-28: open with server/discover, falling back to initialize (shim/opening.py)
+
+
+class BindContext(NamedTuple):
+    """The instance now serves one client context only (its roots): kept by the shim for a restarted core."""
+
+    context: JsonObject
 
 
 class BackendReady(NamedTuple):
     initialize_result: JsonObject  # in the stateless era, the discover result
+    backend_pid: int = 0  # a server started only once the core said where (server.cwdFromClient)
     era: str = "handshake"
     fallback: str | None = None  # why the backend refused the stateless era it was asked to open in
 
@@ -122,13 +133,14 @@ class ControlReply(NamedTuple):
 
 Message = (
     DoorHello | Welcome | SafeTools | ClientMessage | ToClient | DoorBye
-    | ShimHello | Heartbeat | Resync | InitializeBackend | BackendReady | BackendFailed | ToBackend | FromBackend
+    | ShimHello | Heartbeat | Resync | InitializeBackend | BindContext | BackendReady | BackendFailed | ToBackend
+    | FromBackend
     | ControlRequest | ControlReply
 )
 
 TAGS: dict[type[Any], str] = {
     DoorHello: "dh", Welcome: "wl", SafeTools: "st", ClientMessage: "cm", ToClient: "tc", DoorBye: "db",
-    ShimHello: "sh", Heartbeat: "hb", Resync: "rs", InitializeBackend: "ib", BackendReady: "br",
+    ShimHello: "sh", Heartbeat: "hb", Resync: "rs", InitializeBackend: "ib", BindContext: "bc", BackendReady: "br",
     BackendFailed: "bf", ToBackend: "tb", FromBackend: "fb", ControlRequest: "cq", ControlReply: "cr",
 }
 _BY_TAG: dict[str, type[Any]] = {tag: cls for cls, tag in TAGS.items()}
@@ -145,19 +157,20 @@ def encode(message: Message) -> list[bytes]:
 
 
 def encode_envelope(message_type: EnvelopeMessage, envelope: Envelope) -> list[bytes]:
-    """The hot path: the header in one frame, the body as it is in the next."""
-    return [msgpack.packb((TAGS[message_type], *envelope.header()), use_bin_type=True), envelope.body]
+    """The hot path: the header's fields, then the body as msgpack bytes (copied, never parsed)."""
+    return [msgpack.packb((TAGS[message_type], *envelope.header(), envelope.body), use_bin_type=True)]
 
 
 def decode(frames: list[bytes]) -> Message:
     try:
+        if len(frames) != 1:
+            raise ValueError(f"{len(frames)} frames, not one")
         tag, *fields = msgpack.unpackb(frames[0], raw=False, strict_map_key=False)
         if tag in _CARRIERS:
-            if len(frames) != 2:
-                raise ValueError(f"{len(frames)} frames for a JSON-RPC message")
-            return _BY_TAG[tag](Envelope.from_wire(fields, frames[1]))  # type: ignore[no-any-return]
-        if len(frames) != 1:
-            raise ValueError(f"{len(frames)} frames for a {tag!r} message")
+            *header, body = fields
+            if not isinstance(body, bytes):
+                raise ValueError("a JSON-RPC message without its body")
+            return _BY_TAG[tag](Envelope.from_wire(header, body))  # type: ignore[no-any-return]
         message: Message = _BY_TAG[tag](*fields)
     except (ValueError, TypeError, KeyError, IndexError, msgpack.UnpackException) as exc:
         size = sum(len(frame) for frame in frames)

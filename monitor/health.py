@@ -62,7 +62,9 @@ def assess(status: StackStatus, thresholds: Thresholds | None = None) -> Health:
 
     for instance in instances:
         serving = instance.state in SERVING_STATES
-        if not serving and not (instance.state is SlotState.STARTING and waiting):
+        # A connected shim with no context yet waits, by design, for a client to need it (a spare).
+        spare = instance.connected and instance.context is None
+        if not serving and not (instance.state is SlotState.STARTING and (waiting or spare)):
             degraded.append(f"{instance.slot} is {instance.state}")
         if instance.consecutive_failures and serving:
             degraded.append(f"{instance.slot} failed its last {instance.consecutive_failures} request(s)")

@@ -145,6 +145,12 @@ def summary_lines(status: StackStatus) -> Text:
     if pinned:
         label = "dedicated to" if status.strategy == "dedicated" else "sessions pinned"
         text.append(f"\n{label}  " + "  ".join(pinned))
+    for context in status.contexts:
+        where = f" in {context.cwd}" if context.cwd else ""
+        roots = "" if context.roots is None else f", {context.roots} roots"
+        serving = ", ".join(map(short_slot, context.instances)) or "none yet"
+        text.append(f"\ncontext {context.label} {context.protocol_version}{where}{roots}: "
+                    f"{len(context.sessions)} sessions on {serving}")
     for era, (instances, sessions) in _by_era(status).items():
         text.append(f"\nera {era}: instances {', '.join(map(short_slot, instances)) or 'none'}; "
                     f"sessions {', '.join(name[:8] for name in sessions) or 'none'}")

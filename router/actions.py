@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mcpmux.jsonrpc import JsonObject
+from mcpmux.router.contexts import ClientContext
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,11 +53,17 @@ class InstanceReady:
 
 
 @dataclass(frozen=True, slots=True)
-class ProfileAdopted:
-    """The first client's initialize params; `changed` if the pool warmed up with other ones."""
+class ContextWanted:
+    """A session waits for an instance of a client context that no instance runs: the scaler places one
+    (`Switchboard.unmet_handshakes`)."""
 
-    params: JsonObject
-    changed: bool
+
+@dataclass(frozen=True, slots=True)
+class InstanceBound:
+    """An instance is now bound to one client context (its roots): its shim keeps it for a restarted core."""
+
+    slot: str
+    context: ClientContext
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,4 +73,5 @@ class SafeToolsChanged:
     names: list[str]
 
 
-Action = ToClient | ToInstance | RestartInstance | RecycleInstance | InstanceReady | ProfileAdopted | SafeToolsChanged
+Action = (ToClient | ToInstance | RestartInstance | RecycleInstance | InstanceReady | ContextWanted | InstanceBound
+          | SafeToolsChanged)

@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stack-dir", type=Path, help="relay to the running stack in this runtime directory")
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="server environment")
     parser.add_argument("--cwd", help="server working directory")
+    parser.add_argument("--cwd-from-client", action="store_true",
+                        help="run the server in each client's working directory (server.cwdFromClient)")
     parser.add_argument("--priority", choices=("high", "normal", "low"),
                         help="this session's requests' level (not part of the stack's configuration)")
     for section, model in SECTIONS.items():
@@ -72,7 +74,7 @@ def resolve(args: argparse.Namespace) -> tuple[Config, str]:
     """The configuration in force and the origin that, with it, names the stack (see `mcpmux.resolve`)."""
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     return resolve_config(config=args.config, command=command, env=args.env, cwd=args.cwd,
-                          overrides=_overrides(args))
+                          cwd_from_client=args.cwd_from_client, overrides=_overrides(args))
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:

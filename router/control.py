@@ -30,12 +30,14 @@ import psutil
 from mcpmux import __version__, wire
 from mcpmux.router import eras
 from mcpmux.router.metrics import percentiles_ms
-from mcpmux.status import Event, EventKind, InstanceStatus, SlotState, StackStatus, Usage
+from mcpmux.status import ContextStatus, Event, EventKind, InstanceStatus, SlotState, StackStatus, Usage
 from mcpmux.versions import versions
 
 if TYPE_CHECKING:
+    from mcpmux.router.contexts import ClientContext
     from mcpmux.router.core import Core
     from mcpmux.router.instances import Instance
+    from mcpmux.router.session import Session
 
 log = logging.getLogger("mcpmux.control")
 
@@ -107,7 +109,7 @@ class ControlHandler:
             core_pid=os.getpid(),
             uptime=time.time() - core.started,
             time=time.time(),
-            initialized=board.profile is not None,
+            initialized=board.contexts.seen,
             instances=tuple(instances),
             wanted_slots=tuple(sorted(core.scaler.wanted)),
             min_instances=settings.min_instances,
@@ -131,8 +133,24 @@ class ControlHandler:
             events=tuple(events[-50:]),
             prometheus=exporter.endpoint if exporter is not None else None,
             strategy=board.eligibility.strategy,
+            contexts=self._contexts(),
             session_eras=tuple((session.name, eras.era_of(session).value) for session in board.sessions.values()),
         )
+
+    def _contexts(self) -> tuple[ContextStatus, ...]:
+        """The open sessions grouped by client context, with the instances that may serve each."""
+        board = self._core.board
+        by_context: dict[ClientContext, list[Session]] = {}
+        for session in board.sessions.values():
+            if session.context is not None:
+                by_context.setdefault(session.context, []).append(session)
+        return tuple(
+            ContextStatus(label=context.label, protocol_version=context.protocol_version, cwd=context.cwd,
+                          roots=None if context.roots is None else len(context.roots),
+                          sessions=tuple(session.name for session in sessions),
+                          instances=tuple(sorted(instance.slot for instance in board.pool
+                                                 if board.contexts.serves(instance, sessions[0]))))
+            for context, sessions in by_context.items())
 
     def _instance(self, instance: Instance, now: float, events: list[Event]) -> InstanceStatus:
         state = instance.state.shown
@@ -161,6 +179,8 @@ class ControlHandler:
             backend=self._usage(instance.backend_pid, tree=True),
             sessions=tuple(session.decode(errors="replace")
                            for session in self._core.board.eligibility.sessions_of(instance.slot)),
+            context=instance.context.describe() if instance.context is not None else None,
+            bound=instance.bound,
             era=instance.era.value if instance.initialize_result is not None else None,
         )
 

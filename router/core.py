@@ -13,7 +13,6 @@ import collections
 import contextlib
 import errno
 import functools
-import json
 import logging
 import os
 import signal
@@ -32,6 +31,7 @@ from mcpmux.envelope import Envelope
 from mcpmux.jsonrpc import JsonObject
 from mcpmux.router import actions
 from mcpmux.router.background import Background
+from mcpmux.router.contexts import ClientContext
 from mcpmux.router.control import ControlHandler
 from mcpmux.router.healing import Healer
 from mcpmux.router.instances import Instance, InstanceState
@@ -56,7 +56,7 @@ FOLD_INTERVAL = 0.5  # seconds between folds of finished requests into the Prome
 RECEIVE_BATCH = 1000  # messages taken from one socket before looking at the others
 SUPERVISOR_POLL = 5.0  # seconds between looks at supervisord's process table (events can be dropped)
 # A stack started by a router has a client on its way: its instances wait this long for that client's
-# initialize params rather than start with the warm-up's and be initialized again when they differ.
+# initialize params rather than start with the warm-up's and be restarted when they differ.
 AWAIT_FIRST_CLIENT = 5.0
 DOOR_BACKLOG_LIMIT = 256 * 1024 * 1024  # bytes kept for a door whose client reads slowly before giving it up
 
@@ -69,12 +69,10 @@ class Core:
         self.metrics = Metrics()
         self.board = Switchboard(config, self.metrics)
         self.background = Background()
-        saved = self._load_profile()
-        if saved is not None:
-            self.board.profile, self.board.profile_from_client = saved, True
         self.supervisor = Supervisor(paths)
-        self.scaler = Scaler(config, self.board, self.supervisor, self.metrics, self.background)
         self.healer = Healer(self.supervisor, self.metrics, self.background)
+        self.scaler = Scaler(config, self.board, self.supervisor, self.metrics, self.background, self.healer,
+                             self._initialize_slot)
         self.control = ControlHandler(self)
         self.exporter: prometheus.Exporter | None = None
         self.started = time.time()
@@ -85,8 +83,6 @@ class Core:
         self._control = self._router_socket(paths.control_endpoint)
         self._idle_since: float | None = time.monotonic()
         self._last_poll = 0.0
-        self._stale_shims: set[int] = set()  # shims initialized with params the pool no longer uses
-        self._awaiting_params: set[str] = set()  # connected instances waiting for the first client's params
         # Frames for doors whose ZeroMQ queue is full (their client reads slowly), sent in order later.
         self._door_backlog: dict[bytes, collections.deque[list[bytes]]] = {}
         self._doors_gone: set[bytes] = set()  # found unreachable while carrying out actions
@@ -249,8 +245,11 @@ class Core:
                 instance = self.board.pool.get(slot)
                 backend = instance.backend_pid if instance else "?"
                 self.metrics.event("ready", f"{slot} ready (backend pid {backend})", slot=slot)
-            case actions.ProfileAdopted(params, changed):
-                self._adopt_profile(params, changed)
+            case actions.ContextWanted():
+                self.scaler.place()
+            case actions.InstanceBound(slot, context):
+                self._send_shim(slot, wire.encode(wire.BindContext(context.to_json())))
+                self.metrics.event("context", f"{slot} bound to context {context.describe()}", slot=slot)
             case actions.SafeToolsChanged(names):
                 frames = wire.encode(wire.SafeTools(names))
                 for identity in list(self.board.sessions):
@@ -264,7 +263,7 @@ class Core:
         if isinstance(message, wire.DoorHello):
             if session is None:
                 session = self.board.open_session(identity, message.initialize_params,
-                                                  Priority.named(message.priority))
+                                                  Priority.named(message.priority), message.cwd)
                 self.metrics.event("session", f"session {session.name} opened (door pid {message.pid})")
             self._send_door(identity, wire.encode(wire.Welcome(self.board.retry.safe_tools)))
         elif session is None:
@@ -342,6 +341,7 @@ class Core:
             return
         instance.last_seen = time.monotonic()
         if isinstance(message, wire.BackendReady):
+            instance.backend_pid = message.backend_pid or instance.backend_pid
             probe = self.healer.slots[slot].probe
             self.board.instance_ready(instance, message.initialize_result, probe=probe, era=Era(message.era),
                                       fallback=message.fallback)
@@ -356,7 +356,7 @@ class Core:
         if previous is not None and previous.pid != hello.pid:
             self._instance_lost(previous, "replaced by a new shim process")
         self.scaler.adopt(slot)
-        if self.healer.held(slot) or hello.pid in self._stale_shims or self.healer.outgoing(slot, hello.pid):
+        if self.healer.held(slot) or hello.pid in self.scaler.retired or self.healer.outgoing(slot, hello.pid):
             return
         if hello.initialize_result is None and self.healer.started(slot):
             self.healer.back_off(slot, "restarted too often")
@@ -369,28 +369,59 @@ class Core:
         instance = Instance(slot, hello.pid, hello.backend_pid)
         self.board.pool.add(instance)
         self.metrics.event("start", f"{slot} connected (shim pid {hello.pid})", slot=slot)
-        if hello.initialize_result is not None:
-            self.board.instance_ready(instance, hello.initialize_result, era=Era(hello.era), fallback=hello.fallback)
-        elif self._first_client_coming():
-            self._awaiting_params.add(slot)
+        if hello.context is not None or hello.initialize_result is not None:
+            # Initialized (or being initialized) for a previous core: it says whom it serves.
+            self._adopt_context(instance, hello.context)
+            if hello.initialize_result is not None:
+                self.board.instance_ready(instance, hello.initialize_result, era=Era(hello.era),
+                                          fallback=hello.fallback)
+            return
+        context = self.scaler.assigned.get(slot)
+        if context is not None:
+            self._initialize(instance, context)
+        elif self._first_client_coming() or self.config.server.cwd_from_client:
+            self.scaler.awaiting.add(slot)  # initialized for the first client, or for whoever needs it
         else:
-            self._initialize(instance)
+            self._initialize(instance, self.scaler.default_context())
 
     def _first_client_coming(self) -> bool:
-        return (self.idle_stop and not self.board.profile_from_client
+        return (self.idle_stop and not self.board.contexts.seen
                 and time.monotonic() - self._booted < AWAIT_FIRST_CLIENT)
 
-    def _initialize(self, instance: Instance) -> None:
+    def _adopt_context(self, instance: Instance, kept: JsonObject | None) -> None:
+        context = ClientContext.from_json(kept)
+        if context is None:
+            return  # a shim of another version: it serves nobody, and is the first to go
+        instance.context = context.handshake()
+        if context.roots is not None:
+            self.board.contexts.bind(instance, context)
+            self.board.contexts.roots_observed = True
+        self.scaler.assigned[instance.slot] = context.handshake()
+
+    def _initialize(self, instance: Instance, context: ClientContext) -> None:
+        """Initialize a connected shim's backend as a client of this context would have."""
         instance.started = time.monotonic()  # the startup timeout runs from here
-        era = self.board.eras.era_to_open(self.board.profile_era)
-        self._send_shim(instance.slot, wire.encode(wire.InitializeBackend(self.board.profile, era.value)))
+        era = self.board.eras.era_to_open(context.era)  # never the stateless era for a backend refusing it
+        context = self.board.contexts.as_opened(context, era)
+        instance.context = context
+        self.scaler.assigned[instance.slot] = context
+        self.scaler.awaiting.discard(instance.slot)
+        params = self.board.contexts.initialize_params(context)
+        self.metrics.event("context", f"{instance.slot} initialized for context {context.describe()}",
+                           slot=instance.slot)
+        self._send_shim(instance.slot, wire.encode(wire.InitializeBackend(params, context.cwd, context.to_json(),
+                                                                             era.value)))
+
+    def _initialize_slot(self, slot: str, context: ClientContext) -> None:
+        instance = self.board.pool.get(slot)
+        if instance is not None and instance.initialize_result is None and instance.context is None:
+            self._initialize(instance, context)
 
     def _initialize_awaiting(self) -> None:
-        awaiting, self._awaiting_params = self._awaiting_params, set()
-        for slot in sorted(awaiting):
-            instance = self.board.pool.get(slot)
-            if instance is not None and instance.initialize_result is None:
-                self._initialize(instance)
+        """No client came in time: the shims that waited for one warm up with the usual params."""
+        for slot in sorted(self.scaler.awaiting):
+            self._initialize_slot(slot, self.scaler.warm)
+        self.scaler.awaiting.clear()
 
     def _instance_lost(self, instance: Instance, reason: str, stderr_tail: str = "") -> None:
         if self.board.pool.get(instance.slot) is not instance:
@@ -405,28 +436,6 @@ class Core:
         except zmq.ZMQError as exc:
             log.info("shim %s unreachable: %s", slot, exc)
             self._shims_gone.add(slot)
-
-    def _adopt_profile(self, params: JsonObject, changed: bool) -> None:
-        """The first client's params: keep them; initialize the instances that waited for them, and restart
-        those that warmed up with other ones."""
-        self.paths.pool_profile.write_text(json.dumps(params))
-        waited = set(self._awaiting_params)
-        self._initialize_awaiting()
-        if not changed:
-            return
-        warmed = [instance for instance in self.board.pool if instance.slot not in waited]
-        self._stale_shims.update(instance.pid for instance in warmed)
-        for instance in warmed:
-            self.board.instance_lost(instance, "re-initializing with the first client's params")
-        for slot in [instance.slot for instance in warmed]:
-            self.healer.reinitialize(slot, "the first client's params differ from the warm-up's")
-
-    def _load_profile(self) -> JsonObject | None:
-        try:
-            profile = json.loads(self.paths.pool_profile.read_text())
-        except (OSError, ValueError):
-            return None
-        return profile if isinstance(profile, dict) else None
 
     # --- control -------------------------------------------------------------------------------------
 
@@ -457,8 +466,9 @@ class Core:
             self.exporter.collector.fold()
 
     def _check_liveness(self, now: float) -> None:
-        if self._awaiting_params and not self._first_client_coming():
-            self._initialize_awaiting()  # no client came: warm up with the usual params
+        spares = self.config.server.cwd_from_client  # waiting shims wait for a client's directory
+        if self.scaler.awaiting and not spares and not self._first_client_coming():
+            self._initialize_awaiting()
         for identity in list(self._door_backlog):
             self._flush_backlog(identity)
         for instance in list(self.board.pool):
@@ -474,6 +484,8 @@ class Core:
     def _check_startups(self, now: float) -> None:
         limit = self.config.multiplexer.startup_timeout / 1000
         for instance in list(self.board.pool):
+            if instance.slot in self.scaler.awaiting:
+                continue  # not initialized yet: nothing to wait for
             waiting = instance.state in (InstanceState.STARTING, InstanceState.PROBING)
             if waiting and now - instance.started > limit:
                 reason = f"not ready within startupTimeout ({limit * 1000:.0f} ms)"

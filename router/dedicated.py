@@ -22,27 +22,35 @@ class Dedicated:
         self._slot_of: dict[bytes, str] = {}  # session -> its instance
         self._recycling: set[str] = set()  # instances whose session ended: nobody's until they restart
 
-    def choose(self, session: bytes, pool: Pool, cap: Callable[[Instance], int],
-               ready: list[Instance]) -> Instance | None:
-        """The session's own instance if it can take a request now; one of the `ready` ones (of its protocol
-        era) is assigned at its first request."""
+    def choose(self, session: bytes, serving: list[Instance], pool: Pool,
+               cap: Callable[[Instance], int]) -> Instance | None:
+        """The session's own instance if it can take a request now; one is assigned at its first request,
+        among the ready instances that may serve the session (`serving`: those of its client context)."""
         slot = self._slot_of.get(session)
         if slot is None:
-            instance = self._free(ready)
+            instance = min(self.spares(serving), key=lambda spare: spare.slot, default=None)
             if instance is None:
                 return None  # every instance is someone's: wait for one to start or to be recycled
             self._slot_of[session] = instance.slot
         else:
             instance = pool.get(slot)
-            if instance is None or not instance.ready:
+            # Its own instance serves it unless the session's context is settling (its roots asked again):
+            # it waits for it, never for another.
+            if instance is None or instance not in serving:
                 return None
         return instance if instance.in_flight < cap(instance) else None
 
-    def _free(self, ready: list[Instance]) -> Instance | None:
+    def spares(self, instances: list[Instance]) -> list[Instance]:
+        """The free ones among `instances`: ready, nobody's, running nothing. The lowest slot is taken first:
+        the scaler stops the highest, so spares left over are the ones it stops."""
         taken = set(self._slot_of.values()) | self._recycling
-        free = [i for i in ready if i.slot not in taken and i.in_flight == 0]
-        # The lowest slot first: the scaler stops the highest, so spares left over are the ones it stops.
-        return min(free, key=lambda instance: instance.slot, default=None)
+        return [i for i in instances if i.ready and i.slot not in taken and i.in_flight == 0]
+
+    def has_instance(self, session: bytes) -> bool:
+        return session in self._slot_of
+
+    def slot_of(self, session: bytes) -> str | None:
+        return self._slot_of.get(session)
 
     def may_run(self, session: bytes, slot: str) -> bool:
         """Whether a request of `session` pinned to `slot` (a cursor, a subscription) may run there."""

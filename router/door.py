@@ -70,11 +70,12 @@ class Door:
         self._outbox = bytearray()
         self._outbox_limit = max(OUTBOX_LIMIT, OUTBOX_MESSAGES * max_message_bytes)
         self._client_gone = False
+        self._cwd = _client_directory()
 
     def run(self) -> None:
         self._monitor = self._socket.get_monitor_socket(zmq.EVENT_CONNECTED)
         self._socket.connect(self._paths.doors_endpoint)
-        self._send(wire.DoorHello(os.getpid(), None, self._priority))
+        self._send(wire.DoorHello(os.getpid(), None, self._priority, self._cwd))
         self._await_welcome()
         os.set_blocking(STDOUT, False)
         try:
@@ -232,7 +233,7 @@ class Door:
                 # The core restarted and lost this session: introduce it again; what was sent before this
                 # point is settled once the core welcomes us (later Resyncs are echoes of the same loss).
                 self._to_settle = dict(self._unanswered)
-                self._send(wire.DoorHello(os.getpid(), self._initialize_params, self._priority))
+                self._send(wire.DoorHello(os.getpid(), self._initialize_params, self._priority, self._cwd))
 
     def _settle(self) -> None:
         """Answer each request the lost core never answered: resend the safe ones, fail the others."""
@@ -254,6 +255,14 @@ class Door:
     def _write(self, message: JsonObject) -> None:
         """Queue a message for the client; the poll loop writes it as fast as the client reads."""
         self._outbox += jsonrpc.dumps(message)
+
+
+def _client_directory() -> str | None:
+    """Where the client started its server: the door runs there (the router execs it in place)."""
+    try:
+        return os.getcwd()
+    except OSError:  # removed since
+        return None
 
 
 def main() -> None:

@@ -2,7 +2,9 @@
 
 Each instance runs at most its limit of requests at once (router/limits.py: fixed, or found from its
 latency). A request pinned to an instance (a pagination cursor it made, a subscription it holds) runs there
-and nowhere else. Otherwise it depends on the strategy (`loadBalancing.strategy`):
+and nowhere else. Otherwise only the instances that serve the session's context may run it (router/contexts.py:
+a filter applied before the reserve and any strategy), and among them it depends on the strategy
+(`loadBalancing.strategy`):
 
 - `least_connections`: the least busy ready instance below its limit.
 - `session_affinity`: the instance the session was pinned to at its first request (the one with the fewest
@@ -22,13 +24,13 @@ from collections import Counter
 from typing import Literal
 
 from mcpmux.envelope import Flag
-from mcpmux.router import eras
+from mcpmux.router.contexts import ContextRules
 from mcpmux.router.dedicated import Dedicated
 from mcpmux.router.dispatch import LeastConnections
 from mcpmux.router.instances import Instance, Pool
 from mcpmux.router.limits import Limits
 from mcpmux.router.queue import Priority
-from mcpmux.router.session import Pending
+from mcpmux.router.session import Pending, Session
 
 Strategy = Literal["least_connections", "session_affinity", "dedicated"]
 
@@ -44,11 +46,12 @@ class PinnedInstanceGone(Exception):
 
 class Eligibility:
     def __init__(self, limits: Limits, strategy: Strategy = "least_connections", high_reserve: float = 0.0,
-                 max_instances: int = 1) -> None:
+                 max_instances: int = 1, contexts: ContextRules | None = None) -> None:
         self.limits = limits
         self.balancer = LeastConnections(self.cap)
         self.strategy = strategy
         self.high_reserve = high_reserve
+        self.contexts = contexts or ContextRules()
         self.pins: dict[bytes, str] = {}  # session -> slot, under session_affinity
         self.dedicated = Dedicated(max_instances)  # session <-> slot, under dedicated
 
@@ -71,14 +74,20 @@ class Eligibility:
             if not self.dedicated.may_run(pending.session.identity, instance.slot):
                 raise PinnedInstanceGone(pending.pinned_slot, "is dedicated to another session now")
             return instance if self._has_room(instance) and self._reserve_allows(pending, pool) else None
+        serving = self.serving(pending.session, pool)
         if not self._reserve_allows(pending, pool):
             return None
-        ready = eras.ready_of(pool, pending.session)  # instances of the session's protocol era
         if self.strategy == "session_affinity":
-            return self._affine(pending.session.identity, pool, ready)
+            return self._affine(pending.session, serving, pool)
         if self.strategy == "dedicated":
-            return self.dedicated.choose(pending.session.identity, pool, self.cap, ready)
-        return self.balancer.pick(ready)
+            return self.dedicated.choose(pending.session.identity, serving, pool, self.cap)
+        # Instances already bound to the session's context first, while one has room: a spare is bound
+        # to a context only when that context needs it.
+        return self.balancer.pick([i for i in serving if i.bound and self._has_room(i)] or serving)
+
+    def serving(self, session: Session, pool: Pool) -> list[Instance]:
+        """The context filter: the ready instances that may serve this session now."""
+        return [instance for instance in pool.ready() if self.contexts.usable(instance, session)]
 
     def has_room(self, pool: Pool) -> bool:
         """Whether any ready instance is below its limit (else no waiting request can start)."""
@@ -125,22 +134,27 @@ class Eligibility:
         free = sum(max(0, self.cap(instance) - instance.in_flight) for instance in pool.ready())
         return free > self.reserved(pool)
 
-    def _affine(self, session: bytes, pool: Pool, ready: list[Instance]) -> Instance | None:
-        slot = self.pins.get(session)
-        if slot is None:
-            instance = self._least_pinned(ready)
-            if instance is None:
-                return None
-            self.pins[session] = instance.slot
-        else:
-            instance = pool.get(slot)
+    def _affine(self, session: Session, serving: list[Instance], pool: Pool) -> Instance | None:
+        slot = self.pins.get(session.identity)
+        instance = None if slot is None else pool.get(slot)
+        if slot is not None:
             if instance is None or not instance.ready:
                 return None  # starting, or being replaced: the session waits for its own instance
+            if instance not in serving:
+                if self.contexts.serves(instance, session):
+                    return None  # settling: it serves again in a moment
+                slot = None  # the session's context moved: pin it again
+        if slot is None:
+            instance = self._least_pinned(serving)
+            if instance is None:
+                return None
+            self.pins[session.identity] = instance.slot
+        assert instance is not None
         if not self._has_room(instance):
             return None
         instance.last_pick = self.balancer.turn()
         return instance
 
-    def _least_pinned(self, ready: list[Instance]) -> Instance | None:
+    def _least_pinned(self, serving: list[Instance]) -> Instance | None:
         pinned = Counter(self.pins.values())
-        return min(ready, key=lambda i: (pinned[i.slot], i.in_flight, i.last_pick), default=None)
+        return min(serving, key=lambda i: (pinned[i.slot], i.in_flight, i.last_pick), default=None)

@@ -31,10 +31,6 @@ def era_of(session: Session) -> Era:
     return session.era or Era.HANDSHAKE
 
 
-def serves(instance: Instance, session: Session) -> bool:
-    return instance.era is era_of(session)
-
-
 class Eras:
     def __init__(self) -> None:
         self.discover_result: JsonObject | None = None  # the latest a stateless instance gave
@@ -90,14 +86,9 @@ class Eras:
         session.era = Era.STATELESS
         return jsonrpc.result(message.id, self.discover_result)
 
-    def waiter_answer(self, pending: Pending, instance: Instance) -> JsonObject | None:
-        """What a client waiting for the pool (its initialize or discover) gets now that `instance` is
-        ready, or None if it waits on (for an instance of its own era, or for the pool to know)."""
-        if pending.method == DISCOVER:
-            return self.discover(pending.session, pending.message) if self.known else None
-        if instance.era is not Era.HANDSHAKE:
-            return None
-        return jsonrpc.result(pending.client_id, instance.initialize_result or {})
+    def discover_answer(self, pending: Pending) -> JsonObject | None:
+        """The answer to a discover that waited for the pool to know what its backend speaks, once it does."""
+        return self.discover(pending.session, pending.message) if self.known else None
 
     def _unsupported(self, request_id: object, requested: object, *, handshake_versions: bool) -> JsonObject:
         supported = [self.handshake_version] if handshake_versions else list(stateless.VERSIONS)
@@ -143,11 +134,6 @@ def pin_retry(pending: Pending, pool: Pool) -> str | None:
                 "requestState and inputResponses")
     pending.pinned_slot = slot
     return None
-
-
-def ready_of(pool: Pool, session: Session) -> list[Instance]:
-    """The ready instances that may serve a session."""
-    return [instance for instance in pool.ready() if serves(instance, session)]
 
 
 def _requested(message: Envelope) -> object:

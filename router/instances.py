@@ -7,10 +7,13 @@ import enum
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mcpmux.stateless import Era
 from mcpmux.status import SlotState
+
+if TYPE_CHECKING:
+    from mcpmux.router.contexts import ClientContext
 
 
 class InstanceState(enum.StrEnum):
@@ -45,6 +48,10 @@ class Instance:
     last_pick: int = 0  # when the balancer last chose it, to break ties fairly
     last_seen: float = field(default_factory=time.monotonic)
     started: float = field(default_factory=time.monotonic)
+    context: ClientContext | None = None  # what it was initialized with; None until the core says
+    bound: bool = False  # its roots are fixed: it serves exactly `context` (router/contexts.py)
+    roots_request: Any = None  # the id of a roots/list it asked before it was bound, unanswered
+    settling: bool = False  # just given its roots: takes nothing until it answers a ping after them
 
     @property
     def identity(self) -> bytes:

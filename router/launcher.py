@@ -48,9 +48,6 @@ def ensure_up(config: Config, paths: StackPaths, *, idle_stop: bool) -> bool:
         if is_running(paths):
             return False
         _write_private(paths.config, config.canonical_json())
-        # The pool's initialize params outlive a core restart, not the stack: nothing of a previous run's
-        # clients is kept.
-        paths.pool_profile.unlink(missing_ok=True)
         credentials = {"username": "mcpmux", "password": secrets.token_urlsafe(24)}
         _write_private(paths.credentials, json.dumps(credentials))
         _write_private(paths.supervisord_conf, _render(config, paths, credentials, idle_stop))

@@ -2,8 +2,14 @@
 
 supervisord owns the processes; this module decides and asks it by slot name. Up fast (a queue that
 is not empty, or load above scaleUpThreshold), down slowly (load below scaleDownThreshold for a while).
-Under the dedicated strategy the demand is the sessions, each needing an instance of its own; an instance
-dedicated to a live session is never stopped.
+
+Each slot runs one client context's handshake (router/contexts.py). A context that sessions wait for and
+no instance runs gets one at once: a shim waiting to be initialized, else a free slot, else an idle
+instance of another context restarted with it (router/placement.py). The pool grows for load with the
+busiest context.
+
+Under the dedicated strategy the demand is the sessions, each needing an instance of its own (of its own
+context): an instance dedicated to a live session is never stopped nor restarted for another context.
 """
 
 from __future__ import annotations
@@ -12,10 +18,16 @@ import functools
 import logging
 import math
 import time
+from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from mcpmux.config import Config
+from mcpmux.router import placement
 from mcpmux.router.background import Background
+from mcpmux.router.contexts import ClientContext
+from mcpmux.router.healing import Healer
+from mcpmux.router.instances import Instance
 from mcpmux.router.metrics import Metrics
 from mcpmux.router.switchboard import Switchboard
 from mcpmux.status import EventKind
@@ -28,13 +40,22 @@ SCALE_DOWN_AFTER = 60.0  # seconds of low load before one instance is stopped
 
 class Scaler:
     def __init__(self, config: Config, board: Switchboard, supervisor: Supervisor, metrics: Metrics,
-                 background: Background) -> None:
+                 background: Background, healer: Healer, initialize: Callable[[str, ClientContext], None]) -> None:
         self._settings = config.multiplexer
+        self._spares = config.server.cwd_from_client  # waiting shims are spares for any client's directory
         self._board = board
         self._supervisor = supervisor
         self._metrics = metrics
         self._background = background
+        self._healer = healer
+        self._initialize = initialize  # the core sends a waiting shim its context's initialize params
         self.wanted: dict[str, float] = {}  # slot -> when it was asked to start
+        self.assigned: dict[str, ClientContext] = {}  # slot -> the handshake it runs, or is started for
+        self.awaiting: set[str] = set()  # connected shims not initialized yet (for the first client; spares)
+        self.retired: set[int] = set()  # pids of shims restarted for another context: their last words are ignored
+        # A pool warms up in the stateless era with Claude Code's capabilities: Claude Code probes that era
+        # first, and a backend that refuses it is initialized with those capabilities instead.
+        self.warm = ClientContext.stateless()
         self._low_since: float | None = None
         self._adopted = False  # the shims a previous core left are adopted before counting what is missing
 
@@ -78,19 +99,23 @@ class Scaler:
         return sum(instance.in_flight for instance in self._board.pool) + len(self._board.queue)
 
     def tick(self) -> None:
+        self.place()
         if not self._board.eligibility.shares_instances:
             self._tick_dedicated()
             return
         load = self.load()
-        starting = any(self._board.pool.get(slot) is None or not self._board.pool.get(slot).ready  # type: ignore[union-attr]
+        starting = any(slot not in self.awaiting and (self._board.pool.get(slot) is None
+                                                       or not self._board.pool.get(slot).ready)  # type: ignore[union-attr]
                        for slot in self.wanted)
         if load >= self._settings.scale_up_threshold and not starting:
             # A load step grows the pool to what the backlog needs in one decision, the new instances starting
             # side by side; the next decision waits until they are ready (the cooldown).
-            missing = self.needed() - len(self.wanted)
-            for _ in range(missing):
-                self._start(self._free_slot(), f"load {load:.2f} >= {self._settings.scale_up_threshold}: "
-                                               f"{self.needed()} instances needed")
+            busiest = self.default_context()
+            reason = f"load {load:.2f} >= {self._settings.scale_up_threshold}: {self.needed()} instances needed"
+            if self.awaiting:
+                self._use_spare(busiest, reason)
+            for _ in range(self.needed() - len(self.wanted)):
+                self._start(self._free_slot(), reason, busiest)
             self._low_since = None
             return
         if load > self._settings.scale_down_threshold or len(self.wanted) <= self._settings.min_instances:
@@ -113,9 +138,15 @@ class Scaler:
         if not self._adopted:
             return
         needed = self.dedicated_needed()
+        # Contexts and dedicated together: a session needs an instance of its own *and* of its context, so
+        # the slots started for sessions still without one run those sessions' handshakes (the others, the
+        # busiest context's); at maxInstances a spare nobody waits for is restarted with a waiting context.
+        wants = self._dedicated_wants()
         for _ in range(needed - len(self.wanted)):
             self._start(self._free_slot(), f"{len(self._board.sessions)} sessions, each with an instance of its "
-                                           f"own: {needed} instances needed")
+                                           f"own: {needed} instances needed", wants.pop(0) if wants else None)
+        for handshake, spare in zip(wants, self._unwanted_spares(), strict=False):
+            self._recycle(spare, handshake)
         if len(self.wanted) <= needed:
             self._low_since = None
             return
@@ -125,24 +156,107 @@ class Scaler:
             self._low_since = None
             self._stop_idle_one(f"{len(self.wanted)} instances for {len(self._board.sessions)} sessions")
 
+    def _dedicated_wants(self) -> list[ClientContext]:
+        """The handshakes of sessions with no instance of their own that no free or coming instance runs."""
+        return self._board.contexts.unplaced(self._board.sessions_without_instance(),
+                                             [*self._coming(), *(i.context for i in self._board.dedicated_spares())])
+
+    def _unwanted_spares(self) -> list[Instance]:
+        """Free instances that no session without an instance of its own can use (coming ones first)."""
+        demand = Counter(self._board.contexts.unplaced(self._board.sessions_without_instance(), self._coming()))
+        unwanted = []
+        for spare in self._board.dedicated_spares():
+            handshake = spare.context.handshake() if spare.context is not None else None
+            if handshake is not None and demand[handshake] > 0:
+                demand[handshake] -= 1
+            else:
+                unwanted.append(spare)
+        return unwanted
+
+    def _coming(self) -> list[ClientContext | None]:
+        """The handshakes of the wanted slots not ready yet."""
+        return [context for slot, context in self.assigned.items()
+                if slot in self.wanted and (self._board.pool.get(slot) is None
+                                            or not self._board.pool.get(slot).ready)]  # type: ignore[union-attr]
+
     def _free_slot(self) -> str:
         index = 0
         while shim_slot(index) in self.wanted:
             index += 1
         return shim_slot(index)
 
-    def _start(self, slot: str, reason: str) -> None:
+    def place(self) -> None:
+        """Give each client context that sessions wait for, and no instance runs, an instance now."""
+        for handshake in self._board.unmet_handshakes():
+            on_its_way = any(context == handshake and self._board.pool.get(slot) is None
+                             for slot, context in self.assigned.items() if slot in self.wanted)
+            if not on_its_way:
+                self._provide(handshake)
+
+    def _provide(self, handshake: ClientContext) -> None:
+        reason = f"context {handshake.describe()} wanted"
+        coming = [slot for slot in sorted(self.wanted)
+                  if slot not in self.assigned and self._board.pool.get(slot) is None]
+        unused = placement.unused(self._yielding(), self._in_use)
+        if self.awaiting:
+            self._use_spare(handshake, reason)
+        elif coming:
+            self.assigned[coming[0]] = handshake  # starting already: it is initialized with this one
+        elif unused:
+            for instance in unused:
+                self._recycle(instance, handshake)
+        elif len(self.wanted) < self._settings.max_instances:
+            self._start(self._free_slot(), reason, handshake)
+        elif (victim := placement.recycling_victim(self._yielding(), self._in_use)) is not None:
+            self._recycle(victim, handshake)
+        # else: every instance is busy with other contexts; the requests wait, and their deadline says why
+
+    def _use_spare(self, handshake: ClientContext, reason: str) -> None:
+        """Initialize waiting shims with a context: one spare, or all that waited for the first client."""
+        slots = [min(self.awaiting)] if self._spares else sorted(self.awaiting)
+        for slot in slots:
+            self.awaiting.discard(slot)
+            log.info("initialize %s: %s", slot, reason)
+            self._initialize(slot, handshake)
+
+    def _recycle(self, instance: Instance, handshake: ClientContext) -> None:
+        why = ("no open session uses its context" if not self._in_use(instance)
+               else f"the pool is at maxInstances ({self._settings.max_instances}) and it was idle")
+        reason = f"restarted for context {handshake.describe()}: {why}"
+        log.info("recycle %s: %s", instance.slot, reason)
+        self.retired.add(instance.pid)
+        self.assigned[instance.slot] = handshake
+        self._board.instance_lost(instance, reason)
+        self._healer.reinitialize(instance.slot, reason)
+
+    def default_context(self) -> ClientContext:
+        """What a slot started for no context in particular runs: the busiest context's handshake, else the
+        first client's, else the warm-up's."""
+        return self._board.busiest_handshake() or self._board.contexts.first_handshake or self.warm
+
+    def _yielding(self) -> list[Instance]:
+        """The instances that may be restarted for another context: not one dedicated to a live session."""
+        return [instance for instance in self._board.pool
+                if self._board.eligibility.dedicated.owner(instance.slot) is None]
+
+    def _in_use(self, instance: Instance) -> bool:
+        return bool(self._board.served_by(instance))
+
+    def _start(self, slot: str, reason: str, context: ClientContext | None = None) -> None:
+        if context is not None:
+            self.assigned[slot] = context
         self.wanted[slot] = time.monotonic()
         log.info("start %s: %s", slot, reason)
         self._metrics.event(EventKind.SCALE, f"start {slot}: {reason}", slot=slot)
         self._background.run(functools.partial(self._supervisor.start_sync, slot), what=f"starting {slot}")
 
     def _stop_idle_one(self, why: str) -> None:
-        for slot in sorted(self.wanted, reverse=True):
-            instance = self._board.pool.get(slot)
-            dedicated = self._board.eligibility.dedicated.owner(slot) is not None
-            if instance is not None and instance.in_flight == 0 and not dedicated:
+        for instance in placement.retiring_order(list(self._board.pool), self._in_use):
+            slot = instance.slot
+            if slot in self.wanted and self._board.eligibility.dedicated.owner(slot) is None:
                 del self.wanted[slot]
+                self.assigned.pop(slot, None)
+                self.awaiting.discard(slot)
                 log.info("stop %s: %s", slot, why)
                 self._metrics.event(EventKind.SCALE, f"stop {slot}: {why}")
                 # The same path as any loss: its subscriptions move to another instance.

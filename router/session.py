@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mcpmux.envelope import Envelope
 from mcpmux.jsonrpc import RequestId
 from mcpmux.router.queue import Priority
 from mcpmux.stateless import Era
+
+if TYPE_CHECKING:
+    from mcpmux.router.contexts import ClientContext
 
 LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 
@@ -69,6 +72,10 @@ class Session:
     last_request: float = 0.0
     held: bool = False  # its door takes no more for now (a slow client): start nothing new for it
     priority: Priority | None = None  # the session's own level (mcpmux-router --priority)
+    cwd: str | None = None  # its door's working directory (the client's)
+    context: ClientContext | None = None  # what the server may observe of its client (router/contexts.py)
+    roots_known: bool = False  # its context has the client's current roots (or it declares none)
+    roots_ask: int | None = None  # the id of mcpmux's own roots/list to its client, while unanswered
     era: Era | None = None  # the protocol era its client opened with, once it has (router/eras.py)
 
     @property

@@ -19,11 +19,12 @@ from mcpmux import jsonrpc
 from mcpmux.config import Config
 from mcpmux.envelope import Envelope, Flag, Kind
 from mcpmux.jsonrpc import JsonObject
-from mcpmux.router import cursors, eras, listen, profile, rewrite, server_requests, tasks
+from mcpmux.router import cursors, eras, listen, rewrite, server_requests, tasks
 from mcpmux.router.actions import (
     Action,
+    ContextWanted,
+    InstanceBound,
     InstanceReady,
-    ProfileAdopted,
     RecycleInstance,
     RestartInstance,
     SafeToolsChanged,
@@ -31,6 +32,7 @@ from mcpmux.router.actions import (
     ToInstance,
 )
 from mcpmux.router.breaker import CircuitBreaker, is_instance_failure
+from mcpmux.router.contexts import ROOTS, SEVERAL, ClientContext, ContextRules
 from mcpmux.router.deadlines import Deadlines
 from mcpmux.router.eligibility import Eligibility, PinnedInstanceGone
 from mcpmux.router.instances import Instance, InstanceState, Pool
@@ -71,13 +73,14 @@ class Switchboard:
             settings.queue_size, per_session=min(settings.queue_per_session, max(1, settings.queue_size)),
             ageing=config.load_balancing.priority_ageing / 1000, clock=clock)
         self.priorities = PriorityPolicy(config.load_balancing.priorities)
+        # Which client contexts there are, and which instances serve which sessions:
+        self.contexts = ContextRules(cwd_from_client=config.server.cwd_from_client)
+        self._max_instances = settings.max_instances
         # Which instances may serve a request:
         self.eligibility = Eligibility(limits_for(settings.max_concurrent_requests), config.load_balancing.strategy,
-                                       config.load_balancing.high_reserve, max_instances=settings.max_instances)
+                                       config.load_balancing.high_reserve, max_instances=settings.max_instances,
+                                       contexts=self.contexts)
         self.metrics = metrics
-        self.profile: JsonObject = profile.WARM  # the initialize params every backend gets
-        self.profile_era = Era.STATELESS  # the era backends open in (the handshake, if the backend refuses it)
-        self.profile_from_client = False
         self.eras = eras.Eras()  # what the pool's backend speaks
         self.breaker = CircuitBreaker(config.load_balancing.circuit_breaker_threshold,
                                       enabled=config.load_balancing.circuit_breaker_enabled)
@@ -111,9 +114,12 @@ class Switchboard:
         return actions
 
     def open_session(self, identity: bytes, initialize_params: JsonObject | None,
-                     priority: Priority | None = None) -> Session:
-        session = Session(identity, initialize_params, last_seen=self._now(), priority=priority)
+                     priority: Priority | None = None, cwd: str | None = None) -> Session:
+        session = Session(identity, initialize_params, last_seen=self._now(), priority=priority, cwd=cwd)
         self.sessions[identity] = session
+        if initialize_params is not None:  # a door introducing its session again, to a restarted core
+            self.contexts.open(session)
+            self._ask_roots(session)
         return session
 
     def close_session(self, session: Session) -> None:
@@ -160,8 +166,8 @@ class Switchboard:
             return
         if method in LIST_CHANGED_BY_LIST_METHOD:
             session.list_changed_sent.discard(LIST_CHANGED_BY_LIST_METHOD[method])
-        if not self.profile_from_client and session.era is Era.STATELESS:
-            self._adopt_profile(profile.from_envelope(message), Era.STATELESS)
+        if session.era is Era.STATELESS and session.context is None:
+            self.contexts.open_stateless(session, message)  # one context for every stateless client
         local = self._LOCAL_METHODS.get(method)
         if local is not None:
             local(self, session, message)
@@ -173,10 +179,10 @@ class Switchboard:
 
     def _discover(self, session: Session, message: Envelope) -> None:
         """Answered from what the pool's instances speak (router/eras.py); while nobody knows yet, it waits
-        for the first instance, which opens in the stateless era."""
-        if not self.profile_from_client:
-            self._adopt_profile(profile.from_envelope(message), Era.STATELESS)
+        for an instance opened in the stateless era."""
         answer = self.eras.discover(session, message)
+        if answer is None or "result" in answer:
+            self.contexts.open_stateless(session, message)
         if answer is not None:
             self._answer_local(session, answer)
             return
@@ -184,6 +190,8 @@ class Switchboard:
         session.pending[pending.client_id] = pending
         self._init_waiters.append(pending)
         self._arm(pending, self._startup_timeout)
+        if self.contexts.needs_handshake(session, list(self.pool)):
+            self._actions.append(ContextWanted())
 
     def _listen(self, session: Session, message: Envelope) -> None:
         """A stateless session's listen stream holds no slot and has no deadline (router/listen.py)."""
@@ -197,24 +205,18 @@ class Switchboard:
                 message["id"], jsonrpc.INVALID_PARAMS, "Invalid params: initialize needs params"))
             return
         session.initialize_params = params
-        self._adopt_profile(params, Era.HANDSHAKE)
+        self.contexts.open(session)
         pending = Pending(session, message["id"], message, received=self._now())
-        result = self.pool.any_initialize_result()
+        # Answered by a backend initialized as this client would have initialized it.
+        result = self.contexts.initialize_result(session)
         if result is not None:
             self._finish(pending, jsonrpc.result(message["id"], result))
             return
         session.pending[pending.client_id] = pending
         self._init_waiters.append(pending)
         self._arm(pending, self._startup_timeout)
-
-    def _adopt_profile(self, params: JsonObject, era: Era) -> None:
-        """The first client's params and era: every backend opens with them (router/profile.py)."""
-        if self.profile_from_client:
-            return
-        opened_in = self.eras.era_to_open(self.profile_era)  # the warm instances' era
-        changed = self.eras.era_to_open(era) is not opened_in or not profile.same_handshake(self.profile, params)
-        self.profile, self.profile_era, self.profile_from_client = params, era, True
-        self._actions.append(ProfileAdopted(params, changed))
+        if self.contexts.needs_handshake(session, list(self.pool)):
+            self._actions.append(ContextWanted())
 
     def _set_level(self, session: Session, message: Envelope) -> None:
         level = (message.get("params") or {}).get("level")
@@ -287,13 +289,19 @@ class Switchboard:
             if pending is not None:
                 self._abandon(pending, (message.get("params") or {}).get("reason") or "cancelled by client")
         elif method == "notifications/initialized":
-            pass  # every backend had its own handshake when it started
+            self._ask_roots(session)  # every backend had its own handshake when it started
+        elif method == "notifications/roots/list_changed":
+            self.contexts.roots_changed(session)  # the session moves to the context of its new roots
+            self._ask_roots(session)
         else:
-            # roots/list_changed and the like concern every instance serving this client.
-            for instance in eras.ready_of(self.pool, session):
-                self._send(instance, message)
+            for instance in self.pool.ready():
+                if self.contexts.serves(instance, session):
+                    self._send(instance, message)
 
     def _client_response(self, session: Session, message: Envelope) -> None:
+        if session.roots_ask is not None and message.id == session.roots_ask:
+            self._roots_answered(session, message)
+            return
         request = session.server_requests.pop(message.id, None)
         instance = self.pool.get(request.slot) if request else None
         if request is None or instance is None:
@@ -304,6 +312,11 @@ class Switchboard:
     # --- the life of a request -----------------------------------------------------------------------
 
     def _admit(self, pending: Pending) -> None:
+        if pending.session.context is None:
+            self._answer_local(pending.session, jsonrpc.error(
+                pending.client_id, jsonrpc.INVALID_REQUEST,
+                "Invalid Request: send initialize first (instances are initialized with their clients' context)"))
+            return
         if pending.message.flags & Flag.CURSOR:  # only then is the body opened
             params = pending.message["params"]
             unwrapped = cursors.unwrap(params["cursor"])
@@ -328,6 +341,8 @@ class Switchboard:
                             level=pending.level)
         except QueueFull as full:
             self._fail(pending, jsonrpc.OVERLOADED, f"mcpmux is overloaded: {full}; retry later")
+            return
+        self._want_instance(pending.session)
 
     def _dispatch(self, pending: Pending) -> bool:
         """Send the request to an instance now if one can take it (or answer it if none ever can); False if
@@ -341,6 +356,8 @@ class Switchboard:
             return True
         if instance is None:
             return False
+        if self.contexts.needs_binding(instance) and self._bind(instance, pending.session):
+            return False  # it settles first
         if not self.subscriptions.shared:  # a dedicated session's subscriptions follow it to a new instance
             self._place_subscriptions(instance.slot, only={pending.session.identity})
         self._start(pending, instance)
@@ -404,13 +421,19 @@ class Switchboard:
         if pending in self._init_waiters:
             self._init_waiters.remove(pending)
             where = "waiting for a backend to start"
+        # A request that waited because of its client's context says so: another client's is never used.
+        unserved = None if pending.slot else self.contexts.why_waiting(
+            pending.session, list(self.pool), self._max_instances, initializing=pending.method == "initialize")
         instance = self.pool.get(pending.slot or "")
         self._release(pending, "request timed out")
         self.metrics.requests_timed_out += 1
         if instance is not None:
             self._instance_failed(instance, "a request timed out")
-        self._fail(pending, jsonrpc.REQUEST_TIMEOUT,
-                         f"Request timed out after {seconds * 1000:.0f} ms ({where}); mcpmux cancelled it")
+        if unserved is not None:
+            self._fail(pending, unserved[0], f"Request timed out after {seconds * 1000:.0f} ms: {unserved[1]}")
+        else:
+            self._fail(pending, jsonrpc.REQUEST_TIMEOUT,
+                       f"Request timed out after {seconds * 1000:.0f} ms ({where}); mcpmux cancelled it")
         self.drain()
 
     def _abandon(self, pending: Pending, reason: str) -> None:
@@ -499,6 +522,9 @@ class Switchboard:
         if method == "ping":
             self._send(instance, jsonrpc.result(message["id"], {}))
             return
+        if method == "roots/list":
+            self._roots_request(instance, message)
+            return
         session = self._task_owner(instance, message) or self._session_for(instance)
         refused = server_requests.refusal(session, method)
         if refused is not None or session is None:
@@ -520,7 +546,7 @@ class Switchboard:
         if method == "notifications/progress":
             self._progress(params, message)
         elif method.endswith("/list_changed"):
-            self._list_changed(method, message)
+            self._list_changed(instance, method, message)
         elif method == "notifications/resources/updated":
             self._resource_updated(instance, params, message)
         elif method == "notifications/cancelled":
@@ -534,7 +560,7 @@ class Switchboard:
                 self._answer(owner, message)
         else:
             session = self._task_owner(instance, message) or self._session_for(instance)
-            for target in [session] if session else self._unattributed_audience():
+            for target in [session] if session else self._unattributed_audience(instance):
                 self._answer(target, message)
 
     def _progress(self, params: JsonObject, message: Envelope) -> None:
@@ -549,11 +575,12 @@ class Switchboard:
         token = rewrite.client_progress_token(pending.message)
         self._answer(pending.session, rewrite.with_progress_token(message, token))
 
-    def _list_changed(self, method: str, message: Envelope) -> None:
-        # Every instance announces the same change: a session hears it once until it lists again.
-        # (The stateless era hears of changes on its listen streams only.)
-        for session in list(self.sessions.values()):
-            if method not in session.list_changed_sent and eras.era_of(session) is Era.HANDSHAKE:
+    def _list_changed(self, instance: Instance, method: str, message: Envelope) -> None:
+        # Every instance announces the same change: a session hears it once until it lists again. Only the
+        # sessions of its context: another context may list other things. Under dedicated too: an instance
+        # of the same context announces what the session's own would (the servers are the same program).
+        for session in self.served_by(instance):
+            if method not in session.list_changed_sent:
                 session.list_changed_sent.add(method)
                 self._answer(session, message)
 
@@ -574,7 +601,7 @@ class Switchboard:
 
     def _log_message(self, instance: Instance, params: JsonObject, message: Envelope) -> None:
         owner = self._task_owner(instance, message) or self._session_for(instance, guess_when_idle=False)
-        targets = [owner] if owner else self._unattributed_audience()
+        targets = [owner] if owner else self._unattributed_audience(instance)
         for session in targets:
             if session.wants_log(str(params.get("level"))):
                 self._answer(session, message)
@@ -586,13 +613,22 @@ class Switchboard:
         return self.sessions.get(task.session) if task is not None else None
 
     def _session_for(self, instance: Instance, *, guess_when_idle: bool = True) -> Session | None:
-        return server_requests.attribute(instance.slot, self._running.values(), self.sessions,
-                                         guess_when_idle=guess_when_idle, assigned=self.eligibility.assignment())
+        # Under dedicated the instance's own session, whatever its context does meanwhile (its roots asked
+        # again); otherwise only a session the instance serves (one of its context) can be the one.
+        assigned = self.eligibility.assignment()
+        candidates = (self.sessions if assigned is not None
+                      else {session.identity: session for session in self.served_by(instance)})
+        return server_requests.attribute(instance.slot, self._running.values(), candidates,
+                                         guess_when_idle=guess_when_idle, assigned=assigned)
 
-    def _unattributed_audience(self) -> list[Session]:
-        """Who hears an instance's message that belongs to no one session: everybody when sessions share
-        instances; nobody under dedicated, where an instance with no session serves no one."""
-        return list(self.sessions.values()) if self.eligibility.shares_instances else []
+    def _unattributed_audience(self, instance: Instance) -> list[Session]:
+        """Who hears an instance's message that belongs to no one session. When sessions share instances,
+        the sessions of its context (dedicated's "everybody" narrowed by contexts': an instance speaks only
+        to those it may serve); under dedicated nobody, since an instance with no session serves no one."""
+        return self.served_by(instance) if self.eligibility.shares_instances else []
+
+    def served_by(self, instance: Instance) -> list[Session]:
+        return [session for session in self.sessions.values() if self.contexts.serves(instance, session)]
 
     # --- instances coming and going ------------------------------------------------------------------
 
@@ -602,7 +638,11 @@ class Switchboard:
         half-open: one ping decides."""
         instance.initialize_result = result
         self.eras.opened(instance, era, fallback)
-        if probe:
+        if instance.context is not None:  # a stateless context whose backend refused the era: its fallback's
+            instance.context = self.contexts.as_opened(instance.context, era)
+        # A server that wants roots asks right after its handshake: let it ask before it serves, so that
+        # it is bound at its first use and its first request finds its roots in place.
+        if probe or self.contexts.may_ask_roots(instance):
             instance.state = InstanceState.PROBING
             self._internal_request(instance.slot, "ping", {}, self._probe_answered, allow_unready=True)
             return
@@ -625,14 +665,24 @@ class Switchboard:
             self._internal_request(instance.slot, "tools/list", {}, self._learn_tools)
         if self.subscriptions.shared and instance.era is Era.HANDSHAKE:
             self._place_subscriptions(instance.slot)
-        waiters, self._init_waiters = self._init_waiters, []
-        for pending in waiters:
-            answer = self.eras.waiter_answer(pending, instance)
-            if answer is None:
-                self._init_waiters.append(pending)  # it waits for an instance of its own era
-            else:
-                self._finish(pending, answer)
+        self._answer_initialize(instance)
         self.drain()
+
+    def _answer_initialize(self, instance: Instance) -> None:
+        """The sessions waiting for a backend of this one's handshake get its InitializeResult; those waiting
+        to know which eras the pool speaks (their discover), the answer once it is known."""
+        self.contexts.learned(instance)
+        for pending in list(self._init_waiters):
+            response = self._waiter_response(pending)
+            if response is not None:
+                self._init_waiters.remove(pending)
+                self._finish(pending, response)
+
+    def _waiter_response(self, pending: Pending) -> JsonObject | None:
+        if pending.method == eras.DISCOVER:
+            return self.eras.discover_answer(pending)
+        result = self.contexts.initialize_result(pending.session)
+        return None if result is None else jsonrpc.result(pending.client_id, result)
 
     def _learn_tools(self, instance: Instance, message: Message) -> None:
         result = message.get("result")
@@ -694,9 +744,9 @@ class Switchboard:
 
     def startup_failed(self, reason: str, stderr_tail: str) -> None:
         """A backend died in its handshake: tell the clients waiting for one, rather than let them wait."""
-        if self.pool.ready():
-            return
-        waiters, self._init_waiters = self._init_waiters, []
+        waiters = [pending for pending in self._init_waiters
+                   if not any(self.contexts.serves(instance, pending.session) for instance in self.pool.ready())]
+        self._init_waiters = [pending for pending in self._init_waiters if pending not in waiters]
         detail = f"; its last words: {stderr_tail.strip()[-500:]}" if stderr_tail.strip() else ""
         for pending in waiters:
             self._fail(pending, jsonrpc.INSTANCE_FAILED, f"The MCP server failed to start: {reason}{detail}")
@@ -732,6 +782,7 @@ class Switchboard:
                            f"The instance running this request failed ({reason}); it was not retried "
                            "because it may have had effects")
         instance.in_flight = 0
+        instance.roots_request = None
         for identity in self.eligibility.instance_lost(instance.slot):
             self._tell_state_reset(identity, instance.slot, reason)
         if self.subscriptions.unplace(instance.slot) and self.subscriptions.shared:
@@ -764,6 +815,108 @@ class Switchboard:
             "level": "warning", "logger": "mcpmux",
             "data": f"the server instance serving this session ({slot}) was lost ({reason}); the session "
                     "continues on another instance, and any state the server kept for it was reset"}))
+
+    # --- client contexts (router/contexts.py) ---------------------------------------------------------
+
+    def _ask_roots(self, session: Session) -> None:
+        """Ask the client for its roots (it declared the capability): instances' roots/list are answered
+        from them."""
+        if session.context is None or not session.context.supports(ROOTS):
+            return
+        session.roots_ask = next(self._ids)
+        self._answer(session, {"jsonrpc": "2.0", "id": session.roots_ask, "method": "roots/list"})
+
+    def _roots_answered(self, session: Session, message: Message) -> None:
+        session.roots_ask = None
+        self.contexts.roots_answered(session, message)
+        self._follow_roots(session)
+        for instance in self.pool:
+            if instance.roots_request is not None:
+                self._give_roots(instance)
+        self.drain()
+        self._want_instance(session)
+
+    def _follow_roots(self, session: Session) -> None:
+        """Under dedicated, a session's own instance is its alone and holds its state: it follows the
+        session's new roots (bound to them, and told they changed, as a server with one client is) rather
+        than the session moving elsewhere and its instance being recycled."""
+        slot = self.eligibility.dedicated.slot_of(session.identity)
+        instance = self.pool.get(slot or "")
+        if instance is None or not instance.bound or session.context in (None, instance.context):
+            return
+        self._bind_to(instance, session)
+        self._send(instance, jsonrpc.notification("notifications/roots/list_changed"))
+
+    def sessions_without_instance(self) -> list[Session]:
+        """Under dedicated: the sessions that have no instance of their own yet."""
+        return [session for session in self.sessions.values()
+                if not self.eligibility.dedicated.has_instance(session.identity)]
+
+    def dedicated_spares(self) -> list[Instance]:
+        """Under dedicated: the free instances (ready, nobody's, idle)."""
+        return self.eligibility.dedicated.spares(self.pool.ready())
+
+    def _want_instance(self, session: Session) -> None:
+        """Ask for an instance of the session's context if it has requests waiting and nothing can serve it."""
+        waiting = any(pending.slot is None for pending in session.pending.values())
+        if waiting and self.contexts.needs_instance(session, list(self.pool)):
+            self._actions.append(ContextWanted())
+
+    def unmet_handshakes(self) -> list[ClientContext]:
+        """What to initialize new instances with: one per context that sessions wait for and no instance,
+        ready or starting, can serve."""
+        initializing = [pending.session for pending in self._init_waiters]
+        return self.contexts.unmet(list(self.sessions.values()), initializing, list(self.pool))
+
+    def busiest_handshake(self) -> ClientContext | None:
+        return self.contexts.busiest(list(self.sessions.values()))
+
+    def _roots_request(self, instance: Instance, message: Message) -> None:
+        """An instance asks for roots: answered from its context, never from another's."""
+        if instance.context is None or not instance.context.supports(ROOTS):
+            self._send(instance, jsonrpc.error(message["id"], jsonrpc.METHOD_NOT_FOUND,
+                                               "the client does not support roots"))
+            return
+        self.contexts.roots_observed = True  # from now on, instances are bound to one context at first use
+        instance.roots_request = message["id"]
+        self._give_roots(instance)
+
+    def _give_roots(self, instance: Instance) -> None:
+        """Answer an instance's roots/list once it is bound. An unbound one is bound now if every request it
+        runs is of one context whose roots are known; an idle one at its first use."""
+        if not instance.bound:
+            owner = self.contexts.roots_owner([p.session for p in self._running.values() if p.slot == instance.slot])
+            if owner is None:
+                return  # bound at its first use, or once its client's roots are known
+            if owner is not SEVERAL:
+                self._bind_to(instance, owner)
+        backend_id, instance.roots_request = instance.roots_request, None
+        self._send(instance, self.contexts.roots_answer(instance, backend_id))
+
+    def _bind(self, instance: Instance, session: Session) -> bool:
+        """Bind an instance to a session's context at its first use; True if it must settle first: it
+        asked for roots, which it gets now, and serves once it has answered a ping sent after them (so its
+        first request finds them applied)."""
+        self._bind_to(instance, session)
+        if instance.roots_request is None:
+            return False
+        self._give_roots(instance)
+        self._settle(instance)
+        return True
+
+    def _settle(self, instance: Instance) -> None:
+        """Serve nothing until the instance answers a ping: what it was sent or asked before is done."""
+        instance.settling = True
+        self._internal_request(instance.slot, "ping", {}, self._settled)
+
+    def _bind_to(self, instance: Instance, session: Session) -> None:
+        assert session.context is not None
+        self.contexts.bind(instance, session.context)
+        self._actions.append(InstanceBound(instance.slot, session.context))
+
+    def _settled(self, instance: Instance, message: Message) -> None:
+        instance.settling = False
+        self.drain()
 
     # --- helpers -------------------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from mcpmux import jsonrpc
 from mcpmux.config import Config
 from mcpmux.jsonrpc import JsonObject, RequestId
 from mcpmux.router import actions
+from mcpmux.router.contexts import ClientContext
 from mcpmux.router.instances import Instance
 from mcpmux.router.metrics import Metrics
 from mcpmux.router.session import Session
@@ -66,21 +67,51 @@ class Harness:
                 case _:
                     self.other.append(action)
 
-    def open(self, name: str, capabilities: JsonObject | None = None) -> Session:
+    def open(self, name: str, capabilities: JsonObject | None = None, *, roots: list[str] | None = None,
+             cwd: str | None = None) -> Session:
+        """A session whose client has initialized; with `roots`, it answers mcpmux's roots/list with them."""
         params = {"protocolVersion": "2025-11-25", "capabilities": capabilities or {}, "clientInfo": {"name": name}}
-        session = self.board.open_session(name.encode(), params)
+        session = self.board.open_session(name.encode(), params, cwd=cwd)
         self.collect()
+        if roots is not None:
+            self.give_roots(session, roots)
         return session
+
+    def roots_asked(self, session: Session) -> list[JsonObject]:
+        return [m for m in self.to_client.get(session.identity, []) if m.get("method") == "roots/list"]
+
+    def give_roots(self, session: Session, roots: list[str]) -> None:
+        """The client answers mcpmux's latest roots/list."""
+        asked = self.roots_asked(session)[-1]
+        self.board.from_client(session, jsonrpc.result(asked["id"], {"roots": [{"uri": uri} for uri in roots]}))
+        self.collect()
+
+    def change_roots(self, session: Session, roots: list[str]) -> None:
+        """The client's roots change: it says so, and answers mcpmux's roots/list with the new ones."""
+        self.board.from_client(session, jsonrpc.notification("notifications/roots/list_changed"))
+        self.collect()
+        self.give_roots(session, roots)
 
     def close(self, session: Session) -> None:
         self.board.close_session(session)
         self.collect()
 
-    def add_instance(self, slot: str, initialize_result: JsonObject = INITIALIZE_RESULT, *, era: Era = Era.HANDSHAKE,
-                     fallback: str | None = None, pid: int = 1) -> Instance:
+    def add_instance(self, slot: str, capabilities: JsonObject | None = None, result: JsonObject | None = None, *,
+                     era: Era = Era.HANDSHAKE, fallback: str | None = None, pid: int = 1) -> Instance:
+        """A ready instance initialized for the handshake of clients with these capabilities, or opened in the
+        stateless era (`fallback`: asked to, it fell back to the handshake)."""
         instance = Instance(slot, pid, pid + 1)
+        handshake = {"protocolVersion": "2025-11-25", "capabilities": capabilities or {}}
+        stateless = era is Era.STATELESS or fallback is not None
+        instance.context = ClientContext.stateless() if stateless else ClientContext.of(handshake)
         self.board.pool.add(instance)
-        self.board.instance_ready(instance, initialize_result, era=era, fallback=fallback)
+        self.board.instance_ready(instance, result or INITIALIZE_RESULT, era=era, fallback=fallback)
+        self.collect()
+        sent = self.to_instance.pop(slot, [])
+        self.to_instance[slot] = [m for m in sent if m.get("method") != "ping"]
+        for ping in [m for m in sent if m.get("method") == "ping"]:
+            # An instance of clients with roots is pinged before it serves: its server may ask for them first.
+            self.board.from_instance(instance, jsonrpc.result(ping["id"], {}))
         self.collect()
         sent = self.to_instance.pop(slot, [])
         learning = [m for m in sent if m.get("method") == "tools/list" and isinstance(m["id"], int)

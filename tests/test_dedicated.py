@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from mcpmux import jsonrpc
+from mcpmux.jsonrpc import JsonObject
 from mcpmux.router import actions
 from mcpmux.router.instances import Instance
 from mcpmux.router.session import Session
 from tests.switchboard_harness import Harness
 
 DEDICATED = {"strategy": "dedicated"}
+SAMPLING: JsonObject = {"sampling": {}}  # the clients' capabilities, so the instances' context
 
 
 def sessions_on(h: Harness, instance: Instance, *sessions: Session) -> set[str]:
@@ -78,8 +80,8 @@ def test_a_session_that_never_had_an_instance_recycles_nothing() -> None:
 
 def test_an_instances_requests_and_logs_go_to_its_session_even_when_another_was_active_last() -> None:
     h = Harness.make(DEDICATED)
-    a, b = h.open("a", {"sampling": {}}), h.open("b", {"sampling": {}})
-    first, second = h.add_instance("shim:shim_00"), h.add_instance("shim:shim_01")
+    a, b = h.open("a", SAMPLING), h.open("b", SAMPLING)
+    first, second = h.add_instance("shim:shim_00", SAMPLING), h.add_instance("shim:shim_01", SAMPLING)
     h.call(a, "a1")
     h.answer_all(first)
     h.clock.now += 1
@@ -88,7 +90,7 @@ def test_an_instances_requests_and_logs_go_to_its_session_even_when_another_was_
 
     h.board.from_instance(first, {"jsonrpc": "2.0", "id": 7, "method": "sampling/createMessage", "params": {}})
     h.board.from_instance(first, jsonrpc.notification("notifications/message", {"level": "info", "data": "x"}))
-    spare = h.add_instance("shim:shim_02")
+    spare = h.add_instance("shim:shim_02", SAMPLING)
     h.board.from_instance(spare, jsonrpc.notification("notifications/message", {"level": "info", "data": "y"}))
     h.collect()
 

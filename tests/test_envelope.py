@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import msgpack
 import pytest
 
 from mcpmux import request_state, wire
@@ -88,11 +89,13 @@ def test_flags_say_when_the_core_must_open_the_body() -> None:
 
 
 def test_a_frame_that_is_not_an_envelope_is_a_wire_error() -> None:
-    header, _ = wire.encode_envelope(wire.ToClient, Envelope.from_message(CALL))
+    [frame] = wire.encode_envelope(wire.ToClient, Envelope.from_message(CALL))
     with pytest.raises(wire.WireError):
-        wire.decode([header])
+        wire.decode([frame, b"{}"])  # one frame per message
     with pytest.raises(wire.WireError):
-        wire.decode([b"\x93\xa2tc\x01\x02", b"{}"])
+        wire.decode([msgpack.packb(["tc", 0, 1, "ping", None, None, 0, None, None])])  # no body
+    with pytest.raises(wire.WireError):
+        wire.decode([b"\x93\xa2tc\x01\x02"])
 
 
 # --- the 2026-07-28 era -------------------------------------------------------------------------------

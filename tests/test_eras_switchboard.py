@@ -30,7 +30,7 @@ def ask(h: Harness, session: Session, request_id: RequestId, method: str, params
 
 
 def stateless_pool(h: Harness, count: int = 2, first: int = 0) -> list[Instance]:
-    return [h.add_instance(f"shim:shim_0{n}", DISCOVER_RESULT, era=Era.STATELESS, pid=10 * (n + 1))
+    return [h.add_instance(f"shim:shim_0{n}", result=DISCOVER_RESULT, era=Era.STATELESS, pid=10 * (n + 1))
             for n in range(first, first + count)]
 
 
@@ -57,7 +57,7 @@ def test_discover_waits_for_the_first_instance_and_is_answered_from_its_discover
 
     ask(h, session, "probe", "server/discover")
     waited = h.responses(session)
-    h.add_instance("shim:shim_00", DISCOVER_RESULT, era=Era.STATELESS)
+    h.add_instance("shim:shim_00", result=DISCOVER_RESULT, era=Era.STATELESS)
 
     assert waited == {}
     assert h.response(session, "probe")["result"] == DISCOVER_RESULT
@@ -69,7 +69,7 @@ def test_a_backend_that_refused_the_stateless_era_sends_clients_back_to_initiali
     session = stateless_session(h)
 
     ask(h, session, "probe", "server/discover")
-    h.add_instance("shim:shim_00", INITIALIZE_RESULT, era=Era.HANDSHAKE, fallback=REFUSED)
+    h.add_instance("shim:shim_00", result=INITIALIZE_RESULT, fallback=REFUSED)
     ask(h, session, "again", "server/discover")
     h.request(session, "init", "initialize", {"protocolVersion": "2025-11-25", "capabilities": {},
                                               "clientInfo": {"name": "c"}})
@@ -82,7 +82,7 @@ def test_a_backend_that_refused_the_stateless_era_sends_clients_back_to_initiali
 
 def test_a_stateless_request_to_a_handshake_only_pool_names_the_versions_it_speaks() -> None:
     h = Harness.make()
-    h.add_instance("shim:shim_00", INITIALIZE_RESULT, fallback=REFUSED)
+    h.add_instance("shim:shim_00", result=INITIALIZE_RESULT, fallback=REFUSED)
     session = stateless_session(h)
 
     ask(h, session, "call", "tools/call", {"name": "work"})

@@ -13,6 +13,7 @@ from mcpmux.config import Config
 from mcpmux.envelope import Envelope
 from mcpmux.jsonrpc import JsonObject
 from mcpmux.router.background import Background
+from mcpmux.router.healing import Healer
 from mcpmux.router.instances import Instance
 from mcpmux.router.limits import (
     HIGHEST,
@@ -205,8 +206,10 @@ def test_the_scaler_counts_the_pool_capacity_as_the_sum_of_the_limits(tmp_path: 
     paths.credentials.write_text(json.dumps({"username": "u", "password": "p"}))  # never used: nothing starts
     background = Background()
     try:
+        supervisor = Supervisor(paths)
         scaler = Scaler(Config.model_validate({"server": {"command": "server"}, "multiplexer": settings}),
-                        h.board, Supervisor(paths), h.board.metrics, background)
+                        h.board, supervisor, h.board.metrics, background,
+                        Healer(supervisor, h.board.metrics, background), lambda slot, context: None)
         client = h.open("a")
         first, second = h.add_instance("shim:shim_00"), h.add_instance("shim:shim_01")
         for slot in (first.slot, second.slot):

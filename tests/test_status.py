@@ -64,16 +64,17 @@ STATUS_JSON: dict[str, Any] = {
          "served": 12,
          "failed": 1, "consecutiveFailures": 0, "restarts": 0, "backoffs": 0, "alert": None, "uptime": 99.5,
          "sinceHeartbeat": 0.4, "latencyMs": {"p50": 1.25, "p95": 3.5, "p99": 7.0}, "shim": SHIM_USAGE,
-         "backend": BACKEND_USAGE, "sessions": ["9f2c41d0"], "era": "2026-07-28"},
+         "backend": BACKEND_USAGE, "sessions": ["9f2c41d0"], "context": "7caa21 2025-11-25", "bound": False,
+         "era": "2026-07-28"},
         {"slot": "shim:shim_01", "pid": 4203, "backendPid": 4204, "state": "busy", "inFlight": 3, "limit": 3,
          "served": 9,
          "failed": 0, "consecutiveFailures": 0, "restarts": 1, "backoffs": 0, "alert": None, "uptime": 40.0,
          "sinceHeartbeat": 0.9, "latencyMs": {"p50": None, "p95": None, "p99": None}, "shim": SHIM_USAGE,
-         "backend": None, "sessions": [], "era": "handshake"},
+         "backend": None, "sessions": [], "context": "51e0b9 2025-11-25", "bound": True, "era": "handshake"},
         {"slot": "shim:shim_02", "pid": None, "backendPid": None, "state": "stopped", "supervisord": "FATAL",
          "inFlight": 0, "limit": None, "served": 0, "failed": 0, "consecutiveFailures": 0, "restarts": 5, "backoffs": 2,
          "alert": "shim:shim_02 flapping: given up", "uptime": None, "sinceHeartbeat": None, "latencyMs": None,
-         "shim": None, "backend": None, "sessions": [], "era": None,
+         "shim": None, "backend": None, "sessions": [], "context": None, "bound": False, "era": None,
          "lastEvent": "shim:shim_02 lost: backend exited (code 1)"},
     ],
     "instancesByState": {"starting": 0, "probing": 0, "ready": 1, "busy": 1, "open-circuit": 0, "failed": 0,
@@ -106,6 +107,8 @@ STATUS_JSON: dict[str, Any] = {
     "subscriptions": 1,
     "logLevel": "info",
     "strategy": "session_affinity",
+    "contexts": [{"label": "51e0b9", "protocolVersion": "2025-11-25", "cwd": "/home/me/project", "roots": 1,
+                  "sessions": ["9f2c41d0", "3f2a"], "instances": ["shim:shim_00", "shim:shim_01"]}],
     "sessionEras": {"9f2c41d0": "handshake", "77aa01be": "2026-07-28"},
 }
 
@@ -265,7 +268,11 @@ def test_the_renderer_shows_a_realistic_status() -> None:
 def test_health_verdicts_from_typed_statuses() -> None:
     ready, busy, starting = SlotState.READY, SlotState.BUSY, SlotState.STARTING
     assert health.assess(make_status(ready, busy)).verdict is health.Verdict.HEALTHY
-    assert health.assess(make_status(ready, starting)).reasons == ["shim:shim_01 is starting"]
+    initializing = dataclasses.replace(make_status(starting).instances[0], slot="shim:shim_01", context="7caa21 x")
+    assert health.assess(make_status(instances=(make_status(ready).instances[0], initializing))).reasons == [
+        "shim:shim_01 is starting"]
+    spare = health.assess(make_status(ready, starting))  # a connected shim with no context waits for a client
+    assert spare.verdict is health.Verdict.HEALTHY
     assert health.assess(make_status(ready, SlotState.OPEN_CIRCUIT)).verdict is health.Verdict.DEGRADED
     assert health.assess(make_status(SlotState.STOPPED, SlotState.OPEN_CIRCUIT)).verdict is health.Verdict.DOWN
     assert health.assess(make_status()).verdict is health.Verdict.DOWN

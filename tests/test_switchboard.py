@@ -365,7 +365,7 @@ def test_a_high_request_by_meta_passes_a_backlog_and_the_server_never_sees_the_k
 
 def test_a_sessions_level_and_the_configured_rules_set_a_requests_level() -> None:
     h = Harness.make({"priorities": {"tools": {"re*": "low"}}}, maxConcurrentRequests=1)
-    background = h.board.open_session(b"agent", {"capabilities": {}}, Priority.LOW)
+    background = h.board.open_session(b"agent", {"protocolVersion": "2025-11-25", "capabilities": {}}, Priority.LOW)
     interactive = h.open("interactive")
     instance = h.add_instance("shim:shim_00")
 

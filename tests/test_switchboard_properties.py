@@ -1,6 +1,7 @@
 """Random interleavings of sessions, requests, cancellations, answers, losses and time, against the
 switchboard's promises: every client request gets exactly one response (none once cancelled), to its own
-session under its own id; no instance holds more than its cap; nothing is kept after its session and its
+session under its own id; no instance holds more than its cap; an instance never runs a request of a session
+of another client context, nor gets another context's roots; nothing is kept after its session and its
 instances are gone. Under dedicated, an instance never runs requests of two sessions, at once or one after
 the other (a session's instance is recycled, a new one, before another session has the slot)."""
 
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from mcpmux import jsonrpc
-from mcpmux.jsonrpc import RequestId
+from mcpmux.jsonrpc import JsonObject, RequestId
 from mcpmux.router.instances import Instance, Pool
 from mcpmux.router.limits import HIGHEST
 from mcpmux.router.session import Pending, Session
@@ -23,6 +24,10 @@ from tests.switchboard_harness import Harness
 CAP = 2
 SLOTS = ("shim:shim_00", "shim:shim_01", "shim:shim_02")
 SESSIONS = ("a", "b", "c")
+# Client contexts: two handshakes, and two sets of roots within the one that declares roots.
+ROOTS: JsonObject = {"roots": {"listChanged": True}}
+CAPABILITIES: list[JsonObject] = [{}, ROOTS]
+ROOT_SETS = (["file:///a"], ["file:///b"])
 
 
 class SwitchboardMachine(RuleBasedStateMachine):
@@ -39,6 +44,8 @@ class SwitchboardMachine(RuleBasedStateMachine):
         self.sent: dict[bytes, list[RequestId]] = {}
         self.cancelled: dict[bytes, dict[RequestId, int]] = {}  # id -> responses seen when cancelled
         self.ids = itertools.count()
+        self.checked: set[int] = set()  # running backend ids whose context was checked at dispatch
+        self.roots_seen: list[JsonObject] = []  # roots answers to instances already checked
         self.served: dict[Instance, set[bytes]] = {}  # every instance object, and whose requests it was given
         self._watch_choices()
 
@@ -48,7 +55,9 @@ class SwitchboardMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def open_session(self, data: st.DataObject) -> None:
         name = data.draw(st.sampled_from([n for n in SESSIONS if n not in self.sessions]))
-        session = self.h.open(f"{name}{next(self.ids)}")  # a door's identity is never used twice
+        capabilities = data.draw(st.sampled_from(CAPABILITIES))
+        roots = data.draw(st.sampled_from(ROOT_SETS)) if capabilities else None
+        session = self.h.open(f"{name}{next(self.ids)}", capabilities, roots=roots)  # identities are never reused
         self.sessions[name] = session
         self.sent[session.identity] = []
         self.cancelled[session.identity] = {}
@@ -66,7 +75,29 @@ class SwitchboardMachine(RuleBasedStateMachine):
     def instance_ready(self, data: st.DataObject) -> None:
         slot = data.draw(st.sampled_from([s for s in SLOTS if self.h.board.pool.get(s) is None]))
         self.h.to_instance.pop(slot, None)  # what a lost instance of this slot was sent
-        self.h.add_instance(slot)
+        self.h.add_instance(slot, data.draw(st.sampled_from(CAPABILITIES)))
+
+    @precondition(lambda self: len(self.h.board.pool) > 0)
+    @rule(data=st.data())
+    def instance_asks_roots(self, data: st.DataObject) -> None:
+        instance = data.draw(st.sampled_from(sorted(self.h.board.pool, key=lambda i: i.slot)))
+        self.h.board.from_instance(instance, {"jsonrpc": "2.0", "id": f"roots{next(self.ids)}",
+                                              "method": "roots/list"})
+        self.h.collect()
+
+    @precondition(lambda self: len(self.h.board.pool) > 0)
+    @rule()
+    def instances_answer_pings(self) -> None:
+        for instance in list(self.h.board.pool):
+            for request in self.h.requests_on(instance):
+                if request["method"] == "ping":
+                    self.h.answer(instance, request["id"], {})
+
+    @precondition(lambda self: any(s.context and s.context.supports("roots") for s in self.sessions.values()))
+    @rule(data=st.data(), roots=st.sampled_from(ROOT_SETS))
+    def roots_change(self, data: st.DataObject, roots: list[str]) -> None:
+        rooted = sorted(name for name, s in self.sessions.items() if s.context and s.context.supports("roots"))
+        self.h.change_roots(self.sessions[data.draw(st.sampled_from(rooted))], roots)
 
     @precondition(lambda self: len(self.h.board.pool) > 0)
     @rule(data=st.data())
@@ -141,6 +172,34 @@ class SwitchboardMachine(RuleBasedStateMachine):
                 assert len(responses) == 1, f"{session.name} got {len(responses)} responses to {request_id!r}"
             for request_id in self.cancelled[session.identity]:
                 assert request_id not in self.h.responses(session) or request_id in self._answered_before_cancel()
+
+    @invariant()
+    def an_instance_runs_only_requests_of_its_context(self) -> None:
+        """Checked when a request is first seen running, i.e. right after the step that dispatched it."""
+        board = self.h.board
+        for backend_id in board.running_ids() - self.checked:
+            pending = board._running[backend_id]
+            instance = board.pool.get(pending.slot or "")
+            ours, theirs = instance and instance.context, pending.session.context
+            assert ours is not None and theirs is not None
+            where = f"{pending.session.name} ({theirs}) runs on {pending.slot} ({ours})"
+            assert ours.handshake() == theirs.handshake(), where
+            if instance is not None and instance.bound:
+                assert ours == theirs, where
+            self.checked.add(backend_id)
+
+    @invariant()
+    def roots_given_to_an_instance_are_its_own_contexts(self) -> None:
+        """Checked when an answer is first seen: under dedicated an instance's context follows its session's
+        roots later (it is rebound), so an earlier answer is checked against the context it had then."""
+        for instance in self.h.board.pool:
+            for message in self.h.to_instance.get(instance.slot, []):
+                if "result" in message and isinstance(message["result"].get("roots"), list):
+                    if any(message is seen for seen in self.roots_seen):
+                        continue
+                    self.roots_seen.append(message)
+                    assert instance.bound and instance.context is not None
+                    assert instance.context.roots_result() == message["result"], (instance.slot, message)
 
     @invariant()
     def no_instance_exceeds_its_cap(self) -> None:

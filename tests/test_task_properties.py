@@ -30,7 +30,7 @@ class TaskSwitchboardMachine(SwitchboardMachine):
             self.sent[session.identity] = []
             self.cancelled[session.identity] = {}
         self.made[SLOTS[0]] = []
-        self.h.add_instance(SLOTS[0], WITH_TASKS)
+        self.h.add_instance(SLOTS[0], result=WITH_TASKS)
 
     @precondition(lambda self: len(self.h.board.pool) < len(SLOTS))
     @rule(data=st.data())
@@ -38,7 +38,7 @@ class TaskSwitchboardMachine(SwitchboardMachine):
         slot = data.draw(st.sampled_from([s for s in SLOTS if self.h.board.pool.get(s) is None]))
         self.h.to_instance.pop(slot, None)
         self.made[slot] = []
-        self.h.add_instance(slot, WITH_TASKS)
+        self.h.add_instance(slot, result=WITH_TASKS)
 
     @precondition(lambda self: bool(self.sessions))
     @rule(data=st.data())

@@ -21,9 +21,11 @@ def task(task_id: str, status: str = "working", ttl: int | None = 60_000) -> Jso
             "lastUpdatedAt": "2026-01-01T00:00:00Z", "ttl": ttl}
 
 
-def pool(load_balancing: JsonObject | None = None, **options: Any) -> tuple[Harness, list[Instance]]:
+def pool(load_balancing: JsonObject | None = None, capabilities: JsonObject | None = None,
+         **options: Any) -> tuple[Harness, list[Instance]]:
+    """Instances with tasks, initialized for clients of these capabilities (their sessions' context)."""
     h = Harness.make(load_balancing, **options)
-    return h, [h.add_instance(slot, WITH_TASKS) for slot in SLOTS]
+    return h, [h.add_instance(slot, capabilities, result=WITH_TASKS) for slot in SLOTS]
 
 
 def call_on(h: Harness, instance: Instance, session: Session, request_id: RequestId, params: JsonObject) -> None:
@@ -91,7 +93,7 @@ def test_another_sessions_or_an_unknown_task_is_refused_here_and_reaches_no_inst
 def test_task_requests_neither_queue_nor_hold_a_slot() -> None:
     h = Harness.make(maxConcurrentRequests=1)
     a = h.open("a")
-    instance = h.add_instance(SLOTS[0], WITH_TASKS)
+    instance = h.add_instance(SLOTS[0], result=WITH_TASKS)
     create(h, a, "c1", "t-1", on=instance)
 
     h.request(a, "wait", "tasks/result", {"taskId": "t-1"})  # blocks on the server until the task ends
@@ -180,7 +182,7 @@ def test_status_notifications_go_to_the_owner_only_and_unknown_ones_to_nobody() 
 
 
 def test_a_server_request_for_a_task_reaches_its_owner_not_the_session_using_the_instance() -> None:
-    h, (instance, _) = pool()
+    h, (instance, _) = pool(capabilities={"elicitation": {}})
     a, b = h.open("a", {"elicitation": {}}), h.open("b", {"elicitation": {}})
     create(h, a, "c1", "t-a", on=instance)
     call_on(h, instance, b, "busy", {"name": "work"})  # by who is using the instance, the question is b's
@@ -316,7 +318,7 @@ def test_without_the_tasks_capability_task_methods_pass_through_to_the_server() 
 def test_with_no_instance_ready_the_table_still_decides() -> None:
     h = Harness.make()
     a, b = h.open("a"), h.open("b")
-    instance = h.add_instance(SLOTS[0], WITH_TASKS)
+    instance = h.add_instance(SLOTS[0], result=WITH_TASKS)
     create(h, a, "c1", "t-a", on=instance)
     h.lose(instance)  # the pool is empty now
 
