@@ -4,8 +4,9 @@ A backend connection is locked to the era of its first message (mcpmux/stateless
 one era: a handshake instance was opened with `initialize`, a stateless one (2026-07-28) with
 `server/discover` (instance_shim/opening.py). A session is of the era its client opened with: `initialize`
 makes it a handshake session, a successful `server/discover` or any request carrying the 2026-07-28 `_meta`
-a stateless one. A session is served only by instances of its era; every stateless request carries its own
-client context, so every stateless session can use every stateless instance.
+a stateless one. The era is part of the client context (router/contexts.py), so a session is served only
+by instances of its era; every stateless request carries its own client context, so every stateless session
+shares one context and can use every stateless instance.
 
 What the pool's backend speaks is learned from the instances, never by a probe a handshake-only backend
 could choke on: the first instance opened in the stateless era either succeeds (its discover result is

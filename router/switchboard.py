@@ -640,6 +640,8 @@ class Switchboard:
         self.eras.opened(instance, era, fallback)
         if instance.context is not None:  # a stateless context whose backend refused the era: its fallback's
             instance.context = self.contexts.as_opened(instance.context, era)
+        if fallback is not None:
+            self._refuse_stateless_waiting()
         # A server that wants roots asks right after its handshake: let it ask before it serves, so that
         # it is bound at its first use and its first request finds its roots in place.
         if probe or self.contexts.may_ask_roots(instance):
@@ -647,6 +649,16 @@ class Switchboard:
             self._internal_request(instance.slot, "ping", {}, self._probe_answered, allow_unready=True)
             return
         self._become_ready(instance)
+
+    def _refuse_stateless_waiting(self) -> None:
+        """The backend refuses the stateless era: the stateless requests waiting for an instance never run."""
+        for session in list(self.sessions.values()):
+            waiting = [p for p in session.pending.values() if p.slot is None and p not in self._init_waiters]
+            for pending in waiting:
+                refused = self.eras.refusal(session, pending.message)
+                if refused is not None:
+                    self.queue.remove(pending.key)
+                    self._finish(pending, refused)
 
     def _probe_answered(self, instance: Instance, message: Message) -> None:
         if "result" in message:
@@ -866,7 +878,8 @@ class Switchboard:
         """What to initialize new instances with: one per context that sessions wait for and no instance,
         ready or starting, can serve."""
         initializing = [pending.session for pending in self._init_waiters]
-        return self.contexts.unmet(list(self.sessions.values()), initializing, list(self.pool))
+        unmet = self.contexts.unmet(list(self.sessions.values()), initializing, list(self.pool))
+        return [context for context in unmet if self.eras.era_to_open(context.era) is context.era]
 
     def busiest_handshake(self) -> ClientContext | None:
         return self.contexts.busiest(list(self.sessions.values()))

@@ -195,3 +195,24 @@ async def _backend_pid_of_state(stack: Stack, state: str) -> int:
     status = await stack.current_status()
     (instance,) = [i for i in status["instances"] if i["slot"] == slot]
     return int(instance["backendPid"])
+
+
+async def test_a_session_of_each_era_at_once_shares_the_pool(make_stack: StackFactory) -> None:
+    # The legacy client comes first, so the pool starts in the handshake era; the auto client's discover
+    # then waits for an instance of the stateless era (an idle one is restarted in it: the pool is full).
+    stack = pool(make_stack)
+    async with client(stack, "legacy") as classic, client(stack, "auto") as modern:
+        asks = await asyncio.gather(*(session.call_tool("ask", {"question": f"{n}"})
+                                      for n in range(4) for session in (classic, modern)))
+        whoami = [line(await session.call_tool("whoami", {})) for session in (classic, modern)]
+        negotiated = modern.protocol_version
+        status = await stack.current_status()
+    answers = [line(result) for result in asks]
+
+    assert negotiated == STATELESS
+    assert [answer["answer"] for answer in answers] == [f"answer to {n}" for n in range(4) for _ in range(2)]
+    assert [answer["protocolVersion"] for answer in whoami] == ["2025-11-25", STATELESS]
+    classic_pids, modern_pids = ({answer["pid"] for answer in answers[side::2]} for side in (0, 1))
+    assert len(classic_pids) == len(modern_pids) == 1 and classic_pids != modern_pids
+    assert sorted(instance["era"] for instance in status["instances"]) == [STATELESS, "handshake"]
+    assert sorted(status["sessionEras"].values()) == [STATELESS, "handshake"]

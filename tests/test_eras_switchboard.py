@@ -291,3 +291,16 @@ def test_a_handshake_list_change_does_not_reach_a_stateless_session() -> None:
 
     assert [n["method"] for n in notifications(h, classic)] == ["notifications/tools/list_changed"]
     assert notifications(h, modern) == []
+
+
+def test_stateless_requests_waiting_when_the_backend_refuses_the_era_are_answered_at_once() -> None:
+    h = Harness.make()
+    session = stateless_session(h)
+
+    ask(h, session, "call", "tools/call", {"name": "work"})
+    unmet_before = h.board.unmet_handshakes()
+    h.add_instance("shim:shim_00", result=INITIALIZE_RESULT, fallback=REFUSED)
+
+    assert [context.era for context in unmet_before] == [Era.STATELESS]
+    assert h.error_code(session, "call") == -32022
+    assert h.board.unmet_handshakes() == []
