@@ -68,7 +68,8 @@ class Eligibility:
         """The instance to run `pending` on now, or None if it must wait; PinnedInstanceGone if it never can."""
         if pending.pinned_slot is not None:
             instance = pool.get(pending.pinned_slot)
-            if instance is None or not instance.ready:
+            pin = pending.message.pin  # a requestState's: the instance itself, not its slot's replacement
+            if instance is None or not instance.ready or (pin is not None and pin[1] != instance.pid):
                 raise PinnedInstanceGone(pending.pinned_slot,
                                          what="requestState" if pending.message.flags & Flag.STATE else "cursor")
             if not self.dedicated.may_run(pending.session.identity, instance.slot):

@@ -19,6 +19,7 @@ from __future__ import annotations
 from mcpmux import jsonrpc, stateless
 from mcpmux.envelope import Envelope, Flag
 from mcpmux.jsonrpc import JsonObject
+from mcpmux.router.contexts import ContextRules
 from mcpmux.router.instances import Instance, Pool
 from mcpmux.router.session import Pending, Session
 from mcpmux.stateless import Era
@@ -69,21 +70,24 @@ class Eras:
             return jsonrpc.error(message.id, jsonrpc.INVALID_REQUEST,
                                  "this session speaks the handshake protocol era; requests carrying the "
                                  "2026-07-28 _meta are not accepted on it")
+        if session.era is Era.STATELESS and method in HANDSHAKE_ONLY_METHODS and method != "ping":
+            return jsonrpc.error(message.id, jsonrpc.METHOD_NOT_FOUND,
+                                 f"Method not found: {method} is not part of the 2026-07-28 protocol")
         if session.era is Era.STATELESS and self.handshake_only is not None:
             return self._unsupported(message.id, _requested(message), handshake_versions=True)
         return None
 
     def discover(self, session: Session, message: Envelope) -> JsonObject | None:
         """The answer to a client's `server/discover`, or None while the pool does not know yet."""
-        requested = _requested(message)
         if self.handshake_only is not None:
             return jsonrpc.error(message.id, jsonrpc.METHOD_NOT_FOUND,
                                  "Method not found: server/discover (this server speaks only the handshake "
                                  "protocol era; use initialize)")
-        if requested not in stateless.VERSIONS:
-            return self._unsupported(message.id, requested, handshake_versions=False)
         if self.discover_result is None:
             return None
+        requested = _requested(message)
+        if requested not in stateless.VERSIONS:
+            return self._unsupported(message.id, requested, handshake_versions=False)
         session.era = Era.STATELESS
         return jsonrpc.result(message.id, self.discover_result)
 
@@ -124,13 +128,15 @@ class Eras:
         return method, {**params, "_meta": stateless.envelope()}
 
 
-def pin_retry(pending: Pending, pool: Pool) -> str | None:
+def pin_retry(pending: Pending, pool: Pool, contexts: ContextRules) -> str | None:
     """Pin a request carrying a `requestState` to the instance that issued it (the door read which, from
-    the state mcpmux wrapped: mcpmux/request_state.py); why it cannot go there, or None."""
+    the state mcpmux wrapped: mcpmux/request_state.py); why it cannot go there, or None. A state the client
+    could not have had from an instance of its own context is gone as well."""
     assert pending.message.pin is not None
     slot, pid = pending.message.pin
     instance = pool.get(slot)
-    if instance is None or instance.pid != pid or not instance.ready:
+    mine = instance is not None and instance.pid == pid and contexts.serves(instance, pending.session)
+    if instance is None or not mine or not instance.ready:
         return (f"Invalid params: the instance that made this requestState ({slot}) is gone; call again without "
                 "requestState and inputResponses")
     pending.pinned_slot = slot

@@ -326,7 +326,8 @@ class Switchboard:
                 return
             pending.pinned_slot, inner = unwrapped
             pending.message = Envelope.from_message({**pending.message, "params": {**params, "cursor": inner}})
-        if pending.message.flags & Flag.STATE and (gone := eras.pin_retry(pending, self.pool)) is not None:
+        gone = eras.pin_retry(pending, self.pool, self.contexts) if pending.message.flags & Flag.STATE else None
+        if gone is not None:
             self._answer_local(pending.session, jsonrpc.error(pending.client_id, jsonrpc.INVALID_PARAMS, gone))
             return
         pending.level = self.priorities.level(pending.message, pending.session.priority)

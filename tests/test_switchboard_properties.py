@@ -3,7 +3,10 @@ switchboard's promises: every client request gets exactly one response (none onc
 session under its own id; no instance holds more than its cap; an instance never runs a request of a session
 of another client context, nor gets another context's roots; nothing is kept after its session and its
 instances are gone. Under dedicated, an instance never runs requests of two sessions, at once or one after
-the other (a session's instance is recycled, a new one, before another session has the slot)."""
+the other (a session's instance is recycled, a new one, before another session has the slot). Sessions and
+instances of both protocol eras share the pool: an instance runs only requests of its era, a retry carrying
+a `requestState` only on the instance that issued it (or it is refused), and a listen stream, which has no
+deadline, ends with one response at most (none once cancelled)."""
 
 from __future__ import annotations
 
@@ -14,11 +17,12 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from mcpmux import jsonrpc
+from mcpmux import jsonrpc, request_state
 from mcpmux.jsonrpc import JsonObject, RequestId
 from mcpmux.router.instances import Instance, Pool
 from mcpmux.router.limits import HIGHEST
 from mcpmux.router.session import Pending, Session
+from mcpmux.stateless import Era
 from tests.switchboard_harness import Harness
 
 CAP = 2
@@ -28,6 +32,8 @@ SESSIONS = ("a", "b", "c")
 ROOTS: JsonObject = {"roots": {"listChanged": True}}
 CAPABILITIES: list[JsonObject] = [{}, ROOTS]
 ROOT_SETS = (["file:///a"], ["file:///b"])
+ENVELOPE = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
+DISCOVERED: JsonObject = {"supportedVersions": ["2026-07-28"], "capabilities": {"tools": {}}}
 
 
 class SwitchboardMachine(RuleBasedStateMachine):
@@ -47,6 +53,8 @@ class SwitchboardMachine(RuleBasedStateMachine):
         self.checked: set[int] = set()  # running backend ids whose context was checked at dispatch
         self.roots_seen: list[JsonObject] = []  # roots answers to instances already checked
         self.served: dict[Instance, set[bytes]] = {}  # every instance object, and whose requests it was given
+        self.stateless: set[bytes] = set()  # the sessions of the 2026-07-28 era
+        self.streams: set[tuple[bytes, RequestId]] = set()  # listen requests: answered only when they end
         self._watch_choices()
 
     # --- rules ---------------------------------------------------------------------------------------
@@ -55,6 +63,13 @@ class SwitchboardMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def open_session(self, data: st.DataObject) -> None:
         name = data.draw(st.sampled_from([n for n in SESSIONS if n not in self.sessions]))
+        if data.draw(st.booleans()):  # a client of the 2026-07-28 era: no initialize, its context per request
+            session = self.h.board.open_session(f"{name}{next(self.ids)}".encode(), None)
+            self.stateless.add(session.identity)
+            self.sessions[name] = session
+            self.sent[session.identity] = []
+            self.cancelled[session.identity] = {}
+            return
         capabilities = data.draw(st.sampled_from(CAPABILITIES))
         roots = data.draw(st.sampled_from(ROOT_SETS)) if capabilities else None
         session = self.h.open(f"{name}{next(self.ids)}", capabilities, roots=roots)  # identities are never reused
@@ -75,7 +90,10 @@ class SwitchboardMachine(RuleBasedStateMachine):
     def instance_ready(self, data: st.DataObject) -> None:
         slot = data.draw(st.sampled_from([s for s in SLOTS if self.h.board.pool.get(s) is None]))
         self.h.to_instance.pop(slot, None)  # what a lost instance of this slot was sent
-        self.h.add_instance(slot, data.draw(st.sampled_from(CAPABILITIES)))
+        if data.draw(st.booleans()):
+            self.h.add_instance(slot, result=DISCOVERED, era=Era.STATELESS, pid=next(self.ids))
+        else:
+            self.h.add_instance(slot, data.draw(st.sampled_from(CAPABILITIES)), pid=next(self.ids))
 
     @precondition(lambda self: len(self.h.board.pool) > 0)
     @rule(data=st.data())
@@ -114,13 +132,46 @@ class SwitchboardMachine(RuleBasedStateMachine):
         number = next(self.ids)
         request_id: RequestId = f"r{number}" if string_id else number
         self.sent[session.identity].append(request_id)
-        if kind == "tools/list":
+        if session.identity in self.stateless:
+            self._stateless_request(session, request_id, kind)
+        elif kind == "tools/list":
             self.h.request(session, request_id, "tools/list")
         elif kind == "urgent":
             self.h.request(session, request_id, "tools/call",
                            {"name": "work", "arguments": {}, "_meta": {"mcpmux/priority": "high"}})
         else:
             self.h.call(session, request_id, tool=kind)
+
+    def _stateless_request(self, session: Session, request_id: RequestId, kind: str) -> None:
+        meta = {**ENVELOPE, "mcpmux/priority": "high"} if kind == "urgent" else ENVELOPE
+        if kind == "tools/list":
+            self.h.request(session, request_id, "tools/list", {"_meta": meta})
+        else:
+            self.h.request(session, request_id, "tools/call", {"name": "look" if kind == "look" else "work",
+                                                               "arguments": {}, "_meta": meta})
+
+    @precondition(lambda self: bool(self.stateless & set(self.h.board.sessions)))
+    @rule(data=st.data(), slot=st.sampled_from(SLOTS), current=st.booleans())
+    def input_retry(self, data: st.DataObject, slot: str, current: bool) -> None:
+        """A retry with a requestState issued by the instance now in a slot, or by one gone from it."""
+        session = self.h.board.sessions[data.draw(st.sampled_from(sorted(self.stateless & set(self.h.board.sessions))))]
+        instance = self.h.board.pool.get(slot)
+        pid = instance.pid if instance is not None and current else -1
+        request_id = f"i{next(self.ids)}"
+        self.sent[session.identity].append(request_id)
+        self.h.request(session, request_id, "tools/call", {
+            "name": "work", "requestState": request_state.wrap("sealed", slot, pid), "inputResponses": {},
+            "_meta": ENVELOPE})
+
+    @precondition(lambda self: bool(self.stateless & set(self.h.board.sessions)))
+    @rule(data=st.data())
+    def listen(self, data: st.DataObject) -> None:
+        session = self.h.board.sessions[data.draw(st.sampled_from(sorted(self.stateless & set(self.h.board.sessions))))]
+        request_id = f"l{next(self.ids)}"
+        self.sent[session.identity].append(request_id)
+        self.streams.add((session.identity, request_id))
+        self.h.request(session, request_id, "subscriptions/listen",
+                       {"notifications": {"toolsListChanged": True}, "_meta": ENVELOPE})
 
     @precondition(lambda self: bool(self.sessions))
     @rule(data=st.data(), uri=st.sampled_from(["file:///a", "file:///b"]), subscribe=st.booleans())
@@ -184,8 +235,11 @@ class SwitchboardMachine(RuleBasedStateMachine):
             assert ours is not None and theirs is not None
             where = f"{pending.session.name} ({theirs}) runs on {pending.slot} ({ours})"
             assert ours.handshake() == theirs.handshake(), where
+            assert instance is not None and instance.era is ours.era, where
             if instance is not None and instance.bound:
                 assert ours == theirs, where
+            if pending.message.pin is not None:
+                assert pending.message.pin == (instance.slot, instance.pid), where
             self.checked.add(backend_id)
 
     @invariant()
@@ -248,6 +302,12 @@ class SwitchboardMachine(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         self.h.advance(60.0)  # past every deadline: whatever was waiting has been answered by now
+        for session in self.sessions.values():  # streams last until their client ends them
+            for identity, request_id in self.streams:
+                unanswered = request_id not in self.h.responses(session)
+                if identity == session.identity and unanswered and request_id not in self.cancelled[identity]:
+                    self.cancelled[identity][request_id] = 0
+                    self.h.cancel(session, request_id)
         for session in self.sessions.values():
             answered = self.h.responses(session)
             for request_id in self.sent[session.identity]:
