@@ -74,21 +74,20 @@ def instances_table(status: StackStatus, *, title: str | None = None, wide: bool
     rows = status.instances
     latency = wide and any(instance.latency for instance in rows)
     columns: list[tuple[str, bool]] = [  # (header, shown)
-        ("slot", True), ("state", True), ("era", wide), ("running", True), ("limit", True), ("served", True),
-        ("failed", True), ("in a row", wide), ("restarts", True), ("uptime", True), ("p50", latency), ("p95", latency),
+        ("slot", True), ("state", True), ("running", True), ("limit", True), ("served", True), ("failed", True),
+        ("in a row", wide), ("restarts", True), ("uptime", True), ("p50", latency), ("p95", latency),
         ("shim pid", wide), ("backend pid", wide), ("RSS", True), ("CPU", True),
     ]
     table = Table(title=title, box=box.SIMPLE_HEAVY if wide else box.SIMPLE, expand=False, pad_edge=wide,
                   collapse_padding=not wide)
     for header, shown in columns:
         if shown:
-            table.add_column(header, justify="left" if header in ("slot", "state", "era") else "right",
-                             no_wrap=True)
+            table.add_column(header, justify="left" if header in ("slot", "state") else "right", no_wrap=True)
     for instance in rows:
         times = instance.latency
         rss, cpu = _both(instance, lambda u: u.rss_bytes), _both(instance, lambda u: u.cpu_percent)
         cells: list[str | Text] = [
-            short_slot(instance.slot), state_text(instance.state), instance.era or "-", str(instance.in_flight),
+            short_slot(instance.slot), state_text(instance.state), str(instance.in_flight),
             "-" if instance.limit is None else str(instance.limit), str(instance.served), str(instance.failed),
             str(instance.consecutive_failures),
             str(instance.restarts), duration(instance.uptime),

@@ -254,8 +254,7 @@ def test_the_renderer_shows_a_realistic_status() -> None:
     assert "queue 0/256" in text and "running 3" in text and "success 90.9%" in text
     assert "limit auto per instance" in text
     table = render.to_text(render.instances_table(status), width=200)
-    assert [line.split()[4] for line in table.splitlines() if "shim_0" in line] == ["1", "3", "-"], "each limit"
-    assert [line.split()[2] for line in table.splitlines() if "shim_0" in line] == ["2026-07-28", "handshake", "-"]
+    assert [line.split()[3] for line in table.splitlines() if "shim_0" in line] == ["1", "3", "-"], "each limit"
     assert "era 2026-07-28: instances shim_00; sessions 77aa01be" in text
     assert "era handshake: instances shim_01; sessions 9f2c41d0" in text
     assert "last scaling decision" in text and "Prometheus metrics at http://127.0.0.1:9464/metrics" in text
