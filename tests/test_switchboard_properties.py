@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -35,6 +36,9 @@ ROOT_SETS = (["file:///a"], ["file:///b"])
 ENVELOPE = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
 DISCOVERED: JsonObject = {"supportedVersions": ["2026-07-28"], "capabilities": {"tools": {}}}
 
+# 300 random interleavings per machine take seconds on an idle machine, minutes on a loaded one.
+pytestmark = pytest.mark.timeout(900)
+
 
 class SwitchboardMachine(RuleBasedStateMachine):
     strategy = "least_connections"
@@ -50,12 +54,14 @@ class SwitchboardMachine(RuleBasedStateMachine):
         self.sent: dict[bytes, list[RequestId]] = {}
         self.cancelled: dict[bytes, dict[RequestId, int]] = {}  # id -> responses seen when cancelled
         self.ids = itertools.count()
-        self.checked: set[int] = set()  # running backend ids whose context was checked at dispatch
         self.roots_seen: list[JsonObject] = []  # roots answers to instances already checked
         self.served: dict[Instance, set[bytes]] = {}  # every instance object, and whose requests it was given
         self.stateless: set[bytes] = set()  # the sessions of the 2026-07-28 era
         self.streams: set[tuple[bytes, RequestId]] = set()  # listen requests: answered only when they end
         self._watch_choices()
+        self.misplaced: list[str] = []
+        self.sent_under: dict[int, object] = {}  # id(pending) -> its session's context when it was sent
+        self._watch_dispatch()
 
     # --- rules ---------------------------------------------------------------------------------------
 
@@ -226,21 +232,9 @@ class SwitchboardMachine(RuleBasedStateMachine):
 
     @invariant()
     def an_instance_runs_only_requests_of_its_context(self) -> None:
-        """Checked when a request is first seen running, i.e. right after the step that dispatched it."""
-        board = self.h.board
-        for backend_id in board.running_ids() - self.checked:
-            pending = board._running[backend_id]
-            instance = board.pool.get(pending.slot or "")
-            ours, theirs = instance and instance.context, pending.session.context
-            assert ours is not None and theirs is not None
-            where = f"{pending.session.name} ({theirs}) runs on {pending.slot} ({ours})"
-            assert ours.handshake() == theirs.handshake(), where
-            assert instance is not None and instance.era is ours.era, where
-            if instance is not None and instance.bound:
-                assert ours == theirs, where
-            if pending.message.pin is not None:
-                assert pending.message.pin == (instance.slot, instance.pid), where
-            self.checked.add(backend_id)
+        """Checked at dispatch (by `_watch_dispatch`): a request started before its session's roots changed
+        rightly runs on an instance of the roots it was sent under."""
+        assert not self.misplaced, self.misplaced[0]
 
     @invariant()
     def roots_given_to_an_instance_are_its_own_contexts(self) -> None:
@@ -273,9 +267,34 @@ class SwitchboardMachine(RuleBasedStateMachine):
         if self.strategy != "session_affinity":
             return
         for session in self.sessions.values():
+            # Requests sent before the session's roots changed may still run where its old roots are.
             slots = {pending.slot for pending in session.pending.values()
-                     if pending.slot is not None and pending.pinned_slot is None}
+                     if pending.slot is not None and pending.pinned_slot is None
+                     and self.sent_under.get(id(pending)) is session.context}  # `is`: roots may change and back
             assert len(slots) <= 1, f"{session.name} runs on {slots}"
+
+    def _watch_dispatch(self) -> None:
+        """Check each request's instance against its session's context at the moment it is sent there, and
+        note that context (a session's later requests may rightly go elsewhere once its roots change)."""
+        board = self.h.board
+        start = board._start
+
+        def watched(pending: Pending, instance: Instance) -> None:
+            ours, theirs = instance.context, pending.session.context
+            where = f"{pending.session.name} ({theirs}) sent to {instance.slot} ({ours})"
+            # A request pinned to its instance (a cursor it made, a subscription it holds) goes there.
+            if pending.pinned_slot is None and (ours is None or theirs is None or ours.handshake() != theirs.handshake()
+                                                or (instance.bound and ours != theirs)):
+                self.misplaced.append(where)
+            if ours is None or instance.era is not ours.era:
+                self.misplaced.append(f"{where}, of era {instance.era}")
+            # A retry carrying a requestState runs on the very instance that issued it, or nowhere.
+            if pending.message.pin is not None and pending.message.pin != (instance.slot, instance.pid):
+                self.misplaced.append(f"{where}, its requestState from {pending.message.pin}")
+            self.sent_under[id(pending)] = theirs
+            start(pending, instance)
+
+        board._start = watched  # type: ignore[method-assign]
 
     def _watch_choices(self) -> None:
         """Note every instance the eligibility policy gives a request to, even one taken back at once."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import initialize, invariant, precondition, rule
@@ -13,6 +14,9 @@ from hypothesis.stateful import initialize, invariant, precondition, rule
 from mcpmux.jsonrpc import JsonObject
 from tests.test_switchboard_properties import SLOTS, SwitchboardMachine
 from tests.test_task_table import WITH_TASKS, task
+
+# 300 random interleavings per machine take seconds on an idle machine, minutes on a loaded one.
+pytestmark = pytest.mark.timeout(900)
 
 
 class TaskSwitchboardMachine(SwitchboardMachine):
