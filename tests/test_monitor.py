@@ -56,7 +56,10 @@ def by_slot(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 async def test_status_counts_a_known_sequence_of_calls(make_stack: StackFactory) -> None:
-    stack, where = up(make_stack)
+    # Started by its first client, so both instances are initialized in that client's context and serve it
+    # (a stack started with --up warms up in Claude Code's, and would serve this client from one of them).
+    stack = make_stack("--min-instances", "2", "--max-instances", "2")
+    where = str(stack.paths.root)
     async with stack.session() as client:
         await client.list_tools()
         await stack.ready(2)
