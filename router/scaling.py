@@ -121,11 +121,15 @@ class Scaler:
         if load > self._settings.scale_down_threshold or len(self.wanted) <= self._settings.min_instances:
             self._low_since = None
             return
+        self._stop_one_when_quiet(f"load {load:.2f} <= {self._settings.scale_down_threshold}")
+
+    def _stop_one_when_quiet(self, reason: str) -> None:
+        """Stop one idle instance once the pool has been larger than needed for SCALE_DOWN_AFTER."""
         now = time.monotonic()
         self._low_since = self._low_since or now
         if now - self._low_since >= SCALE_DOWN_AFTER:
             self._low_since = None
-            self._stop_idle_one(f"load {load:.2f} <= {self._settings.scale_down_threshold}")
+            self._stop_idle_one(reason)
 
     def dedicated_needed(self) -> int:
         """One instance per session, within the bounds."""
@@ -150,11 +154,7 @@ class Scaler:
         if len(self.wanted) <= needed:
             self._low_since = None
             return
-        now = time.monotonic()
-        self._low_since = self._low_since or now
-        if now - self._low_since >= SCALE_DOWN_AFTER:
-            self._low_since = None
-            self._stop_idle_one(f"{len(self.wanted)} instances for {len(self._board.sessions)} sessions")
+        self._stop_one_when_quiet(f"{len(self.wanted)} instances for {len(self._board.sessions)} sessions")
 
     def _dedicated_wants(self) -> list[ClientContext]:
         """The handshakes of sessions with no instance of their own that no free or coming instance runs."""
