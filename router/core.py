@@ -55,6 +55,7 @@ TICK = 0.5
 FOLD_INTERVAL = 0.5  # seconds between folds of finished requests into the Prometheus histogram
 RECEIVE_BATCH = 1000  # messages taken from one socket before looking at the others
 SUPERVISOR_POLL = 5.0  # seconds between looks at supervisord's process table (events can be dropped)
+REACTION = 0.05  # seconds between the scaler's looks at a queue that formed between ticks
 # A stack started by a router has a client on its way: its instances wait this long for that client's
 # initialize params rather than start with the warm-up's and be restarted when they differ.
 AWAIT_FIRST_CLIENT = 5.0
@@ -90,6 +91,7 @@ class Core:
         self._waits: list[Wait] = []  # control queries waiting for the pool to reach a state
         self._next_tick = 0.0
         self._next_fold = 0.0
+        self._next_reaction = 0.0
         self._stopping = False
 
     def _router_socket(self, endpoint: str) -> zmq.Socket[bytes]:
@@ -133,6 +135,8 @@ class Core:
                         self._receive(socket, handlers[socket])
                 self.background.run_ready()
                 self._settle()
+                if self.board.queue:
+                    self._react_to_queue()
                 self._on_time()
         finally:
             if self.exporter is not None:
@@ -167,6 +171,14 @@ class Core:
                 log.warning("%r sent %s", frames[0], exc)
                 continue
             handle(frames[0], message)
+
+    def _react_to_queue(self) -> None:
+        """Requests wait: a load step, which the scaler hears of at once rather than at its next tick."""
+        now = time.monotonic()
+        if now >= self._next_reaction:
+            self._next_reaction = now + REACTION
+            self.scaler.react()
+            self._settle()
 
     def _on_time(self) -> None:
         now = time.monotonic()

@@ -103,25 +103,44 @@ class Scaler:
         if not self._board.eligibility.shares_instances:
             self._tick_dedicated()
             return
-        load = self.load()
-        starting = any(slot not in self.awaiting and (self._board.pool.get(slot) is None
-                                                       or not self._board.pool.get(slot).ready)  # type: ignore[union-attr]
-                       for slot in self.wanted)
-        if load >= self._settings.scale_up_threshold and not starting:
-            # A load step grows the pool to what the backlog needs in one decision, the new instances starting
-            # side by side; the next decision waits until they are ready (the cooldown).
-            busiest = self.default_context()
-            reason = f"load {load:.2f} >= {self._settings.scale_up_threshold}: {self.needed()} instances needed"
-            if self.awaiting:
-                self._use_spare(busiest, reason)
-            for _ in range(self.needed() - len(self.wanted)):
-                self._start(self._free_slot(), reason, busiest)
-            self._low_since = None
+        if self.react():
             return
+        load = self.load()
         if load > self._settings.scale_down_threshold or len(self.wanted) <= self._settings.min_instances:
             self._low_since = None
             return
         self._stop_one_when_quiet(f"load {load:.2f} <= {self._settings.scale_down_threshold}")
+
+    def react(self) -> bool:
+        """Scale up now if the load asks for it; the core calls this as soon as requests queue, not only on
+        its tick. True if the load is above the threshold."""
+        if not self._board.eligibility.shares_instances:
+            return False
+        load = self.load()
+        if load < self._settings.scale_up_threshold:
+            return False
+        self._low_since = None
+        if not self._starting():
+            self._scale_up(f"load {load:.2f} >= {self._settings.scale_up_threshold}: {self.needed()} instances needed")
+        return True
+
+    def _starting(self) -> bool:
+        return any(slot not in self.awaiting and (self._board.pool.get(slot) is None
+                                                   or not self._board.pool.get(slot).ready)  # type: ignore[union-attr]
+                   for slot in self.wanted)
+
+    def _scale_up(self, reason: str) -> None:
+        # A load step grows the pool to what the backlog needs in one decision, the new instances starting
+        # side by side; the next decision waits until they are ready (the cooldown).
+        busiest = self.default_context()
+        if self.awaiting:
+            self._use_spare(busiest, reason)
+        for _ in range(self.needed() - len(self.wanted)):
+            self._start(self._free_slot(), reason, busiest)
+        # An instance that no open session can use counts in the pool but takes none of its load (a warm-up
+        # instance whose client never came): it runs the busiest context instead, side by side with the rest.
+        for instance in placement.unused(self._yielding(), self._in_use):
+            self._recycle(instance, busiest)
 
     def _stop_one_when_quiet(self, reason: str) -> None:
         """Stop one idle instance once the pool has been larger than needed for SCALE_DOWN_AFTER."""

@@ -6,7 +6,7 @@ import json
 import time
 
 from tests.conftest import StackFactory
-from tests.rawclient import raw_session
+from tests.rawclient import INITIALIZE, call, pid_of, raw_session
 
 
 async def test_a_backlog_starts_another_instance(make_stack: StackFactory) -> None:
@@ -48,3 +48,29 @@ async def test_a_load_step_grows_the_pool_in_one_decision_and_no_request_fails(m
     assert all("3 instances needed" in event["text"] for event in starts)
     assert all(event["time"] < first_ready for event in starts), "one decision, before any new instance was ready"
     assert all("result" in answer for answer in answers), "no request failed while the pool grew"
+
+
+async def test_a_load_step_takes_the_instance_no_open_session_can_use(make_stack: StackFactory) -> None:
+    # Two sessions of two client contexts (protocol versions), one instance each; one leaves, and its
+    # instance, idle, serves nobody. A load step of the other restarts it with the other's context at once,
+    # beside a new instance: three instances take the step, not two.
+    stack = make_stack("--min-instances", "1", "--max-instances", "3", "--max-concurrent-requests", "1")
+    async with raw_session(stack) as staying:
+        await staying.request("init", "initialize", {**INITIALIZE, "protocolVersion": "2025-06-18"})
+        await staying.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        await staying.request(1, "tools/call", {"name": "whoami", "arguments": {}})
+        async with raw_session(stack) as leaving:
+            await leaving.initialize()
+            await leaving.request(1, "tools/call", {"name": "whoami", "arguments": {}})
+            left = time.time()
+        await stack.event("session", left)  # the core closed the leaving session
+        step = time.time()
+        await staying.send_raw(b"".join(json.dumps(call(n, "sleep", seconds=1)).encode() + b"\n"
+                                        for n in range(10, 19)))
+        answers = [await staying.response(n) for n in range(10, 19)]
+        status = await stack.current_status()
+
+    restarted = [event for event in status["events"] if event["time"] > step and event["kind"] == "reinit"]
+    assert all("result" in answer for answer in answers), "no request failed while the pool grew"
+    assert len({pid_of(answer) for answer in answers}) == 3, "every instance took calls"
+    assert [event["slot"] for event in restarted] == ["shim:shim_01"], restarted
