@@ -257,6 +257,7 @@ class Core:
                 instance = self.board.pool.get(slot)
                 backend = instance.backend_pid if instance else "?"
                 self.metrics.event("ready", f"{slot} ready (backend pid {backend})", slot=slot)
+                self.scaler.instance_ready(slot)
             case actions.ContextWanted():
                 self.scaler.place()
             case actions.InstanceBound(slot, context):

@@ -230,6 +230,16 @@ class Scaler:
             self._recycle(victim, handshake)
         # else: every instance is busy with other contexts; the requests wait, and their deadline says why
 
+    def instance_ready(self, slot: str) -> None:
+        """An instance that became ready after the open sessions opened, and that none of them can use (a
+        warm-up instance whose first client is of another context), is restarted with the busiest context
+        at once, as it would have been had it been ready when they opened."""
+        instance = self._board.pool.get(slot)
+        if instance is None or not self._board.sessions or not self._board.eligibility.shares_instances:
+            return
+        if placement.unused([instance], self._in_use):
+            self._recycle(instance, self.default_context())
+
     def _use_spare(self, handshake: ClientContext, reason: str) -> None:
         """Initialize waiting shims with a context: one spare, or all that waited for the first client."""
         slots = [min(self.awaiting)] if self._spares else sorted(self.awaiting)
