@@ -120,18 +120,13 @@ class Scaler:
         if load < self._settings.scale_up_threshold:
             return False
         self._low_since = None
-        if not self._starting():
-            self._scale_up(f"load {load:.2f} >= {self._settings.scale_up_threshold}: {self.needed()} instances needed")
+        self._scale_up(f"load {load:.2f} >= {self._settings.scale_up_threshold}: {self.needed()} instances needed")
         return True
-
-    def _starting(self) -> bool:
-        return any(slot not in self.awaiting and (self._board.pool.get(slot) is None
-                                                   or not self._board.pool.get(slot).ready)  # type: ignore[union-attr]
-                   for slot in self.wanted)
 
     def _scale_up(self, reason: str) -> None:
         # A load step grows the pool to what the backlog needs in one decision, the new instances starting
-        # side by side; the next decision waits until they are ready (the cooldown).
+        # side by side. Instances on their way count as there already, so deciding again while they start
+        # adds only what more load needs: no cooldown, and no instance waits for another to be ready.
         busiest = self.default_context()
         if self.awaiting:
             self._use_spare(busiest, reason)
