@@ -36,7 +36,9 @@ class Kind(enum.IntEnum):
     ERROR = 3
 
 
-class Flag(enum.IntFlag):
+class Flag:
+    """The header's flags: plain ints, since an `enum.IntFlag` costs microseconds per `&` on the hot path."""
+
     NONE = 0
     CURSOR = 1  # params.cursor is a string: a next page, to route where the first came from
     NEXT_CURSOR = 2  # result.nextCursor is a string: to wrap with the instance that made it
@@ -49,6 +51,10 @@ class Flag(enum.IntFlag):
     SUBSCRIPTION = 256  # _meta names a subscriptions/listen stream: `token` is its id, rewritten by RETOKEN
 
 
+_KINDS = tuple(Kind)  # by value, without the enum's own (slow) lookup
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)  # built once, not per message
+
+
 Header = tuple[int, Any, "str | None", "str | None", "str | None", int, "int | None", Any, "Pin | None"]
 
 
@@ -59,7 +65,7 @@ class Envelope(Mapping[str, Any]):
                  "tool")
 
     def __init__(self, kind: Kind, id: Any, method: str | None, body: bytes, *, tool: str | None = None,
-                 priority: str | None = None, flags: Flag = Flag.NONE, error_code: int | None = None,
+                 priority: str | None = None, flags: int = Flag.NONE, error_code: int | None = None,
                  token: Any = None, pin: Pin | None = None, parsed: JsonObject | None = None) -> None:
         self.kind = kind
         self.id = id  # None for a notification (and for an error answering an unparseable request)
@@ -112,29 +118,35 @@ class Envelope(Mapping[str, Any]):
 
     def with_id(self, new_id: Any) -> Envelope:
         """The same message under another id (the body is shared, not copied)."""
-        return self._copy(id=new_id)
+        copy = self._copy()
+        copy.id = new_id
+        return copy
 
     def with_token(self, token: Any) -> Envelope:
         """The same message with another progress token (or listen stream id, for a SUBSCRIPTION message),
         written in by the edge that sends it on."""
-        return self._copy(token=token, flags=self.flags | Flag.RETOKEN)
+        copy = self._copy()
+        copy.token, copy.flags = token, self.flags | Flag.RETOKEN
+        return copy
 
-    def _copy(self, **changes: Any) -> Envelope:
-        fields = {"tool": self.tool, "priority": self.priority, "flags": self.flags,
-                  "error_code": self.error_code, "token": self.token, "pin": self.pin, "parsed": self._parsed}
-        fields.update({key: value for key, value in changes.items() if key != "id"})
-        return Envelope(self.kind, changes.get("id", self.id), self.method, self.body, **fields)
+    def _copy(self) -> Envelope:
+        copy = Envelope.__new__(Envelope)  # field by field: this is on every message's path through the core
+        copy.kind, copy.id, copy.method, copy.tool = self.kind, self.id, self.method, self.tool
+        copy.priority, copy.flags, copy.error_code = self.priority, self.flags, self.error_code
+        copy.token, copy.pin = self.token, self.pin
+        copy.body, copy._parsed = self.body, self._parsed
+        return copy
 
     # --- the wire --------------------------------------------------------------------------------------
 
     def header(self) -> Header:
-        return (int(self.kind), self.id, self.method, self.tool, self.priority, int(self.flags),
+        return (int(self.kind), self.id, self.method, self.tool, self.priority, self.flags,
                 self.error_code, self.token, self.pin)
 
     @classmethod
     def from_wire(cls, header: Any, body: bytes) -> Envelope:
         kind, id, method, tool, priority, flags, error_code, token, pin = header
-        return cls(Kind(kind), id, method, body, tool=tool, priority=priority, flags=Flag(flags),
+        return cls(_KINDS[kind], id, method, body, tool=tool, priority=priority, flags=flags,
                    error_code=error_code, token=token, pin=None if pin is None else (pin[0], pin[1]))
 
     def line(self) -> bytes:
@@ -220,7 +232,7 @@ _KEYS_OF_OTHER_KINDS = {
 
 
 def dumps(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    return _ENCODER.encode(value).encode()
 
 
 def _kind(message: JsonObject) -> Kind:
@@ -244,7 +256,7 @@ def _client_parts(params: JsonObject) -> tuple[Any, Pin | None, JsonObject]:
     return priority, pin, {**params, "requestState": inner}
 
 
-def _params_flags(params: JsonObject) -> tuple[Flag, Any]:
+def _params_flags(params: JsonObject) -> tuple[int, Any]:
     """What a request's or notification's params say to routing, and the listen stream they name."""
     flags = Flag.NONE
     token = None
@@ -263,7 +275,7 @@ def _params_flags(params: JsonObject) -> tuple[Flag, Any]:
     return flags, token
 
 
-def _result_flags(result: JsonObject) -> tuple[Flag, Any]:
+def _result_flags(result: JsonObject) -> tuple[int, Any]:
     flags = Flag.NONE
     token = None
     if isinstance(result.get("nextCursor"), str):

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from mcpmux import jsonrpc
+from mcpmux.envelope import Envelope, Kind
 from mcpmux.router.instances import Instance, InstanceState, Pool
 
 log = logging.getLogger("mcpmux.breaker")
@@ -20,10 +21,11 @@ def is_instance_failure(response: Mapping[str, Any]) -> bool:
     A tool's own error (`isError: true` in a result) is the tool's answer; -32600..-32602 are the
     caller's fault; internal errors and implementation-defined server errors are the instance's.
     """
-    error = response.get("error")
-    if not isinstance(error, dict):
-        return False
-    code = error.get("code")
+    if isinstance(response, Envelope):  # the header says, without opening the body
+        code = response.error_code if response.kind is Kind.ERROR else None
+    else:
+        error = response.get("error")
+        code = error.get("code") if isinstance(error, dict) else None
     return code == jsonrpc.INTERNAL_ERROR or (isinstance(code, int) and -32099 <= code <= -32000)
 
 

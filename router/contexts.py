@@ -81,7 +81,7 @@ class ClientContext:
 
     def handshake(self) -> ClientContext:
         """What an instance initialized for this context was initialized with."""
-        return replace(self, roots=None)
+        return self if self.roots is None else replace(self, roots=None)
 
     def with_roots(self, roots: Any) -> ClientContext:
         """This context with the roots a client answered (`None` if it gave none we could read)."""

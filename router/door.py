@@ -15,7 +15,6 @@ core does not take a slow client for a dead door. When the outbox is full the do
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -41,6 +40,7 @@ READ_SIZE = 1 << 16
 OUTBOX_LIMIT = 8 * 1024 * 1024
 OUTBOX_MESSAGES = 4
 RCVHWM = 1000  # messages from the core queued in this door's socket while it does not read them
+DOOR_OPTIONS = ("--stack-dir", "--max-message-bytes", "--connect-timeout", "--priority")
 DRAIN_TIMEOUT = 30.0  # seconds the door waits, after its client's EOF, for the client to read what is left
 
 
@@ -266,20 +266,31 @@ def _client_directory() -> str | None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="mcpmux-door", description="Relay one stdio MCP session to a stack.")
-    parser.add_argument("--stack-dir", type=Path, required=True)
-    parser.add_argument("--max-message-bytes", type=int, default=16 * 1024 * 1024)
-    parser.add_argument("--connect-timeout", type=float, default=30.0)
-    parser.add_argument("--priority", choices=("high", "normal", "low"))
-    args = parser.parse_args()
-    door = Door(StackPaths(args.stack_dir), max_message_bytes=args.max_message_bytes,
-                connect_timeout=args.connect_timeout, priority=args.priority)
+    try:
+        arguments = _arguments(sys.argv[1:])
+        max_message_bytes = int(arguments.get("--max-message-bytes", 16 * 1024 * 1024))
+        connect_timeout = float(arguments.get("--connect-timeout", 30.0))
+    except ValueError as exc:
+        sys.exit(f"mcpmux-door: {exc} (the door is started by mcpmux-router, which writes its arguments)")
+    door = Door(StackPaths(Path(arguments["--stack-dir"])), max_message_bytes=max_message_bytes,
+                connect_timeout=connect_timeout, priority=arguments.get("--priority"))
     try:
         door.run()
     except CoreUnreachable as exc:
         sys.exit(f"mcpmux-router: {exc}")
     except (KeyboardInterrupt, BrokenPipeError):
         sys.exit(130)
+
+
+def _arguments(argv: list[str]) -> dict[str, str]:
+    """`--name value` pairs, as mcpmux-router writes them. Not argparse: it would weigh 0.4 MB in every
+    session's process, for four options that no person types."""
+    pairs = dict(zip(argv[::2], argv[1::2], strict=False))
+    if len(argv) % 2 or not set(pairs) <= set(DOOR_OPTIONS) or "--stack-dir" not in pairs:
+        raise ValueError(f"expected --stack-dir DIR and any of {', '.join(DOOR_OPTIONS[1:])}, got {argv}")
+    if pairs.get("--priority", "normal") not in ("high", "normal", "low"):
+        raise ValueError(f"--priority must be high, normal or low, not {pairs['--priority']!r}")
+    return pairs
 
 
 if __name__ == "__main__":

@@ -153,7 +153,7 @@ class Switchboard:
             self._client_response(session, message)
 
     def _client_request(self, session: Session, message: Envelope) -> None:
-        method, client_id = message["method"], message["id"]
+        method, client_id = message["method"], message.id
         session.last_request = self._now()
         self.metrics.requests_received += 1
         if client_id in session.pending:

@@ -43,6 +43,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from mcpmux import jsonrpc
+from mcpmux.envelope import Envelope, Flag
 from mcpmux.jsonrpc import JsonObject
 from mcpmux.router import cursors
 
@@ -87,6 +88,8 @@ class Forward:
 
 def concerns(request: Message) -> bool:
     """Whether the response to this client request is the table's business."""
+    if isinstance(request, Envelope):  # the header says, without opening the body
+        return request.method in METHODS or bool(request.flags & Flag.TASK)
     return request.get("method") in METHODS or isinstance(_params(request).get("task"), dict)
 
 
