@@ -53,8 +53,11 @@ class Dedicated:
         return self._slot_of.get(session)
 
     def may_run(self, session: bytes, slot: str) -> bool:
-        """Whether a request of `session` pinned to `slot` (a cursor, a subscription) may run there."""
-        return self.owner(slot) in (None, session)
+        """Whether a request of `session` pinned to `slot` (a cursor, a subscription, a requestState) may run
+        there: only on the session's own instance. One that nobody has yet is not the one that made the pin
+        (that one was recycled since, or the pin is not this session's), and once it ran a request of this
+        session it could never serve another."""
+        return self.owner(slot) == session
 
     def owner(self, slot: str) -> bytes | None:
         return next((session for session, mine in self._slot_of.items() if mine == slot), None)

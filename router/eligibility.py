@@ -72,8 +72,8 @@ class Eligibility:
             if instance is None or not instance.ready or (pin is not None and pin[1] != instance.pid):
                 raise PinnedInstanceGone(pending.pinned_slot,
                                          what="requestState" if pending.message.flags & Flag.STATE else "cursor")
-            if not self.dedicated.may_run(pending.session.identity, instance.slot):
-                raise PinnedInstanceGone(pending.pinned_slot, "is dedicated to another session now")
+            if self.strategy == "dedicated" and not self.dedicated.may_run(pending.session.identity, instance.slot):
+                raise PinnedInstanceGone(pending.pinned_slot, "is not this session's own instance now")
             return instance if self._has_room(instance) and self._reserve_allows(pending, pool) else None
         serving = self.serving(pending.session, pool)
         if not self._reserve_allows(pending, pool):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -39,6 +40,7 @@ class QueueFull(Exception):
 
 @dataclass(eq=False)
 class _Entry(Generic[T]):
+    key: Hashable
     item: T
     session: bytes
     level: Priority
@@ -47,7 +49,14 @@ class _Entry(Generic[T]):
     failed_over: bool = False
 
 
+LineKey = tuple[bytes, Priority]
+
+
 class RequestQueue(Generic[T]):
+    """Waiting requests in lines, one per session and level (first come, first served in each), merged
+    lazily in the policy's order: taking the next request costs one look at each line's head, however long
+    the queue, so a large backlog does not slow every answer down."""
+
     def __init__(self, limit: int, *, per_session: int | None = None, ageing: float = 10.0,
                  clock: Callable[[], float] | None = None) -> None:
         self.limit = limit
@@ -55,6 +64,9 @@ class RequestQueue(Generic[T]):
         self._ageing = ageing
         self._clock = clock
         self._entries: dict[Hashable, _Entry[T]] = {}
+        self._failed_over: OrderedDict[Hashable, _Entry[T]] = OrderedDict()
+        self._lines: dict[LineKey, OrderedDict[Hashable, _Entry[T]]] = {}
+        self._waiting: Counter[bytes] = Counter()  # session -> its requests waiting
         self._order = itertools.count()
         self._turns = itertools.count(1)
         self._last_served: dict[bytes, int] = {}  # session -> when one of its requests last left to run
@@ -66,19 +78,37 @@ class RequestQueue(Generic[T]):
              level: Priority = Priority.NORMAL) -> None:
         if len(self._entries) >= self.limit:
             raise QueueFull(f"the queue holds its limit of {self.limit} requests")
-        if sum(1 for entry in self._entries.values() if entry.session == session) >= self.per_session:
+        if self._waiting[session] >= self.per_session:
             raise QueueFull(f"this session already has {self.per_session} requests waiting")
-        self._entries[key] = _Entry(item, session, level, arrived, next(self._order))
+        entry = _Entry(key, item, session, level, arrived, next(self._order))
+        self._lines.setdefault((session, level), OrderedDict())[key] = entry
+        self._add(entry)
 
     def push_front(self, key: Hashable, item: T, *, session: bytes, arrived: float) -> None:
         """For a request that already waited its turn and lost its instance: no bound, first in line."""
-        self._entries[key] = _Entry(item, session, Priority.HIGH, arrived, next(self._order), failed_over=True)
+        entry = _Entry(key, item, session, Priority.HIGH, arrived, next(self._order), failed_over=True)
+        self._failed_over[key] = entry
+        self._add(entry)
+
+    def _add(self, entry: _Entry[T]) -> None:
+        self._entries[entry.key] = entry
+        self._waiting[entry.session] += 1
 
     def remove(self, key: Hashable, *, served: bool = False) -> T | None:
         """Take a request out (cancelled, timed out, answered); `served`: it leaves to run, its session's turn."""
         entry = self._entries.pop(key, None)
         if entry is None:
             return None
+        if entry.failed_over:
+            del self._failed_over[key]
+        else:
+            line = self._lines[(entry.session, entry.level)]
+            del line[key]
+            if not line:
+                del self._lines[(entry.session, entry.level)]
+        self._waiting[entry.session] -= 1
+        if not self._waiting[entry.session]:
+            del self._waiting[entry.session]
         if served:
             self._last_served[entry.session] = next(self._turns)
         return entry.item
@@ -91,16 +121,25 @@ class RequestQueue(Generic[T]):
         self._last_served.pop(session, None)
 
     def __iter__(self) -> Iterator[T]:
-        """The waiting requests, next first."""
-        entries = sorted(self._entries.values(), key=lambda entry: entry.order)
-        yield from (entry.item for entry in entries if entry.failed_over)
+        """The waiting requests, next first, computed as they are taken: the caller may remove each one it
+        takes (it left to run) before asking for the next. A request pushed meanwhile may wait for the next pass."""
+        yield from [entry.item for entry in self._failed_over.values()]
         now = self._clock() if self._clock is not None else None
-        by_level: dict[int, list[_Entry[T]]] = {}
-        for entry in entries:
-            if not entry.failed_over:
-                by_level.setdefault(self._effective(entry, now), []).append(entry)
-        for level in sorted(by_level):
-            yield from self._taking_turns(by_level[level])
+        heads = {line: _Head(entries) for line, entries in self._lines.items()}
+        turns = dict(self._last_served)
+        later = itertools.count(max(turns.values(), default=0) + 1)
+        while True:
+            ranked = [(self._rank(entry, now, turns), entry) for head in heads.values()
+                      if (entry := head.entry(self._entries)) is not None]
+            if not ranked:
+                return
+            _, best = min(ranked, key=lambda pair: pair[0])
+            heads[(best.session, best.level)].taken(best)
+            turns[best.session] = next(later)  # a session that had its turn here goes after the others
+            yield best.item
+
+    def _rank(self, entry: _Entry[T], now: float | None, turns: dict[bytes, int]) -> tuple[int, int, int]:
+        return self._effective(entry, now), turns.get(entry.session, 0), entry.order
 
     def _effective(self, entry: _Entry[T], now: float | None) -> int:
         if now is None or self._ageing <= 0:
@@ -108,11 +147,33 @@ class RequestQueue(Generic[T]):
         waited = max(0.0, now - entry.arrived)
         return max(int(Priority.HIGH), int(entry.level) - int(waited // self._ageing))
 
-    def _taking_turns(self, entries: list[_Entry[T]]) -> Iterator[T]:
-        """One request of each session in turn, the session served longest ago first."""
-        by_session: dict[bytes, list[_Entry[T]]] = {}
-        for entry in entries:
-            by_session.setdefault(entry.session, []).append(entry)
-        sessions = sorted(by_session, key=lambda s: (self._last_served.get(s, 0), by_session[s][0].order))
-        for round_ in itertools.zip_longest(*(by_session[s] for s in sessions)):
-            yield from (entry.item for entry in round_ if entry is not None)
+
+class _Head(Generic[T]):
+    """Where a pass over the queue stands in one line. While each request taken leaves the line (it went to
+    run), the next is the line's live first, found at once; once one is passed over (it stays, waiting), the
+    pass goes on over a snapshot of the line taken then."""
+
+    def __init__(self, line: OrderedDict[Hashable, _Entry[T]]) -> None:
+        self._line = line
+        self._taken: _Entry[T] | None = None
+        self._snapshot: list[_Entry[T]] | None = None
+        self._at = 0
+
+    def entry(self, waiting: dict[Hashable, _Entry[T]]) -> _Entry[T] | None:
+        """The line's next request still waiting (one taken out meanwhile, cancelled say, is passed)."""
+        if self._snapshot is None:
+            first = next(iter(self._line.values()), None)
+            if first is None or first is not self._taken:
+                return first
+            self._snapshot, self._at = list(self._line.values()), 1
+        while self._at < len(self._snapshot):
+            entry = self._snapshot[self._at]
+            if waiting.get(entry.key) is entry:
+                return entry
+            self._at += 1
+        return None
+
+    def taken(self, entry: _Entry[T]) -> None:
+        self._taken = entry
+        if self._snapshot is not None:
+            self._at += 1

@@ -380,7 +380,7 @@ class Switchboard:
         whose instances are all busy lets later ones pass that can run elsewhere (a pinned session's)."""
         if not len(self.queue) or not self.eligibility.has_room(self.pool):
             return  # the common case, on every response: nothing to order
-        for pending in list(self.queue):
+        for pending in self.queue:  # lazily: usually only the first is taken, however long the queue
             if not self.eligibility.has_room(self.pool):
                 return
             if self._dispatch(pending):

@@ -304,3 +304,19 @@ def test_stateless_requests_waiting_when_the_backend_refuses_the_era_are_answere
     assert [context.era for context in unmet_before] == [Era.STATELESS]
     assert h.error_code(session, "call") == -32022
     assert h.board.unmet_handshakes() == []
+
+
+def test_under_dedicated_a_retry_naming_an_instance_nobody_has_is_refused_not_run_there() -> None:
+    # Found by the property test: a session's retry named an instance no session had yet; it ran there,
+    # and the instance then became another session's, having served two.
+    h = Harness.make({"strategy": "dedicated"})
+    own, free = stateless_pool(h)
+    session = stateless_session(h)
+    ask(h, session, "first", "tools/call", {"name": "work"})  # the session takes an instance of its own
+    other = free if h.requests_on(own) else own
+
+    retry(h, session, "retry", request_state.wrap("s", other.slot, other.pid))
+
+    error = h.response(session, "retry")["error"]
+    assert error["code"] == jsonrpc.INVALID_PARAMS and "is not this session's own instance" in error["message"]
+    assert h.requests_on(other) == [], "the instance never served the session, so it may serve another"

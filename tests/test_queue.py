@@ -78,3 +78,36 @@ def test_the_bound_is_global_and_per_session() -> None:
     q.push(4, "b0", session=b"b", arrived=0.0)
     with pytest.raises(QueueFull, match="limit of 3"):
         q.push(5, "c0", session=b"c", arrived=0.0)
+
+
+def test_a_pass_lets_its_caller_take_each_request_out_before_asking_for_the_next() -> None:
+    # As the switchboard drains: each request taken leaves to run, and the order is kept.
+    q = queue()
+    for n in range(3):
+        q.push(("a", n), f"a{n}", session=b"a", arrived=0.0)
+        q.push(("b", n), f"b{n}", session=b"b", arrived=0.0)
+    taken = []
+    for item in q:
+        taken.append(item)
+        q.remove((item[0], int(item[1])), served=True)
+
+    assert taken == ["a0", "b0", "a1", "b1", "a2", "b2"]
+    assert len(q) == 0
+
+
+def test_a_pass_goes_on_past_requests_left_waiting_and_skips_those_taken_out_meanwhile() -> None:
+    # A request whose instances are all busy stays; the pass offers the ones after it. One cancelled
+    # while the pass runs is never offered.
+    q = queue()
+    for n in range(4):
+        q.push(n, f"a{n}", session=b"a", arrived=0.0)
+    offered = []
+    for item in q:
+        offered.append(item)
+        if item == "a0":
+            q.remove(2)  # cancelled meanwhile
+        if item == "a1":
+            q.remove(1, served=True)
+
+    assert offered == ["a0", "a1", "a3"]
+    assert list(q) == ["a0", "a3"]
