@@ -88,7 +88,7 @@ class Backend:
         return bool(self._outbox)
 
     def flush(self) -> None:
-        if not self._outbox or not self.alive:
+        if not self._outbox or self._process is None:  # a dead server's pipe says so (BrokenPipeError)
             return
         try:
             written = os.write(self.fileno("stdin"), self._outbox)
@@ -172,7 +172,7 @@ def _parse(line: bytes) -> JsonObject | None:
         _log(f"backend printed a line longer than {LINE_LIMIT} bytes; dropped")
         return None
     try:
-        message = json.loads(line)
+        message = json.loads(line.decode())  # as text: json.loads would first guess the bytes' encoding
     except ValueError:
         _log(f"backend printed non-JSON on stdout (ignored): {line[:200]!r}")
         return None

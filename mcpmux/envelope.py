@@ -86,7 +86,9 @@ class Envelope(Mapping[str, Any]):
         """Cut a parsed message in two. `from_client` (the door's cut) moves mcpmux's own parts of a client's
         message from the body into the header, so the server never sees them: a priority in `_meta`, and the
         instance named in a `requestState` (mcpmux/request_state.py)."""
-        rest = {key: value for key, value in message.items() if key != "jsonrpc" and key != "id"}
+        rest = dict(message)
+        rest.pop("jsonrpc", None)
+        rest.pop("id", None)
         method = message.get("method")
         params = rest.get("params")
         priority: Any = None

@@ -37,7 +37,7 @@ class InvalidMessage(ValueError):
 def parse(line: bytes | str) -> JsonObject:
     """Decode one line into a JSON-RPC message dict, or raise InvalidMessage saying why."""
     try:
-        message = json.loads(line)
+        message = json.loads(line.decode() if isinstance(line, bytes) else line)  # text: no encoding to guess
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidMessage(PARSE_ERROR, f"Parse error: {exc}") from None
     if isinstance(message, list):

@@ -343,7 +343,8 @@ class Switchboard:
         except QueueFull as full:
             self._fail(pending, jsonrpc.OVERLOADED, f"mcpmux is overloaded: {full}; retry later")
             return
-        self._want_instance(pending.session)
+        if self.contexts.needs_instance(pending.session, list(self.pool)):  # it waits: can anyone ever serve it?
+            self._actions.append(ContextWanted())
 
     def _dispatch(self, pending: Pending) -> bool:
         """Send the request to an instance now if one can take it (or answer it if none ever can); False if

@@ -22,6 +22,7 @@ from bench.stack import LAB_SERVER, ROOT, BenchStack, doors
 from bench.stats import Stat
 
 MB = 1024 * 1024
+FLOOR = "pyzmq with one connected socket (the floor of a door)"  # its I/O thread started, libzmq's pages in
 TARGETS = {"shim": 25.0, "door": 16.0}  # a door per client session: near a Python that imported pyzmq
 ROLES = ("door", "core", "shim", "supervisord")
 # What a fresh interpreter weighs after each import: how a process's RSS builds up.
@@ -31,6 +32,8 @@ IMPORTS = {
     "zmq.asyncio": "import zmq.asyncio",
     "pydantic": "import pydantic",
     "pyzmq (the floor of any process here)": "import zmq",
+    FLOOR: "import zmq, time; socket = zmq.Context().socket(zmq.DEALER); "
+           "socket.connect('ipc:///tmp/mcpmux-bench-floor.sock'); time.sleep(0.3)",
     "mcpmux.stack (a stack's paths)": "import mcpmux.stack",
     "shim's imports": "import mcpmux.shim.shim",
     "mcpmux-router's imports (before it execs the door)": "import mcpmux.router.cli",
@@ -108,6 +111,8 @@ def summarize(bench: Bench, report: Report, direct: list[Sample], mux: list[Samp
             report.compare(role, kind.upper(), "MB", values, lab, "lab server",
                            target=f"<= {limit:.0f} MB" if limit else "",
                            met=Stat.of(values).median <= limit if limit else None)
+    report.add("door", "RSS over the floor (pyzmq with one connected socket)", "MB",
+               [s.rss["door"] - imports[FLOOR] for s in mux])
     report.note("Measured after 20 warm-up calls in an open session; one stack with one instance. "
                 "RSS includes shared pages (interpreter, libraries) that every process counts again; "
                 "USS is the memory the process alone holds.")
