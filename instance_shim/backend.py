@@ -15,6 +15,7 @@ import subprocess
 import sys
 from collections.abc import Mapping
 
+from mcpmux import jsonrpc
 from mcpmux.jsonrpc import JsonObject
 from mcpmux.lines import TOO_LONG, LineSplitter
 
@@ -72,7 +73,7 @@ class Backend:
     # --- writing -------------------------------------------------------------------------------------
 
     def send(self, message: JsonObject) -> None:
-        self.send_line(json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode() + b"\n")
+        self.send_line(jsonrpc.dumps(message))
 
     def send_line(self, line: bytes) -> None:
         self._outbox += line

@@ -23,6 +23,7 @@ from typing import Any
 
 from mcpmux import request_state, stateless
 from mcpmux.jsonrpc import JsonObject
+from mcpmux.jsonrpc import encode as dumps
 from mcpmux.request_state import Pin
 from mcpmux.stateless import SUBSCRIPTION_ID_KEY
 
@@ -52,7 +53,6 @@ class Flag:
 
 
 _KINDS = tuple(Kind)  # by value, without the enum's own (slow) lookup
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)  # built once, not per message
 
 
 Header = tuple[int, Any, "str | None", "str | None", "str | None", int, "int | None", Any, "Pin | None"]
@@ -231,10 +231,6 @@ _KEYS_OF_OTHER_KINDS = {
     Kind.RESULT: frozenset({"method", "error"}),
     Kind.ERROR: frozenset({"method", "result"}),
 }
-
-
-def dumps(value: Any) -> bytes:
-    return _ENCODER.encode(value).encode()
 
 
 def _kind(message: JsonObject) -> Kind:

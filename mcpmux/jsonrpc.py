@@ -90,7 +90,20 @@ def notification(method: str, params: JsonObject | None = None) -> JsonObject:
 
 
 def dumps(message: JsonObject) -> bytes:
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+    return encode(message) + b"\n"
+
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)  # built once, not per message
+_ASCII_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
+def encode(value: Any) -> bytes:
+    """Compact UTF-8 JSON text: how mcpmux writes every message."""
+    text = _ENCODER.encode(value)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:  # a lone surrogate: valid as a JSON escape, not as UTF-8, so it stays escaped
+        return _ASCII_ENCODER.encode(value).encode()
 
 
 def _is_id(value: Any) -> bool:

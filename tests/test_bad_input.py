@@ -79,6 +79,22 @@ async def test_a_backend_printing_garbage_on_stdout_does_not_disturb_the_session
     assert "non-JSON" in log
 
 
+async def test_half_a_surrogate_pair_crosses_as_it_came_and_the_session_goes_on(stack: Stack) -> None:
+    # Valid JSON that Python cannot write back as UTF-8: an escaped lone surrogate (a string cut inside an
+    # emoji), from the server; and the same from the client (the lab server, like the SDK's, never answers
+    # that one: mcpmux must pass it on, not fall over).
+    async with raw_session(stack) as client:
+        await client.initialize()
+        answered = await client.request(1, "tools/call", {"name": "half_surrogate", "arguments": {}})
+        await client.send_raw(b'{"jsonrpc":"2.0","id":2,"method":"tools/call",'
+                              b'"params":{"name":"echo","arguments":{"text":"cut \\ud83d"}}}\n')
+        still = await client.request(3, "ping")
+
+    assert answered["result"]["content"][0]["text"] == "cut \ud83d"
+    assert len(client.responses_to(1)) == 1, "the server's own second answer never reaches the client"
+    assert still["result"] == {}
+
+
 async def test_a_backend_that_exits_during_initialize_gets_a_clear_error(make_stack: StackFactory) -> None:
     stack = make_stack("--min-instances", "1", "--max-instances", "1", LAB_EXIT_ON_INIT="1")
     async with raw_session(stack) as client:

@@ -7,7 +7,7 @@ import json
 import msgpack
 import pytest
 
-from mcpmux import request_state, wire
+from mcpmux import jsonrpc, request_state, wire
 from mcpmux.envelope import Envelope, Flag, Kind
 
 
@@ -143,3 +143,14 @@ def test_a_listen_streams_id_is_rewritten_by_the_edge_in_notifications_and_resul
     assert line_of(across_the_wire(changed.with_token("listen-1")))["params"] == {"_meta": {TAG: "listen-1"}}
     assert line_of(across_the_wire(closed.with_id("listen-1").with_token("listen-1"))) == {
         "jsonrpc": "2.0", "id": "listen-1", "result": {"_meta": {TAG: "listen-1"}}}
+
+
+def test_a_lone_surrogate_crosses_as_the_escape_it_came_as() -> None:
+    # JSON may escape half of a surrogate pair (a JavaScript server cutting a string in an emoji); Python
+    # reads it as a str that UTF-8 cannot encode. It must cross as the same escape, not stop the edge.
+    line = b'{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"cut \\ud83d"}]}}'
+    envelope = Envelope.from_message(jsonrpc.parse(line))
+
+    out = envelope.with_id(9).line()
+    assert b"\\ud83d" in out
+    assert json.loads(out)["result"] == json.loads(line)["result"]

@@ -272,6 +272,18 @@ def garbage() -> str:
 
 
 @mcp.tool(structured_output=False)
+def half_surrogate(ctx: Context) -> str:
+    """Answer with text ending in half of a surrogate pair, escaped: valid JSON that is not valid UTF-8 once
+    decoded (a string cut inside an emoji). Written raw, since the SDK would refuse it; its own answer
+    follows, a duplicate the client must never see."""
+    assert WIRE is not None, "half_surrogate() only runs while serving"
+    request_id = json.dumps(ctx.request_context.request_id)
+    WIRE.write_bytes(b'{"jsonrpc":"2.0","id":' + request_id.encode()
+                     + b',"result":{"content":[{"type":"text","text":"cut \\ud83d"}]}}\n')
+    return _reply()
+
+
+@mcp.tool(structured_output=False)
 async def notify_tools_changed(ctx: Context) -> str:
     """Send notifications/tools/list_changed."""
     # ctx.session, not ctx.notify_tools_changed(): the latter publishes to the
