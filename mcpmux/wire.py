@@ -149,16 +149,20 @@ EnvelopeMessage = type[ToBackend] | type[FromBackend] | type[ClientMessage] | ty
 _CARRIERS = frozenset(TAGS[carrier] for carrier in (ClientMessage, ToClient, ToBackend, FromBackend))
 
 
+# One packer for the process (msgpack.packb builds one per call): every process packs on one thread.
+_PACKER = msgpack.Packer(use_bin_type=True)
+
+
 def encode(message: Message) -> list[bytes]:
     """The frames of a message, to send with `send_multipart`."""
     if isinstance(message, ClientMessage | ToClient | ToBackend | FromBackend):
         return encode_envelope(type(message), message.envelope)
-    return [msgpack.packb((TAGS[type(message)], *message), use_bin_type=True)]
+    return [_PACKER.pack((TAGS[type(message)], *message))]
 
 
 def encode_envelope(message_type: EnvelopeMessage, envelope: Envelope) -> list[bytes]:
     """The hot path: the header's fields, then the body as msgpack bytes (copied, never parsed)."""
-    return [msgpack.packb((TAGS[message_type], *envelope.header(), envelope.body), use_bin_type=True)]
+    return [_PACKER.pack((TAGS[message_type], *envelope.header(), envelope.body))]
 
 
 def decode(frames: list[bytes]) -> Message:
