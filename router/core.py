@@ -338,6 +338,7 @@ class Core:
 
     def _from_shim_frame(self, identity: bytes, message: wire.Message) -> None:
         self._from_shim(identity.decode(), message)
+        self._settle()  # an answer goes to its client now, not after the rest of the batch
 
     def _from_shim(self, slot: str, message: wire.Message) -> None:
         instance = self.board.pool.get(slot)
