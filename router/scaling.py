@@ -230,9 +230,9 @@ class Scaler:
         warm-up instance whose first client is of another context), is restarted with the busiest context
         at once, as it would have been had it been ready when they opened."""
         instance = self._board.pool.get(slot)
-        if instance is None or not self._board.sessions or not self._board.eligibility.shares_instances:
+        if instance is None or not self._board.sessions or self._board.eligibility.dedicated.owner(slot) is not None:
             return
-        if placement.unused([instance], self._in_use):
+        if placement.unused([instance], self._in_use):  # under dedicated too: a spare of the wrong context
             self._recycle(instance, self.default_context())
 
     def _use_spare(self, handshake: ClientContext, reason: str) -> None:

@@ -14,6 +14,7 @@ from mcp.shared.exceptions import MCPError
 
 from mcpmux import jsonrpc
 from tests.conftest import Stack, StackFactory, result_json
+from tests.rawclient import raw_session
 
 pytestmark = pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")
 
@@ -153,3 +154,31 @@ async def test_dedicated_sessions_start_fresh_after_a_core_restart_rather_than_i
     assert [[count for _, count in session] for session in after] == [[1, 2], [1, 2]], after
     assert not old_pids & {pid for session in after for pid, _ in session}, "on restarted instances"
     assert sorted(map(len, sessions_by_slot(status).values())) == [1, 1]
+
+
+async def test_dedicated_spares_warmed_for_another_context_are_restarted_for_the_open_one_once_ready(
+        make_stack: StackFactory) -> None:
+    # `--up` warms the pool in Claude Code's context; this raw client is another. The spares were already
+    # initializing when it opened: each is restarted with its context as soon as it is ready, so that a
+    # second session's first call finds a spare of its own rather than waiting for one to restart.
+    stack = make_stack("--strategy", "dedicated", "--min-instances", "2", "--max-instances", "3")
+    began = time.time()
+    stack.router("--up")
+    for slot in ("shim:shim_00", "shim:shim_01"):
+        warmed = await stack.event("context", began, slot=slot)
+        assert "2026-07-28" in warmed["text"], warmed  # initializing in the warm-up's context
+    async with raw_session(stack) as holder:
+        await holder.initialize()
+        await holder.request(1, "tools/call", {"name": "whoami", "arguments": {}})
+        await stack.ready(3)
+        async with raw_session(stack) as newcomer:
+            opened = time.time()
+            await newcomer.initialize()
+            answer = await newcomer.request(1, "tools/call", {"name": "whoami", "arguments": {}})
+            answered = time.time()
+        status = await stack.current_status()
+
+    restarts = [event for event in status["events"]
+                if opened < event["time"] < answered and event["kind"] in ("reinit", "start", "scale")]
+    assert "result" in answer
+    assert restarts == [], "the newcomer's first call waited for an instance to restart"
