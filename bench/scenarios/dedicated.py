@@ -39,7 +39,12 @@ async def echo_ms(client: ClientSession) -> float:
 
 
 async def warm_up(bench: Bench, stack: BenchStack, instances: int) -> None:
-    """A first client's initialize (the pool re-initializes with its params), then every instance ready."""
+    """A first client's initialize (the pool re-initializes with its params), then every instance ready.
+
+    The pool is ready in the warm-up's context first: a client that came while it still initialized would
+    have an instance started for its own context beside it, and the warm one restarted for that context
+    too, a spare even with minInstances 1."""
+    await asyncio.to_thread(stack.wait_ready, instances)
     async with sdk_session(stack.params(), bench.log):
         pass  # no request: no instance is dedicated to it, none is recycled
     await asyncio.to_thread(stack.wait_ready, instances)
