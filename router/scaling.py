@@ -103,20 +103,22 @@ class Scaler:
         if not self._board.eligibility.shares_instances:
             self._tick_dedicated()
             return
-        if self.react():
-            return
         load = self.load()
+        if self._scale_up_if_loaded(load):
+            return
         if load > self._settings.scale_down_threshold or len(self.wanted) <= self._settings.min_instances:
             self._low_since = None
             return
         self._stop_one_when_quiet(f"load {load:.2f} <= {self._settings.scale_down_threshold}")
 
-    def react(self) -> bool:
-        """Scale up now if the load asks for it; the core calls this as soon as requests queue, not only on
-        its tick. True if the load is above the threshold."""
-        if not self._board.eligibility.shares_instances:
-            return False
-        load = self.load()
+    def react(self) -> None:
+        """Scale up now if the load asks for it: the core calls this as soon as requests queue, not only on
+        its tick."""
+        if self._board.eligibility.shares_instances:
+            self._scale_up_if_loaded(self.load())
+
+    def _scale_up_if_loaded(self, load: float) -> bool:
+        """Grow the pool if `load` is at the scale-up threshold; True if it is."""
         if load < self._settings.scale_up_threshold:
             return False
         self._low_since = None

@@ -176,6 +176,11 @@ class Harness:
         (only,) = self.responses(session).get(request_id, [])
         return only
 
+    def running_requests(self) -> list[tuple[Instance, JsonObject]]:
+        """Each request an instance runs now, with its instance."""
+        return [(instance, request) for instance in self.board.pool for request in self.requests_on(instance)
+                if request["id"] in self.board.running_ids()]
+
     def requests_on(self, instance: Instance) -> list[JsonObject]:
         """Requests sent to the instance and not yet answered or cancelled."""
         sent = [m for m in self.to_instance.get(instance.slot, []) if jsonrpc.is_request(m)]

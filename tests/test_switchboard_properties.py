@@ -203,8 +203,7 @@ class SwitchboardMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.h.board.running > 0)
     @rule(data=st.data(), outcome=st.sampled_from(["result", "tool error", "internal error"]))
     def instance_answers(self, data: st.DataObject, outcome: str) -> None:
-        running = [(instance, request) for instance in self.h.board.pool for request in self.h.requests_on(instance)
-                   if request["id"] in self.h.board.running_ids()]
+        running = self.h.running_requests()
         if not running:
             return
         instance, request = data.draw(st.sampled_from(running))
