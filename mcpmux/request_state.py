@@ -10,7 +10,6 @@ its own state back. The pid tells an instance from its replacement in the same s
 
 from __future__ import annotations
 
-import base64
 import json
 from typing import Any
 
@@ -23,6 +22,8 @@ Pin = tuple[str, int]  # the slot, and the pid of the shim that ran the instance
 
 
 def wrap(state: str, slot: str, pid: int) -> str:
+    import base64  # here, not at the top: every door imports this module, and few sessions need it
+
     route = base64.urlsafe_b64encode(json.dumps([slot, pid]).encode()).decode()
     return f"{PREFIX}{route}.{state}"
 
@@ -34,6 +35,8 @@ def unwrap(value: str) -> tuple[str, Pin] | None:
     route, dot, state = value[len(PREFIX):].partition(".")
     if not dot:
         return None
+    import base64
+
     try:
         slot, pid = json.loads(base64.urlsafe_b64decode(route.encode()))
     except (ValueError, TypeError):

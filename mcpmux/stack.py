@@ -8,20 +8,24 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
-if TYPE_CHECKING:  # the door imports this module and must not pay for pydantic
+if TYPE_CHECKING:  # every door imports this module: it must pay neither for pydantic nor for pathlib (0.7 MB)
+    from pathlib import Path
+
     from mcpmux.config import Config
 
 IPC_PATH_LIMIT = 107  # sun_path is 108 bytes on Linux, one of them the terminating NUL
+DOORS_SOCKET = "doors.sock"
+LOGS = "logs"
 ROUTER_MODULE = "mcpmux.router.cli"  # what `mcpmux-router` runs
 
 
 def stack_id(config: Config, origin: str) -> str:
     """A short, readable, stable name: `<what it runs>-<hash of origin and configuration>`."""
-    import hashlib  # here, not at the top: every door imports this module for its paths, and needs neither
+    import hashlib  # here, not at the top: every door imports this module for its paths, and needs none
     import re
+    from pathlib import Path
 
     digest = hashlib.sha256(f"{origin}\n{config.canonical_json()}".encode()).hexdigest()[:10]
     label = re.sub(r"[^A-Za-z0-9]+", "-", Path(config.server.args[-1] if config.server.args else "").name
@@ -30,6 +34,8 @@ def stack_id(config: Config, origin: str) -> str:
 
 
 def runtime_root() -> Path:
+    from pathlib import Path
+
     xdg = os.environ.get("XDG_RUNTIME_DIR")
     if xdg:
         return Path(xdg) / "mcpmux"
@@ -70,11 +76,11 @@ class StackPaths(NamedTuple):
 
     @property
     def logs(self) -> Path:
-        return self.root / "logs"
+        return self.root / LOGS
 
     @property
     def doors_endpoint(self) -> str:
-        return _ipc(self.root / "doors.sock")
+        return doors_endpoint(self.root)
 
     @property
     def shims_endpoint(self) -> str:
@@ -139,7 +145,12 @@ def accepting(path: Path) -> bool:
     return True
 
 
-def _ipc(path: Path) -> str:
+def doors_endpoint(root: str | os.PathLike[str]) -> str:
+    """Where the stack in `root` takes client sessions: for the door, which has its directory as text."""
+    return _ipc(os.path.join(root, DOORS_SOCKET))
+
+
+def _ipc(path: str | os.PathLike[str]) -> str:
     if len(str(path)) > IPC_PATH_LIMIT:
         raise ValueError(
             f"socket path {path} is longer than {IPC_PATH_LIMIT} bytes; set XDG_RUNTIME_DIR to a shorter directory"

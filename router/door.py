@@ -18,16 +18,14 @@ from __future__ import annotations
 import os
 import sys
 import time
-from pathlib import Path
 
 import zmq
 
-from mcpmux import jsonrpc, wire
+from mcpmux import jsonrpc, stack, wire
 from mcpmux.envelope import Envelope, Kind
 from mcpmux.jsonrpc import JsonObject, RequestId
 from mcpmux.lines import TOO_LONG, LineSplitter
 from mcpmux.router.retry import RetryPolicy
-from mcpmux.stack import StackPaths
 
 HEARTBEAT_INTERVAL = 2.0
 STDIN = 0
@@ -49,9 +47,9 @@ class CoreUnreachable(RuntimeError):
 
 
 class Door:
-    def __init__(self, paths: StackPaths, *, max_message_bytes: int, connect_timeout: float,
+    def __init__(self, stack_dir: str, *, max_message_bytes: int, connect_timeout: float,
                  priority: str | None = None) -> None:
-        self._paths = paths
+        self._stack_dir = stack_dir
         self._priority = priority
         self._limit = max_message_bytes
         self._connect_timeout = connect_timeout
@@ -74,7 +72,7 @@ class Door:
 
     def run(self) -> None:
         self._monitor = self._socket.get_monitor_socket(zmq.EVENT_CONNECTED)
-        self._socket.connect(self._paths.doors_endpoint)
+        self._socket.connect(stack.doors_endpoint(self._stack_dir))
         self._send(wire.DoorHello(os.getpid(), None, self._priority, self._cwd))
         self._await_welcome()
         os.set_blocking(STDOUT, False)
@@ -165,7 +163,8 @@ class Door:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not self._socket.poll(int(remaining * 1000)):
                 raise CoreUnreachable(
-                    f"the stack's core did not answer within {self._connect_timeout:.0f} s; see {self._paths.logs}")
+                    f"the stack's core did not answer within {self._connect_timeout:.0f} s; "
+                    f"see {os.path.join(self._stack_dir, stack.LOGS)}")
             self._from_core()
 
     def _connection_events(self) -> None:
@@ -272,7 +271,7 @@ def main() -> None:
         connect_timeout = float(arguments.get("--connect-timeout", 30.0))
     except ValueError as exc:
         sys.exit(f"mcpmux-door: {exc} (the door is started by mcpmux-router, which writes its arguments)")
-    door = Door(StackPaths(Path(arguments["--stack-dir"])), max_message_bytes=max_message_bytes,
+    door = Door(arguments["--stack-dir"], max_message_bytes=max_message_bytes,
                 connect_timeout=connect_timeout, priority=arguments.get("--priority"))
     try:
         door.run()

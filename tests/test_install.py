@@ -90,6 +90,17 @@ def test_the_base_install_does_not_pull_the_sdk_or_the_demo_server(installed: In
     assert probe.stdout.strip() == "[]", probe.stdout + probe.stderr
 
 
+def test_the_door_imports_only_what_relaying_needs(installed: Installed) -> None:
+    """A door runs per client session, so each module it imports is paid once per open session."""
+    probe = installed.run("python", "-E", "-P", "-c",
+                          "import sys, mcpmux.router.door; print(' '.join(sorted(sys.modules)))")
+    heavy = {"pathlib", "asyncio", "pydantic", "argparse", "dataclasses", "logging", "inspect", "base64"}
+
+    assert probe.returncode == 0, probe.stderr
+    assert "zmq" in probe.stdout.split() and "msgpack" in probe.stdout.split()
+    assert heavy.isdisjoint(probe.stdout.split()), heavy & set(probe.stdout.split())
+
+
 async def test_a_session_from_a_project_with_decoy_packages(installed: Installed) -> None:
     server = ["--", *TIME_SERVER]
     params = StdioServerParameters(command=str(installed.bin / "mcpmux-router"), args=server, env=installed.env,

@@ -3,16 +3,28 @@
 RSS counts shared pages (the interpreter, shared libraries) in every process; USS is what the process alone
 holds, what would be freed if it exited. To explain the figures, the scenario also measures how much each
 import costs a fresh interpreter.
+
+The door, one per client session, is also measured as users run it: from mcpmux's wheel installed in a
+fresh venv. The checkout's editable install adds a finder to every interpreter of its venv, and that finder
+imports pathlib, re and more (2 MB) before the door's first line runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
+import shutil
 import subprocess
 import sys
+import sysconfig
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
 
 import psutil
+from mcp import StdioServerParameters
 
 from bench import plots
 from bench.clients import sdk_session
@@ -23,8 +35,9 @@ from bench.stats import Stat
 
 MB = 1024 * 1024
 FLOOR = "pyzmq with one connected socket (the floor of a door)"  # its I/O thread started, libzmq's pages in
-TARGETS = {"shim": 25.0, "door": 16.0}  # a door per client session: near a Python that imported pyzmq
-ROLES = ("door", "core", "shim", "supervisord")
+TARGETS = {"shim": 25.0, "door (installed)": 16.0}  # a door per client session: near a Python with pyzmq
+INSTALLED_DOOR = "door (installed)"
+ROLES = ("door", INSTALLED_DOOR, "core", "shim", "supervisord")
 # What a fresh interpreter weighs after each import: how a process's RSS builds up.
 IMPORTS = {
     "bare interpreter": "pass",
@@ -67,21 +80,56 @@ async def direct_sample(bench: Bench) -> Sample:
         return measure({"lab server": child_running("lab_server.py")})
 
 
-async def mcpmux_sample(bench: Bench, stack: BenchStack) -> Sample:
+async def mcpmux_sample(bench: Bench, stack: BenchStack, installed: Path) -> Sample:
     async with sdk_session(stack.params(), bench.log) as client:
         stack.wait_ready(1)
         for _ in range(20):
             await client.call_tool("echo", {"text": "warm"})
         supervisord = stack.processes()[0]
         (door,) = doors()
-        return measure({"door": door, "core": stack.core(), "shim": stack.shims()[0],
-                        "backend": stack.backends()[0], "supervisord": supervisord})
+        sample = measure({"door": door, "core": stack.core(), "shim": stack.shims()[0],
+                          "backend": stack.backends()[0], "supervisord": supervisord})
+    # The same session through the installed router, attached to the same stack by its directory.
+    params = StdioServerParameters(command=str(installed / "mcpmux-router"),
+                                   args=["--stack-dir", str(stack.paths.root)], env=stack.env)
+    async with sdk_session(params, bench.log) as client:
+        for _ in range(20):
+            await client.call_tool("echo", {"text": "warm"})
+        (door,) = [door for door in doors() if door.cmdline()[0].startswith(str(installed))]
+        installed_door = measure({INSTALLED_DOOR: door})
+    sample.rss.update(installed_door.rss)
+    sample.uss.update(installed_door.uss)
+    return sample
 
 
-def import_cost(statement: str) -> float:
+@contextlib.contextmanager
+def installed_wheel(log: TextIO) -> Iterator[Path]:
+    """The bin directory of a fresh venv holding mcpmux's wheel, as pipx or uv would install it. Its
+    dependencies are this venv's, seen through a path entry: what a door imports from them is the same."""
+    scratch = Path(tempfile.mkdtemp(prefix="mxb-wheel-", dir="/tmp"))
+    try:
+        source = scratch / "source"  # a copy: setuptools' build/ in the checkout can hold deleted files
+        shutil.copytree(ROOT, source, symlinks=True, ignore=shutil.ignore_patterns(
+            ".git", ".venv", "build", "node", "*.egg-info", "__pycache__", ".*_cache", "results"))
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir",
+                        str(scratch / "dist"), str(source)], check=True, stdout=log, stderr=log, cwd=scratch)
+        venv = scratch / "venv"
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+        python = venv / "bin" / "python"
+        subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps",
+                        str(next((scratch / "dist").glob("mcpmux-*.whl")))], check=True, stdout=log, stderr=log)
+        site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                              check=True, capture_output=True, text=True).stdout.strip()
+        Path(site, "bench-dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")
+        yield venv / "bin"
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def import_cost(statement: str, python: str = sys.executable) -> float:
     """RSS (MB) of a fresh interpreter right after `statement`."""
     probe = f"{statement}\nprint(open('/proc/self/status').read())"
-    completed = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=60,
+    completed = subprocess.run([python, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=60,
                                check=True)
     found = re.search(r"VmRSS:\s+(\d+) kB", completed.stdout)
     return int(found.group(1)) / 1024 if found else float("nan")
@@ -92,11 +140,14 @@ async def memory(bench: Bench, report: Report) -> None:
     samples = bench.pick(1, 3)
     direct: list[Sample] = []
     mux: list[Sample] = []
-    with bench.stack("--min-instances=1", "--max-instances=1", server=LAB_SERVER) as stack:
+    with installed_wheel(bench.log) as installed, \
+            bench.stack("--min-instances=1", "--max-instances=1", server=LAB_SERVER) as stack:
         for _ in range(samples):
             direct.append(await direct_sample(bench))
-            mux.append(await mcpmux_sample(bench, stack))
-    imports = {label: import_cost(statement) for label, statement in IMPORTS.items()}
+            mux.append(await mcpmux_sample(bench, stack, installed))
+        imports = {label: import_cost(statement) for label, statement in IMPORTS.items()}
+        imports.update({f"{label}, installed": import_cost(IMPORTS[label], str(installed / "python"))
+                        for label in (FLOOR, "door's imports (router.door)")})
     summarize(bench, report, direct, mux, imports)
 
 
@@ -113,9 +164,13 @@ def summarize(bench: Bench, report: Report, direct: list[Sample], mux: list[Samp
                            met=Stat.of(values).median <= limit if limit else None)
     report.add("door", "RSS over the floor (pyzmq with one connected socket)", "MB",
                [s.rss["door"] - imports[FLOOR] for s in mux])
+    report.add(INSTALLED_DOOR, "RSS over the floor, both installed", "MB",
+               [s.rss[INSTALLED_DOOR] - imports[f"{FLOOR}, installed"] for s in mux])
     report.note("Measured after 20 warm-up calls in an open session; one stack with one instance. "
                 "RSS includes shared pages (interpreter, libraries) that every process counts again; "
-                "USS is the memory the process alone holds.")
+                "USS is the memory the process alone holds. `door (installed)` is a session through "
+                "mcpmux's wheel in a fresh venv, as users install it; `door` runs from the checkout's "
+                "editable install, whose finder costs every process of its venv about 2 MB.")
     lines = ["**RSS of a fresh interpreter after each import** (where a process's memory comes from)", "",
              "| imports | RSS (MB) |", "|---|---|"]
     lines += [f"| {label} | {value:.1f} |" for label, value in imports.items()]
