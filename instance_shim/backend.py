@@ -102,8 +102,9 @@ class Backend:
 
     # --- reading -------------------------------------------------------------------------------------
 
-    def read_messages(self) -> list[JsonObject] | None:
-        """The messages the server printed since last time; None once it has closed stdout."""
+    def read_messages(self) -> list[tuple[bytes, JsonObject]] | None:
+        """The messages the server printed since last time, each with its line; None once it has closed
+        stdout."""
         try:
             data = os.read(self.fileno("stdout"), READ_SIZE)
         except BlockingIOError:
@@ -114,7 +115,7 @@ class Backend:
         for line in self._stdout.feed(data):
             message = _parse(line)
             if message is not None:
-                messages.append(message)
+                messages.append((line, message))
         return messages
 
     def read_stderr(self) -> bool:

@@ -140,13 +140,15 @@ class Shim:
         if messages is None:
             return False
         stateless = self._opened is not None and self._opened.era is Era.STATELESS
-        for payload in messages:
+        for line, payload in messages:
             if self._opening.owns(payload):
                 self._initialized(payload)
                 continue
+            text: bytes | None = line
             if stateless and "result" in payload:
-                payload = request_state.wrap_result(payload, self._slot, os.getpid())
-            envelope = Envelope.from_message(payload)
+                wrapped = request_state.wrap_result(payload, self._slot, os.getpid())
+                text, payload = (line if wrapped is payload else None), wrapped
+            envelope = Envelope.from_message(payload, line=text)
             wire.send(self._socket, wire.encode_envelope(wire.FromBackend, envelope), block=True)
         return True
 

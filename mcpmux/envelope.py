@@ -82,10 +82,14 @@ class Envelope(Mapping[str, Any]):
     # --- building --------------------------------------------------------------------------------------
 
     @classmethod
-    def from_message(cls, message: JsonObject, *, from_client: bool = False) -> Envelope:
+    def from_message(cls, message: JsonObject, *, from_client: bool = False, line: bytes | None = None
+                     ) -> Envelope:
         """Cut a parsed message in two. `from_client` (the door's cut) moves mcpmux's own parts of a client's
         message from the body into the header, so the server never sees them: a priority in `_meta`, and the
-        instance named in a `requestState` (mcpmux/request_state.py)."""
+        instance named in a `requestState` (mcpmux/request_state.py).
+
+        `line`, the text `message` was parsed from, saves encoding the body again where the text can be cut
+        as it is (`_cut`): a large result then crosses mcpmux without being serialized once."""
         rest = dict(message)
         rest.pop("jsonrpc", None)
         rest.pop("id", None)
@@ -96,8 +100,9 @@ class Envelope(Mapping[str, Any]):
         flags, token = Flag.NONE, None
         if isinstance(params, dict):
             if from_client:
-                priority, pin, params = _client_parts(params)
-                rest["params"] = params
+                priority, pin, rest["params"] = _client_parts(params)
+                line = line if rest["params"] is params else None  # the text says what was taken out
+                params = rest["params"]
             flags, token = _params_flags(params)
             flags |= Flag.STATE if pin is not None else Flag.NONE
         result = rest.get("result")
@@ -106,8 +111,9 @@ class Envelope(Mapping[str, Any]):
         tool = params.get("name") if method == "tools/call" and isinstance(params, dict) else None
         error = rest.get("error")
         code = error.get("code") if isinstance(error, dict) else None
+        body = _cut(line, message) if line is not None else None
         return cls(_kind(message), message.get("id"), method if isinstance(method, str) else None,
-                   dumps(rest), tool=tool if isinstance(tool, str) else None,
+                   body or dumps(rest), tool=tool if isinstance(tool, str) else None,
                    priority=priority if isinstance(priority, str) else None, flags=flags,
                    error_code=code if isinstance(code, int) else None, token=token, pin=pin, parsed=rest)
 
@@ -231,6 +237,36 @@ _KEYS_OF_OTHER_KINDS = {
     Kind.RESULT: frozenset({"method", "error"}),
     Kind.ERROR: frozenset({"method", "result"}),
 }
+
+
+_HEAD = b'{"jsonrpc":"2.0",'
+_TAIL = b',"jsonrpc":"2.0"'
+
+
+def _cut(line: bytes, message: JsonObject) -> bytes | None:
+    """The body as `line` writes it, or None if the text cannot simply be cut.
+
+    It can when `jsonrpc` and the id open the object, as the Python SDK writes its messages
+    (`{"jsonrpc":"2.0","id":7,...}`), or close it, as the TypeScript SDK does (`{...,"jsonrpc":"2.0","id":7}`),
+    and nothing else in the text could be a second `jsonrpc` or `id` member: a parser keeps the last of
+    duplicate keys, so one left in the body would override the id the edge writes. Escapes (`\\u`) are
+    refused too, since they can spell either key."""
+    line = line.strip()
+    has_id = "id" in message
+    id = message.get("id")
+    member = b'"id":' + (str(id).encode() if type(id) is int else dumps(id)) if has_id else b""
+    if line.startswith(_HEAD):
+        opening = _HEAD + member + b"," if has_id else _HEAD
+        rest = line[len(opening):] if line.startswith(opening) else None
+        body = None if rest is None else b"{" + rest
+    elif line.endswith(b"}"):
+        closing = _TAIL + (b"," + member if has_id else b"") + b"}"
+        body = line[:-len(closing)] + b"}" if line.endswith(closing) else None
+    else:
+        return None
+    if body is None or b'"id"' in body or b'"jsonrpc"' in body or b"\\u" in body:
+        return None
+    return body
 
 
 def _kind(message: JsonObject) -> Kind:

@@ -246,8 +246,9 @@ class ContextRules:
         if ours is None or theirs is None:
             return False
         if instance.bound:
-            return session.roots_known and ours == theirs
-        return ours == theirs.handshake()
+            return session.roots_known and (ours is theirs or ours == theirs)
+        handshake = theirs.handshake()
+        return ours is handshake or ours == handshake  # usually the very object: no field-by-field compare
 
     def usable(self, instance: Instance, session: Session) -> bool:
         """Whether the instance may serve the session now (readiness and load aside): an instance to be

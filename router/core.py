@@ -237,7 +237,8 @@ class Core:
                 instance = self.board.pool.get(slot)
                 if instance is not None:
                     self._instance_lost(instance, "shim unreachable")
-        self._check_waits(time.monotonic())
+        if self._waits:
+            self._check_waits(time.monotonic())
 
     def _perform(self, action: actions.Action) -> None:
         match action:

@@ -35,8 +35,12 @@ class Deadlines(Generic[T]):
             del self._by_timeout[timeout][key]
 
     def next(self) -> float | None:
-        fronts = [next(iter(queue.values()))[0] for queue in self._by_timeout.values() if queue]
-        return min(fronts, default=None)
+        soonest = None
+        for queue in self._by_timeout.values():  # a few timeouts at most; asked on every turn of the loop
+            if queue:
+                due = next(iter(queue.values()))[0]
+                soonest = due if soonest is None or due < soonest else soonest
+        return soonest
 
     def pop_due(self, now: float) -> list[tuple[float, T]]:
         """Every (timeout, item) due by `now`, removed; in deadline order within a timeout."""

@@ -196,7 +196,7 @@ class Door:
         except jsonrpc.InvalidMessage as invalid:
             self._write(jsonrpc.error(invalid.request_id, invalid.code, str(invalid)))
             return
-        envelope = Envelope.from_message(message, from_client=True)
+        envelope = Envelope.from_message(message, from_client=True, line=line)
         if envelope.kind is Kind.REQUEST:
             self._unanswered[envelope.id] = envelope
             if envelope.method == "initialize" and isinstance(message.get("params"), dict):

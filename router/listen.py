@@ -31,7 +31,7 @@ LIST_CHANGES = {
 
 def is_stream(pending: Pending) -> bool:
     """A stream, as the switchboard admits it for a stateless session: uncapped, without deadline."""
-    return pending.method == METHOD and not pending.capped
+    return not pending.capped and pending.method == METHOD
 
 
 def to_client(pending: Pending, frame: Envelope) -> list[Envelope | JsonObject]:

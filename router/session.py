@@ -45,7 +45,7 @@ class Pending:
 
     @property
     def method(self) -> str:
-        return str(self.message["method"])
+        return self.message.method or ""  # a request's: the header always has it
 
     @property
     def key(self) -> tuple[bytes, RequestId]:

@@ -153,8 +153,8 @@ class Switchboard:
             self._client_response(session, message)
 
     def _client_request(self, session: Session, message: Envelope) -> None:
-        method, client_id = message["method"], message.id
-        session.last_request = self._now()
+        method, client_id = str(message.method), message.id
+        session.last_request = now = self._now()
         self.metrics.requests_received += 1
         if client_id in session.pending:
             self._answer_local(session, jsonrpc.error(
@@ -172,7 +172,7 @@ class Switchboard:
         if local is not None:
             local(self, session, message)
             return
-        self._admit(Pending(session, client_id, message, received=self._now()))
+        self._admit(Pending(session, client_id, message, received=now))
 
     def _ping(self, session: Session, message: Envelope) -> None:
         self._answer_local(session, jsonrpc.result(message["id"], {}))
@@ -392,12 +392,13 @@ class Switchboard:
         """Send a request's one response, under the client's own id."""
         self._deadlines.cancel(pending.key)
         pending.session.pending.pop(pending.client_id, None)
-        if "error" in response:
+        envelope = Envelope.of(response)
+        if envelope.kind is Kind.ERROR:
             self.metrics.requests_failed += 1
         else:
             self.metrics.requests_succeeded += 1
         self.metrics.observe_latency(self._now() - pending.received)
-        self._answer(pending.session, Envelope.of(response).with_id(pending.client_id))
+        self._answer(pending.session, envelope.with_id(pending.client_id))
 
     def _fail(self, pending: Pending, code: int, text: str) -> None:
         self.queue.remove(pending.key)
@@ -464,9 +465,9 @@ class Switchboard:
 
     def from_instance(self, instance: Instance, message: Message) -> None:
         message = Envelope.of(message)
-        if "method" not in message:
+        if message.kind is Kind.RESULT or message.kind is Kind.ERROR:
             self._instance_response(instance, message)
-        elif "id" in message:
+        elif message.kind is Kind.REQUEST:
             self._instance_request(instance, message)
         else:
             self._instance_notification(instance, message)

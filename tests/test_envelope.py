@@ -154,3 +154,46 @@ def test_a_lone_surrogate_crosses_as_the_escape_it_came_as() -> None:
     out = envelope.with_id(9).line()
     assert b"\\ud83d" in out
     assert json.loads(out)["result"] == json.loads(line)["result"]
+
+
+NOTIFICATION_BODY = b'{"method":"notifications/message","params":{"n": 1e2}}'
+
+
+# Lines as the SDKs write them: the Python SDK puts jsonrpc and the id first, the TypeScript SDK last. Inside,
+# `1e2` and the spaces are spelled as mcpmux's encoder would not (`100.0`, none): they show whose text it is.
+@pytest.mark.parametrize(("line", "body"), [
+    (b'{"jsonrpc":"2.0","id":7,"result":{"n": 1e2}}\n', b'{"result":{"n": 1e2}}'),
+    (b'{"method":"tools/call","params":{"n": 1e2},"jsonrpc":"2.0","id":"a-1"}\n',
+     b'{"method":"tools/call","params":{"n": 1e2}}'),
+    (b'{"jsonrpc":"2.0","method":"notifications/message","params":{"n": 1e2}}', NOTIFICATION_BODY),
+    (b'{"method":"notifications/message","params":{"n": 1e2},"jsonrpc":"2.0"}\r\n', NOTIFICATION_BODY),
+])
+def test_the_body_is_cut_from_the_line_without_encoding_it_again(line: bytes, body: bytes) -> None:
+    message = jsonrpc.parse(line)
+    envelope = Envelope.from_message(message, line=line)
+    out = line_of(across_the_wire(envelope.with_id(99) if "id" in message else envelope))
+
+    assert envelope.body == body
+    assert out == {**message, **({"id": 99} if "id" in message else {})}
+
+
+@pytest.mark.parametrize("line", [
+    # A second id: a parser keeps the last, so the body must not carry one past the id the edge writes.
+    b'{"jsonrpc":"2.0","id":7,"result":{},"id":7}',
+    b'{"jsonrpc":"2.0","id":7,"result":{},"\\u0069d":7}',
+    b'{"result":{},"id":7,"jsonrpc":"2.0","id":7}',
+    b'{ "jsonrpc": "2.0", "id": 7, "result": {} }',  # not cut, only because of the spaces
+])
+def test_a_line_that_cannot_simply_be_cut_is_encoded_again(line: bytes) -> None:
+    envelope = Envelope.from_message(jsonrpc.parse(line), line=line)
+
+    assert envelope.body == b'{"result":{}}'
+    assert line_of(across_the_wire(envelope.with_id(99))) == {"jsonrpc": "2.0", "id": 99, "result": {}}
+
+
+def test_the_door_cuts_a_line_only_when_it_took_nothing_out() -> None:
+    line = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","_meta":{"mcpmux/priority":"low"}}}'
+    envelope = Envelope.from_message(jsonrpc.parse(line), from_client=True, line=line)
+
+    assert envelope.priority == "low"
+    assert b"mcpmux/priority" not in envelope.body
