@@ -189,7 +189,6 @@ def decode(frames: list[bytes]) -> Message:
 _NOBLOCK = int(zmq.NOBLOCK)
 _MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 _MORE = int(zmq.SNDMORE)
-_RCVMORE = int(zmq.RCVMORE)
 
 
 def send(socket: zmq.Socket[bytes], frames: list[bytes], *, block: bool = False) -> None:
@@ -203,9 +202,14 @@ def send(socket: zmq.Socket[bytes], frames: list[bytes], *, block: bool = False)
 
 
 def receive(socket: zmq.Socket[bytes]) -> list[bytes]:
-    """The frames of the next message, without blocking (zmq.Again if there is none)."""
-    frames = [socket.recv(_NOBLOCK)]
-    while socket.get(_RCVMORE):
-        frames.append(socket.recv(_NOBLOCK))
+    """The frames of the next message, without blocking (zmq.Again if there is none).
+
+    Each frame is received as a zmq.Frame, which says whether more follow: asking the socket (RCVMORE)
+    costs more than the receive itself."""
+    frame = socket.recv(_NOBLOCK, copy=False)
+    frames = [frame.bytes]
+    while frame.more:
+        frame = socket.recv(_NOBLOCK, copy=False)
+        frames.append(frame.bytes)
     return frames
 

@@ -124,6 +124,9 @@ class RequestQueue(Generic[T]):
         """The waiting requests, next first, computed as they are taken: the caller may remove each one it
         takes (it left to run) before asking for the next. A request pushed meanwhile may wait for the next pass."""
         yield from [entry.item for entry in self._failed_over.values()]
+        if len(self._lines) == 1:  # one session at one level, the usual backlog: its line is the order
+            yield from self._one_line(next(iter(self._lines.values())))
+            return
         now = self._clock() if self._clock is not None else None
         heads = {line: _Head(entries) for line, entries in self._lines.items()}
         turns = dict(self._last_served)
@@ -137,6 +140,12 @@ class RequestQueue(Generic[T]):
             heads[(best.session, best.level)].taken(best)
             turns[best.session] = next(later)  # a session that had its turn here goes after the others
             yield best.item
+
+    def _one_line(self, line: OrderedDict[Hashable, _Entry[T]]) -> Iterator[T]:
+        head = _Head(line)
+        while (entry := head.entry(self._entries)) is not None:
+            head.taken(entry)
+            yield entry.item
 
     def _rank(self, entry: _Entry[T], now: float | None, turns: dict[bytes, int]) -> tuple[int, int, int]:
         return self._effective(entry, now), turns.get(entry.session, 0), entry.order
