@@ -65,9 +65,11 @@ class Shim:
         self._poller.register(self._socket, zmq.POLLIN)
         if self._backend.started:
             self._watch_backend()
+        writing = False
         while self._running:
-            if "stdin" in self._pipes:
-                self._poller.register(self._pipes["stdin"], zmq.POLLOUT if self._backend.wants_write else 0)
+            if "stdin" in self._pipes and writing != self._backend.wants_write:
+                writing = not writing
+                self._poller.register(self._pipes["stdin"], zmq.POLLOUT if writing else 0)
             events = dict(self._poller.poll(self._until_heartbeat()))
             stdout, stderr, stdin = (self._pipes.get(name, -1) for name in ("stdout", "stderr", "stdin"))
             if events.get(stderr) and not self._backend.read_stderr():

@@ -162,7 +162,7 @@ class Envelope(Mapping[str, Any]):
         body = self.body if not self.flags & Flag.RETOKEN else dumps(self._retokened())
         head = b'{"jsonrpc":"2.0"'
         if self.kind is not Kind.NOTIFICATION:
-            head += b',"id":' + dumps(self.id)
+            head += b',"id":' + _id_text(self.id)
         return head + (b"," + body[1:] if len(body) > 2 else b"}") + b"\n"
 
     def _retokened(self) -> JsonObject:
@@ -251,10 +251,10 @@ def _cut(line: bytes, message: JsonObject) -> bytes | None:
     and nothing else in the text could be a second `jsonrpc` or `id` member: a parser keeps the last of
     duplicate keys, so one left in the body would override the id the edge writes. Escapes (`\\u`) are
     refused too, since they can spell either key."""
-    line = line.strip()
+    if line[:1] != b"{" or line[-1:] != b"}":
+        line = line.strip()
     has_id = "id" in message
-    id = message.get("id")
-    member = b'"id":' + (str(id).encode() if type(id) is int else dumps(id)) if has_id else b""
+    member = b'"id":' + _id_text(message["id"]) if has_id else b""
     if line.startswith(_HEAD):
         opening = _HEAD + member + b"," if has_id else _HEAD
         rest = line[len(opening):] if line.startswith(opening) else None
@@ -267,6 +267,11 @@ def _cut(line: bytes, message: JsonObject) -> bytes | None:
     if body is None or b'"id"' in body or b'"jsonrpc"' in body or b"\\u" in body:
         return None
     return body
+
+
+def _id_text(id: Any) -> bytes:
+    """An id as JSON: most are ints, which need no encoder."""
+    return str(id).encode() if type(id) is int else dumps(id)
 
 
 def _kind(message: JsonObject) -> Kind:

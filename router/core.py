@@ -241,11 +241,14 @@ class Core:
             self._check_waits(time.monotonic())
 
     def _perform(self, action: actions.Action) -> None:
+        # The two actions of every call first, by type: a class pattern costs more than the send.
+        if type(action) is actions.ToInstance:
+            self._send_shim(action.slot, wire.encode_envelope(wire.ToBackend, Envelope.of(action.message)))
+            return
+        if type(action) is actions.ToClient:
+            self._send_door(action.session, wire.encode_envelope(wire.ToClient, Envelope.of(action.message)))
+            return
         match action:
-            case actions.ToClient(session, message):
-                self._send_door(session, wire.encode_envelope(wire.ToClient, Envelope.of(message)))
-            case actions.ToInstance(slot, message):
-                self._send_shim(slot, wire.encode_envelope(wire.ToBackend, Envelope.of(message)))
             case actions.RestartInstance(slot, reason):
                 log.warning("%s: circuit open (%s); restarting it", slot, reason)
                 self.metrics.event("circuit", f"{slot} circuit opened: {reason}", slot=slot)

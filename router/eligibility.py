@@ -92,7 +92,7 @@ class Eligibility:
 
     def has_room(self, pool: Pool) -> bool:
         """Whether any ready instance is below its limit (else no waiting request can start)."""
-        return any(self._has_room(instance) for instance in pool.ready())
+        return any(instance.ready and instance.in_flight < self.cap(instance) for instance in pool)
 
     def reserved(self, pool: Pool) -> int:
         """Free slots kept for high requests: highReserve of the ready slots, rounded down, never all of them."""
