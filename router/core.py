@@ -130,10 +130,14 @@ class Core:
                     self._control: self._control_message}
         try:
             while not self._stopping:
+                woken = False
                 for socket, _ in poller.poll(self._poll_timeout()):
                     if socket in handlers:
                         self._receive(socket, handlers[socket])
-                self.background.run_ready()
+                    else:
+                        woken = True
+                if woken:  # background work finished, or a signal came: not looked for on every message
+                    self.background.run_ready()
                 self._settle()
                 if self.board.queue:
                     self._react_to_queue()
@@ -199,6 +203,8 @@ class Core:
         self._waits.append(Wait(condition, time.monotonic() + patience, then))
 
     def _check_waits(self, now: float) -> None:
+        if not self._waits:
+            return
         for wait in list(self._waits):
             if wait.condition():
                 self._waits.remove(wait)
@@ -237,8 +243,7 @@ class Core:
                 instance = self.board.pool.get(slot)
                 if instance is not None:
                     self._instance_lost(instance, "shim unreachable")
-        if self._waits:
-            self._check_waits(time.monotonic())
+        self._check_waits(time.monotonic())
 
     def _perform(self, action: actions.Action) -> None:
         # The two actions of every call first, by type: a class pattern costs more than the send.
