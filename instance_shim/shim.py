@@ -101,11 +101,7 @@ class Shim:
     # --- core -> backend -----------------------------------------------------------------------------
 
     def _relay_core(self) -> None:
-        while True:
-            try:
-                frames = wire.receive(self._socket)
-            except zmq.Again:
-                return
+        for frames in wire.waiting(self._socket):
             try:
                 message = wire.decode(frames)
             except wire.WireError as exc:  # from a newer core: not ours to understand

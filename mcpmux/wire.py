@@ -11,7 +11,8 @@ Messages are NamedTuples, not dataclasses: the door (one per client session) imp
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from collections.abc import Iterator
+from typing import Any, NamedTuple, cast
 
 import msgpack
 import zmq
@@ -187,6 +188,8 @@ def decode(frames: list[bytes]) -> Message:
 # itself on the hot path; these do the same with plain ints.
 
 _NOBLOCK = int(zmq.NOBLOCK)
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
 _MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 _MORE = int(zmq.SNDMORE)
 
@@ -213,3 +216,18 @@ def receive(socket: zmq.Socket[bytes]) -> list[bytes]:
         frames.append(frame.bytes)
     return frames
 
+
+def waiting(socket: zmq.Socket[bytes]) -> Iterator[list[bytes]]:
+    """The frames of each message waiting on a socket that the poll found readable.
+
+    Calls one at a time are the common case: after the first message the socket is asked whether another
+    waits, which is cheaper than the receive that fails with zmq.Again (an exception raised per wake-up).
+    Only a burst is read until zmq.Again."""
+    try:
+        yield receive(socket)
+        if not cast(int, socket.get(_EVENTS)) & _POLLIN:
+            return
+        while True:
+            yield receive(socket)
+    except zmq.Again:
+        return

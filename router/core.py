@@ -13,6 +13,7 @@ import collections
 import contextlib
 import errno
 import functools
+import itertools
 import logging
 import os
 import signal
@@ -161,11 +162,7 @@ class Core:
 
     def _receive(self, socket: zmq.Socket[bytes], handle: Callable[[bytes, wire.Message], None]) -> None:
         """Every message waiting on a socket, up to a bound so that one busy socket cannot starve the rest."""
-        for _ in range(RECEIVE_BATCH):
-            try:
-                frames = wire.receive(socket)
-            except zmq.Again:
-                return
+        for frames in itertools.islice(wire.waiting(socket), RECEIVE_BATCH):  # takes no more than that
             if len(frames) < 2:
                 log.warning("dropped a message of %d frames", len(frames))
                 continue

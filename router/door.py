@@ -208,11 +208,9 @@ class Door:
     # --- core -> client ------------------------------------------------------------------------------
 
     def _from_core(self) -> None:
-        while len(self._outbox) <= self._outbox_limit:  # over it, the rest waits until the client reads
+        for frames in wire.waiting(self._socket):
             try:
-                message = wire.decode(wire.receive(self._socket))
-            except zmq.Again:
-                return
+                message = wire.decode(frames)
             except wire.WireError as exc:  # a newer core's message this door does not know: skip it
                 print(f"mcpmux-router: ignored a message from the core: {exc}", file=sys.stderr)
                 continue
@@ -233,6 +231,8 @@ class Door:
                 # point is settled once the core welcomes us (later Resyncs are echoes of the same loss).
                 self._to_settle = dict(self._unanswered)
                 self._send(wire.DoorHello(os.getpid(), self._initialize_params, self._priority, self._cwd))
+            if len(self._outbox) > self._outbox_limit:
+                return  # the rest waits in ZeroMQ until the client reads
 
     def _settle(self) -> None:
         """Answer each request the lost core never answered: resend the safe ones, fail the others."""
