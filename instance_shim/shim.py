@@ -145,7 +145,8 @@ class Shim:
             text: bytes | None = line
             if stateless and "result" in payload:
                 wrapped = request_state.wrap_result(payload, self._slot, os.getpid())
-                text, payload = (line if wrapped is payload else None), wrapped
+                if wrapped is not payload:  # its line no longer says what is sent
+                    text, payload = None, wrapped
             envelope = Envelope.from_message(payload, line=text)
             wire.send(self._socket, wire.encode_envelope(wire.FromBackend, envelope), block=True)
         return True

@@ -253,18 +253,16 @@ def _cut(line: bytes, message: JsonObject) -> bytes | None:
     refused too, since they can spell either key."""
     if line[:1] != b"{" or line[-1:] != b"}":
         line = line.strip()
-    has_id = "id" in message
-    member = b'"id":' + _id_text(message["id"]) if has_id else b""
-    if line.startswith(_HEAD):
-        opening = _HEAD + member + b"," if has_id else _HEAD
-        rest = line[len(opening):] if line.startswith(opening) else None
-        body = None if rest is None else b"{" + rest
-    elif line.endswith(b"}"):
-        closing = _TAIL + (b"," + member if has_id else b"") + b"}"
-        body = line[:-len(closing)] + b"}" if line.endswith(closing) else None
+    member = b'"id":' + _id_text(message["id"]) if "id" in message else b""
+    opening = _HEAD + member + b"," if member else _HEAD
+    closing = _TAIL + b"," + member + b"}" if member else _TAIL + b"}"
+    if line.startswith(opening):
+        body = b"{" + line[len(opening):]
+    elif line.endswith(closing):
+        body = line[:-len(closing)] + b"}"
     else:
         return None
-    if body is None or b'"id"' in body or b'"jsonrpc"' in body or b"\\u" in body:
+    if b'"id"' in body or b'"jsonrpc"' in body or b"\\u" in body:
         return None
     return body
 

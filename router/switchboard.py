@@ -343,8 +343,7 @@ class Switchboard:
         except QueueFull as full:
             self._fail(pending, jsonrpc.OVERLOADED, f"mcpmux is overloaded: {full}; retry later")
             return
-        if self.contexts.needs_instance(pending.session, list(self.pool)):  # it waits: can anyone ever serve it?
-            self._actions.append(ContextWanted())
+        self._need_instance(pending.session)  # it waits: can anyone ever serve it?
 
     def _dispatch(self, pending: Pending) -> bool:
         """Send the request to an instance now if one can take it (or answer it if none ever can); False if
@@ -873,8 +872,12 @@ class Switchboard:
 
     def _want_instance(self, session: Session) -> None:
         """Ask for an instance of the session's context if it has requests waiting and nothing can serve it."""
-        waiting = any(pending.slot is None for pending in session.pending.values())
-        if waiting and self.contexts.needs_instance(session, list(self.pool)):
+        if any(pending.slot is None for pending in session.pending.values()):
+            self._need_instance(session)
+
+    def _need_instance(self, session: Session) -> None:
+        """Ask for an instance of the session's context if none, ready or starting, can ever serve it."""
+        if self.contexts.needs_instance(session, list(self.pool)):
             self._actions.append(ContextWanted())
 
     def unmet_handshakes(self) -> list[ClientContext]:

@@ -23,6 +23,7 @@ import pytest
 from mcp import ClientSession, StdioServerParameters, stdio_client
 
 from tests.conftest import ROOT, TIME_SERVER
+from tests.wheel import build_wheel
 
 DECOYS = ("router", "monitor", "instance_shim", "mcpmux", "supervisor")
 
@@ -51,13 +52,7 @@ class Installed:
 @pytest.fixture(scope="module")
 def installed() -> Iterator[Installed]:
     scratch = Path(tempfile.mkdtemp(prefix="mx-install-", dir="/tmp"))
-    # Built from a copy of the sources: setuptools' build/ in the checkout can hold files deleted since.
-    source = scratch / "source"
-    shutil.copytree(ROOT, source, symlinks=True, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "build", "node", "*.egg-info", "__pycache__", ".*_cache", "results"))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(scratch / "dist"),
-                    str(source)], check=True, capture_output=True, cwd=scratch)
-    wheel = next((scratch / "dist").glob("mcpmux-*.whl"))
+    wheel = build_wheel(scratch)
     venv = scratch / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", str(wheel)], check=True,

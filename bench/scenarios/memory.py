@@ -32,6 +32,7 @@ from bench.harness import Bench, Report, scenario
 from bench.scenarios.common import child_running, direct_params
 from bench.stack import LAB_SERVER, ROOT, BenchStack, doors
 from bench.stats import Stat
+from tests.wheel import build_wheel
 
 MB = 1024 * 1024
 FLOOR = "pyzmq with one connected socket (the floor of a door)"  # its I/O thread started, libzmq's pages in
@@ -108,16 +109,12 @@ def installed_wheel(log: TextIO) -> Iterator[Path]:
     dependencies are this venv's, seen through a path entry: what a door imports from them is the same."""
     scratch = Path(tempfile.mkdtemp(prefix="mxb-wheel-", dir="/tmp"))
     try:
-        source = scratch / "source"  # a copy: setuptools' build/ in the checkout can hold deleted files
-        shutil.copytree(ROOT, source, symlinks=True, ignore=shutil.ignore_patterns(
-            ".git", ".venv", "build", "node", "*.egg-info", "__pycache__", ".*_cache", "results"))
-        subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir",
-                        str(scratch / "dist"), str(source)], check=True, stdout=log, stderr=log, cwd=scratch)
+        wheel = build_wheel(scratch)
         venv = scratch / "venv"
         subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
         python = venv / "bin" / "python"
         subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps",
-                        str(next((scratch / "dist").glob("mcpmux-*.whl")))], check=True, stdout=log, stderr=log)
+                        str(wheel)], check=True, stdout=log, stderr=log)
         site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
                               check=True, capture_output=True, text=True).stdout.strip()
         Path(site, "bench-dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")
