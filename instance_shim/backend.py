@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import collections
 import ctypes
-import json
 import os
 import shutil
 import signal
@@ -16,7 +15,7 @@ import sys
 from collections.abc import Mapping
 
 from mcpmux import jsonrpc
-from mcpmux.jsonrpc import JsonObject
+from mcpmux.jsonrpc import InvalidMessage, JsonObject
 from mcpmux.lines import TOO_LONG, LineSplitter
 
 LINE_LIMIT = 64 * 1024 * 1024
@@ -102,9 +101,9 @@ class Backend:
 
     # --- reading -------------------------------------------------------------------------------------
 
-    def read_messages(self) -> list[tuple[bytes, JsonObject]] | None:
-        """The messages the server printed since last time, each with its line; None once it has closed
-        stdout."""
+    def read_messages(self) -> list[tuple[bytes, JsonObject | InvalidMessage]] | None:
+        """The messages the server printed since last time, each with its line (or, for a message of the
+        wrong shape, why it is one); None once it has closed stdout."""
         try:
             data = os.read(self.fileno("stdout"), READ_SIZE)
         except BlockingIOError:
@@ -169,19 +168,22 @@ def find_command(command: str, env: Mapping[str, str]) -> str:
             or command)
 
 
-def _parse(line: bytes) -> JsonObject | None:
+def _parse(line: bytes) -> JsonObject | InvalidMessage | None:
+    """A message, or why a JSON object is not one (the shim may still answer it), or None for a line that
+    is not even that (dropped: a server's stray output)."""
     if line == TOO_LONG:
         _log(f"backend printed a line longer than {LINE_LIMIT} bytes; dropped")
         return None
     try:
-        message = json.loads(line.decode())  # as text: json.loads would first guess the bytes' encoding
-    except ValueError:
-        _log(f"backend printed non-JSON on stdout (ignored): {line[:200]!r}")
-        return None
-    if not isinstance(message, dict):
-        _log(f"backend printed JSON that is not a message (ignored): {line[:200]!r}")
-        return None
-    return message
+        return jsonrpc.parse(line, require_version=False)
+    except InvalidMessage as invalid:
+        if invalid.code == jsonrpc.PARSE_ERROR:
+            _log(f"backend printed non-JSON on stdout (ignored): {line[:200]!r}")
+        elif invalid.request_id is None and invalid.response_to is None and invalid.answerable:
+            _log(f"backend printed JSON that is not a message (ignored): {line[:200]!r}")
+        else:
+            return invalid
+    return None
 
 
 def _log(text: str) -> None:

@@ -68,6 +68,9 @@ class Opening:
         if "result" not in response:
             error = response.get("error", {})
             return Refused(f"backend refused initialize: {error.get('message', error)}")
+        if not isinstance(response["result"], dict):
+            return Refused(f"backend answered initialize with a result that is not an object: "
+                           f"{response['result']!r:.200}")
         self._send({"jsonrpc": "2.0", "method": "notifications/initialized"})
         return Opened(response["result"], Era.HANDSHAKE, self._fallback)
 

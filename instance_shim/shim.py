@@ -23,7 +23,7 @@ from pathlib import Path
 
 import zmq
 
-from mcpmux import request_state, wire
+from mcpmux import jsonrpc, request_state, wire
 from mcpmux.envelope import Envelope
 from mcpmux.jsonrpc import JsonObject
 from mcpmux.shim.backend import Backend
@@ -138,11 +138,14 @@ class Shim:
         if messages is None:
             return False
         stateless = self._opened is not None and self._opened.era is Era.STATELESS
-        for line, payload in messages:
+        for line, parsed in messages:
+            payload = self._malformed(line, parsed) if isinstance(parsed, jsonrpc.InvalidMessage) else parsed
+            if payload is None:
+                continue
             if self._opening.owns(payload):
                 self._initialized(payload)
                 continue
-            text: bytes | None = line
+            text: bytes | None = line if payload is parsed else None
             if stateless and "result" in payload:
                 wrapped = request_state.wrap_result(payload, self._slot, os.getpid())
                 if wrapped is not payload:  # its line no longer says what is sent
@@ -150,6 +153,18 @@ class Shim:
             envelope = Envelope.from_message(payload, line=text)
             wire.send(self._socket, wire.encode_envelope(wire.FromBackend, envelope), block=True)
         return True
+
+    def _malformed(self, line: bytes, invalid: jsonrpc.InvalidMessage) -> JsonObject | None:
+        """A message of the wrong shape from the server goes no further. A response whose id is usable
+        becomes an error for the request it answers (whose client must get exactly one response); a request
+        gets its error back, as a client would answer it; anything else is dropped. Each is logged."""
+        _log(f"backend sent a malformed message ({invalid}): {line[:200]!r}")
+        if invalid.response_to is not None:
+            return jsonrpc.error(invalid.response_to, jsonrpc.INTERNAL_ERROR,
+                                 f"the MCP server answered with a malformed response: {invalid}")
+        if invalid.answerable and invalid.request_id is not None:
+            self._backend.send(jsonrpc.error(invalid.request_id, invalid.code, str(invalid)))
+        return None
 
     def _initialized(self, response: JsonObject) -> None:
         outcome = self._opening.answer(response)

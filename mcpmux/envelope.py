@@ -22,7 +22,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from mcpmux import request_state, stateless
-from mcpmux.jsonrpc import JsonObject
+from mcpmux.jsonrpc import JsonObject, is_token
 from mcpmux.jsonrpc import encode as dumps
 from mcpmux.request_state import Pin
 from mcpmux.stateless import SUBSCRIPTION_ID_KEY
@@ -115,7 +115,8 @@ class Envelope(Mapping[str, Any]):
         return cls(_kind(message), message.get("id"), method if isinstance(method, str) else None,
                    body or dumps(rest), tool=tool if isinstance(tool, str) else None,
                    priority=priority if isinstance(priority, str) else None, flags=flags,
-                   error_code=code if isinstance(code, int) else None, token=token, pin=pin, parsed=rest)
+                   error_code=code if isinstance(code, int) and is_token(code) else None, token=token, pin=pin,
+                   parsed=rest)
 
     @classmethod
     def of(cls, message: Mapping[str, Any], *, from_client: bool = False) -> Envelope:
@@ -153,7 +154,12 @@ class Envelope(Mapping[str, Any]):
 
     @classmethod
     def from_wire(cls, header: Any, body: bytes) -> Envelope:
+        """The envelope a frame carries; ValueError unless each field has its type (a frame is untrusted)."""
         kind, id, method, tool, priority, flags, error_code, token, pin = header
+        if not (type(kind) is int and 0 <= kind < len(_KINDS) and type(flags) is int
+                and _optional_token(id) and _optional_token(token) and _optional_text(method, tool, priority)
+                and (error_code is None or type(error_code) is int) and (pin is None or _is_pin(pin))):
+            raise ValueError("a header field of the wrong type")
         return cls(_KINDS[kind], id, method, body, tool=tool, priority=priority, flags=flags,
                    error_code=error_code, token=token, pin=None if pin is None else (pin[0], pin[1]))
 
@@ -267,6 +273,18 @@ def _cut(line: bytes, message: JsonObject) -> bytes | None:
     return body
 
 
+def _optional_token(value: Any) -> bool:
+    return value is None or type(value) is str or type(value) is int
+
+
+def _optional_text(*values: Any) -> bool:
+    return all(value is None or type(value) is str for value in values)
+
+
+def _is_pin(pin: Any) -> bool:
+    return isinstance(pin, list | tuple) and len(pin) == 2 and type(pin[0]) is str and type(pin[1]) is int
+
+
 def _id_text(id: Any) -> bytes:
     """An id as JSON: most are ints, which need no encoder."""
     return str(id).encode() if type(id) is int else dumps(id)
@@ -303,7 +321,7 @@ def _params_flags(params: JsonObject) -> tuple[int, Any]:
             flags |= Flag.PROGRESS
         if stateless.PROTOCOL_VERSION_KEY in meta:
             flags |= Flag.ENVELOPED
-        if SUBSCRIPTION_ID_KEY in meta:
+        if is_token(meta.get(SUBSCRIPTION_ID_KEY)):
             flags, token = flags | Flag.SUBSCRIPTION, meta[SUBSCRIPTION_ID_KEY]
     if isinstance(params.get("cursor"), str):
         flags |= Flag.CURSOR
@@ -320,7 +338,7 @@ def _result_flags(result: JsonObject) -> tuple[int, Any]:
     if request_state.is_input_required(result):
         flags |= Flag.INPUT_REQUIRED
     meta = result.get("_meta")
-    if isinstance(meta, dict) and SUBSCRIPTION_ID_KEY in meta:
+    if isinstance(meta, dict) and is_token(meta.get(SUBSCRIPTION_ID_KEY)):
         flags, token = flags | Flag.SUBSCRIPTION, meta[SUBSCRIPTION_ID_KEY]
     return flags, token
 

@@ -24,17 +24,28 @@ NO_INSTANCE = -32052
 UNATTRIBUTABLE = -32053
 STACK_UNAVAILABLE = -32054
 
+# What msgpack (the wire between mcpmux's processes) carries as an integer: an id, a token or a code beyond
+# it is refused at the edge, where its sender can be told, rather than failing deep inside mcpmux.
+MIN_INT = -(2**63)
+MAX_INT = 2**64 - 1
+
 
 class InvalidMessage(ValueError):
-    """A line that is not a JSON-RPC message; carries the error to answer with."""
+    """A line that is not a JSON-RPC message; carries the error to answer with.
+
+    Whether its sender can be answered depends on what the message meant to be: a notification cannot be
+    (`answerable` is false), nor a response, whose id (`response_to`) names a request the other side still
+    waits for."""
 
     def __init__(self, code: int, message: str, request_id: Any = None) -> None:
         super().__init__(message)
         self.code = code
         self.request_id = request_id
+        self.answerable = True
+        self.response_to: RequestId | None = None
 
 
-def parse(line: bytes | str) -> JsonObject:
+def parse(line: bytes | str, *, require_version: bool = True) -> JsonObject:
     """Decode one line into a JSON-RPC message dict, or raise InvalidMessage saying why."""
     try:
         message = json.loads(line.decode() if isinstance(line, bytes) else line)  # text: no encoding to guess
@@ -44,19 +55,81 @@ def parse(line: bytes | str) -> JsonObject:
         raise InvalidMessage(INVALID_REQUEST, "Invalid Request: JSON-RPC batches are not supported")
     if not isinstance(message, dict):
         raise InvalidMessage(INVALID_REQUEST, "Invalid Request: a message must be a JSON object")
+    check(message, require_version=require_version)
+    return message
+
+
+def check(message: JsonObject, *, require_version: bool = True) -> None:
+    """Raise InvalidMessage unless `message` is a JSON-RPC message whose routing fields have MCP's types.
+
+    The edges (the door for a client, the shim for a server) call this before anything is packed, so a
+    message of the wrong shape is refused where its sender can be told, and the shared core never sees one:
+    an id a string or an integer msgpack can carry, params an object, `_meta` an object, a progress token
+    a request id, a cursor a string, an error an object with an integer code."""
+    try:
+        _check(message, require_version)
+    except InvalidMessage as invalid:
+        if "method" in message:
+            invalid.answerable = "id" in message
+        elif "result" in message or "error" in message:  # a response of the wrong shape: never answered,
+            invalid.answerable = False  # but its request, if its id says which, still waits for one
+            invalid.response_to = message["id"] if is_token(message.get("id")) else None
+        raise
+
+
+def _check(message: JsonObject, require_version: bool) -> None:
     request_id = message.get("id")
-    if message.get("jsonrpc") != "2.0":
-        raise InvalidMessage(INVALID_REQUEST, 'Invalid Request: "jsonrpc" must be "2.0"', _usable_id(request_id))
+    reply_to = _usable_id(request_id)
+    if require_version and message.get("jsonrpc") != "2.0":
+        raise InvalidMessage(INVALID_REQUEST, 'Invalid Request: "jsonrpc" must be "2.0"', reply_to)
     if "id" in message and not _is_id(request_id):
         raise InvalidMessage(INVALID_REQUEST, "Invalid Request: id must be a string or an integer")
+    if not _fits(request_id):
+        raise InvalidMessage(INVALID_REQUEST, f"Invalid Request: id {request_id} is beyond the 64-bit integers "
+                                              "mcpmux carries", request_id)
     if "method" in message:
         if not isinstance(message["method"], str):
-            raise InvalidMessage(INVALID_REQUEST, "Invalid Request: method must be a string", _usable_id(request_id))
-        if "params" in message and not isinstance(message["params"], dict | list):
-            raise InvalidMessage(INVALID_REQUEST, "Invalid Request: params must be an object", _usable_id(request_id))
+            raise InvalidMessage(INVALID_REQUEST, "Invalid Request: method must be a string", reply_to)
     elif "id" not in message or ("result" not in message and "error" not in message):
         raise InvalidMessage(INVALID_REQUEST, "Invalid Request: neither a request, a notification nor a response")
-    return message
+    if "params" in message and not isinstance(message["params"], dict):
+        raise InvalidMessage(INVALID_REQUEST, "Invalid Request: params must be an object", reply_to)
+    _check_params(params_of(message), message.get("method"), reply_to)
+    if "error" in message and not _is_error(message["error"]):
+        raise InvalidMessage(INVALID_REQUEST, "Invalid Request: an error must be an object with an integer code",
+                             reply_to)
+    result = message.get("result")
+    if isinstance(result, dict) and not isinstance(result.get("_meta", {}), dict):
+        raise InvalidMessage(INVALID_REQUEST, "Invalid Request: result._meta must be an object", reply_to)
+
+
+def _check_params(params: JsonObject, method: Any, reply_to: RequestId | None) -> None:
+    meta = params.get("_meta", {})
+    if not isinstance(meta, dict):
+        raise InvalidMessage(INVALID_PARAMS, "Invalid params: _meta must be an object", reply_to)
+    if "progressToken" in meta and not is_token(meta["progressToken"]):
+        raise InvalidMessage(INVALID_PARAMS, "Invalid params: a progressToken must be a string or an integer",
+                             reply_to)
+    if "cursor" in params and not isinstance(params["cursor"], str):
+        raise InvalidMessage(INVALID_PARAMS, "Invalid params: cursor must be a string", reply_to)
+    if method == "notifications/cancelled" and "requestId" in params and not is_token(params["requestId"]):
+        raise InvalidMessage(INVALID_PARAMS, "Invalid params: requestId must be a string or an integer", reply_to)
+    if method == "notifications/progress" and not is_token(params.get("progressToken")):
+        raise InvalidMessage(INVALID_PARAMS, "Invalid params: progressToken must be a string or an integer",
+                             reply_to)
+
+
+def params_of(message: Any) -> JsonObject:
+    """A message's params, or an empty object where it has none (or, from a peer not to be trusted, not an
+    object)."""
+    params = message.get("params")
+    return params if isinstance(params, dict) else {}
+
+
+def meta_of(message: Any) -> JsonObject:
+    """A message's `params._meta`, or an empty object where it has none that is an object."""
+    meta = params_of(message).get("_meta")
+    return meta if isinstance(meta, dict) else {}
 
 
 def is_request(message: JsonObject) -> bool:
@@ -108,6 +181,21 @@ def encode(value: Any) -> bytes:
 
 def _is_id(value: Any) -> bool:
     return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def _fits(value: Any) -> bool:
+    """Whether the wire carries it: anything but an integer beyond msgpack's range."""
+    return not isinstance(value, int) or MIN_INT <= value <= MAX_INT
+
+
+def is_token(value: Any) -> bool:
+    """A request id, a progress token or a stream's id as the wire carries it: a string, or an integer in
+    msgpack's range."""
+    return _is_id(value) and _fits(value)
+
+
+def _is_error(error: Any) -> bool:
+    return isinstance(error, dict) and is_token(error.get("code")) and not isinstance(error.get("code"), str)
 
 
 def _usable_id(value: Any) -> RequestId | None:

@@ -162,8 +162,15 @@ def encode(message: Message) -> list[bytes]:
 
 
 def encode_envelope(message_type: EnvelopeMessage, envelope: Envelope) -> list[bytes]:
-    """The hot path: the header's fields, then the body as msgpack bytes (copied, never parsed)."""
-    return [_PACKER.pack((TAGS[message_type], *envelope.header(), envelope.body))]
+    """The hot path: the header's fields, then the body as msgpack bytes (copied, never parsed).
+
+    WireError if a field cannot be packed: the edges check what they let in (jsonrpc.check), so this is
+    the last line, not the first."""
+    try:
+        return [_PACKER.pack((TAGS[message_type], *envelope.header(), envelope.body))]
+    except (OverflowError, TypeError, ValueError) as exc:
+        _PACKER.reset()  # a failed pack may leave half a message in the packer's buffer
+        raise WireError(f"cannot carry {envelope!r}: {exc}") from None
 
 
 def decode(frames: list[bytes]) -> Message:

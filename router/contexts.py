@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from mcpmux import __version__, jsonrpc, stateless
-from mcpmux.jsonrpc import JsonObject
+from mcpmux.jsonrpc import JsonObject, meta_of
 from mcpmux.router import profile
 from mcpmux.router.instances import Instance
 from mcpmux.router.session import Session
@@ -163,7 +163,7 @@ class ContextRules:
         """Give a session of the stateless era the context every such session shares."""
         context = ClientContext.stateless(session.cwd if self.cwd_from_client else None)
         session.context, session.roots_known = context, True
-        meta = (request.get("params") or {}).get("_meta") or {}
+        meta = meta_of(request)
         if context not in self._client_info:
             self._client_info[context] = meta.get(stateless.CLIENT_INFO_KEY)
             capabilities = meta.get(stateless.CLIENT_CAPABILITIES_KEY)

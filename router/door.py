@@ -193,17 +193,34 @@ class Door:
             return
         try:
             message = jsonrpc.parse(line)
+            envelope = Envelope.from_message(message, from_client=True, line=line)
+            frames = wire.encode_envelope(wire.ClientMessage, envelope)
         except jsonrpc.InvalidMessage as invalid:
-            self._write(jsonrpc.error(invalid.request_id, invalid.code, str(invalid)))
+            self._refuse(invalid, line)
             return
-        envelope = Envelope.from_message(message, from_client=True, line=line)
+        except wire.WireError as exc:  # jsonrpc.check lets in only what the wire carries: never, but safe
+            self._refuse(jsonrpc.InvalidMessage(jsonrpc.INVALID_REQUEST, f"Invalid Request: {exc}",
+                                                message.get("id")), line)
+            return
         if envelope.kind is Kind.REQUEST:
             self._unanswered[envelope.id] = envelope
             if envelope.method == "initialize" and isinstance(message.get("params"), dict):
                 self._initialize_params = message["params"]
         elif envelope.method == "notifications/cancelled":
-            self._unanswered.pop((message.get("params") or {}).get("requestId"), None)  # type: ignore[arg-type]
-        wire.send(self._socket, wire.encode_envelope(wire.ClientMessage, envelope), block=True)
+            self._unanswered.pop(jsonrpc.params_of(message).get("requestId"), None)  # type: ignore[arg-type]
+        wire.send(self._socket, frames, block=True)
+
+    def _refuse(self, invalid: jsonrpc.InvalidMessage, line: bytes) -> None:
+        """A message of the wrong shape goes no further: its sender hears why, if it can hear at all."""
+        if invalid.answerable:
+            self._write(jsonrpc.error(invalid.request_id, invalid.code, str(invalid)))
+        elif invalid.response_to is not None:  # the server waits for this answer: it gets an error instead
+            error = jsonrpc.error(invalid.response_to, jsonrpc.INVALID_REQUEST,
+                                  f"the client answered with a malformed response: {invalid}")
+            wire.send(self._socket, wire.encode_envelope(wire.ClientMessage, Envelope.from_message(error)),
+                      block=True)
+        else:
+            print(f"mcpmux-router: dropped a malformed notification ({invalid}): {line[:200]!r}", file=sys.stderr)
 
     # --- core -> client ------------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from mcpmux import jsonrpc, stateless
 from mcpmux.envelope import Envelope, Flag
-from mcpmux.jsonrpc import JsonObject
+from mcpmux.jsonrpc import JsonObject, meta_of, params_of
 from mcpmux.router.contexts import ContextRules
 from mcpmux.router.instances import Instance, Pool
 from mcpmux.router.session import Pending, Session
@@ -61,7 +61,7 @@ class Eras:
             elif enveloped and method != DISCOVER:
                 session.era = Era.STATELESS
         if session.era is Era.STATELESS and method == "initialize":
-            params = message.get("params") or {}
+            params = params_of(message)
             return jsonrpc.error(message.id, stateless.UNSUPPORTED_VERSION,
                                  "this session speaks the 2026-07-28 protocol; the initialize handshake is not "
                                  "accepted", {"supported": list(stateless.VERSIONS),
@@ -144,5 +144,4 @@ def pin_retry(pending: Pending, pool: Pool, contexts: ContextRules) -> str | Non
 
 
 def _requested(message: Envelope) -> object:
-    meta = (message.get("params") or {}).get("_meta") or {}
-    return meta.get(stateless.PROTOCOL_VERSION_KEY) if isinstance(meta, dict) else None
+    return meta_of(message).get(stateless.PROTOCOL_VERSION_KEY)

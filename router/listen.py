@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from mcpmux import jsonrpc
 from mcpmux.envelope import Envelope
-from mcpmux.jsonrpc import JsonObject
+from mcpmux.jsonrpc import JsonObject, params_of
 from mcpmux.router.session import Pending
 from mcpmux.stateless import SUBSCRIPTION_ID_KEY
 
@@ -39,7 +39,7 @@ def to_client(pending: Pending, frame: Envelope) -> list[Envelope | JsonObject]:
     if frame.method == ACKNOWLEDGED:
         if pending.listening is not None:
             return missed(pending.listening, pending.client_id)  # opened again after a loss
-        honored = (frame.get("params") or {}).get("notifications")
+        honored = params_of(frame).get("notifications")
         pending.listening = honored if isinstance(honored, dict) else {}
     return [frame.with_token(pending.client_id)]
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
+
+from mcpmux.envelope import Envelope
 
 SAFE_METHODS = frozenset({
     "tools/list", "prompts/list", "prompts/get", "resources/list", "resources/templates/list",
@@ -23,8 +24,8 @@ class RetryPolicy:
         for tool in result.get("tools") or []:
             if not isinstance(tool, dict) or not isinstance(tool.get("name"), str):
                 continue
-            hints = tool.get("annotations") or {}
-            if hints.get("readOnlyHint") is True or hints.get("idempotentHint") is True:
+            hints = tool.get("annotations")
+            if isinstance(hints, dict) and (hints.get("readOnlyHint") is True or hints.get("idempotentHint") is True):
                 self._safe_tools.add(tool["name"])
             else:
                 self._safe_tools.discard(tool["name"])
@@ -36,12 +37,10 @@ class RetryPolicy:
     def replace(self, names: list[str]) -> None:
         self._safe_tools = set(names)
 
-    def may_retry(self, message: Mapping[str, Any], attempts: int) -> bool:
+    def may_retry(self, request: Envelope, attempts: int) -> bool:
+        """From the header alone: a request's body may be anything its client wrote."""
         if attempts >= MAX_ATTEMPTS:
             return False
-        method = message.get("method")
-        if method in SAFE_METHODS:
+        if request.method in SAFE_METHODS:
             return True
-        if method == "tools/call":
-            return (message.get("params") or {}).get("name") in self._safe_tools
-        return False
+        return request.method == "tools/call" and request.tool in self._safe_tools

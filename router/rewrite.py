@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from mcpmux.envelope import Envelope, Flag
+from mcpmux.jsonrpc import meta_of
 
 
 def for_instance(request: Envelope, backend_id: int) -> Envelope:
@@ -19,7 +20,7 @@ def for_instance(request: Envelope, backend_id: int) -> Envelope:
 
 def client_progress_token(request: Envelope) -> Any:
     """The progress token the client chose for its request."""
-    return request["params"]["_meta"]["progressToken"]
+    return meta_of(request).get("progressToken")
 
 
 def with_progress_token(notification: Envelope, token: Any) -> Envelope:

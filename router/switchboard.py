@@ -18,7 +18,7 @@ from typing import Any
 from mcpmux import jsonrpc
 from mcpmux.config import Config
 from mcpmux.envelope import Envelope, Flag, Kind
-from mcpmux.jsonrpc import JsonObject
+from mcpmux.jsonrpc import JsonObject, params_of
 from mcpmux.router import cursors, eras, listen, rewrite, server_requests, tasks
 from mcpmux.router.actions import (
     Action,
@@ -91,7 +91,8 @@ class Switchboard:
         self._actions: list[Action] = []
         self._deadlines: Deadlines[Pending] = Deadlines()
         self._running: dict[int, Pending] = {}  # by the id the instance sees
-        self._internal: dict[int, OnAnswer | None] = {}  # requests the router itself sent, with their follow-up
+        # Requests the router itself sent, by id: the instance they went to, and their follow-up.
+        self._internal: dict[int, tuple[str, OnAnswer | None]] = {}
         self._init_waiters: list[Pending] = []
         self.subscriptions = Subscriptions(shared=self.eligibility.shares_instances)
         self.tasks = tasks.TaskTable()
@@ -145,12 +146,18 @@ class Switchboard:
     def from_client(self, session: Session, message: Message) -> None:
         session.last_seen = self._now()
         message = Envelope.of(message, from_client=True)
-        if message.kind is Kind.REQUEST:
-            self._client_request(session, message)
-        elif message.kind is Kind.NOTIFICATION:
-            self._client_notification(session, message)
-        else:
-            self._client_response(session, message)
+        before, queued = session.pending.get(message.id), len(self._actions)
+        try:
+            if message.kind is Kind.REQUEST:
+                self._client_request(session, message)
+            elif message.kind is Kind.NOTIFICATION:
+                self._client_notification(session, message)
+            else:
+                self._client_response(session, message)
+        except Exception as exc:
+            self._contained(exc, f"session {session.name}", message)
+            if message.kind is Kind.REQUEST:
+                self._fail_unanswered(session, message.id, before, queued, exc)
 
     def _client_request(self, session: Session, message: Envelope) -> None:
         method, client_id = str(message.method), message.id
@@ -219,7 +226,7 @@ class Switchboard:
             self._actions.append(ContextWanted())
 
     def _set_level(self, session: Session, message: Envelope) -> None:
-        level = (message.get("params") or {}).get("level")
+        level = params_of(message).get("level")
         if not self._backends_offer("logging"):
             self._admit(Pending(session, message["id"], message, received=self._now()))
             return
@@ -232,7 +239,7 @@ class Switchboard:
         self._answer_local(session, jsonrpc.result(message["id"], {}))
 
     def _subscribe(self, session: Session, message: Envelope) -> None:
-        uri = (message.get("params") or {}).get("uri")
+        uri = params_of(message).get("uri")
         if not isinstance(uri, str) or self.subscriptions.holder(uri, session.identity) is None:
             self._admit(Pending(session, message["id"], message, received=self._now()))
             return
@@ -240,7 +247,7 @@ class Switchboard:
         self._answer_local(session, jsonrpc.result(message["id"], {}))
 
     def _unsubscribe(self, session: Session, message: Envelope) -> None:
-        uri = (message.get("params") or {}).get("uri")
+        uri = params_of(message).get("uri")
         if not isinstance(uri, str) or not self.subscriptions.has(uri, session.identity):
             self._admit(Pending(session, message["id"], message, received=self._now()))
             return
@@ -284,10 +291,10 @@ class Switchboard:
     def _client_notification(self, session: Session, message: Envelope) -> None:
         method = message["method"]
         if method == "notifications/cancelled":
-            request_id = (message.get("params") or {}).get("requestId")
+            request_id = params_of(message).get("requestId")
             pending = session.pending.get(request_id) if isinstance(request_id, str | int) else None
             if pending is not None:
-                self._abandon(pending, (message.get("params") or {}).get("reason") or "cancelled by client")
+                self._abandon(pending, params_of(message).get("reason") or "cancelled by client")
         elif method == "notifications/initialized":
             self._ask_roots(session)  # every backend had its own handshake when it started
         elif method == "notifications/roots/list_changed":
@@ -440,13 +447,17 @@ class Switchboard:
 
     def _abandon(self, pending: Pending, reason: str) -> None:
         """Forget a request that will get no response (cancelled by the client or its session closed)."""
+        self._forget(pending, reason)
+        self.drain()
+
+    def _forget(self, pending: Pending, reason: str) -> None:
+        """Take a request out of every table, telling its instance to stop if one runs it."""
         self._deadlines.cancel(pending.key)
         pending.session.pending.pop(pending.client_id, None)
         self.queue.remove(pending.key)
         if pending in self._init_waiters:
             self._init_waiters.remove(pending)
         self._release(pending, reason)
-        self.drain()
 
     def _release(self, pending: Pending, reason: str) -> None:
         """Take a request off its instance, telling the instance to stop working on it."""
@@ -464,25 +475,65 @@ class Switchboard:
 
     def from_instance(self, instance: Instance, message: Message) -> None:
         message = Envelope.of(message)
-        if message.kind is Kind.RESULT or message.kind is Kind.ERROR:
-            self._instance_response(instance, message)
-        elif message.kind is Kind.REQUEST:
-            self._instance_request(instance, message)
-        else:
-            self._instance_notification(instance, message)
+        answered = self._running.get(message.id) if message.kind in (Kind.RESULT, Kind.ERROR) else None
+        try:
+            if message.kind is Kind.RESULT or message.kind is Kind.ERROR:
+                self._instance_response(instance, message)
+            elif message.kind is Kind.REQUEST:
+                self._instance_request(instance, message)
+            else:
+                self._instance_notification(instance, message)
+        except Exception as exc:
+            self._contained(exc, instance.slot, message)
+            if answered is not None and answered.slot == instance.slot:
+                self._fail_internally(answered, exc)
+
+    # --- containment: a message that raises harms nobody but its own request -------------------------
+
+    def _contained(self, exc: Exception, sender: str, message: Envelope) -> None:
+        """Handling a message raised: a bug, or input that no check foresaw. It is logged with the message's
+        header (never its body) and the switchboard goes on; only that message's request fails."""
+        log.error("failed handling %r from %s", message, sender, exc_info=exc)
+        self.metrics.event("error", f"mcpmux failed handling {message!r} from {sender}: "
+                                    f"{type(exc).__name__}: {exc}")
+
+    def _fail_unanswered(self, session: Session, client_id: Any, before: Pending | None, queued: int,
+                         exc: Exception) -> None:
+        """The request whose handling raised gets its one response: -32603, unless it got one already."""
+        pending = session.pending.get(client_id)
+        if pending is not None and pending is not before:
+            self._fail_internally(pending, exc)
+            return
+        answered = any(isinstance(action, ToClient) and action.session == session.identity
+                       and action.message.get("id") == client_id and "method" not in action.message
+                       for action in self._actions[queued:])
+        if not answered:
+            self._answer_local(session, _internal_error(client_id, exc))
+
+    def _fail_internally(self, pending: Pending, exc: Exception) -> None:
+        if pending.session.pending.get(pending.client_id) is not pending:
+            return  # answered already
+        self._forget(pending, "mcpmux failed handling it")
+        self._finish(pending, _internal_error(pending.client_id, exc))
 
     def _instance_response(self, instance: Instance, message: Envelope) -> None:
+        """An answer counts only from the instance its request went to: a server that answers an id it was
+        never sent (another instance's) is dropped, never allowed to complete someone else's request."""
         backend_id = message.id
-        if backend_id in self._internal:
-            follow_up = self._internal.pop(backend_id)
-            if follow_up is not None:
-                follow_up(instance, message)
-            elif "error" in message:
-                log.warning("%s refused an mcpmux request: %s", instance.slot, message["error"])
+        internal = self._internal.get(backend_id)
+        if internal is not None and internal[0] == instance.slot:
+            del self._internal[backend_id]
+            if internal[1] is not None:
+                internal[1](instance, message)
+            elif message.kind is Kind.ERROR:
+                log.warning("%s refused an mcpmux request: %s", instance.slot, message.get("error"))
             return
-        pending = self._running.pop(backend_id, None)
-        if pending is None:
-            return  # the answer to a request that timed out or was cancelled
+        pending = self._running.get(backend_id)
+        if pending is None or pending.slot != instance.slot:
+            if internal is not None or pending is not None:
+                log.warning("%s answered id %r, which it was never sent; dropped", instance.slot, backend_id)
+            return  # else the answer to a request that timed out or was cancelled
+        del self._running[backend_id]
         latency = self._now() - pending.dispatched
         if pending.capped:  # a tasks/* request holds no slot, and its latency is its task's
             instance.in_flight -= 1
@@ -514,7 +565,7 @@ class Switchboard:
         if pending.method == "tools/list":
             self.retry.observe_tools(result)
         elif pending.method == "resources/subscribe":
-            uri = (pending.message.get("params") or {}).get("uri")
+            uri = params_of(pending.message).get("uri")
             if isinstance(uri, str):
                 self.subscriptions.confirmed(uri, instance.slot, pending.session.identity)
         return message
@@ -540,13 +591,15 @@ class Switchboard:
     def _instance_notification(self, instance: Instance, message: Envelope) -> None:
         if message.flags & Flag.SUBSCRIPTION:  # a frame of a listen stream, tagged with our request id
             stream = self._running.get(message.token)
-            for frame in listen.to_client(stream, message) if stream is not None else []:
-                self._answer(stream.session, frame)  # type: ignore[union-attr]
+            if stream is None or stream.slot != instance.slot:
+                return
+            for frame in listen.to_client(stream, message):
+                self._answer(stream.session, frame)
             return
         method = message["method"]
-        params = message.get("params") or {}
+        params = params_of(message)
         if method == "notifications/progress":
-            self._progress(params, message)
+            self._progress(instance, params, message)
         elif method.endswith("/list_changed"):
             self._list_changed(instance, method, message)
         elif method == "notifications/resources/updated":
@@ -565,11 +618,16 @@ class Switchboard:
             for target in [session] if session else self._unattributed_audience(instance):
                 self._answer(target, message)
 
-    def _progress(self, params: JsonObject, message: Envelope) -> None:
+    def _progress(self, instance: Instance, params: JsonObject, message: Envelope) -> None:
+        """Progress goes to the client whose request gave the token, from the instance running it; a
+        token nobody gave (a server that tags its progress with the request's id) is dropped."""
         pending = self._running.get(params.get("progressToken"))  # type: ignore[arg-type]
+        if pending is not None and (pending.slot != instance.slot or not pending.message.flags & Flag.PROGRESS):
+            log.info("%s sent progress for a token its client never gave; dropped", instance.slot)
+            return
         if pending is None:
             # A task's progress keeps its request's token after the request was answered.
-            target = self.tasks.progress_target(params.get("progressToken"))
+            target = self.tasks.progress_target(instance.slot, params.get("progressToken"))
             session = self.sessions.get(target[0]) if target is not None else None
             if target is not None and session is not None:
                 self._answer(session, rewrite.with_progress_token(message, target[1]))
@@ -973,7 +1031,7 @@ class Switchboard:
             return None
         method, params = as_sent
         backend_id = next(self._ids)
-        self._internal[backend_id] = follow_up
+        self._internal[backend_id] = (instance.slot, follow_up)
         self._send(instance, {"jsonrpc": "2.0", "id": backend_id, "method": method, "params": params})
         return backend_id
 
@@ -998,3 +1056,9 @@ class Switchboard:
             "tasks": len(self.tasks),
             "logLevel": self._log_level,
         }
+
+
+def _internal_error(client_id: Any, exc: Exception) -> JsonObject:
+    return jsonrpc.error(client_id, jsonrpc.INTERNAL_ERROR,
+                         f"Internal error: mcpmux failed handling this request ({type(exc).__name__}: {exc}); "
+                         "other requests are not affected")

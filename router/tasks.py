@@ -44,7 +44,7 @@ from typing import Any
 
 from mcpmux import jsonrpc
 from mcpmux.envelope import Envelope, Flag
-from mcpmux.jsonrpc import JsonObject
+from mcpmux.jsonrpc import JsonObject, params_of
 from mcpmux.router import cursors
 
 Message = Mapping[str, Any]  # an Envelope, or a dict built here
@@ -90,7 +90,7 @@ def concerns(request: Message) -> bool:
     """Whether the response to this client request is the table's business."""
     if isinstance(request, Envelope):  # the header says, without opening the body
         return request.method in METHODS or bool(request.flags & Flag.TASK)
-    return request.get("method") in METHODS or isinstance(_params(request).get("task"), dict)
+    return request.get("method") in METHODS or isinstance(params_of(request).get("task"), dict)
 
 
 def offers_cancel(initialize_result: JsonObject | None) -> bool:
@@ -119,12 +119,12 @@ class TaskTable:
         method = request.get("method")
         if not isinstance(result, dict):
             if method == "tasks/result":
-                self._finish(session, _params(request).get("taskId"), "failed")
+                self._finish(session, params_of(request).get("taskId"), "failed")
             return response
         if method == "tasks/list":
             return {**response, "result": self._listed(session, slot, result)}
         if method == "tasks/result":
-            self._finish(session, _params(request).get("taskId"), "failed" if result.get("isError") else "completed")
+            self._finish(session, params_of(request).get("taskId"), "failed" if result.get("isError") else "completed")
         elif method in BY_TASK_ID:
             self.observe(slot, result)
         elif isinstance(result.get("task"), dict):
@@ -143,15 +143,18 @@ class TaskTable:
 
     def owner(self, slot: str, message: Message) -> Task | None:
         """The live task a message of instance `slot` is about, by its related-task `_meta`."""
-        meta = _params(message).get("_meta")
+        meta = params_of(message).get("_meta")
         related = meta.get(RELATED_TASK) if isinstance(meta, dict) else None
         task_id = related.get("taskId") if isinstance(related, dict) else None
         return self._by_origin.get((slot, task_id)) if isinstance(task_id, str) else None
 
-    def progress_target(self, token: object) -> tuple[bytes, Any] | None:
-        """The session and client token of the task whose request carried this instance-side token."""
+    def progress_target(self, slot: str, token: object) -> tuple[bytes, Any] | None:
+        """The session and client token of the task whose request carried this instance-side token, if the
+        task runs on instance `slot`."""
         task = self._by_progress.get(token) if isinstance(token, int) else None
-        return (task.session, task.progress[1]) if task is not None and task.progress is not None else None
+        if task is None or task.progress is None or task.slot != slot:
+            return None
+        return task.session, task.progress[1]
 
     # --- what the clients ask ------------------------------------------------------------------------
 
@@ -161,7 +164,7 @@ class TaskTable:
         if request["method"] == "tasks/list":
             return self._route_list(session, request, ready)
         task = self._own(session, request)
-        task_id = _params(request).get("taskId")
+        task_id = params_of(request).get("taskId")
         if task is None:
             return Reply(jsonrpc.error(request["id"], jsonrpc.INVALID_PARAMS,
                                        f"Invalid params: no task {task_id!r} in this session (unknown or expired)"))
@@ -215,7 +218,7 @@ class TaskTable:
             return
         ttl = reported.get("ttl")
         expires = now + ttl / 1000 if isinstance(ttl, int | float) and not isinstance(ttl, bool) else None
-        meta = _params(request).get("_meta")
+        meta = params_of(request).get("_meta")
         token = meta.get("progressToken") if isinstance(meta, dict) else None
         progress = (backend_id, token) if backend_id is not None and token is not None else None
         replaced = self._by_owner.get((session, task_id))
@@ -229,7 +232,7 @@ class TaskTable:
         self._settle(task)
 
     def _route_list(self, session: bytes, request: Message, ready: Container[str]) -> Reply | Forward:
-        params = _params(request)
+        params = params_of(request)
         cursor = params.get("cursor")
         slot, inner = "", ""
         if isinstance(cursor, str):
@@ -267,7 +270,7 @@ class TaskTable:
         return {**page, "tasks": [*page["tasks"], *self._lost_of(session)]}
 
     def _own(self, session: bytes, request: Message) -> Task | None:
-        task_id = _params(request).get("taskId")
+        task_id = params_of(request).get("taskId")
         return self._by_owner.get((session, task_id)) if isinstance(task_id, str) else None
 
     def _slots_of(self, session: bytes) -> list[str]:
@@ -316,6 +319,3 @@ class TaskTable:
             del self._by_progress[task.progress[0]]
 
 
-def _params(message: Message) -> JsonObject:
-    params = message.get("params")
-    return params if isinstance(params, dict) else {}

@@ -284,6 +284,20 @@ def half_surrogate(ctx: Context) -> str:
 
 
 @mcp.tool(structured_output=False)
+def misbehave(lines: list[str], ctx: Context) -> str:
+    """Write raw lines onto the stdout wire, as a buggy server would, then answer normally. In each line
+    `$ID` is this call's own request id, and `$ID-N` the integer N below it (ids a server was never sent,
+    when the ids of all instances come from one counter)."""
+    assert WIRE is not None, "misbehave() only runs while serving"
+    own = ctx.request_context.request_id
+    for line in lines:
+        for below in range(9, 0, -1):
+            line = line.replace(f"$ID-{below}", str(int(own) - below))
+        WIRE.write_bytes(line.replace("$ID", json.dumps(own)).encode() + b"\n")
+    return _reply()
+
+
+@mcp.tool(structured_output=False)
 async def notify_tools_changed(ctx: Context) -> str:
     """Send notifications/tools/list_changed."""
     # ctx.session, not ctx.notify_tools_changed(): the latter publishes to the

@@ -1,0 +1,133 @@
+"""One bad actor never hurts another session: a client's malformed lines and a server's bad output stay with
+their sender. Each case here once reached every session of the pool (the core crashed, or another
+instance's request was completed with someone else's answer)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+
+from tests.conftest import Stack, StackFactory
+from tests.rawclient import RawClient, answer, call, pid_of, raw_session
+
+HUGE = 2**64  # one beyond msgpack's largest integer
+TINY = -(2**63) - 1
+
+# (a client line, the id of its error or None for a notification that is dropped, the error code)
+BAD_CLIENT_LINES: list[tuple[dict[str, Any], Any, int]] = [
+    ({"id": "level", "method": "logging/setLevel", "params": ["debug"]}, "level", -32600),
+    ({"id": "sub", "method": "resources/subscribe", "params": ["lab://a"]}, "sub", -32600),
+    ({"id": "unsub", "method": "resources/unsubscribe", "params": ["lab://a"]}, "unsub", -32600),
+    ({"id": "discover", "method": "server/discover", "params": [1]}, "discover", -32600),
+    ({"id": "array-call", "method": "tools/call", "params": ["echo", {"text": "x"}]}, "array-call", -32600),
+    ({"id": HUGE, "method": "ping"}, HUGE, -32600),
+    ({"id": TINY, "method": "tools/call", "params": {"name": "echo", "arguments": {"text": "x"}}}, TINY, -32600),
+    ({"id": "meta", "method": "tools/call", "params": {"name": "echo", "_meta": [1]}}, "meta", -32602),
+    ({"id": "token", "method": "tools/call", "params": {"name": "echo", "_meta": {"progressToken": {"a": 1}}}},
+     "token", -32602),
+    ({"id": "big-token", "method": "tools/call", "params": {"name": "echo", "_meta": {"progressToken": HUGE}}},
+     "big-token", -32602),
+    ({"id": "cursor", "method": "tools/list", "params": {"cursor": 7}}, "cursor", -32602),
+    ({"method": "notifications/cancelled", "params": [1]}, None, 0),
+    ({"method": "notifications/cancelled", "params": {"requestId": [1]}}, None, 0),
+    ({"method": "notifications/cancelled", "params": {"requestId": HUGE}}, None, 0),
+]
+
+
+@pytest.fixture
+def stack(make_stack: StackFactory) -> Stack:
+    return make_stack("--min-instances", "2", "--max-instances", "2", "--max-concurrent-requests", "1")
+
+
+async def calls_of(client: RawClient, prefix: str, count: int) -> list[dict[str, Any]]:
+    """`count` calls one after another, each answered before the next goes."""
+    answers = []
+    for index in range(count):
+        answers.append(await client.request(f"{prefix}-{index}", "tools/call",
+                                            {"name": "echo", "arguments": {"text": f"{prefix} {index}"}}))
+    return answers
+
+
+async def test_malformed_client_lines_get_their_errors_and_reach_no_one_else(stack: Stack) -> None:
+    async with raw_session(stack) as victim, raw_session(stack) as attacker:
+        await victim.initialize()
+        await attacker.initialize()
+        core = (await stack.current_status())["corePid"]
+
+        async def attack() -> None:
+            for message, _, _ in BAD_CLIENT_LINES:
+                await attacker.send({"jsonrpc": "2.0", **message})
+        victims, _ = await asyncio.gather(calls_of(victim, "victim", 20), attack())
+        errors = {request_id: await attacker.response(request_id)
+                  for _, request_id, _ in BAD_CLIENT_LINES if request_id is not None}
+        still = await attacker.request("after", "tools/call", {"name": "echo", "arguments": {"text": "still"}})
+        status = await stack.current_status()
+
+    assert [answer(response)["text"] for response in victims] == [f"victim {index}" for index in range(20)]
+    for _, request_id, code in BAD_CLIENT_LINES:
+        if request_id is not None:
+            assert errors[request_id]["error"]["code"] == code, errors[request_id]
+            assert len(attacker.responses_to(request_id)) == 1
+    assert answer(still)["text"] == "still"
+    assert status["corePid"] == core, "the shared core never fell over"
+    assert all(instance["inFlight"] == 0 for instance in status["instances"])
+    # Only what was answered reached the client: no stray responses for the dropped notifications.
+    ids = {json.dumps(m.get("id")) for m in attacker.received if "method" not in m}
+    assert ids == {json.dumps(i) for i in ["init", "after", *errors]}
+
+
+async def test_a_server_answering_ids_it_was_never_sent_completes_nothing(stack: Stack) -> None:
+    # Instance ids come from one counter: the ids just below a call's own belong to calls on the other
+    # instance. A buggy server that answers them must not complete those calls.
+    phantoms = [json.dumps({"jsonrpc": "2.0", "id": "$ID-N", "result": {
+        "content": [{"type": "text", "text": '{"pid": 0, "phantom": true}'}]}}).replace('"$ID-N"', f"$ID-{n}")
+        for n in range(1, 6)]
+    async with raw_session(stack) as client:
+        await client.initialize()
+        await stack.ready(2)
+        await client.send(call("honest", "block", seconds=1))
+        await stack.running(1)
+        buggy = await client.request("buggy", "tools/call", {"name": "misbehave", "arguments": {"lines": phantoms}})
+        honest = await client.response("honest")
+        # Each instance is capped at one call: both must take work again, so two calls run side by side.
+        first, second = await asyncio.gather(
+            client.request("again-1", "tools/call", {"name": "block", "arguments": {"seconds": 0.5}}),
+            client.request("again-2", "tools/call", {"name": "block", "arguments": {"seconds": 0.5}}))
+        status = await stack.current_status()
+
+    assert "phantom" not in answer(honest), "another instance's answer completed this call"
+    assert pid_of(honest) != pid_of(buggy)
+    assert len(client.responses_to("honest")) == 1
+    assert {pid_of(first), pid_of(second)} == {pid_of(honest), pid_of(buggy)}
+    assert sorted(instance["inFlight"] for instance in status["instances"]) == [0, 0]
+
+
+async def test_bad_messages_from_a_server_are_dropped_and_its_call_still_answered(stack: Stack) -> None:
+    lines = [
+        '{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":$ID,"progress":1}}',
+        '{"jsonrpc":"2.0","id":1180591620717411303424,"result":{}}',
+        '{"jsonrpc":"2.0","method":"notifications/message","params":["not", "an", "object"]}',
+        '{"jsonrpc":"2.0","id":"server-1","method":"sampling/createMessage","params":[1]}',
+    ]
+    async with raw_session(stack) as client, raw_session(stack) as bystander:
+        await client.initialize()
+        await bystander.initialize()
+        core = (await stack.current_status())["corePid"]
+        misbehaved = await client.request("bad", "tools/call", {"name": "misbehave", "arguments": {"lines": lines}})
+        calm = await calls_of(bystander, "calm", 5)
+        after = await client.request("after", "tools/call", {"name": "echo", "arguments": {"text": "after"}})
+        status = await stack.current_status()
+
+    assert "result" in misbehaved and "pid" in answer(misbehaved)
+    assert not client.notifications("notifications/progress"), "progress for a token the client never gave"
+    assert not [m for m in client.received if m.get("method") == "sampling/createMessage"]
+    assert [answer(response)["text"] for response in calm] == [f"calm {index}" for index in range(5)]
+    assert answer(after)["text"] == "after"
+    assert status["corePid"] == core
+    assert pid_of(misbehaved) in {instance["backendPid"] for instance in status["instances"]}, \
+        "the shim of the misbehaving server lived on (a 2^70 id once killed it)"
+    log = "".join(path.read_text() for path in stack.paths.logs.glob("shim_*.log"))
+    assert "malformed message" in log
