@@ -26,7 +26,7 @@ from rich.text import Text
 
 from mcpmux import resolve
 from mcpmux import stacks as stacks_mod
-from mcpmux.config import ConfigError
+from mcpmux.config import ConfigError, hide_env
 from mcpmux.monitor import health as health_mod
 from mcpmux.monitor import logs as logs_mod
 from mcpmux.monitor import render
@@ -345,6 +345,8 @@ def diagnostics(
     """Everything needed to report a problem: configuration, instances, processes, errors, versions."""
     data = ask(find_stack(config, stack_dir), "diagnostics")
     data["monitorVersions"] = versions()
+    if isinstance(data.get("config"), dict):
+        data["config"] = hide_env(data["config"])  # a core older than this monitor sends the values
     try:
         pool = parse_status(data["status"])
         errors = events_from_json(data["errors"])
