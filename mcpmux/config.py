@@ -107,6 +107,21 @@ class Config(_Section):
         return json.dumps(self.model_dump(by_alias=True), sort_keys=True, separators=(",", ":"))
 
 
+HIDDEN = "***"
+
+
+def hide_env(data: dict[str, Any]) -> dict[str, Any]:
+    """A configuration's JSON with the values of the server's env hidden and their names kept.
+
+    Those values are often API keys, and diagnostics are pasted into bug reports; the names are what a
+    reader needs. The stack's own copy (stack.json, mode 0600 in its private directory) keeps the values.
+    """
+    server = data.get("server")
+    if not isinstance(server, dict) or not isinstance(server.get("env"), dict):
+        return data
+    return {**data, "server": {**server, "env": dict.fromkeys(server["env"], HIDDEN)}}
+
+
 class ConfigError(Exception):
     """A configuration that cannot be used; the message names the file and the key."""
 

@@ -7,6 +7,7 @@ and two different configurations never share one.
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -112,16 +113,124 @@ class StackPaths(NamedTuple):
         return [sys.executable, "-E", "-P", "-m", ROUTER_MODULE, "--stack-dir", str(self.root)]
 
     def create(self) -> None:
-        """Make the directory private; refuse one that someone else could have planted."""
-        self.root.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.root.mkdir(mode=0o700, exist_ok=True)
-        self.logs.mkdir(mode=0o700, exist_ok=True)
-        for directory in (self.root.parent, self.root):
-            info = directory.stat()
-            if info.st_uid != os.getuid():
-                raise PermissionError(f"{directory} belongs to another user; refusing to use it")
-            if info.st_mode & 0o077:
-                os.chmod(directory, 0o700)
+        """Make the stack's directory and its logs, refusing any directory on the way that is not ours alone.
+
+        As OpenSSH does for its control sockets and systemd for `RuntimeDirectory=`: each level (the runtime
+        root, the stack, its logs) is made with mkdir(0700) or, when it exists, opened without following a
+        symbolic link and accepted only as a directory of ours that no one else can enter, before anything is
+        made inside it. Each level is reached through the one above it (`dir_fd`), so a path swapped after its
+        check leads nowhere. Nothing is chmodded that this call did not just make: a planted directory keeps
+        its mode. The runtime root's parent ($XDG_RUNTIME_DIR or /tmp) is not ours to judge; it must exist.
+        """
+        descriptors = [_open_parent(self.root.parent.parent)]
+        try:
+            for path in (self.root.parent, self.root, self.logs):
+                descriptors.append(_private_directory(descriptors[-1], path))
+        finally:
+            for descriptor in descriptors:
+                os.close(descriptor)
+
+    def check(self) -> None:
+        """Refuse (RuntimeDirError) a runtime root or stack directory that exists and is not ours alone.
+
+        For whoever reads a stack without creating it (`--down`, the monitor): its files name processes to
+        signal and sockets to trust, so a planted directory is refused before anything in it is read.
+        """
+        if check_private(self.root.parent):
+            check_private(self.root)
+
+
+class RuntimeDirError(Exception):
+    """A runtime directory that mcpmux will not use; the message names it, what is wrong and what to do."""
+
+
+def check_private(path: Path) -> bool:
+    """Whether `path` exists, as a directory of ours that no one else can enter; anything else is refused."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    _judge(path, info)
+    return True
+
+
+# O_NOFOLLOW: a symbolic link in place of a directory fails the open (ELOOP) instead of being followed.
+_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_REMEDY = "remove it, or set XDG_RUNTIME_DIR to a directory of your own"
+
+
+def _open_parent(path: Path) -> int:
+    try:
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise RuntimeDirError(f"{path} cannot be opened ({exc.strerror}); create it, or set XDG_RUNTIME_DIR "
+                              "to a directory of your own") from None
+
+
+def _private_directory(parent: int, path: Path) -> int:
+    """An open descriptor of `path` (named in the directory `parent`): made now, or found ours alone."""
+    try:
+        os.mkdir(path.name, 0o700, dir_fd=parent)
+        made = True
+    except FileExistsError:
+        made = False
+    except OSError as exc:
+        raise RuntimeDirError(f"{path} cannot be created ({exc.strerror})") from None
+    try:
+        descriptor = os.open(path.name, _DIRECTORY, dir_fd=parent)
+    except OSError as exc:
+        _judge_what_is_there(parent, path)  # a symbolic link, a file: say so rather than "too many levels"
+        raise RuntimeDirError(f"{path} cannot be opened ({exc.strerror}); {_REMEDY}") from None
+    try:
+        info = os.fstat(descriptor)
+        if made and info.st_uid == os.getuid():
+            if stat.S_IMODE(info.st_mode) != 0o700:
+                os.fchmod(descriptor, 0o700)  # the umask may have taken bits away; it never adds any
+        else:
+            _judge(path, info)
+    except BaseException:
+        os.close(descriptor)
+        raise
+    return descriptor
+
+
+def _judge_what_is_there(parent: int, path: Path) -> None:
+    try:
+        info = os.lstat(path.name, dir_fd=parent)
+    except OSError:
+        return
+    _judge(path, info)
+
+
+def _judge(path: Path, info: os.stat_result) -> None:
+    """Refuse what is not a directory of ours that no one else can enter; never change it."""
+    if stat.S_ISLNK(info.st_mode):
+        raise RuntimeDirError(f"{path} is a symbolic link{_target(path)}, which mcpmux never follows; {_REMEDY}")
+    if not stat.S_ISDIR(info.st_mode):
+        raise RuntimeDirError(f"{path} is not a directory; {_REMEDY}")
+    if info.st_uid != os.getuid():
+        raise RuntimeDirError(f"{path} belongs to {_user(info.st_uid)}, not to you (uid {os.getuid()}): "
+                              f"someone else may have made it; {_REMEDY}")
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o077:
+        raise RuntimeDirError(f"{path} has mode {mode:04o}, so other users can reach what is inside; make it "
+                              f"private (chmod 700 {path}) or {_REMEDY}")
+
+
+def _target(link: Path) -> str:
+    try:
+        return f" (to {os.readlink(link)})"
+    except OSError:
+        return ""
+
+
+def _user(uid: int) -> str:
+    import pwd  # here, not at the top: only a refusal names a user
+
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
 
 
 def stack_paths(config: Config, origin: str) -> StackPaths:

@@ -26,7 +26,7 @@ from rich.text import Text
 
 from mcpmux import resolve
 from mcpmux import stacks as stacks_mod
-from mcpmux.config import ConfigError
+from mcpmux.config import ConfigError, hide_env
 from mcpmux.monitor import health as health_mod
 from mcpmux.monitor import logs as logs_mod
 from mcpmux.monitor import render
@@ -39,7 +39,7 @@ from mcpmux.monitor.control import (
     wait_for_core,
 )
 from mcpmux.monitor.control import status as query_status
-from mcpmux.stack import StackPaths, runtime_root
+from mcpmux.stack import RuntimeDirError, StackPaths, check_private, runtime_root
 from mcpmux.status import StackStatus, StatusError, events_from_json
 from mcpmux.versions import versions
 
@@ -79,18 +79,33 @@ def emit_json(data: Any) -> None:
 def find_stack(config: Path | None, stack_dir: Path | None = None, *, running: bool = True) -> StackPaths:
     """The stack the router would serve: --stack-dir, --config or $MCP_CONFIG_PATH, else the only one."""
     if stack_dir is not None:
-        named = stacks_mod.by_name(str(stack_dir)) if len(stack_dir.parts) == 1 else None
+        named = stacks_mod.by_name(str(stack_dir), private_root()) if len(stack_dir.parts) == 1 else None
         return named or StackPaths(stack_dir.resolve())
     if config is None and not os.environ.get("MCP_CONFIG_PATH"):
         return _only_stack(running)
     try:
-        return resolve.find_stack(config)
+        paths = resolve.find_stack(config)
     except (ConfigError, ValueError) as exc:
         fail(str(exc))
+    try:
+        paths.check()
+    except RuntimeDirError as exc:
+        fail(str(exc), EXIT_FAILED)
+    return paths
+
+
+def private_root() -> Path:
+    """The runtime root, refused when someone else could have planted it: its sockets would not be ours."""
+    root = runtime_root()
+    try:
+        check_private(root)
+    except RuntimeDirError as exc:
+        fail(str(exc), EXIT_FAILED)
+    return root
 
 
 def _only_stack(running: bool) -> StackPaths:
-    root = runtime_root()
+    root = private_root()
     candidates = [StackPaths(d) for d in sorted(root.iterdir()) if d.is_dir()] if root.is_dir() else []
     if running:
         candidates = [paths for paths in candidates if core_listening(paths)]
@@ -127,7 +142,7 @@ def ask_status(paths: StackPaths) -> StackStatus:
 @app.command()
 def stacks(as_json: JsonOption = False) -> None:
     """Every stack of this user, from any directory: name, server, sessions, instances, uptime."""
-    rows = [_stack_row(entry) for entry in stacks_mod.all_stacks()]
+    rows = [_stack_row(entry) for entry in stacks_mod.all_stacks(private_root())]
     if as_json:
         emit_json(rows)
         return
@@ -167,11 +182,11 @@ def stop(
 ) -> None:
     """Stop stacks by name, from any directory (their supervisord and every process of theirs)."""
     if every:
-        targets = [entry.paths for entry in stacks_mod.all_stacks()]
+        targets = [entry.paths for entry in stacks_mod.all_stacks(private_root())]
     elif names:
         targets = []
         for name in names:
-            paths = stacks_mod.by_name(name)
+            paths = stacks_mod.by_name(name, private_root())
             if paths is None:
                 fail(f"no stack named {name!r} in {runtime_root()} (see mcpmux-monitor stacks)", EXIT_FAILED)
             targets.append(paths)
@@ -330,6 +345,8 @@ def diagnostics(
     """Everything needed to report a problem: configuration, instances, processes, errors, versions."""
     data = ask(find_stack(config, stack_dir), "diagnostics")
     data["monitorVersions"] = versions()
+    if isinstance(data.get("config"), dict):
+        data["config"] = hide_env(data["config"])  # a core older than this monitor sends the values
     try:
         pool = parse_status(data["status"])
         errors = events_from_json(data["errors"])

@@ -29,7 +29,7 @@ from mcpmux.config import (
     load_config,
 )
 from mcpmux.resolve import resolve as resolve_config
-from mcpmux.stack import StackPaths, stack_paths
+from mcpmux.stack import RuntimeDirError, StackPaths, stack_paths
 
 SECTIONS: dict[str, type[BaseModel]] = {"multiplexer": MultiplexerConfig, "loadBalancing": LoadBalancingConfig}
 FLAG_TYPES: dict[Any, Callable[[str], Any]] = {int: int, float: float, Concurrency: concurrency_flag}
@@ -108,6 +108,12 @@ def _run(args: argparse.Namespace, config: Config | None, paths: StackPaths) -> 
         print(paths.root)
         return 0
     if args.down:
+        try:  # the pid file names a process to kill: a planted directory is not read (--stack-dir is the user's)
+            if config is not None:
+                paths.check()
+        except RuntimeDirError as exc:
+            print(f"mcpmux-router: {exc}", file=sys.stderr)
+            return 1
         if launcher.stop(paths):
             print(f"stack {paths.root.name} stopped", file=sys.stderr)
         else:
@@ -122,7 +128,7 @@ def _run(args: argparse.Namespace, config: Config | None, paths: StackPaths) -> 
         return _serve(load_config(paths.config), paths, args.priority)
     try:
         started = launcher.ensure_up(config, paths, idle_stop=not args.up)
-    except launcher.LaunchError as exc:
+    except (launcher.LaunchError, RuntimeDirError) as exc:
         print(f"mcpmux-router: {exc}", file=sys.stderr)
         if not args.up:
             refusal.refuse(f"mcpmux could not start the stack {paths.root.name}: {exc}")

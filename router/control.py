@@ -9,7 +9,8 @@ Queries (``ControlRequest.query`` and its ``args``):
                                 answer with the first event of that kind (and slot) recorded after
                                 ``after`` (a time.time()), or ``{"event": null}`` on timeout
     processes                   supervisord's view of every process of the stack
-    diagnostics                 configuration in force, status, processes, recent errors, versions
+    diagnostics                 configuration in force (the server's env by name only), status, processes,
+                                recent errors, versions
 
 The status is a `mcpmux.status.StackStatus`, sent as its JSON; states and event kinds are spelled there.
 A wanted slot with no connected shim is shown as starting, open-circuit or stopped (backing off, given up,
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import psutil
 
 from mcpmux import __version__, wire
+from mcpmux.config import hide_env
 from mcpmux.router import eras
 from mcpmux.router.metrics import percentiles_ms
 from mcpmux.status import ContextStatus, Event, EventKind, InstanceStatus, SlotState, StackStatus, Usage
@@ -289,7 +291,7 @@ class ControlHandler:
             reply(wire.ControlReply({
                 "stack": core.paths.root.name,
                 "stackDir": str(core.paths.root),
-                "config": core.config.model_dump(by_alias=True),
+                "config": hide_env(core.config.model_dump(by_alias=True)),
                 "status": self._status(_states(processes)).to_json(),
                 "processes": processes,
                 "errors": [event.to_json() for event in self.events(50, errors_only=True)],

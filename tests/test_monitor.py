@@ -130,6 +130,26 @@ async def test_diagnostics_show_configuration_processes_errors_and_versions(make
     assert '"maxConcurrentRequests": 4' in human.stdout
 
 
+async def test_diagnostics_name_the_servers_env_but_never_show_its_values(make_stack: StackFactory) -> None:
+    stack = make_stack("--min-instances", "1", "--max-instances", "1", MCPMUX_API_KEY="secret-value")
+    stack.router("--up")
+    async with stack.session() as client:
+        seen = result_json(await client.call_tool("environment", {}))
+    where = str(stack.paths.root)
+
+    def installed(*args: str) -> subprocess.CompletedProcess[str]:  # the command a user types, its whole output
+        return subprocess.run([*MONITOR, *args, "--stack-dir", where], capture_output=True, text=True, timeout=60)
+
+    human, as_json, status = installed("diagnostics"), installed("diagnostics", "--json"), installed("status")
+
+    assert seen["env"]["MCPMUX_API_KEY"] == "secret-value", "the server still gets the value"
+    for completed in (human, as_json, status):
+        assert completed.returncode == 0, completed.stderr
+        assert "secret-value" not in completed.stdout + completed.stderr
+    assert '"MCPMUX_API_KEY": "***"' in human.stdout
+    assert json.loads(as_json.stdout)["config"]["server"]["env"] == {"MCPMUX_API_KEY": "***"}
+
+
 def test_a_stack_found_by_its_configuration_file(make_stack: StackFactory, tmp_path: Path) -> None:
     stack = make_stack()  # only for its private runtime directory
     config = tmp_path / "mcpmux.json"

@@ -15,6 +15,7 @@ import pytest
 from mcp import MCPError
 
 from mcpmux.jsonrpc import STACK_UNAVAILABLE
+from mcpmux.stack import StackPaths
 from tests.conftest import LAB_SERVER, ROUTER, Stack, StackFactory, result_json
 from tests.rawclient import pid_of, raw_session
 
@@ -129,7 +130,8 @@ def only_mcp_error(raised: BaseException) -> MCPError:
 def block_the_core_socket(stack: Stack) -> Path:
     """A directory where the core binds its doors socket: it fails at every start, with a traceback."""
     stack_dir = Path(stack.router("--where").stdout.strip())
-    (stack_dir / "doors.sock").mkdir(parents=True)
+    StackPaths(stack_dir).create()  # private, as the router makes it: a directory open to others is refused
+    (stack_dir / "doors.sock").mkdir()
     return stack_dir
 
 
