@@ -39,6 +39,13 @@ class DoorHello(NamedTuple):
 
 class Welcome(NamedTuple):
     safe_tools: list[str]
+    incarnation: str = ""  # which run of the core: a door says "the core restarted" only when it changed
+
+
+class Closing(NamedTuple):
+    """The stack is stopping: every request of the session has had its answer; the door ends the session."""
+
+    reason: str
 
 
 class SafeTools(NamedTuple):
@@ -133,14 +140,14 @@ class ControlReply(NamedTuple):
 
 
 Message = (
-    DoorHello | Welcome | SafeTools | ClientMessage | ToClient | DoorBye
+    DoorHello | Welcome | Closing | SafeTools | ClientMessage | ToClient | DoorBye
     | ShimHello | Heartbeat | Resync | InitializeBackend | BindContext | BackendReady | BackendFailed | ToBackend
     | FromBackend
     | ControlRequest | ControlReply
 )
 
 TAGS: dict[type[Any], str] = {
-    DoorHello: "dh", Welcome: "wl", SafeTools: "st", ClientMessage: "cm", ToClient: "tc", DoorBye: "db",
+    DoorHello: "dh", Welcome: "wl", Closing: "cl", SafeTools: "st", ClientMessage: "cm", ToClient: "tc", DoorBye: "db",
     ShimHello: "sh", Heartbeat: "hb", Resync: "rs", InitializeBackend: "ib", BindContext: "bc", BackendReady: "br",
     BackendFailed: "bf", ToBackend: "tb", FromBackend: "fb", ControlRequest: "cq", ControlReply: "cr",
 }

@@ -61,6 +61,10 @@ REACTION = 0.05  # seconds between the scaler's looks at a queue that formed bet
 # initialize params rather than start with the warm-up's and be restarted when they differ.
 AWAIT_FIRST_CLIENT = 5.0
 DOOR_BACKLOG_LIMIT = 256 * 1024 * 1024  # bytes kept for a door whose client reads slowly before giving it up
+# A turn of the loop that comes this long after the last one means the core itself did not run (stopped,
+# a laptop asleep, a swap storm): nobody's silence meanwhile says anything about them.
+STALL = 2.0
+STOP_LINGER = 2000  # ms to hand the last answers to the doors when the stack stops
 
 
 class Core:
@@ -94,6 +98,8 @@ class Core:
         self._next_fold = 0.0
         self._next_reaction = 0.0
         self._stopping = False
+        self._last_turn = time.monotonic()
+        self.incarnation = f"{os.getpid()}-{time.time_ns()}"
 
     def _router_socket(self, endpoint: str) -> zmq.Socket[bytes]:
         socket = self._context.socket(zmq.ROUTER)
@@ -102,9 +108,9 @@ class Core:
         socket.setsockopt(zmq.LINGER, 0)
         socket.setsockopt(zmq.SNDHWM, 100_000)
         socket.setsockopt(zmq.RCVHWM, 100_000)
-        # ZMTP heartbeats drop a dead peer's connection; application heartbeats judge the instance.
-        socket.setsockopt(zmq.HEARTBEAT_IVL, 1000)
-        socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
+        # No ZMTP heartbeats: on ipc a dead peer's connection closes with its process, and application
+        # heartbeats judge a hung one. A ZMTP timeout would also drop every connection, with the messages
+        # in it, when the core itself was stopped for a while.
         path = endpoint.removeprefix("ipc://")
         if os.path.exists(path):
             os.unlink(path)  # left by a core that died; we are the only core (supervisord runs one)
@@ -131,8 +137,12 @@ class Core:
                     self._control: self._control_message}
         try:
             while not self._stopping:
+                timeout = self._poll_timeout()
+                self._note_running(0)
+                polled = poller.poll(timeout)
+                self._note_running(timeout / 1000)  # before anything is handled or anyone judged
                 woken = False
-                for socket, _ in poller.poll(self._poll_timeout()):
+                for socket, _ in polled:
                     if socket in handlers:
                         self._receive(socket, handlers[socket])
                     else:
@@ -143,6 +153,7 @@ class Core:
                 if self.board.queue:
                     self._react_to_queue()
                 self._on_time()
+            self._answer_everyone()
         finally:
             if self.exporter is not None:
                 self.exporter.stop()
@@ -151,6 +162,45 @@ class Core:
 
     def _stop(self, signum: int, frame: object) -> None:
         self._stopping = True
+
+    def _note_running(self, waited: float) -> None:
+        """After a gap in the loop (the core was not running: longer than it meant to wait, by STALL),
+        everyone gets a fresh chance to beat before being judged: their heartbeats could not be heard while
+        nothing listened, and those sent meanwhile may not all have arrived yet."""
+        now = time.monotonic()
+        gap, self._last_turn = now - self._last_turn - waited, now
+        if gap < STALL:
+            return
+        log.warning("the core did not run for %.1f s; waiting for fresh heartbeats before judging anyone", gap)
+        self.metrics.event("core", f"the core did not run for {gap:.1f} s (stopped or starved); nobody was "
+                                   "judged dead for the silence")
+        for instance in self.board.pool:
+            instance.last_seen = max(instance.last_seen, now)
+        for session in self.board.sessions.values():
+            session.last_seen = max(session.last_seen, now)
+        self.board.forgive_silence()
+
+    def _answer_everyone(self) -> None:
+        """The core stops: every request gets its answer now, and, if the whole stack stops, every door is
+        told to end its session, rather than wait for a core that will not come back."""
+        stack_stops = self._stack_stopping()
+        reason = "the stack is stopping" if stack_stops else "mcpmux's core is restarting"
+        log.info("%s: answering %d requests", reason, sum(len(s.pending) for s in self.board.sessions.values()))
+        self.board.stop(reason)
+        self._settle()
+        if stack_stops:
+            frames = wire.encode(wire.Closing(reason))
+            for identity in list(self.board.sessions):
+                self._send_door(identity, frames)
+        self._doors.setsockopt(zmq.LINGER, STOP_LINGER)
+        self._doors.close()
+
+    def _stack_stopping(self) -> bool:
+        """Whether supervisord is shutting the whole stack down (or is gone), not just restarting the core."""
+        try:
+            return self.supervisor.state() != "RUNNING"
+        except Exception:  # supervisord gone, or not answering: the stack is not coming back either way
+            return True
 
     def _poll_timeout(self) -> int:
         """Milliseconds until the next thing due: a tick, a request deadline, a control query's patience."""
@@ -284,7 +334,7 @@ class Core:
                 session = self.board.open_session(identity, message.initialize_params,
                                                   Priority.named(message.priority), message.cwd)
                 self.metrics.event("session", f"session {session.name} opened (door pid {message.pid})")
-            self._send_door(identity, wire.encode(wire.Welcome(self.board.retry.safe_tools)))
+            self._send_door(identity, wire.encode(wire.Welcome(self.board.retry.safe_tools, self.incarnation)))
         elif session is None:
             # A door of a core that died: nothing it sent since is known here, so it must start over.
             self._send_door(identity, wire.encode(wire.Resync()))

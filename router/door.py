@@ -39,7 +39,10 @@ OUTBOX_LIMIT = 8 * 1024 * 1024
 OUTBOX_MESSAGES = 4
 RCVHWM = 1000  # messages from the core queued in this door's socket while it does not read them
 DOOR_OPTIONS = ("--stack-dir", "--max-message-bytes", "--connect-timeout", "--priority")
-DRAIN_TIMEOUT = 30.0  # seconds the door waits, after its client's EOF, for the client to read what is left
+# Seconds the door waits, after its client's EOF, for the answers to what the client asked before, and then
+# as long again for the client to read them.
+DRAIN_TIMEOUT = 30.0
+LISTEN = "subscriptions/listen"
 
 
 class CoreUnreachable(RuntimeError):
@@ -68,6 +71,8 @@ class Door:
         self._outbox = bytearray()
         self._outbox_limit = max(OUTBOX_LIMIT, OUTBOX_MESSAGES * max_message_bytes)
         self._client_gone = False
+        self._stack_closed = False  # the core said the stack stops: the session ends
+        self._incarnation = ""  # the core's, from its last welcome
         self._cwd = _client_directory()
 
     def run(self) -> None:
@@ -87,13 +92,19 @@ class Door:
         self._context.term()
 
     def _relay(self) -> None:
-        """Relay until the client's EOF (then hand it what is left) or until it is gone."""
+        """Relay until the client's EOF, then until what it asked before is answered and handed over (as a
+        server run directly answers a request that came just before EOF), or until the client is gone."""
         splitter = LineSplitter(self._limit)
         poller = zmq.Poller()
         poller.register(self._monitor, zmq.POLLIN)
         poller.register(STDIN, zmq.POLLIN)
         reading_core = writing = False
+        eof_deadline: float | None = None
         while not self._client_gone:
+            if self._stack_closed or (eof_deadline is not None and (
+                    not self._awaiting_answers() or time.monotonic() >= eof_deadline)):
+                self._drain()
+                return
             if reading_core and len(self._outbox) > self._outbox_limit:
                 reading_core = False  # backpressure: the core's messages wait in ZeroMQ meanwhile
                 poller.unregister(self._socket)
@@ -109,10 +120,15 @@ class Door:
             if events.get(self._monitor):
                 self._connection_events()
             if events.get(STDIN) and not self._from_stdin(splitter):
-                self._drain()
-                return
+                poller.unregister(STDIN)
+                eof_deadline = time.monotonic() + DRAIN_TIMEOUT
             self._flush()
             self._beat_if_due()
+
+    def _awaiting_answers(self) -> bool:
+        """Whether a request the client sent is still unanswered (a listen stream never is: it lasts as long
+        as its client listens)."""
+        return any(request.method != LISTEN for request in self._unanswered.values())
 
     def _from_stdin(self, splitter: LineSplitter) -> bool:
         """Relay what the client wrote; false at its EOF."""
@@ -242,7 +258,11 @@ class Door:
                 if message.safe_tools:
                     self._retry.replace(message.safe_tools)
                 self._welcomed = True
-                self._settle()
+                self._settle(restarted=message.incarnation != self._incarnation)
+                self._incarnation = message.incarnation
+            elif isinstance(message, wire.Closing):
+                self._close(message.reason)
+                return
             elif isinstance(message, wire.Resync) and self._to_settle is None:
                 # The core restarted and lost this session: introduce it again; what was sent before this
                 # point is settled once the core welcomes us (later Resyncs are echoes of the same loss).
@@ -251,9 +271,11 @@ class Door:
             if len(self._outbox) > self._outbox_limit:
                 return  # the rest waits in ZeroMQ until the client reads
 
-    def _settle(self) -> None:
-        """Answer each request the lost core never answered: resend the safe ones, fail the others."""
+    def _settle(self, *, restarted: bool) -> None:
+        """Answer each request the core lost (it restarted, or took this door for gone): resend the safe
+        ones, fail the others."""
         to_settle, self._to_settle = self._to_settle or {}, None
+        what = "mcpmux's core restarted" if restarted else "mcpmux's core lost this session"
         for request in to_settle.values():
             if request.id not in self._unanswered:
                 continue
@@ -262,8 +284,18 @@ class Door:
                 continue
             del self._unanswered[request.id]
             self._write(jsonrpc.error(request.id, jsonrpc.INSTANCE_FAILED,
-                                      "mcpmux's core restarted while this request ran; it was not retried "
-                                      "because it may have had effects"))
+                                      f"{what} while this request ran; it was not retried because it may "
+                                      "have had effects"))
+
+    def _close(self, reason: str) -> None:
+        """The stack stops. The core answered what it had; what it never saw never started. Then the
+        session ends, as a server's does when it exits: the client's next start finds a running stack."""
+        for request_id in list(self._unanswered):
+            self._write(jsonrpc.error(request_id, jsonrpc.OVERLOADED,
+                                      f"{reason}; this request never started"))
+        self._unanswered.clear()
+        print(f"mcpmux-router: {reason}; ending the session", file=sys.stderr)
+        self._stack_closed = True
 
     def _send(self, message: wire.Message) -> None:
         wire.send(self._socket, wire.encode(message), block=True)

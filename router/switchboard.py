@@ -810,6 +810,25 @@ class Switchboard:
         ejected = sum(1 for other in self.pool if other.state is InstanceState.OPEN)
         return ejected < max(1, len(self.pool) // 2)
 
+    def forgive_silence(self) -> None:
+        """The core did not run for a while: pings it sent meanwhile are judged afresh, not as unanswered."""
+        self._pings.clear()
+
+    def stop(self, reason: str) -> None:
+        """The core stops: every request gets its one answer now. What never started says so (-32050);
+        what ran may have had effects (-32051)."""
+        for session in self.sessions.values():
+            waiting = [pending for pending in session.pending.values() if pending.slot is None]
+            running = [pending for pending in session.pending.values() if pending.slot is not None]
+            for pending in waiting:
+                self._forget(pending, reason)
+                self._finish(pending, jsonrpc.error(pending.client_id, jsonrpc.OVERLOADED,
+                                                    f"{reason}; this request never started"))
+            for pending in running:
+                self._forget(pending, reason)
+                self._finish(pending, jsonrpc.error(pending.client_id, jsonrpc.INSTANCE_FAILED,
+                                                    f"{reason} while this request ran; it may have had effects"))
+
     def forget_instances(self, reason: str) -> None:
         for instance in list(self.pool):
             self.instance_lost(instance, reason)
