@@ -334,6 +334,7 @@ class Core:
                 session = self.board.open_session(identity, message.initialize_params,
                                                   Priority.named(message.priority), message.cwd)
                 self.metrics.event("session", f"session {session.name} opened (door pid {message.pid})")
+                self.healer.retry_held(backing_off=not self.board.pool.ready())
             self._send_door(identity, wire.encode(wire.Welcome(self.board.retry.safe_tools, self.incarnation)))
         elif session is None:
             # A door of a core that died: nothing it sent since is known here, so it must start over.
@@ -420,6 +421,7 @@ class Core:
             self._instance_lost(instance, message.reason, message.stderr_tail)
             if not was_ready:
                 self.board.startup_failed(message.reason, message.stderr_tail)
+                self.healer.failed_to_start(slot, self.board.startup_cause or message.reason)
 
     def _shim_hello(self, slot: str, hello: wire.ShimHello) -> None:
         previous = self.board.pool.get(slot)
@@ -561,6 +563,16 @@ class Core:
                 reason = f"not ready within startupTimeout ({limit * 1000:.0f} ms)"
                 self._instance_lost(instance, reason)
                 self.healer.restart(instance.slot, reason)
+                # Its shim's log says why (a server printing garbage, hung in initialize): the clients
+                # waiting for it hear that, not only that it took too long.
+                self.background.run(functools.partial(self.supervisor.log_tail, instance.slot),
+                                    functools.partial(self._startup_timed_out, instance.slot, reason),
+                                    what=f"reading {instance.slot}'s log")
+
+    def _startup_timed_out(self, slot: str, reason: str, tail: str) -> None:
+        self.board.startup_failed(reason, tail)
+        self.healer.failed_to_start(slot, self.board.startup_cause or reason)
+        self._settle()
 
     def _check_fatal(self, processes: list[dict[str, Any]]) -> None:
         """supervisord's own view: a slot that cannot even start (FATAL) is backed off, then given up."""
@@ -577,6 +589,7 @@ class Core:
             return
         self.metrics.event("alert", f"{slot}: {reason}", slot=slot, stderr=tail)
         self.board.startup_failed(reason, tail)
+        self.healer.failed_to_start(slot, self.board.startup_cause or reason)
         self._settle()
         self.healer.back_off(slot, reason)
 

@@ -38,6 +38,7 @@ class SlotRecord:
     gave_up: bool = False
     planned: bool = False  # the next start was asked for, not caused by a failure
     outgoing_pid: int | None = None  # a recycled shim on its way out: it takes no part if it says hello
+    cause: str | None = None  # why its last start failed (with the server's last words)
 
 
 class Healer:
@@ -100,9 +101,15 @@ class Healer:
 
         self._background.run(stop_then_start, what=f"restarting {slot}")
 
+    def failed_to_start(self, slot: str, cause: str) -> None:
+        """Why the slot's last start failed: its alerts say so, not only that it restarted too often."""
+        self.slots[slot].cause = cause
+
     def back_off(self, slot: str, reason: str) -> None:
         """Stop a flapping slot; start it again later, or give up on it."""
         record = self.slots[slot]
+        if record.cause and record.cause not in reason:
+            reason = f"{reason}; last failure: {record.cause}"
         record.starts.clear()
         self._background.run(functools.partial(self._supervisor.stop_sync, slot), what=f"stopping {slot}")
         if record.backoffs >= MAX_BACKOFFS:
@@ -120,6 +127,22 @@ class Healer:
         log.warning("%s", record.alert)
         self._metrics.event(EventKind.BACKOFF, record.alert, slot=slot)
 
+    def retry_held(self, *, backing_off: bool) -> list[str]:
+        """A new session came: the slots that gave up (and, with `backing_off`, those waiting out a back-off)
+        start now, with a fresh back-off, so that a stack whose cause was fixed (a command installed, a
+        server mended) heals without an operator. Returns the slots started."""
+        held = [slot for slot, record in self.slots.items()
+                if record.gave_up or (backing_off and record.resume_at is not None)]
+        for slot in held:
+            record = self.slots[slot]
+            record.gave_up, record.resume_at, record.backoffs = False, None, 0
+            record.starts.clear()
+            record.probe = True
+            self._metrics.event(EventKind.RESTART, f"starting {slot} again: a new session came ({record.alert})",
+                                slot=slot)
+            self._background.run(functools.partial(self._supervisor.start_sync, slot), what=f"starting {slot}")
+        return held
+
     def tick(self) -> None:
         now = time.monotonic()
         for slot, record in self.slots.items():
@@ -136,7 +159,7 @@ class Healer:
     def healthy_again(self, slot: str) -> None:
         record = self.slots[slot]
         record.probe = False
-        record.alert = None
+        record.alert = record.cause = None
 
     def describe(self, slot: str) -> dict[str, Any]:
         record = self.slots.get(slot) or SlotRecord()

@@ -94,6 +94,7 @@ class Switchboard:
         # Requests the router itself sent, by id: the instance they went to, and their follow-up.
         self._internal: dict[int, tuple[str, OnAnswer | None]] = {}
         self._init_waiters: list[Pending] = []
+        self.startup_cause: str | None = None  # why the last backend failed to start, until one starts
         self.subscriptions = Subscriptions(shared=self.eligibility.shares_instances)
         self.tasks = tasks.TaskTable()
         self._log_level: str | None = None
@@ -429,7 +430,8 @@ class Switchboard:
                  else self.eligibility.waiting_reason(pending) or "waiting for an instance")
         if pending in self._init_waiters:
             self._init_waiters.remove(pending)
-            where = "waiting for a backend to start"
+            where = "waiting for a backend to start" + (f"; the last start failed: {self.startup_cause}"
+                                                       if self.startup_cause else "")
         # A request that waited because of its client's context says so: another client's is never used.
         unserved = None if pending.slot else self.contexts.why_waiting(
             pending.session, list(self.pool), self._max_instances, initializing=pending.method == "initialize")
@@ -727,6 +729,7 @@ class Switchboard:
             self._open_circuit(instance, f"failed its probe: {message.get('error')}")
 
     def _become_ready(self, instance: Instance) -> None:
+        self.startup_cause = None
         instance.state = InstanceState.READY
         instance.consecutive_failures = 0
         self._actions.append(InstanceReady(instance.slot))
@@ -835,12 +838,13 @@ class Switchboard:
 
     def startup_failed(self, reason: str, stderr_tail: str) -> None:
         """A backend died in its handshake: tell the clients waiting for one, rather than let them wait."""
+        last_words = stderr_tail.strip()[-500:]
+        self.startup_cause = f"{reason}; its last words: {last_words}" if last_words else reason
         waiters = [pending for pending in self._init_waiters
                    if not any(self.contexts.serves(instance, pending.session) for instance in self.pool.ready())]
         self._init_waiters = [pending for pending in self._init_waiters if pending not in waiters]
-        detail = f"; its last words: {stderr_tail.strip()[-500:]}" if stderr_tail.strip() else ""
         for pending in waiters:
-            self._fail(pending, jsonrpc.INSTANCE_FAILED, f"The MCP server failed to start: {reason}{detail}")
+            self._fail(pending, jsonrpc.INSTANCE_FAILED, f"The MCP server failed to start: {self.startup_cause}")
 
     def instance_lost(self, instance: Instance, reason: str) -> None:
         """Fail over the requests an instance was running: retry the safe ones, answer the others."""

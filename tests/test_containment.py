@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import Stack, StackFactory
-from tests.rawclient import RawClient, answer, call, pid_of, raw_session
+from tests.conftest import LAB_SERVER, Stack, StackFactory
+from tests.rawclient import INITIALIZE, RawClient, answer, call, pid_of, raw_session
 
 HUGE = 2**64  # one beyond msgpack's largest integer
 TINY = -(2**63) - 1
@@ -131,3 +133,27 @@ async def test_bad_messages_from_a_server_are_dropped_and_its_call_still_answere
         "the shim of the misbehaving server lived on (a 2^70 id once killed it)"
     log = "".join(path.read_text() for path in stack.paths.logs.glob("shim_*.log"))
     assert "malformed message" in log
+
+
+async def test_a_stack_whose_server_could_not_start_heals_once_the_cause_is_gone(
+        make_stack: StackFactory, tmp_path: Path) -> None:
+    """The server fails until a file exists, as a missing command or a broken install would: each client
+    hears why at once, and the first session after the cause is gone is served, without an operator."""
+    flag = tmp_path / "installed"
+    server = ["/bin/sh", "-c", f'test -f {flag} || {{ echo "not installed yet" >&2; exit 1; }}; exec "$@"',
+              "server", *LAB_SERVER]
+    stack = make_stack("--min-instances", "1", "--max-instances", "1", server=server)
+    before = time.time()
+    async with raw_session(stack) as first:
+        failed = await first.request("init", "initialize", INITIALIZE)
+        held = await stack.event("backoff", before)
+        flag.touch()
+        async with raw_session(stack) as second:
+            served = await second.initialize()
+            echoed = await second.request("echo", "tools/call", {"name": "echo", "arguments": {"text": "healed"}})
+
+    assert failed["error"]["code"] == -32051
+    assert "not installed yet" in failed["error"]["message"], "the client hears the server's last words"
+    assert "not installed yet" in held["text"], "the alert names the cause, not only the restarts"
+    assert "result" in served
+    assert answer(echoed)["text"] == "healed"
