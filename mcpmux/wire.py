@@ -35,6 +35,14 @@ class DoorHello(NamedTuple):
     initialize_params: JsonObject | None = None  # set when a door reconnects to a restarted core
     priority: str | None = None  # the session's level: high, normal or low (mcpmux-router --priority)
     cwd: str | None = None  # the client's working directory (the door's)
+    acks: bool = False  # it says what its client took (Taken): the core keeps its bytes in flight bounded
+
+
+class Taken(NamedTuple):
+    """From a door: its client has read this many bytes of the core's ToClient frames, so that many more
+    may be on their way (the bytes in flight to one door are bounded, not only the messages)."""
+
+    size: int
 
 
 class Welcome(NamedTuple):
@@ -140,7 +148,7 @@ class ControlReply(NamedTuple):
 
 
 Message = (
-    DoorHello | Welcome | Closing | SafeTools | ClientMessage | ToClient | DoorBye
+    DoorHello | Welcome | Closing | SafeTools | ClientMessage | ToClient | DoorBye | Taken
     | ShimHello | Heartbeat | Resync | InitializeBackend | BindContext | BackendReady | BackendFailed | ToBackend
     | FromBackend
     | ControlRequest | ControlReply
@@ -148,10 +156,24 @@ Message = (
 
 TAGS: dict[type[Any], str] = {
     DoorHello: "dh", Welcome: "wl", Closing: "cl", SafeTools: "st", ClientMessage: "cm", ToClient: "tc", DoorBye: "db",
+    Taken: "tk",
     ShimHello: "sh", Heartbeat: "hb", Resync: "rs", InitializeBackend: "ib", BindContext: "bc", BackendReady: "br",
     BackendFailed: "bf", ToBackend: "tb", FromBackend: "fb", ControlRequest: "cq", ControlReply: "cr",
 }
 _BY_TAG: dict[str, type[Any]] = {tag: cls for cls, tag in TAGS.items()}
+
+# The type of each field of the messages that carry no envelope, in order: a frame is checked against them
+# when it is decoded, so that no handler meets a field of another type (a frame is untrusted input).
+_OPT_STR = (str, type(None))
+_OPT_DICT = (dict, type(None))
+_FIELD_TYPES: dict[type[Any], tuple[type | tuple[type, ...], ...]] = {
+    DoorHello: (int, _OPT_DICT, _OPT_STR, _OPT_STR, bool),
+    Welcome: (list, str), Closing: (str,), SafeTools: (list,), DoorBye: (), Taken: (int,),
+    ShimHello: (int, int, _OPT_DICT, _OPT_DICT, str, _OPT_STR), Heartbeat: (), Resync: (),
+    InitializeBackend: (dict, _OPT_STR, _OPT_DICT, str), BindContext: (dict,),
+    BackendReady: (dict, int, str, _OPT_STR), BackendFailed: (str, str),
+    ControlRequest: (str, dict), ControlReply: (dict, _OPT_STR),
+}
 
 EnvelopeMessage = type[ToBackend] | type[FromBackend] | type[ClientMessage] | type[ToClient]
 _CARRIERS = frozenset(TAGS[carrier] for carrier in (ClientMessage, ToClient, ToBackend, FromBackend))
@@ -190,7 +212,11 @@ def decode(frames: list[bytes]) -> Message:
             if not isinstance(body, bytes):
                 raise ValueError("a JSON-RPC message without its body")
             return _BY_TAG[tag](Envelope.from_wire(header, body))  # type: ignore[no-any-return]
-        message: Message = _BY_TAG[tag](*fields)
+        cls = _BY_TAG[tag]
+        if len(fields) > len(_FIELD_TYPES[cls]) or not all(
+                isinstance(value, kind) for value, kind in zip(fields, _FIELD_TYPES[cls], strict=False)):
+            raise ValueError(f"the fields of {cls.__name__} have other types")
+        message: Message = cls(*fields)
     except (ValueError, TypeError, KeyError, IndexError, msgpack.UnpackException) as exc:
         size = sum(len(frame) for frame in frames)
         raise WireError(f"undecodable message ({len(frames)} frames, {size} bytes): {exc}") from None

@@ -9,9 +9,7 @@ event for the switchboard once the current actions are done, never a call back i
 from __future__ import annotations
 
 import argparse
-import collections
 import contextlib
-import errno
 import functools
 import itertools
 import logging
@@ -34,6 +32,7 @@ from mcpmux.router import actions
 from mcpmux.router.background import Background
 from mcpmux.router.contexts import ClientContext
 from mcpmux.router.control import ControlHandler
+from mcpmux.router.door_flow import DoorFlow, Sent
 from mcpmux.router.healing import Healer
 from mcpmux.router.instances import Instance, InstanceState
 from mcpmux.router.metrics import Metrics
@@ -61,6 +60,9 @@ REACTION = 0.05  # seconds between the scaler's looks at a queue that formed bet
 # initialize params rather than start with the warm-up's and be restarted when they differ.
 AWAIT_FIRST_CLIENT = 5.0
 DOOR_BACKLOG_LIMIT = 256 * 1024 * 1024  # bytes kept for a door whose client reads slowly before giving it up
+# Bytes of results on their way to one door at most (as its own outbox: 8 MiB or 4 of maxMessageBytes).
+DOOR_BUDGET = 8 * 1024 * 1024
+DOOR_BUDGET_MESSAGES = 4
 # A turn of the loop that comes this long after the last one means the core itself did not run (stopped,
 # a laptop asleep, a swap storm): nobody's silence meanwhile says anything about them.
 STALL = 2.0
@@ -89,8 +91,9 @@ class Core:
         self._control = self._router_socket(paths.control_endpoint)
         self._idle_since: float | None = time.monotonic()
         self._last_poll = 0.0
-        # Frames for doors whose ZeroMQ queue is full (their client reads slowly), sent in order later.
-        self._door_backlog: dict[bytes, collections.deque[list[bytes]]] = {}
+        # Frames for doors whose client reads slowly, sent in order later, the bytes in flight bounded.
+        budget = max(DOOR_BUDGET, DOOR_BUDGET_MESSAGES * config.multiplexer.max_message_bytes)
+        self._door_flow = DoorFlow(self._doors, budget, DOOR_BACKLOG_LIMIT)
         self._doors_gone: set[bytes] = set()  # found unreachable while carrying out actions
         self._shims_gone: set[str] = set()
         self._waits: list[Wait] = []  # control queries waiting for the pool to reach a state
@@ -298,7 +301,8 @@ class Core:
             self._send_shim(action.slot, wire.encode_envelope(wire.ToBackend, Envelope.of(action.message)))
             return
         if type(action) is actions.ToClient:
-            self._send_door(action.session, wire.encode_envelope(wire.ToClient, Envelope.of(action.message)))
+            self._send_door(action.session, wire.encode_envelope(wire.ToClient, Envelope.of(action.message)),
+                            counted=True)
             return
         match action:
             case actions.RestartInstance(slot, reason):
@@ -328,8 +332,11 @@ class Core:
 
     def _from_door(self, identity: bytes, message: wire.Message) -> None:
         session = self.board.sessions.get(identity)
+        if isinstance(message, wire.Taken):
+            self._door_flow.taken(identity, message.size)
         self._flush_backlog(identity)
         if isinstance(message, wire.DoorHello):
+            self._door_flow.opened(identity, acks=message.acks)
             if session is None:
                 session = self.board.open_session(identity, message.initialize_params,
                                                   Priority.named(message.priority), message.cwd)
@@ -349,47 +356,31 @@ class Core:
 
     def _close_session(self, session: Session, reason: str) -> None:
         self.metrics.event("session", f"session {session.name} closed: {reason}")
-        self._door_backlog.pop(session.identity, None)
+        self._door_flow.forget(session.identity)
         self.board.close_session(session)
 
-    def _send_door(self, identity: bytes, frames: list[bytes]) -> None:
-        """Send, or keep the message for later if the door's queue is full (its client reads slowly)."""
-        backlog = self._door_backlog.get(identity)
-        if backlog is not None:
-            backlog.append(frames)
-            if sum(len(frame) for message in backlog for frame in message) > DOOR_BACKLOG_LIMIT:
-                log.warning("door %r: %d bytes wait for a client that does not read", identity, DOOR_BACKLOG_LIMIT)
-                self._doors_gone.add(identity)
-            return
-        try:
-            wire.send(self._doors, [identity, *frames])
-        except zmq.Again:
-            self._door_backlog[identity] = collections.deque([frames])
+    def _send_door(self, identity: bytes, frames: list[bytes], *, counted: bool = False) -> None:
+        """Send, or keep the message for later if its client reads slowly (router/door_flow.py)."""
+        outcome = self._door_flow.send(identity, frames, counted=counted)
+        if outcome is Sent.HELD:
             self._hold(identity, True)
-        except zmq.ZMQError as exc:
-            log.info("door %r unreachable: %s", identity, exc)
+        elif outcome is Sent.GONE:
             self._doors_gone.add(identity)
 
     def _flush_backlog(self, identity: bytes) -> None:
-        backlog = self._door_backlog.get(identity)
-        while backlog:
-            try:
-                wire.send(self._doors, [identity, *backlog[0]])
-            except zmq.Again:
-                return
-            except zmq.ZMQError as exc:
-                if exc.errno != errno.EHOSTUNREACH:
-                    raise
-                self._doors_gone.add(identity)
-                return
-            backlog.popleft()
-        if self._door_backlog.pop(identity, None) is not None:
+        outcome = self._door_flow.release(identity)
+        if outcome is Sent.SENT:
             self._hold(identity, False)
+        elif outcome is Sent.GONE:
+            self._doors_gone.add(identity)
 
     def _hold(self, identity: bytes, held: bool) -> None:
         session = self.board.sessions.get(identity)
-        if session is not None:
+        if session is not None and session.held != held:
             self.board.hold_session(session, held)
+            if held:
+                self.metrics.event("session", f"session {session.name} held: its client reads slowly; its "
+                                              "new requests wait until it has read what it was sent")
 
     # --- shims ---------------------------------------------------------------------------------------
 
@@ -541,7 +532,7 @@ class Core:
         spares = self.config.server.cwd_from_client  # waiting shims wait for a client's directory
         if self.scaler.awaiting and not spares and not self._first_client_coming():
             self._initialize_awaiting()
-        for identity in list(self._door_backlog):
+        for identity in self._door_flow.held():
             self._flush_backlog(identity)
         for instance in list(self.board.pool):
             if now - instance.last_seen > HEARTBEAT_LIVENESS * 1.0 + TICK:

@@ -15,6 +15,7 @@ core does not take a slow client for a dead door. When the outbox is full the do
 
 from __future__ import annotations
 
+import collections
 import os
 import sys
 import time
@@ -38,6 +39,7 @@ READ_SIZE = 1 << 16
 OUTBOX_LIMIT = 8 * 1024 * 1024
 OUTBOX_MESSAGES = 4
 RCVHWM = 1000  # messages from the core queued in this door's socket while it does not read them
+TAKEN_BATCH = 256 * 1024  # bytes the client read before the door tells the core (at once when all is read)
 DOOR_OPTIONS = ("--stack-dir", "--max-message-bytes", "--connect-timeout", "--priority")
 # Seconds the door waits, after its client's EOF, for the answers to what the client asked before, and then
 # as long again for the client to read them.
@@ -70,6 +72,11 @@ class Door:
         self._next_beat = 0.0
         self._outbox = bytearray()
         self._outbox_limit = max(OUTBOX_LIMIT, OUTBOX_MESSAGES * max_message_bytes)
+        # What the outbox holds, message by message: its line's length, and the size of the core's frame it
+        # came in (0 for what the door wrote itself). Once the client has read a line, the core hears that
+        # it may send as much again (Taken): the bytes on their way to this door stay bounded.
+        self._lines: collections.deque[list[int]] = collections.deque()
+        self._taken = 0
         self._client_gone = False
         self._stack_closed = False  # the core said the stack stops: the session ends
         self._incarnation = ""  # the core's, from its last welcome
@@ -78,7 +85,7 @@ class Door:
     def run(self) -> None:
         self._monitor = self._socket.get_monitor_socket(zmq.EVENT_CONNECTED)
         self._socket.connect(stack.doors_endpoint(self._stack_dir))
-        self._send(wire.DoorHello(os.getpid(), None, self._priority, self._cwd))
+        self._send(wire.DoorHello(os.getpid(), None, self._priority, self._cwd, True))
         self._await_welcome()
         os.set_blocking(STDOUT, False)
         try:
@@ -169,8 +176,10 @@ class Door:
             except BrokenPipeError:  # the client is gone: the session ends as it does at EOF
                 self._client_gone = True
                 self._outbox.clear()
+                self._lines.clear()
                 return False
             del self._outbox[:written]
+            self._written(written)
         return False
 
     def _await_welcome(self) -> None:
@@ -251,7 +260,7 @@ class Door:
                 envelope = message.envelope
                 if envelope.kind in (Kind.RESULT, Kind.ERROR):
                     self._unanswered.pop(envelope.id, None)
-                self._outbox += envelope.line()
+                self._queue(envelope.line(), len(frames[0]))
             elif isinstance(message, wire.SafeTools):
                 self._retry.replace(message.names)
             elif isinstance(message, wire.Welcome):
@@ -267,7 +276,7 @@ class Door:
                 # The core restarted and lost this session: introduce it again; what was sent before this
                 # point is settled once the core welcomes us (later Resyncs are echoes of the same loss).
                 self._to_settle = dict(self._unanswered)
-                self._send(wire.DoorHello(os.getpid(), self._initialize_params, self._priority, self._cwd))
+                self._send(wire.DoorHello(os.getpid(), self._initialize_params, self._priority, self._cwd, True))
             if len(self._outbox) > self._outbox_limit:
                 return  # the rest waits in ZeroMQ until the client reads
 
@@ -302,7 +311,26 @@ class Door:
 
     def _write(self, message: JsonObject) -> None:
         """Queue a message for the client; the poll loop writes it as fast as the client reads."""
-        self._outbox += jsonrpc.dumps(message)
+        self._queue(jsonrpc.dumps(message), 0)
+
+    def _queue(self, line: bytes, frame_size: int) -> None:
+        self._outbox += line
+        self._lines.append([len(line), frame_size])
+
+    def _written(self, size: int) -> None:
+        """The client took `size` more bytes: the core hears of the frames whose lines it has read whole,
+        in batches (a message per line would double the traffic of small calls)."""
+        while size and self._lines:
+            line = self._lines[0]
+            step = min(size, line[0])
+            line[0] -= step
+            size -= step
+            if not line[0]:
+                self._taken += line[1]
+                self._lines.popleft()
+        if self._taken >= TAKEN_BATCH or (self._taken and not self._lines):
+            self._send(wire.Taken(self._taken))
+            self._taken = 0
 
 
 def _client_directory() -> str | None:

@@ -35,7 +35,7 @@ class RetryPolicy:
         return sorted(self._safe_tools)
 
     def replace(self, names: list[str]) -> None:
-        self._safe_tools = set(names)
+        self._safe_tools = {name for name in names if isinstance(name, str)}
 
     def may_retry(self, request: Envelope, attempts: int) -> bool:
         """From the header alone: a request's body may be anything its client wrote."""

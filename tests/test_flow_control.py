@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import time
+
+import psutil
 
 from tests.conftest import StackFactory
 from tests.rawclient import answer, call, raw_session
@@ -42,8 +45,8 @@ async def test_a_client_that_stops_reading_keeps_its_session_and_its_calls(make_
 
 async def test_a_client_that_stops_reading_more_than_the_door_holds_still_gets_everything(
         make_stack: StackFactory) -> None:
-    """More output than the door's outbox holds: it stops reading the core until the client reads."""
-    # The outbox holds 8 MiB or 4 messages of --max-message-bytes, the more of the two: here 8 MiB.
+    """More output than the door's budget: the core holds the session until the client reads."""
+    # The budget is 8 MiB or 4 messages of --max-message-bytes, the more of the two: here 8 MiB.
     # One session's burst of 200 calls: its own queue bound must hold them all.
     stack = make_stack("--min-instances", "2", "--max-instances", "2", "--max-concurrent-requests", "3",
                        "--max-message-bytes", str(1024 * 1024), "--queue-per-session", "256")
@@ -51,21 +54,49 @@ async def test_a_client_that_stops_reading_more_than_the_door_holds_still_gets_e
     async with raw_session(stack) as client:
         await client.initialize()
         await stack.ready(2)
-        answered_before = (await stack.current_status())["succeededRequests"]
         client.pause_reading()
+        before = time.time()
         for n, request_id in enumerate(calls):
             await client.send(call(request_id, "echo", text=f"{n % 10}" * BIG))
-        for _ in range(600):  # until the core has answered them all, to the door's outbox and ZeroMQ's queues
-            status = (await stack.current_status())
-            if status["succeededRequests"] - answered_before >= len(calls):
-                break
-            await asyncio.sleep(0.1)
+        held = await stack.event("session", before, timeout=60)  # the door's budget is full: the rest waits
         client.resume_reading()
         responses = {request_id: await client.response(request_id, timeout=60) for request_id in calls}
         status = (await stack.current_status())
 
+    assert "held" in held["text"]
     assert all(len(client.responses_to(request_id)) == 1 for request_id in calls)
     assert [answer(responses[request_id])["text"] for request_id in calls] == [
         f"{n % 10}" * BIG for n in range(len(calls))]
     assert status["sessions"] == 1
     assert not [event for event in status["events"] if "closed" in event["text"]]
+
+
+async def test_a_client_that_stops_reading_large_results_keeps_its_door_small(make_stack: StackFactory) -> None:
+    """The bytes on their way to a door are bounded, not only the messages: 60 results of 2 MB for a client
+    that reads none of them wait in the core, and its new requests wait with them, while another session
+    is served as usual."""
+    size, calls = 2 * 1024 * 1024, 60  # 120 MB of results; the door's budget is 4 x 4 MB
+    stack = make_stack("--min-instances", "2", "--max-instances", "2", "--max-concurrent-requests", "2",
+                       "--max-message-bytes", str(4 * 1024 * 1024), "--queue-per-session", "256")
+    async with raw_session(stack) as slow, raw_session(stack) as other:
+        await slow.initialize()
+        await other.initialize()
+        await stack.ready(2)
+        door = psutil.Process(slow.process.pid)
+        baseline = door.memory_info().rss
+        slow.pause_reading()
+        before = time.time()
+        for n in range(calls):
+            await slow.send(call(f"big-{n}", "blob", size=size))
+        held = await stack.event("session", before, timeout=60)
+        others = [await other.request(f"o{n}", "tools/call", {"name": "echo", "arguments": {"text": f"o{n}"}})
+                  for n in range(5)]
+        grown = door.memory_info().rss - baseline
+        slow.resume_reading()
+        responses = [await slow.response(f"big-{n}", timeout=120) for n in range(calls)]
+
+    assert "held" in held["text"]
+    assert grown < 48 * 1024 * 1024, f"the door grew by {grown / 2**20:.0f} MB for 120 MB it was not asked to hold"
+    assert [answer(response)["text"] for response in others] == [f"o{n}" for n in range(5)]
+    assert all(len(answer(response)["text"]) == size for response in responses)
+    assert all(len(slow.responses_to(f"big-{n}")) == 1 for n in range(calls))

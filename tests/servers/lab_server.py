@@ -153,6 +153,12 @@ COUNTER = itertools.count(1)
 
 
 @mcp.tool(structured_output=False)
+def blob(size: int) -> str:
+    """A result of about `size` bytes: large output without a large request."""
+    return _reply(text="x" * size)
+
+
+@mcp.tool(structured_output=False)
 def count() -> str:
     """Return how many times this process was asked (state that lives in the server process)."""
     return _reply(count=next(COUNTER))
