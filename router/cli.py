@@ -128,7 +128,7 @@ def _run(args: argparse.Namespace, config: Config | None, paths: StackPaths) -> 
         return _serve(load_config(paths.config), paths, args.priority)
     try:
         started = launcher.ensure_up(config, paths, idle_stop=not args.up)
-    except (launcher.LaunchError, RuntimeDirError) as exc:
+    except (launcher.LaunchError, RuntimeDirError, OSError) as exc:  # OSError: a full disk, say
         print(f"mcpmux-router: {exc}", file=sys.stderr)
         if not args.up:
             refusal.refuse(f"mcpmux could not start the stack {paths.root.name}: {exc}")

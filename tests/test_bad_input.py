@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -143,3 +144,22 @@ def test_bad_flags_are_refused(tmp_path: Path) -> None:
     assert completed.returncode != 0
     assert "minInstances (3) is greater than maxInstances (1)" in completed.stderr
     assert "Traceback" not in completed.stderr
+
+
+async def test_a_stack_that_cannot_write_its_files_answers_the_client_instead_of_a_traceback(
+        make_stack: StackFactory) -> None:
+    # As a full disk would: the stack's configuration cannot be written (here a directory stands in its place).
+    stack = make_stack("--min-instances", "1", "--max-instances", "1")
+    stack.paths.create()
+    stack.paths.config.mkdir()
+    process = await asyncio.create_subprocess_exec(*ROUTER, *stack.router_args, env=stack.env,
+                                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                                   stderr=subprocess.PIPE)
+    request = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+    stdout, stderr = await asyncio.wait_for(process.communicate(json.dumps(request).encode() + b"\n"), 60)
+    answer = json.loads(stdout)
+
+    assert answer["error"]["code"] == -32054
+    assert "stack.json" in answer["error"]["message"]
+    assert b"Traceback" not in stderr
