@@ -214,6 +214,23 @@ class SwitchboardMachine(RuleBasedStateMachine):
         else:
             self.h.answer(instance, request["id"], {"content": [], "isError": outcome == "tool error"})
 
+    @precondition(lambda self: self.h.board.running > 0)
+    @rule(data=st.data(), kind=st.sampled_from(["answer", "error", "progress"]))
+    def an_instance_speaks_of_an_id_it_was_never_sent(self, data: st.DataObject, kind: str) -> None:
+        """A buggy server answers (or reports progress on) a request that runs on another instance: ids come
+        from one counter, so its neighbours' are the ids just below its own."""
+        pairs = [(request, liar) for instance, request in self.h.running_requests()
+                 for liar in self.h.board.pool if liar is not instance]
+        if not pairs:
+            return
+        request, liar = data.draw(st.sampled_from(pairs))
+        message = {"answer": jsonrpc.result(request["id"], {"phantom": True}),
+                   "error": jsonrpc.error(request["id"], jsonrpc.INTERNAL_ERROR, "phantom"),
+                   "progress": jsonrpc.notification("notifications/progress",
+                                                    {"progressToken": request["id"], "progress": 1})}[kind]
+        self.h.board.from_instance(liar, message)
+        self.h.collect()
+
     @rule(seconds=st.sampled_from([0.1, 1.0, 4.0, 11.0]))
     def time_passes(self, seconds: float) -> None:
         self.h.advance(seconds)
@@ -253,6 +270,26 @@ class SwitchboardMachine(RuleBasedStateMachine):
         cap = HIGHEST if self.cap == "auto" else CAP
         for instance in self.h.board.pool:
             assert 0 <= instance.in_flight <= cap, (instance.slot, instance.in_flight)
+
+    @invariant()
+    def an_instance_counts_exactly_what_it_runs(self) -> None:
+        running = self.h.board.running_ids()
+        for instance in self.h.board.pool:
+            runs = sum(1 for session in self.sessions.values() for pending in session.pending.values()
+                       if pending.slot == instance.slot and pending.capped and pending.backend_id in running)
+            assert instance.in_flight == runs, (instance.slot, instance.in_flight, runs)
+
+    @invariant()
+    def nothing_reaches_a_client_from_an_instance_that_was_not_asked(self) -> None:
+        for messages in self.h.to_client.values():
+            assert not [m for m in messages if "phantom" in str(m.get("result") or m.get("error") or "")]
+            assert not [m for m in messages if m.get("method") == "notifications/progress"]  # none was asked
+
+    @invariant()
+    def no_message_raised(self) -> None:
+        """The switchboard contains a message whose handling raises (router/switchboard.py): each is a bug."""
+        raised = [event.text for event in self.h.board.metrics.events if event.kind == "error"]
+        assert not raised, raised
 
     @invariant()
     def what_is_kept_belongs_to_open_sessions(self) -> None:
