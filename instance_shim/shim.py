@@ -26,9 +26,11 @@ import zmq
 from mcpmux import jsonrpc, request_state, wire
 from mcpmux.envelope import Envelope
 from mcpmux.jsonrpc import JsonObject
+from mcpmux.lifeline import tie_to_stack
 from mcpmux.shim.backend import Backend
 from mcpmux.shim.opening import Opened, Opening
 from mcpmux.signals import die_on_termination
+from mcpmux.stack import StackPaths
 from mcpmux.stateless import Era
 
 HEARTBEAT_INTERVAL = 1.0
@@ -237,4 +239,5 @@ def main() -> None:
     parser.add_argument("--slot", default=None, help="routing id; defaults to supervisord's group:name")
     args = parser.parse_args()
     die_on_termination()  # the backend gets the same signal (its process group) and PDEATHSIG
+    tie_to_stack(StackPaths(args.stack_dir))
     sys.exit(Shim(args.stack_dir, args.slot or _slot_name()).run())

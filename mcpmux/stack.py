@@ -76,6 +76,11 @@ class StackPaths(NamedTuple):
         return self.root / "start.lock"
 
     @property
+    def alive(self) -> Path:
+        """Held (shared) by every process of the running stack for its life: see mcpmux/lifeline.py."""
+        return self.root / "stack.alive"
+
+    @property
     def logs(self) -> Path:
         return self.root / LOGS
 

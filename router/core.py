@@ -28,6 +28,7 @@ from mcpmux import wire
 from mcpmux.config import Config, ConfigError, load_config
 from mcpmux.envelope import Envelope
 from mcpmux.jsonrpc import JsonObject
+from mcpmux.lifeline import tie_to_stack
 from mcpmux.router import actions
 from mcpmux.router.background import Background
 from mcpmux.router.contexts import ClientContext
@@ -612,6 +613,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     paths = StackPaths(args.stack_dir)
+    tie_to_stack(paths)  # SIGTERM when supervisord dies: the handler Core.run installs stops the loop
     try:
         config = load_config(paths.config)
     except ConfigError as exc:

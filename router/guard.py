@@ -8,12 +8,16 @@ costs little and cannot fail on an import of its own.
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import BinaryIO
 
-from mcpmux.signals import die_on_termination
+from mcpmux.lifeline import tie_to_stack
+from mcpmux.signals import die_on_termination, die_with_parent
+from mcpmux.stack import StackPaths
 
 CORE = "core"
 
@@ -46,7 +50,15 @@ def serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(prog="mcpmux-guard", description="Stop a stack whose core cannot start.")
+    # Optional: a supervisord started before the flag existed may start a newer guard.
+    parser.add_argument("--stack-dir", type=Path, help="names the stack, so its processes can be found by it")
+    args = parser.parse_args()
     die_on_termination()
+    if args.stack_dir is None:
+        die_with_parent(os.getppid())
+    else:
+        tie_to_stack(StackPaths(args.stack_dir))
     serve(sys.stdin.buffer, sys.stdout.buffer)
 
 
