@@ -114,8 +114,9 @@ def _run(args: argparse.Namespace, config: Config | None, paths: StackPaths) -> 
         except RuntimeDirError as exc:
             print(f"mcpmux-router: {exc}", file=sys.stderr)
             return 1
-        if launcher.stop(paths):
-            print(f"stack {paths.root.name} stopped", file=sys.stderr)
+        stopped = launcher.stop(paths)
+        if stopped:
+            print(stopped.describe(paths.root.name), file=sys.stderr)
         else:
             print(f"stack {paths.root.name} was not running (a stack of `-- CMD` is named by the directory it was "
                   "started in too; `mcpmux-monitor stacks` lists every running stack, `mcpmux-monitor stop NAME` "

@@ -1,7 +1,8 @@
 """Bring a stack up (supervisord with the stack's configuration) or take it down.
 
 Several routers may start at the same moment for the same stack; a lock file makes exactly one of them
-start supervisord, and the others find it running.
+start supervisord, and the others find it running. One that finds supervisord gone but processes of its
+stack alive (they hold its lock, see mcpmux/lifeline.py) stops them first: one stack, one core.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
+from mcpmux import lifeline
 from mcpmux.config import Config
 from mcpmux.stack import StackPaths
-from mcpmux.stacks import is_running, shut_down, stop
+from mcpmux.stacks import is_running, processes_of, shut_down, stop, terminate
 from mcpmux.supervisor import Supervisor
 
 __all__ = ["LaunchError", "core_log_tail", "ensure_up", "is_running", "stop"]
@@ -47,6 +49,7 @@ def ensure_up(config: Config, paths: StackPaths, *, idle_stop: bool) -> bool:
     with _locked(paths.lock):
         if is_running(paths):
             return False
+        _clear_leftovers(paths)
         _write_private(paths.config, config.canonical_json())
         credentials = {"username": "mcpmux", "password": secrets.token_urlsafe(24)}
         _write_private(paths.credentials, json.dumps(credentials))
@@ -66,6 +69,16 @@ def core_log_tail(paths: StackPaths, lines: int = LOG_TAIL_LINES) -> str:
     except OSError:
         return ""
     return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def _clear_leftovers(paths: StackPaths) -> None:
+    """Stop what a supervisord that died left running, so that its core and shims do not serve beside ours."""
+    if not lifeline.in_use(paths.alive):
+        return  # the usual case, and no look at every process
+    terminate(processes_of(paths))
+    if lifeline.in_use(paths.alive):
+        raise LaunchError(f"processes of an earlier stack live on and could not be stopped: they hold {paths.alive} "
+                          f"(`fuser -v {paths.alive}` names them)")
 
 
 def _render(config: Config, paths: StackPaths, credentials: dict[str, str], idle_stop: bool) -> str:
