@@ -24,7 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from mcpmux import resolve
+from mcpmux import lifeline, resolve
 from mcpmux import stacks as stacks_mod
 from mcpmux.config import ConfigError, hide_env
 from mcpmux.monitor import health as health_mod
@@ -154,8 +154,9 @@ def stacks(as_json: JsonOption = False) -> None:
         table.add_column(column)
     for row in rows:
         running = row["running"]
+        state = "RUNNING" if running else "ORPHANED" if row["orphaned"] else "STOPPED"
         table.add_row(
-            row["name"], render.state_text("RUNNING" if running else "STOPPED"), " ".join(row["command"]),
+            row["name"], render.state_text(state), " ".join(row["command"]),
             row["cwd"] or "-", str(row["sessions"]) if running else "-",
             f"{row['readyInstances']}/{row['totalInstances']}" if running else "-",
             render.duration(row["uptime"]) if running else "-")
@@ -164,7 +165,11 @@ def stacks(as_json: JsonOption = False) -> None:
 
 def _stack_row(entry: stacks_mod.StackEntry) -> dict[str, Any]:
     row: dict[str, Any] = {"name": entry.name, "stackDir": str(entry.paths.root), "command": entry.command,
-                           "cwd": entry.cwd, "running": False}
+                           "cwd": entry.cwd, "running": False, "orphaned": False}
+    if not stacks_mod.is_running(entry.paths):
+        # Processes a supervisord that died left are no running stack, even a core that still answers;
+        # they hold the stack's lock, and `stop` ends them.
+        return {**row, "orphaned": lifeline.in_use(entry.paths.alive)}
     if not entry.paths.core_listening():
         return row
     try:
@@ -193,10 +198,9 @@ def stop(
     else:
         fail("name the stacks to stop (mcpmux-monitor stacks lists them), or give --all", EXIT_FAILED)
     for paths in targets:
-        if stacks_mod.stop(paths):
-            out().print(f"stack {paths.root.name} stopped")
-        elif names:
-            out().print(f"stack {paths.root.name} was not running")
+        stopped = stacks_mod.stop(paths)
+        if stopped or names:
+            out().print(stopped.describe(paths.root.name))
 
 
 # --- status and health ---------------------------------------------------------------------------------
