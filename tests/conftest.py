@@ -107,13 +107,17 @@ class Stack:
         return completed.stdout
 
     def processes(self) -> list[psutil.Process]:
-        """supervisord and everything under it: core, shims, backends."""
+        """supervisord and everything under it (core, shims, backends), then any of those that a supervisord
+        which died left behind: found by the stack directory on their command lines."""
+        paths = self.paths
         try:
-            pid = int(self.paths.supervisord_pid.read_text())
-            root = psutil.Process(pid)
-            return [root, *root.children(recursive=True)]
+            supervisord = psutil.Process(int(paths.supervisord_pid.read_text()))
+            found = [supervisord, *supervisord.children(recursive=True)]
         except (OSError, ValueError, psutil.NoSuchProcess):
-            return []
+            found = []
+        for orphan in orphans(paths.root):
+            found += [process for process in (orphan, *orphan.children(recursive=True)) if process not in found]
+        return found
 
     @asynccontextmanager
     async def session(self, **callbacks: Any) -> AsyncIterator[ClientSession]:
@@ -121,6 +125,33 @@ class Stack:
         async with stdio_client(self.params()) as (read, write), ClientSession(read, write, **callbacks) as client:
             await client.initialize()
             yield client
+
+
+STACK_PROGRAMS = ("supervisor.supervisord", "mcpmux.router.core", "mcpmux.shim", "mcpmux.router.guard")
+
+
+def programs_of(root: Path) -> list[psutil.Process]:
+    """The processes running a program of the stack in `root` (supervisord, core, shims, guard), whoever
+    their parent; they name the stack's directory on their command line (doors do too, but are sessions)."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = process.info["cmdline"] or []
+        if str(root) in " ".join(cmdline) and any(program in cmdline for program in STACK_PROGRAMS):
+            found.append(process)
+    return found
+
+
+def orphans(root: Path) -> list[psutil.Process]:
+    """Programs of the stack whose parent is not a supervisord."""
+    return [process for process in programs_of(root) if _orphaned(process)]
+
+
+def _orphaned(process: psutil.Process) -> bool:
+    try:
+        parent = process.parent()
+        return parent is None or "supervisor.supervisord" not in parent.cmdline()
+    except psutil.Error:
+        return True
 
 
 class StackFactory:
