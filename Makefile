@@ -39,8 +39,11 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
+# Four workers on any machine: the tests mostly wait on the processes they start, not on the CPU. A test
+# file whose tests share a costly fixture keeps them on one worker (xdist_group).
+TEST_WORKERS ?= 4
 test: setup node lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup
 
 # socat joins the overhead benchmark (its floor of three chained relays); without it that row is skipped.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo -n)

@@ -27,6 +27,8 @@ from tests.wheel import build_wheel
 
 DECOYS = ("router", "monitor", "instance_shim", "mcpmux", "supervisor")
 
+pytestmark = pytest.mark.xdist_group("install")  # one worker builds the wheel once for all of them
+
 
 @dataclass
 class Installed:
