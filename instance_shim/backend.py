@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 from mcpmux import jsonrpc
 from mcpmux.jsonrpc import InvalidMessage, JsonObject
-from mcpmux.lines import TOO_LONG, LineSplitter
+from mcpmux.lines import LineSplitter, Oversized
 
 LINE_LIMIT = 64 * 1024 * 1024
 READ_SIZE = 1 << 16
@@ -114,7 +114,7 @@ class Backend:
         for line in self._stdout.feed(data):
             message = _parse(line)
             if message is not None:
-                messages.append((line, message))
+                messages.append((line.head if isinstance(line, Oversized) else line, message))
         return messages
 
     def read_stderr(self) -> bool:
@@ -168,12 +168,11 @@ def find_command(command: str, env: Mapping[str, str]) -> str:
             or command)
 
 
-def _parse(line: bytes) -> JsonObject | InvalidMessage | None:
+def _parse(line: bytes | Oversized) -> JsonObject | InvalidMessage | None:
     """A message, or why a JSON object is not one (the shim may still answer it), or None for a line that
     is not even that (dropped: a server's stray output)."""
-    if line == TOO_LONG:
-        _log(f"backend printed a line longer than {LINE_LIMIT} bytes; dropped")
-        return None
+    if isinstance(line, Oversized):
+        return _oversized(line)
     try:
         return jsonrpc.parse(line, require_version=False)
     except InvalidMessage as invalid:
@@ -184,6 +183,18 @@ def _parse(line: bytes) -> JsonObject | InvalidMessage | None:
         else:
             return invalid
     return None
+
+
+def _oversized(line: Oversized) -> InvalidMessage | None:
+    """A line too long to read: dropped, but a response's request still gets its one answer (an error),
+    where the line's ends say its id."""
+    _log(f"backend printed a line longer than {LINE_LIMIT} bytes; dropped: {line.head[:200]!r}")
+    said = jsonrpc.id_at_edges(line.head, line.tail)
+    if said is None or said[0] == "method":
+        return None
+    invalid = InvalidMessage(jsonrpc.INTERNAL_ERROR, f"its answer was longer than {LINE_LIMIT} bytes")
+    invalid.answerable, invalid.response_to = False, said[1]
+    return invalid
 
 
 def _log(text: str) -> None:

@@ -6,6 +6,7 @@ The SDK's models would drop unknown fields and coerce ids, so messages stay plai
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 JsonObject = dict[str, Any]
@@ -117,6 +118,28 @@ def _check_params(params: JsonObject, method: Any, reply_to: RequestId | None) -
     if method == "notifications/progress" and not is_token(params.get("progressToken")):
         raise InvalidMessage(INVALID_PARAMS, "Invalid params: progressToken must be a string or an integer",
                              reply_to)
+
+
+# A message's id where the SDKs write it, in its first or last bytes: the first member of the object
+# (`{"jsonrpc":"2.0","id":7,`, the Python SDK's layout) or its last (`"jsonrpc":"2.0","id":7}`, TypeScript's).
+_TOKEN = rb'("(?:[^"\\]|\\.)*"|-?\d+)'
+_ID_FIRST = re.compile(rb'^\s*\{\s*(?:"jsonrpc"\s*:\s*"2\.0"\s*,\s*)?"id"\s*:\s*' + _TOKEN + rb'\s*,')
+_ID_LAST = re.compile(rb'[,{]\s*"id"\s*:\s*' + _TOKEN + rb'\s*\}\s*$')
+_KIND = re.compile(rb'"(method|result|error)"\s*:')
+
+
+def id_at_edges(head: bytes, tail: bytes) -> tuple[str, RequestId] | None:
+    """The kind ("method" for a request, "result" or "error" for a response) and the id of a message too
+    large to parse, read from its first and last bytes where the SDKs write them; None if they do not say."""
+    found = _ID_FIRST.match(head) or _ID_LAST.search(tail)
+    kind = _KIND.search(head)
+    if found is None or kind is None:
+        return None
+    try:
+        request_id = json.loads(found.group(1))
+    except ValueError:
+        return None
+    return (kind.group(1).decode(), request_id) if is_token(request_id) else None
 
 
 def params_of(message: Any) -> JsonObject:

@@ -25,7 +25,7 @@ import zmq
 from mcpmux import jsonrpc, stack, wire
 from mcpmux.envelope import Envelope, Kind
 from mcpmux.jsonrpc import JsonObject, RequestId
-from mcpmux.lines import TOO_LONG, LineSplitter
+from mcpmux.lines import LineSplitter, Oversized
 from mcpmux.router.retry import RetryPolicy
 
 HEARTBEAT_INTERVAL = 2.0
@@ -211,10 +211,9 @@ class Door:
 
     # --- client -> core ------------------------------------------------------------------------------
 
-    def _from_client(self, line: bytes) -> None:
-        if line == TOO_LONG:
-            self._write(jsonrpc.error(None, jsonrpc.INVALID_REQUEST,
-                                      f"Invalid Request: message longer than {self._limit} bytes"))
+    def _from_client(self, line: bytes | Oversized) -> None:
+        if isinstance(line, Oversized):
+            self._oversized(line)
             return
         try:
             message = jsonrpc.parse(line)
@@ -234,6 +233,17 @@ class Door:
         elif envelope.method == "notifications/cancelled":
             self._unanswered.pop(jsonrpc.params_of(message).get("requestId"), None)  # type: ignore[arg-type]
         wire.send(self._socket, frames, block=True)
+
+    def _oversized(self, line: Oversized) -> None:
+        """A line over --max-message-bytes goes no further; its sender is answered under its id where the
+        line's ends say it (a client cannot match an error without one: its call would hang)."""
+        said = jsonrpc.id_at_edges(line.head, line.tail)
+        invalid = jsonrpc.InvalidMessage(jsonrpc.INVALID_REQUEST,
+                                         f"Invalid Request: message longer than {self._limit} bytes",
+                                         said[1] if said and said[0] == "method" else None)
+        if said is not None and said[0] != "method":
+            invalid.answerable, invalid.response_to = False, said[1]
+        self._refuse(invalid, line.head)
 
     def _refuse(self, invalid: jsonrpc.InvalidMessage, line: bytes) -> None:
         """A message of the wrong shape goes no further: its sender hears why, if it can hear at all."""

@@ -13,7 +13,7 @@ import select
 import time
 
 from mcpmux import jsonrpc
-from mcpmux.lines import LineSplitter
+from mcpmux.lines import LineSplitter, Oversized
 
 STDIN = 0
 QUIET = 1.0  # seconds without a message after which the client has had its answers
@@ -36,7 +36,9 @@ def refuse(reason: str, code: int = jsonrpc.STACK_UNAVAILABLE) -> None:
             _answer(line, reason, code)
 
 
-def _answer(line: bytes, reason: str, code: int) -> None:
+def _answer(line: bytes | Oversized, reason: str, code: int) -> None:
+    if isinstance(line, Oversized):
+        return
     try:
         message = jsonrpc.parse(line)
     except jsonrpc.InvalidMessage:

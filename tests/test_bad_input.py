@@ -65,6 +65,7 @@ async def test_an_oversized_line_is_refused_and_the_next_one_served(stack: Stack
         after = await client.request("after", "tools/call", {"name": "echo", "arguments": {"text": "small"}})
     too_long = [m for m in client.received if m.get("error", {}).get("code") == -32600]
     assert len(too_long) == 1
+    assert too_long[0]["id"] == "huge", "answered under its own id, which the client can match"
     assert "longer than 65536 bytes" in too_long[0]["error"]["message"]
     assert json.loads(after["result"]["content"][0]["text"])["text"] == "small"
 
