@@ -11,7 +11,9 @@ SAFE_METHODS = frozenset({
     "resources/read", "completion/complete", "ping",
     "subscriptions/listen",  # opening a stream again has no effect (a door re-opens it after a core restart)
 })
-MAX_ATTEMPTS = 3
+# A safe request whose instance failed runs once more elsewhere; failing a second instance too, it may be what
+# makes the server fail (a poison call), and is not sent to a third.
+MAX_ATTEMPTS = 2
 
 
 class RetryPolicy:

@@ -873,9 +873,7 @@ class Switchboard:
                                       arrived=pending.received)
             else:
                 instance.failed += 1
-                self._fail(pending, jsonrpc.INSTANCE_FAILED,
-                           f"The instance running this request failed ({reason}); it was not retried "
-                           "because it may have had effects")
+                self._fail(pending, jsonrpc.INSTANCE_FAILED, _not_retried(pending, reason))
         instance.in_flight = 0
         instance.roots_request = None
         for identity in self.eligibility.instance_lost(instance.slot):
@@ -1085,3 +1083,15 @@ def _internal_error(client_id: Any, exc: Exception) -> JsonObject:
     return jsonrpc.error(client_id, jsonrpc.INTERNAL_ERROR,
                          f"Internal error: mcpmux failed handling this request ({type(exc).__name__}: {exc}); "
                          "other requests are not affected")
+
+
+def _not_retried(pending: Pending, reason: str) -> str:
+    """Why a request whose instance failed gets an error rather than another try, as it really was."""
+    if pending.pinned_slot is not None:
+        return (f"The instance running this request failed ({reason}); it was not retried because only that "
+                "instance could serve it")
+    if pending.attempts > 1:
+        return (f"The instance running this request failed ({reason}), as did the {pending.attempts - 1} it ran "
+                "on before; it was not sent to another, since it may be what makes the server fail")
+    return (f"The instance running this request failed ({reason}); it was not retried because it may have "
+            "had effects")

@@ -82,7 +82,10 @@ async def test_chaos_loses_nothing_and_duplicates_nothing(make_stack: StackFacto
                 outcomes[f"{tool} succeeded"] += 1
                 assert json.loads(response["result"]["content"][0]["text"])["pid"]
             else:
-                assert tool == "slow_write", f"a safe call failed: {response}"
+                # A safe call fails only when a second instance is lost under it too: then it may be what
+                # makes the server fail, and is not sent to a third.
+                twice = "as did the 1 it ran on before" in response["error"]["message"]
+                assert tool == "slow_write" or twice, f"a safe call failed: {response}"
                 assert response["error"]["code"] == -32051, response
                 outcomes[f"{tool} failed explicitly"] += 1
 

@@ -157,3 +157,26 @@ async def test_a_stack_whose_server_could_not_start_heals_once_the_cause_is_gone
     assert "not installed yet" in held["text"], "the alert names the cause, not only the restarts"
     assert "result" in served
     assert answer(echoed)["text"] == "healed"
+
+
+async def test_a_call_that_kills_its_server_is_not_sent_on_to_kill_every_instance(stack: Stack) -> None:
+    """A read-only call may be retried after its instance failed, once: failing a second instance too, it
+    may be what makes the server fail, and its error says so rather than that it was never retried."""
+    async with raw_session(stack) as client, raw_session(stack) as bystander:
+        await client.initialize()
+        await bystander.initialize()
+        await stack.ready(2)
+        before = time.time()
+        poisoned = await client.request("poison", "tools/call", {"name": "poison", "arguments": {}})
+        await stack.ready(2)
+        calm = await calls_of(bystander, "calm", 3)
+        processes = await asyncio.to_thread(stack.supervisorctl, "status")
+        status = await stack.current_status()
+
+    error = poisoned["error"]
+    assert error["code"] == -32051
+    assert "as did the 1 it ran on before" in error["message"], error
+    lost = [event for event in status["events"] if event["kind"] == "lost" and event["time"] > before]
+    assert len(lost) == 2, f"the call took {len(lost)} instances down"
+    assert [answer(response)["text"] for response in calm] == [f"calm {n}" for n in range(3)]
+    assert processes.count("RUNNING") >= 2, "the pool came back whole"

@@ -269,6 +269,12 @@ def crash() -> str:
     os._exit(3)
 
 
+@mcp.tool(structured_output=False, annotations=ToolAnnotations(read_only_hint=True))
+def poison() -> str:
+    """A read-only call that kills its server every time (a crashing bug): safe to retry by its annotation."""
+    os._exit(3)
+
+
 @mcp.tool(structured_output=False)
 def garbage() -> str:
     """Write a non-JSON line onto the stdout wire, then answer normally."""
