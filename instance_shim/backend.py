@@ -15,6 +15,7 @@ import sys
 from collections.abc import Mapping
 
 from mcpmux import jsonrpc
+from mcpmux.environment import as_started, server_environment
 from mcpmux.jsonrpc import InvalidMessage, JsonObject
 from mcpmux.lines import LineSplitter, Oversized
 
@@ -52,9 +53,10 @@ class Backend:
     def started(self) -> bool:
         return self._process is not None
 
-    def start(self, cwd: str | None = None) -> None:
-        """Start the server in `cwd` (the client's), else in the configured directory."""
-        env = server_environment(os.environ, self._spec.get("env", {}))
+    def start(self, cwd: str | None = None, passed: Mapping[str, str] | None = None) -> None:
+        """Start the server in `cwd` (the client's), else in the configured directory, with the client's
+        `passed` variables (mcpmux/environment.py)."""
+        env = server_environment(as_started(), self._spec.get("env", {}), passed)
         self._process = subprocess.Popen(
             [find_command(self._spec["command"], env), *self._spec.get("args", [])],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0,
@@ -149,13 +151,6 @@ class Backend:
                 pass
         except OSError:  # BlockingIOError included: nothing more for now
             pass
-
-
-def server_environment(inherited: Mapping[str, str], configured: Mapping[str, str]) -> dict[str, str]:
-    """What the server would see if the client started it directly, plus the configured variables; not
-    supervisord's own (SUPERVISOR_*)."""
-    env = {key: value for key, value in inherited.items() if not key.startswith("SUPERVISOR_")}
-    return {**env, **configured}
 
 
 def find_command(command: str, env: Mapping[str, str]) -> str:

@@ -41,7 +41,8 @@ class Shim:
         stack = json.loads((stack_dir / "stack.json").read_text())
         self._slot = slot
         self._backend = Backend(stack["server"])
-        self._deferred = bool(stack["server"].get("cwdFromClient"))  # start the backend where the core says
+        # Start the backend where, and with the variables, the core says (cwdFromClient, passEnv).
+        self._deferred = bool(stack["server"].get("cwdFromClient") or stack["server"].get("passEnv"))
         self._context = zmq.Context()
         self._socket = self._context.socket(zmq.DEALER)
         self._socket.setsockopt(zmq.ROUTING_ID, slot.encode())
@@ -123,7 +124,7 @@ class Shim:
             return
         if not self._backend.started:
             try:
-                self._backend.start(message.cwd)
+                self._backend.start(message.cwd, message.env)
             except OSError as exc:
                 self._failure = (f"cannot start the server {self._backend.command!r} in {message.cwd}: "
                                  f"{exc.strerror or exc}")

@@ -27,11 +27,27 @@ class ServerConfig(_Section):
 
     command: str = Field(min_length=1)
     args: list[str] = []
-    env: dict[str, str] = {}
+    env: dict[str, str] = {}  # set for every instance of the stack
+    # Variables each client passes from its own environment (as systemd's PassEnvironment): their values are
+    # part of the client's context, so sessions with different values never share an instance.
+    pass_env: list[str] = []
     cwd: str | None = None
     # Run each instance in the client's working directory (its router's): instances are keyed by it, so
     # one registration serves every project in its own directory.
     cwd_from_client: bool = False
+
+    @field_validator("pass_env")
+    @classmethod
+    def _variable_names(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if not name or "=" in name or "\0" in name:
+                raise ValueError(f"{name!r} is not an environment variable's name")
+        return sorted(set(names))
+
+    @property
+    def per_client(self) -> bool:
+        """Whether an instance starts only once it knows its client (its directory, its variables)."""
+        return self.cwd_from_client or bool(self.pass_env)
 
 
 # Requests one instance may run at once: a number, or "auto" (found from measured latency, 1..16).

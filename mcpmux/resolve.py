@@ -26,20 +26,21 @@ def resolve(
     env: Sequence[str] = (),
     cwd: str | None = None,
     cwd_from_client: bool = False,
+    pass_env: Sequence[str] = (),
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> tuple[Config, str]:
     """The configuration in force and the origin that, with it, names the stack.
 
     `command` (the server and its arguments) wins over a file; `env` holds KEY=VALUE pairs added to the
-    server's environment; `overrides` maps a section ("multiplexer", "loadBalancing") to camelCase keys.
-    With `cwd_from_client`, a command's stack is not named by the directory it is started in: each client's
-    instances run in its own.
+    server's environment, `pass_env` names variables each client passes from its own; `overrides` maps a
+    section ("multiplexer", "loadBalancing") to camelCase keys. With `cwd_from_client`, a command's stack is
+    not named by the directory it is started in: each client's instances run in its own.
     """
     sections = overrides or {}
     if command:
         server: dict[str, Any] = {"command": command[0], "args": list(command[1:]), "env": parse_env(env),
                                   "cwd": cwd or (None if cwd_from_client else os.getcwd()),
-                                  "cwdFromClient": cwd_from_client}
+                                  "cwdFromClient": cwd_from_client, "passEnv": list(pass_env)}
         data: dict[str, Any] = {"server": server, **{section: dict(keys) for section, keys in sections.items()}}
         return parse_config(data, COMMAND_LINE), COMMAND_LINE
     path = config or (Path(os.environ["MCP_CONFIG_PATH"]) if os.environ.get("MCP_CONFIG_PATH") else None)
@@ -52,6 +53,7 @@ def resolve(
     data["server"]["env"].update(parse_env(env))
     data["server"]["cwd"] = cwd or data["server"]["cwd"] or str(path.parent)
     data["server"]["cwdFromClient"] = cwd_from_client or data["server"]["cwdFromClient"]
+    data["server"]["passEnv"] = [*data["server"]["passEnv"], *pass_env]
     return parse_config(data, str(path)), str(path)
 
 

@@ -218,10 +218,12 @@ class ContextStatus:
     roots: int | None  # how many roots its clients gave; None: none (not asked for, or not known yet)
     sessions: tuple[str, ...]
     instances: tuple[str, ...]  # slots that serve it (bound to it, or not bound to any roots)
+    variables: tuple[str, ...] = ()  # the names of the variables its clients pass (server.passEnv), never values
 
     def to_json(self) -> JsonObject:
         return {"label": self.label, "protocolVersion": self.protocol_version, "cwd": self.cwd,
-                "roots": self.roots, "sessions": list(self.sessions), "instances": list(self.instances)}
+                "roots": self.roots, "sessions": list(self.sessions), "instances": list(self.instances),
+                "variables": list(self.variables)}
 
     @classmethod
     def from_json(cls, data: Any) -> ContextStatus:
@@ -230,7 +232,8 @@ class ContextStatus:
         return cls(label=_str(data, "label"), protocol_version=_str(data, "protocolVersion"),
                    cwd=_opt_str(data, "cwd"), roots=None if roots is None else _int(data, "roots"),
                    sessions=tuple(_text(item, "sessions") for item in _list(data, "sessions")),
-                   instances=tuple(_text(item, "instances") for item in _list(data, "instances")))
+                   instances=tuple(_text(item, "instances") for item in _list(data, "instances")),
+                   variables=tuple(_text(item, "variables") for item in data.get("variables", [])))
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ class DoorHello(NamedTuple):
     priority: str | None = None  # the session's level: high, normal or low (mcpmux-router --priority)
     cwd: str | None = None  # the client's working directory (the door's)
     acks: bool = False  # it says what its client took (Taken): the core keeps its bytes in flight bounded
+    env: dict[str, str] | None = None  # the values of server.passEnv's variables in the client's environment
 
 
 class Taken(NamedTuple):
@@ -104,6 +105,7 @@ class InitializeBackend(NamedTuple):
     cwd: str | None = None  # where to start the server, if the shim waits to know (server.cwdFromClient)
     context: JsonObject | None = None  # kept by the shim for a restarted core
     era: str = "handshake"  # 2026-07-28: open with server/discover, falling back to initialize (shim/opening.py)
+    env: dict[str, str] | None = None  # the client's values of server.passEnv, if the shim waits to know
 
 
 class BindContext(NamedTuple):
@@ -167,10 +169,10 @@ _BY_TAG: dict[str, type[Any]] = {tag: cls for cls, tag in TAGS.items()}
 _OPT_STR = (str, type(None))
 _OPT_DICT = (dict, type(None))
 _FIELD_TYPES: dict[type[Any], tuple[type | tuple[type, ...], ...]] = {
-    DoorHello: (int, _OPT_DICT, _OPT_STR, _OPT_STR, bool),
+    DoorHello: (int, _OPT_DICT, _OPT_STR, _OPT_STR, bool, _OPT_DICT),
     Welcome: (list, str), Closing: (str,), SafeTools: (list,), DoorBye: (), Taken: (int,),
     ShimHello: (int, int, _OPT_DICT, _OPT_DICT, str, _OPT_STR), Heartbeat: (), Resync: (),
-    InitializeBackend: (dict, _OPT_STR, _OPT_DICT, str), BindContext: (dict,),
+    InitializeBackend: (dict, _OPT_STR, _OPT_DICT, str, _OPT_DICT), BindContext: (dict,),
     BackendReady: (dict, int, str, _OPT_STR), BackendFailed: (str, str),
     ControlRequest: (str, dict), ControlReply: (dict, _OPT_STR),
 }

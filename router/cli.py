@@ -47,7 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     action.add_argument("--down", action="store_true", help="stop the stack and exit")
     action.add_argument("--where", action="store_true", help="print the stack's runtime directory and exit")
     parser.add_argument("--stack-dir", type=Path, help="relay to the running stack in this runtime directory")
-    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="server environment")
+    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                        help="a variable of the server's environment, for every session (server.env)")
+    parser.add_argument("--pass-env", action="append", default=[], metavar="NAME",
+                        help="pass this variable from each client's environment; sessions with different values "
+                             "get different instances (server.passEnv)")
     parser.add_argument("--cwd", help="server working directory")
     parser.add_argument("--cwd-from-client", action="store_true",
                         help="run the server in each client's working directory (server.cwdFromClient)")
@@ -74,7 +78,7 @@ def resolve(args: argparse.Namespace) -> tuple[Config, str]:
     """The configuration in force and the origin that, with it, names the stack (see `mcpmux.resolve`)."""
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     return resolve_config(config=args.config, command=command, env=args.env, cwd=args.cwd,
-                          cwd_from_client=args.cwd_from_client, overrides=_overrides(args))
+                          cwd_from_client=args.cwd_from_client, pass_env=args.pass_env, overrides=_overrides(args))
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -150,6 +154,7 @@ def _serve(config: Config, paths: StackPaths, priority: str | None) -> int:
         "--max-message-bytes", str(config.multiplexer.max_message_bytes),
         "--connect-timeout", str(config.multiplexer.startup_timeout / 1000),
         *(["--priority", priority] if priority else []),
+        *(["--pass-env", ",".join(config.server.pass_env)] if config.server.pass_env else []),
     ])
 
 

@@ -28,7 +28,7 @@ import enum
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -65,19 +65,21 @@ class ClientContext:
     roots: tuple[str, ...] | None = None  # each root as canonical JSON, in the client's order; None: none given
     declared: frozenset[str] = field(default=frozenset(), compare=False)  # the capabilities' names
     era: Era = Era.HANDSHAKE
+    env: tuple[tuple[str, str], ...] = ()  # the client's values of server.passEnv, by name (never shown)
 
     @classmethod
-    def stateless(cls, cwd: str | None = None) -> ClientContext:
-        """The one context of every client of the stateless era (in a directory, under cwdFromClient)."""
-        return cls(stateless.LATEST, canonical({}), cwd, era=Era.STATELESS)
+    def stateless(cls, cwd: str | None = None, env: Mapping[str, str] | None = None) -> ClientContext:
+        """The one context of every client of the stateless era (in a directory, under cwdFromClient, with its
+        variables, under passEnv)."""
+        return cls(stateless.LATEST, canonical({}), cwd, era=Era.STATELESS, env=_variables(env))
 
     @classmethod
-    def of(cls, params: JsonObject, cwd: str | None = None) -> ClientContext:
+    def of(cls, params: JsonObject, cwd: str | None = None, env: Mapping[str, str] | None = None) -> ClientContext:
         """The handshake part of a context, from a client's initialize params."""
         capabilities = params.get("capabilities")
         capabilities = capabilities if isinstance(capabilities, dict) else {}
         return cls(str(params.get("protocolVersion") or ""), canonical(capabilities), cwd,
-                   declared=frozenset(capabilities))
+                   declared=frozenset(capabilities), env=_variables(env))
 
     def handshake(self) -> ClientContext:
         """What an instance initialized for this context was initialized with."""
@@ -113,9 +115,10 @@ class ClientContext:
                 "clientInfo": client_info if client_info is not None else {"name": "mcpmux", "version": __version__}}
 
     def to_json(self) -> JsonObject:
+        """The context as the core and a shim exchange it (never shown: it holds the variables' values)."""
         return {"protocolVersion": self.protocol_version, "capabilities": json.loads(self.capabilities),
                 "cwd": self.cwd, "roots": None if self.roots is None else [json.loads(r) for r in self.roots],
-                "era": self.era.value}
+                "era": self.era.value, "env": dict(self.env)}
 
     @classmethod
     def from_json(cls, data: Any) -> ClientContext | None:
@@ -123,21 +126,36 @@ class ClientContext:
         if not isinstance(data, dict) or not isinstance(data.get("capabilities"), dict):
             return None
         cwd = data.get("cwd")
+        env = data.get("env") if isinstance(data.get("env"), dict) else None
         if data.get("era") == Era.STATELESS.value:
-            return cls.stateless(cwd if isinstance(cwd, str) else None)
-        context = cls.of(data, cwd if isinstance(cwd, str) else None)
+            return cls.stateless(cwd if isinstance(cwd, str) else None, env)
+        context = cls.of(data, cwd if isinstance(cwd, str) else None, env)
         return context.with_roots(data["roots"]) if data.get("roots") is not None else context
+
+    @property
+    def variables(self) -> tuple[str, ...]:
+        """The names of the variables its clients pass (their values are never shown)."""
+        return tuple(name for name, _ in self.env)
 
 
 def canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
+def _variables(env: Mapping[str, Any] | None) -> tuple[tuple[str, str], ...]:
+    """Variables as a context's key holds them: sorted by name, strings only (they came over a socket)."""
+    if not env:
+        return ()
+    return tuple(sorted((name, value) for name, value in env.items() if isinstance(name, str)
+                        and isinstance(value, str)))
+
+
 class ContextRules:
     """The contexts the core has seen, and the rules that pair sessions with instances by context."""
 
-    def __init__(self, *, cwd_from_client: bool = False) -> None:
+    def __init__(self, *, cwd_from_client: bool = False, pass_env: Collection[str] = ()) -> None:
         self.cwd_from_client = cwd_from_client
+        self.pass_env = frozenset(pass_env)
         # Whether the server asks for roots (some instance sent roots/list): from then on instances are bound
         # to one context at their first use.
         self.roots_observed = False
@@ -154,14 +172,14 @@ class ContextRules:
         params = session.initialize_params
         if params is None:
             return
-        context = ClientContext.of(params, session.cwd if self.cwd_from_client else None)
+        context = ClientContext.of(params, session.cwd if self.cwd_from_client else None, self._passed(session))
         session.context = context
         session.roots_known = not context.supports(ROOTS)
         self._client_info.setdefault(context, params.get("clientInfo"))
 
     def open_stateless(self, session: Session, request: Mapping[str, Any]) -> None:
         """Give a session of the stateless era the context every such session shares."""
-        context = ClientContext.stateless(session.cwd if self.cwd_from_client else None)
+        context = ClientContext.stateless(session.cwd if self.cwd_from_client else None, self._passed(session))
         session.context, session.roots_known = context, True
         meta = meta_of(request)
         if context not in self._client_info:
@@ -169,6 +187,10 @@ class ContextRules:
             capabilities = meta.get(stateless.CLIENT_CAPABILITIES_KEY)
             self._stateless_params = {**profile.WARM, "capabilities": capabilities if isinstance(capabilities, dict)
                                       else {}}
+
+    def _passed(self, session: Session) -> dict[str, str]:
+        """The session's values of the variables the stack passes, and no others."""
+        return {name: value for name, value in (session.env or {}).items() if name in self.pass_env}
 
     def roots_answered(self, session: Session, response: Mapping[str, Any]) -> None:
         """The client answered mcpmux's `roots/list`: its context now has those roots."""
@@ -210,7 +232,7 @@ class ContextRules:
         if context.era is era:
             return context
         params = self.initialize_params(context)
-        fallen = ClientContext.of(params, context.cwd)
+        fallen = ClientContext.of(params, context.cwd, dict(context.env))
         self._client_info.setdefault(fallen, params.get("clientInfo"))
         return fallen
 

@@ -151,7 +151,8 @@ class ControlHandler:
                           roots=None if context.roots is None else len(context.roots),
                           sessions=tuple(session.name for session in sessions),
                           instances=tuple(sorted(instance.slot for instance in board.pool
-                                                 if board.contexts.serves(instance, sessions[0]))))
+                                                 if board.contexts.serves(instance, sessions[0]))),
+                          variables=context.variables)
             for context, sessions in by_context.items())
 
     def _instance(self, instance: Instance, now: float, events: list[Event]) -> InstanceStatus:

@@ -340,7 +340,7 @@ class Core:
             self._door_flow.opened(identity, acks=message.acks)
             if session is None:
                 session = self.board.open_session(identity, message.initialize_params,
-                                                  Priority.named(message.priority), message.cwd)
+                                                  Priority.named(message.priority), message.cwd, message.env)
                 self.metrics.event("session", f"session {session.name} opened (door pid {message.pid})")
                 self.healer.retry_held(backing_off=not self.board.pool.ready())
             self._send_door(identity, wire.encode(wire.Welcome(self.board.retry.safe_tools, self.incarnation)))
@@ -443,7 +443,7 @@ class Core:
         context = self.scaler.assigned.get(slot)
         if context is not None:
             self._initialize(instance, context)
-        elif self._first_client_coming() or self.config.server.cwd_from_client:
+        elif self._first_client_coming() or self.config.server.per_client:
             self.scaler.awaiting.add(slot)  # initialized for the first client, or for whoever needs it
         else:
             self._initialize(instance, self.scaler.default_context())
@@ -474,7 +474,7 @@ class Core:
         self.metrics.event("context", f"{instance.slot} initialized for context {context.describe()}",
                            slot=instance.slot)
         self._send_shim(instance.slot, wire.encode(wire.InitializeBackend(params, context.cwd, context.to_json(),
-                                                                             era.value)))
+                                                                             era.value, dict(context.env))))
 
     def _initialize_slot(self, slot: str, context: ClientContext) -> None:
         instance = self.board.pool.get(slot)
@@ -530,7 +530,7 @@ class Core:
             self.exporter.collector.fold()
 
     def _check_liveness(self, now: float) -> None:
-        spares = self.config.server.cwd_from_client  # waiting shims wait for a client's directory
+        spares = self.config.server.per_client  # waiting shims wait for a client's directory and variables
         if self.scaler.awaiting and not spares and not self._first_client_coming():
             self._initialize_awaiting()
         for identity in self._door_flow.held():

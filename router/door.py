@@ -40,7 +40,7 @@ OUTBOX_LIMIT = 8 * 1024 * 1024
 OUTBOX_MESSAGES = 4
 RCVHWM = 1000  # messages from the core queued in this door's socket while it does not read them
 TAKEN_BATCH = 256 * 1024  # bytes the client read before the door tells the core (at once when all is read)
-DOOR_OPTIONS = ("--stack-dir", "--max-message-bytes", "--connect-timeout", "--priority")
+DOOR_OPTIONS = ("--stack-dir", "--max-message-bytes", "--connect-timeout", "--priority", "--pass-env")
 # Seconds the door waits, after its client's EOF, for the answers to what the client asked before, and then
 # as long again for the client to read them.
 DRAIN_TIMEOUT = 30.0
@@ -53,7 +53,7 @@ class CoreUnreachable(RuntimeError):
 
 class Door:
     def __init__(self, stack_dir: str, *, max_message_bytes: int, connect_timeout: float,
-                 priority: str | None = None) -> None:
+                 priority: str | None = None, pass_env: tuple[str, ...] = ()) -> None:
         self._stack_dir = stack_dir
         self._priority = priority
         self._limit = max_message_bytes
@@ -81,11 +81,13 @@ class Door:
         self._stack_closed = False  # the core said the stack stops: the session ends
         self._incarnation = ""  # the core's, from its last welcome
         self._cwd = _client_directory()
+        # The client's own values of the variables the stack passes: its context, as its directory is.
+        self._env = {name: os.environ[name] for name in pass_env if name in os.environ} if pass_env else None
 
     def run(self) -> None:
         self._monitor = self._socket.get_monitor_socket(zmq.EVENT_CONNECTED)
         self._socket.connect(stack.doors_endpoint(self._stack_dir))
-        self._send(wire.DoorHello(os.getpid(), None, self._priority, self._cwd, True))
+        self._send(wire.DoorHello(os.getpid(), None, self._priority, self._cwd, True, self._env))
         self._await_welcome()
         os.set_blocking(STDOUT, False)
         try:
@@ -286,7 +288,8 @@ class Door:
                 # The core restarted and lost this session: introduce it again; what was sent before this
                 # point is settled once the core welcomes us (later Resyncs are echoes of the same loss).
                 self._to_settle = dict(self._unanswered)
-                self._send(wire.DoorHello(os.getpid(), self._initialize_params, self._priority, self._cwd, True))
+                self._send(wire.DoorHello(os.getpid(), self._initialize_params, self._priority, self._cwd, True,
+                                          self._env))
             if len(self._outbox) > self._outbox_limit:
                 return  # the rest waits in ZeroMQ until the client reads
 
@@ -358,8 +361,9 @@ def main() -> None:
         connect_timeout = float(arguments.get("--connect-timeout", 30.0))
     except ValueError as exc:
         sys.exit(f"mcpmux-door: {exc} (the door is started by mcpmux-router, which writes its arguments)")
+    pass_env = tuple(name for name in arguments.get("--pass-env", "").split(",") if name)
     door = Door(arguments["--stack-dir"], max_message_bytes=max_message_bytes,
-                connect_timeout=connect_timeout, priority=arguments.get("--priority"))
+                connect_timeout=connect_timeout, priority=arguments.get("--priority"), pass_env=pass_env)
     try:
         door.run()
     except CoreUnreachable as exc:

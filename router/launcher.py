@@ -22,6 +22,7 @@ from pathlib import Path
 
 from mcpmux import lifeline
 from mcpmux.config import Config
+from mcpmux.environment import as_started
 from mcpmux.stack import StackPaths
 from mcpmux.stacks import is_running, processes_of, shut_down, stop, terminate
 from mcpmux.supervisor import Supervisor
@@ -95,7 +96,8 @@ def _render(config: Config, paths: StackPaths, credentials: dict[str, str], idle
 
 def _start_supervisord(paths: StackPaths) -> None:
     command = [*PYTHON, "-m", "supervisor.supervisord", "-c", str(paths.supervisord_conf)]
-    completed = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL, cwd=paths.root)
+    completed = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL, cwd=paths.root,
+                               env=as_started())
     if completed.returncode != 0:
         raise LaunchError(f"supervisord failed to start: {completed.stderr.strip() or completed.stdout.strip()}")
     deadline = time.monotonic() + SUPERVISORD_START_TIMEOUT

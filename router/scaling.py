@@ -42,7 +42,7 @@ class Scaler:
     def __init__(self, config: Config, board: Switchboard, supervisor: Supervisor, metrics: Metrics,
                  background: Background, healer: Healer, initialize: Callable[[str, ClientContext], None]) -> None:
         self._settings = config.multiplexer
-        self._spares = config.server.cwd_from_client  # waiting shims are spares for any client's directory
+        self._spares = config.server.per_client  # waiting shims are spares for any client's directory and variables
         self._board = board
         self._supervisor = supervisor
         self._metrics = metrics

@@ -73,6 +73,7 @@ class Session:
     held: bool = False  # its door takes no more for now (a slow client): start nothing new for it
     priority: Priority | None = None  # the session's own level (mcpmux-router --priority)
     cwd: str | None = None  # its door's working directory (the client's)
+    env: dict[str, str] | None = None  # its client's values of server.passEnv (router/contexts.py)
     context: ClientContext | None = None  # what the server may observe of its client (router/contexts.py)
     roots_known: bool = False  # its context has the client's current roots (or it declares none)
     roots_ask: int | None = None  # the id of mcpmux's own roots/list to its client, while unanswered

@@ -74,7 +74,7 @@ class Switchboard:
             ageing=config.load_balancing.priority_ageing / 1000, clock=clock)
         self.priorities = PriorityPolicy(config.load_balancing.priorities)
         # Which client contexts there are, and which instances serve which sessions:
-        self.contexts = ContextRules(cwd_from_client=config.server.cwd_from_client)
+        self.contexts = ContextRules(cwd_from_client=config.server.cwd_from_client, pass_env=config.server.pass_env)
         self._max_instances = settings.max_instances
         # Which instances may serve a request:
         self.eligibility = Eligibility(limits_for(settings.max_concurrent_requests), config.load_balancing.strategy,
@@ -116,8 +116,9 @@ class Switchboard:
         return actions
 
     def open_session(self, identity: bytes, initialize_params: JsonObject | None,
-                     priority: Priority | None = None, cwd: str | None = None) -> Session:
-        session = Session(identity, initialize_params, last_seen=self._now(), priority=priority, cwd=cwd)
+                     priority: Priority | None = None, cwd: str | None = None,
+                     env: dict[str, str] | None = None) -> Session:
+        session = Session(identity, initialize_params, last_seen=self._now(), priority=priority, cwd=cwd, env=env)
         self.sessions[identity] = session
         if initialize_params is not None:  # a door introducing its session again, to a restarted core
             self.contexts.open(session)

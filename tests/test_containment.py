@@ -167,7 +167,7 @@ async def test_a_call_that_kills_its_server_is_not_sent_on_to_kill_every_instanc
         await bystander.initialize()
         await stack.ready(2)
         before = time.time()
-        poisoned = await client.request("poison", "tools/call", {"name": "poison", "arguments": {}})
+        poisoned = await client.request("poison", "tools/call", {"name": "poison", "arguments": {"exit_code": 3}})
         await stack.ready(2)
         calm = await calls_of(bystander, "calm", 3)
         processes = await asyncio.to_thread(stack.supervisorctl, "status")

@@ -108,7 +108,8 @@ STATUS_JSON: dict[str, Any] = {
     "logLevel": "info",
     "strategy": "session_affinity",
     "contexts": [{"label": "51e0b9", "protocolVersion": "2025-11-25", "cwd": "/home/me/project", "roots": 1,
-                  "sessions": ["9f2c41d0", "3f2a"], "instances": ["shim:shim_00", "shim:shim_01"]}],
+                  "sessions": ["9f2c41d0", "3f2a"], "instances": ["shim:shim_00", "shim:shim_01"],
+                  "variables": ["API_KEY"]}],
     "sessionEras": {"9f2c41d0": "handshake", "77aa01be": "2026-07-28"},
 }
 

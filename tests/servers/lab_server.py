@@ -270,9 +270,9 @@ def crash() -> str:
 
 
 @mcp.tool(structured_output=False, annotations=ToolAnnotations(read_only_hint=True))
-def poison() -> str:
+def poison(exit_code: int) -> str:
     """A read-only call that kills its server every time (a crashing bug): safe to retry by its annotation."""
-    os._exit(3)
+    os._exit(exit_code)
 
 
 @mcp.tool(structured_output=False)
