@@ -66,11 +66,11 @@ class Eras:
                                  "this session speaks the 2026-07-28 protocol; the initialize handshake is not "
                                  "accepted", {"supported": list(stateless.VERSIONS),
                                               "requested": params.get("protocolVersion")})
-        if session.era is Era.HANDSHAKE and enveloped:
+        if session.era is Era.HANDSHAKE and enveloped and method != DISCOVER:  # that one is unknown there
             return jsonrpc.error(message.id, jsonrpc.INVALID_REQUEST,
                                  "this session speaks the handshake protocol era; requests carrying the "
                                  "2026-07-28 _meta are not accepted on it")
-        if session.era is Era.STATELESS and method in HANDSHAKE_ONLY_METHODS and method != "ping":
+        if session.era is Era.STATELESS and method in HANDSHAKE_ONLY_METHODS:  # ping too, as a server says
             return jsonrpc.error(message.id, jsonrpc.METHOD_NOT_FOUND,
                                  f"Method not found: {method} is not part of the 2026-07-28 protocol")
         if session.era is Era.STATELESS and self.handshake_only is not None:
@@ -79,6 +79,9 @@ class Eras:
 
     def discover(self, session: Session, message: Envelope) -> JsonObject | None:
         """The answer to a client's `server/discover`, or None while the pool does not know yet."""
+        if session.era is Era.HANDSHAKE:  # after its initialize, as a server of either era answers it
+            return jsonrpc.error(message.id, jsonrpc.METHOD_NOT_FOUND,
+                                 "Method not found: server/discover (this session opened with initialize)")
         if self.handshake_only is not None:
             return jsonrpc.error(message.id, jsonrpc.METHOD_NOT_FOUND,
                                  "Method not found: server/discover (this server speaks only the handshake "

@@ -320,3 +320,19 @@ def test_under_dedicated_a_retry_naming_an_instance_nobody_has_is_refused_not_ru
     error = h.response(session, "retry")["error"]
     assert error["code"] == jsonrpc.INVALID_PARAMS and "is not this session's own instance" in error["message"]
     assert h.requests_on(other) == [], "the instance never served the session, so it may serve another"
+
+
+def test_ping_in_the_stateless_era_and_discover_after_initialize_are_unknown_methods_as_a_server_says() -> None:
+    h = Harness.make()
+    stateless_pool(h, 1)
+    session = stateless_session(h)
+    ask(h, session, "d", "server/discover")
+    ask(h, session, "p", "ping")
+    handshake = stateless_session(h, "handshake")  # no era until its first word: initialize
+    h.request(handshake, "init", "initialize", {"protocolVersion": "2025-11-25", "capabilities": {},
+                                               "clientInfo": {"name": "c", "version": "1"}})
+    ask(h, handshake, "late", "server/discover")
+
+    assert "result" in h.response(session, "d")
+    assert h.error_code(session, "p") == -32601
+    assert h.error_code(handshake, "late") == -32601
