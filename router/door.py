@@ -192,15 +192,9 @@ class Door:
                                       f"Invalid Request: message longer than {self._limit} bytes"))
             return
         try:
-            message = jsonrpc.parse(line)
-            envelope = Envelope.from_message(message, from_client=True, line=line)
-            frames = wire.encode_envelope(wire.ClientMessage, envelope)
+            message, envelope, frames = admit(line)
         except jsonrpc.InvalidMessage as invalid:
             self._refuse(invalid, line)
-            return
-        except wire.WireError as exc:  # jsonrpc.check lets in only what the wire carries: never, but safe
-            self._refuse(jsonrpc.InvalidMessage(jsonrpc.INVALID_REQUEST, f"Invalid Request: {exc}",
-                                                message.get("id")), line)
             return
         if envelope.kind is Kind.REQUEST:
             self._unanswered[envelope.id] = envelope
@@ -271,6 +265,17 @@ class Door:
     def _write(self, message: JsonObject) -> None:
         """Queue a message for the client; the poll loop writes it as fast as the client reads."""
         self._outbox += jsonrpc.dumps(message)
+
+
+def admit(line: bytes) -> tuple[JsonObject, Envelope, list[bytes]]:
+    """A client's line as the door lets it in: the message, its envelope and the frames for the core; or
+    InvalidMessage, the error its sender gets, for a line that goes no further. Pure, for the fuzz tests."""
+    message = jsonrpc.parse(line)
+    envelope = Envelope.from_message(message, from_client=True, line=line)
+    try:
+        return message, envelope, wire.encode_envelope(wire.ClientMessage, envelope)
+    except wire.WireError as exc:  # jsonrpc.check lets in only what the wire carries: never, but safe
+        raise jsonrpc.InvalidMessage(jsonrpc.INVALID_REQUEST, f"Invalid Request: {exc}", message.get("id")) from None
 
 
 def _client_directory() -> str | None:
