@@ -49,8 +49,10 @@ def parse(line: bytes | str, *, require_version: bool = True) -> JsonObject:
     """Decode one line into a JSON-RPC message dict, or raise InvalidMessage saying why."""
     try:
         message = json.loads(line.decode() if isinstance(line, bytes) else line)  # text: no encoding to guess
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except ValueError as exc:  # not JSON, not UTF-8, or an integer of more than 4300 digits (int_max_str_digits)
         raise InvalidMessage(PARSE_ERROR, f"Parse error: {exc}") from None
+    except RecursionError:  # arrays or objects nested about a thousand deep: a few kilobytes
+        raise InvalidMessage(PARSE_ERROR, "Parse error: nested too deeply") from None
     if isinstance(message, list):
         raise InvalidMessage(INVALID_REQUEST, "Invalid Request: JSON-RPC batches are not supported")
     if not isinstance(message, dict):
