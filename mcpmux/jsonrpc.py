@@ -87,11 +87,12 @@ def _check(message: JsonObject, require_version: bool) -> None:
     if "id" in message and not _is_id(request_id):
         raise InvalidMessage(INVALID_REQUEST, "Invalid Request: id must be a string or an integer")
     if not _fits(request_id):
-        raise InvalidMessage(INVALID_REQUEST, f"Invalid Request: id {request_id} is beyond the 64-bit integers "
-                                              "mcpmux carries", request_id)
+        raise InvalidMessage(INVALID_REQUEST, f"Invalid Request: id {request_id!r} is beyond what mcpmux carries "
+                                              "(64-bit integers, Unicode text)", request_id)
     if "method" in message:
-        if not isinstance(message["method"], str):
-            raise InvalidMessage(INVALID_REQUEST, "Invalid Request: method must be a string", reply_to)
+        if not is_text(message["method"]):
+            raise InvalidMessage(INVALID_REQUEST, "Invalid Request: method must be a string (of Unicode text)",
+                                 reply_to)
     elif "id" not in message or ("result" not in message and "error" not in message):
         raise InvalidMessage(INVALID_REQUEST, "Invalid Request: neither a request, a notification nor a response")
     if "params" in message and not isinstance(message["params"], dict):
@@ -186,8 +187,24 @@ def _is_id(value: Any) -> bool:
 
 
 def _fits(value: Any) -> bool:
-    """Whether the wire carries it: anything but an integer beyond msgpack's range."""
+    """Whether the wire carries it: anything but an integer beyond msgpack's range, or a string that is not
+    Unicode text (a lone surrogate, valid as a JSON escape, has no UTF-8)."""
+    if isinstance(value, str):
+        return is_text(value)
     return not isinstance(value, int) or MIN_INT <= value <= MAX_INT
+
+
+def is_text(value: Any) -> bool:
+    """A string msgpack carries: one that has a UTF-8 encoding (nearly all are ASCII, checked at C speed)."""
+    if not isinstance(value, str):
+        return False
+    if value.isascii():
+        return True
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def is_token(value: Any) -> bool:

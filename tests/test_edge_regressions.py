@@ -9,6 +9,7 @@ import pytest
 from mcpmux import jsonrpc
 from mcpmux.router import door
 from mcpmux.shim import backend
+from tests.edges import server_line
 
 
 @pytest.mark.parametrize("line", [
@@ -22,3 +23,27 @@ def test_a_line_json_cannot_read_is_a_parse_error_for_the_door_and_dropped_by_th
         door.admit(line)
     assert refused.value.code == jsonrpc.PARSE_ERROR and refused.value.request_id is None
     assert backend._parse(line) is None
+
+
+# A lone surrogate: valid JSON as an escape, but no UTF-8, so msgpack cannot carry it between processes.
+@pytest.mark.parametrize(("line", "request_id", "code"), [
+    (b'{"jsonrpc":"2.0","id":"\\ud800","method":"ping"}', "\ud800", jsonrpc.INVALID_REQUEST),
+    (b'{"jsonrpc":"2.0","id":1,"method":"tools/\\udfff"}', 1, jsonrpc.INVALID_REQUEST),
+    (b'{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"a","_meta":{"progressToken":"\\ud800"}}}',
+     2, jsonrpc.INVALID_PARAMS),
+])
+def test_a_client_id_method_or_token_that_is_not_unicode_text_gets_its_error(
+        line: bytes, request_id: object, code: int) -> None:
+    with pytest.raises(jsonrpc.InvalidMessage) as refused:
+        door.admit(line)
+    assert (refused.value.request_id, refused.value.code) == (request_id, code)
+    assert jsonrpc.dumps(jsonrpc.error(refused.value.request_id, code, str(refused.value)))  # its client reads it
+
+
+@pytest.mark.parametrize("line", [
+    b'{"jsonrpc":"2.0","id":"\\udfff","result":{}}',  # the packer raised, and the shim died
+    b'{"jsonrpc":"2.0","method":"notifications/\\ud800"}',
+])
+def test_a_server_id_or_method_that_is_not_unicode_text_is_dropped(line: bytes) -> None:
+    frames, answered = server_line(line)
+    assert frames is None and answered == []
