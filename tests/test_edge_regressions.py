@@ -4,9 +4,10 @@ contain (and the request it failed)."""
 
 from __future__ import annotations
 
+import msgpack
 import pytest
 
-from mcpmux import jsonrpc
+from mcpmux import jsonrpc, wire
 from mcpmux.router import door
 from mcpmux.shim import backend
 from tests.edges import server_line
@@ -47,3 +48,14 @@ def test_a_client_id_method_or_token_that_is_not_unicode_text_gets_its_error(
 def test_a_server_id_or_method_that_is_not_unicode_text_is_dropped(line: bytes) -> None:
     frames, answered = server_line(line)
     assert frames is None and answered == []
+
+
+@pytest.mark.parametrize("message", [
+    ["dh", None],  # a door's hello without its pid
+    ["dh", 7, 5],  # initialize params that are a number: the core's contexts called .get on it
+    ["br", {"capabilities": {}}, 1, 7],  # an era that is not a string
+    ["st", ["a", 3]],  # safe tools that are not all names
+])
+def test_a_frame_whose_fields_are_not_of_their_types_is_refused(message: list[object]) -> None:
+    with pytest.raises(wire.WireError):
+        wire.decode([msgpack.packb(message)])
