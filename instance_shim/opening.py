@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mcpmux import stateless
-from mcpmux.jsonrpc import JsonObject
+from mcpmux.jsonrpc import MAX_NESTING, JsonObject, carried
 from mcpmux.stateless import Era
 
 INIT_ID = "mcpmux-shim-initialize"
@@ -71,6 +71,9 @@ class Opening:
         if not isinstance(response["result"], dict):
             return Refused(f"backend answered initialize with a result that is not an object: "
                            f"{response['result']!r:.200}")
+        if not carried(response["result"]):  # the core is told of it in a frame
+            return Refused("backend answered initialize with a result holding an integer beyond 64 bits, text "
+                           f"that is not Unicode, or nesting deeper than {MAX_NESTING}: {response['result']!r:.200}")
         self._send({"jsonrpc": "2.0", "method": "notifications/initialized"})
         return Opened(response["result"], Era.HANDSHAKE, self._fallback)
 
@@ -81,14 +84,19 @@ class Opening:
 
     def _discovered(self, response: JsonObject) -> Opened | None:
         result = response.get("result")
-        if stateless.speaks_stateless(result):
+        if stateless.speaks_stateless(result) and carried(result):
             self._discover_deadline = None
             self.busy = False
             assert isinstance(result, dict)
             return Opened(result, Era.STATELESS)
         error = response.get("error")
-        self._fall_back(f"server/discover answered error {error.get('code')}" if isinstance(error, dict)
-                        else "server/discover named no 2026-07-28 version")
+        if isinstance(error, dict):
+            self._fall_back(f"server/discover answered error {error.get('code')}")
+        elif stateless.speaks_stateless(result):  # the core is told of the result in a frame
+            self._fall_back("server/discover answered a result holding an integer beyond 64 bits, text that is "
+                            f"not Unicode, or nesting deeper than {MAX_NESTING}")
+        else:
+            self._fall_back("server/discover named no 2026-07-28 version")
         return None
 
     def _fall_back(self, reason: str) -> None:

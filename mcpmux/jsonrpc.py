@@ -28,6 +28,7 @@ STACK_UNAVAILABLE = -32054
 # it is refused at the edge, where its sender can be told, rather than failing deep inside mcpmux.
 MIN_INT = -(2**63)
 MAX_INT = 2**64 - 1
+MAX_NESTING = 100  # objects and arrays within one another in a value mcpmux carries (msgpack's limit: 511)
 
 
 class InvalidMessage(ValueError):
@@ -192,6 +193,17 @@ def _fits(value: Any) -> bool:
     if isinstance(value, str):
         return is_text(value)
     return not isinstance(value, int) or MIN_INT <= value <= MAX_INT
+
+
+def carried(value: Any, depth: int = 0) -> bool:
+    """Whether msgpack carries a JSON value as a value: integers within 64 bits, Unicode text, nesting
+    within MAX_NESTING. For the JSON mcpmux keeps and sends between its processes as values (a client's
+    initialize params, a server's initialize result); a message's body crosses as text and needs no check."""
+    if isinstance(value, dict):
+        return depth < MAX_NESTING and all(is_text(key) and carried(item, depth + 1) for key, item in value.items())
+    if isinstance(value, list):
+        return depth < MAX_NESTING and all(carried(item, depth + 1) for item in value)
+    return _fits(value)
 
 
 def is_text(value: Any) -> bool:

@@ -10,6 +10,14 @@ from mcpmux.shim.shim import Shim
 from mcpmux.stateless import Era
 
 
+def nested(depth: int) -> object:
+    """Arrays `depth` deep."""
+    value: object = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
 class ServerStdin:
     """What the shim writes back to its server (its answers to the server's malformed requests)."""
 

@@ -8,8 +8,12 @@ import msgpack
 import pytest
 
 from mcpmux import jsonrpc, wire
+from mcpmux.jsonrpc import JsonObject
 from mcpmux.router import door
 from mcpmux.shim import backend
+from mcpmux.shim.opening import Opening, Refused
+from mcpmux.stateless import Era
+from tests import edges
 from tests.edges import server_line
 
 
@@ -59,3 +63,19 @@ def test_a_server_id_or_method_that_is_not_unicode_text_is_dropped(line: bytes) 
 def test_a_frame_whose_fields_are_not_of_their_types_is_refused(message: list[object]) -> None:
     with pytest.raises(wire.WireError):
         wire.decode([msgpack.packb(message)])
+
+
+@pytest.mark.parametrize("era", [Era.HANDSHAKE, Era.STATELESS])
+@pytest.mark.parametrize("value", [2**64, -(2**63) - 1, "\ud800", edges.nested(200)])
+def test_an_opening_result_msgpack_cannot_carry_refuses_the_backend_or_falls_back(era: Era, value: object) -> None:
+    # The shim tells the core of its backend's initialize result in a frame: packing it raised, and the
+    # shim died.
+    sent: list[JsonObject] = []
+    opening = Opening(sent.append)
+    opening.start({"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "c"}}, era)
+    result = {"supportedVersions": ["2026-07-28"], "protocolVersion": "2025-11-25", "capabilities": {"x": value}}
+    outcome = opening.answer({"jsonrpc": "2.0", "id": sent[-1]["id"], "result": result})
+    if era is Era.STATELESS:
+        assert outcome is None and sent[-1]["method"] == "initialize", "it falls back to the handshake"
+        outcome = opening.answer({"jsonrpc": "2.0", "id": sent[-1]["id"], "result": result})
+    assert isinstance(outcome, Refused) and "beyond 64 bits" in outcome.reason
