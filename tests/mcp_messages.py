@@ -229,6 +229,11 @@ def server_messages(era: str | None = None) -> st.SearchStrategy[JsonObject]:
     return st.one_of(_of((SERVER_RESULTS, SERVER_REQUESTS, SERVER_NOTIFICATIONS), era), errors(era or HANDSHAKE))
 
 
+def server_responses(era: str | None = None) -> st.SearchStrategy[JsonObject]:
+    """A server's answers: results of the requests clients send, and errors."""
+    return st.one_of(_of((SERVER_RESULTS,), era), errors(era or HANDSHAKE))
+
+
 def stateless_task_requests() -> st.SearchStrategy[JsonObject]:
     """The 2026-07-28 tasks extension (io.modelcontextprotocol/tasks) is not in the era's schema: by hand."""
     return st.builds(
