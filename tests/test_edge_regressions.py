@@ -79,3 +79,20 @@ def test_an_opening_result_msgpack_cannot_carry_refuses_the_backend_or_falls_bac
         assert outcome is None and sent[-1]["method"] == "initialize", "it falls back to the handshake"
         outcome = opening.answer({"jsonrpc": "2.0", "id": sent[-1]["id"], "result": result})
     assert isinstance(outcome, Refused) and "beyond 64 bits" in outcome.reason
+
+
+@pytest.mark.parametrize("params", [
+    {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "c", "version": 2**64}},
+    {"protocolVersion": "2025-11-25", "capabilities": {"experimental": {"\ud800": {}}}, "clientInfo": {"name": "c"}},
+    {"protocolVersion": "2025-11-25", "capabilities": {"x": edges.nested(150)}, "clientInfo": {"name": "c"}},
+    {"name": "echo", "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                               "io.modelcontextprotocol/clientCapabilities": {"x": -(2**63) - 1}}},
+])
+def test_client_context_msgpack_cannot_carry_is_refused_at_the_door(params: JsonObject) -> None:
+    # The core starts instances for a client's context with a frame holding its initialize params (or, in
+    # the stateless era, its _meta's capabilities and identity): packing one of these raised in the core,
+    # which died with every session's calls.
+    method = "initialize" if "clientInfo" in params else "tools/call"
+    with pytest.raises(jsonrpc.InvalidMessage) as refused:
+        door.admit(jsonrpc.encode({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}))
+    assert (refused.value.code, refused.value.request_id) == (jsonrpc.INVALID_PARAMS, 1)
