@@ -71,9 +71,9 @@ class Opening:
         if not isinstance(response["result"], dict):
             return Refused(f"backend answered initialize with a result that is not an object: "
                            f"{response['result']!r:.200}")
-        if not carried(response["result"]):  # the core is told of it in a frame
-            return Refused("backend answered initialize with a result holding an integer beyond 64 bits, text "
-                           f"that is not Unicode, or nesting deeper than {MAX_NESTING}: {response['result']!r:.200}")
+        unusable = _unusable(response["result"])
+        if unusable is not None:
+            return Refused(f"backend answered initialize with {unusable}: {response['result']!r:.200}")
         self._send({"jsonrpc": "2.0", "method": "notifications/initialized"})
         return Opened(response["result"], Era.HANDSHAKE, self._fallback)
 
@@ -84,7 +84,8 @@ class Opening:
 
     def _discovered(self, response: JsonObject) -> Opened | None:
         result = response.get("result")
-        if stateless.speaks_stateless(result) and carried(result):
+        unusable = _unusable(result) if isinstance(result, dict) else None
+        if stateless.speaks_stateless(result) and unusable is None:
             self._discover_deadline = None
             self.busy = False
             assert isinstance(result, dict)
@@ -92,9 +93,8 @@ class Opening:
         error = response.get("error")
         if isinstance(error, dict):
             self._fall_back(f"server/discover answered error {error.get('code')}")
-        elif stateless.speaks_stateless(result):  # the core is told of the result in a frame
-            self._fall_back("server/discover answered a result holding an integer beyond 64 bits, text that is "
-                            f"not Unicode, or nesting deeper than {MAX_NESTING}")
+        elif stateless.speaks_stateless(result):
+            self._fall_back(f"server/discover answered with {unusable}")
         else:
             self._fall_back("server/discover named no 2026-07-28 version")
         return None
@@ -106,3 +106,15 @@ class Opening:
 
     def _initialize(self) -> None:
         self._send({"jsonrpc": "2.0", "id": INIT_ID, "method": "initialize", "params": self._params})
+
+
+def _unusable(result: JsonObject) -> str | None:
+    """Why the core could not take a backend's initialize (or discover) result, or None: it reads the
+    capabilities as an object, and is told of the result in a frame."""
+    capabilities = result.get("capabilities")
+    if capabilities is not None and not isinstance(capabilities, dict):
+        return f"capabilities that are not an object ({capabilities!r:.100})"
+    if not carried(result):
+        return ("a result holding an integer beyond 64 bits, text that is not Unicode, or nesting deeper than "
+                f"{MAX_NESTING}")
+    return None

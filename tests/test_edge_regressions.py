@@ -96,3 +96,20 @@ def test_client_context_msgpack_cannot_carry_is_refused_at_the_door(params: Json
     with pytest.raises(jsonrpc.InvalidMessage) as refused:
         door.admit(jsonrpc.encode({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}))
     assert (refused.value.code, refused.value.request_id) == (jsonrpc.INVALID_PARAMS, 1)
+
+
+@pytest.mark.parametrize("era", [Era.HANDSHAKE, Era.STATELESS])
+@pytest.mark.parametrize("capabilities", [5, "tools", ["tools"]])
+def test_an_opening_result_whose_capabilities_are_not_an_object_refuses_the_backend(era: Era, capabilities: object
+                                                                                     ) -> None:
+    # The core reads a backend's capabilities as an object (`"tools" in capabilities`) when its instance
+    # becomes ready: with a number there, that raised outside any containment.
+    sent: list[JsonObject] = []
+    opening = Opening(sent.append)
+    opening.start({"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "c"}}, era)
+    result = {"supportedVersions": ["2026-07-28"], "protocolVersion": "2025-11-25", "capabilities": capabilities}
+    outcome = opening.answer({"jsonrpc": "2.0", "id": sent[-1]["id"], "result": result})
+    if era is Era.STATELESS:
+        assert outcome is None and sent[-1]["method"] == "initialize", "it falls back to the handshake"
+        outcome = opening.answer({"jsonrpc": "2.0", "id": sent[-1]["id"], "result": result})
+    assert isinstance(outcome, Refused) and "capabilities that are not an object" in outcome.reason
