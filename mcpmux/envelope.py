@@ -22,7 +22,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from mcpmux import request_state, stateless
-from mcpmux.jsonrpc import JsonObject, is_token
+from mcpmux.jsonrpc import JsonObject, is_text, is_token
 from mcpmux.jsonrpc import encode as dumps
 from mcpmux.request_state import Pin
 from mcpmux.stateless import SUBSCRIPTION_ID_KEY
@@ -113,8 +113,8 @@ class Envelope(Mapping[str, Any]):
         code = error.get("code") if isinstance(error, dict) else None
         body = _cut(line, message) if line is not None else None
         return cls(_kind(message), message.get("id"), method if isinstance(method, str) else None,
-                   body or dumps(rest), tool=tool if isinstance(tool, str) else None,
-                   priority=priority if isinstance(priority, str) else None, flags=flags,
+                   body or dumps(rest), tool=tool if is_text(tool) else None,  # the header carries only text
+                   priority=priority if is_text(priority) else None, flags=flags,
                    error_code=code if isinstance(code, int) and is_token(code) else None, token=token, pin=pin,
                    parsed=rest)
 

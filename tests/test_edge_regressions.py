@@ -7,7 +7,7 @@ from __future__ import annotations
 import msgpack
 import pytest
 
-from mcpmux import jsonrpc, wire
+from mcpmux import jsonrpc, request_state, wire
 from mcpmux.jsonrpc import JsonObject
 from mcpmux.router import door
 from mcpmux.shim import backend
@@ -113,3 +113,22 @@ def test_an_opening_result_whose_capabilities_are_not_an_object_refuses_the_back
         assert outcome is None and sent[-1]["method"] == "initialize", "it falls back to the handshake"
         outcome = opening.answer({"jsonrpc": "2.0", "id": sent[-1]["id"], "result": result})
     assert isinstance(outcome, Refused) and "capabilities that are not an object" in outcome.reason
+
+
+def test_a_tool_name_msgpack_cannot_carry_stays_out_of_the_header() -> None:
+    # A tool call's name rides in the envelope's header: a server's tools/call request named with a lone
+    # surrogate made the packer raise, and the shim died.
+    frames, _ = server_line(b'{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"\\ud800"}}')
+    assert frames is not None
+    decoded = wire.decode(frames)
+    assert isinstance(decoded, wire.FromBackend) and decoded.envelope.tool is None
+
+
+@pytest.mark.parametrize(("slot", "pid"), [("\ud800", 1), ("shim:shim_00", 2**64), ("shim:shim_00", True)])
+def test_a_request_state_naming_an_instance_msgpack_cannot_carry_is_not_mcpmuxs(slot: str, pid: int) -> None:
+    # The instance a requestState names rides in the header: a forged one made the door refuse the call
+    # with the packer's error.
+    state = request_state.wrap("sealed", slot, pid)
+    _, envelope, _ = door.admit(jsonrpc.encode({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                                                "params": {"name": "echo", "requestState": state}}))
+    assert envelope.pin is None and envelope["params"]["requestState"] == state
