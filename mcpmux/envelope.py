@@ -106,7 +106,7 @@ class Envelope(Mapping[str, Any]):
             flags, token = _params_flags(params)
             flags |= Flag.STATE if pin is not None else Flag.NONE
         result = rest.get("result")
-        if isinstance(result, dict):
+        if isinstance(result, dict) and "method" not in message:  # a request's stray result says nothing
             flags, token = _result_flags(result)
         tool = params.get("name") if method == "tools/call" and isinstance(params, dict) else None
         error = rest.get("error")

@@ -8,6 +8,7 @@ import msgpack
 import pytest
 
 from mcpmux import jsonrpc, request_state, wire
+from mcpmux.envelope import Envelope, Flag
 from mcpmux.jsonrpc import JsonObject
 from mcpmux.router import door
 from mcpmux.shim import backend
@@ -15,6 +16,7 @@ from mcpmux.shim.opening import Opening, Refused
 from mcpmux.stateless import Era
 from tests import edges
 from tests.edges import server_line
+from tests.switchboard_harness import Harness
 
 
 @pytest.mark.parametrize("line", [
@@ -132,3 +134,21 @@ def test_a_request_state_naming_an_instance_msgpack_cannot_carry_is_not_mcpmuxs(
     _, envelope, _ = door.admit(jsonrpc.encode({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
                                                 "params": {"name": "echo", "requestState": state}}))
     assert envelope.pin is None and envelope["params"]["requestState"] == state
+
+
+def test_a_request_with_a_stray_result_member_keeps_its_routing_flags() -> None:
+    # The result's flags replaced the params' ones: the instance got the client's own progress token
+    # instead of mcpmux's (a token the client could choose to be another session's request id), and a
+    # cursor, a requestState or the stateless era's _meta were no longer seen.
+    h = Harness.make()
+    session = h.open("a")
+    h.add_instance("shim:shim_00")
+    _, _, frames = door.admit(jsonrpc.encode({
+        "jsonrpc": "2.0", "id": 1, "method": "tools/call", "result": {},
+        "params": {"name": "work", "_meta": {"progressToken": "mine"}}}))
+    envelope = wire.decode(frames)[0]
+    assert isinstance(envelope, Envelope) and envelope.flags & Flag.PROGRESS
+    h.board.from_client(session, envelope)
+    h.collect()
+    (sent,) = h.requests_on(h.board.pool.get("shim:shim_00"))  # type: ignore[arg-type]
+    assert Envelope.of(sent).to_dict()["params"]["_meta"]["progressToken"] == sent["id"] != "mine"
