@@ -228,10 +228,12 @@ class Envelope(Mapping[str, Any]):
         return key == "jsonrpc" or key in self._body()
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.to_dict())
+        # The keys it can be read by: a member of another kind's (a request's stray result) is not one.
+        other = _KEYS_OF_OTHER_KINDS[self.kind]
+        return (key for key in self.to_dict() if key not in other)
 
     def __len__(self) -> int:
-        return len(self.to_dict())
+        return sum(1 for _ in self)
 
     def __repr__(self) -> str:
         return f"Envelope({self.kind.name}, id={self.id!r}, method={self.method!r}, {len(self.body)} bytes)"

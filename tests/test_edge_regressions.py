@@ -10,7 +10,7 @@ import pytest
 from mcpmux import jsonrpc, request_state, wire
 from mcpmux.envelope import Envelope, Flag
 from mcpmux.jsonrpc import JsonObject
-from mcpmux.router import door
+from mcpmux.router import cursors, door
 from mcpmux.shim import backend
 from mcpmux.shim.opening import Opening, Refused
 from mcpmux.stateless import Era
@@ -152,3 +152,19 @@ def test_a_request_with_a_stray_result_member_keeps_its_routing_flags() -> None:
     h.collect()
     (sent,) = h.requests_on(h.board.pool.get("shim:shim_00"))  # type: ignore[arg-type]
     assert Envelope.of(sent).to_dict()["params"]["_meta"]["progressToken"] == sent["id"] != "mine"
+
+
+def test_a_request_with_a_stray_error_member_reads_as_the_request_it_is() -> None:
+    # Its keys included `error`, which it cannot be read by: copying it ({**request}, as the core does to
+    # unwrap a cursor) raised KeyError, and the request failed with -32603.
+    h = Harness.make()
+    session = h.open("a")
+    h.add_instance("shim:shim_00")
+    _, _, frames = door.admit(jsonrpc.encode({
+        "jsonrpc": "2.0", "id": 1, "method": "tools/list", "error": {"code": 1, "message": "stray"},
+        "params": {"cursor": cursors.wrap("shim:shim_00", "page-2")}}))
+    h.board.from_client(session, wire.decode(frames)[0])
+    h.collect()
+    assert not h.board.metrics.events
+    (sent,) = h.requests_on(h.board.pool.get("shim:shim_00"))  # type: ignore[arg-type]
+    assert sent["params"]["cursor"] == "page-2" and "error" not in dict(sent)
