@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mcpmux import stateless
-from mcpmux.jsonrpc import JsonObject
+from mcpmux.jsonrpc import MAX_NESTING, JsonObject, carried
 from mcpmux.stateless import Era
 
 INIT_ID = "mcpmux-shim-initialize"
@@ -71,6 +71,9 @@ class Opening:
         if not isinstance(response["result"], dict):
             return Refused(f"backend answered initialize with a result that is not an object: "
                            f"{response['result']!r:.200}")
+        unusable = _unusable(response["result"])
+        if unusable is not None:
+            return Refused(f"backend answered initialize with {unusable}: {response['result']!r:.200}")
         self._send({"jsonrpc": "2.0", "method": "notifications/initialized"})
         return Opened(response["result"], Era.HANDSHAKE, self._fallback)
 
@@ -81,14 +84,19 @@ class Opening:
 
     def _discovered(self, response: JsonObject) -> Opened | None:
         result = response.get("result")
-        if stateless.speaks_stateless(result):
+        unusable = _unusable(result) if isinstance(result, dict) else None
+        if stateless.speaks_stateless(result) and unusable is None:
             self._discover_deadline = None
             self.busy = False
             assert isinstance(result, dict)
             return Opened(result, Era.STATELESS)
         error = response.get("error")
-        self._fall_back(f"server/discover answered error {error.get('code')}" if isinstance(error, dict)
-                        else "server/discover named no 2026-07-28 version")
+        if isinstance(error, dict):
+            self._fall_back(f"server/discover answered error {error.get('code')}")
+        elif stateless.speaks_stateless(result):
+            self._fall_back(f"server/discover answered with {unusable}")
+        else:
+            self._fall_back("server/discover named no 2026-07-28 version")
         return None
 
     def _fall_back(self, reason: str) -> None:
@@ -98,3 +106,15 @@ class Opening:
 
     def _initialize(self) -> None:
         self._send({"jsonrpc": "2.0", "id": INIT_ID, "method": "initialize", "params": self._params})
+
+
+def _unusable(result: JsonObject) -> str | None:
+    """Why the core could not take a backend's initialize (or discover) result, or None: it reads the
+    capabilities as an object, and is told of the result in a frame."""
+    capabilities = result.get("capabilities")
+    if capabilities is not None and not isinstance(capabilities, dict):
+        return f"capabilities that are not an object ({capabilities!r:.100})"
+    if not carried(result):
+        return ("a result holding an integer beyond 64 bits, text that is not Unicode, or nesting deeper than "
+                f"{MAX_NESTING}")
+    return None

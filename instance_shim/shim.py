@@ -140,22 +140,27 @@ class Shim:
         messages = self._backend.read_messages()
         if messages is None:
             return False
-        stateless = self._opened is not None and self._opened.era is Era.STATELESS
         for line, parsed in messages:
-            payload = self._malformed(line, parsed) if isinstance(parsed, jsonrpc.InvalidMessage) else parsed
-            if payload is None:
-                continue
-            if self._opening.owns(payload):
-                self._initialized(payload)
-                continue
-            text: bytes | None = line if payload is parsed else None
-            if stateless and "result" in payload:
-                wrapped = request_state.wrap_result(payload, self._slot, os.getpid())
-                if wrapped is not payload:  # its line no longer says what is sent
-                    text, payload = None, wrapped
-            envelope = Envelope.from_message(payload, line=text)
-            wire.send(self._socket, wire.encode_envelope(wire.FromBackend, envelope), block=True)
+            frames = self._frames(line, parsed)
+            if frames is not None:
+                wire.send(self._socket, frames, block=True)
         return True
+
+    def _frames(self, line: bytes, parsed: JsonObject | jsonrpc.InvalidMessage) -> list[bytes] | None:
+        """What one message of the server becomes for the core: its frames, or None if it goes no further
+        (malformed, or the answer to the shim's own opening)."""
+        payload = self._malformed(line, parsed) if isinstance(parsed, jsonrpc.InvalidMessage) else parsed
+        if payload is None:
+            return None
+        if self._opening.owns(payload):
+            self._initialized(payload)
+            return None
+        text: bytes | None = line if payload is parsed else None
+        if self._opened is not None and self._opened.era is Era.STATELESS and "result" in payload:
+            wrapped = request_state.wrap_result(payload, self._slot, os.getpid())
+            if wrapped is not payload:  # its line no longer says what is sent
+                text, payload = None, wrapped
+        return wire.encode_envelope(wire.FromBackend, Envelope.from_message(payload, line=text))
 
     def _malformed(self, line: bytes, invalid: jsonrpc.InvalidMessage) -> JsonObject | None:
         """A message of the wrong shape from the server goes no further. A response whose id is usable

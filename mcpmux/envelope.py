@@ -22,7 +22,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from mcpmux import request_state, stateless
-from mcpmux.jsonrpc import JsonObject, is_token
+from mcpmux.jsonrpc import JsonObject, is_text, is_token
 from mcpmux.jsonrpc import encode as dumps
 from mcpmux.request_state import Pin
 from mcpmux.stateless import SUBSCRIPTION_ID_KEY
@@ -106,15 +106,15 @@ class Envelope(Mapping[str, Any]):
             flags, token = _params_flags(params)
             flags |= Flag.STATE if pin is not None else Flag.NONE
         result = rest.get("result")
-        if isinstance(result, dict):
+        if isinstance(result, dict) and "method" not in message:  # a request's stray result says nothing
             flags, token = _result_flags(result)
         tool = params.get("name") if method == "tools/call" and isinstance(params, dict) else None
         error = rest.get("error")
         code = error.get("code") if isinstance(error, dict) else None
         body = _cut(line, message) if line is not None else None
         return cls(_kind(message), message.get("id"), method if isinstance(method, str) else None,
-                   body or dumps(rest), tool=tool if isinstance(tool, str) else None,
-                   priority=priority if isinstance(priority, str) else None, flags=flags,
+                   body or dumps(rest), tool=tool if is_text(tool) else None,  # the header carries only text
+                   priority=priority if is_text(priority) else None, flags=flags,
                    error_code=code if isinstance(code, int) and is_token(code) else None, token=token, pin=pin,
                    parsed=rest)
 
@@ -228,10 +228,12 @@ class Envelope(Mapping[str, Any]):
         return key == "jsonrpc" or key in self._body()
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.to_dict())
+        # The keys it can be read by: a member of another kind's (a request's stray result) is not one.
+        other = _KEYS_OF_OTHER_KINDS[self.kind]
+        return (key for key in self.to_dict() if key not in other)
 
     def __len__(self) -> int:
-        return len(self.to_dict())
+        return sum(1 for _ in self)
 
     def __repr__(self) -> str:
         return f"Envelope({self.kind.name}, id={self.id!r}, method={self.method!r}, {len(self.body)} bytes)"

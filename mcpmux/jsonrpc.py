@@ -29,6 +29,7 @@ STACK_UNAVAILABLE = -32054
 # it is refused at the edge, where its sender can be told, rather than failing deep inside mcpmux.
 MIN_INT = -(2**63)
 MAX_INT = 2**64 - 1
+MAX_NESTING = 100  # objects and arrays within one another in a value mcpmux carries (msgpack's limit: 511)
 
 
 class InvalidMessage(ValueError):
@@ -50,8 +51,10 @@ def parse(line: bytes | str, *, require_version: bool = True) -> JsonObject:
     """Decode one line into a JSON-RPC message dict, or raise InvalidMessage saying why."""
     try:
         message = json.loads(line.decode() if isinstance(line, bytes) else line)  # text: no encoding to guess
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except ValueError as exc:  # not JSON, not UTF-8, or an integer of more than 4300 digits (int_max_str_digits)
         raise InvalidMessage(PARSE_ERROR, f"Parse error: {exc}") from None
+    except RecursionError:  # arrays or objects nested about a thousand deep: a few kilobytes
+        raise InvalidMessage(PARSE_ERROR, "Parse error: nested too deeply") from None
     if isinstance(message, list):
         raise InvalidMessage(INVALID_REQUEST, "Invalid Request: JSON-RPC batches are not supported")
     if not isinstance(message, dict):
@@ -86,11 +89,12 @@ def _check(message: JsonObject, require_version: bool) -> None:
     if "id" in message and not _is_id(request_id):
         raise InvalidMessage(INVALID_REQUEST, "Invalid Request: id must be a string or an integer")
     if not _fits(request_id):
-        raise InvalidMessage(INVALID_REQUEST, f"Invalid Request: id {request_id} is beyond the 64-bit integers "
-                                              "mcpmux carries", request_id)
+        raise InvalidMessage(INVALID_REQUEST, f"Invalid Request: id {request_id!r} is beyond what mcpmux carries "
+                                              "(64-bit integers, Unicode text)", request_id)
     if "method" in message:
-        if not isinstance(message["method"], str):
-            raise InvalidMessage(INVALID_REQUEST, "Invalid Request: method must be a string", reply_to)
+        if not is_text(message["method"]):
+            raise InvalidMessage(INVALID_REQUEST, "Invalid Request: method must be a string (of Unicode text)",
+                                 reply_to)
     elif "id" not in message or ("result" not in message and "error" not in message):
         raise InvalidMessage(INVALID_REQUEST, "Invalid Request: neither a request, a notification nor a response")
     if "params" in message and not isinstance(message["params"], dict):
@@ -118,6 +122,12 @@ def _check_params(params: JsonObject, method: Any, reply_to: RequestId | None) -
     if method == "notifications/progress" and not is_token(params.get("progressToken")):
         raise InvalidMessage(INVALID_PARAMS, "Invalid params: progressToken must be a string or an integer",
                              reply_to)
+    # What mcpmux keeps of a client and sends between its processes as values (to start instances for its
+    # context): the initialize params, and the stateless era's per-request _meta.
+    if isinstance(method, str) and not (carried(meta) and (method != "initialize" or carried(params))):
+        raise InvalidMessage(INVALID_PARAMS, f"Invalid params: {'_meta' if not carried(meta) else 'params'} "
+                             "holds an integer beyond 64 bits, text that is not Unicode, or nesting deeper than "
+                             f"{MAX_NESTING}", reply_to)
 
 
 # A message's id where the SDKs write it, in its first or last bytes: the first member of the object
@@ -207,8 +217,35 @@ def _is_id(value: Any) -> bool:
 
 
 def _fits(value: Any) -> bool:
-    """Whether the wire carries it: anything but an integer beyond msgpack's range."""
+    """Whether the wire carries it: anything but an integer beyond msgpack's range, or a string that is not
+    Unicode text (a lone surrogate, valid as a JSON escape, has no UTF-8)."""
+    if isinstance(value, str):
+        return is_text(value)
     return not isinstance(value, int) or MIN_INT <= value <= MAX_INT
+
+
+def carried(value: Any, depth: int = 0) -> bool:
+    """Whether msgpack carries a JSON value as a value: integers within 64 bits, Unicode text, nesting
+    within MAX_NESTING. For the JSON mcpmux keeps and sends between its processes as values (a client's
+    initialize params, a server's initialize result); a message's body crosses as text and needs no check."""
+    if isinstance(value, dict):
+        return depth < MAX_NESTING and all(is_text(key) and carried(item, depth + 1) for key, item in value.items())
+    if isinstance(value, list):
+        return depth < MAX_NESTING and all(carried(item, depth + 1) for item in value)
+    return _fits(value)
+
+
+def is_text(value: Any) -> bool:
+    """A string msgpack carries: one that has a UTF-8 encoding (nearly all are ASCII, checked at C speed)."""
+    if not isinstance(value, str):
+        return False
+    if value.isascii():
+        return True
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def is_token(value: Any) -> bool:

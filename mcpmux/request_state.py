@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from mcpmux.jsonrpc import JsonObject
+from mcpmux.jsonrpc import JsonObject, is_text, is_token
 
 PREFIX = "mcpmux1."
 INPUT_REQUIRED = "input_required"
@@ -41,7 +41,7 @@ def unwrap(value: str) -> tuple[str, Pin] | None:
         slot, pid = json.loads(base64.urlsafe_b64decode(route.encode()))
     except (ValueError, TypeError):
         return None
-    if not isinstance(slot, str) or not isinstance(pid, int) or isinstance(pid, bool):
+    if not is_text(slot) or type(pid) is not int or not is_token(pid):  # the header carries the pin
         return None
     return state, (slot, pid)
 

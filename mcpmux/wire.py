@@ -11,6 +11,8 @@ Messages are NamedTuples, not dataclasses: the door (one per client session) imp
 
 from __future__ import annotations
 
+import types
+import typing
 from collections.abc import Iterator
 from typing import Any, NamedTuple, cast
 
@@ -164,18 +166,6 @@ TAGS: dict[type[Any], str] = {
 }
 _BY_TAG: dict[str, type[Any]] = {tag: cls for cls, tag in TAGS.items()}
 
-# The type of each field of the messages that carry no envelope, in order: a frame is checked against them
-# when it is decoded, so that no handler meets a field of another type (a frame is untrusted input).
-_OPT_STR = (str, type(None))
-_OPT_DICT = (dict, type(None))
-_FIELD_TYPES: dict[type[Any], tuple[type | tuple[type, ...], ...]] = {
-    DoorHello: (int, _OPT_DICT, _OPT_STR, _OPT_STR, bool, _OPT_DICT),
-    Welcome: (list, str), Closing: (str,), SafeTools: (list,), DoorBye: (), Taken: (int,),
-    ShimHello: (int, int, _OPT_DICT, _OPT_DICT, str, _OPT_STR), Heartbeat: (), Resync: (),
-    InitializeBackend: (dict, _OPT_STR, _OPT_DICT, str, _OPT_DICT), BindContext: (dict,),
-    BackendReady: (dict, int, str, _OPT_STR), BackendFailed: (str, str),
-    ControlRequest: (str, dict), ControlReply: (dict, _OPT_STR),
-}
 
 EnvelopeMessage = type[ToBackend] | type[FromBackend] | type[ClientMessage] | type[ToClient]
 _CARRIERS = frozenset(TAGS[carrier] for carrier in (ClientMessage, ToClient, ToBackend, FromBackend))
@@ -214,15 +204,44 @@ def decode(frames: list[bytes]) -> Message:
             if not isinstance(body, bytes):
                 raise ValueError("a JSON-RPC message without its body")
             return _BY_TAG[tag](Envelope.from_wire(header, body))  # type: ignore[no-any-return]
-        cls = _BY_TAG[tag]
-        if len(fields) > len(_FIELD_TYPES[cls]) or not all(
-                isinstance(value, kind) for value, kind in zip(fields, _FIELD_TYPES[cls], strict=False)):
-            raise ValueError(f"the fields of {cls.__name__} have other types")
-        message: Message = cls(*fields)
+        message: Message = _BY_TAG[tag](*fields)
+        _check_fields(message)
     except (ValueError, TypeError, KeyError, IndexError, msgpack.UnpackException) as exc:
         size = sum(len(frame) for frame in frames)
         raise WireError(f"undecodable message ({len(frames)} frames, {size} bytes): {exc}") from None
     return message
+
+
+def _check_fields(message: Message) -> None:
+    """TypeError unless each field holds what its message declares: a frame is untrusted, and a wrong type
+    (a pid that is None, params that are a number) would fail deep inside the process that reads it."""
+    message_type: type[Any] = type(message)
+    for name, value, hint in zip(message._fields, message, _hints(message_type), strict=True):
+        if not _of_type(value, hint):
+            raise TypeError(f"{type(message).__name__}.{name} is not {hint}: {value!r:.80}")
+
+
+_HINTS: dict[type[Any], tuple[Any, ...]] = {}  # each message type's field types, once it is first decoded
+
+
+def _hints(message_type: type[Any]) -> tuple[Any, ...]:
+    hints = _HINTS.get(message_type)
+    if hints is None:
+        hints = _HINTS[message_type] = tuple(typing.get_type_hints(message_type).values())
+    return hints
+
+
+def _of_type(value: Any, hint: Any) -> bool:
+    """Whether a value is of a field's type, as msgpack decodes them: `int`, `str`, `X | None`, `list[str]`,
+    `JsonObject` (an object with string keys; its values are the other side's business)."""
+    if isinstance(hint, types.UnionType):
+        return any(_of_type(value, member) for member in typing.get_args(hint))
+    origin = typing.get_origin(hint)
+    if origin is list:
+        return isinstance(value, list) and all(_of_type(item, typing.get_args(hint)[0]) for item in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(type(key) is str for key in value)
+    return value is None if hint is type(None) else type(value) is hint
 
 
 # --- sockets -----------------------------------------------------------------------------------------

@@ -218,15 +218,9 @@ class Door:
             self._oversized(line)
             return
         try:
-            message = jsonrpc.parse(line)
-            envelope = Envelope.from_message(message, from_client=True, line=line)
-            frames = wire.encode_envelope(wire.ClientMessage, envelope)
+            message, envelope, frames = admit(line)
         except jsonrpc.InvalidMessage as invalid:
             self._refuse(invalid, line)
-            return
-        except wire.WireError as exc:  # jsonrpc.check lets in only what the wire carries: never, but safe
-            self._refuse(jsonrpc.InvalidMessage(jsonrpc.INVALID_REQUEST, f"Invalid Request: {exc}",
-                                                message.get("id")), line)
             return
         if envelope.kind is Kind.REQUEST:
             self._unanswered[envelope.id] = envelope
@@ -344,6 +338,17 @@ class Door:
         if self._taken >= TAKEN_BATCH or (self._taken and not self._lines):
             self._send(wire.Taken(self._taken))
             self._taken = 0
+
+
+def admit(line: bytes) -> tuple[JsonObject, Envelope, list[bytes]]:
+    """A client's line as the door lets it in: the message, its envelope and the frames for the core; or
+    InvalidMessage, the error its sender gets, for a line that goes no further. Pure, for the fuzz tests."""
+    message = jsonrpc.parse(line)
+    envelope = Envelope.from_message(message, from_client=True, line=line)
+    try:
+        return message, envelope, wire.encode_envelope(wire.ClientMessage, envelope)
+    except wire.WireError as exc:  # jsonrpc.check lets in only what the wire carries: never, but safe
+        raise jsonrpc.InvalidMessage(jsonrpc.INVALID_REQUEST, f"Invalid Request: {exc}", message.get("id")) from None
 
 
 def _client_directory() -> str | None:
