@@ -199,7 +199,7 @@ def of_hint(hint: Any) -> st.SearchStrategy[Any]:
         return st.lists(of_hint(typing.get_args(hint)[0]), max_size=2)
     if typing.get_origin(hint) is dict:
         return st.dictionaries(st.text(max_size=4), SCALARS, max_size=2)
-    return {int: st.integers(0, 2**31), str: st.text(max_size=8), type(None): st.none()}[hint]
+    return {int: st.integers(0, 2**31), str: st.text(max_size=8), bool: st.booleans(), type(None): st.none()}[hint]
 
 
 @st.composite
