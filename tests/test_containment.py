@@ -11,7 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from tests import mcp_messages
 from tests.conftest import LAB_SERVER, Stack, StackFactory
 from tests.rawclient import INITIALIZE, RawClient, answer, call, pid_of, raw_session
 
@@ -180,3 +183,34 @@ async def test_a_call_that_kills_its_server_is_not_sent_on_to_kill_every_instanc
     assert len(lost) == 2, f"the call took {len(lost)} instances down"
     assert [answer(response)["text"] for response in calm] == [f"calm {n}" for n in range(3)]
     assert processes.count("RUNNING") >= 2, "the pool came back whole"
+
+
+@settings(max_examples=1, derandomize=True, database=None, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                 HealthCheck.data_too_large])
+@given(attack=st.lists(mcp_messages.lines(mcp_messages.client_messages(mcp_messages.HANDSHAKE)),
+                       min_size=150, max_size=150))
+async def test_a_stream_of_generated_bad_lines_reaches_no_other_session(stack: Stack, attack: list[bytes]) -> None:
+    """Lines from the fuzz strategies (MCP messages of the spec's schema, broken in every field, mutated as
+    text) from one session, while another calls: the other's calls all succeed and the core never falls."""
+    async with raw_session(stack) as victim, raw_session(stack) as attacker:
+        await victim.initialize()
+        await attacker.initialize()
+        core = (await stack.current_status())["corePid"]
+
+        async def send_all() -> None:
+            for line in attack:
+                await attacker.send_raw(line.replace(b"\n", b" ") + b"\n")
+        victims, _ = await asyncio.gather(calls_of(victim, "victim", 20), send_all())
+        still = await attacker.request("still-here", "tools/call", {"name": "echo", "arguments": {"text": "ok"}})
+        status = await stack.current_status()
+
+    assert [answer(response)["text"] for response in victims] == [f"victim {n}" for n in range(20)]
+    assert answer(still)["text"] == "ok", "the attacking session keeps working"
+    assert status["corePid"] == core, "the shared core never fell over"
+    raised = [event["text"] for event in status["events"] if event["kind"] == "error"]
+    assert not raised, raised
+    refused = [m for m in attacker.received if "error" in m and m["error"]["code"] in (-32700, -32600, -32602)]
+    print(f"\n{len(attack)} generated lines: {len(refused)} refused with an error, "
+          f"{len([m for m in attacker.received if 'method' not in m])} answers in all")
+    assert len(refused) >= len(attack) // 4, "most broken lines are requests or garbage: each gets its error"
