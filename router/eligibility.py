@@ -27,12 +27,13 @@ from mcpmux.envelope import Flag
 from mcpmux.router.contexts import ContextRules
 from mcpmux.router.dedicated import Dedicated
 from mcpmux.router.dispatch import LeastConnections
-from mcpmux.router.instances import Instance, Pool
+from mcpmux.router.instances import Instance, InstanceState, Pool
 from mcpmux.router.limits import Limits
 from mcpmux.router.queue import Priority
 from mcpmux.router.session import Pending, Session
 
 Strategy = Literal["least_connections", "session_affinity", "dedicated"]
+STARTING = frozenset({InstanceState.STARTING, InstanceState.PROBING})
 
 
 class PinnedInstanceGone(Exception):
@@ -146,15 +147,29 @@ class Eligibility:
                     return None  # settling: it serves again in a moment
                 slot = None  # the session's context moved: pin it again
         if slot is None:
-            instance = self._least_pinned(serving)
+            instance = self._placement(session, serving, pool)
             if instance is None:
                 return None
             self.pins[session.identity] = instance.slot
+            if not instance.ready:
+                return None  # it waits for an instance of its own rather than crowd a busy one for good
         assert instance is not None
         if not self._has_room(instance):
             return None
         instance.last_pick = self.balancer.turn()
         return instance
+
+    def _placement(self, session: Session, serving: list[Instance], pool: Pool) -> Instance | None:
+        """Where a session is pinned: the ready instance with the fewest sessions, unless one still starting
+        would have fewer. Sessions that open together while the pool starts (as a client's windows do at
+        launch) would otherwise all be pinned to the first instance ready, and block each other as long as
+        they live on a server that runs one call at a time."""
+        ready = self._least_pinned(serving)
+        starting = self._least_pinned([i for i in pool if i.state in STARTING and self.contexts.serves(i, session)])
+        pinned = Counter(self.pins.values())
+        if starting is not None and (ready is None or pinned[starting.slot] < pinned[ready.slot]):
+            return starting
+        return ready
 
     def _least_pinned(self, serving: list[Instance]) -> Instance | None:
         pinned = Counter(self.pins.values())

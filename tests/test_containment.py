@@ -93,7 +93,7 @@ async def test_a_server_answering_ids_it_was_never_sent_completes_nothing(stack:
     async with raw_session(stack) as client:
         await client.initialize()
         await stack.ready(2)
-        await client.send(call("honest", "block", seconds=1))
+        await client.send(call("honest", "block", seconds=5))
         await stack.running(1)
         buggy = await client.request("buggy", "tools/call", {"name": "misbehave", "arguments": {"lines": phantoms}})
         honest = await client.response("honest")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from mcpmux import jsonrpc
 from mcpmux.router import actions
+from mcpmux.router.contexts import ClientContext
+from mcpmux.router.instances import Instance
 from mcpmux.router.queue import Priority
-from tests.switchboard_harness import Harness
+from tests.switchboard_harness import INITIALIZE_RESULT, Harness
 
 
 def test_a_request_goes_to_an_instance_under_its_own_id_and_comes_back_under_the_clients() -> None:
@@ -395,3 +397,25 @@ def test_a_session_whose_call_started_at_once_has_had_its_turn() -> None:
 
     assert h.response(other, "late")["result"]["n"] == 2, "served right after the call already running"
     assert [h.response(bulk, f"bulk{n}")["result"]["n"] for n in range(4)] == [1, 3, 4, 5]
+
+
+def test_session_affinity_spreads_sessions_that_open_while_the_pool_starts() -> None:
+    """Four sessions open while the second instance still starts (a client's windows at launch): they are
+    spread over both instances, not all pinned to the first one ready for as long as they live."""
+    h = Harness.make({"strategy": "session_affinity"}, maxConcurrentRequests=1)
+    first = h.add_instance("shim:shim_00")
+    sessions = [h.open(f"s{n}") for n in range(4)]
+    starting = Instance("shim:shim_01", 2, 3)
+    starting.context = ClientContext.of({"protocolVersion": "2025-11-25", "capabilities": {}})
+    h.board.pool.add(starting)
+    for n, session in enumerate(sessions):
+        h.call(session, f"call-{n}")
+    h.board.instance_ready(starting, INITIALIZE_RESULT)
+    h.collect()
+
+    pins = h.board.eligibility.pins
+    assert sorted(pins.values()) == ["shim:shim_00", "shim:shim_00", "shim:shim_01", "shim:shim_01"]
+    calls = {instance.slot: [m for m in h.requests_on(instance) if m.get("method") == "tools/call"]
+             for instance in (first, starting)}
+    assert len(calls["shim:shim_01"]) == 1, "the second instance serves its sessions once ready"
+    assert len(calls["shim:shim_00"]) == 1
