@@ -356,6 +356,7 @@ class Core:
         self._settle()
 
     def _close_session(self, session: Session, reason: str) -> None:
+        log.info("session %s closed: %s", session.name, reason)
         self.metrics.event("session", f"session {session.name} closed: {reason}")
         self._door_flow.forget(session.identity)
         self.board.close_session(session)

@@ -89,6 +89,9 @@ async def test_a_core_that_stalls_longer_than_every_liveness_timeout_fails_no_ca
         stall = await stack.event("core", resumed)
         after = await stack.current_status()
 
+    failed = [response for response in answers if "error" in response]
+    events = [f'{event["kind"]}: {event["text"]}' for event in after["events"] if event["time"] > resumed - 20]
+    assert not failed, (failed[:2], events)
     assert [answer(response)["text"] for response in answers] == [f"a{n}" for n in range(10)] + [
         f"b{n}" for n in range(10)]
     assert after["corePid"] == before["corePid"]
