@@ -95,7 +95,7 @@ async def test_a_client_that_stops_reading_large_results_keeps_its_door_small(ma
         slow.resume_reading()
         responses = [await slow.response(f"big-{n}", timeout=120) for n in range(calls)]
 
-    print(f"\nthe door grew by {grown / 2**20:.1f} MB while {calls * size / 2**20:.0f} MB of results waited for its client")
+    print(f"\nthe door grew by {grown / 2**20:.1f} MB while {calls * size / 2**20:.0f} MB of results waited")
     assert "held" in held["text"]
     assert grown < 48 * 1024 * 1024, f"the door grew by {grown / 2**20:.0f} MB for 120 MB it was not asked to hold"
     assert [answer(response)["text"] for response in others] == [f"o{n}" for n in range(5)]
