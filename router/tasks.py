@@ -36,6 +36,7 @@ instances give one session the same id, the newer task replaces the older in the
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Container, Mapping
 from dataclasses import dataclass
@@ -216,8 +217,7 @@ class TaskTable:
         task_id = reported.get("taskId")
         if not isinstance(task_id, str):
             return
-        ttl = reported.get("ttl")
-        expires = now + ttl / 1000 if isinstance(ttl, int | float) and not isinstance(ttl, bool) else None
+        expires = _expiry(now, reported.get("ttl"))
         meta = params_of(request).get("_meta")
         token = meta.get("progressToken") if isinstance(meta, dict) else None
         progress = (backend_id, token) if backend_id is not None and token is not None else None
@@ -319,3 +319,13 @@ class TaskTable:
             del self._by_progress[task.progress[0]]
 
 
+def _expiry(now: float, ttl: object) -> float | None:
+    """When a task's ttl (milliseconds, as its server reported it) passes; None for never: no ttl, or one
+    beyond what a float holds (10**400 made the division raise OverflowError)."""
+    if not isinstance(ttl, int | float) or isinstance(ttl, bool):
+        return None
+    try:
+        expires = now + ttl / 1000
+    except OverflowError:
+        return None
+    return expires if math.isfinite(expires) else None

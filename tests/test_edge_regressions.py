@@ -11,6 +11,7 @@ from mcpmux import jsonrpc, request_state, wire
 from mcpmux.envelope import Envelope, Flag
 from mcpmux.jsonrpc import JsonObject
 from mcpmux.router import cursors, door
+from mcpmux.router.tasks import TaskTable
 from mcpmux.shim import backend
 from mcpmux.shim.opening import Opening, Refused
 from mcpmux.stateless import Era
@@ -168,3 +169,15 @@ def test_a_request_with_a_stray_error_member_reads_as_the_request_it_is() -> Non
     assert not h.board.metrics.events
     (sent,) = h.requests_on(h.board.pool.get("shim:shim_00"))  # type: ignore[arg-type]
     assert sent["params"]["cursor"] == "page-2" and "error" not in dict(sent)
+
+
+@pytest.mark.parametrize("ttl", [10**400, float("inf"), float("nan")])
+def test_a_task_whose_ttl_no_clock_can_hold_never_expires(ttl: float) -> None:
+    # The ttl is the server's: 10**400 milliseconds made `ttl / 1000` raise OverflowError, and the
+    # task-creating call failed with -32603.
+    table = TaskTable()
+    request = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "work", "task": {}}}
+    created = {"task": {"taskId": "t", "status": "working", "ttl": ttl}}
+    table.answered(b"a", "shim:shim_00", request, jsonrpc.result(1, created), 7, now=1000.0)
+    table.expire(now=10.0**300)
+    assert len(table) == 1
