@@ -10,7 +10,7 @@ import pytest
 from mcpmux import jsonrpc, request_state, wire
 from mcpmux.envelope import Envelope, Flag
 from mcpmux.jsonrpc import JsonObject
-from mcpmux.router import cursors, door
+from mcpmux.router import actions, cursors, door
 from mcpmux.router.tasks import TaskTable
 from mcpmux.shim import backend
 from mcpmux.shim.opening import Opening, Refused
@@ -181,3 +181,20 @@ def test_a_task_whose_ttl_no_clock_can_hold_never_expires(ttl: float) -> None:
     table.answered(b"a", "shim:shim_00", request, jsonrpc.result(1, created), 7, now=1000.0)
     table.expire(now=10.0**300)
     assert len(table) == 1
+
+
+@pytest.mark.parametrize("root", [{"uri": "\udfff"}, {"uri": "file:///a", "size": 2**70}])
+def test_roots_msgpack_cannot_carry_are_no_roots(root: JsonObject) -> None:
+    # An instance bound to a client's context has it kept by its shim, in a frame holding the client's
+    # roots: packing roots with a lone surrogate or an integer beyond 64 bits raised in the core.
+    h = Harness.make()
+    session = h.open("a", {"roots": {"listChanged": True}})
+    asked = h.roots_asked(session)[-1]
+    _, _, frames = door.admit(jsonrpc.encode(jsonrpc.result(asked["id"], {"roots": [root]})))
+    h.board.from_client(session, wire.decode(frames)[0])
+    instance = h.add_instance("shim:shim_00", {"roots": {"listChanged": True}})
+    h.board.from_instance(instance, {"jsonrpc": "2.0", "id": "r1", "method": "roots/list"})
+    h.call(session, 1)
+    (bound,) = [action for action in h.other if isinstance(action, actions.InstanceBound)]
+    assert bound.context.roots is None
+    assert wire.decode(wire.encode(wire.BindContext(bound.context.to_json())))
