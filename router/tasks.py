@@ -69,7 +69,8 @@ class Task:
 
     @property
     def finished(self) -> bool:
-        return self.task.get("status") in TERMINAL
+        status = self.task.get("status")  # as its server reported it: a list is not hashable
+        return isinstance(status, str) and status in TERMINAL
 
 
 @dataclass(frozen=True, slots=True)

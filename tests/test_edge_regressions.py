@@ -198,3 +198,15 @@ def test_roots_msgpack_cannot_carry_are_no_roots(root: JsonObject) -> None:
     (bound,) = [action for action in h.other if isinstance(action, actions.InstanceBound)]
     assert bound.context.roots is None
     assert wire.decode(wire.encode(wire.BindContext(bound.context.to_json())))
+
+
+@pytest.mark.parametrize("status", [["completed"], {"s": 1}])
+def test_a_task_status_that_is_not_a_string_is_not_an_end(status: object) -> None:
+    # `status in TERMINAL` (a frozenset) raised TypeError for a list: the task-creating call, or the
+    # server's status notification, failed with -32603.
+    table = TaskTable()
+    request = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "work", "task": {}}}
+    created = {"task": {"taskId": "t", "status": status, "ttl": None}}
+    table.answered(b"a", "shim:shim_00", request, jsonrpc.result(1, created), 7, now=1000.0)
+    assert table.observe("shim:shim_00", {"taskId": "t", "status": status}) is not None
+    assert len(table) == 1
