@@ -210,3 +210,17 @@ def test_a_task_status_that_is_not_a_string_is_not_an_end(status: object) -> Non
     table.answered(b"a", "shim:shim_00", request, jsonrpc.result(1, created), 7, now=1000.0)
     assert table.observe("shim:shim_00", {"taskId": "t", "status": status}) is not None
     assert len(table) == 1
+
+
+@pytest.mark.parametrize("tools", [5, True, 2.5])
+def test_a_tools_list_whose_tools_are_not_a_list_passes_through(tools: object) -> None:
+    # The switchboard learns which tools are safe to retry from every tools/list result: iterating a
+    # number raised TypeError, and the client's tools/list failed with -32603.
+    h = Harness.make()
+    session = h.open("a")
+    instance = h.add_instance("shim:shim_00")
+    h.request(session, 1, "tools/list")
+    (sent,) = h.requests_on(instance)
+    h.answer(instance, sent["id"], {"tools": tools})
+    assert h.response(session, 1)["result"] == {"tools": tools}
+    assert not h.board.metrics.events
