@@ -252,7 +252,8 @@ class TaskTable:
     def _listed(self, session: bytes, slot: str, result: JsonObject) -> JsonObject:
         """One instance's page of tasks/list as this session sees it: its own tasks, the walk's cursor."""
         own = []
-        for reported in result.get("tasks") or []:
+        reported_tasks = result.get("tasks")
+        for reported in reported_tasks if isinstance(reported_tasks, list) else []:  # a number is none
             task = self.observe(slot, reported)
             if task is not None and task.session == session:
                 own.append(reported)

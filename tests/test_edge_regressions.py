@@ -224,3 +224,12 @@ def test_a_tools_list_whose_tools_are_not_a_list_passes_through(tools: object) -
     h.answer(instance, sent["id"], {"tools": tools})
     assert h.response(session, 1)["result"] == {"tools": tools}
     assert not h.board.metrics.events
+
+
+def test_a_tasks_list_page_whose_tasks_are_not_a_list_is_an_empty_page() -> None:
+    # A tasks/list page keeps only the session's own tasks: iterating a number raised TypeError, and the
+    # client's tasks/list failed with -32603.
+    table = TaskTable()
+    request = {"jsonrpc": "2.0", "id": 1, "method": "tasks/list", "params": {}}
+    response = table.answered(b"a", "shim:shim_00", request, jsonrpc.result(1, {"tasks": 5}), 7, now=1000.0)
+    assert response["result"]["tasks"] == []
