@@ -165,10 +165,12 @@ class ContextRules:
         session.context, session.roots_known = context, True
         meta = meta_of(request)
         if context not in self._client_info:
-            self._client_info[context] = meta.get(stateless.CLIENT_INFO_KEY)
+            # Kept to start instances for this context, in a frame: only what msgpack carries.
+            client_info = meta.get(stateless.CLIENT_INFO_KEY)
+            self._client_info[context] = client_info if jsonrpc.carried(client_info) else None
             capabilities = meta.get(stateless.CLIENT_CAPABILITIES_KEY)
-            self._stateless_params = {**profile.WARM, "capabilities": capabilities if isinstance(capabilities, dict)
-                                      else {}}
+            usable = isinstance(capabilities, dict) and jsonrpc.carried(capabilities)
+            self._stateless_params = {**profile.WARM, "capabilities": capabilities if usable else {}}
 
     def roots_answered(self, session: Session, response: Mapping[str, Any]) -> None:
         """The client answered mcpmux's `roots/list`: its context now has those roots."""

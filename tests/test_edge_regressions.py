@@ -88,17 +88,30 @@ def test_an_opening_result_msgpack_cannot_carry_refuses_the_backend_or_falls_bac
     {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "c", "version": 2**64}},
     {"protocolVersion": "2025-11-25", "capabilities": {"experimental": {"\ud800": {}}}, "clientInfo": {"name": "c"}},
     {"protocolVersion": "2025-11-25", "capabilities": {"x": edges.nested(150)}, "clientInfo": {"name": "c"}},
-    {"name": "echo", "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
-                               "io.modelcontextprotocol/clientCapabilities": {"x": -(2**63) - 1}}},
 ])
-def test_client_context_msgpack_cannot_carry_is_refused_at_the_door(params: JsonObject) -> None:
-    # The core starts instances for a client's context with a frame holding its initialize params (or, in
-    # the stateless era, its _meta's capabilities and identity): packing one of these raised in the core,
-    # which died with every session's calls.
-    method = "initialize" if "clientInfo" in params else "tools/call"
+def test_initialize_params_msgpack_cannot_carry_are_refused_at_the_door(params: JsonObject) -> None:
+    # The core starts instances for a client's context with a frame holding its initialize params: packing
+    # these raised in the core, which died with every session's calls (checked with real processes).
     with pytest.raises(jsonrpc.InvalidMessage) as refused:
-        door.admit(jsonrpc.encode({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}))
+        door.admit(jsonrpc.encode({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": params}))
     assert (refused.value.code, refused.value.request_id) == (jsonrpc.INVALID_PARAMS, 1)
+
+
+@pytest.mark.parametrize("meta", [
+    {"io.modelcontextprotocol/clientCapabilities": {"x": -(2**63) - 1}},
+    {"io.modelcontextprotocol/clientCapabilities": {}, "io.modelcontextprotocol/clientInfo": {"name": "\ud800"}},
+])
+def test_a_stateless_client_context_msgpack_cannot_carry_is_not_kept(meta: JsonObject) -> None:
+    # In the stateless era the first client's _meta (capabilities, identity) is what instances of its
+    # context are started with, in a frame: one holding these made packing it raise in the core.
+    h = Harness.make()
+    session = h.board.open_session(b"a", None)
+    params = {"name": "echo", "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28", **meta}}
+    _, _, frames = door.admit(jsonrpc.encode({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params}))
+    h.board.from_client(session, wire.decode(frames)[0])
+    (context,) = h.board.unmet_handshakes()
+    params = h.board.contexts.initialize_params(context)
+    assert wire.decode(wire.encode(wire.InitializeBackend(params, None, context.to_json(), context.era.value)))
 
 
 @pytest.mark.parametrize("era", [Era.HANDSHAKE, Era.STATELESS])
