@@ -160,7 +160,11 @@ class Shim:
             wrapped = request_state.wrap_result(payload, self._slot, os.getpid())
             if wrapped is not payload:  # its line no longer says what is sent
                 text, payload = None, wrapped
-        return wire.encode_envelope(wire.FromBackend, Envelope.from_message(payload, line=text))
+        try:
+            return wire.encode_envelope(wire.FromBackend, Envelope.from_message(payload, line=text))
+        except wire.WireError as exc:  # jsonrpc.check lets in only what the wire carries: never, but safe
+            _log(f"backend sent a message mcpmux cannot carry ({exc}); dropped: {line[:200]!r}")
+            return None
 
     def _malformed(self, line: bytes, invalid: jsonrpc.InvalidMessage) -> JsonObject | None:
         """A message of the wrong shape from the server goes no further. A response whose id is usable

@@ -123,11 +123,10 @@ def _check_params(params: JsonObject, method: Any, reply_to: RequestId | None) -
         raise InvalidMessage(INVALID_PARAMS, "Invalid params: progressToken must be a string or an integer",
                              reply_to)
     # What mcpmux keeps of a client and sends between its processes as values (to start instances for its
-    # context): the initialize params, and the stateless era's per-request _meta.
-    if isinstance(method, str) and not (carried(meta) and (method != "initialize" or carried(params))):
-        raise InvalidMessage(INVALID_PARAMS, f"Invalid params: {'_meta' if not carried(meta) else 'params'} "
-                             "holds an integer beyond 64 bits, text that is not Unicode, or nesting deeper than "
-                             f"{MAX_NESTING}", reply_to)
+    # context): its initialize params. (The stateless era's client context is checked where it is kept.)
+    if method == "initialize" and not carried(params):
+        raise InvalidMessage(INVALID_PARAMS, "Invalid params: initialize params hold an integer beyond 64 bits, "
+                             f"text that is not Unicode, or nesting deeper than {MAX_NESTING}", reply_to)
 
 
 # A message's id where the SDKs write it, in its first or last bytes: the first member of the object

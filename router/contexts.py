@@ -183,10 +183,12 @@ class ContextRules:
         session.context, session.roots_known = context, True
         meta = meta_of(request)
         if context not in self._client_info:
-            self._client_info[context] = meta.get(stateless.CLIENT_INFO_KEY)
+            # Kept to start instances for this context, in a frame: only what msgpack carries.
+            client_info = meta.get(stateless.CLIENT_INFO_KEY)
+            self._client_info[context] = client_info if jsonrpc.carried(client_info) else None
             capabilities = meta.get(stateless.CLIENT_CAPABILITIES_KEY)
-            self._stateless_params = {**profile.WARM, "capabilities": capabilities if isinstance(capabilities, dict)
-                                      else {}}
+            usable = isinstance(capabilities, dict) and jsonrpc.carried(capabilities)
+            self._stateless_params = {**profile.WARM, "capabilities": capabilities if usable else {}}
 
     def _passed(self, session: Session) -> dict[str, str]:
         """The session's values of the variables the stack passes, and no others."""
@@ -198,6 +200,8 @@ class ContextRules:
             return
         result = response.get("result")
         roots = result.get("roots") if isinstance(result, dict) else None
+        if not jsonrpc.carried(roots):  # the core tells a bound instance's shim its context in a frame
+            roots = None
         session.context = session.context.with_roots(roots)
         session.roots_known = True
 

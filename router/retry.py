@@ -23,7 +23,8 @@ class RetryPolicy:
         self._safe_tools: set[str] = set()
 
     def observe_tools(self, result: dict[str, Any]) -> None:
-        for tool in result.get("tools") or []:
+        tools = result.get("tools")
+        for tool in tools if isinstance(tools, list) else []:  # as its server gave them: a number is none
             if not isinstance(tool, dict) or not isinstance(tool.get("name"), str):
                 continue
             hints = tool.get("annotations")

@@ -36,6 +36,7 @@ instances give one session the same id, the newer task replaces the older in the
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Container, Mapping
 from dataclasses import dataclass
@@ -68,7 +69,8 @@ class Task:
 
     @property
     def finished(self) -> bool:
-        return self.task.get("status") in TERMINAL
+        status = self.task.get("status")  # as its server reported it: a list is not hashable
+        return isinstance(status, str) and status in TERMINAL
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,8 +218,7 @@ class TaskTable:
         task_id = reported.get("taskId")
         if not isinstance(task_id, str):
             return
-        ttl = reported.get("ttl")
-        expires = now + ttl / 1000 if isinstance(ttl, int | float) and not isinstance(ttl, bool) else None
+        expires = _expiry(now, reported.get("ttl"))
         meta = params_of(request).get("_meta")
         token = meta.get("progressToken") if isinstance(meta, dict) else None
         progress = (backend_id, token) if backend_id is not None and token is not None else None
@@ -251,7 +252,8 @@ class TaskTable:
     def _listed(self, session: bytes, slot: str, result: JsonObject) -> JsonObject:
         """One instance's page of tasks/list as this session sees it: its own tasks, the walk's cursor."""
         own = []
-        for reported in result.get("tasks") or []:
+        reported_tasks = result.get("tasks")
+        for reported in reported_tasks if isinstance(reported_tasks, list) else []:  # a number is none
             task = self.observe(slot, reported)
             if task is not None and task.session == session:
                 own.append(reported)
@@ -319,3 +321,13 @@ class TaskTable:
             del self._by_progress[task.progress[0]]
 
 
+def _expiry(now: float, ttl: object) -> float | None:
+    """When a task's ttl (milliseconds, as its server reported it) passes; None for never: no ttl, or one
+    beyond what a float holds (10**400 made the division raise OverflowError)."""
+    if not isinstance(ttl, int | float) or isinstance(ttl, bool):
+        return None
+    try:
+        expires = now + ttl / 1000
+    except OverflowError:
+        return None
+    return expires if math.isfinite(expires) else None

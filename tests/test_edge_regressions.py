@@ -10,7 +10,8 @@ import pytest
 from mcpmux import jsonrpc, request_state, wire
 from mcpmux.envelope import Envelope, Flag
 from mcpmux.jsonrpc import JsonObject
-from mcpmux.router import cursors, door
+from mcpmux.router import actions, cursors, door
+from mcpmux.router.tasks import TaskTable
 from mcpmux.shim import backend
 from mcpmux.shim.opening import Opening, Refused
 from mcpmux.stateless import Era
@@ -87,17 +88,30 @@ def test_an_opening_result_msgpack_cannot_carry_refuses_the_backend_or_falls_bac
     {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "c", "version": 2**64}},
     {"protocolVersion": "2025-11-25", "capabilities": {"experimental": {"\ud800": {}}}, "clientInfo": {"name": "c"}},
     {"protocolVersion": "2025-11-25", "capabilities": {"x": edges.nested(150)}, "clientInfo": {"name": "c"}},
-    {"name": "echo", "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
-                               "io.modelcontextprotocol/clientCapabilities": {"x": -(2**63) - 1}}},
 ])
-def test_client_context_msgpack_cannot_carry_is_refused_at_the_door(params: JsonObject) -> None:
-    # The core starts instances for a client's context with a frame holding its initialize params (or, in
-    # the stateless era, its _meta's capabilities and identity): packing one of these raised in the core,
-    # which died with every session's calls.
-    method = "initialize" if "clientInfo" in params else "tools/call"
+def test_initialize_params_msgpack_cannot_carry_are_refused_at_the_door(params: JsonObject) -> None:
+    # The core starts instances for a client's context with a frame holding its initialize params: packing
+    # these raised in the core, which died with every session's calls (checked with real processes).
     with pytest.raises(jsonrpc.InvalidMessage) as refused:
-        door.admit(jsonrpc.encode({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}))
+        door.admit(jsonrpc.encode({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": params}))
     assert (refused.value.code, refused.value.request_id) == (jsonrpc.INVALID_PARAMS, 1)
+
+
+@pytest.mark.parametrize("meta", [
+    {"io.modelcontextprotocol/clientCapabilities": {"x": -(2**63) - 1}},
+    {"io.modelcontextprotocol/clientCapabilities": {}, "io.modelcontextprotocol/clientInfo": {"name": "\ud800"}},
+])
+def test_a_stateless_client_context_msgpack_cannot_carry_is_not_kept(meta: JsonObject) -> None:
+    # In the stateless era the first client's _meta (capabilities, identity) is what instances of its
+    # context are started with, in a frame: one holding these made packing it raise in the core.
+    h = Harness.make()
+    session = h.board.open_session(b"a", None)
+    params = {"name": "echo", "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28", **meta}}
+    _, _, frames = door.admit(jsonrpc.encode({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params}))
+    h.board.from_client(session, wire.decode(frames)[0])
+    (context,) = h.board.unmet_handshakes()
+    params = h.board.contexts.initialize_params(context)
+    assert wire.decode(wire.encode(wire.InitializeBackend(params, None, context.to_json(), context.era.value)))
 
 
 @pytest.mark.parametrize("era", [Era.HANDSHAKE, Era.STATELESS])
@@ -168,3 +182,80 @@ def test_a_request_with_a_stray_error_member_reads_as_the_request_it_is() -> Non
     assert not h.board.metrics.events
     (sent,) = h.requests_on(h.board.pool.get("shim:shim_00"))  # type: ignore[arg-type]
     assert sent["params"]["cursor"] == "page-2" and "error" not in dict(sent)
+
+
+@pytest.mark.parametrize("ttl", [10**400, float("inf"), float("nan")])
+def test_a_task_whose_ttl_no_clock_can_hold_never_expires(ttl: float) -> None:
+    # The ttl is the server's: 10**400 milliseconds made `ttl / 1000` raise OverflowError, and the
+    # task-creating call failed with -32603.
+    table = TaskTable()
+    request = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "work", "task": {}}}
+    created = {"task": {"taskId": "t", "status": "working", "ttl": ttl}}
+    table.answered(b"a", "shim:shim_00", request, jsonrpc.result(1, created), 7, now=1000.0)
+    table.expire(now=10.0**300)
+    assert len(table) == 1
+
+
+@pytest.mark.parametrize("root", [{"uri": "\udfff"}, {"uri": "file:///a", "size": 2**70}])
+def test_roots_msgpack_cannot_carry_are_no_roots(root: JsonObject) -> None:
+    # An instance bound to a client's context has it kept by its shim, in a frame holding the client's
+    # roots: packing roots with a lone surrogate or an integer beyond 64 bits raised in the core.
+    h = Harness.make()
+    session = h.open("a", {"roots": {"listChanged": True}})
+    asked = h.roots_asked(session)[-1]
+    _, _, frames = door.admit(jsonrpc.encode(jsonrpc.result(asked["id"], {"roots": [root]})))
+    h.board.from_client(session, wire.decode(frames)[0])
+    instance = h.add_instance("shim:shim_00", {"roots": {"listChanged": True}})
+    h.board.from_instance(instance, {"jsonrpc": "2.0", "id": "r1", "method": "roots/list"})
+    h.call(session, 1)
+    (bound,) = [action for action in h.other if isinstance(action, actions.InstanceBound)]
+    assert bound.context.roots is None
+    assert wire.decode(wire.encode(wire.BindContext(bound.context.to_json())))
+
+
+@pytest.mark.parametrize("status", [["completed"], {"s": 1}])
+def test_a_task_status_that_is_not_a_string_is_not_an_end(status: object) -> None:
+    # `status in TERMINAL` (a frozenset) raised TypeError for a list: the task-creating call, or the
+    # server's status notification, failed with -32603.
+    table = TaskTable()
+    request = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "work", "task": {}}}
+    created = {"task": {"taskId": "t", "status": status, "ttl": None}}
+    table.answered(b"a", "shim:shim_00", request, jsonrpc.result(1, created), 7, now=1000.0)
+    assert table.observe("shim:shim_00", {"taskId": "t", "status": status}) is not None
+    assert len(table) == 1
+
+
+@pytest.mark.parametrize("tools", [5, True, 2.5])
+def test_a_tools_list_whose_tools_are_not_a_list_passes_through(tools: object) -> None:
+    # The switchboard learns which tools are safe to retry from every tools/list result: iterating a
+    # number raised TypeError, and the client's tools/list failed with -32603.
+    h = Harness.make()
+    session = h.open("a")
+    instance = h.add_instance("shim:shim_00")
+    h.request(session, 1, "tools/list")
+    (sent,) = h.requests_on(instance)
+    h.answer(instance, sent["id"], {"tools": tools})
+    assert h.response(session, 1)["result"] == {"tools": tools}
+    assert not h.board.metrics.events
+
+
+def test_a_tasks_list_page_whose_tasks_are_not_a_list_is_an_empty_page() -> None:
+    # A tasks/list page keeps only the session's own tasks: iterating a number raised TypeError, and the
+    # client's tasks/list failed with -32603.
+    table = TaskTable()
+    request = {"jsonrpc": "2.0", "id": 1, "method": "tasks/list", "params": {}}
+    response = table.answered(b"a", "shim:shim_00", request, jsonrpc.result(1, {"tasks": 5}), 7, now=1000.0)
+    assert response["result"]["tasks"] == []
+
+
+def test_a_server_message_the_wire_cannot_carry_is_dropped_not_fatal(monkeypatch: pytest.MonkeyPatch,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    # The door had a last line for a message its checks let in but msgpack could not pack; the shim had
+    # none, so each gap in the checks (the lone surrogates above) killed it. Now it drops the message.
+    def cannot_carry(*_: object) -> list[bytes]:
+        raise wire.WireError("cannot carry it")
+
+    monkeypatch.setattr(wire, "encode_envelope", cannot_carry)
+    frames, _ = server_line(b'{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info"}}')
+    assert frames is None
+    assert "cannot carry it" in capsys.readouterr().err
