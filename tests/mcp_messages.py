@@ -433,7 +433,8 @@ ODD_RESULTS: tuple[tuple[str, Any], ...] = (
     ("tools", "tools"), ("tools", 5), ("tools", {"name": "x"}), ("tools", [{"name": 5}, {"annotations": "ro"}]),
     ("nextCursor", ["c"]), ("nextCursor", 5), ("task", "t"), ("task", {"taskId": 5}),
     ("task", {"taskId": "t", "status": ["working"], "ttl": "1"}), ("task", {"taskId": "t", "ttl": 10**400}),
-    ("tasks", 5), ("tasks", [5, {"taskId": []}]), ("roots", "r"), ("roots", [5, {"uri": 5}]), ("capabilities", 5),
+    ("tasks", 5), ("tasks", [5, {"taskId": []}]), ("roots", "r"), ("roots", [5, {"uri": 5}]),
+    ("roots", [{"uri": "file:///big", "size": 2**70}]), ("roots", [{"uri": "\udfff"}]), ("capabilities", 5),
     ("capabilities", ["tools"]), ("supportedVersions", "2026-07-28"), ("resultType", ["input_required"]),
     ("requestState", 5), ("isError", "yes"), ("content", "text"), ("_meta", {stateless.SUBSCRIPTION_ID_KEY: [1]}),
     ("_meta", {stateless.SUBSCRIPTION_ID_KEY: 10**30}),
@@ -448,11 +449,22 @@ ODD_BUT_CHECKED: tuple[tuple[tuple[str, ...], Any], ...] = (
 
 @st.composite
 def odd_but_checked(draw: st.DrawFn, messages: st.SearchStrategy[JsonObject]) -> JsonObject:
-    """A message the edge lets in (its routing fields have their types) with odd types where it does not look,
-    or its wrong types in a field of another message's shape."""
+    """A message the edge lets in (its routing fields have their types) with odd types where it does not look:
+    in a field it has (one time in two, when it has one), or in a field of another message's shape."""
     message = json.loads(json.dumps(draw(messages)))
+    own = [(path, value) for path, value in ODD_BUT_CHECKED if _has(message, path[:2])]
     for _ in range(draw(st.integers(1, 3))):
-        path, value = draw(st.sampled_from(ODD_BUT_CHECKED))
+        path, value = draw(st.sampled_from(own if own and draw(st.booleans()) else ODD_BUT_CHECKED))
         _set(message, path, value)
     return message
+
+
+def _has(message: JsonObject, path: tuple[str, ...]) -> bool:
+    """Whether the message has a member at `path` (the fields of its own shape)."""
+    target: Any = message
+    for key in path:
+        if not isinstance(target, dict) or key not in target:
+            return False
+        target = target[key]
+    return True
 

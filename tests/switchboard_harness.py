@@ -97,13 +97,15 @@ class Harness:
         self.collect()
 
     def add_instance(self, slot: str, capabilities: JsonObject | None = None, result: JsonObject | None = None, *,
-                     era: Era = Era.HANDSHAKE, fallback: str | None = None, pid: int = 1) -> Instance:
-        """A ready instance initialized for the handshake of clients with these capabilities, or opened in the
-        stateless era (`fallback`: asked to, it fell back to the handshake)."""
+                     era: Era = Era.HANDSHAKE, fallback: str | None = None, pid: int = 1,
+                     context: ClientContext | None = None) -> Instance:
+        """A ready instance initialized for the handshake of clients with these capabilities (or for
+        `context`, one the switchboard asked for), or opened in the stateless era (`fallback`: asked to, it
+        fell back to the handshake)."""
         instance = Instance(slot, pid, pid + 1)
         handshake = {"protocolVersion": "2025-11-25", "capabilities": capabilities or {}}
         stateless = era is Era.STATELESS or fallback is not None
-        instance.context = ClientContext.stateless() if stateless else ClientContext.of(handshake)
+        instance.context = context or (ClientContext.stateless() if stateless else ClientContext.of(handshake))
         self.board.pool.add(instance)
         self.board.instance_ready(instance, result or INITIALIZE_RESULT, era=era, fallback=fallback)
         self.collect()
@@ -184,8 +186,8 @@ class Harness:
     def requests_on(self, instance: Instance) -> list[JsonObject]:
         """Requests sent to the instance and not yet answered or cancelled."""
         sent = [m for m in self.to_instance.get(instance.slot, []) if jsonrpc.is_request(m)]
-        cancelled = {m["params"]["requestId"] for m in self.to_instance.get(instance.slot, [])
-                     if m.get("method") == "notifications/cancelled"}
+        cancelled = {jsonrpc.params_of(m).get("requestId") for m in self.to_instance.get(instance.slot, [])
+                     if m.get("method") == "notifications/cancelled" and jsonrpc.is_notification(m)}
         return [m for m in sent if m["id"] not in self.answered and m["id"] not in cancelled]
 
     def error_code(self, session: Session, request_id: RequestId) -> int | None:

@@ -12,6 +12,7 @@ every field, and written by hand where JSON encoders cannot (duplicate keys, dee
 from __future__ import annotations
 
 import json
+import os
 import types
 import typing
 from typing import Any
@@ -30,7 +31,7 @@ from mcpmux.stateless import Era
 from tests import mcp_messages
 from tests.edges import shim_of
 
-FUZZ = settings(max_examples=300, deadline=None)
+FUZZ = settings(max_examples=int(os.environ.get("MCPMUX_FUZZ_EXAMPLES", "300")), deadline=None)  # more: a longer run
 CLIENT_LINES = mcp_messages.lines(mcp_messages.client_messages())
 SERVER_LINES = mcp_messages.lines(mcp_messages.server_messages())
 
