@@ -14,13 +14,15 @@ from __future__ import annotations
 import types
 import typing
 from collections.abc import Iterator
-from typing import Any, NamedTuple, cast
+from typing import Any, Literal, NamedTuple, cast
 
 import msgpack
 import zmq
 
 from mcpmux.envelope import Envelope
 from mcpmux.jsonrpc import JsonObject
+
+EraName = Literal["handshake", "2026-07-28"]  # mcpmux.stateless.Era's values: a shim names its backend's era
 
 
 class WireError(ValueError):
@@ -89,7 +91,7 @@ class ShimHello(NamedTuple):
     backend_pid: int
     initialize_result: JsonObject | None = None  # set once the backend is initialized
     context: JsonObject | None = None  # the client context the core gave it (InitializeBackend, BindContext)
-    era: str = "handshake"  # the era its backend connection was opened in (mcpmux/stateless.py)
+    era: EraName = "handshake"  # the era its backend connection was opened in (mcpmux/stateless.py)
     fallback: str | None = None  # why the backend refused the stateless era it was asked to open in
 
 
@@ -106,7 +108,7 @@ class InitializeBackend(NamedTuple):
     params: JsonObject
     cwd: str | None = None  # where to start the server, if the shim waits to know (server.cwdFromClient)
     context: JsonObject | None = None  # kept by the shim for a restarted core
-    era: str = "handshake"  # 2026-07-28: open with server/discover, falling back to initialize (shim/opening.py)
+    era: EraName = "handshake"  # 2026-07-28: open with server/discover, falling back to initialize (shim/opening.py)
     env: dict[str, str] | None = None  # the client's values of server.passEnv, if the shim waits to know
 
 
@@ -119,7 +121,7 @@ class BindContext(NamedTuple):
 class BackendReady(NamedTuple):
     initialize_result: JsonObject  # in the stateless era, the discover result
     backend_pid: int = 0  # a server started only once the core said where (server.cwdFromClient)
-    era: str = "handshake"
+    era: EraName = "handshake"
     fallback: str | None = None  # why the backend refused the stateless era it was asked to open in
 
 
@@ -237,6 +239,8 @@ def _of_type(value: Any, hint: Any) -> bool:
     if isinstance(hint, types.UnionType):
         return any(_of_type(value, member) for member in typing.get_args(hint))
     origin = typing.get_origin(hint)
+    if origin is Literal:
+        return value in typing.get_args(hint)
     if origin is list:
         return isinstance(value, list) and all(_of_type(item, typing.get_args(hint)[0]) for item in value)
     if origin is dict:

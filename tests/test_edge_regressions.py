@@ -61,6 +61,8 @@ def test_a_server_id_or_method_that_is_not_unicode_text_is_dropped(line: bytes) 
     ["dh", None],  # a door's hello without its pid
     ["dh", 7, 5],  # initialize params that are a number: the core's contexts called .get on it
     ["br", {"capabilities": {}}, 1, 7],  # an era that is not a string
+    ["br", {"capabilities": {}}, 1, "2099-01-01"],  # an era mcpmux does not know: Era() raised in the core
+    ["sh", 5, 6, None, None, "legacy"],
     ["st", ["a", 3]],  # safe tools that are not all names
 ])
 def test_a_frame_whose_fields_are_not_of_their_types_is_refused(message: list[object]) -> None:
