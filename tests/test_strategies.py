@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from typing import Any
 
 import mcp_types as types
@@ -182,3 +183,24 @@ async def test_dedicated_spares_warmed_for_another_context_are_restarted_for_the
                 if opened < event["time"] < answered and event["kind"] in ("reinit", "start", "scale")]
     assert "result" in answer
     assert restarts == [], "the newcomer's first call waited for an instance to restart"
+
+
+async def test_session_affinity_spreads_sessions_that_open_while_the_pool_starts(make_stack: StackFactory) -> None:
+    # Claude Code opens its windows' sessions at launch, before the pool is up: pinned to the first instance
+    # ready, all four would block each other for as long as they live while the second instance idles.
+    stack = make_stack("--min-instances", "2", "--max-instances", "2", "--strategy", "session_affinity")
+    all_called = asyncio.Event()
+    called: list[int] = []
+
+    async def window() -> int:
+        async with stack.session() as client:
+            pid = result_json(await client.call_tool("count", {}))["pid"]
+            called.append(pid)
+            if len(called) == 4:
+                all_called.set()
+            await all_called.wait()
+            return int(pid)
+
+    pids = await asyncio.gather(*(window() for _ in range(4)))
+
+    assert sorted(Counter(pids).values()) == [2, 2], f"four sessions on two instances: {pids}"
