@@ -30,8 +30,9 @@ def _die_with_parent() -> None:
 
 
 class Backend:
-    def __init__(self, spec: JsonObject) -> None:
+    def __init__(self, spec: JsonObject, default_cwd: str | None = None) -> None:
         self._spec = spec
+        self._default_cwd = default_cwd  # where a server with no directory of its own runs
         self._process: subprocess.Popen[bytes] | None = None
         self._outbox = bytearray()
         self._stdout = LineSplitter(LINE_LIMIT)
@@ -54,13 +55,13 @@ class Backend:
         return self._process is not None
 
     def start(self, cwd: str | None = None, passed: Mapping[str, str] | None = None) -> None:
-        """Start the server in `cwd` (the client's), else in the configured directory, with the client's
-        `passed` variables (mcpmux/environment.py)."""
+        """Start the server in `cwd` (the client's), else in the configured directory, else the default one,
+        with the client's `passed` variables (mcpmux/environment.py)."""
         env = server_environment(as_started(), self._spec.get("env", {}), passed)
         self._process = subprocess.Popen(
             [find_command(self._spec["command"], env), *self._spec.get("args", [])],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0,
-            env=env, cwd=cwd or self._spec.get("cwd"), preexec_fn=_die_with_parent,
+            env=env, cwd=cwd or self._spec.get("cwd") or self._default_cwd, preexec_fn=_die_with_parent,
         )
         for pipe in (self._process.stdin, self._process.stdout, self._process.stderr):
             assert pipe is not None

@@ -40,7 +40,7 @@ class Shim:
     def __init__(self, stack_dir: Path, slot: str) -> None:
         stack = json.loads((stack_dir / "stack.json").read_text())
         self._slot = slot
-        self._backend = Backend(stack["server"])
+        self._backend = Backend(stack["server"], str(StackPaths(stack_dir).server_cwd))
         # Start the backend where, and with the variables, the core says (cwdFromClient, passEnv).
         self._deferred = bool(stack["server"].get("cwdFromClient") or stack["server"].get("passEnv"))
         self._context = zmq.Context()

@@ -33,14 +33,19 @@ def resolve(
 
     `command` (the server and its arguments) wins over a file; `env` holds KEY=VALUE pairs added to the
     server's environment, `pass_env` names variables each client passes from its own; `overrides` maps a
-    section ("multiplexer", "loadBalancing") to camelCase keys. With `cwd_from_client`, a command's stack is
-    not named by the directory it is started in: each client's instances run in its own.
+    section ("multiplexer", "loadBalancing") to camelCase keys.
+
+    A command's stack is not named by the directory it is started in, so one registration serves every
+    project from one pool: its server runs in an empty directory of the stack's (StackPaths.server_cwd)
+    unless `cwd` names one, or with `cwd_from_client` in each client's own. A command that names a
+    relative path (`.`, `./data`, `--db=../x.db`) depends on its client's directory, and gets
+    `cwd_from_client` unasked.
     """
     sections = overrides or {}
     if command:
+        cwd_from_client = cwd_from_client or (cwd is None and names_relative_path(command[1:]))
         server: dict[str, Any] = {"command": command[0], "args": list(command[1:]), "env": parse_env(env),
-                                  "cwd": cwd or (None if cwd_from_client else os.getcwd()),
-                                  "cwdFromClient": cwd_from_client, "passEnv": list(pass_env)}
+                                  "cwd": cwd, "cwdFromClient": cwd_from_client, "passEnv": list(pass_env)}
         data: dict[str, Any] = {"server": server, **{section: dict(keys) for section, keys in sections.items()}}
         return parse_config(data, COMMAND_LINE), COMMAND_LINE
     path = config or (Path(os.environ["MCP_CONFIG_PATH"]) if os.environ.get("MCP_CONFIG_PATH") else None)
@@ -61,6 +66,18 @@ def find_stack(config: Path | None = None) -> StackPaths:
     """The stack a router given only `--config FILE` (or ``$MCP_CONFIG_PATH``) serves."""
     resolved, origin = resolve(config=config)
     return stack_paths(resolved, origin)
+
+
+def names_relative_path(args: Sequence[str]) -> bool:
+    """Whether a server's arguments name a path relative to its working directory: `.` or `..`, or a value
+    starting `./` or `../`, alone or after `=`. (A bare `data.db` is not recognised: the README says to use
+    `--cwd-from-client` for such servers; run in the empty default directory, they fail rather than read
+    another project's files.)"""
+    for arg in args:
+        value = arg.partition("=")[2] if arg.startswith("-") else arg
+        if value in (".", "..") or value.startswith(("./", "../")):
+            return True
+    return False
 
 
 def parse_env(pairs: Sequence[str]) -> dict[str, str]:

@@ -81,6 +81,13 @@ class StackPaths(NamedTuple):
         return self.root / "stack.alive"
 
     @property
+    def server_cwd(self) -> Path:
+        """Where a server with no directory of its own runs: empty, so that a server which reads its working
+        directory unasked finds nothing there, rather than the stack's files or a project of whoever came first
+        (`--cwd-from-client` runs it in each client's)."""
+        return self.root / "no-project-directory"
+
+    @property
     def logs(self) -> Path:
         return self.root / LOGS
 
@@ -131,6 +138,7 @@ class StackPaths(NamedTuple):
         try:
             for path in (self.root.parent, self.root, self.logs):
                 descriptors.append(_private_directory(descriptors[-1], path))
+            descriptors.append(_private_directory(descriptors[-2], self.server_cwd))
         finally:
             for descriptor in descriptors:
                 os.close(descriptor)

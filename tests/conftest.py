@@ -52,8 +52,9 @@ class Stack:
     def env(self) -> dict[str, str]:
         return {**os.environ, "XDG_RUNTIME_DIR": str(self.runtime_dir)}
 
-    def params(self) -> StdioServerParameters:
-        return StdioServerParameters(command=ROUTER[0], args=[*ROUTER[1:], *self.router_args], env=self.env)
+    def params(self, cwd: Path | None = None) -> StdioServerParameters:
+        """How a client starts the router: in its project's directory `cwd` (the test's if None)."""
+        return StdioServerParameters(command=ROUTER[0], args=[*ROUTER[1:], *self.router_args], env=self.env, cwd=cwd)
 
     def router(self, *extra: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*ROUTER, *extra, *self.router_args], env=self.env, capture_output=True,
@@ -120,9 +121,9 @@ class Stack:
         return found
 
     @asynccontextmanager
-    async def session(self, **callbacks: Any) -> AsyncIterator[ClientSession]:
-        """A client session through the router, exactly as Claude Code would open one."""
-        async with stdio_client(self.params()) as (read, write), ClientSession(read, write, **callbacks) as client:
+    async def session(self, cwd: Path | None = None, **callbacks: Any) -> AsyncIterator[ClientSession]:
+        """A client session through the router, exactly as Claude Code would open one in the project `cwd`."""
+        async with stdio_client(self.params(cwd)) as (read, write), ClientSession(read, write, **callbacks) as client:
             await client.initialize()
             yield client
 

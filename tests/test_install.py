@@ -115,7 +115,7 @@ async def test_a_session_from_a_project_with_decoy_packages(installed: Installed
     assert init.server_info.name == "mcp-time"
     assert "get_current_time" in {tool.name for tool in tools.tools}
     assert not result.is_error and "UTC" in result.content[0].text  # type: ignore[union-attr]
-    assert stack["running"] and stack["command"] == TIME_SERVER and stack["cwd"] == str(installed.project)
+    assert stack["running"] and stack["command"] == TIME_SERVER and stack["cwd"] is None
     assert status.returncode == 0 and stack["name"] in status.stdout, status.stderr
     assert down.returncode == 0 and "stopped" in down.stderr, down.stderr
     assert processes, "the stack ran processes"
@@ -125,17 +125,24 @@ async def test_a_session_from_a_project_with_decoy_packages(installed: Installed
     assert "decoy" not in logs
 
 
-def test_a_stack_is_stopped_by_name_from_another_directory(installed: Installed, tmp_path: Path) -> None:
+def test_a_command_names_one_stack_from_every_directory_and_a_stack_stops_by_name(
+        installed: Installed, tmp_path: Path) -> None:
     up = installed.run("mcpmux-router", "--up", "--", *TIME_SERVER)
-    (stack,) = json.loads(installed.run("mcpmux-monitor", "stacks", "--json").stdout)
+    (first,) = json.loads(installed.run("mcpmux-monitor", "stacks", "--json").stdout)
+    first_processes = _stack_processes(Path(first["stackDir"]))
     from_elsewhere = subprocess.run([str(installed.bin / "mcpmux-router"), "--down", "--", *TIME_SERVER],
                                     cwd=tmp_path, env=installed.env, capture_output=True, text=True, timeout=60)
+    _, left_running = psutil.wait_procs(first_processes, timeout=10)
+    installed.run("mcpmux-router", "--up", "--", *TIME_SERVER)
+    (stack,) = json.loads(installed.run("mcpmux-monitor", "stacks", "--json").stdout)
     processes = _stack_processes(Path(stack["stackDir"]))
     stop = installed.run("mcpmux-monitor", "stop", stack["name"])
     after = json.loads(installed.run("mcpmux-monitor", "stacks", "--json").stdout)
 
     assert up.returncode == 0, up.stderr
-    assert "was not running" in from_elsewhere.stderr and "mcpmux-monitor stacks" in from_elsewhere.stderr
+    assert from_elsewhere.returncode == 0 and "stopped" in from_elsewhere.stderr, from_elsewhere.stderr
+    assert not left_running, "the same command from another directory named the same stack"
+    assert stack["name"] == first["name"]
     assert stop.returncode == 0 and "stopped" in stop.stdout, stop.stderr
     _, alive = psutil.wait_procs(processes, timeout=10)
     assert not alive

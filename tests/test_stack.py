@@ -168,6 +168,41 @@ async def test_the_server_sees_its_own_environment_and_directory_not_the_stacks(
     assert seen["env"]["PATH"] == os.environ["PATH"], "mcpmux does not put its own bin directory first"
 
 
+async def test_one_registration_serves_every_project_from_one_pool(make_stack: StackFactory, tmp_path: Path) -> None:
+    # A server registered once for all projects is started by Claude Code in each project's directory: the
+    # same command is one stack, whose server runs in an empty directory rather than the first project's.
+    stack = make_stack("--min-instances", "1", "--max-instances", "1", server=LAB_SERVER)
+    projects = [tmp_path / "one", tmp_path / "two"]
+    for project in projects:
+        project.mkdir()
+        (project / "secret.txt").write_text(project.name)
+    async with stack.session(cwd=projects[0]) as first, stack.session(cwd=projects[1]) as second:
+        seen = [result_json(await client.call_tool("environment", {})) for client in (first, second)]
+    stacks = list(stack.runtime_dir.glob("mcpmux*/*/stack.json"))
+
+    assert seen[0]["pid"] == seen[1]["pid"], "both projects' sessions were served by one instance"
+    assert len(stacks) == 1, stacks
+    neutral = stacks[0].parent / "no-project-directory"
+    assert seen[0]["cwd"] == seen[1]["cwd"] == str(neutral)
+    assert list(neutral.iterdir()) == [], "nothing of a project's or the stack's is there to read"
+
+
+async def test_a_server_given_a_relative_path_runs_in_each_clients_directory(
+        make_stack: StackFactory, tmp_path: Path) -> None:
+    # `-- server .` means "this project": each project's sessions get instances running in their own directory.
+    stack = make_stack("--min-instances", "1", "--max-instances", "2", server=[*LAB_SERVER, "."])
+    projects = [tmp_path / "one", tmp_path / "two"]
+    for project in projects:
+        project.mkdir()
+    async with stack.session(cwd=projects[0]) as first, stack.session(cwd=projects[1]) as second:
+        seen = [result_json(await client.call_tool("environment", {})) for client in (first, second)]
+    stacks = list(stack.runtime_dir.glob("mcpmux*/*/stack.json"))
+
+    assert len(stacks) == 1, "still one stack for every project"
+    assert [reply["cwd"] for reply in seen] == [str(project) for project in projects]
+    assert seen[0]["pid"] != seen[1]["pid"]
+
+
 def test_every_part_stops_on_sigterm_even_when_the_client_blocks_it(make_stack: StackFactory) -> None:
     stack = make_stack("--min-instances", "1", "--max-instances", "1")
     # A signal mask is inherited across fork and exec: a client that blocks SIGTERM hands that to what it starts.
