@@ -6,7 +6,6 @@ Non-blocking on every pipe, so a server that stops reading cannot stall the shim
 from __future__ import annotations
 
 import collections
-import ctypes
 import os
 import shutil
 import signal
@@ -18,15 +17,16 @@ from mcpmux import jsonrpc
 from mcpmux.environment import as_started, server_environment
 from mcpmux.jsonrpc import InvalidMessage, JsonObject
 from mcpmux.lines import LineSplitter, Oversized
+from mcpmux.signals import parent_death_signal
 
 LINE_LIMIT = 64 * 1024 * 1024
 READ_SIZE = 1 << 16
-_PR_SET_PDEATHSIG = 1
 
 
 def _die_with_parent() -> None:
-    # A shim killed with SIGKILL cannot stop its child; the kernel does it for us.
-    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    # A shim killed with SIGKILL cannot stop its child; the kernel does it for us (Linux; elsewhere the
+    # server sees its stdin close).
+    parent_death_signal(signal.SIGKILL)
 
 
 class Backend:

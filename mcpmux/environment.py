@@ -17,6 +17,7 @@ Nothing else of any client's environment reaches a server.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 
 BASE = frozenset({
@@ -44,9 +45,21 @@ def as_started() -> dict[str, str]:
 
 
 def _started_with(name: str) -> bool:
+    if not sys.platform.startswith("linux"):
+        return not _coerced_here(name)
     try:
         with open("/proc/self/environ", "rb") as handle:  # the environment exec gave, before Python's changes
             entries = handle.read().split(b"\0")
-    except OSError:  # not Linux: trust os.environ
-        return True
+    except OSError:  # /proc not mounted
+        return not _coerced_here(name)
     return any(entry.startswith(name.encode() + b"=") for entry in entries)
+
+
+def _coerced_here(name: str) -> bool:
+    """Without /proc: whether `name` holds what PEP 538 would have set, where it would have (no LC_ALL, and
+    LANG unset or the C locale)."""
+    locale_given = os.environ.get("LC_ALL") or os.environ.get("LANG", "C") not in ("C", "POSIX")
+    return name == "LC_CTYPE" and not locale_given and os.environ.get(name) in _COERCION_TARGETS
+
+
+_COERCION_TARGETS = ("C.UTF-8", "C.utf8", "UTF-8")
