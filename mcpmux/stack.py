@@ -81,6 +81,11 @@ class StackPaths(NamedTuple):
         return self.root / "stack.alive"
 
     @property
+    def last_client(self) -> Path:
+        """The handshake of the stack's latest client, which its next start warms up with."""
+        return self.root / "last-client.json"
+
+    @property
     def server_cwd(self) -> Path:
         """Where a server with no directory of its own runs: empty, so that a server which reads its working
         directory unasked finds nothing there, rather than the stack's files or a project of whoever came first

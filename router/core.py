@@ -29,7 +29,7 @@ from mcpmux.config import Config, ConfigError, load_config
 from mcpmux.envelope import Envelope
 from mcpmux.jsonrpc import JsonObject
 from mcpmux.lifeline import tie_to_stack
-from mcpmux.router import actions
+from mcpmux.router import actions, last_client
 from mcpmux.router.background import Background
 from mcpmux.router.contexts import ClientContext
 from mcpmux.router.control import ControlHandler
@@ -103,6 +103,8 @@ class Core:
         self._next_reaction = 0.0
         self._stopping = False
         self._last_turn = time.monotonic()
+        self._remembered = last_client.load(paths.last_client)
+        self.scaler.warm = self._remembered or self.scaler.warm
         self.incarnation = f"{os.getpid()}-{time.time_ns()}"
 
     def _router_socket(self, endpoint: str) -> zmq.Socket[bytes]:
@@ -517,6 +519,7 @@ class Core:
     # --- time ----------------------------------------------------------------------------------------
 
     def _tick(self, now: float) -> None:
+        self._remember_latest_client()
         self._check_liveness(now)
         self._settle()
         self.healer.tick()
@@ -529,6 +532,17 @@ class Core:
         if self.exporter is not None and now >= self._next_fold:
             self._next_fold = now + FOLD_INTERVAL
             self.exporter.collector.fold()
+
+    def _remember_latest_client(self) -> None:
+        """The next start of this stack warms up with its latest client's handshake (router/last_client.py)."""
+        latest = next((s.context for s in reversed(self.board.sessions.values()) if s.context is not None), None)
+        if latest is None or self._remembered == last_client.kept(latest):
+            return
+        self._remembered = last_client.kept(latest)
+        try:
+            last_client.save(self.paths.last_client, latest)
+        except OSError as exc:  # a hint only: a full disk must not stop the core
+            log.warning("cannot keep the latest client's handshake in %s: %s", self.paths.last_client, exc)
 
     def _check_liveness(self, now: float) -> None:
         spares = self.config.server.per_client  # waiting shims wait for a client's directory and variables

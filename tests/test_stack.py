@@ -120,6 +120,23 @@ async def test_a_first_client_with_other_capabilities_gets_backends_initialized_
     assert served and not served & warm, "the warm backends were replaced, not reused"
 
 
+async def test_a_stack_warms_up_with_the_handshake_of_its_latest_client(make_stack: StackFactory) -> None:
+    # Claude Code's version decides its era and capabilities: a pool warmed with another handshake is
+    # restarted for its first session. The stack keeps its latest client's handshake for its next start.
+    stack = make_stack("--min-instances", "2", "--max-instances", "2")
+    stack.router("--up")
+    async with stack.session():
+        pass
+    stack.router("--down")
+    stack.router("--up")
+    await stack.ready(2)
+    warm = await backend_pids(stack)
+    async with stack.session() as client:
+        served = {result_json(await client.call_tool("whoami", {}))["pid"] for _ in range(4)}
+
+    assert served <= warm, "the first session after --up was served by the warm instances, not restarted ones"
+
+
 def only_mcp_error(raised: BaseException) -> MCPError:
     while isinstance(raised, BaseExceptionGroup) and len(raised.exceptions) == 1:
         raised = raised.exceptions[0]
