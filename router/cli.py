@@ -122,9 +122,8 @@ def _run(args: argparse.Namespace, config: Config | None, paths: StackPaths) -> 
         if stopped:
             print(stopped.describe(paths.root.name), file=sys.stderr)
         else:
-            print(f"stack {paths.root.name} was not running (a stack of `-- CMD` is named by the directory it was "
-                  "started in too; `mcpmux-monitor stacks` lists every running stack, `mcpmux-monitor stop NAME` "
-                  "stops one)", file=sys.stderr)
+            print(f"stack {paths.root.name} was not running (`mcpmux-monitor stacks` lists every running stack, "
+                  "`mcpmux-monitor stop NAME` stops one)", file=sys.stderr)
         return 0
     if config is None:
         if not launcher.is_running(paths):
