@@ -68,7 +68,7 @@ class Scaler:
         self._adopted = True
         for process in processes:
             if process["group"] == SHIM_GROUP and process["statename"] in ("RUNNING", "STARTING", "BACKOFF"):
-                self.adopt(f"{SHIM_GROUP}:{process['name']}")
+                self._adopt_running(f"{SHIM_GROUP}:{process['name']}")
         index = 0
         while len(self.wanted) < self._settings.min_instances:
             if shim_slot(index) not in self.wanted:
@@ -77,6 +77,11 @@ class Scaler:
 
     def adopt(self, slot: str) -> None:
         self.wanted.setdefault(slot, time.monotonic())
+
+    def _adopt_running(self, slot: str) -> None:
+        """A shim that runs before this core: the launcher's first instance, or one a previous core started."""
+        self.adopt(slot)
+        self._metrics.event(EventKind.SCALE, f"adopt {slot}: running before the core", slot=slot)
 
     def capacity(self) -> int:
         """The sum of the wanted instances' current limits (each fixed, or found from its latency)."""

@@ -333,19 +333,22 @@ def test_a_new_instance_of_clients_with_roots_lets_its_server_ask_for_them_befor
     assert "tools/call" in [m["method"] for m in h.requests_on(instance)]
 
 
-def test_with_cwd_from_client_one_registration_is_one_stack_from_any_directory(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def stack_from(directory: Path, *, from_client: bool) -> str:
+def test_one_registration_is_one_stack_from_any_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def stack_from(directory: Path, command: list[str], *, from_client: bool) -> str:
         monkeypatch.chdir(directory)
-        config, origin = resolve(command=["mcp-server-git", "--repository", "."], cwd_from_client=from_client)
+        config, origin = resolve(command=command, cwd_from_client=from_client)
         return stack_paths(config, origin).root.name
 
     first, second = tmp_path / "first", tmp_path / "second"
     first.mkdir()
     second.mkdir()
 
-    assert stack_from(first, from_client=True) == stack_from(second, from_client=True)
-    assert stack_from(first, from_client=False) != stack_from(second, from_client=False)
+    for command in (["mcp-server-git", "--repository", "."], ["mcp-server-time"]):
+        for from_client in (True, False):
+            assert stack_from(first, command, from_client=from_client) == stack_from(
+                second, command, from_client=from_client), (command, from_client)
+    relative, _ = resolve(command=["mcp-server-git", "--repository", "."], cwd_from_client=False)
+    assert relative.server.cwd_from_client, "a relative path runs in each client's directory unasked"
     config, _ = resolve(command=["srv"], cwd_from_client=True)
     assert config.server.cwd_from_client and config.server.cwd is None
 

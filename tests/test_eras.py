@@ -98,6 +98,7 @@ async def test_the_input_round_trip_returns_to_the_instance_that_asked(make_stac
 async def test_a_legacy_client_answers_the_same_question_as_a_server_request(make_stack: StackFactory) -> None:
     stack = pool(make_stack)
     async with client(stack, "legacy") as session:
+        await stack.ready(2)
         answers = [line(result) for result in await asyncio.gather(
             *(session.call_tool("ask", {"question": f"q{n}"}) for n in range(4)))]
         status = await stack.current_status()

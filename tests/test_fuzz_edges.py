@@ -200,6 +200,8 @@ def of_hint(hint: Any) -> st.SearchStrategy[Any]:
         return st.lists(of_hint(typing.get_args(hint)[0]), max_size=2)
     if typing.get_origin(hint) is dict:
         return st.dictionaries(st.text(max_size=4), SCALARS, max_size=2)
+    if typing.get_origin(hint) is typing.Literal:
+        return st.sampled_from(typing.get_args(hint))
     return {int: st.integers(0, 2**31), str: st.text(max_size=8), bool: st.booleans(), type(None): st.none()}[hint]
 
 
@@ -226,6 +228,8 @@ def of_type(value: Any, hint: Any) -> bool:
         return True
     if isinstance(hint, types.UnionType):
         return any(of_type(value, member) for member in typing.get_args(hint))
+    if typing.get_origin(hint) is typing.Literal:
+        return type(value) is str and value in typing.get_args(hint)
     if typing.get_origin(hint) is list:
         return isinstance(value, list) and all(of_type(item, typing.get_args(hint)[0]) for item in value)
     if typing.get_origin(hint) is dict:
