@@ -1,7 +1,7 @@
 """What ties each process of a stack to its supervisord: it dies with it, and it holds the stack's lock.
 
 supervisord stops its programs when it stops; killed with SIGKILL it cannot, and they would live on as
-orphans, serving old sessions beside the next stack. So the core, the shims and the guard each ask the
+orphans, serving old sessions beside the next stack. So the core and the shims each ask the
 kernel for a signal when supervisord dies (the servers die with their shims), and each holds a shared
 lock on the stack's `stack.alive` for its life: a starter that finds supervisord gone but the lock taken
 knows that some of them live on (stopped, say, where no signal is acted on), and clears them first.

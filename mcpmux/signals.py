@@ -1,7 +1,7 @@
 """Signal hygiene for the processes supervisord runs.
 
 A process inherits ignored signals and its signal mask across fork and exec. A stack started from a
-client or a shell that ignores or blocks SIGTERM would otherwise hand that on to the shims and the guard,
+client or a shell that ignores or blocks SIGTERM would otherwise hand that on to the shims,
 which would then sit out supervisord's stop until its SIGKILL (stopwaitsecs later), delaying every restart.
 """
 
@@ -33,7 +33,7 @@ def parent_death_signal(signum: int) -> bool:
     """
     if not sys.platform.startswith("linux"):
         return False
-    import ctypes  # here, not at the top: the guard imports next to nothing
+    import ctypes  # here, not at the top: only Linux has prctl
 
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signum)
     return True

@@ -132,7 +132,7 @@ STACK_PROGRAMS = ("supervisor.supervisord", "mcpmux.router.core", "mcpmux.shim",
 
 
 def programs_of(root: Path) -> list[psutil.Process]:
-    """The processes running a program of the stack in `root` (supervisord, core, shims, guard), whoever
+    """The processes running a program of the stack in `root` (supervisord, core, shims), whoever
     their parent; they name the stack's directory on their command line (doors do too, but are sessions)."""
     found = []
     for process in psutil.process_iter(["cmdline"]):

@@ -28,7 +28,7 @@ from tests.rawclient import pid_of, raw_session
 # A bound for a loaded machine, not a timing: they exit within about 0.1 s of their supervisord. A process
 # that exited counts as gone even before its new parent (init) reaps it.
 GONE_WITHIN = 10.0
-ONE_STACK = {"supervisor.supervisord": 1, "mcpmux.router.guard": 1, "mcpmux.router.core": 1, "mcpmux.shim": 2}
+ONE_STACK = {"supervisor.supervisord": 1, "mcpmux.router.core": 1, "mcpmux.shim": 2}
 
 
 def census(root: Path) -> dict[str, int]:
@@ -77,7 +77,7 @@ async def test_a_killed_supervisord_takes_its_stack_along_and_the_next_session_g
     async with raw_session(stack) as client:
         await client.initialize()
         await stack.ready(2)
-        before = stack.processes()  # supervisord, guard, core, two shims, two servers
+        before = stack.processes()  # supervisord, core, two shims, two servers
         left = await asyncio.to_thread(kill_supervisord, stack)
     async with raw_session(stack) as client:
         await client.initialize()
@@ -85,7 +85,7 @@ async def test_a_killed_supervisord_takes_its_stack_along_and_the_next_session_g
         await stack.ready(2)
         after = census(paths.root)
 
-    assert len(before) == 7, before
+    assert len(before) == 6, before
     assert left == [], f"outlived their supervisord: {left}"
     assert served not in {process.pid for process in before}
     assert after == ONE_STACK

@@ -228,13 +228,12 @@ def test_every_part_stops_on_sigterm_even_when_the_client_blocks_it(make_stack: 
     subprocess.run(ignoring, env=stack.env, check=True, capture_output=True, timeout=60)
     stack.wait_ready(1)
 
-    for program in ("shim:shim_00", "guard", "core"):
+    for program in ("shim:shim_00", "core"):
         stack.supervisorctl("stop", program)
     log = (stack.paths.logs / "supervisord.log").read_text()
 
     assert "SIGKILL" not in log, log
     assert "stopped: shim_00 (terminated by SIGTERM)" in log
-    assert "stopped: guard (terminated by SIGTERM)" in log
     assert "stopped: core (exit status 0)" in log
 
 
@@ -250,7 +249,7 @@ def test_a_running_stack_whose_core_can_no_longer_start_stops_itself(make_stack:
     _, alive = psutil.wait_procs(processes, timeout=90)
 
     assert not alive, f"still running after the core went FATAL: {alive}"
-    assert "the core cannot start (FATAL); stopping the stack" in (stack.paths.logs / "guard.log").read_text()
+    assert "the core cannot start (FATAL); stopping the stack" in (stack.paths.logs / "supervisord.log").read_text()
 
 
 async def test_a_router_started_stack_initializes_its_instances_once_with_the_first_clients_params(

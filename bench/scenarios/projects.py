@@ -1,7 +1,7 @@
 """12. Projects: N client sessions in N project directories, one registration, against N servers started directly.
 
 What a user registering a server once for every project (`claude mcp add -s user …`) runs with N windows
-open: directly, N servers; through mcpmux, one stack (supervisord, core, guard, `minInstances` shims and
+open: directly, N servers; through mcpmux, one stack (supervisord, core, `minInstances` shims and
 servers) and one door per session. Memory is PSS, which divides each shared page (the interpreter, shared
 libraries) among the processes that map it, so that a sum over processes counts every page once.
 """
@@ -81,4 +81,4 @@ async def projects(bench: Bench, report: Report) -> None:
                              "direct", target=f"<= {target}x", target_on="ratio")
         row.met = row.ratio is not None and row.ratio.median <= target
     report.note(f"The lab server (an SDK MCPServer); mcpmux with minInstances {MIN_INSTANCES}: supervisord, core, "
-                "guard, shims, servers and one door per session. Each session makes 5 calls before the measure.")
+                "shims, servers and one door per session. Each session makes 5 calls before the measure.")
