@@ -25,9 +25,26 @@ MIN_INSTANCES = 2
 TARGETS = {4: 0.8, 10: 0.4}  # PSS through mcpmux over direct's, for N sessions in N projects
 
 
+ROLES = {"supervisord": "supervisord", "mcpmux.router.core": "core", "mcpmux.shim": "shim",
+         "lab_server.py": "server", "mcpmux.router.door": "door", "mcpmux-router": "door"}
+
+
 def pss(processes: Sequence[psutil.Process]) -> float:
     """The processes' PSS summed, in MB."""
     return sum(process.memory_full_info().pss for process in processes) / MB
+
+
+def role_of(process: psutil.Process) -> str:
+    command = " ".join(process.cmdline())
+    return next((role for marker, role in ROLES.items() if marker in command), "other")
+
+
+def by_role(processes: Sequence[psutil.Process]) -> str:
+    """Each kind of process's PSS, as `door 4 x 6.1 MB`, for the note."""
+    roles: dict[str, list[float]] = {}
+    for process in processes:
+        roles.setdefault(role_of(process), []).append(process.memory_full_info().pss / MB)
+    return ", ".join(f"{role} {len(sizes)} x {sum(sizes) / len(sizes):.1f} MB" for role, sizes in roles.items())
 
 
 async def open_sessions(stack: contextlib.AsyncExitStack, params: list[StdioServerParameters],
@@ -48,7 +65,7 @@ async def direct(bench: Bench, projects: list[Path]) -> tuple[int, float]:
         return len(servers), pss(servers)
 
 
-async def through_mcpmux(bench: Bench, projects: list[Path], index: int) -> tuple[int, float]:
+async def through_mcpmux(bench: Bench, projects: list[Path], index: int) -> tuple[int, float, str]:
     stack = BenchStack(bench.runtime_dir, [f"--min-instances={MIN_INSTANCES}", f"--idle-timeout={800_000 + index}"],
                        LAB_SERVER)
     try:
@@ -58,7 +75,7 @@ async def through_mcpmux(bench: Bench, projects: list[Path], index: int) -> tupl
             await open_sessions(sessions, params, bench)
             stack.wait_ready(MIN_INSTANCES)
             processes = [*stack.processes(), *doors()]
-            return len(processes), pss(processes)
+            return len(processes), pss(processes), by_role(processes)
     finally:
         bench.problems += stack.down()
 
@@ -80,5 +97,6 @@ async def projects(bench: Bench, report: Report) -> None:
         row = report.compare(f"mcpmux, {case}", "PSS", "MB", [m[1] for _, m in runs], [d[1] for d, _ in runs],
                              "direct", target=f"<= {target}x", target_on="ratio")
         row.met = row.ratio is not None and row.ratio.median <= target
+        report.note(f"PSS by process, {case} (last run): {runs[-1][1][2]}.")
     report.note(f"The lab server (an SDK MCPServer); mcpmux with minInstances {MIN_INSTANCES}: supervisord, core, "
                 "shims, servers and one door per session. Each session makes 5 calls before the measure.")
