@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import psutil
 import zmq
 
 from mcpmux import wire
@@ -95,6 +96,9 @@ class Core:
         # Frames for doors whose client reads slowly, sent in order later, the bytes in flight bounded.
         budget = max(DOOR_BUDGET, DOOR_BUDGET_MESSAGES * config.multiplexer.max_message_bytes)
         self._door_flow = DoorFlow(self._doors, budget, DOOR_BACKLOG_LIMIT)
+        # Each door's process, as its hello says: a door killed by a signal sends no goodbye, and its session
+        # closes when the process is seen gone rather than after DOOR_LIVENESS of silence.
+        self._door_pids: dict[bytes, int] = {}
         self._doors_gone: set[bytes] = set()  # found unreachable while carrying out actions
         self._shims_gone: set[str] = set()
         self._waits: list[Wait] = []  # control queries waiting for the pool to reach a state
@@ -340,6 +344,7 @@ class Core:
         self._flush_backlog(identity)
         if isinstance(message, wire.DoorHello):
             self._door_flow.opened(identity, acks=message.acks)
+            self._door_pids[identity] = message.pid
             if session is None:
                 session = self.board.open_session(identity, message.initialize_params,
                                                   Priority.named(message.priority), message.cwd, message.env)
@@ -361,6 +366,7 @@ class Core:
         log.info("session %s closed: %s", session.name, reason)
         self.metrics.event("session", f"session {session.name} closed: {reason}")
         self._door_flow.forget(session.identity)
+        self._door_pids.pop(session.identity, None)
         self.board.close_session(session)
 
     def _send_door(self, identity: bytes, frames: list[bytes], *, counted: bool = False) -> None:
@@ -554,7 +560,9 @@ class Core:
             if now - instance.last_seen > HEARTBEAT_LIVENESS * 1.0 + TICK:
                 self._instance_lost(instance, f"missed {HEARTBEAT_LIVENESS} heartbeats")
         for session in list(self.board.sessions.values()):
-            if now - session.last_seen > DOOR_LIVENESS:
+            if _exited(self._door_pids.get(session.identity, 0)):
+                self._close_session(session, "its door's process exited")
+            elif now - session.last_seen > DOOR_LIVENESS:
                 self._close_session(session, "door stopped beating")
         self._check_startups(now)
         interval = self.config.multiplexer.health_check_interval / 1000
@@ -619,6 +627,19 @@ class Wait:
     condition: Callable[[], bool]
     deadline: float
     then: Callable[[bool], None]
+
+
+def _exited(pid: int) -> bool:
+    """Whether a door's process is gone (or a zombie its client has not reaped yet). A pid of 0 (a door on
+    no process of this host) or one that cannot be looked at is judged by its heartbeats instead."""
+    if pid <= 0:
+        return False
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:
+        return False
 
 
 def main() -> None:

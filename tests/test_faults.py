@@ -181,3 +181,24 @@ async def test_a_dead_door_does_not_hold_up_the_failover_of_other_sessions(make_
     assert "heartbeats" in lost["text"]
     assert status["corePid"] == core_pid, "the core did not crash"
     assert status["sessions"] == 1, "the dead door's session is closed"
+
+
+async def test_a_door_killed_by_a_signal_ends_its_session_when_its_process_is_gone(make_stack: StackFactory) -> None:
+    """A door killed with SIGKILL sends no goodbye: its session closes because its process is gone, not after
+    ten seconds of missed heartbeats, while another session goes on."""
+    stack = make_stack("--min-instances", "1", "--max-instances", "1")
+    async with raw_session(stack) as killed, raw_session(stack) as other:
+        await killed.initialize()
+        await other.initialize()
+        await killed.send(call("k", "slow_write", seconds=60))
+        await stack.running(1)
+        before = time.time()
+        killed.process.kill()
+        await killed.process.wait()
+        closed = await stack.event("session", before)
+        served = await other.request("after", "tools/call", {"name": "whoami", "arguments": {}})
+        status = await stack.current_status()
+
+    assert closed["text"].endswith("closed: its door's process exited"), closed
+    assert "result" in served
+    assert status["sessions"] == 1
