@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def _run(args: argparse.Namespace, config: Config | None, paths: StackPaths) -> int:
     """Print, stop, start or serve the stack; with no configuration (--stack-dir), never start it."""
-    from mcpmux.router import launcher, refusal
+    from mcpmux.router import client_input, launcher, refusal
 
     if args.where:
         print(paths.root)
@@ -130,6 +130,8 @@ def _run(args: argparse.Namespace, config: Config | None, paths: StackPaths) -> 
             print(f"mcpmux-router: no running stack in {paths.root}", file=sys.stderr)
             return 1
         return _serve(load_config(paths.config), paths, args.priority)
+    if not args.up and client_input.hung_up_unheard():
+        return 0  # no session to serve, so no stack to start for it
     try:
         started = launcher.ensure_up(config, paths, idle_stop=not args.up)
     except (launcher.LaunchError, RuntimeDirError, OSError) as exc:  # OSError: a full disk, say

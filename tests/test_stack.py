@@ -16,6 +16,7 @@ from mcp import MCPError
 
 from mcpmux.jsonrpc import STACK_UNAVAILABLE
 from mcpmux.stack import StackPaths
+from mcpmux.stacks import is_running
 from tests.conftest import LAB_SERVER, ROUTER, Stack, StackFactory, result_json
 from tests.rawclient import pid_of, raw_session
 
@@ -265,3 +266,27 @@ async def test_a_router_started_stack_initializes_its_instances_once_with_the_fi
 
     assert "sample" in {tool["name"] for tool in tools["result"]["tools"]}, "initialized with the client's params"
     assert not [event for event in status["events"] if event["kind"] in ("reinit", "lost")], status["events"]
+
+
+@pytest.mark.parametrize("stdin", ["devnull", "closed pipe"])
+def test_a_client_that_hangs_up_without_a_word_starts_no_stack(make_stack: StackFactory, stdin: str) -> None:
+    """A launcher that only checks the command runs (stdin closed at once) leaves no stack behind for
+    idleTimeout; one that wrote its initialize before closing is still served."""
+    stack = make_stack("--min-instances", "1", "--max-instances", "1")
+    command = [*ROUTER, *stack.router_args]
+    if stdin == "devnull":
+        hung_up = subprocess.run(command, env=stack.env, stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+    else:
+        read_end, write_end = os.pipe()
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as closed:
+            hung_up = subprocess.run(command, env=stack.env, stdin=closed, capture_output=True, timeout=60)
+    running_after = is_running(stack.paths)
+    initialize = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})
+    spoke = subprocess.run(command, env=stack.env, input=initialize + "\n", capture_output=True, text=True,
+                           timeout=60)
+
+    assert hung_up.returncode == 0 and hung_up.stdout == b""
+    assert not running_after, "no stack was started for a client that said nothing"
+    assert json.loads(spoke.stdout.splitlines()[0])["id"] == 1, spoke.stderr
