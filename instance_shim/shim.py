@@ -15,8 +15,10 @@ bring in ssl and a third of the shim's memory).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -199,6 +201,17 @@ class Shim:
             self._send(wire.ShimHello(os.getpid(), self._backend.pid, opened.result, self._client_context,
                                       opened.era.value, opened.fallback))
 
+    def stopped_by_signal(self, signum: int, frame: object) -> None:
+        """supervisord stops this shim (SIGTERM): the core hears that the stop was planned, then the signal
+        does what it would have done. Never blocks: the core may be stopping too."""
+        with contextlib.suppress(zmq.ZMQError):
+            reason = f"stopped by supervisord ({signal.strsignal(signum)})"
+            wire.send(self._socket, wire.encode(wire.ShimStopping(reason)))
+            self._socket.close(linger=200)
+            self._context.term()  # what flushes it: closing a socket only hands its queue to the I/O thread
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
     def _send(self, message: wire.Message) -> None:
         wire.send(self._socket, wire.encode(message), block=True)
 
@@ -250,4 +263,6 @@ def main() -> None:
     args = parser.parse_args()
     die_on_termination()  # the backend gets the same signal (its process group) and PDEATHSIG
     tie_to_stack(StackPaths(args.stack_dir))
-    sys.exit(Shim(args.stack_dir, args.slot or _slot_name()).run())
+    shim = Shim(args.stack_dir, args.slot or _slot_name())
+    signal.signal(signal.SIGTERM, shim.stopped_by_signal)
+    sys.exit(shim.run())

@@ -52,6 +52,7 @@ class EventKind(enum.StrEnum):
     CONTEXT = "context"  # an instance initialized for, or bound to, a client context
     RECYCLE = "recycle"  # a dedicated instance restarted for fresh state after its session ended
     LOST = "lost"  # an instance's shim or backend died
+    STOPPED = "stopped"  # supervisord stopped an instance as asked (supervisorctl stop or restart): no failure
     CIRCUIT = "circuit"  # an instance's circuit opened
     RESTART = "restart"  # the healer restarts a slot
     BACKOFF = "backoff"  # a flapping slot is held back

@@ -132,6 +132,13 @@ class BackendFailed(NamedTuple):
     stderr_tail: str = ""
 
 
+class ShimStopping(NamedTuple):
+    """supervisord stops this shim (SIGTERM: `supervisorctl stop` or `restart`, the stack stopping): a planned
+    stop, which health does not count as a failure."""
+
+    reason: str
+
+
 class ToBackend(NamedTuple):
     envelope: Envelope
 
@@ -155,8 +162,8 @@ class ControlReply(NamedTuple):
 
 Message = (
     DoorHello | Welcome | Closing | SafeTools | ClientMessage | ToClient | DoorBye | Taken
-    | ShimHello | Heartbeat | Resync | InitializeBackend | BindContext | BackendReady | BackendFailed | ToBackend
-    | FromBackend
+    | ShimHello | Heartbeat | Resync | InitializeBackend | BindContext | BackendReady | BackendFailed | ShimStopping
+    | ToBackend | FromBackend
     | ControlRequest | ControlReply
 )
 
@@ -164,7 +171,8 @@ TAGS: dict[type[Any], str] = {
     DoorHello: "dh", Welcome: "wl", Closing: "cl", SafeTools: "st", ClientMessage: "cm", ToClient: "tc", DoorBye: "db",
     Taken: "tk",
     ShimHello: "sh", Heartbeat: "hb", Resync: "rs", InitializeBackend: "ib", BindContext: "bc", BackendReady: "br",
-    BackendFailed: "bf", ToBackend: "tb", FromBackend: "fb", ControlRequest: "cq", ControlReply: "cr",
+    BackendFailed: "bf", ShimStopping: "ss", ToBackend: "tb", FromBackend: "fb",
+    ControlRequest: "cq", ControlReply: "cr",
 }
 _BY_TAG: dict[str, type[Any]] = {tag: cls for cls, tag in TAGS.items()}
 

@@ -326,5 +326,5 @@ def _once(call: Callable[[T], None]) -> Callable[[T], None]:
 
 
 def _losses(events: Iterable[Event], slot: str) -> int:
-    """Restarts of a slot, as far as the event ring remembers: each loss makes supervisord start it again."""
-    return sum(1 for event in events if event.kind == EventKind.LOST and event.slot == slot)
+    """Restarts of a slot, as far as the event ring remembers: each loss or stop makes supervisord start it again."""
+    return sum(1 for event in events if event.kind in (EventKind.LOST, EventKind.STOPPED) and event.slot == slot)

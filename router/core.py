@@ -408,6 +408,8 @@ class Core:
             self._shim_hello(slot, message)
             return
         if instance is None:
+            if isinstance(message, wire.ShimStopping):
+                return  # one the core had let go of already (recycled, scaled down)
             if slot in self.scaler.wanted and not self.healer.held(slot):
                 self._send_shim(slot, wire.encode(wire.Resync()))  # a shim from before this core started
             return
@@ -417,6 +419,8 @@ class Core:
             probe = self.healer.slots[slot].probe
             self.board.instance_ready(instance, message.initialize_result, probe=probe, era=Era(message.era),
                                       fallback=message.fallback)
+        elif isinstance(message, wire.ShimStopping):
+            self._instance_lost(instance, message.reason, planned=True)
         elif isinstance(message, wire.BackendFailed):
             was_ready = instance.ready
             self._instance_lost(instance, message.reason, message.stderr_tail)
@@ -496,11 +500,15 @@ class Core:
             self._initialize_slot(slot, self.scaler.warm)
         self.scaler.awaiting.clear()
 
-    def _instance_lost(self, instance: Instance, reason: str, stderr_tail: str = "") -> None:
+    def _instance_lost(self, instance: Instance, reason: str, stderr_tail: str = "", *, planned: bool = False) -> None:
         if self.board.pool.get(instance.slot) is not instance:
             return
-        log.warning("%s lost: %s%s", instance.slot, reason, f"\n{stderr_tail}" if stderr_tail else "")
-        self.metrics.event("lost", f"{instance.slot} lost: {reason}", slot=instance.slot, stderr=stderr_tail)
+        if planned:
+            log.info("%s stopped: %s", instance.slot, reason)
+            self.metrics.event("stopped", f"{instance.slot} stopped: {reason}", slot=instance.slot)
+        else:
+            log.warning("%s lost: %s%s", instance.slot, reason, f"\n{stderr_tail}" if stderr_tail else "")
+            self.metrics.event("lost", f"{instance.slot} lost: {reason}", slot=instance.slot, stderr=stderr_tail)
         self.board.instance_lost(instance, reason)
 
     def _send_shim(self, slot: str, frames: list[bytes]) -> None:

@@ -226,6 +226,27 @@ async def test_health_follows_an_instance_killed_and_the_stack_stopped(make_stac
     assert json.loads(down.stdout)["verdict"] == "down"
 
 
+async def test_a_planned_restart_is_not_a_failure(make_stack: StackFactory) -> None:
+    """`supervisorctl restart` of an instance: status counts the restart, health stays healthy."""
+    # Started by its client, so that no instance is restarted for that client's context meanwhile.
+    stack = make_stack("--min-instances", "2", "--max-instances", "2")
+    where = str(stack.paths.root)
+    async with stack.session() as client:
+        await client.list_tools()
+        await stack.ready(2)
+        before = by_slot(await stack.current_status())["shim:shim_00"]
+        since = time.time()
+        await asyncio.to_thread(stack.supervisorctl, "restart", "shim:shim_00")
+        stopped = await stack.event("stopped", since, timeout=30, slot="shim:shim_00")
+        await stack.ready(2)
+        after = by_slot(await asyncio.to_thread(monitor_json, "status", "--stack-dir", where))["shim:shim_00"]
+        verdict = json.loads(monitor("health", "--stack-dir", where, "--json").stdout)
+
+    assert stopped["text"] == "shim:shim_00 stopped: stopped by supervisord (Terminated)"
+    assert after["pid"] != before["pid"] and after["restarts"] == 1
+    assert verdict["verdict"] == "healthy", verdict
+
+
 # --- load test -----------------------------------------------------------------------------------------
 
 
