@@ -102,6 +102,12 @@ class Eligibility:
         runs one session's at a time."""
         return not instance.asks_clients or set(self.occupants(instance.slot)) <= {session.identity}
 
+    def kept_apart(self, session: Session, pool: Pool) -> bool:
+        """Whether instances with room for more are there for this session, and every one of them runs
+        another session's requests while it asks its clients: only another instance would serve it now."""
+        with_room = [instance for instance in self.serving(session, pool) if self._has_room(instance)]
+        return bool(with_room) and not any(self.admits(instance, session) for instance in with_room)
+
     def serving(self, session: Session, pool: Pool) -> list[Instance]:
         """The context filter: the ready instances that may serve this session now."""
         return [instance for instance in pool.ready() if self.contexts.usable(instance, session)]

@@ -197,3 +197,17 @@ def test_under_session_affinity_two_sessions_pinned_to_a_marked_instance_take_tu
 
     assert [owner_of(h, m["id"]).name for m in tool_calls_on(h, instance)] == ["b"]
     assert refusals(h, instance, asks(h, instance)) == [] and len(asked(h, b)) == 1
+
+
+def test_a_session_is_kept_apart_only_while_every_instance_with_room_runs_another_sessions() -> None:
+    h = Harness.make()
+    a, b = h.open("a", SAMPLING), h.open("b", SAMPLING)
+    instance = h.add_instance("shim:shim_00", SAMPLING)
+    h.call(a, 1)
+    assert not h.board.eligibility.kept_apart(b, h.board.pool), "it never asked a client"
+    asks(h, instance)
+
+    assert h.board.eligibility.kept_apart(b, h.board.pool)
+    assert not h.board.eligibility.kept_apart(a, h.board.pool)
+    h.add_instance("shim:shim_01", SAMPLING)
+    assert not h.board.eligibility.kept_apart(b, h.board.pool), "another instance takes it"

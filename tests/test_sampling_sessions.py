@@ -9,6 +9,7 @@ for; once the instance has asked a client, it serves one session at a time, so t
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Awaitable, Callable
 
 import anyio
@@ -18,17 +19,15 @@ from mcp import ClientSession
 from mcp.client.session import ClientRequestContext
 from mcp.shared.exceptions import MCPError
 
-from tests.conftest import ROOT, StackFactory
+from tests.conftest import ROOT, StackFactory, result_json
 
 NODE = shutil.which("node")
 EVERYTHING = ROOT / "tests/node/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
 CALLS = 3  # per session, at once
 
-pytestmark = [
-    pytest.mark.skipif(NODE is None or not EVERYTHING.exists(),
-                       reason="needs Node.js and `make node` (server-everything from npm)"),
-    pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning"),
-]
+needs_everything = pytest.mark.skipif(NODE is None or not EVERYTHING.exists(),
+                                      reason="needs Node.js and `make node` (server-everything from npm)")
+pytestmark = pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")
 
 
 Sampling = Callable[[ClientRequestContext, types.CreateMessageRequestParams], Awaitable[types.CreateMessageResult]]
@@ -80,6 +79,7 @@ def right_answers(got: dict[str, list[str]]) -> int:
     return sum(answer == name for name, answers in got.items() for answer in answers)
 
 
+@needs_everything
 async def test_two_sessions_sampling_at_once_through_one_instance_each_get_their_own_answers(
         make_stack: StackFactory) -> None:
     # One instance for the sampling clients' context (the plain client's context has its own).
@@ -105,6 +105,7 @@ async def test_two_sessions_sampling_at_once_through_one_instance_each_get_their
     assert len(asking) == 1, status["instances"]
 
 
+@needs_everything
 async def test_a_session_that_does_not_sample_shares_the_marked_instance_by_turns(make_stack: StackFactory) -> None:
     stack = make_stack("--min-instances", "1", "--max-instances", "1", server=[str(NODE), str(EVERYTHING), "stdio"])
     async with (stack.session(sampling_callback=answering_as("alpha")) as alpha,
@@ -121,3 +122,24 @@ async def test_a_session_that_does_not_sample_shares_the_marked_instance_by_turn
 
     assert got == {"alpha": ["alpha"] * CALLS}
     assert quiet_ok == [True] * 10, "a session of the same context that never samples is served between"
+
+
+async def test_a_session_kept_from_an_instance_that_asks_clients_makes_the_pool_grow(make_stack: StackFactory) -> None:
+    # The lab server: `sample` asks the client, `sleep` holds the instance. One waiting call would hardly
+    # move the load (2 requests for 3 slots); a session that can only run elsewhere needs an instance.
+    stack = make_stack("--min-instances", "1", "--max-instances", "2")
+    async with (stack.session(sampling_callback=answering_as("alpha")) as alpha,
+                stack.session(sampling_callback=answering_as("beta")) as beta):
+        await stack.ready(1)
+        marked = result_json(await alpha.call_tool("sample", {"prompt": "hi"}))
+        async with anyio.create_task_group() as group:
+            group.start_soon(alpha.call_tool, "sleep", {"seconds": 8})
+            await stack.running(1)
+            before = time.time()
+            elsewhere = result_json(await beta.call_tool("echo", {"text": "beta"}))
+            scale = await stack.event("scale", before)
+            group.cancel_scope.cancel()
+
+    assert marked["text"] == "answer-of-alpha"
+    assert scale["text"].startswith("start shim:shim_01")
+    assert elsewhere["pid"] != marked["pid"], "beta ran on the new instance, not after alpha's sleep"
