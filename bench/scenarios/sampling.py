@@ -66,26 +66,28 @@ async def load(clients: dict[str, ClientSession], mixed: bool) -> dict[str, floa
             "right": sum(o[1] for o in outcomes), "samples": sum(o[2] for o in outcomes)}
 
 
-async def trial(bench: Bench, sessions: int) -> tuple[dict[str, float], dict[str, float], int]:
+async def trial(bench: Bench, sessions: int, most: int) -> tuple[dict[str, float], dict[str, float], int, int]:
     """One stack: the plain load first (no instance has asked a client), then the mixed one."""
-    with bench.stack(f"--min-instances={INSTANCES}", f"--max-instances={INSTANCES}", server=LAB_SERVER) as stack:
+    with bench.stack(f"--min-instances={INSTANCES}", f"--max-instances={most}", server=LAB_SERVER) as stack:
         async with AsyncExitStack() as opened:
             clients = {f"s{n}": await opened.enter_async_context(sampling_session(stack.params(), f"s{n}", bench.log))
                        for n in range(sessions)}
             stack.wait_ready(INSTANCES)
             plain = await load(clients, mixed=False)
             mixed = await load(clients, mixed=True)
-            asking = sum(bool(i.get("asksClients")) for i in stack.status()["instances"])
-    return plain, mixed, asking
+            instances = stack.status()["instances"]
+            asking = sum(bool(i.get("asksClients")) for i in instances)
+    return plain, mixed, asking, len(instances)
 
 
 @scenario("sampling", "sessions that sample through shared instances: one session at a time, and its cost",
           quick_limit=120, full_limit=300)
 async def sampling(bench: Bench, report: Report) -> None:
     repeats = bench.pick(2, 4)
-    for sessions in (INSTANCES, 2 * INSTANCES):
-        runs = [await trial(bench, sessions) for _ in range(repeats)]
-        case = f"{sessions} sessions, {INSTANCES} instances"
+    for sessions, most in ((INSTANCES, INSTANCES), (2 * INSTANCES, INSTANCES), (2 * INSTANCES, 2 * INSTANCES)):
+        runs = [await trial(bench, sessions, most) for _ in range(repeats)]
+        pool = f"{INSTANCES} instances" if most == INSTANCES else f"{INSTANCES} to {most} instances"
+        case = f"{sessions} sessions, {pool}"
         plain = [run[0]["rate"] for run in runs]
         report.add(f"{case}: sleep only", "calls per second", "calls/s", plain)
         report.compare(f"{case}: mixed (1 in {SAMPLE_EVERY} samples)", "calls per second", "calls/s",
@@ -94,8 +96,10 @@ async def sampling(bench: Bench, report: Report) -> None:
                    [100 * run[1]["right"] / run[1]["samples"] for run in runs])
         report.add(f"{case}: mixed", "failed calls", "", [run[1]["calls"] - run[1]["ok"] for run in runs])
         report.add(f"{case}: mixed", "instances marked asksClients", "", [run[2] for run in runs])
+        report.add(f"{case}: mixed", "instances at the end", "", [run[3] for run in runs])
         report.data[case] = runs
     report.note(f"Each session makes {CALLS} calls one after another (`sleep({SLEEP})`, concurrent within the lab "
-                f"server), all sessions at once, on a pool of {INSTANCES} instances with the default cap of 3; "
+                f"server), all sessions at once, on a pool of {INSTANCES} instances (or {INSTANCES} that may grow "
+                f"to {2 * INSTANCES}) with the default cap of 3; "
                 f"first with no `sample` (no instance has asked a client), then on the same stack with every "
                 f"{SAMPLE_EVERY}th call a `sample`, which the session's own sampling callback answers.")
