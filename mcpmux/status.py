@@ -166,6 +166,7 @@ class InstanceStatus:
     context: str | None = None  # the client context it was initialized for: "<label> <protocol version>"
     bound: bool = False  # given roots: it serves exactly that context; else every session of its handshake
     era: str | None = None  # the protocol era its backend connection was opened in: handshake or 2026-07-28
+    asks_clients: bool = False  # it sent a client a request (sampling, elicitation): serves one session at a time
 
     @property
     def connected(self) -> bool:
@@ -183,6 +184,7 @@ class InstanceStatus:
             "sinceHeartbeat": self.since_heartbeat, "latencyMs": _json_or_none(self.latency),
             "shim": _json_or_none(self.shim), "backend": _json_or_none(self.backend),
             "sessions": list(self.sessions), "context": self.context, "bound": self.bound, "era": self.era,
+            "asksClients": self.asks_clients,
         })
         if not self.connected:
             data["lastEvent"] = self.last_event
@@ -205,7 +207,7 @@ class InstanceStatus:
             supervisord=_opt_str(data, "supervisord"), last_event=_opt_str(data, "lastEvent"),
             sessions=tuple(_text(item, "sessions") for item in data.get("sessions", [])),
             context=_opt_str(data, "context"), bound=bool(data.get("bound", False)),
-            era=_opt_str(data, "era"),
+            era=_opt_str(data, "era"), asks_clients=bool(data.get("asksClients", False)),
         )
 
 

@@ -144,6 +144,9 @@ def summary_lines(status: StackStatus) -> Text:
     if pinned:
         label = "dedicated to" if status.strategy == "dedicated" else "sessions pinned"
         text.append(f"\n{label}  " + "  ".join(pinned))
+    asking = [short_slot(instance.slot) for instance in status.instances if instance.asks_clients]
+    if asking:
+        text.append(f"\none session at a time (they ask clients)  {', '.join(asking)}")
     for context in status.contexts:
         where = f" in {context.cwd}" if context.cwd else ""
         roots = "" if context.roots is None else f", {context.roots} roots"

@@ -185,6 +185,7 @@ class ControlHandler:
             context=instance.context.describe() if instance.context is not None else None,
             bound=instance.bound,
             era=instance.era.value if instance.initialize_result is not None else None,
+            asks_clients=instance.asks_clients,
         )
 
     def _slot_history(self, slot: str, events: list[Event]) -> tuple[int, int, str | None]:

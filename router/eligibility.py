@@ -13,6 +13,11 @@ a filter applied before the reserve and any strategy), and among them it depends
 - `dedicated`: an instance of the session's own, nobody else's, recycled when the session ends
   (router/dedicated.py).
 
+Under every strategy, an instance that has asked a client anything (sampling, elicitation: `asks_clients`)
+runs the requests of one session at a time, as many as its limit allows: another session's wait, or go to
+another instance. stdio does not say which request a server's request is for, so this is how each of its
+requests to a client has one possible owner (router/server_requests.py).
+
 With `loadBalancing.highReserve`, a share of the pool's free slots is kept for `high` requests: others start
 only while more than that many slots are free, so an urgent call need not wait for a slow one to finish.
 """
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Callable, Collection
 from typing import Literal
 
 from mcpmux.envelope import Flag
@@ -47,8 +53,10 @@ class PinnedInstanceGone(Exception):
 
 class Eligibility:
     def __init__(self, limits: Limits, strategy: Strategy = "least_connections", high_reserve: float = 0.0,
-                 max_instances: int = 1, contexts: ContextRules | None = None) -> None:
+                 max_instances: int = 1, contexts: ContextRules | None = None,
+                 occupants: Callable[[str], Collection[bytes]] = lambda slot: ()) -> None:
         self.limits = limits
+        self.occupants = occupants  # the sessions whose requests an instance runs now
         self.balancer = LeastConnections(self.cap)
         self.strategy = strategy
         self.high_reserve = high_reserve
@@ -75,7 +83,8 @@ class Eligibility:
                                          what="requestState" if pending.message.flags & Flag.STATE else "cursor")
             if self.strategy == "dedicated" and not self.dedicated.may_run(pending.session.identity, instance.slot):
                 raise PinnedInstanceGone(pending.pinned_slot, "is not this session's own instance now")
-            return instance if self._has_room(instance) and self._reserve_allows(pending, pool) else None
+            admitted = self._has_room(instance) and self.admits(instance, pending.session)
+            return instance if admitted and self._reserve_allows(pending, pool) else None
         serving = self.serving(pending.session, pool)
         if not self._reserve_allows(pending, pool):
             return None
@@ -85,7 +94,19 @@ class Eligibility:
             return self.dedicated.choose(pending.session.identity, serving, pool, self.cap)
         # Instances already bound to the session's context first, while one has room: a spare is bound
         # to a context only when that context needs it.
+        serving = [i for i in serving if self.admits(i, pending.session)]
         return self.balancer.pick([i for i in serving if i.bound and self._has_room(i)] or serving)
+
+    def admits(self, instance: Instance, session: Session) -> bool:
+        """Whether the instance may take this session's requests now: an instance that asks its clients
+        runs one session's at a time."""
+        return not instance.asks_clients or set(self.occupants(instance.slot)) <= {session.identity}
+
+    def kept_apart(self, session: Session, pool: Pool) -> bool:
+        """Whether instances with room for more are there for this session, and every one of them runs
+        another session's requests while it asks its clients: only another instance would serve it now."""
+        with_room = [instance for instance in self.serving(session, pool) if self._has_room(instance)]
+        return bool(with_room) and not any(self.admits(instance, session) for instance in with_room)
 
     def serving(self, session: Session, pool: Pool) -> list[Instance]:
         """The context filter: the ready instances that may serve this session now."""
@@ -121,10 +142,15 @@ class Eligibility:
         """Under dedicated, each instance's one session (what it sends on its own is for that session)."""
         return self.dedicated.assignment() if self.strategy == "dedicated" else None
 
-    def waiting_reason(self, pending: Pending) -> str | None:
+    def waiting_reason(self, pending: Pending, pool: Pool) -> str | None:
         """Why a request still waits for an instance, if the strategy is the cause."""
         if self.strategy == "dedicated" and pending.pinned_slot is None:
             return self.dedicated.waiting_reason(pending.session.identity)
+        pinned = pool.get(pending.pinned_slot) if pending.pinned_slot is not None else None
+        candidates = [pinned] if pinned is not None else self.serving(pending.session, pool)
+        if any(not self.admits(instance, pending.session) for instance in candidates):
+            return ("waiting for an instance: an instance that asks its clients (sampling, elicitation) serves "
+                    "one session at a time, and another session's requests run there")
         return None
 
     def _has_room(self, instance: Instance) -> bool:
@@ -154,7 +180,7 @@ class Eligibility:
             if not instance.ready:
                 return None  # it waits for an instance of its own rather than crowd a busy one for good
         assert instance is not None
-        if not self._has_room(instance):
+        if not self._has_room(instance) or not self.admits(instance, session):
             return None
         instance.last_pick = self.balancer.turn()
         return instance

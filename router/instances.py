@@ -52,6 +52,7 @@ class Instance:
     bound: bool = False  # its roots are fixed: it serves exactly `context` (router/contexts.py)
     roots_request: Any = None  # the id of a roots/list it asked before it was bound, unanswered
     settling: bool = False  # just given its roots: takes nothing until it answers a ping after them
+    asks_clients: bool = False  # it sent a client a request (sampling, elicitation): one session at a time
 
     @property
     def identity(self) -> bytes:

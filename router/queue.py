@@ -113,6 +113,10 @@ class RequestQueue(Generic[T]):
             self._last_served[entry.session] = next(self._turns)
         return entry.item
 
+    def waiting_sessions(self) -> list[bytes]:
+        """The sessions with requests waiting."""
+        return list(self._waiting)
+
     def took_turn(self, session: bytes) -> None:
         """One of the session's requests started without waiting: that was its turn too."""
         self._last_served[session] = next(self._turns)

@@ -100,8 +100,15 @@ class Scaler:
         wanted = math.ceil(self._demand() / (per_instance * settings.scale_up_threshold))
         return max(settings.min_instances, min(settings.max_instances, wanted))
 
-    def _demand(self) -> int:
-        return sum(instance.in_flight for instance in self._board.pool) + len(self._board.queue)
+    def _demand(self) -> float:
+        board = self._board
+        queued = sum(instance.in_flight for instance in board.pool) + len(board.queue)
+        # A session kept from instances with room by their asking other sessions' clients needs an instance
+        # of its own: its one waiting request would hardly move the load, and it would wait for good.
+        apart = [session for identity in board.queue.waiting_sessions()
+                 if (session := board.sessions.get(identity)) is not None
+                 and board.eligibility.kept_apart(session, board.pool)]
+        return queued + len(apart) * self.capacity() / max(1, len(self.wanted))
 
     def tick(self) -> None:
         self.place()

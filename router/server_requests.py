@@ -1,16 +1,21 @@
 """Requests an instance sends to the client (sampling, elicitation, roots): whose client they are for.
 
-stdio carries no link from a server's message to the request that caused it, so the switchboard attributes
-a server's request (or log message) by who is using the instance, and refuses it when it cannot tell or
-when that client did not declare the capability the request needs.
+stdio carries no link from a server's message to the request that caused it (the SDKs keep the related
+request's id in the process, for transports with one stream per request), so the switchboard attributes a
+server's request (or log message) by who is using the instance, and refuses it when it cannot tell or when
+that client did not declare the capability the request needs. An instance that has asked a client anything
+is marked (`Instance.asks_clients`) and from then on serves one session at a time (router/eligibility.py),
+so that only its first request, sent while several sessions used it, can ever be refused for want of an
+owner.
 """
+
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Mapping
 
 from mcpmux import jsonrpc
-from mcpmux.router.session import Pending, Session
+from mcpmux.router.session import Session
 
 CLIENT_CAPABILITY_OF = {
     "sampling/createMessage": "sampling",
@@ -19,18 +24,19 @@ CLIENT_CAPABILITY_OF = {
 }
 
 
-def attribute(slot: str, running: Iterable[Pending], sessions: dict[bytes, Session], *,
+def attribute(slot: str, owners: Collection[bytes], sessions: dict[bytes, Session], *,
               guess_when_idle: bool = True, assigned: Mapping[str, bytes] | None = None) -> Session | None:
     """The session a message of instance `slot` belongs to.
 
     When each instance serves one session (`assigned`, under the dedicated strategy), its session, or nobody
-    if it has none: never a guess. Otherwise the one session with requests on it; if none, the session that
-    was active last (unless `guess_when_idle` is off); if several, nobody.
+    if it has none: never a guess. Otherwise the one session with requests on it (`owners`: once an instance
+    has asked a client anything, eligibility sees to it that there is never more than one); if none, the
+    session that was active last (unless `guess_when_idle` is off); if several, nobody.
     """
     if assigned is not None:
         owner = assigned.get(slot)
         return sessions.get(owner) if owner is not None else None
-    owners = {pending.session.identity for pending in running if pending.slot == slot}
+    owners = set(owners)
     if len(owners) == 1:
         return sessions.get(owners.pop())
     if owners or not guess_when_idle:

@@ -41,6 +41,7 @@ from mcpmux.router.metrics import Metrics
 from mcpmux.router.priorities import PriorityPolicy
 from mcpmux.router.queue import Priority, QueueFull, RequestQueue
 from mcpmux.router.retry import RetryPolicy
+from mcpmux.router.running import Running
 from mcpmux.router.session import (
     LIST_CHANGED_BY_LIST_METHOD,
     LOG_LEVELS,
@@ -76,10 +77,11 @@ class Switchboard:
         # Which client contexts there are, and which instances serve which sessions:
         self.contexts = ContextRules(cwd_from_client=config.server.cwd_from_client, pass_env=config.server.pass_env)
         self._max_instances = settings.max_instances
+        self._running = Running()  # the client requests instances run, by the id the instance sees
         # Which instances may serve a request:
         self.eligibility = Eligibility(limits_for(settings.max_concurrent_requests), config.load_balancing.strategy,
                                        config.load_balancing.high_reserve, max_instances=settings.max_instances,
-                                       contexts=self.contexts)
+                                       contexts=self.contexts, occupants=self._running.sessions_on)
         self.metrics = metrics
         self.eras = eras.Eras()  # what the pool's backend speaks
         self.breaker = CircuitBreaker(config.load_balancing.circuit_breaker_threshold,
@@ -90,7 +92,6 @@ class Switchboard:
         self._now = clock
         self._actions: list[Action] = []
         self._deadlines: Deadlines[Pending] = Deadlines()
-        self._running: dict[int, Pending] = {}  # by the id the instance sees
         # Requests the router itself sent, by id: the instance they went to, and their follow-up.
         self._internal: dict[int, tuple[str, OnAnswer | None]] = {}
         self._init_waiters: list[Pending] = []
@@ -381,7 +382,7 @@ class Switchboard:
         if pending.capped:
             instance.in_flight += 1
         pending.concurrency = instance.in_flight
-        self._running[backend_id] = pending
+        self._running.add(backend_id, pending)
         self._send(instance, rewrite.for_instance(pending.message, backend_id))
 
     def drain(self) -> None:
@@ -428,7 +429,7 @@ class Switchboard:
         if pending.session.pending.get(pending.client_id) is not pending:
             return
         where = (f"running on {pending.slot}" if pending.slot
-                 else self.eligibility.waiting_reason(pending) or "waiting for an instance")
+                 else self.eligibility.waiting_reason(pending, self.pool) or "waiting for an instance")
         if pending in self._init_waiters:
             self._init_waiters.remove(pending)
             where = "waiting for a backend to start" + (f"; the last start failed: {self.startup_cause}"
@@ -464,7 +465,7 @@ class Switchboard:
 
     def _release(self, pending: Pending, reason: str) -> None:
         """Take a request off its instance, telling the instance to stop working on it."""
-        if pending.backend_id is None or self._running.pop(pending.backend_id, None) is None:
+        if pending.backend_id is None or self._running.pop(pending.backend_id) is None:
             return
         instance = self.pool.get(pending.slot or "")
         if instance is None:
@@ -536,7 +537,7 @@ class Switchboard:
             if internal is not None or pending is not None:
                 log.warning("%s answered id %r, which it was never sent; dropped", instance.slot, backend_id)
             return  # else the answer to a request that timed out or was cancelled
-        del self._running[backend_id]
+        self._running.pop(backend_id)
         latency = self._now() - pending.dispatched
         if pending.capped:  # a tasks/* request holds no slot, and its latency is its task's
             instance.in_flight -= 1
@@ -581,6 +582,9 @@ class Switchboard:
         if method == "roots/list":
             self._roots_request(instance, message)
             return
+        # Whatever the answer, it asks clients: from now on it serves one session at a time, so that every
+        # later request of its has one possible owner (router/eligibility.py).
+        instance.asks_clients = True
         session = self._task_owner(instance, message) or self._session_for(instance)
         refused = server_requests.refusal(session, method)
         if refused is not None or session is None:
@@ -624,7 +628,7 @@ class Switchboard:
     def _progress(self, instance: Instance, params: JsonObject, message: Envelope) -> None:
         """Progress goes to the client whose request gave the token, from the instance running it; a
         token nobody gave (a server that tags its progress with the request's id) is dropped."""
-        pending = self._running.get(params.get("progressToken"))  # type: ignore[arg-type]
+        pending = self._running.get(params.get("progressToken"))
         if pending is not None and (pending.slot != instance.slot or not pending.message.flags & Flag.PROGRESS):
             log.info("%s sent progress for a token its client never gave; dropped", instance.slot)
             return
@@ -681,7 +685,7 @@ class Switchboard:
         assigned = self.eligibility.assignment()
         candidates = (self.sessions if assigned is not None
                       else {session.identity: session for session in self.served_by(instance)})
-        return server_requests.attribute(instance.slot, self._running.values(), candidates,
+        return server_requests.attribute(instance.slot, self._running.sessions_on(instance.slot), candidates,
                                          guess_when_idle=guess_when_idle, assigned=assigned)
 
     def _unattributed_audience(self, instance: Instance) -> list[Session]:
@@ -860,7 +864,7 @@ class Switchboard:
         for backend_id, pending in list(self._running.items()):
             if pending.slot != instance.slot:
                 continue
-            del self._running[backend_id]
+            self._running.pop(backend_id)
             pending.backend_id = pending.slot = None
             lost_task = self.tasks.lost_answer(pending.session.identity, instance.slot, pending.message)
             if lost_task is not None:

@@ -65,17 +65,18 @@ STATUS_JSON: dict[str, Any] = {
          "failed": 1, "consecutiveFailures": 0, "restarts": 0, "backoffs": 0, "alert": None, "uptime": 99.5,
          "sinceHeartbeat": 0.4, "latencyMs": {"p50": 1.25, "p95": 3.5, "p99": 7.0}, "shim": SHIM_USAGE,
          "backend": BACKEND_USAGE, "sessions": ["9f2c41d0"], "context": "7caa21 2025-11-25", "bound": False,
-         "era": "2026-07-28"},
+         "era": "2026-07-28", "asksClients": False},
         {"slot": "shim:shim_01", "pid": 4203, "backendPid": 4204, "state": "busy", "inFlight": 3, "limit": 3,
          "served": 9,
          "failed": 0, "consecutiveFailures": 0, "restarts": 1, "backoffs": 0, "alert": None, "uptime": 40.0,
          "sinceHeartbeat": 0.9, "latencyMs": {"p50": None, "p95": None, "p99": None}, "shim": SHIM_USAGE,
-         "backend": None, "sessions": [], "context": "51e0b9 2025-11-25", "bound": True, "era": "handshake"},
+         "backend": None, "sessions": [], "context": "51e0b9 2025-11-25", "bound": True, "era": "handshake",
+         "asksClients": True},
         {"slot": "shim:shim_02", "pid": None, "backendPid": None, "state": "stopped", "supervisord": "FATAL",
          "inFlight": 0, "limit": None, "served": 0, "failed": 0, "consecutiveFailures": 0, "restarts": 5, "backoffs": 2,
          "alert": "shim:shim_02 flapping: given up", "uptime": None, "sinceHeartbeat": None, "latencyMs": None,
          "shim": None, "backend": None, "sessions": [], "context": None, "bound": False, "era": None,
-         "lastEvent": "shim:shim_02 lost: backend exited (code 1)"},
+         "asksClients": False, "lastEvent": "shim:shim_02 lost: backend exited (code 1)"},
     ],
     "instancesByState": {"starting": 0, "probing": 0, "ready": 1, "busy": 1, "open-circuit": 0, "failed": 0,
                          "stopped": 1},
@@ -343,3 +344,14 @@ def test_the_monitor_imports_nothing_of_the_router() -> None:
             "print(sorted(m for m in sys.modules if m.startswith('mcpmux.router')))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert loaded.stdout.strip() == "[]"
+
+
+def test_the_dashboard_names_the_instances_that_serve_one_session_at_a_time() -> None:
+    asking, plain = make_status(SlotState.READY, SlotState.READY).instances
+    status = make_status(instances=(dataclasses.replace(asking, asks_clients=True), plain))
+
+    text = render.render_dashboard(status, health.assess(status), width=140)
+
+    assert "one session at a time (they ask clients)  shim_00" in text
+    assert "shim_01" not in text.split("one session at a time")[1].splitlines()[0]
+    assert StackStatus.from_json(status.to_json()).instances[0].asks_clients

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 
 MODULES = ("overhead", "scaling", "ceiling", "failover", "memory", "published", "coldstart", "dedicated", "fairness",
-           "loadstep", "projects")
+           "loadstep", "projects", "sampling")
 
 
 def load() -> None:
