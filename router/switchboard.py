@@ -926,8 +926,11 @@ class Switchboard:
         if session is None or not self.subscriptions.unplaced(identity):
             return
         target = self.eligibility.home(session, self.pool)
-        if target is not None:
-            self._place_subscriptions(session, target)
+        if target is None:
+            return
+        if self.contexts.needs_binding(target):  # bound to the session's context first, as at a first use
+            self._bind(target, session)
+        self._place_subscriptions(session, target)
 
     def _place_subscriptions(self, session: Session, instance: Instance) -> None:
         if instance.era is not Era.HANDSHAKE:  # resources/subscribe is of the handshake era
