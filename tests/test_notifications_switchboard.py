@@ -177,31 +177,22 @@ def test_an_elicitation_complete_reaches_the_session_that_was_asked() -> None:
     assert heard(h, b, "notifications/elicitation/complete") == []
 
 
-def test_a_log_message_of_an_idle_instance_reaches_only_sessions_that_asked_for_that_level() -> None:
+def test_a_log_message_is_the_running_sessions_else_only_for_sessions_that_asked_for_its_level() -> None:
     h = Harness.make()
     verbose, quiet, silent = h.open("verbose"), h.open("quiet"), h.open("silent")
     instance = h.add_instance("shim:shim_00")
     h.request(verbose, "lv", "logging/setLevel", {"level": "debug"})
     h.request(quiet, "lq", "logging/setLevel", {"level": "error"})
+    h.call(silent, 1)
 
+    notify(h, instance, "notifications/message", {"level": "info", "data": "working for silent"})
+    h.answer_all(instance)
     notify(h, instance, "notifications/message", {"level": "info", "data": "tick"})
 
-    assert len(heard(h, verbose, "notifications/message")) == 1
+    assert [m["params"]["data"] for m in heard(h, silent, "notifications/message")] == ["working for silent"], \
+        "the idle instance's message is nobody's for sure, and silent never asked for logs"
+    assert [m["params"]["data"] for m in heard(h, verbose, "notifications/message")] == ["tick"]
     assert heard(h, quiet, "notifications/message") == [], "below the level it asked for"
-    assert heard(h, silent, "notifications/message") == [], "it never asked for logs; nobody knows it is its"
-
-
-def test_a_log_message_while_one_session_runs_is_that_sessions() -> None:
-    h = Harness.make()
-    runner, bystander = h.open("runner"), h.open("bystander")
-    instance = h.add_instance("shim:shim_00")
-    h.request(bystander, "lb", "logging/setLevel", {"level": "debug"})
-    h.call(runner, 1)
-
-    notify(h, instance, "notifications/message", {"level": "info", "data": "working"})
-
-    assert len(heard(h, runner, "notifications/message")) == 1
-    assert heard(h, bystander, "notifications/message") == []
 
 
 def test_an_unknown_notification_of_an_idle_instance_reaches_its_contexts_sessions_not_a_guess() -> None:
