@@ -207,3 +207,22 @@ def test_an_unknown_notification_of_an_idle_instance_reaches_its_contexts_sessio
     assert len(heard(h, plain, "notifications/custom/thing")) == 1
     assert len(heard(h, other, "notifications/custom/thing")) == 1
     assert heard(h, sampling, "notifications/custom/thing") == []
+
+
+def test_an_elicitation_a_request_was_refused_for_completes_at_that_requests_session() -> None:
+    h = Harness.make(maxConcurrentRequests=4)
+    a, b = h.open("a"), h.open("b")
+    instance = h.add_instance("shim:shim_00")
+    h.call(a, "a1")
+    (call,) = h.requests_on(instance)
+    h.board.from_instance(instance, jsonrpc.error(call["id"], -32042, "authorize first", {"elicitations": [
+        {"mode": "url", "url": "https://example.com", "message": "open", "elicitationId": "e-2"}]}))
+    h.collect()
+    h.call(a, "a2")
+    h.call(b, "b1")
+
+    notify(h, instance, "notifications/elicitation/complete", {"elicitationId": "e-2"})
+
+    assert h.error_code(a, "a1") == -32042
+    assert len(heard(h, a, "notifications/elicitation/complete")) == 1
+    assert heard(h, b, "notifications/elicitation/complete") == []
