@@ -1,7 +1,8 @@
 """URL elicitations: whose client an `notifications/elicitation/complete` is for.
 
-A server that asks for a URL elicitation (`elicitation/create` in url mode) names it with an elicitationId and
-later says it is complete with that id. The switchboard remembers which session each id of each instance went
+A server that asks for a URL elicitation names it with an elicitationId (in an `elicitation/create` in url mode,
+or in the `-32042` error answering a client's request, URLElicitationRequiredError) and later says it is
+complete with that id. The switchboard remembers which session each id of each instance went
 to, so that the completion reaches that session and nobody else.
 """
 
@@ -14,6 +15,7 @@ from mcpmux.jsonrpc import params_of
 
 CREATE = "elicitation/create"
 COMPLETE = "notifications/elicitation/complete"
+URL_REQUIRED = -32042  # URLElicitationRequiredError: its data lists the elicitations the request needs
 
 
 class Elicitations:
@@ -25,6 +27,17 @@ class Elicitations:
         elicitation_id = params_of(request).get("elicitationId")
         if isinstance(elicitation_id, str):
             self._owners[(slot, elicitation_id)] = session
+
+    def required(self, slot: str, error: Mapping[str, Any], session: bytes) -> None:
+        """An instance answered the session's request with URLElicitationRequiredError: its elicitations are
+        the session's."""
+        body = error.get("error")
+        data = body.get("data") if isinstance(body, dict) and body.get("code") == URL_REQUIRED else None
+        listed = data.get("elicitations") if isinstance(data, dict) else None
+        for elicitation in listed if isinstance(listed, list) else []:
+            elicitation_id = elicitation.get("elicitationId") if isinstance(elicitation, dict) else None
+            if isinstance(elicitation_id, str):
+                self._owners[(slot, elicitation_id)] = session
 
     def completed(self, slot: str, notification: Mapping[str, Any]) -> bytes | None:
         """The session a completion is for (forgotten now), or None if the id is unknown."""

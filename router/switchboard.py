@@ -563,6 +563,8 @@ class Switchboard:
                                        pending.backend_id, self._now())
         if message.flags & Flag.SUBSCRIPTION:  # a listen stream's closing result names the stream
             return message.with_token(pending.client_id)
+        if message.kind is Kind.ERROR:
+            self.elicitations.required(instance.slot, message, pending.session.identity)
         if message.kind is not Kind.RESULT or not (message.flags & Flag.NEXT_CURSOR or pending.method in OPENED):
             return message  # the common case: the body passes through unopened
         result = message.get("result")
