@@ -108,6 +108,25 @@ class Eligibility:
         with_room = [instance for instance in self.serving(session, pool) if self._has_room(instance)]
         return bool(with_room) and not any(self.admits(instance, session) for instance in with_room)
 
+    def home(self, session: Session, pool: Pool) -> Instance | None:
+        """Where what the session keeps on a server (its subscriptions) goes when it has nowhere: its own
+        instance (dedicated), the one it is pinned to, pinning it now if need be (session_affinity), or the
+        least busy instance that serves it; never an instance of another client context."""
+        serving = self.serving(session, pool)
+        if self.strategy == "dedicated":
+            slot = self.dedicated.slot_of(session.identity)
+            return next((instance for instance in serving if instance.slot == slot), None)
+        if self.strategy == "session_affinity":
+            pinned = pool.get(self.pins.get(session.identity, ""))
+            if pinned is not None and pinned in serving:
+                return pinned
+            instance = self._least_pinned(serving)
+            if instance is not None:
+                self.pins[session.identity] = instance.slot
+            return instance
+        # A subscribe is the router's own request, outside the cap: a busy instance may take it.
+        return min([i for i in serving if i.bound] or serving, key=lambda i: (i.in_flight, i.last_pick), default=None)
+
     def serving(self, session: Session, pool: Pool) -> list[Instance]:
         """The context filter: the ready instances that may serve this session now."""
         return [instance for instance in pool.ready() if self.contexts.usable(instance, session)]

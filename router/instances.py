@@ -51,6 +51,7 @@ class Instance:
     context: ClientContext | None = None  # what it was initialized with; None until the core says
     bound: bool = False  # its roots are fixed: it serves exactly `context` (router/contexts.py)
     roots_request: Any = None  # the id of a roots/list it asked before it was bound, unanswered
+    announced: set[str] = field(default_factory=set)  # the list_changed kinds it sent (router/switchboard.py)
     settling: bool = False  # just given its roots: takes nothing until it answers a ping after them
     asks_clients: bool = False  # it sent a client a request (sampling, elicitation): one session at a time
 

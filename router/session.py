@@ -78,6 +78,7 @@ class Session:
     roots_known: bool = False  # its context has the client's current roots (or it declares none)
     roots_ask: int | None = None  # the id of mcpmux's own roots/list to its client, while unanswered
     era: Era | None = None  # the protocol era its client opened with, once it has (router/eras.py)
+    initialized: bool = False  # its client sent notifications/initialized: it hears the server's notifications
 
     @property
     def name(self) -> str:
@@ -88,6 +89,15 @@ class Session:
         if self.initialize_params is None:
             return False
         return capability in (self.initialize_params.get("capabilities") or {})
+
+    @property
+    def hears_notifications(self) -> bool:
+        """Whether a server's notification may reach it now: after its initialized (the stateless era has none)."""
+        return self.initialized or self.era is Era.STATELESS
+
+    def admits_log(self, level: str) -> bool:
+        """Whether it set a logging level and `level` is at least that."""
+        return self.log_level is not None and self.wants_log(level)
 
     def wants_log(self, level: str) -> bool:
         if self.log_level is None:

@@ -19,7 +19,7 @@ from mcpmux import jsonrpc
 from mcpmux.config import Config
 from mcpmux.envelope import Envelope, Flag, Kind
 from mcpmux.jsonrpc import JsonObject, params_of
-from mcpmux.router import cursors, eras, listen, rewrite, server_requests, tasks
+from mcpmux.router import cursors, elicitations, eras, listen, rewrite, server_requests, tasks
 from mcpmux.router.actions import (
     Action,
     ContextWanted,
@@ -96,7 +96,8 @@ class Switchboard:
         self._internal: dict[int, tuple[str, OnAnswer | None]] = {}
         self._init_waiters: list[Pending] = []
         self.startup_cause: str | None = None  # why the last backend failed to start, until one starts
-        self.subscriptions = Subscriptions(shared=self.eligibility.shares_instances)
+        self.subscriptions = Subscriptions()
+        self.elicitations = elicitations.Elicitations()
         self.tasks = tasks.TaskTable()
         self._log_level: str | None = None
         self.retry = RetryPolicy()
@@ -122,6 +123,7 @@ class Switchboard:
         session = Session(identity, initialize_params, last_seen=self._now(), priority=priority, cwd=cwd, env=env)
         self.sessions[identity] = session
         if initialize_params is not None:  # a door introducing its session again, to a restarted core
+            session.initialized = True
             self.contexts.open(session)
             self._ask_roots(session)
         return session
@@ -136,6 +138,7 @@ class Switchboard:
             self._abandon(pending, "client session ended")
         for uri, slot in self.subscriptions.drop_session(session.identity):
             self._internal_request(slot, "resources/unsubscribe", {"uri": uri})
+        self.elicitations.forget_session(session.identity)
         for task in self.tasks.drop_session(session.identity):  # nobody else may fetch them
             instance = self.pool.get(task.slot)
             if instance is not None and tasks.offers_cancel(instance.initialize_result):
@@ -242,20 +245,21 @@ class Switchboard:
         self._answer_local(session, jsonrpc.result(message["id"], {}))
 
     def _subscribe(self, session: Session, message: Envelope) -> None:
+        """Every subscribe reaches a server, as it would the session's own: the instance holding the session's
+        subscription to that uri already, else wherever the strategy sends the session's requests."""
         uri = params_of(message).get("uri")
-        if not isinstance(uri, str) or self.subscriptions.holder(uri, session.identity) is None:
-            self._admit(Pending(session, message["id"], message, received=self._now()))
-            return
-        self.subscriptions.join(uri, session.identity)
-        self._answer_local(session, jsonrpc.result(message["id"], {}))
+        slot = self.subscriptions.slot_of(session.identity, uri) if isinstance(uri, str) else None
+        self._admit(Pending(session, message["id"], message, pinned_slot=slot, received=self._now()))
 
     def _unsubscribe(self, session: Session, message: Envelope) -> None:
+        """Reaches the instance holding the subscription, unless other sessions are subscribed to that uri
+        there too: their subscription stays, so the session's ends here."""
         uri = params_of(message).get("uri")
-        if not isinstance(uri, str) or not self.subscriptions.has(uri, session.identity):
+        if not isinstance(uri, str) or not self.subscriptions.has(session.identity, uri):
             self._admit(Pending(session, message["id"], message, received=self._now()))
             return
-        slot = self.subscriptions.leave(uri, session.identity)
-        if slot is None:  # others still listen, or no instance holds it now
+        slot = self.subscriptions.leave(session.identity, uri)
+        if slot is None:  # others still listen there, or no instance holds it now
             self._answer_local(session, jsonrpc.result(message["id"], {}))
             return
         self._admit(Pending(session, message["id"], message, pinned_slot=slot, received=self._now()))
@@ -299,6 +303,8 @@ class Switchboard:
             if pending is not None:
                 self._abandon(pending, params_of(message).get("reason") or "cancelled by client")
         elif method == "notifications/initialized":
+            session.initialized = True
+            self._replay_list_changed(session)
             self._ask_roots(session)  # every backend had its own handshake when it started
         elif method == "notifications/roots/list_changed":
             self.contexts.roots_changed(session)  # the session moves to the context of its new roots
@@ -369,8 +375,8 @@ class Switchboard:
             return False
         if self.contexts.needs_binding(instance) and self._bind(instance, pending.session):
             return False  # it settles first
-        if not self.subscriptions.shared:  # a dedicated session's subscriptions follow it to a new instance
-            self._place_subscriptions(instance.slot, only={pending.session.identity})
+        # Subscriptions that lost their instance follow the session to where it runs now (dedicated's new one).
+        self._place_subscriptions(pending.session, instance)
         self._start(pending, instance)
         return True
 
@@ -558,6 +564,8 @@ class Switchboard:
                                        pending.backend_id, self._now())
         if message.flags & Flag.SUBSCRIPTION:  # a listen stream's closing result names the stream
             return message.with_token(pending.client_id)
+        if message.kind is Kind.ERROR:
+            self.elicitations.required(instance.slot, message, pending.session.identity)
         if message.kind is not Kind.RESULT or not (message.flags & Flag.NEXT_CURSOR or pending.method in OPENED):
             return message  # the common case: the body passes through unopened
         result = message.get("result")
@@ -571,7 +579,7 @@ class Switchboard:
         elif pending.method == "resources/subscribe":
             uri = params_of(pending.message).get("uri")
             if isinstance(uri, str):
-                self.subscriptions.confirmed(uri, instance.slot, pending.session.identity)
+                self.subscriptions.confirmed(pending.session.identity, uri, instance.slot)
         return message
 
     def _instance_request(self, instance: Instance, message: Envelope) -> None:
@@ -593,6 +601,8 @@ class Switchboard:
             return
         client_id = next(self._ids)
         session.server_requests[client_id] = ServerRequest(instance.slot, message["id"])
+        if method == elicitations.CREATE:
+            self.elicitations.asked(instance.slot, message, session.identity)
         self._answer(session, message.with_id(client_id))
 
     def _instance_notification(self, instance: Instance, message: Envelope) -> None:
@@ -620,10 +630,16 @@ class Switchboard:
             owner = self.sessions.get(task.session) if task is not None else None
             if owner is not None:  # never anyone else, not even when the task is unknown
                 self._answer(owner, message)
+        elif method == elicitations.COMPLETE:
+            owner = self.sessions.get(self.elicitations.completed(instance.slot, message) or b"")
+            if owner is not None:  # only the session that was asked: an unknown id reaches nobody
+                self._answer(owner, message)
         else:
-            session = self._task_owner(instance, message) or self._session_for(instance)
-            for target in [session] if session else self._unattributed_audience(instance):
-                self._answer(target, message)
+            session = self._task_owner(instance, message) or self._session_for(instance, guess_when_idle=False)
+            audience = [session] if session else self._unattributed_audience(instance)
+            for target in audience:
+                if target.hears_notifications:
+                    self._answer(target, message)
 
     def _progress(self, instance: Instance, params: JsonObject, message: Envelope) -> None:
         """Progress goes to the client whose request gave the token, from the instance running it; a
@@ -646,10 +662,25 @@ class Switchboard:
         # Every instance announces the same change: a session hears it once until it lists again. Only the
         # sessions of its context: another context may list other things. Under dedicated too: an instance
         # of the same context announces what the session's own would (the servers are the same program).
+        # A session not initialized yet hears it after its initialized (`_replay_list_changed`).
+        instance.announced.add(method)
         for session in self.served_by(instance):
-            if method not in session.list_changed_sent:
-                session.list_changed_sent.add(method)
-                self._answer(session, message)
+            if session.hears_notifications:
+                self._tell_changed(session, method, message)
+
+    def _replay_list_changed(self, session: Session) -> None:
+        """A session that initializes after the instances of its handshake started hears what they announced
+        (a server that registers tools after each initialized says so to each client of its own)."""
+        handshake = session.context.handshake() if session.context is not None else None
+        announced = {method for instance in self.pool if instance.context is not None
+                     and instance.context.handshake() == handshake for method in instance.announced}
+        for method in sorted(announced):
+            self._tell_changed(session, method, jsonrpc.notification(method))
+
+    def _tell_changed(self, session: Session, method: str, message: Message) -> None:
+        if method not in session.list_changed_sent:
+            session.list_changed_sent.add(method)
+            self._answer(session, message)
 
     def _resource_updated(self, instance: Instance, params: JsonObject, message: Envelope) -> None:
         for identity in self.subscriptions.listeners(params.get("uri"), instance.slot):
@@ -667,11 +698,17 @@ class Switchboard:
                     return
 
     def _log_message(self, instance: Instance, params: JsonObject, message: Envelope) -> None:
+        """A log message goes to the session it was produced for: the one whose request (or task) runs on the
+        instance when exactly one does. Otherwise it is nobody's for sure, and goes only to the sessions of the
+        instance's context that asked for logs (logging/setLevel) at a level admitting it."""
+        level = str(params.get("level"))
         owner = self._task_owner(instance, message) or self._session_for(instance, guess_when_idle=False)
-        targets = [owner] if owner else self._unattributed_audience(instance)
+        if owner is not None:
+            targets = [owner] if owner.wants_log(level) else []
+        else:
+            targets = [session for session in self._unattributed_audience(instance) if session.admits_log(level)]
         for session in targets:
-            if session.wants_log(str(params.get("level"))):
-                self._answer(session, message)
+            self._answer(session, message)
 
     def _task_owner(self, instance: Instance, message: Message) -> Session | None:
         """The session owning the task a message names in its related-task `_meta`: exact, where
@@ -743,8 +780,8 @@ class Switchboard:
         if "tools" in ((instance.initialize_result or {}).get("capabilities") or {}):
             # Which tools are safe to retry comes from their annotations: read them before any failure.
             self._internal_request(instance.slot, "tools/list", {}, self._learn_tools)
-        if self.subscriptions.shared and instance.era is Era.HANDSHAKE:
-            self._place_subscriptions(instance.slot)
+        for identity in self.subscriptions.unplaced_sessions():
+            self._rehome_subscriptions(identity)
         self._answer_initialize(instance)
         self.drain()
 
@@ -881,17 +918,42 @@ class Switchboard:
                 self._fail(pending, jsonrpc.INSTANCE_FAILED, _not_retried(pending, reason))
         instance.in_flight = 0
         instance.roots_request = None
+        self.elicitations.forget_instance(instance.slot)
         for identity in self.eligibility.instance_lost(instance.slot):
             self._tell_state_reset(identity, instance.slot, reason)
-        if self.subscriptions.unplace(instance.slot) and self.subscriptions.shared:
-            target = self.eligibility.balancer.pick([i for i in self.pool.ready() if i.era is Era.HANDSHAKE])
-            if target is not None:
-                self._place_subscriptions(target.slot)
+        for identity in self.subscriptions.unplace(instance.slot):
+            self._rehome_subscriptions(identity)
         self.drain()
 
-    def _place_subscriptions(self, slot: str, only: set[bytes] | None = None) -> None:
-        for uri in list(self.subscriptions.place_unplaced(slot, only)):
-            self._internal_request(slot, "resources/subscribe", {"uri": uri})
+    def _rehome_subscriptions(self, identity: bytes) -> None:
+        """Place a session's unplaced subscriptions on an instance that serves it (router/eligibility.py's
+        home: its own, its pinned one, or the least busy of its context), if one is ready."""
+        session = self.sessions.get(identity)
+        if session is None or not self.subscriptions.unplaced(identity):
+            return
+        target = self.eligibility.home(session, self.pool)
+        if target is None:
+            return
+        if self.contexts.needs_binding(target):  # bound to the session's context first, as at a first use
+            self._bind(target, session)
+        self._place_subscriptions(session, target)
+
+    def _place_subscriptions(self, session: Session, instance: Instance) -> None:
+        if instance.era is not Era.HANDSHAKE:  # resources/subscribe is of the handshake era
+            return
+        for uri in self.subscriptions.place_unplaced(session.identity, instance.slot):
+            self._internal_request(instance.slot, "resources/subscribe", {"uri": uri})
+
+    def _move_subscriptions(self, session: Session) -> None:
+        """The session's context changed (new roots): its subscriptions leave the instances that no longer
+        serve it, and are placed on one that does."""
+        def keeps(slot: str) -> bool:
+            instance = self.pool.get(slot)
+            return instance is not None and self.contexts.serves(instance, session)
+
+        for uri, slot in self.subscriptions.move_off(session.identity, keeps):
+            self._internal_request(slot, "resources/unsubscribe", {"uri": uri})
+        self._rehome_subscriptions(session.identity)
 
     def _recycle(self, slot: str) -> None:
         """A dedicated session ended: its instance leaves the pool and restarts before anyone else has it."""
@@ -928,6 +990,7 @@ class Switchboard:
         session.roots_ask = None
         self.contexts.roots_answered(session, message)
         self._follow_roots(session)
+        self._move_subscriptions(session)
         for instance in self.pool:
             if instance.roots_request is not None:
                 self._give_roots(instance)
