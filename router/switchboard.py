@@ -49,6 +49,7 @@ from mcpmux.router.session import (
     Session,
     most_verbose,
 )
+from mcpmux.router.settling import Check, Settling, Verdict
 from mcpmux.router.subscriptions import Subscriptions
 from mcpmux.stateless import Era
 
@@ -85,6 +86,8 @@ class Switchboard:
         self.breaker = CircuitBreaker(config.load_balancing.circuit_breaker_threshold,
                                       enabled=config.load_balancing.circuit_breaker_enabled)
         self._pings: dict[str, tuple[int, float]] = {}  # health pings awaiting an answer, by slot
+        # When an instance given roots has applied them (router/settling.py):
+        self.settling = Settling(config.server.roots_probe, config.server.roots_probe_timeout / 1000)
         self._request_timeout = settings.request_timeout / 1000
         self._startup_timeout = settings.startup_timeout / 1000
         self._now = clock
@@ -417,12 +420,18 @@ class Switchboard:
 
     def next_deadline(self) -> float | None:
         """When `expire_due` must next be called (on the switchboard's clock)."""
-        return self._deadlines.next()
+        due = [when for when in (self._deadlines.next(), self.settling.next_due()) if when is not None]
+        return min(due, default=None)
 
     def expire_due(self) -> None:
         """Answer every request whose deadline has passed with a timeout error."""
         for seconds, pending in self._deadlines.pop_due(self._now()):
             self._expire(pending, seconds)
+        again, expired = self.settling.due(self._now())
+        for instance in filter(None, map(self.pool.get, again)):
+            self._probe_roots(instance)
+        for instance in filter(None, map(self.pool.get, expired)):
+            self._settle_given_up(instance)
 
     def _expire(self, pending: Pending, seconds: float) -> None:
         if pending.session.pending.get(pending.client_id) is not pending:
@@ -739,6 +748,8 @@ class Switchboard:
         if "tools" in ((instance.initialize_result or {}).get("capabilities") or {}):
             # Which tools are safe to retry comes from their annotations: read them before any failure.
             self._internal_request(instance.slot, "tools/list", {}, self._learn_tools)
+        else:
+            self.settling.no_tools(instance.slot)
         if self.subscriptions.shared and instance.era is Era.HANDSHAKE:
             self._place_subscriptions(instance.slot)
         self._answer_initialize(instance)
@@ -763,12 +774,16 @@ class Switchboard:
     def _learn_tools(self, instance: Instance, message: Message) -> None:
         result = message.get("result")
         if not isinstance(result, dict):
+            self.settling.no_tools(instance.slot)
+            self._check_settled(instance)
             return
+        cursor = result.get("nextCursor")
+        self.settling.tools_listed(instance.slot, result.get("tools") or [], last_page=not isinstance(cursor, str))
+        self._check_settled(instance)
         known = self.retry.safe_tools
         self.retry.observe_tools(result)
         if self.retry.safe_tools != known:
             self._actions.append(SafeToolsChanged(self.retry.safe_tools))
-        cursor = result.get("nextCursor")
         if isinstance(cursor, str):
             self._internal_request(instance.slot, "tools/list", {"cursor": cursor}, self._learn_tools)
 
@@ -877,6 +892,7 @@ class Switchboard:
                 self._fail(pending, jsonrpc.INSTANCE_FAILED, _not_retried(pending, reason))
         instance.in_flight = 0
         instance.roots_request = None
+        self.settling.forget(instance.slot)
         for identity in self.eligibility.instance_lost(instance.slot):
             self._tell_state_reset(identity, instance.slot, reason)
         if self.subscriptions.unplace(instance.slot) and self.subscriptions.shared:
@@ -940,6 +956,7 @@ class Switchboard:
             return
         self._bind_to(instance, session)
         self._send(instance, jsonrpc.notification("notifications/roots/list_changed"))
+        self._settle(instance, changed=True)
 
     def sessions_without_instance(self) -> list[Session]:
         """Under dedicated: the sessions that have no instance of their own yet."""
@@ -991,11 +1008,13 @@ class Switchboard:
                 self._bind_to(instance, owner)
         backend_id, instance.roots_request = instance.roots_request, None
         self._send(instance, self.contexts.roots_answer(instance, backend_id))
+        if self.settling.roots_given(instance.slot):  # a roots change's settle starts once they are in
+            self._check_settled(instance)
 
     def _bind(self, instance: Instance, session: Session) -> bool:
         """Bind an instance to a session's context at its first use; True if it must settle first: it
-        asked for roots, which it gets now, and serves once it has answered a ping sent after them (so its
-        first request finds them applied)."""
+        asked for roots, which it gets now, and serves once it has applied them (so its first request finds
+        them in place)."""
         self._bind_to(instance, session)
         if instance.roots_request is None:
             return False
@@ -1003,10 +1022,53 @@ class Switchboard:
         self._settle(instance)
         return True
 
-    def _settle(self, instance: Instance) -> None:
-        """Serve nothing until the instance answers a ping: what it was sent or asked before is done."""
+    def _settle(self, instance: Instance, *, changed: bool = False) -> None:
+        """Serve nothing until the server has applied the roots it was given (or, `changed`, is about to
+        ask for): router/settling.py."""
         instance.settling = True
-        self._internal_request(instance.slot, "ping", {}, self._settled)
+        roots = instance.context.roots if instance.context is not None else None
+        self.settling.begin(instance.slot, roots, self._now(), changed=changed)
+        self._check_settled(instance)
+
+    def _check_settled(self, instance: Instance) -> None:
+        """Start the settle's check, once the server has its roots and mcpmux knows how to check."""
+        settle = self.settling.settling(instance.slot)
+        if settle is None or settle.awaits_roots or settle.probing or settle.retry_at is not None:
+            return
+        check = self.settling.check(instance.slot)
+        if check is Check.PROBE:
+            self._probe_roots(instance)
+        elif check is Check.PING:
+            if self._internal_request(instance.slot, "ping", {}, self._settled) is None:
+                self._settled(instance, {})
+                return
+            self.settling.probe_sent(instance.slot)  # its answer ends the settle: no deadline
+        # Check.UNKNOWN: its tools/list answer comes back here
+
+    def _probe_roots(self, instance: Instance) -> None:
+        tool = {"name": self.settling.tool(instance.slot), "arguments": {}}
+        if self._internal_request(instance.slot, "tools/call", tool, self._roots_probed) is None:
+            self._settled(instance, {})
+            return
+        self.settling.probe_sent(instance.slot)
+
+    def _roots_probed(self, instance: Instance, message: Message) -> None:
+        verdict = self.settling.judge(instance.slot, message, self._now())
+        if verdict is Verdict.APPLIED:
+            self._settled(instance, message)
+        elif verdict is Verdict.GAVE_UP:
+            self._settle_given_up(instance)
+
+    def _settle_given_up(self, instance: Instance) -> None:
+        settle = self.settling.settling(instance.slot)
+        what = ("never asked for its new roots" if settle is not None and settle.awaits_roots
+                else f"did not show its roots applied (the {self.settling.tool(instance.slot)} probe)"
+                if settle is not None and settle.tries else "did not say whether it has the probe tool")
+        text = (f"{instance.slot} {what} within rootsProbeTimeout ({self.settling.timeout * 1000:.0f} ms); "
+                "it serves its context anyway: its first requests may see other directories")
+        log.warning("%s", text)
+        self.metrics.event("warning", text, slot=instance.slot)
+        self._settled(instance, {})
 
     def _bind_to(self, instance: Instance, session: Session) -> None:
         assert session.context is not None
@@ -1014,6 +1076,7 @@ class Switchboard:
         self._actions.append(InstanceBound(instance.slot, session.context))
 
     def _settled(self, instance: Instance, message: Message) -> None:
+        self.settling.done(instance.slot)
         instance.settling = False
         self.drain()
 

@@ -14,7 +14,7 @@ from mcpmux.router import actions, placement
 from mcpmux.router.contexts import ClientContext
 from mcpmux.router.instances import Instance
 from mcpmux.stack import stack_paths
-from tests.switchboard_harness import INITIALIZE_RESULT, Harness
+from tests.switchboard_harness import INITIALIZE_RESULT, TOOLS, Harness
 
 SAMPLING = {"sampling": {}}
 ROOTS = {"roots": {"listChanged": True}}
@@ -45,6 +45,12 @@ def pong(h: Harness, instance: Instance) -> None:
     """The instance answers the pings mcpmux sent it."""
     for ping in [m for m in h.requests_on(instance) if m["method"] == "ping"]:
         h.answer(instance, ping["id"], {})
+
+
+def list_tools(h: Harness, instance: Instance, tools: list[dict[str, Any]] = TOOLS) -> None:
+    """The instance answers the tools/list mcpmux sent it."""
+    for request in [m for m in h.requests_on(instance) if m["method"] == "tools/list"]:
+        h.answer(instance, request["id"], {"tools": tools})
 
 
 # --- handshakes --------------------------------------------------------------------------------------
@@ -321,6 +327,7 @@ def test_a_new_instance_of_clients_with_roots_lets_its_server_ask_for_them_befor
     h.board.pool.add(instance)
     h.board.instance_ready(instance, INITIALIZE_RESULT)
     h.collect()
+    list_tools(h, instance)  # none of them shows which roots it has: a ping settles it
 
     h.call(session, 1)
     assert "tools/call" not in [m["method"] for m in h.requests_on(instance)], "not before it answered a ping"
