@@ -23,7 +23,7 @@ from __future__ import annotations
 import enum
 import json
 import posixpath
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -179,7 +179,7 @@ def named_as(root: str) -> str:
 
 def names_every(expected: Iterable[str], answer: Any) -> bool:
     """Whether a tools/call response's text names each of `expected` on a line of its own."""
-    result = answer.get("result") if isinstance(answer, dict) else None
+    result = answer.get("result") if isinstance(answer, Mapping) else None
     if not isinstance(result, dict) or result.get("isError"):
         return False
     lines = {_line(line) for text in _texts(result) for line in text.splitlines()}

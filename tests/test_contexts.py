@@ -327,13 +327,13 @@ def test_a_new_instance_of_clients_with_roots_lets_its_server_ask_for_them_befor
     h.board.pool.add(instance)
     h.board.instance_ready(instance, INITIALIZE_RESULT)
     h.collect()
-    list_tools(h, instance)  # none of them shows which roots it has: a ping settles it
 
     h.call(session, 1)
     assert "tools/call" not in [m["method"] for m in h.requests_on(instance)], "not before it answered a ping"
     instance_asks_roots(h, instance)  # right after its handshake, as server-filesystem does
     pong(h, instance)
     (answer,) = answers_to(h, instance, "roots-1")
+    list_tools(h, instance)  # none of them shows which roots it has: a ping settles it
     pong(h, instance)
 
     assert root_uris(answer) == ["file:///a"]
@@ -392,6 +392,8 @@ def test_a_dedicated_instance_follows_its_sessions_new_roots_rather_than_the_ses
     instance_asks_roots(h, instance, "roots-2")
     assert root_uris(answers_to(h, instance, "roots-2")[0]) == ["file:///new"]
     h.call(session, 2)
+    assert [m["method"] for m in h.requests_on(instance)] == ["ping"], "it settles on its new roots first"
+    pong(h, instance)
     assert [m["method"] for m in h.requests_on(instance)] == ["tools/call"], "still its own instance"
 
 
