@@ -40,7 +40,8 @@ def answer_probe(h: Harness, instance: Instance, *directories: str) -> None:
     h.answer(instance, probe["id"], allowed(*directories))
 
 
-def bound_instance(h: Harness, roots: list[str], tools: list[dict[str, Any]] = FILESYSTEM_TOOLS) -> tuple[Any, Instance]:
+def bound_instance(h: Harness, roots: list[str],
+                   tools: list[dict[str, Any]] = FILESYSTEM_TOOLS) -> tuple[Any, Instance]:
     """A session with `roots` whose first call binds a fresh instance (asking roots, as server-filesystem)."""
     session = h.open("a", ROOTS, roots=roots)
     instance = h.add_instance("shim:shim_00", ROOTS, tools=tools)
