@@ -3,9 +3,13 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from mcpmux import jsonrpc
+from mcpmux.config import Config
+from mcpmux.router import cli as router_cli
 from mcpmux.router.instances import Instance
 from mcpmux.router.settling import DEFAULT_PROBE, named_as, names_every
 from mcpmux.status import EventKind
@@ -168,3 +172,18 @@ def test_roots_are_named_by_their_paths_and_other_uris_by_themselves() -> None:
     assert not names_every(["/home/me"], answer), "a line must name the root itself"
     assert not names_every(["/x"], jsonrpc.result(1, {**allowed("/x"), "isError": True}))
     assert not names_every(["/x"], jsonrpc.error(1, -32602, "unknown tool"))
+
+
+def test_the_flags_set_the_probe_and_a_file_keeps_its_own_unless_a_flag_says(tmp_path: Path) -> None:
+    flags = router_cli.build_parser().parse_args(["--roots-probe", "", "--roots-probe-timeout", "800", "--", "srv"])
+    config, _ = router_cli.resolve(flags)
+    assert (config.server.roots_probe, config.server.roots_probe_timeout) == ("", 800)
+
+    path = tmp_path / "mcpmux.json"
+    path.write_text(json.dumps({"server": {"command": "srv", "rootsProbe": "where", "rootsProbeTimeout": 100}}))
+    config, _ = router_cli.resolve(router_cli.build_parser().parse_args(["--config", str(path)]))
+    assert (config.server.roots_probe, config.server.roots_probe_timeout) == ("where", 100)
+    config, _ = router_cli.resolve(router_cli.build_parser().parse_args(
+        ["--config", str(path), "--roots-probe-timeout", "50"]))
+    assert (config.server.roots_probe, config.server.roots_probe_timeout) == ("where", 50)
+    assert Config.model_validate({"server": {"command": "srv"}}).server.roots_probe is None
