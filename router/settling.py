@@ -71,11 +71,11 @@ class Settling:
 
     # --- tools ---------------------------------------------------------------------------------------
 
-    def tools_listed(self, slot: str, tools: Iterable[Any], *, last_page: bool) -> None:
-        """A page of the instance's tools: whether the default probe is among them."""
+    def tools_listed(self, slot: str, tools: Any, *, last_page: bool) -> None:
+        """A page of the instance's tools (its result's `tools`): whether the default probe is among them."""
         if self._has_probe.get(slot):
             return
-        names = {tool.get("name") for tool in tools if isinstance(tool, dict)}
+        names = {tool.get("name") for tool in tools if isinstance(tool, dict)} if isinstance(tools, list) else set()
         if DEFAULT_PROBE in names:
             self._has_probe[slot] = True
         elif last_page:
@@ -91,8 +91,9 @@ class Settling:
         known = self._has_probe.get(slot)
         return Check.UNKNOWN if known is None else Check.PROBE if known else Check.PING
 
-    def tool(self, slot: str) -> str:
-        return self.probe or DEFAULT_PROBE
+    def call(self, slot: str) -> dict[str, Any]:
+        """The params of the probe's tools/call."""
+        return {"name": self.probe or DEFAULT_PROBE, "arguments": {}}
 
     # --- a settle, from start to verdict -------------------------------------------------------------
 
@@ -112,7 +113,17 @@ class Settling:
         settle.awaits_roots = False
         return True
 
+    def step(self, slot: str) -> Check | None:
+        """The check to send now (PROBE or PING); None while the settle waits for the server to ask for its
+        roots, for its tools to be known, for an answer, or for its back-off (or there is none)."""
+        settle = self._settles.get(slot)
+        if settle is None or settle.awaits_roots or settle.probing or settle.retry_at is not None:
+            return None
+        check = self.check(slot)
+        return None if check is Check.UNKNOWN else check
+
     def probe_sent(self, slot: str) -> None:
+        """The check went out: a probe (or a ping, whose answer ends the settle: no deadline for it)."""
         settle = self._settles[slot]
         settle.probing, settle.retry_at = True, None
         settle.tries += 1
@@ -130,6 +141,15 @@ class Settling:
         settle.retry_at = min(now + settle.delay, settle.deadline)
         settle.delay = min(settle.delay * 2, MAX_RETRY)
         return Verdict.AGAIN
+
+    def given_up(self, slot: str) -> str:
+        """Why the settle was given up: the warning to record."""
+        settle = self._settles.get(slot)
+        what = ("never asked for its new roots" if settle is not None and settle.awaits_roots
+                else f"did not show its roots applied (its {self.probe or DEFAULT_PROBE} answer)"
+                if settle is not None and settle.tries else "did not list its tools")
+        return (f"{slot} {what} within rootsProbeTimeout ({self.timeout * 1000:.0f} ms); it serves its "
+                "context anyway: its first requests may see other directories than the context's roots")
 
     def done(self, slot: str) -> Settle | None:
         """The settle is over (passed, given up, or its instance gone)."""
@@ -151,6 +171,7 @@ class Settling:
         again, expired = [], []
         for slot, settle in self._settles.items():
             if settle.retry_at is not None and settle.retry_at <= now:
+                settle.retry_at = None  # the probe may go again (`step`)
                 again.append(slot)
             elif not settle.probing and settle.retry_at is None and settle.deadline <= now:
                 expired.append(slot)

@@ -429,7 +429,7 @@ class Switchboard:
             self._expire(pending, seconds)
         again, expired = self.settling.due(self._now())
         for instance in filter(None, map(self.pool.get, again)):
-            self._probe_roots(instance)
+            self._check_settled(instance)
         for instance in filter(None, map(self.pool.get, expired)):
             self._settle_given_up(instance)
 
@@ -778,7 +778,7 @@ class Switchboard:
             self._check_settled(instance)
             return
         cursor = result.get("nextCursor")
-        self.settling.tools_listed(instance.slot, result.get("tools") or [], last_page=not isinstance(cursor, str))
+        self.settling.tools_listed(instance.slot, result.get("tools"), last_page=not isinstance(cursor, str))
         self._check_settled(instance)
         known = self.retry.safe_tools
         self.retry.observe_tools(result)
@@ -1031,23 +1031,13 @@ class Switchboard:
         self._check_settled(instance)
 
     def _check_settled(self, instance: Instance) -> None:
-        """Start the settle's check, once the server has its roots and mcpmux knows how to check."""
-        settle = self.settling.settling(instance.slot)
-        if settle is None or settle.awaits_roots or settle.probing or settle.retry_at is not None:
-            return
-        check = self.settling.check(instance.slot)
-        if check is Check.PROBE:
-            self._probe_roots(instance)
-        elif check is Check.PING:
-            if self._internal_request(instance.slot, "ping", {}, self._settled) is None:
-                self._settled(instance, {})
-                return
-            self.settling.probe_sent(instance.slot)  # its answer ends the settle: no deadline
-        # Check.UNKNOWN: its tools/list answer comes back here
-
-    def _probe_roots(self, instance: Instance) -> None:
-        tool = {"name": self.settling.tool(instance.slot), "arguments": {}}
-        if self._internal_request(instance.slot, "tools/call", tool, self._roots_probed) is None:
+        """Send the settle's check (the probe, or a ping) if it is due: router/settling.py says when."""
+        check = self.settling.step(instance.slot)
+        if check is None:
+            return  # it waits for the server's roots/list, its tools, an answer, or its back-off
+        method, params, then = (("tools/call", self.settling.call(instance.slot), self._roots_probed)
+                                if check is Check.PROBE else ("ping", {}, self._settled))
+        if self._internal_request(instance.slot, method, params, then) is None:
             self._settled(instance, {})
             return
         self.settling.probe_sent(instance.slot)
@@ -1060,12 +1050,7 @@ class Switchboard:
             self._settle_given_up(instance)
 
     def _settle_given_up(self, instance: Instance) -> None:
-        settle = self.settling.settling(instance.slot)
-        what = ("never asked for its new roots" if settle is not None and settle.awaits_roots
-                else f"did not show its roots applied (the {self.settling.tool(instance.slot)} probe)"
-                if settle is not None and settle.tries else "did not say whether it has the probe tool")
-        text = (f"{instance.slot} {what} within rootsProbeTimeout ({self.settling.timeout * 1000:.0f} ms); "
-                "it serves its context anyway: its first requests may see other directories")
+        text = self.settling.given_up(instance.slot)
         log.warning("%s", text)
         self.metrics.event("warning", text, slot=instance.slot)
         self._settled(instance, {})
