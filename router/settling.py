@@ -102,9 +102,6 @@ class Settling:
         expected = tuple(named_as(root) for root in roots or ())
         self._settles[slot] = Settle(expected, now + self.timeout, awaits_roots=changed)
 
-    def settling(self, slot: str) -> Settle | None:
-        return self._settles.get(slot)
-
     def roots_given(self, slot: str) -> bool:
         """The server asked for the roots and got them; True if its settle waited for that."""
         settle = self._settles.get(slot)
