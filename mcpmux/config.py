@@ -35,6 +35,10 @@ class ServerConfig(_Section):
     # Run each instance in the client's working directory (its router's): instances are keyed by it, so
     # one registration serves every project in its own directory.
     cwd_from_client: bool = False
+    # An instance given a context's roots serves it once this tool's answer names every root (None: the
+    # filesystem server's list_allowed_directories if the server lists it; "": a ping after the roots).
+    roots_probe: str | None = None
+    roots_probe_timeout: int = Field(3000, ge=0, description="ms an instance's roots may take to apply")
 
     @field_validator("pass_env")
     @classmethod

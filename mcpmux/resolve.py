@@ -28,6 +28,8 @@ def resolve(
     cwd_from_client: bool = False,
     pass_env: Sequence[str] = (),
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    roots_probe: str | None = None,
+    roots_probe_timeout: int | None = None,
 ) -> tuple[Config, str]:
     """The configuration in force and the origin that, with it, names the stack.
 
@@ -45,7 +47,8 @@ def resolve(
     if command:
         cwd_from_client = cwd_from_client or (cwd is None and names_relative_path(command[1:]))
         server: dict[str, Any] = {"command": command[0], "args": list(command[1:]), "env": parse_env(env),
-                                  "cwd": cwd, "cwdFromClient": cwd_from_client, "passEnv": list(pass_env)}
+                                  "cwd": cwd, "cwdFromClient": cwd_from_client, "passEnv": list(pass_env),
+                                  **_roots_probe(roots_probe, roots_probe_timeout)}
         data: dict[str, Any] = {"server": server, **{section: dict(keys) for section, keys in sections.items()}}
         return parse_config(data, COMMAND_LINE), COMMAND_LINE
     path = config or (Path(os.environ["MCP_CONFIG_PATH"]) if os.environ.get("MCP_CONFIG_PATH") else None)
@@ -59,7 +62,14 @@ def resolve(
     data["server"]["cwd"] = cwd or data["server"]["cwd"] or str(path.parent)
     data["server"]["cwdFromClient"] = cwd_from_client or data["server"]["cwdFromClient"]
     data["server"]["passEnv"] = [*data["server"]["passEnv"], *pass_env]
+    data["server"].update(_roots_probe(roots_probe, roots_probe_timeout))
     return parse_config(data, str(path)), str(path)
+
+
+def _roots_probe(probe: str | None, timeout: int | None) -> dict[str, Any]:
+    """The roots probe's keys the flags give (those not given keep the file's, or the defaults)."""
+    given = {"rootsProbe": probe, "rootsProbeTimeout": timeout}
+    return {key: value for key, value in given.items() if value is not None}
 
 
 def find_stack(config: Path | None = None) -> StackPaths:

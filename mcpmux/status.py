@@ -57,6 +57,7 @@ class EventKind(enum.StrEnum):
     RESTART = "restart"  # the healer restarts a slot
     BACKOFF = "backoff"  # a flapping slot is held back
     ALERT = "alert"  # something an operator must look at
+    WARNING = "warning"  # mcpmux went on without something it waits for (an instance's roots applied)
     ERROR = "error"  # a failure of the core's own (the Prometheus endpoint, say)
 
 

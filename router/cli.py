@@ -55,6 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cwd", help="server working directory")
     parser.add_argument("--cwd-from-client", action="store_true",
                         help="run the server in each client's working directory (server.cwdFromClient)")
+    parser.add_argument("--roots-probe", metavar="TOOL",
+                        help="a tool whose answer names the roots a server has applied; an instance given a "
+                             "client's roots serves it once the answer names them all (\"\": a ping after the "
+                             "roots; default: list_allowed_directories if the server lists it) (server.rootsProbe)")
+    parser.add_argument("--roots-probe-timeout", type=int, metavar="MS",
+                        help="how long to wait for the roots probe before serving anyway, with a warning "
+                             "(server.rootsProbeTimeout, default 3000)")
     parser.add_argument("--priority", choices=("high", "normal", "low"),
                         help="this session's requests' level (not part of the stack's configuration)")
     for section, model in SECTIONS.items():
@@ -78,7 +85,8 @@ def resolve(args: argparse.Namespace) -> tuple[Config, str]:
     """The configuration in force and the origin that, with it, names the stack (see `mcpmux.resolve`)."""
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     return resolve_config(config=args.config, command=command, env=args.env, cwd=args.cwd,
-                          cwd_from_client=args.cwd_from_client, pass_env=args.pass_env, overrides=_overrides(args))
+                          cwd_from_client=args.cwd_from_client, pass_env=args.pass_env, overrides=_overrides(args),
+                          roots_probe=args.roots_probe, roots_probe_timeout=args.roots_probe_timeout)
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:

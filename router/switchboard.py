@@ -50,6 +50,7 @@ from mcpmux.router.session import (
     Session,
     most_verbose,
 )
+from mcpmux.router.settling import Check, Settling, Verdict
 from mcpmux.router.subscriptions import Subscriptions
 from mcpmux.stateless import Era
 
@@ -87,6 +88,8 @@ class Switchboard:
         self.breaker = CircuitBreaker(config.load_balancing.circuit_breaker_threshold,
                                       enabled=config.load_balancing.circuit_breaker_enabled)
         self._pings: dict[str, tuple[int, float]] = {}  # health pings awaiting an answer, by slot
+        # When an instance given roots has applied them (router/settling.py):
+        self.settling = Settling(config.server.roots_probe, config.server.roots_probe_timeout / 1000)
         self._request_timeout = settings.request_timeout / 1000
         self._startup_timeout = settings.startup_timeout / 1000
         self._now = clock
@@ -424,12 +427,18 @@ class Switchboard:
 
     def next_deadline(self) -> float | None:
         """When `expire_due` must next be called (on the switchboard's clock)."""
-        return self._deadlines.next()
+        due = [when for when in (self._deadlines.next(), self.settling.next_due()) if when is not None]
+        return min(due, default=None)
 
     def expire_due(self) -> None:
         """Answer every request whose deadline has passed with a timeout error."""
         for seconds, pending in self._deadlines.pop_due(self._now()):
             self._expire(pending, seconds)
+        again, expired = self.settling.due(self._now())
+        for instance in filter(None, map(self.pool.get, again)):
+            self._check_settled(instance)
+        for instance in filter(None, map(self.pool.get, expired)):
+            self._settle_given_up(instance)
 
     def _expire(self, pending: Pending, seconds: float) -> None:
         if pending.session.pending.get(pending.client_id) is not pending:
@@ -780,6 +789,8 @@ class Switchboard:
         if "tools" in ((instance.initialize_result or {}).get("capabilities") or {}):
             # Which tools are safe to retry comes from their annotations: read them before any failure.
             self._internal_request(instance.slot, "tools/list", {}, self._learn_tools)
+        else:
+            self.settling.no_tools(instance.slot)
         for identity in self.subscriptions.unplaced_sessions():
             self._rehome_subscriptions(identity)
         self._answer_initialize(instance)
@@ -804,12 +815,16 @@ class Switchboard:
     def _learn_tools(self, instance: Instance, message: Message) -> None:
         result = message.get("result")
         if not isinstance(result, dict):
+            self.settling.no_tools(instance.slot)
+            self._check_settled(instance)
             return
+        cursor = result.get("nextCursor")
+        self.settling.tools_listed(instance.slot, result.get("tools"), last_page=not isinstance(cursor, str))
+        self._check_settled(instance)
         known = self.retry.safe_tools
         self.retry.observe_tools(result)
         if self.retry.safe_tools != known:
             self._actions.append(SafeToolsChanged(self.retry.safe_tools))
-        cursor = result.get("nextCursor")
         if isinstance(cursor, str):
             self._internal_request(instance.slot, "tools/list", {"cursor": cursor}, self._learn_tools)
 
@@ -919,6 +934,7 @@ class Switchboard:
         instance.in_flight = 0
         instance.roots_request = None
         self.elicitations.forget_instance(instance.slot)
+        self.settling.forget(instance.slot)
         for identity in self.eligibility.instance_lost(instance.slot):
             self._tell_state_reset(identity, instance.slot, reason)
         for identity in self.subscriptions.unplace(instance.slot):
@@ -1007,6 +1023,7 @@ class Switchboard:
             return
         self._bind_to(instance, session)
         self._send(instance, jsonrpc.notification("notifications/roots/list_changed"))
+        self._settle(instance, changed=True)
 
     def sessions_without_instance(self) -> list[Session]:
         """Under dedicated: the sessions that have no instance of their own yet."""
@@ -1058,11 +1075,13 @@ class Switchboard:
                 self._bind_to(instance, owner)
         backend_id, instance.roots_request = instance.roots_request, None
         self._send(instance, self.contexts.roots_answer(instance, backend_id))
+        if self.settling.roots_given(instance.slot):  # a roots change's settle starts once they are in
+            self._check_settled(instance)
 
     def _bind(self, instance: Instance, session: Session) -> bool:
         """Bind an instance to a session's context at its first use; True if it must settle first: it
-        asked for roots, which it gets now, and serves once it has answered a ping sent after them (so its
-        first request finds them applied)."""
+        asked for roots, which it gets now, and serves once it has applied them (so its first request finds
+        them in place)."""
         self._bind_to(instance, session)
         if instance.roots_request is None:
             return False
@@ -1070,10 +1089,38 @@ class Switchboard:
         self._settle(instance)
         return True
 
-    def _settle(self, instance: Instance) -> None:
-        """Serve nothing until the instance answers a ping: what it was sent or asked before is done."""
+    def _settle(self, instance: Instance, *, changed: bool = False) -> None:
+        """Serve nothing until the server has applied the roots it was given (or, `changed`, is about to
+        ask for): router/settling.py."""
         instance.settling = True
-        self._internal_request(instance.slot, "ping", {}, self._settled)
+        roots = instance.context.roots if instance.context is not None else None
+        self.settling.begin(instance.slot, roots, self._now(), changed=changed)
+        self._check_settled(instance)
+
+    def _check_settled(self, instance: Instance) -> None:
+        """Send the settle's check (the probe, or a ping) if it is due: router/settling.py says when."""
+        check = self.settling.step(instance.slot)
+        if check is None:
+            return  # it waits for the server's roots/list, its tools, an answer, or its back-off
+        method, params, then = (("tools/call", self.settling.call(instance.slot), self._roots_probed)
+                                if check is Check.PROBE else ("ping", {}, self._settled))
+        if self._internal_request(instance.slot, method, params, then) is None:
+            self._settled(instance, {})
+            return
+        self.settling.probe_sent(instance.slot)
+
+    def _roots_probed(self, instance: Instance, message: Message) -> None:
+        verdict = self.settling.judge(instance.slot, message, self._now())
+        if verdict is Verdict.APPLIED:
+            self._settled(instance, message)
+        elif verdict is Verdict.GAVE_UP:
+            self._settle_given_up(instance)
+
+    def _settle_given_up(self, instance: Instance) -> None:
+        text = self.settling.given_up(instance.slot)
+        log.warning("%s", text)
+        self.metrics.event("warning", text, slot=instance.slot)
+        self._settled(instance, {})
 
     def _bind_to(self, instance: Instance, session: Session) -> None:
         assert session.context is not None
@@ -1081,6 +1128,7 @@ class Switchboard:
         self._actions.append(InstanceBound(instance.slot, session.context))
 
     def _settled(self, instance: Instance, message: Message) -> None:
+        self.settling.done(instance.slot)
         instance.settling = False
         self.drain()
 

@@ -49,8 +49,9 @@ class Harness:
     answered: set[Any] = field(default_factory=set)  # backend ids the instances have answered
 
     @classmethod
-    def make(cls, load_balancing: JsonObject | None = None, **multiplexer: Any) -> Harness:
-        config = Config.model_validate({"server": {"command": "server"}, "multiplexer": multiplexer,
+    def make(cls, load_balancing: JsonObject | None = None, server: JsonObject | None = None,
+             **multiplexer: Any) -> Harness:
+        config = Config.model_validate({"server": {"command": "server", **(server or {})}, "multiplexer": multiplexer,
                                         "loadBalancing": load_balancing or {}})
         clock = Clock()
         return cls(Switchboard(config, Metrics(), clock=clock), clock)
@@ -98,7 +99,7 @@ class Harness:
 
     def add_instance(self, slot: str, capabilities: JsonObject | None = None, result: JsonObject | None = None, *,
                      era: Era = Era.HANDSHAKE, fallback: str | None = None, pid: int = 1,
-                     context: ClientContext | None = None) -> Instance:
+                     context: ClientContext | None = None, tools: list[JsonObject] = TOOLS) -> Instance:
         """A ready instance initialized for the handshake of clients with these capabilities (or for
         `context`, one the switchboard asked for), or opened in the stateless era (`fallback`: asked to, it
         fell back to the handshake)."""
@@ -120,7 +121,7 @@ class Harness:
                     and m["id"] not in self.board.running_ids()]
         self.to_instance[slot] = [m for m in sent if m not in learning]
         for request in learning:  # the switchboard reads the tools' annotations first
-            self.board.from_instance(instance, jsonrpc.result(request["id"], {"tools": TOOLS}))
+            self.board.from_instance(instance, jsonrpc.result(request["id"], {"tools": tools}))
         self.collect()
         return instance
 

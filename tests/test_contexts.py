@@ -14,7 +14,7 @@ from mcpmux.router import actions, placement
 from mcpmux.router.contexts import ClientContext
 from mcpmux.router.instances import Instance
 from mcpmux.stack import stack_paths
-from tests.switchboard_harness import INITIALIZE_RESULT, Harness
+from tests.switchboard_harness import INITIALIZE_RESULT, TOOLS, Harness
 
 SAMPLING = {"sampling": {}}
 ROOTS = {"roots": {"listChanged": True}}
@@ -45,6 +45,12 @@ def pong(h: Harness, instance: Instance) -> None:
     """The instance answers the pings mcpmux sent it."""
     for ping in [m for m in h.requests_on(instance) if m["method"] == "ping"]:
         h.answer(instance, ping["id"], {})
+
+
+def list_tools(h: Harness, instance: Instance, tools: list[dict[str, Any]] = TOOLS) -> None:
+    """The instance answers the tools/list mcpmux sent it."""
+    for request in [m for m in h.requests_on(instance) if m["method"] == "tools/list"]:
+        h.answer(instance, request["id"], {"tools": tools})
 
 
 # --- handshakes --------------------------------------------------------------------------------------
@@ -327,6 +333,7 @@ def test_a_new_instance_of_clients_with_roots_lets_its_server_ask_for_them_befor
     instance_asks_roots(h, instance)  # right after its handshake, as server-filesystem does
     pong(h, instance)
     (answer,) = answers_to(h, instance, "roots-1")
+    list_tools(h, instance)  # none of them shows which roots it has: a ping settles it
     pong(h, instance)
 
     assert root_uris(answer) == ["file:///a"]
@@ -388,6 +395,8 @@ def test_a_dedicated_instance_follows_its_sessions_new_roots_rather_than_the_ses
     instance_asks_roots(h, instance, "roots-2")
     assert root_uris(answers_to(h, instance, "roots-2")[0]) == ["file:///new"]
     h.call(session, 2)
+    assert [m["method"] for m in h.requests_on(instance)] == ["ping"], "it settles on its new roots first"
+    pong(h, instance)
     assert [m["method"] for m in h.requests_on(instance)] == ["tools/call"], "still its own instance"
 
 
