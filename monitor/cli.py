@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -24,22 +23,23 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from mcpmux import lifeline, resolve
+from mcpmux import lifeline
 from mcpmux import stacks as stacks_mod
-from mcpmux.config import ConfigError, hide_env
+from mcpmux.config import hide_env
+from mcpmux.monitor import ctl as ctl_mod
 from mcpmux.monitor import health as health_mod
 from mcpmux.monitor import logs as logs_mod
-from mcpmux.monitor import render
+from mcpmux.monitor import render, selection
 from mcpmux.monitor.control import (
     ControlError,
     StackNotRunning,
-    core_listening,
     parse_status,
     query,
     wait_for_core,
 )
 from mcpmux.monitor.control import status as query_status
-from mcpmux.stack import RuntimeDirError, StackPaths, check_private, runtime_root
+from mcpmux.monitor.selection import EXIT_FAILED, EXIT_NOT_RUNNING
+from mcpmux.stack import StackPaths, runtime_root
 from mcpmux.status import StackStatus, StatusError, events_from_json
 from mcpmux.versions import versions
 
@@ -48,12 +48,9 @@ app = typer.Typer(help="Watch and test a running mcpmux stack.", no_args_is_help
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", help="the stack's configuration file (default: $MCP_CONFIG_PATH)")]
 StackDirOption = Annotated[
-    Path | None, typer.Option("--stack-dir", "--stack",
+    Path | None, typer.Option("--stack", "--stack-dir", metavar="NAME",
                               help="the stack's name (mcpmux-monitor stacks) or its runtime directory")]
 JsonOption = Annotated[bool, typer.Option("--json", help="machine-readable output")]
-
-EXIT_FAILED = 1
-EXIT_NOT_RUNNING = 2
 
 
 def out() -> Console:
@@ -76,46 +73,19 @@ def emit_json(data: Any) -> None:
 # --- which stack ---------------------------------------------------------------------------------------
 
 
-def find_stack(config: Path | None, stack_dir: Path | None = None, *, running: bool = True) -> StackPaths:
-    """The stack the router would serve: --stack-dir, --config or $MCP_CONFIG_PATH, else the only one."""
-    if stack_dir is not None:
-        named = stacks_mod.by_name(str(stack_dir), private_root()) if len(stack_dir.parts) == 1 else None
-        return named or StackPaths(stack_dir.resolve())
-    if config is None and not os.environ.get("MCP_CONFIG_PATH"):
-        return _only_stack(running)
+def find_stack(config: Path | None, stack: Path | None = None, *, running: bool = True) -> StackPaths:
+    """The stack a command is about (see selection.py), or a message and its exit code."""
     try:
-        paths = resolve.find_stack(config)
-    except (ConfigError, ValueError) as exc:
-        fail(str(exc))
-    try:
-        paths.check()
-    except RuntimeDirError as exc:
-        fail(str(exc), EXIT_FAILED)
-    return paths
+        return selection.find_stack(config, stack, running=running)
+    except selection.NoStack as exc:
+        fail(str(exc), exc.code)
 
 
 def private_root() -> Path:
-    """The runtime root, refused when someone else could have planted it: its sockets would not be ours."""
-    root = runtime_root()
     try:
-        check_private(root)
-    except RuntimeDirError as exc:
-        fail(str(exc), EXIT_FAILED)
-    return root
-
-
-def _only_stack(running: bool) -> StackPaths:
-    root = private_root()
-    candidates = [StackPaths(d) for d in sorted(root.iterdir()) if d.is_dir()] if root.is_dir() else []
-    if running:
-        candidates = [paths for paths in candidates if core_listening(paths)]
-    if len(candidates) == 1:
-        return candidates[0]
-    what = "running stack" if running else "stack"
-    if not candidates:
-        fail(f"no {what} in {root}; name one with --config PATH, $MCP_CONFIG_PATH or --stack-dir DIR")
-    names = ", ".join(str(paths.root) for paths in candidates)
-    fail(f"{len(candidates)} {what}s ({names}): name one with --config PATH or --stack-dir DIR")
+        return selection.private_root()
+    except selection.NoStack as exc:
+        fail(str(exc), exc.code)
 
 
 def ask(paths: StackPaths, name: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -203,6 +173,42 @@ def stop(
             out().print(stopped.describe(paths.root.name))
 
 
+# --- supervisorctl --------------------------------------------------------------------------------------
+
+ProgramsArgument = Annotated[
+    list[str], typer.Argument(metavar="PROCESS...", help="core, shim:shim_01, 'shim:*' or all")]
+
+
+@app.command(context_settings={"ignore_unknown_options": True})
+def ctl(
+    stack: Annotated[str, typer.Argument(metavar="STACK", help="the stack's name or runtime directory")],
+    args: Annotated[list[str] | None, typer.Argument(
+        metavar="-- ARGS...", help="supervisorctl's: status, restart shim:shim_01, tail -f core... "
+                                   "(none: its shell)")] = None,
+) -> None:
+    """supervisorctl on a stack's supervisord, from this installation (pipx and uv put none on PATH)."""
+    raise typer.Exit(_supervisorctl(find_stack(None, Path(stack)), args or []))
+
+
+@app.command()
+def restart(programs: ProgramsArgument, config: ConfigOption = None, stack_dir: StackDirOption = None) -> None:
+    """Restart processes of a stack (supervisorctl restart); the core fails a shim's calls over."""
+    raise typer.Exit(_supervisorctl(find_stack(config, stack_dir), ["restart", *programs]))
+
+
+@app.command()
+def start(programs: ProgramsArgument, config: ConfigOption = None, stack_dir: StackDirOption = None) -> None:
+    """Start processes of a stack that are stopped or gave up (supervisorctl start)."""
+    raise typer.Exit(_supervisorctl(find_stack(config, stack_dir), ["start", *programs]))
+
+
+def _supervisorctl(paths: StackPaths, args: list[str]) -> int:
+    if not ctl_mod.reachable(paths):
+        fail(f"stack {paths.root.name} is not running (no supervisord answers in {paths.root}); "
+             f"{selection.START_HINT}")
+    return ctl_mod.run(paths, args)
+
+
 # --- status and health ---------------------------------------------------------------------------------
 
 
@@ -230,7 +236,14 @@ def health(
     window: Annotated[float, typer.Option(help="seconds a failure keeps the stack degraded")] = 300.0,
 ) -> None:
     """healthy (exit 0), degraded (exit 1) or down (exit 2), with the reasons."""
-    paths = find_stack(config, stack_dir)
+    try:
+        paths = selection.find_stack(config, stack_dir)
+    except selection.NoStack as exc:
+        if not as_json:
+            fail(str(exc), exc.code)
+        # A script asked for JSON: it gets JSON, "down", whatever the reason there is no stack to judge.
+        emit_json({**health_mod.not_running(str(exc)).as_json(), "stack": None})
+        raise typer.Exit(int(health_mod.Verdict.DOWN)) from None
     pool: StackStatus | None = None
     try:
         pool = query_status(paths)
@@ -281,7 +294,7 @@ def load_test(
             fail("--args must be a JSON object", EXIT_FAILED)
     paths = find_stack(config, stack_dir)
     if not wait_for_core(paths, 5.0):
-        fail(f"stack {paths.root.name} is not running (no core listening in {paths.root})")
+        fail(f"stack {paths.root.name} is not running (no core listening in {paths.root}); {selection.START_HINT}")
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[failed]} failed"), TimeElapsedColumn(),
                         console=err(), disable=as_json, transient=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -139,9 +140,18 @@ def _run(args: argparse.Namespace, config: Config | None, paths: StackPaths) -> 
         return 1
     if args.up:
         state = "started" if started else "already running"
-        print(f"stack {paths.root.name} {state}; manage it with: supervisorctl -c {paths.supervisord_conf}")
+        print(f"stack {paths.root.name} {state}; manage it with: {monitor_command()} ctl {paths.root.name} -- status")
         return 0
     return _serve(config, paths, args.priority)
+
+
+def monitor_command() -> str:
+    """`mcpmux-monitor` when that is the one beside this router on PATH (pipx, uv), else its path (.venv/bin)."""
+    beside = Path(sys.argv[0]).parent / "mcpmux-monitor"
+    on_path = shutil.which("mcpmux-monitor")
+    if on_path and beside.exists() and os.path.realpath(on_path) == os.path.realpath(beside):
+        return "mcpmux-monitor"
+    return str(beside) if beside.exists() else "mcpmux-monitor"
 
 
 def _serve(config: Config, paths: StackPaths, priority: str | None) -> int:

@@ -1,0 +1,115 @@
+"""The operator's command lines (`mcpmux-monitor`, `mcpmux-router`): which stack a command finds, what it says
+when it finds none, and supervisorctl from the same installation. CliRunner where no stack is needed; a few
+real stacks where one is."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from mcpmux.monitor.cli import app
+from tests.conftest import StackFactory
+
+MONITOR = [str(Path(sys.executable).parent / "mcpmux-monitor")]
+
+
+def monitor(*args: str, runtime: Path) -> Any:
+    """A monitor command in this process, with `runtime` as XDG_RUNTIME_DIR."""
+    result = CliRunner().invoke(app, list(args), env={"XDG_RUNTIME_DIR": str(runtime)})
+    assert "Traceback" not in result.output, result.output
+    return result
+
+
+def stopped_stack(runtime: Path, name: str, age: float = 0.0) -> Path:
+    """The directory a stack leaves when it stops: its configuration and logs, no sockets."""
+    root = runtime / "mcpmux" / name
+    (root / "logs").mkdir(parents=True, mode=0o700)
+    (runtime / "mcpmux").chmod(0o700)
+    root.chmod(0o700)
+    (root / "stack.json").write_text(json.dumps({"server": {"command": "lab", "args": []}}))
+    (root / "logs" / "core.log").write_text(f"core of {name}\n")
+    if age:
+        for path in (root / "logs" / "core.log", root / "logs", root / "stack.json", root):
+            stat = path.stat()
+            os.utime(path, (stat.st_atime - age, stat.st_mtime - age))
+    return root
+
+
+@pytest.fixture
+def runtime(tmp_path: Path) -> Path:
+    tmp_path.chmod(0o700)
+    return tmp_path
+
+
+# --- which stack ---------------------------------------------------------------------------------------
+
+
+def test_no_running_stack_says_how_to_start_one(runtime: Path) -> None:
+    for command in (["status"], ["health"], ["diagnostics"], ["watch", "--once"], ["restart", "all"]):
+        result = monitor(*command, runtime=runtime)
+        assert result.exit_code == 2, (command, result.output)
+        assert "mcpmux-router --up" in result.output and "--stack NAME" in result.output, result.output
+
+
+def test_health_json_without_a_stack_is_json_on_stdout(runtime: Path) -> None:
+    result = monitor("health", "--json", runtime=runtime)
+
+    assert result.exit_code == 2
+    verdict = json.loads(result.stdout)
+    assert verdict["verdict"] == "down" and verdict["stack"] is None
+    assert "no running stack" in verdict["reasons"][0]
+
+
+def test_an_unknown_stack_name_is_named(runtime: Path) -> None:
+    result = monitor("status", "--stack", "nope", runtime=runtime)
+    assert result.exit_code == 2 and "no stack named 'nope'" in result.output
+
+
+def test_logs_of_the_only_stack_or_a_named_one(runtime: Path) -> None:
+    stopped_stack(runtime, "alpha-0000000001")
+    only = monitor("logs", runtime=runtime)
+    stopped_stack(runtime, "beta-0000000002")
+    two = monitor("logs", runtime=runtime)
+    named = monitor("logs", "--stack", "beta-0000000002", runtime=runtime)
+
+    assert only.exit_code == 0 and "core of alpha" in only.stdout
+    assert two.exit_code == 1 and "--stack NAME" in two.output and "alpha-0000000001" in two.output
+    assert named.exit_code == 0 and "core of beta" in named.stdout
+
+
+def test_every_command_finds_the_only_running_stack_among_stopped_ones(make_stack: StackFactory) -> None:
+    stack = make_stack("--min-instances", "1", "--max-instances", "1")
+    up = stack.router("--up")
+    for index in range(3):
+        stopped_stack(stack.runtime_dir, f"old-{index:010d}")
+    name = stack.paths.root.name
+
+    results = {command: monitor(command, runtime=stack.runtime_dir) for command in ("status", "logs", "health")}
+    ctl = subprocess.run([*MONITOR, "ctl", name, "--", "status"], env=stack.env, capture_output=True, text=True,
+                         timeout=60)
+    restart = subprocess.run([*MONITOR, "restart", "shim:shim_00"], env=stack.env, capture_output=True, text=True,
+                             timeout=60)
+
+    assert f"manage it with: {MONITOR[0]} ctl {name} -- status" in up.stdout
+    for command, result in results.items():
+        assert result.exit_code == 0, (command, result.output)
+    assert name in results["status"].stdout and "core.log" in results["logs"].stdout
+    assert ctl.returncode == 0 and "core" in ctl.stdout and "RUNNING" in ctl.stdout, ctl.stderr
+    assert restart.returncode == 0 and "shim:shim_00: started" in restart.stdout, restart.stderr
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_monitor_env() -> Iterator[None]:
+    """The monitor reads MCP_CONFIG_PATH: a value from the developer's shell must not leak into tests."""
+    saved = os.environ.pop("MCP_CONFIG_PATH", None)
+    yield
+    if saved is not None:
+        os.environ["MCP_CONFIG_PATH"] = saved
