@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from mcpmux import lifeline
+from mcpmux import lifeline, pruning
 from mcpmux import stacks as stacks_mod
 from mcpmux.config import hide_env
 from mcpmux.monitor import ctl as ctl_mod
@@ -110,27 +110,29 @@ def ask_status(paths: StackPaths) -> StackStatus:
 
 
 @app.command()
-def stacks(as_json: JsonOption = False) -> None:
-    """Every stack of this user, from any directory: name, server, sessions, instances, uptime."""
-    rows = [_stack_row(entry) for entry in stacks_mod.all_stacks(private_root())]
+def stacks(
+    as_json: JsonOption = False,
+    prune: Annotated[bool, typer.Option("--prune", help="remove every stopped stack's directory")] = False,
+) -> None:
+    """Every stack of this user, from any directory: name, server, sessions, instances, uptime.
+
+    Stopped stacks unused for 7 days are removed as they are listed; --prune removes every stopped one."""
+    root = private_root()
+    entries = stacks_mod.all_stacks(root)
+    removed = [entry.name for entry in (entries if prune else pruning.stale(entries)) if pruning.prune(entry.paths)]
+    if removed:
+        plural = "s" if len(removed) != 1 else ""
+        what = f"stopped stack{plural}" if prune else f"stack{plural} stopped and unused for {pruning.STALE_DAYS} days"
+        err().print(f"removed {len(removed)} {what}: {', '.join(removed)}")
+    rows = [_stack_row(entry) for entry in entries if entry.name not in removed]
     if as_json:
         emit_json(rows)
         return
     if not rows:
-        out().print(f"no stack in {runtime_root()}")
+        out().print(f"no stack in {root}; {selection.START_HINT}")
         return
-    table = Table(title=f"mcpmux stacks in {runtime_root()}")
-    for column in ("name", "state", "server", "cwd", "sessions", "instances", "uptime"):
-        table.add_column(column)
-    for row in rows:
-        running = row["running"]
-        state = "RUNNING" if running else "ORPHANED" if row["orphaned"] else "STOPPED"
-        table.add_row(
-            row["name"], render.state_text(state), " ".join(row["command"]),
-            row["cwd"] or "-", str(row["sessions"]) if running else "-",
-            f"{row['readyInstances']}/{row['totalInstances']}" if running else "-",
-            render.duration(row["uptime"]) if running else "-")
-    out().print(table)
+    console = out()
+    console.print(render.stacks_table(rows, title=f"mcpmux stacks in {root}", width=console.width))
 
 
 def _stack_row(entry: stacks_mod.StackEntry) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import io
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from rich import box
 from rich.console import Console, Group, RenderableType
@@ -96,6 +97,34 @@ def instances_table(status: StackStatus, *, title: str | None = None, wide: bool
             "-" if cpu is None else f"{cpu:.0f}%",
         ]
         table.add_row(*(cell for cell, (_, shown) in zip(cells, columns, strict=True) if shown))
+    return table
+
+
+def stacks_table(rows: Sequence[dict[str, Any]], *, title: str, width: int) -> Table:
+    """`mcpmux-monitor stacks`. A name is an identifier, typed back into `--stack`: never cut. Narrow
+    terminals lose the cwd and uptime columns and show the server's command by its words' last parts
+    (python server.py), which then wrap."""
+    show_cwd = width >= WIDE
+    table = Table(title=title, box=box.HEAVY_HEAD if show_cwd else box.SIMPLE_HEAD,
+                  pad_edge=show_cwd)
+    longest = max((len(row["name"]) for row in rows), default=4)
+    table.add_column("name", no_wrap=True, min_width=longest)
+    table.add_column("state", no_wrap=True)
+    table.add_column("server", overflow="fold")
+    if show_cwd:
+        table.add_column("cwd", overflow="fold")
+    for header in ("sessions", "instances", *(["uptime"] if show_cwd else [])):
+        table.add_column(header, justify="right", no_wrap=True)
+    for row in rows:
+        running = row["running"]
+        state = "RUNNING" if running else "ORPHANED" if row["orphaned"] else "STOPPED"
+        command = row["command"] if show_cwd else [arg.rstrip("/").rpartition("/")[2] or arg for arg in row["command"]]
+        cells = [row["name"], state_text(state), " ".join(command),
+                 *([row["cwd"] or "-"] if show_cwd else []),
+                 str(row["sessions"]) if running else "-",
+                 f"{row['readyInstances']}/{row['totalInstances']}" if running else "-",
+                 *([duration(row["uptime"]) if running else "-"] if show_cwd else [])]
+        table.add_row(*cells)
     return table
 
 

@@ -16,6 +16,8 @@ import pytest
 from typer.testing import CliRunner
 
 from mcpmux.monitor.cli import app
+from mcpmux.resolve import resolve
+from mcpmux.stack import stack_id
 from tests.conftest import StackFactory
 
 MONITOR = [str(Path(sys.executable).parent / "mcpmux-monitor")]
@@ -104,6 +106,50 @@ def test_every_command_finds_the_only_running_stack_among_stopped_ones(make_stac
     assert name in results["status"].stdout and "core.log" in results["logs"].stdout
     assert ctl.returncode == 0 and "core" in ctl.stdout and "RUNNING" in ctl.stdout, ctl.stderr
     assert restart.returncode == 0 and "shim:shim_00: started" in restart.stdout, restart.stderr
+
+    pruned = monitor("stacks", "--prune", "--json", runtime=stack.runtime_dir)
+    assert pruned.exit_code == 0, pruned.output
+    assert [row["name"] for row in json.loads(pruned.stdout)] == [name]
+    assert "removed 3 stopped stacks" in pruned.stderr
+    assert stack.paths.core_listening()
+
+
+# --- stacks --------------------------------------------------------------------------------------------
+
+
+def test_stale_stopped_stacks_are_removed_when_listed(runtime: Path) -> None:
+    stopped_stack(runtime, "old-0000000001", age=8 * 86400)
+    stopped_stack(runtime, "recent-0000000002", age=86400)
+
+    listed = monitor("stacks", "--json", runtime=runtime)
+
+    assert [row["name"] for row in json.loads(listed.stdout)] == ["recent-0000000002"]
+    assert "removed 1 stack stopped and unused for 7 days: old-0000000001" in listed.stderr
+    assert not (runtime / "mcpmux" / "old-0000000001").exists()
+
+
+def test_a_stack_name_is_never_cut_at_80_columns(runtime: Path) -> None:
+    names = ["server-everything-0123456789", "a-rather-long-server-name-f9df76339c"]
+    for name in names:
+        stopped_stack(runtime, name)
+    result = CliRunner().invoke(app, ["stacks"], env={"XDG_RUNTIME_DIR": str(runtime), "COLUMNS": "80"})
+
+    assert result.exit_code == 0, result.output
+    assert all(len(line) <= 80 for line in result.stdout.splitlines())
+    for name in names:
+        assert name in result.stdout
+
+
+@pytest.mark.parametrize(("command", "word"), [
+    (["mcp-server-time", "--min-instances", "2"], "mcp-server-time"),
+    (["uvx", "mcp-server-time"], "mcp-server-time"),
+    (["npx", "-y", "@modelcontextprotocol/server-everything"], "server-everything"),
+    (["docker", "run", "-i", "--rm", "mcp/fetch"], "fetch"),
+])
+def test_a_stack_is_named_for_its_server_not_an_option(command: list[str], word: str) -> None:
+    config, origin = resolve(command=command)
+    name = stack_id(config, origin)
+    assert name.rsplit("-", 1)[0] == word
 
 
 @pytest.fixture(autouse=True)
