@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -50,6 +51,8 @@ ConfigOption = Annotated[
 StackDirOption = Annotated[
     Path | None, typer.Option("--stack", "--stack-dir", metavar="NAME",
                               help="the stack's name (mcpmux-monitor stacks) or its runtime directory")]
+STOP_WORKERS = 8
+
 JsonOption = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 
 
@@ -154,8 +157,10 @@ def _stack_row(entry: stacks_mod.StackEntry) -> dict[str, Any]:
 
 @app.command()
 def stop(
-    names: Annotated[list[str] | None, typer.Argument(help="stack names (mcpmux-monitor stacks)")] = None,
-    every: Annotated[bool, typer.Option("--all", help="stop every running stack")] = False,
+    names: Annotated[list[str] | None, typer.Argument(metavar="[NAME]...",
+                                                      help="stack names (mcpmux-monitor stacks)")] = None,
+    every: Annotated[bool, typer.Option("--all", help="stop every running stack, in parallel")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Stop stacks by name, from any directory (their supervisord and every process of theirs)."""
     if every:
@@ -169,10 +174,24 @@ def stop(
             targets.append(paths)
     else:
         fail("name the stacks to stop (mcpmux-monitor stacks lists them), or give --all", EXIT_FAILED)
-    for paths in targets:
-        stopped = stacks_mod.stop(paths)
-        if stopped or names:
-            out().print(stopped.describe(paths.root.name))
+    results = []
+    # Each stop waits for a supervisord to exit (seconds): side by side, --all takes as long as the slowest.
+    with ThreadPoolExecutor(max_workers=max(1, min(len(targets), STOP_WORKERS))) as pool:
+        futures = {pool.submit(stacks_mod.stop, paths): paths for paths in targets}
+        for future in as_completed(futures):
+            paths, stopped = futures[future], future.result()
+            results.append(_stopped_json(paths.root.name, stopped))
+            if not as_json and (stopped or names):
+                out().print(stopped.describe(paths.root.name))
+    if as_json:
+        emit_json(sorted(results, key=lambda row: row["name"]))
+    elif every and not any(row["stopped"] for row in results):
+        out().print("no stack was running")
+
+
+def _stopped_json(name: str, stopped: stacks_mod.Stopped) -> dict[str, Any]:
+    return {"name": name, "stopped": bool(stopped), "supervisord": stopped.supervisord,
+            "leftovers": stopped.leftovers, "message": stopped.describe(name)}
 
 
 # --- supervisorctl --------------------------------------------------------------------------------------

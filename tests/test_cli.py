@@ -114,6 +114,24 @@ def test_every_command_finds_the_only_running_stack_among_stopped_ones(make_stac
     assert stack.paths.core_listening()
 
 
+def test_stop_all_says_what_it_stopped_and_stop_json(make_stack: StackFactory) -> None:
+    first = make_stack("--min-instances", "1", "--max-instances", "1")
+    second = make_stack("--min-instances", "1", "--max-instances", "1", "--cwd", "/")
+    first.router("--up")
+    second.router("--up")
+    names = sorted([first.paths.root.name, second.paths.root.name])
+
+    stopped = monitor("stop", "--all", runtime=first.runtime_dir)
+    again = monitor("stop", *names, "--json", runtime=first.runtime_dir)
+
+    assert stopped.exit_code == 0, stopped.output
+    assert sorted(stopped.stdout.splitlines()) == [f"stack {name} stopped" for name in names]
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout) == [
+        {"name": name, "stopped": False, "supervisord": False, "leftovers": 0,
+         "message": f"stack {name} was not running"} for name in names]
+
+
 # --- stacks --------------------------------------------------------------------------------------------
 
 
