@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -293,15 +294,18 @@ def load_test(
     count: Annotated[int, typer.Argument(min=1, help="how many calls")],
     config: ConfigOption = None,
     stack_dir: StackDirOption = None,
-    tool: Annotated[str | None, typer.Option(help="tool to call (default: the first read-only one)")] = None,
-    args: Annotated[str | None, typer.Option("--args", help="the tool's arguments, a JSON object")] = None,
-    concurrency: Annotated[int | None, typer.Option(min=1, help="calls at once (default: all)")] = None,
+    tool: Annotated[str | None, typer.Option(
+        metavar="NAME", help="tool to call (asked for on a terminal: Enter takes the first read-only one)")] = None,
+    args: Annotated[str | None, typer.Option("--args", metavar="JSON",
+                                             help="the tool's arguments, a JSON object")] = None,
+    concurrency: Annotated[int | None, typer.Option(
+        min=1, metavar="N", help="calls at once (default: maxInstances x maxConcurrentRequests, or 8)")] = None,
     timeout: Annotated[float, typer.Option(help="seconds each call may take")] = 60.0,
     as_json: JsonOption = False,
 ) -> None:
     """A load test through a real client session: COUNT concurrent calls of one tool, then the figures."""
     try:
-        from mcpmux.monitor.loadtest import LoadTestError, run_load_test
+        from mcpmux.monitor.loadtest import LoadTestError, default_concurrency, run_load_test
     except ModuleNotFoundError as exc:
         fail(f"the load test needs the MCP SDK ({exc.name} is missing): install mcpmux[loadtest]", EXIT_FAILED)
 
@@ -316,6 +320,11 @@ def load_test(
     paths = find_stack(config, stack_dir)
     if not wait_for_core(paths, 5.0):
         fail(f"stack {paths.root.name} is not running (no core listening in {paths.root}); {selection.START_HINT}")
+    tool = tool if tool is not None else _ask_tool()
+    if concurrency is None:
+        concurrency, why = default_concurrency(ask_status(paths))
+        if not as_json:
+            err().print(f"{min(concurrency, count)} calls at once ({why}); --concurrency N to change")
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[failed]} failed"), TimeElapsedColumn(),
                         console=err(), disable=as_json, transient=True)
@@ -350,6 +359,7 @@ def load_test(
             ("total requests", str(result.total_requests)),
             ("successful requests", str(result.successful_requests)),
             ("failed requests", str(result.failed_requests)),
+            ("refused by mcpmux", str(result.refused_requests)),
             ("success rate", f"{result.success_rate:.1%}"),
             ("duration", f"{result.duration_s:.2f} s"),
             ("requests per second", f"{result.requests_per_second:.1f}"),
@@ -365,6 +375,14 @@ def load_test(
         for message, times in result.errors.items():
             console.print(Text(f"{times} x {message}", style="red"))
     raise typer.Exit(0 if result.failed_requests == 0 else EXIT_FAILED)
+
+
+def _ask_tool() -> str | None:
+    """The tool to call, asked for before any session opens; a script (no terminal) must name it."""
+    if not sys.stdin.isatty():
+        fail("name the tool to call with --tool NAME [--args JSON]", EXIT_FAILED)
+    answer: str = typer.prompt("tool to call (Enter: the first read-only one)", default="", show_default=False)
+    return answer.strip() or None
 
 
 def _describe(exc: BaseException) -> str:
@@ -483,8 +501,8 @@ def watch(
     config: ConfigOption = None,
     stack_dir: StackDirOption = None,
     interval: Annotated[float, typer.Option(help="seconds between refreshes")] = 1.0,
-    once: Annotated[bool, typer.Option("--once", help="print the dashboard once and exit")] = False,
-    as_json: JsonOption = False,
+    once: Annotated[bool, typer.Option("--once", help="print the dashboard (or one snapshot) and exit")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="a JSON snapshot per line (NDJSON) at each refresh")] = False,
 ) -> None:
     """A live dashboard: instances, load, queue, latency and recent events, refreshed in place."""
     paths = find_stack(config, stack_dir)
@@ -495,7 +513,7 @@ def watch(
         return render.dashboard(shown, verdict, error=error, wide=console.width >= render.WIDE + render.FRAME)
 
     if as_json:
-        emit_json({"status": pool.to_json(), "health": health_mod.assess(pool).as_json()})
+        _watch_json(paths, pool, interval, once)
         return
     if once:
         console.print(frame(pool, health_mod.assess(pool)))
@@ -512,6 +530,24 @@ def watch(
                     live.update(frame(pool, health_mod.not_running(str(exc)), f"not answering: {exc}"),
                                 refresh=True)
     except KeyboardInterrupt:
+        pass
+
+
+def _watch_json(paths: StackPaths, pool: StackStatus, interval: float, once: bool) -> None:
+    """NDJSON: a snapshot per line, as it is taken, until interrupted (--once: one line)."""
+    snapshot: dict[str, Any] = {"status": pool.to_json(), "health": health_mod.assess(pool).as_json()}
+    try:
+        while True:
+            print(json.dumps(snapshot, default=str), flush=True)
+            if once:
+                return
+            time.sleep(interval)
+            try:
+                pool = query_status(paths)
+                snapshot = {"status": pool.to_json(), "health": health_mod.assess(pool).as_json()}
+            except (StackNotRunning, ControlError) as exc:  # the core may be restarting: say so, keep watching
+                snapshot = {"status": None, "health": health_mod.not_running(str(exc)).as_json()}
+    except (KeyboardInterrupt, BrokenPipeError):  # `| head -n 3` closes the pipe: that is a normal end
         pass
 
 

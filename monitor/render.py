@@ -88,7 +88,7 @@ def instances_table(status: StackStatus, *, title: str | None = None, wide: bool
         times = instance.latency
         rss, cpu = _both(instance, lambda u: u.rss_bytes), _both(instance, lambda u: u.cpu_percent)
         cells: list[str | Text] = [
-            short_slot(instance.slot), state_text(instance.state), str(instance.in_flight),
+            instance.slot, state_text(instance.state), str(instance.in_flight),
             "-" if instance.limit is None else str(instance.limit), str(instance.served), str(instance.failed),
             str(instance.consecutive_failures),
             str(instance.restarts), duration(instance.uptime),
@@ -138,7 +138,7 @@ def details_table(status: StackStatus) -> Table:
         shim, backend = instance.shim, instance.backend
         beat = instance.since_heartbeat
         table.add_row(
-            short_slot(instance.slot), str(instance.pid or "-"), size(shim.rss_bytes if shim else None),
+            instance.slot, str(instance.pid or "-"), size(shim.rss_bytes if shim else None),
             _cpu_seconds(shim), str(instance.backend_pid or "-"), str(backend.processes if backend else "-"),
             size(backend.rss_bytes if backend else None), _cpu_seconds(backend),
             "-" if beat is None else f"{beat:.1f}s ago", instance.alert or instance.last_event or "",
@@ -148,11 +148,6 @@ def details_table(status: StackStatus) -> Table:
 
 def _cpu_seconds(usage: Usage | None) -> str:
     return "-" if usage is None else f"{usage.cpu_seconds:.2f}s"
-
-
-def short_slot(slot: str) -> str:
-    """shim:shim_00 -> shim_00: the group says nothing, every slot is in it."""
-    return slot.partition(":")[2] or slot
 
 
 def summary_lines(status: StackStatus) -> Text:
@@ -168,7 +163,7 @@ def summary_lines(status: StackStatus) -> Text:
                 f"timed out {status.timed_out_requests}  retried {status.retried_requests}  "
                 f"success {status.success_rate:.1%}\n")
     text.append(f"latency p50 {millis(latency.p50)}  p95 {millis(latency.p95)}  p99 {millis(latency.p99)}")
-    pinned = [f"{instance.slot.rsplit(':', 1)[-1]}: {', '.join(s[:8] for s in instance.sessions)}"
+    pinned = [f"{instance.slot}: {', '.join(s[:8] for s in instance.sessions)}"
                for instance in status.instances if instance.sessions]
     if pinned:
         label = "dedicated to" if status.strategy == "dedicated" else "sessions pinned"
@@ -176,11 +171,11 @@ def summary_lines(status: StackStatus) -> Text:
     for context in status.contexts:
         where = f" in {context.cwd}" if context.cwd else ""
         roots = "" if context.roots is None else f", {context.roots} roots"
-        serving = ", ".join(map(short_slot, context.instances)) or "none yet"
+        serving = ", ".join(context.instances) or "none yet"
         text.append(f"\ncontext {context.label} {context.protocol_version}{where}{roots}: "
                     f"{len(context.sessions)} sessions on {serving}")
     for era, (instances, sessions) in _by_era(status).items():
-        text.append(f"\nera {era}: instances {', '.join(map(short_slot, instances)) or 'none'}; "
+        text.append(f"\nera {era}: instances {', '.join(instances) or 'none'}; "
                     f"sessions {', '.join(name[:8] for name in sessions) or 'none'}")
     if status.prometheus:
         text.append(f"\nPrometheus metrics at {status.prometheus}")

@@ -177,3 +177,22 @@ def _no_stray_monitor_env() -> Iterator[None]:
     yield
     if saved is not None:
         os.environ["MCP_CONFIG_PATH"] = saved
+
+
+# --- test ----------------------------------------------------------------------------------------------
+
+
+def test_a_load_test_says_what_mcpmux_refused_and_why(make_stack: StackFactory) -> None:
+    stack = make_stack("--min-instances", "1", "--max-instances", "1", "--max-concurrent-requests", "1",
+                       "--queue-size", "0")
+    stack.router("--up")
+    run = subprocess.run([*MONITOR, "test", "3", "--tool", "sleep", "--args", '{"seconds": 1}', "--concurrency", "3",
+                          "--json"], env=stack.env, capture_output=True, text=True, timeout=120)
+    no_tool = monitor("test", "3", runtime=stack.runtime_dir)
+
+    assert run.returncode == 1, run.stderr
+    result = json.loads(run.stdout)
+    assert result["successfulRequests"] >= 1 and result["refusedRequests"] == result["failedRequests"] >= 1
+    (message,) = result["errors"]
+    assert message.startswith("refused by mcpmux (-32050, overloaded or stopping): mcpmux is overloaded"), message
+    assert no_tool.exit_code == 1 and "--tool NAME" in no_tool.output
