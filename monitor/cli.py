@@ -25,7 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from mcpmux import lifeline, pruning
+from mcpmux import __version__, lifeline, pruning
 from mcpmux import stacks as stacks_mod
 from mcpmux.config import hide_env
 from mcpmux.monitor import ctl as ctl_mod
@@ -45,10 +45,12 @@ from mcpmux.stack import StackPaths, runtime_root
 from mcpmux.status import StackStatus, StatusError, events_from_json
 from mcpmux.versions import versions
 
-app = typer.Typer(help="Watch and test a running mcpmux stack.", no_args_is_help=True, add_completion=False)
+# Plain (click) help: rich panels print a type placeholder (`<bool>`) after every flag.
+app = typer.Typer(help="Watch, test and manage mcpmux stacks.", no_args_is_help=True, rich_markup_mode=None)
 
 ConfigOption = Annotated[
-    Path | None, typer.Option("--config", help="the stack's configuration file (default: $MCP_CONFIG_PATH)")]
+    Path | None, typer.Option("--config", metavar="FILE",
+                              help="the stack's configuration file (default: $MCP_CONFIG_PATH)")]
 StackDirOption = Annotated[
     Path | None, typer.Option("--stack", "--stack-dir", metavar="NAME",
                               help="the stack's name (mcpmux-monitor stacks) or its runtime directory")]
@@ -72,6 +74,20 @@ def fail(message: str, code: int = EXIT_NOT_RUNNING) -> NoReturn:
 
 def emit_json(data: Any) -> None:
     print(json.dumps(data, indent=2, default=str))
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"mcpmux-monitor {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="print mcpmux's version and exit")] = False,
+) -> None:
+    """Watch, test and manage mcpmux stacks."""
 
 
 # --- which stack ---------------------------------------------------------------------------------------
@@ -158,7 +174,7 @@ def _stack_row(entry: stacks_mod.StackEntry) -> dict[str, Any]:
 
 @app.command()
 def stop(
-    names: Annotated[list[str] | None, typer.Argument(metavar="[NAME]...",
+    names: Annotated[list[str] | None, typer.Argument(metavar="NAME",
                                                       help="stack names (mcpmux-monitor stacks)")] = None,
     every: Annotated[bool, typer.Option("--all", help="stop every running stack, in parallel")] = False,
     as_json: JsonOption = False,
@@ -198,14 +214,14 @@ def _stopped_json(name: str, stopped: stacks_mod.Stopped) -> dict[str, Any]:
 # --- supervisorctl --------------------------------------------------------------------------------------
 
 ProgramsArgument = Annotated[
-    list[str], typer.Argument(metavar="PROCESS...", help="core, shim:shim_01, 'shim:*' or all")]
+    list[str], typer.Argument(metavar="PROCESS", help="core, shim:shim_01, 'shim:*' or all")]
 
 
 @app.command(context_settings={"ignore_unknown_options": True})
 def ctl(
     stack: Annotated[str, typer.Argument(metavar="STACK", help="the stack's name or runtime directory")],
     args: Annotated[list[str] | None, typer.Argument(
-        metavar="-- ARGS...", help="supervisorctl's: status, restart shim:shim_01, tail -f core... "
+        metavar="ARGS", help="after --, supervisorctl's: status, restart shim:shim_01, tail -f core... "
                                    "(none: its shell)")] = None,
 ) -> None:
     """supervisorctl on a stack's supervisord, from this installation (pipx and uv put none on PATH)."""
@@ -254,8 +270,9 @@ def health(
     config: ConfigOption = None,
     stack_dir: StackDirOption = None,
     as_json: JsonOption = False,
-    min_success_rate: Annotated[float, typer.Option(help="degraded below this success rate")] = 0.9,
-    window: Annotated[float, typer.Option(help="seconds a failure keeps the stack degraded")] = 300.0,
+    min_success_rate: Annotated[float, typer.Option(metavar="RATE", help="degraded below this success rate")] = 0.9,
+    window: Annotated[float, typer.Option(metavar="SECONDS",
+                                          help="seconds a failure keeps the stack degraded")] = 300.0,
 ) -> None:
     """healthy (exit 0), degraded (exit 1) or down (exit 2), with the reasons."""
     try:
@@ -291,7 +308,7 @@ def health(
 
 @app.command("test")
 def load_test(
-    count: Annotated[int, typer.Argument(min=1, help="how many calls")],
+    count: Annotated[int, typer.Argument(min=1, metavar="COUNT", help="how many calls")],
     config: ConfigOption = None,
     stack_dir: StackDirOption = None,
     tool: Annotated[str | None, typer.Option(
@@ -300,7 +317,7 @@ def load_test(
                                              help="the tool's arguments, a JSON object")] = None,
     concurrency: Annotated[int | None, typer.Option(
         min=1, metavar="N", help="calls at once (default: maxInstances x maxConcurrentRequests, or 8)")] = None,
-    timeout: Annotated[float, typer.Option(help="seconds each call may take")] = 60.0,
+    timeout: Annotated[float, typer.Option(metavar="SECONDS", help="seconds each call may take")] = 60.0,
     as_json: JsonOption = False,
 ) -> None:
     """A load test through a real client session: COUNT concurrent calls of one tool, then the figures."""
@@ -454,10 +471,11 @@ def diagnostics(
 
 @app.command()
 def logs(
-    count: Annotated[int, typer.Argument(min=0, help="lines from the end of each log")] = 50,
+    count: Annotated[int, typer.Argument(min=0, metavar="COUNT", help="lines from the end of each log")] = 50,
     config: ConfigOption = None,
     stack_dir: StackDirOption = None,
-    source: Annotated[list[str] | None, typer.Option(help="only this log: core, shim_00...")] = None,
+    source: Annotated[list[str] | None, typer.Option(
+        metavar="LOG", help="only this log: core, shim_00... (repeatable)")] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="then print new lines as they come")] = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -500,7 +518,7 @@ def logs(
 def watch(
     config: ConfigOption = None,
     stack_dir: StackDirOption = None,
-    interval: Annotated[float, typer.Option(help="seconds between refreshes")] = 1.0,
+    interval: Annotated[float, typer.Option(metavar="SECONDS", help="seconds between refreshes")] = 1.0,
     once: Annotated[bool, typer.Option("--once", help="print the dashboard (or one snapshot) and exit")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="a JSON snapshot per line (NDJSON) at each refresh")] = False,
 ) -> None:

@@ -15,10 +15,12 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from mcpmux import __version__
 from mcpmux.monitor.cli import app
 from mcpmux.resolve import resolve
+from mcpmux.router.cli import build_parser
 from mcpmux.stack import stack_id
-from tests.conftest import StackFactory
+from tests.conftest import ROUTER, StackFactory
 
 MONITOR = [str(Path(sys.executable).parent / "mcpmux-monitor")]
 
@@ -196,3 +198,27 @@ def test_a_load_test_says_what_mcpmux_refused_and_why(make_stack: StackFactory) 
     (message,) = result["errors"]
     assert message.startswith("refused by mcpmux (-32050, overloaded or stopping): mcpmux is overloaded"), message
     assert no_tool.exit_code == 1 and "--tool NAME" in no_tool.output
+
+
+# --- help ----------------------------------------------------------------------------------------------
+
+
+def test_versions_help_and_completion(runtime: Path) -> None:
+    helps = {command: monitor(*command.split(), "--help", runtime=runtime).stdout
+             for command in ("", "status", "logs", "stop", "test", "stacks", "watch")}
+    router_help = subprocess.run([*ROUTER, "--help"], capture_output=True, text=True, timeout=60,
+                                 env={**os.environ, "COLUMNS": "200"})
+    router_version = subprocess.run([*ROUTER, "--version"], capture_output=True, text=True, timeout=60)
+
+    assert monitor("--version", runtime=runtime).stdout == f"mcpmux-monitor {__version__}\n"
+    assert router_version.stdout == f"mcpmux-router {__version__}\n"
+    assert "--install-completion" in helps[""]
+    assert "--stack, --stack-dir NAME" in helps["status"]
+    for command, text in helps.items():
+        assert "<bool>" not in text and "<path>" not in text, (command, text)
+    config_flags = [action for action in build_parser()._actions if "." in action.dest]
+    assert "MULTIPLEXER." not in router_help.stdout and "LOADBALANCING." not in router_help.stdout
+    assert "--min-instances N" in router_help.stdout and "--request-timeout MS" in router_help.stdout
+    assert len(config_flags) >= 19
+    for action in config_flags:
+        assert action.help and "default: " in action.help, action.option_strings
