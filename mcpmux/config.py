@@ -85,12 +85,18 @@ class MultiplexerConfig(_Section):
     @model_validator(mode="after")
     def _check_bounds(self) -> MultiplexerConfig:
         if self.min_instances > self.max_instances:
-            raise ValueError(
-                f"minInstances ({self.min_instances}) is greater than maxInstances ({self.max_instances})"
-            )
+            raise ValueError(self._bounds_message())
         if self.scale_down_threshold >= self.scale_up_threshold:
             raise ValueError("scaleDownThreshold must be below scaleUpThreshold")
         return self
+
+
+    def _bounds_message(self) -> str:
+        message = f"minInstances ({self.min_instances}) is greater than maxInstances ({self.max_instances})"
+        if "max_instances" in self.model_fields_set:
+            return message
+        return (f"{message}, which was not given: {self.max_instances} is its default, from this machine's "
+                f"{os.cpu_count()} CPUs; set maxInstances too (--max-instances {self.min_instances})")
 
 
 Level = Literal["high", "normal", "low"]

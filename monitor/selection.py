@@ -49,8 +49,8 @@ def find_stack(config: Path | None, stack: Path | None = None, *, running: bool 
         return only_stack(running)
     try:
         paths = resolve.find_stack(config)
-    except (ConfigError, ValueError) as exc:
-        raise NoStack(str(exc)) from None
+    except (ConfigError, ValueError) as exc:  # a configuration that names no stack: not "not running"
+        raise NoStack(str(exc), EXIT_FAILED) from None
     try:
         paths.check()
     except RuntimeDirError as exc:

@@ -16,6 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mcpmux import __version__
+from mcpmux.config import default_max_instances
 from mcpmux.monitor.cli import app
 from mcpmux.resolve import resolve
 from mcpmux.router.cli import build_parser
@@ -222,3 +223,33 @@ def test_versions_help_and_completion(runtime: Path) -> None:
     assert len(config_flags) >= 19
     for action in config_flags:
         assert action.help and "default: " in action.help, action.option_strings
+
+
+# --- the router's configuration ------------------------------------------------------------------------
+
+
+def router(*args: str, runtime: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*ROUTER, *args], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "XDG_RUNTIME_DIR": str(runtime)})
+
+
+def test_a_config_file_and_a_command_are_refused_and_a_missing_file_is_an_error(runtime: Path) -> None:
+    config = runtime / "mcpmux.json"
+    config.write_text(json.dumps({"server": {"command": "lab"}}))
+    both = router("--config", str(config), "--where", "--", "mcp-server-time", runtime=runtime)
+    missing = router("--config", str(runtime / "missing.json"), "--where", "--", "mcp-server-time", runtime=runtime)
+
+    assert both.returncode == 1 and both.stdout == ""
+    assert f"--config {config} and a command after -- both name the server" in both.stderr
+    assert missing.returncode == 1 and "missing.json" in missing.stderr
+
+
+def test_min_instances_above_the_cpu_default_suggests_max_instances(runtime: Path) -> None:
+    default = default_max_instances()
+    result = router("--min-instances", str(default + 1), "--where", "--", "mcp-server-time", runtime=runtime)
+
+    assert result.returncode == 1
+    assert f"{default} is its default, from this machine's {os.cpu_count()} CPUs" in result.stderr
+    assert f"--max-instances {default + 1}" in result.stderr
+    given = router("--min-instances", "3", "--max-instances", "2", "--where", "--", "x", runtime=runtime)
+    assert "minInstances (3) is greater than maxInstances (2)" in given.stderr and "default" not in given.stderr
