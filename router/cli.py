@@ -164,15 +164,36 @@ def _run(args: argparse.Namespace, config: Config | None, paths: StackPaths) -> 
     try:
         started = launcher.ensure_up(config, paths, idle_stop=not args.up)
     except (launcher.LaunchError, RuntimeDirError, OSError) as exc:  # OSError: a full disk, say
-        print(f"mcpmux-router: {exc}", file=sys.stderr)
+        cause, details = (exc.cause, exc.details) if isinstance(exc, launcher.LaunchError) else (str(exc), "")
+        # The first line is what a client shows of a server that would not start: the cause, alone.
+        print(f"mcpmux-router: stack {paths.root.name} cannot start: {cause}", file=sys.stderr)
+        if details:
+            print(details, file=sys.stderr)
         if not args.up:
-            refusal.refuse(f"mcpmux could not start the stack {paths.root.name}: {exc}")
+            refusal.refuse(f"mcpmux: stack {paths.root.name} cannot start: {exc}")
         return 1
+    missing = missing_exporter(config)
+    if missing:
+        print(f"mcpmux-router: {missing}", file=sys.stderr)
     if args.up:
         state = "started" if started else "already running"
         print(f"stack {paths.root.name} {state}; manage it with: {monitor_command()} ctl {paths.root.name} -- status")
         return 0
     return _serve(config, paths, args.priority)
+
+
+def missing_exporter(config: Config) -> str | None:
+    """Why a configured Prometheus port will serve nothing: the extra is not installed. The core says so in
+    its log; the router says it where the user looks (a client shows the router's stderr)."""
+    port = config.multiplexer.prometheus_port
+    if not port:
+        return None
+    try:
+        import prometheus_client  # noqa: F401 (whether the core, in this environment, can)
+    except ImportError:
+        return (f"no Prometheus exporter on port {port}: prometheus-client is not installed here "
+                "(install mcpmux[prometheus]); the stack runs without it")
+    return None
 
 
 def monitor_command() -> str:

@@ -19,8 +19,9 @@ from mcpmux import __version__
 from mcpmux.config import default_max_instances
 from mcpmux.monitor.cli import app
 from mcpmux.resolve import resolve
-from mcpmux.router.cli import build_parser
-from mcpmux.stack import stack_id
+from mcpmux.router.cli import build_parser, missing_exporter
+from mcpmux.router.launcher import cause_in
+from mcpmux.stack import StackPaths, stack_id
 from tests.conftest import ROUTER, StackFactory
 
 MONITOR = [str(Path(sys.executable).parent / "mcpmux-monitor")]
@@ -253,3 +254,42 @@ def test_min_instances_above_the_cpu_default_suggests_max_instances(runtime: Pat
     assert f"--max-instances {default + 1}" in result.stderr
     given = router("--min-instances", "3", "--max-instances", "2", "--where", "--", "x", runtime=runtime)
     assert "minInstances (3) is greater than maxInstances (2)" in given.stderr and "default" not in given.stderr
+
+
+def test_a_prometheus_port_without_the_extra_is_explained(monkeypatch: pytest.MonkeyPatch) -> None:
+    config, _ = resolve(command=["x"], overrides={"multiplexer": {"prometheusPort": 9464}})
+    assert missing_exporter(config) is None, "prometheus-client is installed in the dev environment"
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)  # what an install without the extra has
+    assert missing_exporter(config) == ("no Prometheus exporter on port 9464: prometheus-client is not installed "
+                                        "here (install mcpmux[prometheus]); the stack runs without it")
+    off, _ = resolve(command=["x"])
+    assert missing_exporter(off) is None
+
+
+# --- a stack that cannot start -------------------------------------------------------------------------
+
+
+def test_the_first_line_of_stderr_is_the_cause_when_the_stack_cannot_start(make_stack: StackFactory) -> None:
+    stack = make_stack("--min-instances", "1", "--max-instances", "1")
+    stack_dir = Path(stack.router("--where").stdout.strip())
+    StackPaths(stack_dir).create()
+    (stack_dir / "doors.sock").mkdir()  # where the core binds a socket: it fails at every start
+
+    failed = stack.router("--up", check=False)
+
+    first, *rest = failed.stderr.splitlines()
+    assert failed.returncode == 1
+    assert first == (f"mcpmux-router: stack {stack_dir.name} cannot start: its core exits at start: "
+                     f"IsADirectoryError: [Errno 21] Is a directory: '{stack_dir / 'doors.sock'}'"), failed.stderr
+    assert "Traceback (most recent call last):" in rest, "the core's last lines follow"
+
+
+def test_the_cause_is_the_error_line_of_a_traceback_or_the_last_line_without_its_prefix() -> None:
+    traceback = "Traceback (most recent call last):\n  File \"x\", line 1\nValueError: bad\n"
+    logged = ("2026-12-05 07:22:42,780 INFO mcpmux.core: core 1 serving\n"
+              "2026-12-05 07:22:43,001 WARNING mcpmux.core: gone\n")
+
+    assert cause_in(traceback) == "ValueError: bad"
+    assert cause_in(logged) == "gone"
+    assert cause_in("Error: Another program is already listening on a port\nFor help, use supervisord -h\n") == \
+        "Error: Another program is already listening on a port"
