@@ -64,14 +64,15 @@ def concurrency_flag(text: str) -> int | str:
 
 
 class MultiplexerConfig(_Section):
-    min_instances: int = Field(2, ge=1)
-    max_instances: int = Field(default_factory=default_max_instances, ge=1)
+    min_instances: int = Field(2, ge=1, description="instances kept running")
+    max_instances: int = Field(default_factory=default_max_instances, ge=1,
+                               description="instances at most (by default the CPU count, within 2..6)")
     max_concurrent_requests: Concurrency = Field(3, description='per instance: a number, or "auto"')
     request_timeout: int = Field(90_000, gt=0, description="ms, queue time included")
-    health_check_interval: int = Field(30_000, gt=0, description="ms")
-    startup_timeout: int = Field(30_000, gt=0, description="ms")
-    scale_up_threshold: float = Field(0.8, gt=0, le=1)
-    scale_down_threshold: float = Field(0.3, ge=0, lt=1)
+    health_check_interval: int = Field(30_000, gt=0, description="ms between pings of an idle instance")
+    startup_timeout: int = Field(30_000, gt=0, description="ms a server has to start and answer initialize")
+    scale_up_threshold: float = Field(0.8, gt=0, le=1, description="load (0..1) above which an instance is added")
+    scale_down_threshold: float = Field(0.3, ge=0, lt=1, description="load below which, for a while, an instance stops")
     queue_size: int = Field(256, ge=0, description="requests waiting when every instance is at its cap")
     queue_per_session: int = Field(128, ge=1, description="of those, requests one session may have waiting")
     idle_timeout: int = Field(600_000, ge=0, description="ms without a session before a router-started stack stops")
@@ -88,12 +89,18 @@ class MultiplexerConfig(_Section):
     @model_validator(mode="after")
     def _check_bounds(self) -> MultiplexerConfig:
         if self.min_instances > self.max_instances:
-            raise ValueError(
-                f"minInstances ({self.min_instances}) is greater than maxInstances ({self.max_instances})"
-            )
+            raise ValueError(self._bounds_message())
         if self.scale_down_threshold >= self.scale_up_threshold:
             raise ValueError("scaleDownThreshold must be below scaleUpThreshold")
         return self
+
+
+    def _bounds_message(self) -> str:
+        message = f"minInstances ({self.min_instances}) is greater than maxInstances ({self.max_instances})"
+        if "max_instances" in self.model_fields_set:
+            return message
+        return (f"{message}, which was not given: {self.max_instances} is its default, from this machine's "
+                f"{os.cpu_count()} CPUs; set maxInstances too (--max-instances {self.min_instances})")
 
 
 Level = Literal["high", "normal", "low"]
@@ -110,8 +117,8 @@ class LoadBalancingConfig(_Section):
     strategy: Literal["least_connections", "session_affinity", "dedicated"] = Field(
         "least_connections",
         description="least_connections; for servers that keep state, session_affinity or dedicated")
-    circuit_breaker_enabled: bool = True
-    circuit_breaker_threshold: int = Field(3, ge=1)
+    circuit_breaker_enabled: bool = Field(True, description="take an instance out after repeated failures")
+    circuit_breaker_threshold: int = Field(3, ge=1, description="consecutive failures that open the breaker")
     priorities: PriorityRules = Field(PriorityRules(), description='JSON, e.g. {"tools": {"reindex": "low"}}')
     priority_ageing: int = Field(10_000, ge=0, description="ms of waiting that raise a request one level (0: never)")
     high_reserve: float = Field(0.0, ge=0, lt=1, description="share of the pool's slots kept free for high priority")

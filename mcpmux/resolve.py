@@ -44,6 +44,9 @@ def resolve(
     `cwd_from_client` unasked.
     """
     sections = overrides or {}
+    if command and config is not None:
+        raise ConfigError(f"--config {config} and a command after -- both name the server to run: give one "
+                          "(the file's other settings have flags: see --help)")
     if command:
         cwd_from_client = cwd_from_client or (cwd is None and names_relative_path(command[1:]))
         server: dict[str, Any] = {"command": command[0], "args": list(command[1:]), "env": parse_env(env),

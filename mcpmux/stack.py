@@ -29,9 +29,19 @@ def stack_id(config: Config, origin: str) -> str:
     from pathlib import Path
 
     digest = hashlib.sha256(f"{origin}\n{config.canonical_json()}".encode()).hexdigest()[:10]
-    label = re.sub(r"[^A-Za-z0-9]+", "-", Path(config.server.args[-1] if config.server.args else "").name
-                   or Path(config.server.command).name).strip("-")[:24] or "stack"
+    word = name_word(config.server.command, config.server.args)
+    label = re.sub(r"[^A-Za-z0-9]+", "-", Path(word).name).strip("-")[:24] or "stack"
     return f"{label}-{digest}"
+
+
+def name_word(command: str, args: list[str]) -> str:
+    """The word that says what a stack runs: its last argument that is neither an option nor a bare number
+    (`uvx mcp-server-time`, `python server.py`, `npx -y @scope/server-x`), else the command itself:
+    `mcp-server-time --min-instances 2` is named for mcp-server-time, not for `2`."""
+    import re
+
+    words = [arg for arg in args if not arg.startswith("-") and re.search(r"[A-Za-z]", arg)]
+    return words[-1] if words else command
 
 
 def runtime_root() -> Path:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
+import sys
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -24,36 +25,38 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from mcpmux import lifeline, resolve
+from mcpmux import __version__, lifeline, pruning
 from mcpmux import stacks as stacks_mod
-from mcpmux.config import ConfigError, hide_env
+from mcpmux.config import hide_env
+from mcpmux.monitor import ctl as ctl_mod
 from mcpmux.monitor import health as health_mod
 from mcpmux.monitor import logs as logs_mod
-from mcpmux.monitor import render
+from mcpmux.monitor import render, selection
 from mcpmux.monitor.control import (
     ControlError,
     StackNotRunning,
-    core_listening,
     parse_status,
     query,
     wait_for_core,
 )
 from mcpmux.monitor.control import status as query_status
-from mcpmux.stack import RuntimeDirError, StackPaths, check_private, runtime_root
+from mcpmux.monitor.selection import EXIT_FAILED, EXIT_NOT_RUNNING
+from mcpmux.stack import StackPaths, runtime_root
 from mcpmux.status import StackStatus, StatusError, events_from_json
 from mcpmux.versions import versions
 
-app = typer.Typer(help="Watch and test a running mcpmux stack.", no_args_is_help=True, add_completion=False)
+# Plain (click) help: rich panels print a type placeholder (`<bool>`) after every flag.
+app = typer.Typer(help="Watch, test and manage mcpmux stacks.", no_args_is_help=True, rich_markup_mode=None)
 
 ConfigOption = Annotated[
-    Path | None, typer.Option("--config", help="the stack's configuration file (default: $MCP_CONFIG_PATH)")]
+    Path | None, typer.Option("--config", metavar="FILE",
+                              help="the stack's configuration file (default: $MCP_CONFIG_PATH)")]
 StackDirOption = Annotated[
-    Path | None, typer.Option("--stack-dir", "--stack",
+    Path | None, typer.Option("--stack", "--stack-dir", metavar="NAME",
                               help="the stack's name (mcpmux-monitor stacks) or its runtime directory")]
-JsonOption = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+STOP_WORKERS = 8
 
-EXIT_FAILED = 1
-EXIT_NOT_RUNNING = 2
+JsonOption = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 
 
 def out() -> Console:
@@ -73,49 +76,36 @@ def emit_json(data: Any) -> None:
     print(json.dumps(data, indent=2, default=str))
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"mcpmux-monitor {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="print mcpmux's version and exit")] = False,
+) -> None:
+    """Watch, test and manage mcpmux stacks."""
+
+
 # --- which stack ---------------------------------------------------------------------------------------
 
 
-def find_stack(config: Path | None, stack_dir: Path | None = None, *, running: bool = True) -> StackPaths:
-    """The stack the router would serve: --stack-dir, --config or $MCP_CONFIG_PATH, else the only one."""
-    if stack_dir is not None:
-        named = stacks_mod.by_name(str(stack_dir), private_root()) if len(stack_dir.parts) == 1 else None
-        return named or StackPaths(stack_dir.resolve())
-    if config is None and not os.environ.get("MCP_CONFIG_PATH"):
-        return _only_stack(running)
+def find_stack(config: Path | None, stack: Path | None = None, *, running: bool = True) -> StackPaths:
+    """The stack a command is about (see selection.py), or a message and its exit code."""
     try:
-        paths = resolve.find_stack(config)
-    except (ConfigError, ValueError) as exc:
-        fail(str(exc))
-    try:
-        paths.check()
-    except RuntimeDirError as exc:
-        fail(str(exc), EXIT_FAILED)
-    return paths
+        return selection.find_stack(config, stack, running=running)
+    except selection.NoStack as exc:
+        fail(str(exc), exc.code)
 
 
 def private_root() -> Path:
-    """The runtime root, refused when someone else could have planted it: its sockets would not be ours."""
-    root = runtime_root()
     try:
-        check_private(root)
-    except RuntimeDirError as exc:
-        fail(str(exc), EXIT_FAILED)
-    return root
-
-
-def _only_stack(running: bool) -> StackPaths:
-    root = private_root()
-    candidates = [StackPaths(d) for d in sorted(root.iterdir()) if d.is_dir()] if root.is_dir() else []
-    if running:
-        candidates = [paths for paths in candidates if core_listening(paths)]
-    if len(candidates) == 1:
-        return candidates[0]
-    what = "running stack" if running else "stack"
-    if not candidates:
-        fail(f"no {what} in {root}; name one with --config PATH, $MCP_CONFIG_PATH or --stack-dir DIR")
-    names = ", ".join(str(paths.root) for paths in candidates)
-    fail(f"{len(candidates)} {what}s ({names}): name one with --config PATH or --stack-dir DIR")
+        return selection.private_root()
+    except selection.NoStack as exc:
+        fail(str(exc), exc.code)
 
 
 def ask(paths: StackPaths, name: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -140,27 +130,29 @@ def ask_status(paths: StackPaths) -> StackStatus:
 
 
 @app.command()
-def stacks(as_json: JsonOption = False) -> None:
-    """Every stack of this user, from any directory: name, server, sessions, instances, uptime."""
-    rows = [_stack_row(entry) for entry in stacks_mod.all_stacks(private_root())]
+def stacks(
+    as_json: JsonOption = False,
+    prune: Annotated[bool, typer.Option("--prune", help="remove every stopped stack's directory")] = False,
+) -> None:
+    """Every stack of this user, from any directory: name, server, sessions, instances, uptime.
+
+    Stopped stacks unused for 7 days are removed as they are listed; --prune removes every stopped one."""
+    root = private_root()
+    entries = stacks_mod.all_stacks(root)
+    removed = [entry.name for entry in (entries if prune else pruning.stale(entries)) if pruning.prune(entry.paths)]
+    if removed:
+        plural = "s" if len(removed) != 1 else ""
+        what = f"stopped stack{plural}" if prune else f"stack{plural} stopped and unused for {pruning.STALE_DAYS} days"
+        err().print(f"removed {len(removed)} {what}: {', '.join(removed)}")
+    rows = [_stack_row(entry) for entry in entries if entry.name not in removed]
     if as_json:
         emit_json(rows)
         return
     if not rows:
-        out().print(f"no stack in {runtime_root()}")
+        out().print(f"no stack in {root}; {selection.START_HINT}")
         return
-    table = Table(title=f"mcpmux stacks in {runtime_root()}")
-    for column in ("name", "state", "server", "cwd", "sessions", "instances", "uptime"):
-        table.add_column(column)
-    for row in rows:
-        running = row["running"]
-        state = "RUNNING" if running else "ORPHANED" if row["orphaned"] else "STOPPED"
-        table.add_row(
-            row["name"], render.state_text(state), " ".join(row["command"]),
-            row["cwd"] or "-", str(row["sessions"]) if running else "-",
-            f"{row['readyInstances']}/{row['totalInstances']}" if running else "-",
-            render.duration(row["uptime"]) if running else "-")
-    out().print(table)
+    console = out()
+    console.print(render.stacks_table(rows, title=f"mcpmux stacks in {root}", width=console.width))
 
 
 def _stack_row(entry: stacks_mod.StackEntry) -> dict[str, Any]:
@@ -182,8 +174,10 @@ def _stack_row(entry: stacks_mod.StackEntry) -> dict[str, Any]:
 
 @app.command()
 def stop(
-    names: Annotated[list[str] | None, typer.Argument(help="stack names (mcpmux-monitor stacks)")] = None,
-    every: Annotated[bool, typer.Option("--all", help="stop every running stack")] = False,
+    names: Annotated[list[str] | None, typer.Argument(metavar="NAME",
+                                                      help="stack names (mcpmux-monitor stacks)")] = None,
+    every: Annotated[bool, typer.Option("--all", help="stop every running stack, in parallel")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Stop stacks by name, from any directory (their supervisord and every process of theirs)."""
     if every:
@@ -197,10 +191,60 @@ def stop(
             targets.append(paths)
     else:
         fail("name the stacks to stop (mcpmux-monitor stacks lists them), or give --all", EXIT_FAILED)
-    for paths in targets:
-        stopped = stacks_mod.stop(paths)
-        if stopped or names:
-            out().print(stopped.describe(paths.root.name))
+    results = []
+    # Each stop waits for a supervisord to exit (seconds): side by side, --all takes as long as the slowest.
+    with ThreadPoolExecutor(max_workers=max(1, min(len(targets), STOP_WORKERS))) as pool:
+        futures = {pool.submit(stacks_mod.stop, paths): paths for paths in targets}
+        for future in as_completed(futures):
+            paths, stopped = futures[future], future.result()
+            results.append(_stopped_json(paths.root.name, stopped))
+            if not as_json and (stopped or names):
+                out().print(stopped.describe(paths.root.name))
+    if as_json:
+        emit_json(sorted(results, key=lambda row: row["name"]))
+    elif every and not any(row["stopped"] for row in results):
+        out().print("no stack was running")
+
+
+def _stopped_json(name: str, stopped: stacks_mod.Stopped) -> dict[str, Any]:
+    return {"name": name, "stopped": bool(stopped), "supervisord": stopped.supervisord,
+            "leftovers": stopped.leftovers, "message": stopped.describe(name)}
+
+
+# --- supervisorctl --------------------------------------------------------------------------------------
+
+ProgramsArgument = Annotated[
+    list[str], typer.Argument(metavar="PROCESS", help="core, shim:shim_01, 'shim:*' or all")]
+
+
+@app.command(context_settings={"ignore_unknown_options": True})
+def ctl(
+    stack: Annotated[str, typer.Argument(metavar="STACK", help="the stack's name or runtime directory")],
+    args: Annotated[list[str] | None, typer.Argument(
+        metavar="ARGS", help="after --, supervisorctl's: status, restart shim:shim_01, tail -f core... "
+                                   "(none: its shell)")] = None,
+) -> None:
+    """supervisorctl on a stack's supervisord, from this installation (pipx and uv put none on PATH)."""
+    raise typer.Exit(_supervisorctl(find_stack(None, Path(stack)), args or []))
+
+
+@app.command()
+def restart(programs: ProgramsArgument, config: ConfigOption = None, stack_dir: StackDirOption = None) -> None:
+    """Restart processes of a stack (supervisorctl restart); the core fails a shim's calls over."""
+    raise typer.Exit(_supervisorctl(find_stack(config, stack_dir), ["restart", *programs]))
+
+
+@app.command()
+def start(programs: ProgramsArgument, config: ConfigOption = None, stack_dir: StackDirOption = None) -> None:
+    """Start processes of a stack that are stopped or gave up (supervisorctl start)."""
+    raise typer.Exit(_supervisorctl(find_stack(config, stack_dir), ["start", *programs]))
+
+
+def _supervisorctl(paths: StackPaths, args: list[str]) -> int:
+    if not ctl_mod.reachable(paths):
+        fail(f"stack {paths.root.name} is not running (no supervisord answers in {paths.root}); "
+             f"{selection.START_HINT}")
+    return ctl_mod.run(paths, args)
 
 
 # --- status and health ---------------------------------------------------------------------------------
@@ -226,11 +270,19 @@ def health(
     config: ConfigOption = None,
     stack_dir: StackDirOption = None,
     as_json: JsonOption = False,
-    min_success_rate: Annotated[float, typer.Option(help="degraded below this success rate")] = 0.9,
-    window: Annotated[float, typer.Option(help="seconds a failure keeps the stack degraded")] = 300.0,
+    min_success_rate: Annotated[float, typer.Option(metavar="RATE", help="degraded below this success rate")] = 0.9,
+    window: Annotated[float, typer.Option(metavar="SECONDS",
+                                          help="seconds a failure keeps the stack degraded")] = 300.0,
 ) -> None:
     """healthy (exit 0), degraded (exit 1) or down (exit 2), with the reasons."""
-    paths = find_stack(config, stack_dir)
+    try:
+        paths = selection.find_stack(config, stack_dir)
+    except selection.NoStack as exc:
+        if not as_json:
+            fail(str(exc), exc.code)
+        # A script asked for JSON: it gets JSON, "down", whatever the reason there is no stack to judge.
+        emit_json({**health_mod.not_running(str(exc)).as_json(), "stack": None})
+        raise typer.Exit(int(health_mod.Verdict.DOWN)) from None
     pool: StackStatus | None = None
     try:
         pool = query_status(paths)
@@ -256,18 +308,21 @@ def health(
 
 @app.command("test")
 def load_test(
-    count: Annotated[int, typer.Argument(min=1, help="how many calls")],
+    count: Annotated[int, typer.Argument(min=1, metavar="COUNT", help="how many calls")],
     config: ConfigOption = None,
     stack_dir: StackDirOption = None,
-    tool: Annotated[str | None, typer.Option(help="tool to call (default: the first read-only one)")] = None,
-    args: Annotated[str | None, typer.Option("--args", help="the tool's arguments, a JSON object")] = None,
-    concurrency: Annotated[int | None, typer.Option(min=1, help="calls at once (default: all)")] = None,
-    timeout: Annotated[float, typer.Option(help="seconds each call may take")] = 60.0,
+    tool: Annotated[str | None, typer.Option(
+        metavar="NAME", help="tool to call (asked for on a terminal: Enter takes the first read-only one)")] = None,
+    args: Annotated[str | None, typer.Option("--args", metavar="JSON",
+                                             help="the tool's arguments, a JSON object")] = None,
+    concurrency: Annotated[int | None, typer.Option(
+        min=1, metavar="N", help="calls at once (default: maxInstances x maxConcurrentRequests, or 8)")] = None,
+    timeout: Annotated[float, typer.Option(metavar="SECONDS", help="seconds each call may take")] = 60.0,
     as_json: JsonOption = False,
 ) -> None:
     """A load test through a real client session: COUNT concurrent calls of one tool, then the figures."""
     try:
-        from mcpmux.monitor.loadtest import LoadTestError, run_load_test
+        from mcpmux.monitor.loadtest import LoadTestError, default_concurrency, run_load_test
     except ModuleNotFoundError as exc:
         fail(f"the load test needs the MCP SDK ({exc.name} is missing): install mcpmux[loadtest]", EXIT_FAILED)
 
@@ -281,7 +336,12 @@ def load_test(
             fail("--args must be a JSON object", EXIT_FAILED)
     paths = find_stack(config, stack_dir)
     if not wait_for_core(paths, 5.0):
-        fail(f"stack {paths.root.name} is not running (no core listening in {paths.root})")
+        fail(f"stack {paths.root.name} is not running (no core listening in {paths.root}); {selection.START_HINT}")
+    tool = tool if tool is not None else _ask_tool()
+    if concurrency is None:
+        concurrency, why = default_concurrency(ask_status(paths))
+        if not as_json:
+            err().print(f"{min(concurrency, count)} calls at once ({why}); --concurrency N to change")
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[failed]} failed"), TimeElapsedColumn(),
                         console=err(), disable=as_json, transient=True)
@@ -316,6 +376,7 @@ def load_test(
             ("total requests", str(result.total_requests)),
             ("successful requests", str(result.successful_requests)),
             ("failed requests", str(result.failed_requests)),
+            ("refused by mcpmux", str(result.refused_requests)),
             ("success rate", f"{result.success_rate:.1%}"),
             ("duration", f"{result.duration_s:.2f} s"),
             ("requests per second", f"{result.requests_per_second:.1f}"),
@@ -331,6 +392,14 @@ def load_test(
         for message, times in result.errors.items():
             console.print(Text(f"{times} x {message}", style="red"))
     raise typer.Exit(0 if result.failed_requests == 0 else EXIT_FAILED)
+
+
+def _ask_tool() -> str | None:
+    """The tool to call, asked for before any session opens; a script (no terminal) must name it."""
+    if not sys.stdin.isatty():
+        fail("name the tool to call with --tool NAME [--args JSON]", EXIT_FAILED)
+    answer: str = typer.prompt("tool to call (Enter: the first read-only one)", default="", show_default=False)
+    return answer.strip() or None
 
 
 def _describe(exc: BaseException) -> str:
@@ -402,10 +471,11 @@ def diagnostics(
 
 @app.command()
 def logs(
-    count: Annotated[int, typer.Argument(min=0, help="lines from the end of each log")] = 50,
+    count: Annotated[int, typer.Argument(min=0, metavar="COUNT", help="lines from the end of each log")] = 50,
     config: ConfigOption = None,
     stack_dir: StackDirOption = None,
-    source: Annotated[list[str] | None, typer.Option(help="only this log: core, shim_00...")] = None,
+    source: Annotated[list[str] | None, typer.Option(
+        metavar="LOG", help="only this log: core, shim_00... (repeatable)")] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="then print new lines as they come")] = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -448,9 +518,9 @@ def logs(
 def watch(
     config: ConfigOption = None,
     stack_dir: StackDirOption = None,
-    interval: Annotated[float, typer.Option(help="seconds between refreshes")] = 1.0,
-    once: Annotated[bool, typer.Option("--once", help="print the dashboard once and exit")] = False,
-    as_json: JsonOption = False,
+    interval: Annotated[float, typer.Option(metavar="SECONDS", help="seconds between refreshes")] = 1.0,
+    once: Annotated[bool, typer.Option("--once", help="print the dashboard (or one snapshot) and exit")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="a JSON snapshot per line (NDJSON) at each refresh")] = False,
 ) -> None:
     """A live dashboard: instances, load, queue, latency and recent events, refreshed in place."""
     paths = find_stack(config, stack_dir)
@@ -461,7 +531,7 @@ def watch(
         return render.dashboard(shown, verdict, error=error, wide=console.width >= render.WIDE + render.FRAME)
 
     if as_json:
-        emit_json({"status": pool.to_json(), "health": health_mod.assess(pool).as_json()})
+        _watch_json(paths, pool, interval, once)
         return
     if once:
         console.print(frame(pool, health_mod.assess(pool)))
@@ -478,6 +548,24 @@ def watch(
                     live.update(frame(pool, health_mod.not_running(str(exc)), f"not answering: {exc}"),
                                 refresh=True)
     except KeyboardInterrupt:
+        pass
+
+
+def _watch_json(paths: StackPaths, pool: StackStatus, interval: float, once: bool) -> None:
+    """NDJSON: a snapshot per line, as it is taken, until interrupted (--once: one line)."""
+    snapshot: dict[str, Any] = {"status": pool.to_json(), "health": health_mod.assess(pool).as_json()}
+    try:
+        while True:
+            print(json.dumps(snapshot, default=str), flush=True)
+            if once:
+                return
+            time.sleep(interval)
+            try:
+                pool = query_status(paths)
+                snapshot = {"status": pool.to_json(), "health": health_mod.assess(pool).as_json()}
+            except (StackNotRunning, ControlError) as exc:  # the core may be restarting: say so, keep watching
+                snapshot = {"status": None, "health": health_mod.not_running(str(exc)).as_json()}
+    except (KeyboardInterrupt, BrokenPipeError):  # `| head -n 3` closes the pipe: that is a normal end
         pass
 
 

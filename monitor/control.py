@@ -8,6 +8,7 @@ from typing import Any
 import zmq
 
 from mcpmux import wire
+from mcpmux.monitor.selection import START_HINT
 from mcpmux.stack import StackPaths, accepting
 from mcpmux.status import StackStatus, StatusError
 
@@ -41,7 +42,8 @@ def query(
     paths: StackPaths, name: str, args: dict[str, Any] | None = None, timeout: float = 5.0
 ) -> dict[str, Any]:
     if not wait_for_core(paths, timeout):
-        raise StackNotRunning(f"stack {paths.root.name} is not running (no core listening in {paths.root})")
+        raise StackNotRunning(f"stack {paths.root.name} is not running (no core listening in {paths.root}); "
+                              f"{START_HINT}")
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     socket = context.socket(zmq.DEALER)
     socket.setsockopt(zmq.LINGER, 0)

@@ -12,13 +12,28 @@ import statistics
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from mcp import ClientSession, StdioServerParameters, stdio_client
+from mcp.shared.exceptions import MCPError
 from mcp_types import Tool
 
+from mcpmux import jsonrpc
 from mcpmux.stack import StackPaths
+from mcpmux.status import StackStatus
+
+DEFAULT_CONCURRENCY = 8  # when the stack's own figures give no number (an "auto" limit not found yet)
+
+REFUSED = "refused by mcpmux"
+# mcpmux's own answers: the call never reached a server (refused), or its instance failed under it
+# (README, "What the client sees").
+REFUSALS = {
+    jsonrpc.OVERLOADED: "refused by mcpmux (-32050, overloaded or stopping)",
+    jsonrpc.INSTANCE_FAILED: "failed in mcpmux (-32051, its instance failed while running it)",
+    jsonrpc.NO_INSTANCE: "refused by mcpmux (-32052, no instance can serve it)",
+    jsonrpc.STACK_UNAVAILABLE: "refused by mcpmux (-32054, the stack is unavailable)",
+}
 
 
 class LoadTestError(RuntimeError):
@@ -43,9 +58,20 @@ class LoadTestResult:
     min_ms: float | None
     max_ms: float | None
     errors: dict[str, int] = field(default_factory=dict)  # the most frequent error messages
+    refused_requests: int = 0  # those mcpmux refused or failed itself (REFUSALS), included in failed_requests
 
     def as_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """camelCase, as the core's status: durations in milliseconds under latencyMs."""
+        return {
+            "tool": self.tool, "arguments": self.arguments, "concurrency": self.concurrency,
+            "totalRequests": self.total_requests, "successfulRequests": self.successful_requests,
+            "failedRequests": self.failed_requests, "refusedRequests": self.refused_requests,
+            "successRate": self.success_rate, "durationSeconds": self.duration_s,
+            "requestsPerSecond": self.requests_per_second,
+            "latencyMs": {"average": self.average_duration_ms, "p50": self.p50_ms, "p95": self.p95_ms,
+                          "p99": self.p99_ms, "min": self.min_ms, "max": self.max_ms},
+            "errors": self.errors,
+        }
 
 
 def router_params(paths: StackPaths) -> StdioServerParameters:
@@ -74,6 +100,23 @@ def choose_tool(tools: list[Tool], name: str | None, arguments: dict[str, Any] |
                         "repeatedly by default: choose one with --tool NAME [--args JSON]")
 
 
+def describe_error(code: int, message: str) -> str:
+    """One failed call in the error counts: who refused it, and why."""
+    return f"{REFUSALS.get(code, f'error {code}')}: {message}"[:200]
+
+
+def default_concurrency(pool: StackStatus) -> tuple[int, str]:
+    """Calls at once that the stack can run without queueing them: maxInstances x each instance's limit
+    (its current one under "auto"), and how that number was found."""
+    limit = pool.max_concurrent_requests
+    if isinstance(limit, int):
+        return pool.max_instances * limit, f"maxInstances {pool.max_instances} x maxConcurrentRequests {limit}"
+    found = [instance.limit for instance in pool.instances if instance.limit]
+    if found:
+        return pool.max_instances * max(found), f"maxInstances {pool.max_instances} x the instances' limit {max(found)}"
+    return DEFAULT_CONCURRENCY, "the instances' \"auto\" limits are not known yet"
+
+
 def summarize(tool: str, arguments: dict[str, Any], concurrency: int, durations: list[float],
               failures: list[str], elapsed: float) -> LoadTestResult:
     total = len(durations)
@@ -92,6 +135,7 @@ def summarize(tool: str, arguments: dict[str, Any], concurrency: int, durations:
         requests_per_second=total / elapsed if elapsed > 0 else 0.0,
         p50_ms=p50, p95_ms=p95, p99_ms=p99, min_ms=millis[0] if millis else None,
         max_ms=millis[-1] if millis else None, errors=dict(Counter(failures).most_common(5)),
+        refused_requests=sum(failure.startswith(REFUSED) for failure in failures),
     )
 
 
@@ -169,6 +213,8 @@ async def _run(
                         error = f"tool error: {text[:200]}" if text else "tool error"
                 except TimeoutError:
                     error = f"no answer within {call_timeout:g} s"
+                except MCPError as exc:
+                    error = describe_error(exc.code, exc.message)
                 except Exception as exc:  # every failure of one call is a result, not a crash of the test
                     error = f"{type(exc).__name__}: {exc}"[:200]
                 durations.append(time.perf_counter() - began)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import io
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from rich import box
 from rich.console import Console, Group, RenderableType
@@ -87,7 +88,7 @@ def instances_table(status: StackStatus, *, title: str | None = None, wide: bool
         times = instance.latency
         rss, cpu = _both(instance, lambda u: u.rss_bytes), _both(instance, lambda u: u.cpu_percent)
         cells: list[str | Text] = [
-            short_slot(instance.slot), state_text(instance.state), str(instance.in_flight),
+            instance.slot, state_text(instance.state), str(instance.in_flight),
             "-" if instance.limit is None else str(instance.limit), str(instance.served), str(instance.failed),
             str(instance.consecutive_failures),
             str(instance.restarts), duration(instance.uptime),
@@ -96,6 +97,34 @@ def instances_table(status: StackStatus, *, title: str | None = None, wide: bool
             "-" if cpu is None else f"{cpu:.0f}%",
         ]
         table.add_row(*(cell for cell, (_, shown) in zip(cells, columns, strict=True) if shown))
+    return table
+
+
+def stacks_table(rows: Sequence[dict[str, Any]], *, title: str, width: int) -> Table:
+    """`mcpmux-monitor stacks`. A name is an identifier, typed back into `--stack`: never cut. Narrow
+    terminals lose the cwd and uptime columns and show the server's command by its words' last parts
+    (python server.py), which then wrap."""
+    show_cwd = width >= WIDE
+    table = Table(title=title, box=box.HEAVY_HEAD if show_cwd else box.SIMPLE_HEAD,
+                  pad_edge=show_cwd)
+    longest = max((len(row["name"]) for row in rows), default=4)
+    table.add_column("name", no_wrap=True, min_width=longest)
+    table.add_column("state", no_wrap=True)
+    table.add_column("server", overflow="fold")
+    if show_cwd:
+        table.add_column("cwd", overflow="fold")
+    for header in ("sessions", "instances", *(["uptime"] if show_cwd else [])):
+        table.add_column(header, justify="right", no_wrap=True)
+    for row in rows:
+        running = row["running"]
+        state = "RUNNING" if running else "ORPHANED" if row["orphaned"] else "STOPPED"
+        command = row["command"] if show_cwd else [arg.rstrip("/").rpartition("/")[2] or arg for arg in row["command"]]
+        cells = [row["name"], state_text(state), " ".join(command),
+                 *([row["cwd"] or "-"] if show_cwd else []),
+                 str(row["sessions"]) if running else "-",
+                 f"{row['readyInstances']}/{row['totalInstances']}" if running else "-",
+                 *([duration(row["uptime"]) if running else "-"] if show_cwd else [])]
+        table.add_row(*cells)
     return table
 
 
@@ -109,7 +138,7 @@ def details_table(status: StackStatus) -> Table:
         shim, backend = instance.shim, instance.backend
         beat = instance.since_heartbeat
         table.add_row(
-            short_slot(instance.slot), str(instance.pid or "-"), size(shim.rss_bytes if shim else None),
+            instance.slot, str(instance.pid or "-"), size(shim.rss_bytes if shim else None),
             _cpu_seconds(shim), str(instance.backend_pid or "-"), str(backend.processes if backend else "-"),
             size(backend.rss_bytes if backend else None), _cpu_seconds(backend),
             "-" if beat is None else f"{beat:.1f}s ago", instance.alert or instance.last_event or "",
@@ -119,11 +148,6 @@ def details_table(status: StackStatus) -> Table:
 
 def _cpu_seconds(usage: Usage | None) -> str:
     return "-" if usage is None else f"{usage.cpu_seconds:.2f}s"
-
-
-def short_slot(slot: str) -> str:
-    """shim:shim_00 -> shim_00: the group says nothing, every slot is in it."""
-    return slot.partition(":")[2] or slot
 
 
 def summary_lines(status: StackStatus) -> Text:
@@ -139,7 +163,7 @@ def summary_lines(status: StackStatus) -> Text:
                 f"timed out {status.timed_out_requests}  retried {status.retried_requests}  "
                 f"success {status.success_rate:.1%}\n")
     text.append(f"latency p50 {millis(latency.p50)}  p95 {millis(latency.p95)}  p99 {millis(latency.p99)}")
-    pinned = [f"{instance.slot.rsplit(':', 1)[-1]}: {', '.join(s[:8] for s in instance.sessions)}"
+    pinned = [f"{instance.slot}: {', '.join(s[:8] for s in instance.sessions)}"
                for instance in status.instances if instance.sessions]
     if pinned:
         label = "dedicated to" if status.strategy == "dedicated" else "sessions pinned"
@@ -150,11 +174,11 @@ def summary_lines(status: StackStatus) -> Text:
     for context in status.contexts:
         where = f" in {context.cwd}" if context.cwd else ""
         roots = "" if context.roots is None else f", {context.roots} roots"
-        serving = ", ".join(map(short_slot, context.instances)) or "none yet"
+        serving = ", ".join(context.instances) or "none yet"
         text.append(f"\ncontext {context.label} {context.protocol_version}{where}{roots}: "
                     f"{len(context.sessions)} sessions on {serving}")
     for era, (instances, sessions) in _by_era(status).items():
-        text.append(f"\nera {era}: instances {', '.join(map(short_slot, instances)) or 'none'}; "
+        text.append(f"\nera {era}: instances {', '.join(instances) or 'none'}; "
                     f"sessions {', '.join(name[:8] for name in sessions) or 'none'}")
     if status.prometheus:
         text.append(f"\nPrometheus metrics at {status.prometheus}")

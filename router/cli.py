@@ -11,12 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 
 from mcpmux import __version__
 from mcpmux.config import (
@@ -41,18 +43,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve one MCP client session from a shared pool of instances of a stdio MCP server.",
         epilog="Example: mcpmux-router --min-instances 2 -- uvx mcp-server-time",
     )
-    parser.add_argument("--config", type=Path, help="configuration file (default: $MCP_CONFIG_PATH)")
+    parser.add_argument("--config", type=Path, metavar="FILE", help="configuration file (default: $MCP_CONFIG_PATH)")
     action = parser.add_mutually_exclusive_group()
     action.add_argument("--up", action="store_true", help="start the stack and exit (it stays up until --down)")
     action.add_argument("--down", action="store_true", help="stop the stack and exit")
     action.add_argument("--where", action="store_true", help="print the stack's runtime directory and exit")
-    parser.add_argument("--stack-dir", type=Path, help="relay to the running stack in this runtime directory")
+    parser.add_argument("--stack-dir", type=Path, metavar="DIR",
+                        help="relay to the running stack in this runtime directory")
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                         help="a variable of the server's environment, for every session (server.env)")
     parser.add_argument("--pass-env", action="append", default=[], metavar="NAME",
                         help="pass this variable from each client's environment; sessions with different values "
                              "get different instances (server.passEnv)")
-    parser.add_argument("--cwd", help="server working directory")
+    parser.add_argument("--cwd", metavar="DIR", help="the server's working directory (server.cwd)")
     parser.add_argument("--cwd-from-client", action="store_true",
                         help="run the server in each client's working directory (server.cwdFromClient)")
     parser.add_argument("--roots-probe", metavar="TOOL",
@@ -65,20 +68,48 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--priority", choices=("high", "normal", "low"),
                         help="this session's requests' level (not part of the stack's configuration)")
     for section, model in SECTIONS.items():
-        group = parser.add_argument_group(section)
+        group = parser.add_argument_group(f"{section} (the configuration file's keys)")
         for name, field in model.model_fields.items():
-            flag = "--" + name.replace("_", "-")
-            dest = f"{section}.{field.alias or name}"
-            annotation = field.annotation
-            if annotation is bool:
-                group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None)
-            else:
-                structured = isinstance(annotation, type) and issubclass(annotation, BaseModel)
-                kind = json.loads if structured else FLAG_TYPES.get(annotation, str)
-                group.add_argument(flag, dest=dest, type=kind, default=None, help=field.description)
-    parser.add_argument("--version", action="version", version=f"mcpmux {__version__}")
-    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- the server command and its arguments")
+            _add_config_flag(group, section, name, field)
+    parser.add_argument("--version", action="version", version=f"mcpmux-router {__version__}",
+                        help="print mcpmux's version and exit")
+    parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ARGS...",
+                        help="the server's command and its arguments, after --")
     return parser
+
+
+def _add_config_flag(group: argparse._ArgumentGroup, section: str, name: str, field: FieldInfo) -> None:
+    """`--min-instances N`: a configuration key as a flag, with its description, key and default."""
+    flag = "--" + name.replace("_", "-")
+    key = field.alias or name
+    dest = f"{section}.{key}"
+    help_text = f"{field.description or key} [{key}, default: {_default(field)}]".replace("%", "%%")
+    annotation = field.annotation
+    if annotation is bool:
+        group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        return
+    choices = get_args(annotation) if get_origin(annotation) is Literal else None
+    structured = isinstance(annotation, type) and issubclass(annotation, BaseModel)
+    kind = json.loads if structured else FLAG_TYPES.get(annotation, str)
+    group.add_argument(flag, dest=dest, type=kind, default=None, choices=choices, help=help_text,
+                       metavar=None if choices else _metavar(annotation, field))
+
+
+def _metavar(annotation: Any, field: FieldInfo) -> str:
+    if annotation is Concurrency:
+        return "N|auto"
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return "JSON"
+    if (field.description or "").startswith("ms"):
+        return "MS"
+    return {int: "N", float: "X"}.get(annotation, "VALUE")
+
+
+def _default(field: FieldInfo) -> str:
+    value = field.get_default(call_default_factory=True)
+    if isinstance(value, BaseModel):
+        return json.dumps(value.model_dump(by_alias=True, exclude_defaults=True)) or "{}"
+    return json.dumps(value).strip('"') if isinstance(value, bool | str) else str(value)
 
 
 def resolve(args: argparse.Namespace) -> tuple[Config, str]:
@@ -143,15 +174,45 @@ def _run(args: argparse.Namespace, config: Config | None, paths: StackPaths) -> 
     try:
         started = launcher.ensure_up(config, paths, idle_stop=not args.up)
     except (launcher.LaunchError, RuntimeDirError, OSError) as exc:  # OSError: a full disk, say
-        print(f"mcpmux-router: {exc}", file=sys.stderr)
+        cause, details = (exc.cause, exc.details) if isinstance(exc, launcher.LaunchError) else (str(exc), "")
+        # The first line is what a client shows of a server that would not start: the cause, alone.
+        print(f"mcpmux-router: stack {paths.root.name} cannot start: {cause}", file=sys.stderr)
+        if details:
+            print(details, file=sys.stderr)
         if not args.up:
-            refusal.refuse(f"mcpmux could not start the stack {paths.root.name}: {exc}")
+            refusal.refuse(f"mcpmux: stack {paths.root.name} cannot start: {exc}")
         return 1
+    missing = missing_exporter(config)
+    if missing:
+        print(f"mcpmux-router: {missing}", file=sys.stderr)
     if args.up:
         state = "started" if started else "already running"
-        print(f"stack {paths.root.name} {state}; manage it with: supervisorctl -c {paths.supervisord_conf}")
+        print(f"stack {paths.root.name} {state}; manage it with: {monitor_command()} ctl {paths.root.name} -- status")
         return 0
     return _serve(config, paths, args.priority)
+
+
+def missing_exporter(config: Config) -> str | None:
+    """Why a configured Prometheus port will serve nothing: the extra is not installed. The core says so in
+    its log; the router says it where the user looks (a client shows the router's stderr)."""
+    port = config.multiplexer.prometheus_port
+    if not port:
+        return None
+    try:
+        import prometheus_client  # noqa: F401 (whether the core, in this environment, can)
+    except ImportError:
+        return (f"no Prometheus exporter on port {port}: prometheus-client is not installed here "
+                "(install mcpmux[prometheus]); the stack runs without it")
+    return None
+
+
+def monitor_command() -> str:
+    """`mcpmux-monitor` when that is the one beside this router on PATH (pipx, uv), else its path (.venv/bin)."""
+    beside = Path(sys.argv[0]).parent / "mcpmux-monitor"
+    on_path = shutil.which("mcpmux-monitor")
+    if on_path and beside.exists() and os.path.realpath(on_path) == os.path.realpath(beside):
+        return "mcpmux-monitor"
+    return str(beside) if beside.exists() else "mcpmux-monitor"
 
 
 def _serve(config: Config, paths: StackPaths, priority: str | None) -> int:

@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -32,6 +33,7 @@ __all__ = ["LaunchError", "core_log_tail", "ensure_up", "is_running", "stop"]
 SUPERVISORD_START_TIMEOUT = 15.0
 CORE_START_TIMEOUT = 20.0
 LOG_TAIL_LINES = 15
+LOG_PREFIX = re.compile(r"^\d{4}-\d\d-\d\d[ T][\d:,.]+ +[A-Z]+ +(?:[\w.-]+: )?")  # 2026-12-05 07:22:42,780 INFO x:
 POLL = 0.02  # neither a socket file nor a pid gives an event to wait on
 
 # Children of mcpmux run with -E -P: the caller's PYTHONPATH and working directory (a project with its own
@@ -41,7 +43,23 @@ PYTHON = [sys.executable, "-E", "-P"]
 
 
 class LaunchError(RuntimeError):
-    """The stack could not be started; the message says what supervisord reported."""
+    """The stack could not be started: `cause` in one sentence (a client shows the router's first line of
+    stderr), `details` the lines it was found in (the core's last log lines, supervisord's output)."""
+
+    def __init__(self, cause: str, details: str = "") -> None:
+        super().__init__(f"{cause}\n{details}" if details else cause)
+        self.cause = cause
+        self.details = details
+
+
+def cause_in(text: str) -> str:
+    """The line of a log or of a program's output that says what went wrong: a traceback's closing line
+    (`IsADirectoryError: ...`), else the last line, each without its logging prefix (time, level, logger)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if re.match(r"(?:[A-Za-z_][\w.]*)?(Error|Exception|Exit|Interrupt)\b", line):
+            return line
+    return LOG_PREFIX.sub("", lines[-1]) if lines else "it wrote nothing"
 
 
 def ensure_up(config: Config, paths: StackPaths, *, idle_stop: bool) -> bool:
@@ -100,7 +118,8 @@ def _start_supervisord(paths: StackPaths) -> None:
     completed = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL, cwd=paths.root,
                                env=as_started())
     if completed.returncode != 0:
-        raise LaunchError(f"supervisord failed to start: {completed.stderr.strip() or completed.stdout.strip()}")
+        output = completed.stderr.strip() or completed.stdout.strip()
+        raise LaunchError(f"supervisord failed to start: {cause_in(output)}", output)
     deadline = time.monotonic() + SUPERVISORD_START_TIMEOUT
     while not is_running(paths):
         if time.monotonic() > deadline:
@@ -121,14 +140,16 @@ def _await_core(paths: StackPaths) -> None:
     while not paths.core_listening():
         state = _core_state(paths)
         if state in ("FATAL", "GONE"):
-            raise LaunchError(f"the stack's core cannot start:\n{core_log_tail(paths)}")
+            tail = core_log_tail(paths)
+            raise LaunchError(f"its core exits at start: {cause_in(tail)}", tail)
         if state == "BACKOFF":
             # It crashed and supervisord tries again, a bounded number of times (startretries): on a loaded
             # machine those tries may outlast the timeout, which is for a core that hangs, not one that dies.
             deadline = time.monotonic() + CORE_START_TIMEOUT
         if time.monotonic() > deadline:
-            raise LaunchError(f"the stack's core did not start within {CORE_START_TIMEOUT:.0f} s (it is {state}):\n"
-                              f"{core_log_tail(paths)}")
+            tail = core_log_tail(paths)
+            raise LaunchError(f"its core did not start within {CORE_START_TIMEOUT:.0f} s (it is {state}); "
+                              f"its log ends: {cause_in(tail)}", tail)
         time.sleep(POLL)
 
 

@@ -252,20 +252,27 @@ async def test_a_planned_restart_is_not_a_failure(make_stack: StackFactory) -> N
 
 def test_load_test_through_a_real_session(make_stack: StackFactory) -> None:
     stack, where = up(make_stack)
+    human = subprocess.run([*MONITOR, "test", "20", "--stack-dir", where, "--tool", "echo",
+                            "--args", '{"text": "hi"}'], capture_output=True, text=True, timeout=120)
+    assert human.returncode == 0, human.stderr
     run = subprocess.run([*MONITOR, "test", "20", "--stack-dir", where, "--tool", "echo",
                           "--args", '{"text": "hi"}', "--json"], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout)
     status = stack.status()
 
+    latency = result["latencyMs"]
     assert result["tool"] == "echo"
-    assert result["total_requests"] == result["successful_requests"] == 20
-    assert result["failed_requests"] == 0
-    assert result["success_rate"] == 1.0
-    assert result["requests_per_second"] > 0
-    assert 0 < result["p50_ms"] <= result["p95_ms"] <= result["p99_ms"] <= result["max_ms"]
-    assert result["min_ms"] <= result["average_duration_ms"] <= result["max_ms"]
+    assert result["concurrency"] == 2 * 3, "maxInstances x maxConcurrentRequests (3 by default)"
+    assert result["totalRequests"] == result["successfulRequests"] == 20
+    assert result["failedRequests"] == result["refusedRequests"] == 0
+    assert result["successRate"] == 1.0
+    assert result["requestsPerSecond"] > 0
+    assert 0 < latency["p50"] <= latency["p95"] <= latency["p99"] <= latency["max"]
+    assert latency["min"] <= latency["average"] <= latency["max"]
     assert sum(i["served"] for i in status["instances"]) >= 20, "every call went through the pool"
+    assert "6 calls at once (maxInstances 2 x maxConcurrentRequests 3)" in human.stderr
+    assert "refused by mcpmux" in human.stdout
 
     failing = monitor("test", "4", "--stack-dir", where, "--tool", "fail", "--concurrency", "2")
     assert failing.exit_code == 1
@@ -395,6 +402,18 @@ async def test_the_dashboard_renders_the_pool(make_stack: StackFactory) -> None:
     assert "no answer" in render.render_dashboard(None, health.not_running("no answer"))
     once = monitor("watch", "--once", "--stack-dir", where)
     assert once.exit_code == 0 and status.stack in once.stdout
+    assert "shim:shim_00" in monitor("status", "--stack-dir", where).stdout, "slots as the JSON names them"
+
+    # NDJSON, streamed: each snapshot is a line of its own, printed as it is taken.
+    watching = await asyncio.create_subprocess_exec(
+        *MONITOR, "watch", "--json", "--interval", "0.05", "--stack-dir", where, stdout=asyncio.subprocess.PIPE)
+    assert watching.stdout is not None
+    lines = [await watching.stdout.readline() for _ in range(3)]
+    watching.terminate()
+    await watching.wait()
+    snapshots = [json.loads(line) for line in lines]
+    assert all(snapshot["status"]["stack"] == status.stack for snapshot in snapshots)
+    assert all(snapshot["health"]["verdict"] == "healthy" for snapshot in snapshots)
 
 
 @pytest.fixture(autouse=True)

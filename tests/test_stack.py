@@ -81,7 +81,7 @@ async def test_a_stack_started_with_up_stays_up_without_sessions(make_stack: Sta
 
     _, alive = psutil.wait_procs(supervisord, timeout=3)  # a deliberate pause: three idle timeouts pass
 
-    assert "supervisorctl -c" in printed
+    assert f"ctl {stack.paths.root.name} -- status" in printed
     assert alive == supervisord, "a stack started with --up does not stop when idle"
 
 
