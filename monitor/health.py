@@ -100,6 +100,6 @@ def _placement(status: StackStatus) -> list[str]:
     """The strategy, and which session is on which instance when sessions stay on one."""
     if status.strategy == "least_connections":
         return []
-    placed = [f"{instance.slot.partition(':')[2] or instance.slot}: {', '.join(instance.sessions)}"
+    placed = [f"{instance.slot}: {', '.join(instance.sessions)}"
               for instance in status.instances if instance.sessions]
     return [f"strategy {status.strategy}: " + ("; ".join(placed) if placed else "no session is placed yet")]

@@ -168,7 +168,7 @@ def summary_lines(status: StackStatus) -> Text:
     if pinned:
         label = "dedicated to" if status.strategy == "dedicated" else "sessions pinned"
         text.append(f"\n{label}  " + "  ".join(pinned))
-    asking = [short_slot(instance.slot) for instance in status.instances if instance.asks_clients]
+    asking = [instance.slot for instance in status.instances if instance.asks_clients]
     if asking:
         text.append(f"\none session at a time (they ask clients)  {', '.join(asking)}")
     for context in status.contexts:

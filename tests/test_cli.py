@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -104,7 +105,13 @@ def test_every_command_finds_the_only_running_stack_among_stopped_ones(make_stac
     restart = subprocess.run([*MONITOR, "restart", "shim:shim_00"], env=stack.env, capture_output=True, text=True,
                              timeout=60)
 
-    assert f"manage it with: {MONITOR[0]} ctl {name} -- status" in up.stdout
+    hint = up.stdout.split("manage it with: ", 1)[1]
+    command, _, rest = hint.partition(" ctl ")
+    assert rest.strip() == f"{name} -- status"
+    # The bare command when PATH finds this very one (a pipx or uv install), else its path (a venv's bin).
+    if command == "mcpmux-monitor":
+        command = shutil.which(command, path=stack.env.get("PATH")) or command
+    assert os.path.realpath(command) == os.path.realpath(MONITOR[0]), hint
     for command, result in results.items():
         assert result.exit_code == 0, (command, result.output)
     assert name in results["status"].stdout and "core.log" in results["logs"].stdout

@@ -187,7 +187,7 @@ def test_the_router_refuses_a_planted_root_with_a_message_and_an_answer(tmp_path
         assert completed.returncode == 1, completed
         said = completed.stderr.replace("\n", "")  # the monitor's console wraps long lines
         assert str(root) in said and "Traceback" not in said, completed.stderr
-    assert served.stderr.startswith(f"mcpmux-router: {root} ")
+    assert served.stderr.startswith("mcpmux-router: stack ") and f"cannot start: {root} " in served.stderr
     assert "XDG_RUNTIME_DIR" in served.stderr and len(served.stderr.strip().splitlines()) == 1
     (answer,) = [json.loads(line) for line in served.stdout.splitlines()]
     assert answer["id"] == 1 and answer["error"]["code"] == STACK_UNAVAILABLE

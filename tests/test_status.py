@@ -257,8 +257,8 @@ def test_the_renderer_shows_a_realistic_status() -> None:
     assert "limit auto per instance" in text
     table = render.to_text(render.instances_table(status), width=200)
     assert [line.split()[3] for line in table.splitlines() if "shim_0" in line] == ["1", "3", "-"], "each limit"
-    assert "era 2026-07-28: instances shim_00; sessions 77aa01be" in text
-    assert "era handshake: instances shim_01; sessions 9f2c41d0" in text
+    assert "era 2026-07-28: instances shim:shim_00; sessions 77aa01be" in text
+    assert "era handshake: instances shim:shim_01; sessions 9f2c41d0" in text
     assert "last scaling decision" in text and "Prometheus metrics at http://127.0.0.1:9464/metrics" in text
     details = render.to_text(render.details_table(status), width=200)
     assert "shim:shim_02 flapping: given up" in details and "2" in details
@@ -295,10 +295,10 @@ def test_health_and_the_dashboard_say_which_session_is_on_which_instance() -> No
                   zip(make_status(SlotState.READY, SlotState.READY).instances, [("9f2c41d0aa",), ()], strict=True))
     status = make_status(instances=(own, spare), strategy="dedicated")
 
-    assert health.assess(status).notes == ["strategy dedicated: shim_00: 9f2c41d0aa"]
+    assert health.assess(status).notes == ["strategy dedicated: shim:shim_00: 9f2c41d0aa"]
     assert health.assess(make_status(SlotState.READY)).notes == [], "least_connections places no session"
     text = render.render_dashboard(status, health.assess(status), width=140)
-    assert "strategy dedicated" in text and "dedicated to  shim_00: 9f2c41d0" in text
+    assert "strategy dedicated" in text and "dedicated to  shim:shim_00: 9f2c41d0" in text
 
 
 def test_the_exporter_reads_the_typed_status() -> None:
@@ -352,6 +352,6 @@ def test_the_dashboard_names_the_instances_that_serve_one_session_at_a_time() ->
 
     text = render.render_dashboard(status, health.assess(status), width=140)
 
-    assert "one session at a time (they ask clients)  shim_00" in text
+    assert "one session at a time (they ask clients)  shim:shim_00" in text
     assert "shim_01" not in text.split("one session at a time")[1].splitlines()[0]
     assert StackStatus.from_json(status.to_json()).instances[0].asks_clients
