@@ -171,7 +171,9 @@ async def test_dedicated_spares_warmed_for_another_context_are_restarted_for_the
     async with raw_session(stack) as holder:
         await holder.initialize()
         await holder.request(1, "tools/call", {"name": "whoami", "arguments": {}})
-        await stack.ready(3)
+        # The holder's instance and a spare of its context (a third starts only if the holder's call came
+        # while both were restarting, which depends on the machine's speed).
+        await stack.ready(2)
         async with raw_session(stack) as newcomer:
             opened = time.time()
             await newcomer.initialize()
