@@ -559,6 +559,9 @@ class Core:
             log.warning("cannot keep the latest client's handshake in %s: %s", self.paths.last_client, exc)
 
     def _check_liveness(self, now: float) -> None:
+        # The core may have been stopped anywhere in its loop, not only in its poll: a stall noticed only
+        # after this judgement would have everyone judged for the core's own silence.
+        self._note_running(0)
         spares = self.config.server.per_client  # waiting shims wait for a client's directory and variables
         if self.scaler.awaiting and not spares and not self._first_client_coming():
             self._initialize_awaiting()
