@@ -100,7 +100,8 @@ async def test_dedicated_sampling_reaches_its_session_while_another_is_busy(make
     async with stack.session(sampling_callback=answering("busy")) as busy, \
             stack.session(sampling_callback=answering("asking")) as asking:
         await stack.ready(2)
-        running = asyncio.gather(*(busy.call_tool("sleep", {"seconds": 1.5}) for _ in range(2)))
+        # Long enough to be still running when a loaded machine gets round to asking whether they run.
+        running = asyncio.gather(*(busy.call_tool("sleep", {"seconds": 4}) for _ in range(2)))
         await stack.running(2)
         sampled = result_json(await asking.call_tool("sample", {"prompt": "whose?"}))
         await running
