@@ -13,10 +13,11 @@ a filter applied before the reserve and any strategy), and among them it depends
 - `dedicated`: an instance of the session's own, nobody else's, recycled when the session ends
   (router/dedicated.py).
 
-Under every strategy, an instance that has asked a client anything (sampling, elicitation: `asks_clients`)
-runs the requests of one session at a time, as many as its limit allows: another session's wait, or go to
-another instance. stdio does not say which request a server's request is for, so this is how each of its
-requests to a client has one possible owner (router/server_requests.py).
+Under every strategy, once any instance has asked a client anything (sampling, elicitation), every
+instance (`asks_clients`, marked pool-wide) runs the requests of one session at a time, as many as its limit
+allows: another session's wait, or go to another instance. stdio does not say which request a server's
+request is for, so this is how each of its requests to a client has one possible owner
+(router/server_requests.py).
 
 With `loadBalancing.highReserve`, a share of the pool's free slots is kept for `high` requests: others start
 only while more than that many slots are free, so an urgent call need not wait for a slow one to finish.

@@ -69,6 +69,9 @@ class Pool:
 
     def __init__(self) -> None:
         self._by_slot: dict[str, Instance] = {}
+        # Every instance runs the same program: once one has asked a client anything, any may, so every
+        # instance, present or to come, serves one session at a time (router/eligibility.py).
+        self.asks_clients = False
 
     def __iter__(self) -> Iterator[Instance]:
         return iter(self._by_slot.values())
@@ -80,7 +83,14 @@ class Pool:
         return self._by_slot.get(slot)
 
     def add(self, instance: Instance) -> None:
+        instance.asks_clients = instance.asks_clients or self.asks_clients
         self._by_slot[instance.slot] = instance
+
+    def ask_clients(self) -> None:
+        """One instance asked a client: every instance is marked, and every one added later."""
+        self.asks_clients = True
+        for instance in self._by_slot.values():
+            instance.asks_clients = True
 
     def remove(self, slot: str) -> Instance | None:
         return self._by_slot.pop(slot, None)

@@ -3,10 +3,10 @@
 stdio carries no link from a server's message to the request that caused it (the SDKs keep the related
 request's id in the process, for transports with one stream per request), so the switchboard attributes a
 server's request (or log message) by who is using the instance, and refuses it when it cannot tell or when
-that client did not declare the capability the request needs. An instance that has asked a client anything
-is marked (`Instance.asks_clients`) and from then on serves one session at a time (router/eligibility.py),
-so that only its first request, sent while several sessions used it, can ever be refused for want of an
-owner.
+that client did not declare the capability the request needs. Once an instance has asked a client
+anything, every instance of the pool is marked (`Instance.asks_clients`, `Pool.ask_clients`) and from then
+on serves one session at a time (router/eligibility.py), so that only the pool's first such requests, sent
+while several sessions used their instance, can ever be refused for want of an owner.
 """
 
 

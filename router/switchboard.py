@@ -599,9 +599,9 @@ class Switchboard:
         if method == "roots/list":
             self._roots_request(instance, message)
             return
-        # Whatever the answer, it asks clients: from now on it serves one session at a time, so that every
-        # later request of its has one possible owner (router/eligibility.py).
-        instance.asks_clients = True
+        # Whatever the answer, the server asks clients: from now on each instance serves one session at a
+        # time, so that every later request of theirs has one possible owner (router/eligibility.py).
+        self.pool.ask_clients()
         session = self._task_owner(instance, message) or self._session_for(instance)
         refused = server_requests.refusal(session, method)
         if refused is not None or session is None:

@@ -91,7 +91,7 @@ def test_every_request_of_a_marked_instance_has_its_owner_under_any_mix_of_calls
     assert sum(len(asked(h, s)) for s in sessions) == 1 + 13
 
 
-def test_other_sessions_requests_go_to_another_instance_even_a_busier_one() -> None:
+def test_other_sessions_requests_go_to_another_instance_one_session_there_too() -> None:
     h = Harness.make()
     a, b, c = h.open("a", SAMPLING), h.open("b", SAMPLING), h.open("c", SAMPLING)
     first = h.add_instance("shim:shim_00", SAMPLING)
@@ -105,8 +105,8 @@ def test_other_sessions_requests_go_to_another_instance_even_a_busier_one() -> N
         h.call(session, request_id)
 
     assert {owner_of(h, m["id"]).name for m in tool_calls_on(h, asking)} == {"a"}
-    assert {owner_of(h, m["id"]).name for m in tool_calls_on(h, other)} == {"b", "c"}
-    assert h.board.snapshot()["queued"] == 0
+    assert {owner_of(h, m["id"]).name for m in tool_calls_on(h, other)} == {"c"}, "the other may ask too"
+    assert h.board.snapshot()["queued"] == 1, "b waits for an instance of its own"
 
 
 def test_an_instance_that_never_asked_keeps_serving_sessions_side_by_side() -> None:
@@ -211,3 +211,23 @@ def test_a_session_is_kept_apart_only_while_every_instance_with_room_runs_anothe
     assert not h.board.eligibility.kept_apart(a, h.board.pool)
     h.add_instance("shim:shim_01", SAMPLING)
     assert not h.board.eligibility.kept_apart(b, h.board.pool), "another instance takes it"
+
+
+def test_once_one_instance_asks_every_instance_of_the_pool_and_every_new_one_serves_one_session() -> None:
+    """The instances run one program: a second instance, or one started later, that has not asked anyone
+    yet may ask at any call, so it too runs one session's requests at a time from the start."""
+    h = Harness.make()
+    a, b = h.open("a", SAMPLING), h.open("b", SAMPLING)
+    first = h.add_instance("shim:shim_00", SAMPLING)
+    second = h.add_instance("shim:shim_01", SAMPLING)
+    h.call(a, 1)
+    asks(h, first)
+    later = h.add_instance("shim:shim_02", SAMPLING)
+
+    assert second.asks_clients and later.asks_clients
+    for n in range(6):
+        h.call(a, f"a{n}")
+        h.call(b, f"b{n}")
+    for instance in (first, second, later):
+        owners = {owner_of(h, request["id"]) for request in tool_calls_on(h, instance)}
+        assert len(owners) <= 1, f"{instance.slot} runs calls of {len(owners)} sessions at once"
