@@ -96,6 +96,12 @@ class StackPaths(NamedTuple):
         return self.root / "last-client.json"
 
     @property
+    def asks_clients(self) -> Path:
+        """There once the stack's server has asked a client anything (sampling, elicitation): its next start
+        serves one session at a time per instance from its first call (router/eligibility.py)."""
+        return self.root / "server-asks-clients"
+
+    @property
     def server_cwd(self) -> Path:
         """Where a server with no directory of its own runs: empty, so that a server which reads its working
         directory unasked finds nothing there, rather than the stack's files or a project of whoever came first

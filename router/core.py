@@ -109,6 +109,8 @@ class Core:
         self._last_turn = time.monotonic()
         self._remembered = last_client.load(paths.last_client)
         self.scaler.warm = self._remembered or self.scaler.warm
+        self.board.pool.asks_clients = paths.asks_clients.exists()
+        self._asks_remembered = self.board.pool.asks_clients
         self.incarnation = f"{os.getpid()}-{time.time_ns()}"
 
     def _router_socket(self, endpoint: str) -> zmq.Socket[bytes]:
@@ -194,6 +196,7 @@ class Core:
         """The core stops: every request gets its answer now, and, if the whole stack stops, every door is
         told to end its session, rather than wait for a core that will not come back."""
         stack_stops = self._stack_stopping()
+        self._remember_asking()
         reason = "the stack is stopping" if stack_stops else "mcpmux's core is restarting"
         log.info("%s: answering %d requests", reason, sum(len(s.pending) for s in self.board.sessions.values()))
         self.board.stop(reason)
@@ -534,6 +537,7 @@ class Core:
 
     def _tick(self, now: float) -> None:
         self._remember_latest_client()
+        self._remember_asking()
         self._check_liveness(now)
         self._settle()
         self.healer.tick()
@@ -557,6 +561,17 @@ class Core:
             last_client.save(self.paths.last_client, latest)
         except OSError as exc:  # a hint only: a full disk must not stop the core
             log.warning("cannot keep the latest client's handshake in %s: %s", self.paths.last_client, exc)
+
+    def _remember_asking(self) -> None:
+        """The next start of this stack knows from its first call that its server asks clients, so that not
+        even its first sampling request can find two sessions' calls on its instance."""
+        if self._asks_remembered or not self.board.pool.asks_clients:
+            return
+        self._asks_remembered = True
+        try:
+            os.close(os.open(self.paths.asks_clients, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600))
+        except OSError as exc:  # a hint only: a full disk must not stop the core
+            log.warning("cannot note that the server asks clients in %s: %s", self.paths.asks_clients, exc)
 
     def _check_liveness(self, now: float) -> None:
         # The core may have been stopped anywhere in its loop, not only in its poll: a stall noticed only

@@ -9,10 +9,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+import mcp_types as types
 import psutil
 import pytest
 from mcp import MCPError
+from mcp.client.session import ClientRequestContext
 
 from mcpmux.jsonrpc import STACK_UNAVAILABLE
 from mcpmux.stack import StackPaths
@@ -136,6 +139,29 @@ async def test_a_stack_warms_up_with_the_handshake_of_its_latest_client(make_sta
         served = {result_json(await client.call_tool("whoami", {}))["pid"] for _ in range(4)}
 
     assert served <= warm, "the first session after --up was served by the warm instances, not restarted ones"
+
+
+async def test_a_stack_whose_server_asked_a_client_knows_it_from_its_next_start(make_stack: StackFactory) -> None:
+    """Once its server has asked a client anything, a stack's instances serve one session at a time; its next
+    start knows that before the first call, so not even the first sampling request finds two sessions."""
+    stack = make_stack("--min-instances", "2", "--max-instances", "2")
+
+    async def sampling(ctx: ClientRequestContext, params: types.CreateMessageRequestParams) -> Any:
+        text = types.TextContent(type="text", text="a")
+        return types.CreateMessageResult(role="assistant", model="m", content=text)
+
+    stack.router("--up")
+    await stack.ready(2)
+    before = await stack.current_status()
+    async with stack.session(sampling_callback=sampling) as client:
+        await client.call_tool("sample", {"prompt": "p"})
+    stack.router("--down")
+    stack.router("--up")
+    await stack.ready(2)
+    after = await stack.current_status()
+
+    assert [i["asksClients"] for i in before["instances"]] == [False, False]
+    assert [i["asksClients"] for i in after["instances"]] == [True, True]
 
 
 def only_mcp_error(raised: BaseException) -> MCPError:
