@@ -8,6 +8,7 @@ running side by side. Measured with the lab server's `sleep` (concurrent within 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -24,6 +25,8 @@ INSTANCES = 2
 CALLS = 30  # per session, one after another
 SAMPLE_EVERY = 10  # in the mixed load, calls 0, 10, 20 of each session are `sample`
 SLEEP = 0.05
+
+_TRIALS = itertools.count()  # each trial's stack is a new one
 
 
 @asynccontextmanager
@@ -67,8 +70,10 @@ async def load(clients: dict[str, ClientSession], mixed: bool) -> dict[str, floa
 
 
 async def trial(bench: Bench, sessions: int, most: int) -> tuple[dict[str, float], dict[str, float], int, int]:
-    """One stack: the plain load first (no instance has asked a client), then the mixed one."""
-    with bench.stack(f"--min-instances={INSTANCES}", f"--max-instances={most}", server=LAB_SERVER) as stack:
+    """One stack: the plain load first (no instance has asked a client), then the mixed one. A new stack
+    each time (its name differs by idleTimeout): a stack remembers that its server asked a client."""
+    with bench.stack(f"--min-instances={INSTANCES}", f"--max-instances={most}",
+                     f"--idle-timeout={900_000 + next(_TRIALS)}", server=LAB_SERVER) as stack:
         async with AsyncExitStack() as opened:
             clients = {f"s{n}": await opened.enter_async_context(sampling_session(stack.params(), f"s{n}", bench.log))
                        for n in range(sessions)}
