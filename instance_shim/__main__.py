@@ -1,3 +1,3 @@
-from mcpmux.shim.shim import main
+from mcpmux.shim.startup import main
 
 main()

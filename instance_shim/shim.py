@@ -14,9 +14,7 @@ bring in ssl and a third of the shim's memory).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import os
 import signal
 import sys
@@ -28,23 +26,20 @@ import zmq
 from mcpmux import jsonrpc, request_state, wire
 from mcpmux.envelope import Envelope
 from mcpmux.jsonrpc import JsonObject
-from mcpmux.lifeline import tie_to_stack
 from mcpmux.shim.backend import Backend
 from mcpmux.shim.opening import Opened, Opening
-from mcpmux.signals import die_on_termination
-from mcpmux.stack import StackPaths
 from mcpmux.stateless import Era
 
 HEARTBEAT_INTERVAL = 1.0
 
 
 class Shim:
-    def __init__(self, stack_dir: Path, slot: str) -> None:
-        stack = json.loads((stack_dir / "stack.json").read_text())
+    def __init__(self, stack_dir: Path, slot: str, backend: Backend, start_failure: OSError | None = None) -> None:
+        """`backend` is started already (startup.py), unless it waits for the core to say where and with
+        which variables (cwdFromClient, passEnv) or it could not start (`start_failure`)."""
         self._slot = slot
-        self._backend = Backend(stack["server"], str(StackPaths(stack_dir).server_cwd))
-        # Start the backend where, and with the variables, the core says (cwdFromClient, passEnv).
-        self._deferred = bool(stack["server"].get("cwdFromClient") or stack["server"].get("passEnv"))
+        self._backend = backend
+        self._start_failure = start_failure
         self._context = zmq.Context()
         self._socket = self._context.socket(zmq.DEALER)
         self._socket.setsockopt(zmq.ROUTING_ID, slot.encode())
@@ -61,11 +56,8 @@ class Shim:
         self._running = True
 
     def run(self) -> int:
-        if not self._deferred:
-            try:
-                self._backend.start()
-            except OSError as exc:
-                return self._cannot_start(exc)
+        if self._start_failure is not None:
+            return self._cannot_start(self._start_failure)
         self._hello()
         self._poller.register(self._socket, zmq.POLLIN)
         if self._backend.started:
@@ -246,23 +238,3 @@ class Shim:
 def _log(text: str) -> None:
     sys.stderr.write(f"mcpmux-shim: {text}\n")
     sys.stderr.flush()
-
-
-def _slot_name() -> str:
-    group = os.environ.get("SUPERVISOR_GROUP_NAME")
-    name = os.environ.get("SUPERVISOR_PROCESS_NAME")
-    if name is None:
-        return f"manual:{os.getpid()}"
-    return f"{group}:{name}" if group else name
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="mcpmux-shim", description="Run one MCP server instance for mcpmux.")
-    parser.add_argument("--stack-dir", type=Path, required=True)
-    parser.add_argument("--slot", default=None, help="routing id; defaults to supervisord's group:name")
-    args = parser.parse_args()
-    die_on_termination()  # the backend gets the same signal (its process group) and PDEATHSIG
-    tie_to_stack(StackPaths(args.stack_dir))
-    shim = Shim(args.stack_dir, args.slot or _slot_name())
-    signal.signal(signal.SIGTERM, shim.stopped_by_signal)
-    sys.exit(shim.run())

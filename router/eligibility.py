@@ -70,6 +70,12 @@ class Eligibility:
         return self.limits.of(instance.slot)
 
     @property
+    def pins_sessions(self) -> bool:
+        """Whether a session keeps to the instance it first used (so sessions opening while the pool starts
+        must find every instance starting, or they all keep to the first ready)."""
+        return self.strategy != "least_connections"
+
+    @property
     def shares_instances(self) -> bool:
         """Whether an instance may serve several sessions (all strategies but dedicated)."""
         return self.strategy != "dedicated"

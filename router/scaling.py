@@ -36,6 +36,8 @@ from mcpmux.supervisor import SHIM_GROUP, Supervisor, shim_slot
 log = logging.getLogger("mcpmux.scaling")
 
 SCALE_DOWN_AFTER = 60.0  # seconds of low load before one instance is stopped
+# A stack's first instance starts alone (see Scaler._booted), for at most this long.
+FIRST_ALONE_FOR = 3.0
 
 
 class Scaler:
@@ -58,6 +60,7 @@ class Scaler:
         self.warm = ClientContext.stateless()
         self._low_since: float | None = None
         self._adopted = False  # the shims a previous core left are adopted before counting what is missing
+        self._fill_after: float | None = None  # when the rest of minInstances starts, if the first starts alone
 
     def boot(self) -> None:
         """Adopt the shims a previous core left running, then start up to the minimum."""
@@ -69,6 +72,17 @@ class Scaler:
         for process in processes:
             if process["group"] == SHIM_GROUP and process["statename"] in ("RUNNING", "STARTING", "BACKOFF"):
                 self._adopt_running(f"{SHIM_GROUP}:{process['name']}")
+        if self.wanted and not self._board.pool.ready() and not self._board.eligibility.pins_sessions:
+            # A cold start: the launcher started the first instance, and a session waits for it. Another
+            # server starting beside it would take CPU from it (on two cores, 70 ms of a 0.86 s start), and
+            # one instance serves the first requests: the rest of the minimum follows once it is ready.
+            # (Not where sessions keep to their first instance: those opening now would all keep to it.)
+            self._fill_after = time.monotonic() + FIRST_ALONE_FOR
+            return
+        self._fill_minimum()
+
+    def _fill_minimum(self) -> None:
+        self._fill_after = None
         index = 0
         while len(self.wanted) < self._settings.min_instances:
             if shim_slot(index) not in self.wanted:
@@ -111,6 +125,8 @@ class Scaler:
         return queued + len(apart) * self.capacity() / max(1, len(self.wanted))
 
     def tick(self) -> None:
+        if self._fill_after is not None and (self._board.pool.ready() or time.monotonic() >= self._fill_after):
+            self._fill_minimum()
         self.place()
         if not self._board.eligibility.shares_instances:
             self._tick_dedicated()
@@ -243,6 +259,8 @@ class Scaler:
         """An instance that became ready after the open sessions opened, and that none of them can use (a
         warm-up instance whose first client is of another context), is restarted with the busiest context
         at once, as it would have been had it been ready when they opened."""
+        if self._fill_after is not None:
+            self._fill_minimum()
         instance = self._board.pool.get(slot)
         if instance is None or not self._board.sessions or self._board.eligibility.dedicated.owner(slot) is not None:
             return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 from tests.conftest import StackFactory
 from tests.rawclient import INITIALIZE, call, pid_of, raw_session
@@ -74,3 +75,33 @@ async def test_a_load_step_takes_the_instance_no_open_session_can_use(make_stack
     assert all("result" in answer for answer in answers), "no request failed while the pool grew"
     assert len({pid_of(answer) for answer in answers}) == 3, "every instance took calls"
     assert [event["slot"] for event in restarted] == ["shim:shim_01"], restarted
+
+
+async def test_a_cold_start_starts_the_first_instance_alone(make_stack: StackFactory) -> None:
+    # A second server starting beside the first takes CPU from the start the first client waits for; one
+    # instance serves the first requests, and the rest of minInstances follows once it is ready.
+    stack = make_stack("--min-instances", "2", "--max-instances", "2")
+    async with stack.session() as client:
+        await client.call_tool("whoami", {})
+        await stack.ready(2)
+        events = (await stack.current_status())["events"]
+
+    first_ready = _when(events, "ready", "shim:shim_00 ready")
+    second_started = _when(events, "scale", "start shim:shim_01")
+    assert first_ready <= second_started, events
+
+
+async def test_where_sessions_keep_to_an_instance_the_whole_minimum_starts_at_once(make_stack: StackFactory) -> None:
+    # Under session_affinity, sessions opening while the pool starts must find both instances starting, or
+    # they would all keep to the first one ready.
+    stack = make_stack("--min-instances", "2", "--max-instances", "2", "--strategy", "session_affinity")
+    async with stack.session() as client:
+        await client.call_tool("whoami", {})
+        await stack.ready(2)
+        events = (await stack.current_status())["events"]
+
+    assert _when(events, "scale", "start shim:shim_01") < _when(events, "ready", "shim:shim_00 ready"), events
+
+
+def _when(events: list[dict[str, Any]], kind: str, text: str) -> float:
+    return min(float(event["time"]) for event in events if event["kind"] == kind and event["text"].startswith(text))
