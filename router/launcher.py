@@ -26,7 +26,7 @@ from mcpmux.config import Config
 from mcpmux.environment import as_started
 from mcpmux.stack import StackPaths
 from mcpmux.stacks import is_running, processes_of, shut_down, stop, terminate
-from mcpmux.supervisor import Supervisor, shim_slot
+from mcpmux.supervisor import Supervisor
 
 __all__ = ["LaunchError", "core_log_tail", "ensure_up", "is_running", "stop"]
 
@@ -73,8 +73,7 @@ def ensure_up(config: Config, paths: StackPaths, *, idle_stop: bool) -> bool:
         credentials = {"username": "mcpmux", "password": secrets.token_urlsafe(24)}
         _write_private(paths.credentials, json.dumps(credentials))
         _write_private(paths.supervisord_conf, _render(config, paths, credentials, idle_stop))
-        _start_supervisord(paths)
-        _start_first_instance(paths)
+        _start_supervisord(paths)  # which starts the first instance with the core (router/guard.py)
         try:
             _await_core(paths)
         except LaunchError:
@@ -125,13 +124,6 @@ def _start_supervisord(paths: StackPaths) -> None:
         if time.monotonic() > deadline:
             raise LaunchError(f"supervisord did not answer within {SUPERVISORD_START_TIMEOUT:.0f} s; see {paths.logs}")
         time.sleep(POLL)  # the daemon has forked; its socket appears a moment later
-
-
-def _start_first_instance(paths: StackPaths) -> None:
-    """Start the first instance now, side by side with the core, rather than when the core asks: its server
-    starting is most of a cold start. The core adopts it (router/scaling.py); if this fails, the core starts it."""
-    with contextlib.suppress(OSError, xmlrpc.client.Error):
-        Supervisor(paths).start_sync(shim_slot(0))
 
 
 def _await_core(paths: StackPaths) -> None:

@@ -73,9 +73,9 @@ class Scaler:
             if process["group"] == SHIM_GROUP and process["statename"] in ("RUNNING", "STARTING", "BACKOFF"):
                 self._adopt_running(f"{SHIM_GROUP}:{process['name']}")
         if self.wanted and not self._board.pool.ready() and not self._board.eligibility.pins_sessions:
-            # A cold start: the launcher started the first instance, and a session waits for it. Another
-            # server starting beside it would take CPU from it (on two cores, 70 ms of a 0.86 s start), and
-            # one instance serves the first requests: the rest of the minimum follows once it is ready.
+            # A cold start: supervisord started the first instance with the core, and a session waits for
+            # it. Another server starting beside it would take CPU from it (on two cores, 70 ms of a 0.86 s
+            # start), and one instance serves the first requests: the rest follows once it is ready.
             # (Not where sessions keep to their first instance: those opening now would all keep to it.)
             self._fill_after = time.monotonic() + FIRST_ALONE_FOR
             return
@@ -93,7 +93,8 @@ class Scaler:
         self.wanted.setdefault(slot, time.monotonic())
 
     def _adopt_running(self, slot: str) -> None:
-        """A shim that runs before this core: the launcher's first instance, or one a previous core started."""
+        """A shim that runs before this core: the first instance, which supervisord starts with the core, or
+        one a previous core started."""
         self.adopt(slot)
         self._metrics.event(EventKind.SCALE, f"adopt {slot}: running before the core", slot=slot)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -108,6 +109,17 @@ async def test_a_stack_started_with_up_is_ready_before_its_first_client(make_sta
                   for n in range(4)}
 
     assert served == warm, "a client with the capabilities the pool warmed up with is served by it"
+
+
+def test_supervisord_starts_the_first_instance_with_the_core(make_stack: StackFactory) -> None:
+    # Its server's start is most of a cold start: it begins in supervisord's first loop, not once asked.
+    stack = make_stack("--min-instances", "2", "--max-instances", "2")
+    stack.router("--up")
+    stack.wait_ready(2)
+
+    log = (stack.paths.logs / "supervisord.log").read_text()
+    assert re.findall(r"spawned: '(\w+)'", log)[:2] == ["shim_00", "core"], log
+    assert stack.status()["scaling"][0]["text"] == "adopt shim:shim_00: running before the core"
 
 
 async def test_a_first_client_with_other_capabilities_gets_backends_initialized_with_its_own(
