@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mcpmux.config import Config, ConfigError, load_config, parse_config
+from mcpmux.config import Config, ConfigError, as_json, load_config, parse_config
 from mcpmux.stack import StackPaths, stack_paths
 
 COMMAND_LINE = "command line"
@@ -58,7 +58,7 @@ def resolve(
     if path is None:
         raise ConfigError("no server to run: give --config PATH, set MCP_CONFIG_PATH, or put the command after --")
     path = path.resolve()
-    data = load_config(path).model_dump(by_alias=True)
+    data = as_json(load_config(path))
     for section, values in sections.items():
         data[section].update(values)
     data["server"]["env"].update(parse_env(env))

@@ -9,16 +9,14 @@ Every configuration key has a flag, generated from the configuration model so th
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
-
-from pydantic import BaseModel
-from pydantic.fields import FieldInfo
+from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
 
 from mcpmux import __version__
 from mcpmux.config import (
@@ -27,13 +25,16 @@ from mcpmux.config import (
     ConfigError,
     LoadBalancingConfig,
     MultiplexerConfig,
+    as_json,
     concurrency_flag,
-    load_config,
+    load_validated,
+    to_camel,
 )
 from mcpmux.resolve import resolve as resolve_config
 from mcpmux.stack import RuntimeDirError, StackPaths, stack_paths
 
-SECTIONS: dict[str, type[BaseModel]] = {"multiplexer": MultiplexerConfig, "loadBalancing": LoadBalancingConfig}
+SECTIONS: dict[str, type[MultiplexerConfig | LoadBalancingConfig]] = {
+    "multiplexer": MultiplexerConfig, "loadBalancing": LoadBalancingConfig}
 FLAG_TYPES: dict[Any, Callable[[str], Any]] = {int: int, float: float, Concurrency: concurrency_flag}
 
 
@@ -67,10 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "(server.rootsProbeTimeout, default 3000)")
     parser.add_argument("--priority", choices=("high", "normal", "low"),
                         help="this session's requests' level (not part of the stack's configuration)")
-    for section, model in SECTIONS.items():
+    for section, cls in SECTIONS.items():
         group = parser.add_argument_group(f"{section} (the configuration file's keys)")
-        for name, field in model.model_fields.items():
-            _add_config_flag(group, section, name, field)
+        hints = get_type_hints(cls, include_extras=True)
+        for field in dataclasses.fields(cls):
+            _add_config_flag(group, section, field, hints[field.name])
     parser.add_argument("--version", action="version", version=f"mcpmux-router {__version__}",
                         help="print mcpmux's version and exit")
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ARGS...",
@@ -78,38 +80,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_config_flag(group: argparse._ArgumentGroup, section: str, name: str, field: FieldInfo) -> None:
+def _add_config_flag(group: argparse._ArgumentGroup, section: str, field: dataclasses.Field[Any],
+                     hint: Any) -> None:
     """`--min-instances N`: a configuration key as a flag, with its description, key and default."""
-    flag = "--" + name.replace("_", "-")
-    key = field.alias or name
+    flag = "--" + field.name.replace("_", "-")
+    key = to_camel(field.name)
     dest = f"{section}.{key}"
-    help_text = f"{field.description or key} [{key}, default: {_default(field)}]".replace("%", "%%")
-    annotation = field.annotation
+    description = field.metadata.get("description")
+    help_text = f"{description or key} [{key}, default: {_default(field)}]".replace("%", "%%")
+    annotation = get_args(hint)[0] if get_origin(hint) is Annotated else hint  # its type, without constraints
     if annotation is bool:
         group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         return
     choices = get_args(annotation) if get_origin(annotation) is Literal else None
-    structured = isinstance(annotation, type) and issubclass(annotation, BaseModel)
+    structured = dataclasses.is_dataclass(annotation)
     kind = json.loads if structured else FLAG_TYPES.get(annotation, str)
     group.add_argument(flag, dest=dest, type=kind, default=None, choices=choices, help=help_text,
-                       metavar=None if choices else _metavar(annotation, field))
+                       metavar=None if choices else _metavar(annotation, description))
 
 
-def _metavar(annotation: Any, field: FieldInfo) -> str:
-    if annotation is Concurrency:
+def _metavar(annotation: Any, description: str | None) -> str:
+    if annotation == Concurrency:
         return "N|auto"
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+    if dataclasses.is_dataclass(annotation):
         return "JSON"
-    if (field.description or "").startswith("ms"):
+    if (description or "").startswith("ms"):
         return "MS"
     return {int: "N", float: "X"}.get(annotation, "VALUE")
 
 
-def _default(field: FieldInfo) -> str:
-    value = field.get_default(call_default_factory=True)
-    if isinstance(value, BaseModel):
-        return json.dumps(value.model_dump(by_alias=True, exclude_defaults=True)) or "{}"
+def _default(field: dataclasses.Field[Any]) -> str:
+    value = _default_value(field)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):  # a section: the keys it sets (if any)
+        data = as_json(value)
+        return json.dumps({to_camel(spec.name): data[to_camel(spec.name)] for spec in dataclasses.fields(value)
+                           if getattr(value, spec.name) != _default_value(spec)})
     return json.dumps(value).strip('"') if isinstance(value, bool | str) else str(value)
+
+
+def _default_value(field: dataclasses.Field[Any]) -> Any:
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return field.default
 
 
 def resolve(args: argparse.Namespace) -> tuple[Config, str]:
@@ -168,7 +180,7 @@ def _run(args: argparse.Namespace, config: Config | None, paths: StackPaths) -> 
         if not launcher.is_running(paths):
             print(f"mcpmux-router: no running stack in {paths.root}", file=sys.stderr)
             return 1
-        return _serve(load_config(paths.config), paths, args.priority)
+        return _serve(load_validated(paths.config), paths, args.priority)
     if not args.up and client_input.hung_up_unheard():
         return 0  # no session to serve, so no stack to start for it
     try:

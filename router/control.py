@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import psutil
 
 from mcpmux import __version__, wire
-from mcpmux.config import hide_env
+from mcpmux.config import as_json, hide_env
 from mcpmux.router import eras
 from mcpmux.router.metrics import percentiles_ms
 from mcpmux.status import ContextStatus, Event, EventKind, InstanceStatus, SlotState, StackStatus, Usage
@@ -293,7 +293,7 @@ class ControlHandler:
             reply(wire.ControlReply({
                 "stack": core.paths.root.name,
                 "stackDir": str(core.paths.root),
-                "config": hide_env(core.config.model_dump(by_alias=True)),
+                "config": hide_env(as_json(core.config)),
                 "status": self._status(_states(processes)).to_json(),
                 "processes": processes,
                 "errors": [event.to_json() for event in self.events(50, errors_only=True)],

@@ -26,7 +26,7 @@ import psutil
 import zmq
 
 from mcpmux import wire
-from mcpmux.config import Config, ConfigError, load_config
+from mcpmux.config import Config, ConfigError, load_validated
 from mcpmux.envelope import Envelope
 from mcpmux.jsonrpc import JsonObject
 from mcpmux.lifeline import tie_to_stack
@@ -677,7 +677,7 @@ def main() -> None:
     paths = StackPaths(args.stack_dir)
     tie_to_stack(paths)  # SIGTERM when supervisord dies: the handler Core.run installs stops the loop
     try:
-        config = load_config(paths.config)
+        config = load_validated(paths.config)
     except ConfigError as exc:
         sys.exit(str(exc))
     Core(config, paths, idle_stop=args.idle_stop).run()

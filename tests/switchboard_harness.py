@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mcpmux import jsonrpc
-from mcpmux.config import Config
+from mcpmux.config import parse_config
 from mcpmux.jsonrpc import JsonObject, RequestId
 from mcpmux.router import actions
 from mcpmux.router.contexts import ClientContext
@@ -51,8 +51,8 @@ class Harness:
     @classmethod
     def make(cls, load_balancing: JsonObject | None = None, server: JsonObject | None = None,
              **multiplexer: Any) -> Harness:
-        config = Config.model_validate({"server": {"command": "server", **(server or {})}, "multiplexer": multiplexer,
-                                        "loadBalancing": load_balancing or {}})
+        config = parse_config({"server": {"command": "server", **(server or {})}, "multiplexer": multiplexer,
+                               "loadBalancing": load_balancing or {}}, "test")
         clock = Clock()
         return cls(Switchboard(config, Metrics(), clock=clock), clock)
 

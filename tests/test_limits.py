@@ -9,7 +9,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from mcpmux.config import Config
+from mcpmux.config import parse_config
 from mcpmux.envelope import Envelope
 from mcpmux.jsonrpc import JsonObject
 from mcpmux.router.background import Background
@@ -207,7 +207,7 @@ def test_the_scaler_counts_the_pool_capacity_as_the_sum_of_the_limits(tmp_path: 
     background = Background()
     try:
         supervisor = Supervisor(paths)
-        scaler = Scaler(Config.model_validate({"server": {"command": "server"}, "multiplexer": settings}),
+        scaler = Scaler(parse_config({"server": {"command": "server"}, "multiplexer": settings}, "test"),
                         h.board, supervisor, h.board.metrics, background,
                         Healer(supervisor, h.board.metrics, background), lambda slot, context: None)
         client = h.open("a")

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from mcpmux import jsonrpc
-from mcpmux.config import Config
+from mcpmux.config import parse_config
 from mcpmux.router import cli as router_cli
 from mcpmux.router.instances import Instance
 from mcpmux.router.settling import DEFAULT_PROBE, named_as, names_every
@@ -186,4 +186,4 @@ def test_the_flags_set_the_probe_and_a_file_keeps_its_own_unless_a_flag_says(tmp
     config, _ = router_cli.resolve(router_cli.build_parser().parse_args(
         ["--config", str(path), "--roots-probe-timeout", "50"]))
     assert (config.server.roots_probe, config.server.roots_probe_timeout) == ("where", 50)
-    assert Config.model_validate({"server": {"command": "srv"}}).server.roots_probe is None
+    assert parse_config({"server": {"command": "srv"}}, "test").server.roots_probe is None
