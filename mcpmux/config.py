@@ -17,9 +17,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
-
-from annotated_types import Ge, Gt, Le, Lt, MinLen
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, cast
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -61,7 +59,7 @@ class ServerConfig:
 
     __pydantic_config__ = _PYDANTIC_CONFIG
 
-    command: Annotated[str, MinLen(1)]
+    command: Annotated[str, Bound(min_length=1)]
     args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)  # set for every instance of the stack
     # Variables each client passes from its own environment (as systemd's PassEnvironment): their values are
@@ -74,7 +72,7 @@ class ServerConfig:
     # An instance given a context's roots serves it once this tool's answer names every root (None: the
     # filesystem server's list_allowed_directories if the server lists it; "": a ping after the roots).
     roots_probe: str | None = None
-    roots_probe_timeout: Annotated[int, Ge(0)] = field(default=3000,
+    roots_probe_timeout: Annotated[int, Bound(ge=0)] = field(default=3000,
                                                        metadata=_about("ms an instance's roots may take to apply"))
 
     def __post_init__(self) -> None:
@@ -96,6 +94,17 @@ Concurrency = int | Literal["auto"]
 def concurrency_flag(text: str) -> int | str:
     """`--max-concurrent-requests N|auto`."""
     return text if text == "auto" else int(text)
+
+
+class Bound:
+    """A value's bounds (`Bound(ge=1)`, `Bound(min_length=1)`), which pydantic applies as its own `Field`
+    would: written here so that reading a configuration imports neither pydantic nor annotated_types."""
+
+    def __init__(self, **bounds: int | float) -> None:
+        self.bounds = bounds
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return cast("CoreSchema", {**handler(source), **self.bounds})
 
 
 class _CheckedAfter:
@@ -126,30 +135,30 @@ class InstanceBoundsError(ValueError):
 class MultiplexerConfig:
     __pydantic_config__ = _PYDANTIC_CONFIG
 
-    min_instances: Annotated[int, Ge(1)] = field(default=2, metadata=_about("instances kept running"))
-    max_instances: Annotated[int, Ge(1)] = field(
+    min_instances: Annotated[int, Bound(ge=1)] = field(default=2, metadata=_about("instances kept running"))
+    max_instances: Annotated[int, Bound(ge=1)] = field(
         default_factory=default_max_instances,
         metadata=_about("instances at most (by default the CPU count, within 2..6)"))
     max_concurrent_requests: Annotated[Concurrency, _CheckedAfter()] = field(
         default=3, metadata=_about('per instance: a number, or "auto"'))
-    request_timeout: Annotated[int, Gt(0)] = field(default=90_000, metadata=_about("ms, queue time included"))
-    health_check_interval: Annotated[int, Gt(0)] = field(
+    request_timeout: Annotated[int, Bound(gt=0)] = field(default=90_000, metadata=_about("ms, queue time included"))
+    health_check_interval: Annotated[int, Bound(gt=0)] = field(
         default=30_000, metadata=_about("ms between pings of an idle instance"))
-    startup_timeout: Annotated[int, Gt(0)] = field(
+    startup_timeout: Annotated[int, Bound(gt=0)] = field(
         default=30_000, metadata=_about("ms a server has to start and answer initialize"))
-    scale_up_threshold: Annotated[float, Gt(0), Le(1)] = field(
+    scale_up_threshold: Annotated[float, Bound(gt=0, le=1)] = field(
         default=0.8, metadata=_about("load (0..1) above which an instance is added"))
-    scale_down_threshold: Annotated[float, Ge(0), Lt(1)] = field(
+    scale_down_threshold: Annotated[float, Bound(ge=0, lt=1)] = field(
         default=0.3, metadata=_about("load below which, for a while, an instance stops"))
-    queue_size: Annotated[int, Ge(0)] = field(
+    queue_size: Annotated[int, Bound(ge=0)] = field(
         default=256, metadata=_about("requests waiting when every instance is at its cap"))
-    queue_per_session: Annotated[int, Ge(1)] = field(
+    queue_per_session: Annotated[int, Bound(ge=1)] = field(
         default=128, metadata=_about("of those, requests one session may have waiting"))
-    idle_timeout: Annotated[int, Ge(0)] = field(
+    idle_timeout: Annotated[int, Bound(ge=0)] = field(
         default=600_000, metadata=_about("ms without a session before a router-started stack stops"))
-    max_message_bytes: Annotated[int, Ge(1024)] = field(
+    max_message_bytes: Annotated[int, Bound(ge=1024)] = field(
         default=16 * 1024 * 1024, metadata=_about("longest JSON-RPC line accepted"))
-    prometheus_port: Annotated[int, Ge(0), Le(65535)] = field(
+    prometheus_port: Annotated[int, Bound(ge=0, le=65535)] = field(
         default=0, metadata=_about("serve Prometheus metrics on 127.0.0.1:PORT (0: off)"))
 
     def __post_init__(self) -> None:
@@ -184,13 +193,13 @@ class LoadBalancingConfig:
         metadata=_about("least_connections; for servers that keep state, session_affinity or dedicated"))
     circuit_breaker_enabled: bool = field(
         default=True, metadata=_about("take an instance out after repeated failures"))
-    circuit_breaker_threshold: Annotated[int, Ge(1)] = field(
+    circuit_breaker_threshold: Annotated[int, Bound(ge=1)] = field(
         default=3, metadata=_about("consecutive failures that open the breaker"))
     priorities: PriorityRules = field(
         default_factory=PriorityRules, metadata=_about('JSON, e.g. {"tools": {"reindex": "low"}}'))
-    priority_ageing: Annotated[int, Ge(0)] = field(
+    priority_ageing: Annotated[int, Bound(ge=0)] = field(
         default=10_000, metadata=_about("ms of waiting that raise a request one level (0: never)"))
-    high_reserve: Annotated[float, Ge(0), Lt(1)] = field(
+    high_reserve: Annotated[float, Bound(ge=0, lt=1)] = field(
         default=0.0, metadata=_about("share of the pool's slots kept free for high priority"))
 
 
