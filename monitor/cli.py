@@ -25,7 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from mcpmux import __version__, lifeline, pruning
+from mcpmux import __version__, lifeline, pruning, resolutions
 from mcpmux import stacks as stacks_mod
 from mcpmux.config import hide_env
 from mcpmux.monitor import ctl as ctl_mod
@@ -140,6 +140,7 @@ def stacks(
     root = private_root()
     entries = stacks_mod.all_stacks(root)
     removed = [entry.name for entry in (entries if prune else pruning.stale(entries)) if pruning.prune(entry.paths)]
+    resolutions.forget_unused(0 if prune else pruning.STALE_DAYS)
     if removed:
         plural = "s" if len(removed) != 1 else ""
         what = f"stopped stack{plural}" if prune else f"stack{plural} stopped and unused for {pruning.STALE_DAYS} days"

@@ -142,17 +142,34 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(words)
     try:
         config: Config | None = None
         if args.stack_dir is not None:
             paths = StackPaths(args.stack_dir.resolve())
         else:
-            config, origin = resolve(args)
+            config, origin = _resolve_remembered(args, words)
             paths = stack_paths(config, origin)
     except (ConfigError, ValueError) as exc:
         sys.exit(f"mcpmux-router: {exc}")
     sys.exit(_run(args, config, paths))
+
+
+def _resolve_remembered(args: argparse.Namespace, words: list[str]) -> tuple[Config, str]:
+    """What these words resolve to: as they did the last time if nothing they read has changed (a stack
+    started again starts without waiting for pydantic: mcpmux/resolutions.py), else resolved now."""
+    from mcpmux import resolutions
+
+    named = args.config or (Path(os.environ["MCP_CONFIG_PATH"]) if os.environ.get("MCP_CONFIG_PATH") else None)
+    key = resolutions.key_of(words, named)
+    known = resolutions.recall(key) if key else None
+    if known is not None:
+        return known
+    config, origin = resolve(args)
+    if key:
+        resolutions.remember(key, config, origin)
+    return config, origin
 
 
 def _run(args: argparse.Namespace, config: Config | None, paths: StackPaths) -> int:
@@ -169,7 +186,9 @@ def _run(args: argparse.Namespace, config: Config | None, paths: StackPaths) -> 
         except RuntimeDirError as exc:
             print(f"mcpmux-router: {exc}", file=sys.stderr)
             return 1
-        stopped = launcher.stop(paths)
+        from mcpmux.stacks import stop
+
+        stopped = stop(paths)
         if stopped:
             print(stopped.describe(paths.root.name), file=sys.stderr)
         else:
@@ -177,7 +196,9 @@ def _run(args: argparse.Namespace, config: Config | None, paths: StackPaths) -> 
                   "`mcpmux-monitor stop NAME` stops one)", file=sys.stderr)
         return 0
     if config is None:
-        if not launcher.is_running(paths):
+        from mcpmux.stacks import is_running
+
+        if not is_running(paths):
             print(f"mcpmux-router: no running stack in {paths.root}", file=sys.stderr)
             return 1
         return _serve(load_validated(paths.config), paths, args.priority)

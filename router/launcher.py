@@ -16,7 +16,6 @@ import secrets
 import subprocess
 import sys
 import time
-import xmlrpc.client
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
@@ -25,16 +24,20 @@ from mcpmux import lifeline
 from mcpmux.config import Config
 from mcpmux.environment import as_started
 from mcpmux.stack import StackPaths
-from mcpmux.stacks import is_running, processes_of, shut_down, stop, terminate
-from mcpmux.supervisor import Supervisor
 
-__all__ = ["LaunchError", "core_log_tail", "ensure_up", "is_running", "stop"]
+# mcpmux.stacks and mcpmux.supervisor (psutil, the XML-RPC client: 30 ms) are imported where they are used:
+# on a cold start, once supervisord is on its way, so that they load while it boots.
+
+__all__ = ["LaunchError", "core_log_tail", "ensure_up"]
 
 SUPERVISORD_START_TIMEOUT = 15.0
 CORE_START_TIMEOUT = 20.0
 LOG_TAIL_LINES = 15
 LOG_PREFIX = re.compile(r"^\d{4}-\d\d-\d\d[ T][\d:,.]+ +[A-Z]+ +(?:[\w.-]+: )?")  # 2026-12-05 07:22:42,780 INFO x:
 POLL = 0.02  # neither a socket file nor a pid gives an event to wait on
+# How often the core's state is asked of supervisord while it starts: an XML-RPC call costs both processes
+# CPU that the core and the first instance's server need then, and a core that fails takes longer than this.
+STATE_POLL = 0.25
 
 # Children of mcpmux run with -E -P: the caller's PYTHONPATH and working directory (a project with its own
 # `router` or `supervisor` package) must not decide what they import. User site-packages stay (-s is not
@@ -66,7 +69,7 @@ def ensure_up(config: Config, paths: StackPaths, *, idle_stop: bool) -> bool:
     """Start the stack unless it runs; True if this call started it."""
     paths.create()
     with _locked(paths.lock):
-        if is_running(paths):
+        if paths.supervisor_sock.exists() and _is_running(paths):
             return False
         _clear_leftovers(paths)
         _write_private(paths.config, config.canonical_json())
@@ -94,6 +97,8 @@ def _clear_leftovers(paths: StackPaths) -> None:
     """Stop what a supervisord that died left running, so that its core and shims do not serve beside ours."""
     if not lifeline.in_use(paths.alive):
         return  # the usual case, and no look at every process
+    from mcpmux.stacks import processes_of, terminate
+
     terminate(processes_of(paths))
     if lifeline.in_use(paths.alive):
         raise LaunchError(f"processes of an earlier stack live on and could not be stopped: they hold {paths.alive} "
@@ -114,10 +119,13 @@ def _render(config: Config, paths: StackPaths, credentials: dict[str, str], idle
 
 def _start_supervisord(paths: StackPaths) -> None:
     command = [*PYTHON, "-m", "supervisor.supervisord", "-c", str(paths.supervisord_conf)]
-    completed = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL, cwd=paths.root,
-                               env=as_started())
-    if completed.returncode != 0:
-        output = completed.stderr.strip() or completed.stdout.strip()
+    booting = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               stdin=subprocess.DEVNULL, cwd=paths.root, env=as_started())
+    from mcpmux.stacks import is_running  # while supervisord boots
+
+    stdout, stderr = booting.communicate()  # its first process exits once the daemon has forked
+    if booting.returncode != 0:
+        output = stderr.strip() or stdout.strip()
         raise LaunchError(f"supervisord failed to start: {cause_in(output)}", output)
     deadline = time.monotonic() + SUPERVISORD_START_TIMEOUT
     while not is_running(paths):
@@ -126,10 +134,21 @@ def _start_supervisord(paths: StackPaths) -> None:
         time.sleep(POLL)  # the daemon has forked; its socket appears a moment later
 
 
+def _is_running(paths: StackPaths) -> bool:
+    from mcpmux.stacks import is_running
+
+    return is_running(paths)
+
+
 def _await_core(paths: StackPaths) -> None:
     """Wait until the core serves, or fail with its last log lines if supervisord gave up on it."""
     deadline = time.monotonic() + CORE_START_TIMEOUT
+    next_look = time.monotonic() + STATE_POLL
     while not paths.core_listening():
+        time.sleep(POLL)
+        if time.monotonic() < next_look:
+            continue
+        next_look = time.monotonic() + STATE_POLL
         state = _core_state(paths)
         if state in ("FATAL", "GONE"):
             tail = core_log_tail(paths)
@@ -142,10 +161,13 @@ def _await_core(paths: StackPaths) -> None:
             tail = core_log_tail(paths)
             raise LaunchError(f"its core did not start within {CORE_START_TIMEOUT:.0f} s (it is {state}); "
                               f"its log ends: {cause_in(tail)}", tail)
-        time.sleep(POLL)
 
 
 def _core_state(paths: StackPaths) -> str:
+    import xmlrpc.client
+
+    from mcpmux.supervisor import Supervisor
+
     try:
         return str(Supervisor(paths).proxy().supervisor.getProcessInfo("core")["statename"])
     except (OSError, ValueError, KeyError, xmlrpc.client.Error):  # the guard has stopped the stack already
@@ -154,6 +176,8 @@ def _core_state(paths: StackPaths) -> str:
 
 def _abandon(paths: StackPaths) -> None:
     """Leave nothing behind of a stack that could not start."""
+    from mcpmux.stacks import shut_down
+
     shut_down(paths)
 
 

@@ -55,7 +55,7 @@ async def test_concurrent_sessions_share_one_pool(make_stack: StackFactory) -> N
 
     assert first | second | third <= backends
     assert len(backends) == 2, "three sessions, still one pool of two instances"
-    assert len(list((stack.runtime_dir / "mcpmux").iterdir())) == 1, "one stack for the three routers"
+    assert len(list((stack.runtime_dir / "mcpmux").glob("*/stack.json"))) == 1, "one stack for the three routers"
 
 
 async def test_make_down_stops_every_process_of_the_stack(make_stack: StackFactory) -> None:
