@@ -47,10 +47,6 @@ class Backend:
         return self._process.pid if self._process else 0
 
     @property
-    def alive(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
-    @property
     def started(self) -> bool:
         return self._process is not None
 

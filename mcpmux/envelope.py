@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, NamedTuple
 
 from mcpmux import request_state, stateless
 from mcpmux.jsonrpc import JsonObject, is_text, is_token
@@ -55,7 +55,18 @@ class Flag:
 _KINDS = tuple(Kind)  # by value, without the enum's own (slow) lookup
 
 
-Header = tuple[int, Any, "str | None", "str | None", "str | None", int, "int | None", Any, "Pin | None"]
+class Header(NamedTuple):
+    """An envelope's fields as they cross a socket, in this order (mcpmux/wire.py packs them as an array)."""
+
+    kind: int
+    id: Any
+    method: str | None
+    tool: str | None
+    priority: str | None
+    flags: int
+    error_code: int | None
+    token: Any
+    pin: Pin | None
 
 
 class Envelope(Mapping[str, Any]):
@@ -149,13 +160,15 @@ class Envelope(Mapping[str, Any]):
     # --- the wire --------------------------------------------------------------------------------------
 
     def header(self) -> Header:
-        return (int(self.kind), self.id, self.method, self.tool, self.priority, self.flags,
-                self.error_code, self.token, self.pin)
+        return Header(int(self.kind), self.id, self.method, self.tool, self.priority, self.flags,
+                      self.error_code, self.token, self.pin)
 
     @classmethod
-    def from_wire(cls, header: Any, body: bytes) -> Envelope:
+    def from_wire(cls, fields: Sequence[Any], body: bytes) -> Envelope:
         """The envelope a frame carries; ValueError unless each field has its type (a frame is untrusted)."""
-        kind, id, method, tool, priority, flags, error_code, token, pin = header
+        if len(fields) != len(Header._fields):
+            raise ValueError(f"a header of {len(fields)} fields, not {len(Header._fields)}")
+        kind, id, method, tool, priority, flags, error_code, token, pin = fields
         if not (type(kind) is int and 0 <= kind < len(_KINDS) and type(flags) is int
                 and _optional_token(id) and _optional_token(token) and _optional_text(method, tool, priority)
                 and (error_code is None or type(error_code) is int) and (pin is None or _is_pin(pin))):

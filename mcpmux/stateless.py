@@ -30,14 +30,6 @@ class Era(enum.StrEnum):
     STATELESS = "2026-07-28"
 
 
-def is_enveloped(params: Any) -> bool:
-    """Whether a request's params carry the stateless era's per-request `_meta` (its protocol version)."""
-    if not isinstance(params, dict):
-        return False
-    meta = params.get("_meta")
-    return isinstance(meta, dict) and PROTOCOL_VERSION_KEY in meta
-
-
 def envelope(capabilities: Any = None, client_info: Any = None, version: str = LATEST) -> JsonObject:
     """The `_meta` a request of the stateless era must carry."""
     meta: JsonObject = {PROTOCOL_VERSION_KEY: version,

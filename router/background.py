@@ -42,6 +42,9 @@ class Background:
                 if failed is not None:
                     self.call_soon_threadsafe(functools.partial(failed, exc))
                 return
+            except Exception:  # a bug: its future is never read, so say it here or nowhere
+                log.exception("%s raised", what)
+                return
             if then is not None:
                 self.call_soon_threadsafe(functools.partial(then, result))
 

@@ -102,8 +102,13 @@ class Healer:
         self._background.run(stop_then_start, what=f"restarting {slot}")
 
     def failed_to_start(self, slot: str, cause: str) -> None:
-        """Why the slot's last start failed: its alerts say so, not only that it restarted too often."""
-        self.slots[slot].cause = cause
+        """Why the slot's last start failed: its alerts say so, not only that it restarted too often. A
+        back-off decided on a shim's hello, before its failure arrived, names the cause once it is known."""
+        record = self.slots[slot]
+        record.cause = cause
+        if record.alert is not None and record.resume_at is not None and cause not in record.alert:
+            record.alert = f"{record.alert}; last failure: {cause}"
+            self._metrics.event(EventKind.BACKOFF, record.alert, slot=slot)
 
     def back_off(self, slot: str, reason: str) -> None:
         """Stop a flapping slot; start it again later, or give up on it."""

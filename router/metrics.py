@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections
 import statistics
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from mcpmux.status import Event, EventKind, Latency, event_kind
@@ -27,13 +27,9 @@ class Metrics:
     def observe_latency(self, seconds: float) -> None:
         self.latencies.append(seconds)
 
-    on_event: Callable[[], None] | None = None
-
     def event(self, kind: EventKind | str, text: str, *, slot: str | None = None, stderr: str | None = None) -> None:
         """Record an event; a kind given as a string is one of `EventKind`'s spellings."""
         self.events.append(Event(time.time(), event_kind(kind), text, slot=slot, stderr=stderr))
-        if self.on_event is not None:
-            self.on_event()
 
     def latency_percentiles(self) -> Latency:
         return percentiles_ms(self.latencies)

@@ -12,11 +12,10 @@ from __future__ import annotations
 import fnmatch
 
 from mcpmux.config import PriorityRules
-from mcpmux.envelope import PRIORITY_KEY as META_KEY
 from mcpmux.envelope import Envelope
 from mcpmux.router.queue import Priority
 
-__all__ = ["META_KEY", "PriorityPolicy"]
+__all__ = ["PriorityPolicy"]
 
 
 class PriorityPolicy:

@@ -889,10 +889,6 @@ class Switchboard:
                 self._finish(pending, jsonrpc.error(pending.client_id, jsonrpc.INSTANCE_FAILED,
                                                     f"{reason} while this request ran; it may have had effects"))
 
-    def forget_instances(self, reason: str) -> None:
-        for instance in list(self.pool):
-            self.instance_lost(instance, reason)
-
     def startup_failed(self, reason: str, stderr_tail: str) -> None:
         """A backend died in its handshake: tell the clients waiting for one, rather than let them wait."""
         last_words = stderr_tail.strip()[-500:]
