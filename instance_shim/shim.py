@@ -1,7 +1,7 @@
 """The shim's main loop: relay between the router's core (ZeroMQ DEALER) and one backend (stdio).
 
 It opens the backend connection with the parameters the core sends (a client context's real ones), in the
-era the core asks for (shim/opening.py), reports the result, then relays frames both ways and beats a
+era the core asks for (instance_shim/opening.py), reports the result, then relays frames both ways and beats a
 heartbeat. In the 2026-07-28 era it wraps each `requestState` its backend issues with its slot
 (mcpmux/request_state.py), so the client's retry comes back here. When the backend dies the shim says so and
 exits, and supervisord starts a fresh one in the same slot. Under `server.cwdFromClient` it starts the

@@ -108,7 +108,8 @@ class InitializeBackend(NamedTuple):
     params: JsonObject
     cwd: str | None = None  # where to start the server, if the shim waits to know (server.cwdFromClient)
     context: JsonObject | None = None  # kept by the shim for a restarted core
-    era: EraName = "handshake"  # 2026-07-28: open with server/discover, falling back to initialize (shim/opening.py)
+    # 2026-07-28: open with server/discover, falling back to initialize (instance_shim/opening.py)
+    era: EraName = "handshake"
     env: dict[str, str] | None = None  # the client's values of server.passEnv, if the shim waits to know
 
 

@@ -438,9 +438,11 @@ class Core:
         self.scaler.adopt(slot)
         if self.healer.held(slot) or hello.pid in self.scaler.retired or self.healer.outgoing(slot, hello.pid):
             return
-        if hello.initialize_result is None and self.healer.started(slot):
-            self.healer.back_off(slot, "restarted too often")
-            return
+        if hello.initialize_result is None:  # a fresh start (one that says it is initialized came back)
+            flapping = self.healer.record_start(slot)
+            if flapping:
+                self.healer.back_off(slot, "restarted too often")
+                return
         if hello.initialize_result is not None and not self.board.eligibility.shares_instances:
             # Under dedicated, a backend that comes back initialized (a shim from before this core, or one
             # taken for dead) may hold a session's state, and nothing says whose: it starts fresh.

@@ -50,16 +50,22 @@ class Eras:
 
     # --- sessions ------------------------------------------------------------------------------------
 
+    @staticmethod
+    def settle(session: Session, message: Envelope) -> None:
+        """A session's era is that of its first word: initialize, or a request carrying the 2026-07-28
+        `_meta` (server/discover is of both eras, and says nothing)."""
+        if session.era is not None:
+            return
+        if message.method == "initialize":
+            session.era = Era.HANDSHAKE
+        elif message.flags & Flag.ENVELOPED and message.method != DISCOVER:
+            session.era = Era.STATELESS
+
     def refusal(self, session: Session, message: Envelope) -> JsonObject | None:
-        """Settle the session's era at its first word; the error a request of the other era gets (the one
-        the SDK's own server gives on a connection of the other era), or None."""
+        """The error a request of the other era than its session's gets (the one the SDK's own server gives
+        on a connection of the other era), or None."""
         method = message.method
         enveloped = bool(message.flags & Flag.ENVELOPED)
-        if session.era is None:
-            if method == "initialize":
-                session.era = Era.HANDSHAKE
-            elif enveloped and method != DISCOVER:
-                session.era = Era.STATELESS
         if session.era is Era.STATELESS and method == "initialize":
             params = params_of(message)
             return jsonrpc.error(message.id, stateless.UNSUPPORTED_VERSION,

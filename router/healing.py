@@ -48,8 +48,8 @@ class Healer:
         self._background = background
         self.slots: dict[str, SlotRecord] = collections.defaultdict(SlotRecord)
 
-    def started(self, slot: str) -> bool:
-        """Note that a shim came up in this slot; True if the slot is flapping."""
+    def record_start(self, slot: str) -> bool:
+        """Note that a shim came up in this slot; whether the slot is now flapping."""
         record = self.slots[slot]
         now = time.monotonic()
         if record.planned:

@@ -176,6 +176,7 @@ class Switchboard:
             self._answer_local(session, jsonrpc.error(
                 client_id, jsonrpc.INVALID_REQUEST, f"Invalid Request: id {client_id!r} is already in use"))
             return
+        self.eras.settle(session, message)
         refused = self.eras.refusal(session, message)
         if refused is not None:
             self._answer_local(session, refused)
@@ -362,7 +363,7 @@ class Switchboard:
         except QueueFull as full:
             self._fail(pending, jsonrpc.OVERLOADED, f"mcpmux is overloaded: {full}; retry later")
             return
-        self._need_instance(pending.session)  # it waits: can anyone ever serve it?
+        self._ask_instance_if_none_serves(pending.session)  # it waits: can anyone ever serve it?
 
     def _dispatch(self, pending: Pending) -> bool:
         """Send the request to an instance now if one can take it (or answer it if none ever can); False if
@@ -1007,7 +1008,7 @@ class Switchboard:
             if instance.roots_request is not None:
                 self._give_roots(instance)
         self.drain()
-        self._want_instance(session)
+        self._ask_instance_if_waiting(session)
 
     def _follow_roots(self, session: Session) -> None:
         """Under dedicated, a session's own instance is its alone and holds its state: it follows the
@@ -1030,12 +1031,12 @@ class Switchboard:
         """Under dedicated: the free instances (ready, nobody's, idle)."""
         return self.eligibility.dedicated.spares(self.pool.ready())
 
-    def _want_instance(self, session: Session) -> None:
+    def _ask_instance_if_waiting(self, session: Session) -> None:
         """Ask for an instance of the session's context if it has requests waiting and nothing can serve it."""
         if any(pending.slot is None for pending in session.pending.values()):
-            self._need_instance(session)
+            self._ask_instance_if_none_serves(session)
 
-    def _need_instance(self, session: Session) -> None:
+    def _ask_instance_if_none_serves(self, session: Session) -> None:
         """Ask for an instance of the session's context if none, ready or starting, can ever serve it."""
         if self.contexts.needs_instance(session, list(self.pool)):
             self._actions.append(ContextWanted())
