@@ -80,6 +80,16 @@ def test_the_wheel_holds_one_import_package_and_its_template(installed: Installe
     assert shipped == {path.name for path in (ROOT / "router").glob("*.py")}, "exactly the router's modules"
 
 
+def test_every_command_the_wheel_installs_starts(installed: Installed) -> None:
+    """Each console script names a function that exists (one that moved breaks only the installed tool)."""
+    scripts = sorted(path.name for path in installed.bin.glob("mcpmux-*"))
+    helps = {script: installed.run(script, "--help") for script in scripts}
+
+    assert scripts == ["mcpmux-core", "mcpmux-monitor", "mcpmux-router", "mcpmux-shim"]
+    for script, done in helps.items():
+        assert done.returncode == 0 and "usage" in done.stdout.lower(), (script, done.stderr[-500:])
+
+
 def test_the_base_install_does_not_pull_the_sdk_or_the_demo_server(installed: Installed) -> None:
     probe = installed.run("python", "-c", "import importlib.util as u; print([m for m in "
                           "('mcp', 'mcp_server_time', 'prometheus_client') if u.find_spec(m)])")
