@@ -38,6 +38,7 @@ node:
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/mypy tests bench  # strict too: what the tests and the bench rely on is typed
 
 # Four workers on any machine: the tests mostly wait on the processes they start, not on the CPU. A test
 # file whose tests share a costly fixture keeps them on one worker (xdist_group).

@@ -319,7 +319,7 @@ def _delete(message: JsonObject, path: tuple[Any, ...]) -> None:
 def broken(draw: st.DrawFn, messages: st.SearchStrategy[JsonObject]) -> JsonObject:
     """A message with one to three things wrong: a field of the wrong type (a routing field, or any other),
     a key missing, a key added."""
-    message = json.loads(json.dumps(draw(messages)))  # a copy of its own
+    message: JsonObject = json.loads(json.dumps(draw(messages)))  # a copy of its own
     for _ in range(draw(st.integers(1, 3))):
         paths = [*ROUTING_PATHS, *_paths(message)]
         path = draw(st.sampled_from(paths))
@@ -451,10 +451,11 @@ ODD_BUT_CHECKED: tuple[tuple[tuple[str, ...], Any], ...] = (
 def odd_but_checked(draw: st.DrawFn, messages: st.SearchStrategy[JsonObject]) -> JsonObject:
     """A message the edge lets in (its routing fields have their types) with odd types where it does not look:
     in a field it has (one time in two, when it has one), or in a field of another message's shape."""
-    message = json.loads(json.dumps(draw(messages)))
+    message: JsonObject = json.loads(json.dumps(draw(messages)))
     own = [(path, value) for path, value in ODD_BUT_CHECKED if _has(message, path[:2])]
     for _ in range(draw(st.integers(1, 3))):
-        path, value = draw(st.sampled_from(own if own and draw(st.booleans()) else ODD_BUT_CHECKED))
+        from_own = bool(own) and draw(st.booleans())
+        path, value = draw(st.sampled_from(own if from_own else ODD_BUT_CHECKED))
         _set(message, path, value)
     return message
 

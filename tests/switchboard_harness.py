@@ -7,7 +7,7 @@ instance, as the core would send it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from mcpmux import jsonrpc
 from mcpmux.config import parse_config
@@ -62,9 +62,10 @@ class Harness:
         for action in self.board.take_actions():
             match action:
                 case actions.ToClient(session, message):
-                    self.to_client.setdefault(session, []).append(message)
+                    # Envelopes or dicts the switchboard built: read alike (one message type is issue 21's)
+                    self.to_client.setdefault(session, []).append(cast(JsonObject, message))
                 case actions.ToInstance(slot, message):
-                    self.to_instance.setdefault(slot, []).append(message)
+                    self.to_instance.setdefault(slot, []).append(cast(JsonObject, message))
                 case _:
                     self.other.append(action)
 

@@ -60,7 +60,8 @@ def test_a_bug_in_the_work_is_logged() -> None:
     flag = Flag(logging.ERROR)
     logging.getLogger("mcpmux.core").addHandler(flag)
     try:
-        background.run(lambda: {}["missing"], what="a buggy call")
+        missing: dict[str, int] = {}
+        background.run(lambda: missing["key"], what="a buggy call")
         assert logged.wait(5)
     finally:
         logging.getLogger("mcpmux.core").removeHandler(flag)

@@ -66,7 +66,9 @@ async def test_chaos_loses_nothing_and_duplicates_nothing(make_stack: StackFacto
     async with raw_session(stack) as a, raw_session(stack) as b, raw_session(stack) as c:
         clients = {"a": a, "b": b, "c": c}
         sessions = [run_session(client, name, random.Random(rng.random()), tools) for name, client in clients.items()]
-        *_, kills = await asyncio.gather(*sessions, kill_at_random(stack, a, random.Random(rng.random())))
+        killing = asyncio.ensure_future(kill_at_random(stack, a, random.Random(rng.random())))
+        await asyncio.gather(*sessions, killing)
+        kills = killing.result()
         await stack.ready(3, timeout=60)
         events = (await stack.current_status())["events"]
 

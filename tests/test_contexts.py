@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from mcpmux import jsonrpc
+from mcpmux.jsonrpc import JsonObject
 from mcpmux.resolve import resolve
 from mcpmux.router import actions, placement
 from mcpmux.router.contexts import ClientContext
@@ -16,7 +17,7 @@ from mcpmux.router.instances import Instance
 from mcpmux.stack import stack_paths
 from tests.switchboard_harness import INITIALIZE_RESULT, TOOLS, Harness
 
-SAMPLING = {"sampling": {}}
+SAMPLING: JsonObject = {"sampling": {}}
 ROOTS = {"roots": {"listChanged": True}}
 
 
@@ -312,8 +313,9 @@ def test_recycling_takes_an_idle_instance_of_an_unused_context_first_and_never_a
     def in_use(instance: Instance) -> bool:
         return instance.context == used
 
-    assert placement.recycling_victim(pool, in_use).slot == "s2"  # type: ignore[union-attr]
-    assert placement.recycling_victim(pool[:2], in_use).slot == "s0", "a used context keeps its other instance"
+    first, second = placement.recycling_victim(pool, in_use), placement.recycling_victim(pool[:2], in_use)
+    assert first is not None and first.slot == "s2"
+    assert second is not None and second.slot == "s0", "a used context keeps its other instance"
     assert placement.recycling_victim(pool[3:], in_use) is None
     assert [i.slot for i in placement.retiring_order(pool, in_use)] == ["s2", "s1", "s0"]
     assert [i.slot for i in placement.unused(pool, in_use)] == ["s2"], "every idle one nobody can use"

@@ -110,7 +110,7 @@ def test_a_stateless_client_context_msgpack_cannot_carry_is_not_kept(meta: JsonO
     session = h.board.open_session(b"a", None)
     params = {"name": "echo", "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28", **meta}}
     _, _, frames = door.admit(jsonrpc.encode({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params}))
-    h.board.from_client(session, wire.decode(frames)[0])
+    h.board.from_client(session, _sent_by_door(frames))
     (context,) = h.board.unmet_handshakes()
     params = h.board.contexts.initialize_params(context)
     assert wire.decode(wire.encode(wire.InitializeBackend(params, None, context.to_json(), context.era.value)))
@@ -162,7 +162,7 @@ def test_a_request_with_a_stray_result_member_keeps_its_routing_flags() -> None:
     _, _, frames = door.admit(jsonrpc.encode({
         "jsonrpc": "2.0", "id": 1, "method": "tools/call", "result": {},
         "params": {"name": "work", "_meta": {"progressToken": "mine"}}}))
-    envelope = wire.decode(frames)[0]
+    envelope = _sent_by_door(frames)
     assert isinstance(envelope, Envelope) and envelope.flags & Flag.PROGRESS
     h.board.from_client(session, envelope)
     h.collect()
@@ -179,7 +179,7 @@ def test_a_request_with_a_stray_error_member_reads_as_the_request_it_is() -> Non
     _, _, frames = door.admit(jsonrpc.encode({
         "jsonrpc": "2.0", "id": 1, "method": "tools/list", "error": {"code": 1, "message": "stray"},
         "params": {"cursor": cursors.wrap("shim:shim_00", "page-2")}}))
-    h.board.from_client(session, wire.decode(frames)[0])
+    h.board.from_client(session, _sent_by_door(frames))
     h.collect()
     assert not h.board.metrics.events
     (sent,) = h.requests_on(h.board.pool.get("shim:shim_00"))  # type: ignore[arg-type]
@@ -206,7 +206,7 @@ def test_roots_msgpack_cannot_carry_are_no_roots(root: JsonObject) -> None:
     session = h.open("a", {"roots": {"listChanged": True}})
     asked = h.roots_asked(session)[-1]
     _, _, frames = door.admit(jsonrpc.encode(jsonrpc.result(asked["id"], {"roots": [root]})))
-    h.board.from_client(session, wire.decode(frames)[0])
+    h.board.from_client(session, _sent_by_door(frames))
     instance = h.add_instance("shim:shim_00", {"roots": {"listChanged": True}})
     h.board.from_instance(instance, {"jsonrpc": "2.0", "id": "r1", "method": "roots/list"})
     h.call(session, 1)
@@ -261,3 +261,10 @@ def test_a_server_message_the_wire_cannot_carry_is_dropped_not_fatal(monkeypatch
     frames, _ = server_line(b'{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info"}}')
     assert frames is None
     assert "cannot carry it" in capsys.readouterr().err
+
+
+def _sent_by_door(frames: list[bytes]) -> Envelope:
+    """The envelope a door's frame carries to the core, as the core decodes it."""
+    message = wire.decode(frames)
+    assert isinstance(message, wire.ClientMessage)
+    return message.envelope

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from mcp import ClientSession, StdioServerParameters, stdio_client
+from mcp.types import TextContent
 
 from tests.conftest import TIME_SERVER, StackFactory, result_json
 
@@ -26,7 +27,8 @@ async def test_time_server_answers_through_the_router_as_it_does_directly(make_s
     assert client.initialize_result.capabilities == direct_init.capabilities
     assert [tool.model_dump() for tool in tools.tools] == [tool.model_dump() for tool in direct_tools.tools]
     assert not result.is_error
-    assert "21:00" in result.content[0].text
+    (content,) = result.content
+    assert isinstance(content, TextContent) and "21:00" in content.text
 
 
 async def test_the_router_starts_the_stack_with_the_minimum_of_instances(make_stack: StackFactory) -> None:

@@ -179,7 +179,7 @@ async def _holder(session: Client, stream: Subscription, uris: list[str]) -> int
     pids = {uri: line(result)["pid"] for uri, result in zip(uris, calls, strict=True)}
     while not isinstance(event := await _next(stream), ResourceUpdated):
         pass
-    return pids[event.uri]
+    return int(pids[event.uri])
 
 
 async def _next(stream: Subscription) -> Any:

@@ -15,7 +15,7 @@ import json
 import os
 import types
 import typing
-from typing import Any
+from typing import Any, cast
 
 import msgpack
 from hypothesis import event, example, given, settings
@@ -215,7 +215,7 @@ def frames(draw: st.DrawFn) -> list[bytes]:
     if kind == "envelope":
         tag, fields = draw(TAGS), [*draw(headers()), draw(st.binary(max_size=16) | PACKABLE)]
     else:
-        tag = wire.TAGS[kind]
+        tag = wire.TAGS[cast(type[Any], kind)]
         fields = [draw(PACKABLE if draw(st.integers(0, 5)) == 0 else of_hint(hint))
                   for hint in typing.get_type_hints(kind).values()]
         fields = fields[:draw(st.integers(0, len(fields)))] if draw(st.booleans()) else fields

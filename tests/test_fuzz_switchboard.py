@@ -264,7 +264,7 @@ class FuzzedSwitchboard(RuleBasedStateMachine):
         wanted = self.h.board.unmet_handshakes()
         if opened.era is Era.STATELESS:
             self.h.add_instance(slot, result=opened.result, era=Era.STATELESS, pid=next(self.ids))
-        elif wanted and data.draw(st.booleans()):
+        elif bool(wanted) and data.draw(st.booleans()):
             self.h.add_instance(slot, result=opened.result, pid=next(self.ids),
                                 context=data.draw(st.sampled_from(wanted)))
         else:

@@ -101,8 +101,8 @@ async def subscriptions(open_session: Opener) -> tuple[Heard, Heard]:
     """Both subscribe to one resource; only `a` turns its server's updates on."""
     a, b = Heard(), Heard()
     async with open_session(a) as first, open_session(b) as second:
-        await first.subscribe_resource(URI)  # type: ignore[arg-type]
-        await second.subscribe_resource(URI)  # type: ignore[arg-type]
+        await first.subscribe_resource(URI)
+        await second.subscribe_resource(URI)
         await first.call_tool("toggle-subscriber-updates", {})
         await a.wait(lambda: len(a.of("notifications/resources/updated")))
         await first.call_tool("toggle-subscriber-updates", {})  # off again

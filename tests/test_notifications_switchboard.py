@@ -6,11 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 from mcpmux import jsonrpc
+from mcpmux.jsonrpc import JsonObject
 from mcpmux.router.instances import Instance
 from mcpmux.router.session import Session
 from tests.switchboard_harness import Harness
 
-SAMPLING = {"sampling": {}}
+SAMPLING: JsonObject = {"sampling": {}}
 ROOTS = {"roots": {"listChanged": True}}
 URI = "file:///watched"
 
@@ -161,7 +162,7 @@ def test_a_session_initializing_late_hears_what_its_instance_announced_after_its
 
 def test_an_elicitation_complete_reaches_the_session_that_was_asked() -> None:
     h = Harness.make(maxConcurrentRequests=4)
-    elicits = {"elicitation": {"url": {}}}
+    elicits: JsonObject = {"elicitation": {"url": {}}}
     a, b = h.open("a", elicits), h.open("b", elicits)
     instance = h.add_instance("shim:shim_00", elicits)
     h.call(a, "a1")

@@ -23,8 +23,9 @@ pytestmark = pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprec
 
 def pool(make_stack: StackFactory, instances: int = 2, cap: int = 1, **env: str) -> Stack:
     """A pool where `cap` 1 makes concurrent calls land on distinct instances."""
-    return make_stack("--min-instances", str(instances), "--max-instances", str(instances),
-                      "--max-concurrent-requests", str(cap), **env)
+    options = ("--min-instances", str(instances), "--max-instances", str(instances),
+               "--max-concurrent-requests", str(cap))
+    return make_stack(*options, server=None, **env)
 
 
 async def on_every_instance(client: ClientSession, stack: Stack, tool: str, count: int = 2) -> list[dict[str, Any]]:

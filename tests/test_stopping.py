@@ -63,7 +63,7 @@ async def test_stopping_the_stack_answers_every_call_and_ends_every_session(stac
     assert "the stack is stopping" in answers["running"]["error"]["message"]
     for rid in ("queued-first", "queued-0", "queued-1", "queued-2"):
         assert answers[rid]["error"]["code"] == NEVER_STARTED, answers[rid]
-    assert exits == [0, 0], "each door ended its session instead of waiting for a core that is gone"
+    assert list(exits) == [0, 0], "each door ended its session instead of waiting for a core that is gone"
     assert len(first.responses_to("running")) == 1
 
 

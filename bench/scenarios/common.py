@@ -9,8 +9,9 @@ from dataclasses import dataclass
 import psutil
 from mcp import ClientSession, StdioServerParameters
 
-from bench.clients import JsonObject, timed_tool_call
+from bench.clients import timed_tool_call
 from bench.stats import percentile
+from mcpmux.jsonrpc import JsonObject
 
 
 def direct_params(server: list[str]) -> StdioServerParameters:

@@ -32,7 +32,8 @@ _TRIALS = itertools.count()  # each trial's stack is a new one
 @asynccontextmanager
 async def sampling_session(params: StdioServerParameters, name: str, log: object) -> AsyncIterator[ClientSession]:
     """An SDK session whose LLM answers with the session's name."""
-    async def sample(ctx: ClientRequestContext, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
+    async def sample(context: ClientRequestContext,
+                     params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
         return types.CreateMessageResult(role="assistant", model="bench",
                                          content=types.TextContent(type="text", text=f"answer-of-{name}"))
 

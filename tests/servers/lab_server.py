@@ -302,6 +302,7 @@ def misbehave(lines: list[str], ctx: Context) -> str:
     when the ids of all instances come from one counter)."""
     assert WIRE is not None, "misbehave() only runs while serving"
     own = ctx.request_context.request_id
+    assert own is not None, "a call has an id"
     for line in lines:
         for below in range(9, 0, -1):
             line = line.replace(f"$ID-{below}", str(int(own) - below))

@@ -106,13 +106,13 @@ async def work(args: dict[str, Any], session: ServerSession, job: Job | None, to
 
 
 async def ask(args: dict[str, Any], session: ServerSession, job: Job | None, token: Any) -> types.CallToolResult:
-    meta: types.RequestParamsMeta | None = {RELATED_TASK: {"taskId": job.task_id}} if job else None  # type: ignore[typeddict-unknown-key]
+    meta: Any = {RELATED_TASK: {"taskId": job.task_id}} if job else None  # a key the SDK's TypedDict lacks
     schema = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
     if job is not None:
         await job.move("input_required", "waiting for the client's answer")
     request = types.ElicitRequest(params=types.ElicitRequestFormParams(
-        message=str(args.get("question", "?")), requested_schema=schema, _meta=meta))  # type: ignore[call-arg]
-    answer = await session.send_request(request, types.ElicitResult)  # type: ignore[arg-type]
+        message=str(args.get("question", "?")), requested_schema=schema, _meta=meta))
+    answer = await session.send_request(request, types.ElicitResult)
     if job is not None:
         await job.move("working")
     return _text(action=answer.action, content=answer.content)
