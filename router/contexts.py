@@ -296,7 +296,7 @@ class ContextRules:
         wanted = {session.context.handshake() for session in initializing
                   if session.context is not None and self.needs_handshake(session, instances)}
         for session in sessions:
-            waiting = any(pending.slot is None for pending in session.pending.values())
+            waiting = any(pending.waiting for pending in session.pending.values())
             if session.context is not None and waiting and self.needs_instance(session, instances):
                 wanted.add(session.context.handshake())
         return sorted(wanted, key=lambda context: context.label)

@@ -37,7 +37,8 @@ from mcpmux.router.dispatch import LeastConnections
 from mcpmux.router.instances import Instance, InstanceState, Pool
 from mcpmux.router.limits import Limits
 from mcpmux.router.queue import Priority
-from mcpmux.router.session import Pending, Session
+from mcpmux.router.requests import Pending
+from mcpmux.router.session import Session
 
 Strategy = Literal["least_connections", "session_affinity", "dedicated"]
 STARTING = frozenset({InstanceState.STARTING, InstanceState.PROBING})

@@ -21,7 +21,8 @@ from mcpmux.envelope import Envelope, Flag
 from mcpmux.jsonrpc import JsonObject, meta_of, params_of
 from mcpmux.router.contexts import ContextRules
 from mcpmux.router.instances import Instance, Pool
-from mcpmux.router.session import Pending, Session
+from mcpmux.router.requests import Pending
+from mcpmux.router.session import Session
 from mcpmux.stateless import Era
 
 DISCOVER = "server/discover"

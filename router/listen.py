@@ -14,11 +14,15 @@ missed meanwhile does instead, as one change of each kind it listens to. Every e
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from mcpmux import jsonrpc
 from mcpmux.envelope import Envelope
 from mcpmux.jsonrpc import JsonObject, params_of
-from mcpmux.router.session import Pending
 from mcpmux.stateless import SUBSCRIPTION_ID_KEY
+
+if TYPE_CHECKING:
+    from mcpmux.router.requests import Pending
 
 METHOD = "subscriptions/listen"
 ACKNOWLEDGED = "notifications/subscriptions/acknowledged"

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import ItemsView, Iterator, ValuesView
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mcpmux.router import listen
-from mcpmux.router.session import Pending
+
+if TYPE_CHECKING:
+    from mcpmux.router.requests import Pending
 
 
 class Running:

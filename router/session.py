@@ -6,13 +6,13 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from mcpmux.envelope import Envelope
 from mcpmux.jsonrpc import RequestId
 from mcpmux.router.queue import Priority
 from mcpmux.stateless import Era
 
 if TYPE_CHECKING:
     from mcpmux.router.contexts import ClientContext
+    from mcpmux.router.requests import Pending
 
 LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 
@@ -23,33 +23,6 @@ LIST_CHANGED_BY_LIST_METHOD = {
     "resources/list": "notifications/resources/list_changed",
     "resources/templates/list": "notifications/resources/list_changed",
 }
-
-
-@dataclass(eq=False)
-class Pending:
-    """A client request from the moment it arrives until its one response is sent."""
-
-    session: Session
-    client_id: RequestId
-    message: Envelope
-    received: float = field(default_factory=time.monotonic)
-    backend_id: int | None = None
-    slot: str | None = None  # the instance running it, once dispatched
-    dispatched: float = 0.0
-    pinned_slot: str | None = None  # an instance it must run on (cursor, subscription, task)
-    attempts: int = 0
-    level: Priority = Priority.NORMAL
-    concurrency: int = 0  # requests its instance ran when it was sent there, itself included
-    capped: bool = True  # counts against its instance's cap (tasks/* requests do not: router/tasks.py)
-    listening: dict[str, Any] | None = None  # a listen stream's acknowledged filter (router/listen.py)
-
-    @property
-    def method(self) -> str:
-        return self.message.method or ""  # a request's: the header always has it
-
-    @property
-    def key(self) -> tuple[bytes, RequestId]:
-        return (self.session.identity, self.client_id)
 
 
 @dataclass(eq=False)

@@ -1,10 +1,11 @@
 """The MCP semantics of the multiplexer: every message between client sessions and instances goes through here.
 
-The switchboard owns the per-request and per-session state and decides, for each message, where it goes and
-under which id. It is a synchronous state machine, as h11 is: each event (a message, a session or instance
-coming or going, the time) changes its state and queues actions (router/actions.py) that the core takes
-with `take_actions()` and carries out. It never awaits and never calls out, so nothing re-enters it half
-way through a change: a send that fails comes back to it as a new event.
+The switchboard owns the per-session state and decides, for each message, where it goes and under which
+id; where each request is in its life is router/requests.py's, changed only by its `move`. It is a
+synchronous state machine, as h11 is: each event (a message, a session or instance coming or going, the
+time) changes its state and queues actions (router/actions.py) that the core takes with `take_actions()`
+and carries out. It never awaits and never calls out, so nothing re-enters it half way through a change: a
+send that fails comes back to it as a new event.
 """
 
 from __future__ import annotations
@@ -33,23 +34,15 @@ from mcpmux.router.actions import (
 )
 from mcpmux.router.breaker import CircuitBreaker, is_instance_failure
 from mcpmux.router.contexts import ROOTS, SEVERAL, ClientContext, ContextRules
-from mcpmux.router.deadlines import Deadlines
 from mcpmux.router.eligibility import Eligibility, PinnedInstanceGone
 from mcpmux.router.instances import Instance, InstanceState, Pool
 from mcpmux.router.limits import limits_for, request_kind
 from mcpmux.router.metrics import Metrics
 from mcpmux.router.priorities import PriorityPolicy
 from mcpmux.router.queue import Priority, QueueFull, RequestQueue
+from mcpmux.router.requests import Pending, Requests, Stage
 from mcpmux.router.retry import RetryPolicy
-from mcpmux.router.running import Running
-from mcpmux.router.session import (
-    LIST_CHANGED_BY_LIST_METHOD,
-    LOG_LEVELS,
-    Pending,
-    ServerRequest,
-    Session,
-    most_verbose,
-)
+from mcpmux.router.session import LIST_CHANGED_BY_LIST_METHOD, LOG_LEVELS, ServerRequest, Session, most_verbose
 from mcpmux.router.settling import Check, Settling, Verdict
 from mcpmux.router.subscriptions import Subscriptions
 from mcpmux.stateless import Era
@@ -70,19 +63,19 @@ class Switchboard:
         settings = config.multiplexer
         self.pool = Pool()
         self.sessions: dict[bytes, Session] = {}
-        # Which waiting request goes next, and at which level each arrives:
-        self.queue: RequestQueue[Pending] = RequestQueue(
+        # Every live request by stage (router/requests.py); the queue orders the waiting ones:
+        self.requests = Requests(RequestQueue(
             settings.queue_size, per_session=min(settings.queue_per_session, max(1, settings.queue_size)),
-            ageing=config.load_balancing.priority_ageing / 1000, clock=clock)
+            ageing=config.load_balancing.priority_ageing / 1000, clock=clock), self.pool)
+        self.queue = self.requests.queue
         self.priorities = PriorityPolicy(config.load_balancing.priorities)
         # Which client contexts there are, and which instances serve which sessions:
         self.contexts = ContextRules(cwd_from_client=config.server.cwd_from_client, pass_env=config.server.pass_env)
         self._max_instances = settings.max_instances
-        self._running = Running()  # the client requests instances run, by the id the instance sees
         # Which instances may serve a request:
         self.eligibility = Eligibility(limits_for(settings.max_concurrent_requests), config.load_balancing.strategy,
                                        config.load_balancing.high_reserve, max_instances=settings.max_instances,
-                                       contexts=self.contexts, occupants=self._running.sessions_on)
+                                       contexts=self.contexts, occupants=self.requests.running.sessions_on)
         self.metrics = metrics
         self.eras = eras.Eras()  # what the pool's backend speaks
         self.breaker = CircuitBreaker(config.load_balancing.circuit_breaker_threshold,
@@ -94,10 +87,8 @@ class Switchboard:
         self._startup_timeout = settings.startup_timeout / 1000
         self._now = clock
         self._actions: list[Action] = []
-        self._deadlines: Deadlines[Pending] = Deadlines()
         # Requests the router itself sent, by id: the instance they went to, and their follow-up.
         self._internal: dict[int, tuple[str, OnAnswer | None]] = {}
-        self._init_waiters: list[Pending] = []
         self.startup_cause: str | None = None  # why the last backend failed to start, until one starts
         self.subscriptions = Subscriptions()
         self.elicitations = elicitations.Elicitations()
@@ -203,12 +194,7 @@ class Switchboard:
         if answer is not None:
             self._answer_local(session, answer)
             return
-        pending = Pending(session, message["id"], message, received=self._now())
-        session.pending[pending.client_id] = pending
-        self._init_waiters.append(pending)
-        self._arm(pending, self._startup_timeout)
-        if self.contexts.needs_handshake(session, list(self.pool)):
-            self._actions.append(ContextWanted())
+        self._await_backend(session, Pending(session, message["id"], message, received=self._now()))
 
     def _listen(self, session: Session, message: Envelope) -> None:
         """A stateless session's listen stream holds no slot and has no deadline (router/listen.py)."""
@@ -229,9 +215,11 @@ class Switchboard:
         if result is not None:
             self._finish(pending, jsonrpc.result(message["id"], result))
             return
-        session.pending[pending.client_id] = pending
-        self._init_waiters.append(pending)
-        self._arm(pending, self._startup_timeout)
+        self._await_backend(session, pending)
+
+    def _await_backend(self, session: Session, pending: Pending) -> None:
+        self.requests.move(pending, Stage.AWAITING_BACKEND)
+        self.requests.arm(pending, self._startup_timeout)
         if self.contexts.needs_handshake(session, list(self.pool)):
             self._actions.append(ContextWanted())
 
@@ -283,10 +271,9 @@ class Switchboard:
         assert instance is not None, "the table routes only to ready instances"
         pending = Pending(session, message["id"], Envelope.of(route.message), pinned_slot=route.slot,
                           received=self._now(), capped=False)
-        session.pending[pending.client_id] = pending
-        if pending.method != "tasks/result":  # that one lasts as long as its task
-            self._arm(pending, self._request_timeout)
         self._start(pending, instance)
+        if pending.method != "tasks/result":  # that one lasts as long as its task
+            self.requests.arm(pending, self._request_timeout)
 
     _LOCAL_METHODS: dict[str, Callable[[Switchboard, Session, Envelope], None]] = {
         "ping": _ping,
@@ -351,19 +338,17 @@ class Switchboard:
             self._answer_local(pending.session, jsonrpc.error(pending.client_id, jsonrpc.INVALID_PARAMS, gone))
             return
         pending.level = self.priorities.level(pending.message, pending.session.priority)
-        pending.session.pending[pending.client_id] = pending
-        if not listen.is_stream(pending):
-            self._arm(pending, self._request_timeout)
         if self._dispatch(pending):
             self.queue.took_turn(pending.session.identity)
-            return
-        try:
-            self.queue.push(pending.key, pending, session=pending.session.identity, arrived=pending.received,
-                            level=pending.level)
-        except QueueFull as full:
-            self._fail(pending, jsonrpc.OVERLOADED, f"mcpmux is overloaded: {full}; retry later")
-            return
-        self._ask_instance_if_none_serves(pending.session)  # it waits: can anyone ever serve it?
+        else:
+            try:
+                self.requests.move(pending, Stage.QUEUED)
+            except QueueFull as full:
+                self._fail(pending, jsonrpc.OVERLOADED, f"mcpmux is overloaded: {full}; retry later")
+                return
+            self._ask_instance_if_none_serves(pending.session)  # it waits: can anyone ever serve it?
+        if pending.stage is not Stage.DONE and not listen.is_stream(pending):
+            self.requests.arm(pending, self._request_timeout)
 
     def _dispatch(self, pending: Pending) -> bool:
         """Send the request to an instance now if one can take it (or answer it if none ever can); False if
@@ -386,13 +371,8 @@ class Switchboard:
 
     def _start(self, pending: Pending, instance: Instance) -> None:
         backend_id = next(self._ids)
-        pending.backend_id, pending.slot = backend_id, instance.slot
+        self.requests.move(pending, Stage.RUNNING, instance=instance, backend_id=backend_id)
         pending.dispatched = self._now()
-        pending.attempts += 1
-        if pending.capped:
-            instance.in_flight += 1
-        pending.concurrency = instance.in_flight
-        self._running.add(backend_id, pending)
         self._send(instance, rewrite.for_instance(pending.message, backend_id))
 
     def drain(self) -> None:
@@ -403,14 +383,11 @@ class Switchboard:
         for pending in self.queue:  # lazily: usually only the first is taken, however long the queue
             if not self.eligibility.has_room(self.pool):
                 return
-            if self._dispatch(pending):
-                # By key: a request answered at once (its pinned instance gone) has left the queue already.
-                self.queue.remove(pending.key, served=True)
+            self._dispatch(pending)  # if it went, it left the queue
 
     def _finish(self, pending: Pending, response: Message) -> None:
         """Send a request's one response, under the client's own id."""
-        self._deadlines.cancel(pending.key)
-        pending.session.pending.pop(pending.client_id, None)
+        self.requests.move(pending, Stage.DONE)
         envelope = Envelope.of(response)
         if envelope.kind is Kind.ERROR:
             self.metrics.requests_failed += 1
@@ -420,20 +397,16 @@ class Switchboard:
         self._answer(pending.session, envelope.with_id(pending.client_id))
 
     def _fail(self, pending: Pending, code: int, text: str) -> None:
-        self.queue.remove(pending.key)
         self._finish(pending, jsonrpc.error(pending.client_id, code, text))
-
-    def _arm(self, pending: Pending, seconds: float) -> None:
-        self._deadlines.arm(pending.key, pending.received, seconds, pending)
 
     def next_deadline(self) -> float | None:
         """When `expire_due` must next be called (on the switchboard's clock)."""
-        due = [when for when in (self._deadlines.next(), self.settling.next_due()) if when is not None]
+        due = [when for when in (self.requests.deadlines.next(), self.settling.next_due()) if when is not None]
         return min(due, default=None)
 
     def expire_due(self) -> None:
         """Answer every request whose deadline has passed with a timeout error."""
-        for seconds, pending in self._deadlines.pop_due(self._now()):
+        for seconds, pending in self.requests.deadlines.pop_due(self._now()):
             self._expire(pending, seconds)
         again, expired = self.settling.due(self._now())
         for instance in filter(None, map(self.pool.get, again)):
@@ -442,60 +415,52 @@ class Switchboard:
             self._settle_given_up(instance)
 
     def _expire(self, pending: Pending, seconds: float) -> None:
-        if pending.session.pending.get(pending.client_id) is not pending:
-            return
-        where = (f"running on {pending.slot}" if pending.slot
-                 else self.eligibility.waiting_reason(pending, self.pool) or "waiting for an instance")
-        if pending in self._init_waiters:
-            self._init_waiters.remove(pending)
-            where = "waiting for a backend to start" + (f"; the last start failed: {self.startup_cause}"
-                                                       if self.startup_cause else "")
-        # A request that waited because of its client's context says so: another client's is never used.
-        unserved = None if pending.slot else self.contexts.why_waiting(
-            pending.session, list(self.pool), self._max_instances, initializing=pending.method == "initialize")
+        if pending.stage is Stage.DONE:
+            return  # answered meanwhile: by an earlier expiry's failover, say
         instance = self.pool.get(pending.slot or "")
-        self._release(pending, "request timed out")
+        self._cancel_on_instance(pending, "request timed out")
+        self._finish(pending, self._timeout_error(pending, seconds))
         self.metrics.requests_timed_out += 1
         if instance is not None:
             self._instance_failed(instance, "a request timed out")
-        if unserved is not None:
-            self._fail(pending, unserved[0], f"Request timed out after {seconds * 1000:.0f} ms: {unserved[1]}")
-        else:
-            self._fail(pending, jsonrpc.REQUEST_TIMEOUT,
-                       f"Request timed out after {seconds * 1000:.0f} ms ({where}); mcpmux cancelled it")
         self.drain()
+
+    def _timeout_error(self, pending: Pending, seconds: float) -> JsonObject:
+        """Where the request was when its time ran out; a request that waited because of its client's
+        context says so (another client's is never used)."""
+        took = f"Request timed out after {seconds * 1000:.0f} ms"
+        if pending.stage is Stage.RUNNING:
+            return jsonrpc.error(pending.client_id, jsonrpc.REQUEST_TIMEOUT,
+                                 f"{took} (running on {pending.slot}); mcpmux cancelled it")
+        unserved = self.contexts.why_waiting(pending.session, list(self.pool), self._max_instances,
+                                             initializing=pending.method == "initialize")
+        if unserved is not None:
+            return jsonrpc.error(pending.client_id, unserved[0], f"{took}: {unserved[1]}")
+        if pending.stage is Stage.AWAITING_BACKEND:
+            where = "waiting for a backend to start" + (f"; the last start failed: {self.startup_cause}"
+                                                       if self.startup_cause else "")
+        else:
+            where = self.eligibility.waiting_reason(pending, self.pool) or "waiting for an instance"
+        return jsonrpc.error(pending.client_id, jsonrpc.REQUEST_TIMEOUT, f"{took} ({where}); mcpmux cancelled it")
 
     def _abandon(self, pending: Pending, reason: str) -> None:
         """Forget a request that will get no response (cancelled by the client or its session closed)."""
-        self._forget(pending, reason)
+        self._cancel_on_instance(pending, reason)
+        self.requests.move(pending, Stage.DONE)
         self.drain()
 
-    def _forget(self, pending: Pending, reason: str) -> None:
-        """Take a request out of every table, telling its instance to stop if one runs it."""
-        self._deadlines.cancel(pending.key)
-        pending.session.pending.pop(pending.client_id, None)
-        self.queue.remove(pending.key)
-        if pending in self._init_waiters:
-            self._init_waiters.remove(pending)
-        self._release(pending, reason)
-
-    def _release(self, pending: Pending, reason: str) -> None:
-        """Take a request off its instance, telling the instance to stop working on it."""
-        if pending.backend_id is None or self._running.pop(pending.backend_id) is None:
-            return
-        instance = self.pool.get(pending.slot or "")
-        if instance is None:
-            return
-        if pending.capped:
-            instance.in_flight -= 1
-        self._send(instance, jsonrpc.notification(
-            "notifications/cancelled", {"requestId": pending.backend_id, "reason": reason}))
+    def _cancel_on_instance(self, pending: Pending, reason: str) -> None:
+        """Tell the instance running the request, if one does, to stop working on it."""
+        instance = self.pool.get(pending.slot or "") if pending.stage is Stage.RUNNING else None
+        if instance is not None:
+            self._send(instance, jsonrpc.notification(
+                "notifications/cancelled", {"requestId": pending.backend_id, "reason": reason}))
 
     # --- from an instance ----------------------------------------------------------------------------
 
     def from_instance(self, instance: Instance, message: Message) -> None:
         message = Envelope.of(message)
-        answered = self._running.get(message.id) if message.kind in (Kind.RESULT, Kind.ERROR) else None
+        answered = self.requests.running.get(message.id) if message.kind in (Kind.RESULT, Kind.ERROR) else None
         try:
             if message.kind is Kind.RESULT or message.kind is Kind.ERROR:
                 self._instance_response(instance, message)
@@ -531,9 +496,9 @@ class Switchboard:
             self._answer_local(session, _internal_error(client_id, exc))
 
     def _fail_internally(self, pending: Pending, exc: Exception) -> None:
-        if pending.session.pending.get(pending.client_id) is not pending:
+        if pending.stage is Stage.DONE:
             return  # answered already
-        self._forget(pending, "mcpmux failed handling it")
+        self._cancel_on_instance(pending, "mcpmux failed handling it")
         self._finish(pending, _internal_error(pending.client_id, exc))
 
     def _instance_response(self, instance: Instance, message: Envelope) -> None:
@@ -548,15 +513,13 @@ class Switchboard:
             elif message.kind is Kind.ERROR:
                 log.warning("%s refused an mcpmux request: %s", instance.slot, message.get("error"))
             return
-        pending = self._running.get(backend_id)
+        pending = self.requests.running.get(backend_id)
         if pending is None or pending.slot != instance.slot:
             if internal is not None or pending is not None:
                 log.warning("%s answered id %r, which it was never sent; dropped", instance.slot, backend_id)
             return  # else the answer to a request that timed out or was cancelled
-        self._running.pop(backend_id)
         latency = self._now() - pending.dispatched
         if pending.capped:  # a tasks/* request holds no slot, and its latency is its task's
-            instance.in_flight -= 1
             instance.latencies.append(latency)
             self.eligibility.limits.observe(instance.slot, request_kind(pending.message), latency,
                                             pending.concurrency)
@@ -617,7 +580,7 @@ class Switchboard:
 
     def _instance_notification(self, instance: Instance, message: Envelope) -> None:
         if message.flags & Flag.SUBSCRIPTION:  # a frame of a listen stream, tagged with our request id
-            stream = self._running.get(message.token)
+            stream = self.requests.running.get(message.token)
             if stream is None or stream.slot != instance.slot:
                 return
             for frame in listen.to_client(stream, message):
@@ -654,7 +617,7 @@ class Switchboard:
     def _progress(self, instance: Instance, params: JsonObject, message: Envelope) -> None:
         """Progress goes to the client whose request gave the token, from the instance running it; a
         token nobody gave (a server that tags its progress with the request's id) is dropped."""
-        pending = self._running.get(params.get("progressToken"))
+        pending = self.requests.running.get(params.get("progressToken"))
         if pending is not None and (pending.slot != instance.slot or not pending.message.flags & Flag.PROGRESS):
             log.info("%s sent progress for a token its client never gave; dropped", instance.slot)
             return
@@ -732,7 +695,7 @@ class Switchboard:
         assigned = self.eligibility.assignment()
         candidates = (self.sessions if assigned is not None
                       else {session.identity: session for session in self.served_by(instance)})
-        return server_requests.attribute(instance.slot, self._running.sessions_on(instance.slot), candidates,
+        return server_requests.attribute(instance.slot, self.requests.running.sessions_on(instance.slot), candidates,
                                          guess_when_idle=guess_when_idle, assigned=assigned)
 
     def _unattributed_audience(self, instance: Instance) -> list[Session]:
@@ -767,11 +730,10 @@ class Switchboard:
     def _refuse_stateless_waiting(self) -> None:
         """The backend refuses the stateless era: the stateless requests waiting for an instance never run."""
         for session in list(self.sessions.values()):
-            waiting = [p for p in session.pending.values() if p.slot is None and p not in self._init_waiters]
-            for pending in waiting:
+            queued = [pending for pending in session.pending.values() if pending.stage is Stage.QUEUED]
+            for pending in queued:
                 refused = self.eras.refusal(session, pending.message)
                 if refused is not None:
-                    self.queue.remove(pending.key)
                     self._finish(pending, refused)
 
     def _probe_answered(self, instance: Instance, message: Message) -> None:
@@ -801,10 +763,9 @@ class Switchboard:
         """The sessions waiting for a backend of this one's handshake get its InitializeResult; those waiting
         to know which eras the pool speaks (their discover), the answer once it is known."""
         self.contexts.learned(instance)
-        for pending in list(self._init_waiters):
+        for pending in self.requests.awaiting_backend():
             response = self._waiter_response(pending)
             if response is not None:
-                self._init_waiters.remove(pending)
                 self._finish(pending, response)
 
     def _waiter_response(self, pending: Pending) -> JsonObject | None:
@@ -879,14 +840,13 @@ class Switchboard:
         """The core stops: every request gets its one answer now. What never started says so (-32050);
         what ran may have had effects (-32051)."""
         for session in self.sessions.values():
-            waiting = [pending for pending in session.pending.values() if pending.slot is None]
-            running = [pending for pending in session.pending.values() if pending.slot is not None]
+            waiting = [pending for pending in session.pending.values() if pending.waiting]
+            running = [pending for pending in session.pending.values() if pending.stage is Stage.RUNNING]
             for pending in waiting:
-                self._forget(pending, reason)
                 self._finish(pending, jsonrpc.error(pending.client_id, jsonrpc.OVERLOADED,
                                                     f"{reason}; this request never started"))
             for pending in running:
-                self._forget(pending, reason)
+                self._cancel_on_instance(pending, reason)
                 self._finish(pending, jsonrpc.error(pending.client_id, jsonrpc.INSTANCE_FAILED,
                                                     f"{reason} while this request ran; it may have had effects"))
 
@@ -894,9 +854,8 @@ class Switchboard:
         """A backend died in its handshake: tell the clients waiting for one, rather than let them wait."""
         last_words = stderr_tail.strip()[-500:]
         self.startup_cause = f"{reason}; its last words: {last_words}" if last_words else reason
-        waiters = [pending for pending in self._init_waiters
+        waiters = [pending for pending in self.requests.awaiting_backend()
                    if not any(self.contexts.serves(instance, pending.session) for instance in self.pool.ready())]
-        self._init_waiters = [pending for pending in self._init_waiters if pending not in waiters]
         for pending in waiters:
             self._fail(pending, jsonrpc.INSTANCE_FAILED, f"The MCP server failed to start: {self.startup_cause}")
 
@@ -910,21 +869,15 @@ class Switchboard:
             owner = self.sessions.get(task.session)
             if owner is not None:
                 self._answer(owner, jsonrpc.notification("notifications/tasks/status", task.task))
-        for backend_id, pending in list(self._running.items()):
-            if pending.slot != instance.slot:
-                continue
-            self._running.pop(backend_id)
-            pending.backend_id = pending.slot = None
+        for pending in self.requests.running_on(instance.slot):
             lost_task = self.tasks.lost_answer(pending.session.identity, instance.slot, pending.message)
             if lost_task is not None:
                 self._finish(pending, lost_task)
             elif listen.is_stream(pending):  # opened again elsewhere: the client keeps its stream
-                self.queue.push_front(pending.key, pending, session=pending.session.identity,
-                                      arrived=pending.received)
+                self.requests.move(pending, Stage.QUEUED)
             elif pending.pinned_slot is None and self.retry.may_retry(pending.message, pending.attempts):
                 self.metrics.requests_retried += 1
-                self.queue.push_front(pending.key, pending, session=pending.session.identity,
-                                      arrived=pending.received)
+                self.requests.move(pending, Stage.QUEUED)
             else:
                 instance.failed += 1
                 self._fail(pending, jsonrpc.INSTANCE_FAILED, _not_retried(pending, reason))
@@ -1033,7 +986,7 @@ class Switchboard:
 
     def _ask_instance_if_waiting(self, session: Session) -> None:
         """Ask for an instance of the session's context if it has requests waiting and nothing can serve it."""
-        if any(pending.slot is None for pending in session.pending.values()):
+        if any(pending.waiting for pending in session.pending.values()):
             self._ask_instance_if_none_serves(session)
 
     def _ask_instance_if_none_serves(self, session: Session) -> None:
@@ -1044,7 +997,7 @@ class Switchboard:
     def unmet_handshakes(self) -> list[ClientContext]:
         """What to initialize new instances with: one per context that sessions wait for and no instance,
         ready or starting, can serve."""
-        initializing = [pending.session for pending in self._init_waiters]
+        initializing = [pending.session for pending in self.requests.awaiting_backend()]
         unmet = self.contexts.unmet(list(self.sessions.values()), initializing, list(self.pool))
         return [context for context in unmet if self.eras.era_to_open(context.era) is context.era]
 
@@ -1065,7 +1018,7 @@ class Switchboard:
         """Answer an instance's roots/list once it is bound. An unbound one is bound now if every request it
         runs is of one context whose roots are known; an idle one at its first use."""
         if not instance.bound:
-            owner = self.contexts.roots_owner([p.session for p in self._running.values() if p.slot == instance.slot])
+            owner = self.contexts.roots_owner([p.session for p in self.requests.running_on(instance.slot)])
             if owner is None:
                 return  # bound at its first use, or once its client's roots are known
             if owner is not SEVERAL:
@@ -1134,11 +1087,11 @@ class Switchboard:
     @property
     def running(self) -> int:
         """Requests handed to instances and not answered yet."""
-        return len(self._running)
+        return len(self.requests.running)
 
     def running_ids(self) -> set[int]:
         """The ids the instances see for the client requests they run."""
-        return set(self._running)
+        return set(self.requests.running)
 
     def _answer(self, session: Session, message: Message) -> None:
         self._actions.append(ToClient(session.identity, message))
@@ -1185,7 +1138,7 @@ class Switchboard:
         return {
             "sessions": len(self.sessions),
             "queued": len(self.queue),
-            "running": len(self._running),
+            "running": len(self.requests.running),
             "subscriptions": len(self.subscriptions),
             "tasks": len(self.tasks),
             "logLevel": self._log_level,

@@ -42,6 +42,7 @@ class Stack:
     options: list[str]
     server: list[str]
     server_env: dict[str, str] = field(default_factory=dict)
+    _where: dict[tuple[str, ...], StackPaths] = field(default_factory=dict, repr=False)
 
     @property
     def router_args(self) -> list[str]:
@@ -62,14 +63,27 @@ class Stack:
 
     @property
     def paths(self) -> StackPaths:
-        return StackPaths(Path(self.router("--where").stdout.strip()))
+        """Where the router puts this stack: asked once per command line (`--where` starts a process)."""
+        key = tuple(self.router_args)
+        if key not in self._where:
+            self._where[key] = StackPaths(Path(self.router("--where").stdout.strip()))
+        return self._where[key]
 
     def status(self) -> dict[str, Any]:
         return query(self.paths, "status")
 
     def wait_ready(self, count: int, timeout: float = 30) -> None:
         """Block until the pool has `count` ready instances (the core answers when it does)."""
-        assert query(self.paths, "wait_ready", {"count": count, "timeout": timeout}, timeout=timeout + 5)["ready"]
+        if not query(self.paths, "wait_ready", {"count": count, "timeout": timeout}, timeout=timeout + 5)["ready"]:
+            pytest.fail(f"fewer than {count} instances ready after {timeout} s:\n{self.post_mortem()}")
+
+    def post_mortem(self) -> str:
+        """What a failed wait shows: each instance's state, the last scaling decisions and the core's log."""
+        status = self.status()
+        instances = [f"{i['slot']} {i['state']}" for i in status.get("instances", [])]
+        scaling = [entry.get("text") for entry in status.get("scaling", [])[-5:]]
+        log = self.paths.core_log.read_text(errors="replace").splitlines()[-40:] if self.paths.core_log.exists() else []
+        return "\n".join([f"instances: {instances}", f"scaling: {scaling}", "core.log:", *log])
 
     def wait_running(self, count: int, timeout: float = 30) -> None:
         """Block until `count` requests have been handed to instances."""

@@ -22,7 +22,8 @@ from mcpmux import jsonrpc, request_state
 from mcpmux.jsonrpc import JsonObject, RequestId
 from mcpmux.router.instances import Instance, Pool
 from mcpmux.router.limits import HIGHEST
-from mcpmux.router.session import Pending, Session
+from mcpmux.router.requests import Pending, Stage
+from mcpmux.router.session import Session
 from mcpmux.stateless import Era
 from tests.switchboard_harness import Harness
 
@@ -264,6 +265,20 @@ class SwitchboardMachine(RuleBasedStateMachine):
                     self.roots_seen.append(message)
                     assert instance.bound and instance.context is not None
                     assert instance.context.roots_result() == message["result"], (instance.slot, message)
+
+    @invariant()
+    def every_table_agrees_with_each_request_s_stage(self) -> None:
+        """A live request is in its session's `pending` and in exactly the table of its stage; no table
+        holds a request that is not live."""
+        requests = self.h.board.requests
+        tables = {Stage.QUEUED: list(requests.queue), Stage.RUNNING: list(requests.running.values()),
+                  Stage.AWAITING_BACKEND: requests.awaiting_backend()}
+        live = [pending for session in self.h.board.sessions.values() for pending in session.pending.values()]
+        for pending in live:
+            for stage, held in tables.items():
+                assert any(p is pending for p in held) == (pending.stage is stage), (pending.key, pending.stage)
+        assert sum(map(len, tables.values())) == len(live)
+        assert len(requests.deadlines) <= len(live)
 
     @invariant()
     def no_instance_exceeds_its_cap(self) -> None:
