@@ -10,11 +10,12 @@ send that fails comes back to it as a new event.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from mcpmux import jsonrpc
 from mcpmux.config import Config
@@ -55,6 +56,24 @@ OPENED = frozenset({"tools/list", "resources/subscribe"})
 Message = Mapping[str, Any]  # an Envelope from a door or a shim, or a dict the switchboard built
 OnAnswer = Callable[[Instance, Message], None]
 Clock = Callable[[], float]
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def event(handler: Callable[Concatenate[Switchboard, P], R]) -> Callable[Concatenate[Switchboard, P], R]:
+    """A public entry of the switchboard. Once the event is handled, and only then, however deep the calls
+    it made, the waiting requests go where it made room (`drain`): once per event, never half way through
+    a change (an instance lost while a request expires, a session closing request by request)."""
+    @functools.wraps(handler)
+    def handle(board: Switchboard, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        board._depth += 1
+        try:
+            return handler(board, *args, **kwargs)
+        finally:
+            board._depth -= 1
+            if not board._depth:
+                board.drain()
+    return handle
 
 
 
@@ -87,6 +106,7 @@ class Switchboard:
         self._startup_timeout = settings.startup_timeout / 1000
         self._now = clock
         self._actions: list[Action] = []
+        self._depth = 0  # how many events are being handled, one inside another (`event`)
         # Requests the router itself sent, by id: the instance they went to, and their follow-up.
         self._internal: dict[int, tuple[str, OnAnswer | None]] = {}
         self.startup_cause: str | None = None  # why the last backend failed to start, until one starts
@@ -100,11 +120,10 @@ class Switchboard:
 
     # --- sessions ------------------------------------------------------------------------------------
 
+    @event
     def hold_session(self, session: Session, held: bool) -> None:
         """Backpressure: while a session's door is full, its new and waiting requests stay queued."""
-        session.held = held
-        if not held:
-            self.drain()
+        session.held = held  # let go: its requests go out once this event is handled
 
     def take_actions(self) -> list[Action]:
         """What the core must now do, in order; the switchboard forgets them."""
@@ -122,6 +141,7 @@ class Switchboard:
             self._ask_roots(session)
         return session
 
+    @event
     def close_session(self, session: Session) -> None:
         if self.sessions.get(session.identity) is not session:
             return
@@ -143,6 +163,7 @@ class Switchboard:
 
     # --- from the client -----------------------------------------------------------------------------
 
+    @event
     def from_client(self, session: Session, message: Message) -> None:
         session.last_seen = self._now()
         message = Envelope.of(message, from_client=True)
@@ -404,6 +425,7 @@ class Switchboard:
         due = [when for when in (self.requests.deadlines.next(), self.settling.next_due()) if when is not None]
         return min(due, default=None)
 
+    @event
     def expire_due(self) -> None:
         """Answer every request whose deadline has passed with a timeout error."""
         for seconds, pending in self.requests.deadlines.pop_due(self._now()):
@@ -423,7 +445,6 @@ class Switchboard:
         self.metrics.requests_timed_out += 1
         if instance is not None:
             self._instance_failed(instance, "a request timed out")
-        self.drain()
 
     def _timeout_error(self, pending: Pending, seconds: float) -> JsonObject:
         """Where the request was when its time ran out; a request that waited because of its client's
@@ -447,7 +468,6 @@ class Switchboard:
         """Forget a request that will get no response (cancelled by the client or its session closed)."""
         self._cancel_on_instance(pending, reason)
         self.requests.move(pending, Stage.DONE)
-        self.drain()
 
     def _cancel_on_instance(self, pending: Pending, reason: str) -> None:
         """Tell the instance running the request, if one does, to stop working on it."""
@@ -458,6 +478,7 @@ class Switchboard:
 
     # --- from an instance ----------------------------------------------------------------------------
 
+    @event
     def from_instance(self, instance: Instance, message: Message) -> None:
         message = Envelope.of(message)
         answered = self.requests.running.get(message.id) if message.kind in (Kind.RESULT, Kind.ERROR) else None
@@ -529,7 +550,6 @@ class Switchboard:
             self._instance_failed(instance, f"answered error {message['error'].get('code')}")
         else:
             self.breaker.success(instance)
-        self.drain()
 
     def _adapt_result(self, instance: Instance, pending: Pending, message: Envelope) -> Message:
         if tasks.concerns(pending.message):
@@ -709,6 +729,7 @@ class Switchboard:
 
     # --- instances coming and going ------------------------------------------------------------------
 
+    @event
     def instance_ready(self, instance: Instance, result: JsonObject, *, probe: bool = False,
                        era: Era = Era.HANDSHAKE, fallback: str | None = None) -> None:
         """A backend finished its handshake (or its discover, in the stateless era). After failures it is
@@ -757,7 +778,6 @@ class Switchboard:
         for identity in self.subscriptions.unplaced_sessions():
             self._rehome_subscriptions(identity)
         self._answer_initialize(instance)
-        self.drain()
 
     def _answer_initialize(self, instance: Instance) -> None:
         """The sessions waiting for a backend of this one's handshake get its InitializeResult; those waiting
@@ -802,6 +822,7 @@ class Switchboard:
         self.instance_lost(instance, f"circuit opened: {reason}")
         self._actions.append(RestartInstance(instance.slot, reason))
 
+    @event
     def health_check(self, interval: float, timeout: float) -> None:
         """Ping idle instances every `interval`; one that does not answer within `timeout` is unhealthy.
 
@@ -859,6 +880,7 @@ class Switchboard:
         for pending in waiters:
             self._fail(pending, jsonrpc.INSTANCE_FAILED, f"The MCP server failed to start: {self.startup_cause}")
 
+    @event
     def instance_lost(self, instance: Instance, reason: str) -> None:
         """Fail over the requests an instance was running: retry the safe ones, answer the others."""
         if instance.state is not InstanceState.OPEN:
@@ -889,7 +911,6 @@ class Switchboard:
             self._tell_state_reset(identity, instance.slot, reason)
         for identity in self.subscriptions.unplace(instance.slot):
             self._rehome_subscriptions(identity)
-        self.drain()
 
     def _rehome_subscriptions(self, identity: bytes) -> None:
         """Place a session's unplaced subscriptions on an instance that serves it (router/eligibility.py's
@@ -960,7 +981,7 @@ class Switchboard:
         for instance in self.pool:
             if instance.roots_request is not None:
                 self._give_roots(instance)
-        self.drain()
+        self.drain()  # now, not after the event: what still waits once it ran needs an instance
         self._ask_instance_if_waiting(session)
 
     def _follow_roots(self, session: Session) -> None:
@@ -1080,7 +1101,6 @@ class Switchboard:
     def _settled(self, instance: Instance, message: Message) -> None:
         self.settling.done(instance.slot)
         instance.settling = False
-        self.drain()
 
     # --- helpers -------------------------------------------------------------------------------------
 

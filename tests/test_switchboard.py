@@ -98,6 +98,24 @@ def test_a_cancelled_queued_request_leaves_the_queue() -> None:
     assert len(h.board.queue) == 0
 
 
+def test_a_closing_session_s_waiting_requests_never_reach_an_instance() -> None:
+    """Room is handed out once an event is handled, not half way through it: a session that closes with
+    one request running and others queued frees the slot only after all of its requests are gone."""
+    h = Harness.make(maxConcurrentRequests=1)
+    closing, other = h.open("a"), h.open("b")
+    instance = h.add_instance("shim:shim_00")
+    h.call(closing, "running", tool="running")
+    for n in range(3):
+        h.call(closing, f"queued-{n}", tool=f"queued-{n}")
+    h.call(other, "next", tool="next")
+
+    h.close(closing)
+
+    sent = [m["params"]["name"] for m in h.to_instance[instance.slot] if m.get("method") == "tools/call"]
+    assert sent == ["running", "next"], "only the other session's request took the freed slot"
+    assert len(h.board.queue) == 0 and h.board.running == 1
+
+
 def test_a_request_past_its_deadline_gets_a_timeout_and_its_instance_a_cancellation() -> None:
     h = Harness.make(requestTimeout=2000)
     client = h.open("a")
