@@ -4,7 +4,6 @@ servers (server-filesystem and server-everything from npm), several differing SD
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -20,16 +19,10 @@ from pydantic import FileUrl
 
 from mcpmux.jsonrpc import NO_INSTANCE
 from tests.conftest import ROOT, Stack, StackFactory, result_json
+from tests.npm_servers import EVERYTHING, FILESYSTEM, NODE, needs
 
-NODE = shutil.which("node")
-MODULES = ROOT / "tests/node/node_modules/@modelcontextprotocol"
-FILESYSTEM = MODULES / "server-filesystem/dist/index.js"
-EVERYTHING = MODULES / "server-everything/dist/index.js"
-
-needs_filesystem = pytest.mark.skipif(NODE is None or not FILESYSTEM.exists(),
-                                      reason="needs Node.js and `make node` (server-filesystem from npm)")
-needs_everything = pytest.mark.skipif(NODE is None or not EVERYTHING.exists(),
-                                      reason="needs Node.js and `make node` (server-everything from npm)")
+needs_filesystem = needs(FILESYSTEM)
+needs_everything = needs(EVERYTHING)
 
 pytestmark = pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")
 

@@ -6,7 +6,6 @@ One stack serves every test here (session_affinity, two instances: the two sessi
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -15,14 +14,12 @@ import anyio
 import pytest
 from mcp import ClientSession, StdioServerParameters, stdio_client
 
-from tests.conftest import ROOT, Stack, StackFactory
+from tests.conftest import Stack, StackFactory
+from tests.npm_servers import EVERYTHING, NODE, needs
 
-EVERYTHING = ROOT / "tests/node/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
-NODE = shutil.which("node")
 WAIT = 30  # seconds: only a failure waits this long
 
-pytestmark = [pytest.mark.skipif(NODE is None or not EVERYTHING.exists(),
-                                 reason="needs Node.js and `make node` (server-everything from npm)"),
+pytestmark = [needs(EVERYTHING),
               pytest.mark.xdist_group("notifications"),  # one worker starts the stack once for all of them
               pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")]
 

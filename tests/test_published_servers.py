@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
 import mcp_types as types
-import pytest
 from mcp import ClientSession, StdioServerParameters, stdio_client
 from mcp.client.session import ClientRequestContext
 from pydantic import FileUrl
 
-from tests.conftest import ROOT, StackFactory
+from tests.conftest import StackFactory
+from tests.npm_servers import EVERYTHING, NODE, needs
 
-EVERYTHING = ROOT / "tests/node/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
-NODE = shutil.which("node")
-
-pytestmark = pytest.mark.skipif(NODE is None or not EVERYTHING.exists(),
-                                reason="needs Node.js and `make node` (server-everything from npm)")
+pytestmark = needs(EVERYTHING)
 
 
 async def sampling(ctx: ClientRequestContext, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:

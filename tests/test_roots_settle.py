@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import StackFactory
-from tests.test_client_contexts import FILESYSTEM, NODE, needs_filesystem, project, reads, roots_callback
+from tests.npm_servers import FILESYSTEM, NODE, needs
+from tests.test_client_contexts import project, reads, roots_callback
 
-pytestmark = [needs_filesystem, pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")]
+pytestmark = [needs(FILESYSTEM), pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")]
 
 
 def projects(base: Path, prefix: str, count: int) -> list[Path]:

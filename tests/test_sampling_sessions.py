@@ -8,7 +8,6 @@ for; once the instance has asked a client, it serves one session at a time, so t
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Awaitable, Callable
 
@@ -19,14 +18,12 @@ from mcp import ClientSession
 from mcp.client.session import ClientRequestContext
 from mcp.shared.exceptions import MCPError
 
-from tests.conftest import ROOT, StackFactory, result_json
+from tests.conftest import StackFactory, result_json
+from tests.npm_servers import EVERYTHING, NODE, needs
 
-NODE = shutil.which("node")
-EVERYTHING = ROOT / "tests/node/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
 CALLS = 3  # per session, at once
 
-needs_everything = pytest.mark.skipif(NODE is None or not EVERYTHING.exists(),
-                                      reason="needs Node.js and `make node` (server-everything from npm)")
+needs_everything = needs(EVERYTHING)
 pytestmark = pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")
 
 

@@ -4,20 +4,16 @@ thought history is per process, so through a pool it stays whole only when a ses
 from __future__ import annotations
 
 import json
-import shutil
 from typing import Any
 
 import pytest
 from mcp import ClientSession
 
-from tests.conftest import ROOT, StackFactory
-
-THINKING = ROOT / "tests/node/node_modules/@modelcontextprotocol/server-sequential-thinking/dist/index.js"
-NODE = shutil.which("node")
+from tests.conftest import StackFactory
+from tests.npm_servers import NODE, THINKING, needs
 
 pytestmark = [
-    pytest.mark.skipif(NODE is None or not THINKING.exists(),
-                       reason="needs Node.js and `make node` (server-sequential-thinking from npm)"),
+    needs(THINKING),
     pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning"),
 ]
 
