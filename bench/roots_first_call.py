@@ -22,7 +22,8 @@ import anyio
 from mcp import ClientSession
 
 from tests.conftest import StackFactory
-from tests.test_client_contexts import FILESYSTEM, NODE, roots_callback
+from tests.npm_servers import FILESYSTEM, NODE
+from tests.test_client_contexts import roots_callback
 
 COUNTS = (1, 20, 200)
 

@@ -448,8 +448,7 @@ class Core:
             # taken for dead) may hold a session's state, and nothing says whose: it starts fresh.
             self.healer.recycle(slot, hello.pid, "it came back with a backend that served an earlier session")
             return
-        instance = Instance(slot, hello.pid, hello.backend_pid)
-        self.board.pool.add(instance)
+        instance = self.board.instance_connected(slot, hello.pid, hello.backend_pid)
         self.metrics.event("start", f"{slot} connected (shim pid {hello.pid})", slot=slot)
         if hello.context is not None or hello.initialize_result is not None:
             # Initialized (or being initialized) for a previous core: it says whom it serves.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import enum
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -36,6 +35,7 @@ class Instance:
     slot: str  # supervisord's group:name, also the shim's ZeroMQ routing id
     pid: int
     backend_pid: int
+    started: float  # on the switchboard's clock: when it connected, then when its initialize was sent
     state: InstanceState = InstanceState.STARTING
     initialize_result: dict[str, Any] | None = None  # in the stateless era, its discover result
     era: Era = Era.HANDSHAKE  # the era its backend connection was opened in (router/eras.py)
@@ -44,16 +44,18 @@ class Instance:
     failed: int = 0
     consecutive_failures: int = 0
     latencies: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=512))
-    last_ping: float = field(default_factory=time.monotonic)
+    last_ping: float = field(init=False)  # when it last answered or was sent a health ping
     last_pick: int = 0  # when the balancer last chose it, to break ties fairly
-    last_seen: float = field(default_factory=time.monotonic)
-    started: float = field(default_factory=time.monotonic)
+    last_seen: float = field(init=False)  # when its shim was last heard from
     context: ClientContext | None = None  # what it was initialized with; None until the core says
     bound: bool = False  # its roots are fixed: it serves exactly `context` (router/contexts.py)
     roots_request: Any = None  # the id of a roots/list it asked before it was bound, unanswered
     announced: set[str] = field(default_factory=set)  # the list_changed kinds it sent (router/switchboard.py)
     settling: bool = False  # just given its roots: takes nothing until it answers a ping after them
     asks_clients: bool = False  # it sent a client a request (sampling, elicitation): one session at a time
+
+    def __post_init__(self) -> None:
+        self.last_ping = self.last_seen = self.started
 
     @property
     def identity(self) -> bytes:

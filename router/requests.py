@@ -22,8 +22,7 @@ client or the instance (an answer, a cancellation) is the switchboard's.
 from __future__ import annotations
 
 import enum
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mcpmux.envelope import Envelope
@@ -66,7 +65,7 @@ class Pending:
     session: Session
     client_id: RequestId
     message: Envelope
-    received: float = field(default_factory=time.monotonic)
+    received: float  # on the switchboard's clock
     stage: Stage = Stage.NEW  # changed by Requests.move only
     backend_id: int | None = None  # while RUNNING: the id its instance sees
     slot: str | None = None  # while RUNNING: the instance running it

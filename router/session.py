@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +40,7 @@ class Session:
     pending: dict[RequestId, Pending] = field(default_factory=dict)
     server_requests: dict[int, ServerRequest] = field(default_factory=dict)
     list_changed_sent: set[str] = field(default_factory=set)
-    last_seen: float = field(default_factory=time.monotonic)
+    last_seen: float = 0.0  # on the switchboard's clock, from when it opens
     last_request: float = 0.0
     held: bool = False  # its door takes no more for now (a slow client): start nothing new for it
     priority: Priority | None = None  # the session's own level (mcpmux-router --priority)

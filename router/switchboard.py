@@ -729,6 +729,12 @@ class Switchboard:
 
     # --- instances coming and going ------------------------------------------------------------------
 
+    def instance_connected(self, slot: str, pid: int, backend_pid: int) -> Instance:
+        """A shim said hello: its instance joins the pool, starting, stamped with the switchboard's clock."""
+        instance = Instance(slot, pid, backend_pid, started=self._now())
+        self.pool.add(instance)
+        return instance
+
     @event
     def instance_ready(self, instance: Instance, result: JsonObject, *, probe: bool = False,
                        era: Era = Era.HANDSHAKE, fallback: str | None = None) -> None:

@@ -298,7 +298,7 @@ def test_a_context_survives_its_json_and_its_label_is_stable() -> None:
 
 
 def make_instance(slot: str, context: ClientContext, in_flight: int = 0) -> Instance:
-    instance = Instance(slot, 1, 1)
+    instance = Instance(slot, 1, 1, started=0.0)
     instance.context, instance.in_flight = context, in_flight
     instance.state = instance.state.READY
     return instance
@@ -324,7 +324,7 @@ def test_recycling_takes_an_idle_instance_of_an_unused_context_first_and_never_a
 def test_a_new_instance_of_clients_with_roots_lets_its_server_ask_for_them_before_it_serves() -> None:
     h = Harness.make()
     session = h.open("a", ROOTS, roots=["file:///a"])
-    instance = Instance("shim:shim_00", 1, 1)
+    instance = Instance("shim:shim_00", 1, 1, started=0.0)
     instance.context = ClientContext.of({"protocolVersion": "2025-11-25", "capabilities": ROOTS})
     h.board.pool.add(instance)
     h.board.instance_ready(instance, INITIALIZE_RESULT)

@@ -148,7 +148,6 @@ def test_mcpmuxs_own_requests_to_a_stateless_instance_carry_the_envelope() -> No
     h.open("a")
     h.request(h.open("b"), "level", "logging/setLevel", {"level": "debug"})
 
-    instance.last_ping = h.clock.now
     h.clock.now += 60
     h.board.health_check(interval=30, timeout=10)
     h.collect()

@@ -14,7 +14,7 @@ from mcpmux.router.session import Session
 
 def _requests(queue_size: int = 8) -> tuple[Requests, Instance]:
     pool = Pool()
-    instance = Instance("shim:shim_00", pid=1, backend_pid=2)
+    instance = Instance("shim:shim_00", pid=1, backend_pid=2, started=0.0)
     pool.add(instance)
     return Requests(RequestQueue(queue_size), pool), instance
 

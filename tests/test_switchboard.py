@@ -5,7 +5,6 @@ from __future__ import annotations
 from mcpmux import jsonrpc
 from mcpmux.router import actions
 from mcpmux.router.contexts import ClientContext
-from mcpmux.router.instances import Instance
 from mcpmux.router.queue import Priority
 from tests.switchboard_harness import INITIALIZE_RESULT, Harness
 
@@ -423,9 +422,8 @@ def test_session_affinity_spreads_sessions_that_open_while_the_pool_starts() -> 
     h = Harness.make({"strategy": "session_affinity"}, maxConcurrentRequests=1)
     first = h.add_instance("shim:shim_00")
     sessions = [h.open(f"s{n}") for n in range(4)]
-    starting = Instance("shim:shim_01", 2, 3)
+    starting = h.board.instance_connected("shim:shim_01", 2, 3)
     starting.context = ClientContext.of({"protocolVersion": "2025-11-25", "capabilities": {}})
-    h.board.pool.add(starting)
     for n, session in enumerate(sessions):
         h.call(session, f"call-{n}")
     h.board.instance_ready(starting, INITIALIZE_RESULT)
