@@ -6,10 +6,9 @@ comes back as a new event (a door gone, an instance lost) after the current one 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
+from mcpmux.envelope import Envelope
 from mcpmux.router.contexts import ClientContext
 
 
@@ -18,7 +17,7 @@ class ToClient:
     """Send a JSON-RPC message to the client of a session, through its door."""
 
     session: bytes
-    message: Mapping[str, Any]  # an Envelope as it came, or a dict the switchboard built
+    message: Envelope
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +25,7 @@ class ToInstance:
     """Send a JSON-RPC message to an instance's backend, through its shim."""
 
     slot: str
-    message: Mapping[str, Any]
+    message: Envelope
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,6 @@ import zmq
 
 from mcpmux import wire
 from mcpmux.config import Config, ConfigError, load_validated
-from mcpmux.envelope import Envelope
 from mcpmux.jsonrpc import JsonObject
 from mcpmux.lifeline import tie_to_stack
 from mcpmux.router import actions, last_client
@@ -308,10 +307,10 @@ class Core:
     def _perform(self, action: actions.Action) -> None:
         # The two actions of every call first, by type: a class pattern costs more than the send.
         if type(action) is actions.ToInstance:
-            self._send_shim(action.slot, wire.encode_envelope(wire.ToBackend, Envelope.of(action.message)))
+            self._send_shim(action.slot, wire.encode_envelope(wire.ToBackend, action.message))
             return
         if type(action) is actions.ToClient:
-            self._send_door(action.session, wire.encode_envelope(wire.ToClient, Envelope.of(action.message)),
+            self._send_door(action.session, wire.encode_envelope(wire.ToClient, action.message),
                             counted=True)
             return
         match action:

@@ -14,7 +14,7 @@ import functools
 import itertools
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from mcpmux import jsonrpc
@@ -53,8 +53,8 @@ log = logging.getLogger("mcpmux.core")
 # The methods whose results the switchboard reads (the others' bodies pass through unopened):
 OPENED = frozenset({"tools/list", "resources/subscribe"})
 
-Message = Mapping[str, Any]  # an Envelope from a door or a shim, or a dict the switchboard built
-OnAnswer = Callable[[Instance, Message], None]
+Outgoing = Envelope | JsonObject  # a message passed on, or one the switchboard built (wrapped as it is sent)
+OnAnswer = Callable[[Instance, Envelope], None]
 Clock = Callable[[], float]
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -164,9 +164,8 @@ class Switchboard:
     # --- from the client -----------------------------------------------------------------------------
 
     @event
-    def from_client(self, session: Session, message: Message) -> None:
+    def from_client(self, session: Session, message: Envelope) -> None:
         session.last_seen = self._now()
-        message = Envelope.of(message, from_client=True)
         before, queued = session.pending.get(message.id), len(self._actions)
         try:
             if message.kind is Kind.REQUEST:
@@ -406,7 +405,7 @@ class Switchboard:
                 return
             self._dispatch(pending)  # if it went, it left the queue
 
-    def _finish(self, pending: Pending, response: Message) -> None:
+    def _finish(self, pending: Pending, response: Outgoing) -> None:
         """Send a request's one response, under the client's own id."""
         self.requests.move(pending, Stage.DONE)
         envelope = Envelope.of(response)
@@ -479,8 +478,7 @@ class Switchboard:
     # --- from an instance ----------------------------------------------------------------------------
 
     @event
-    def from_instance(self, instance: Instance, message: Message) -> None:
-        message = Envelope.of(message)
+    def from_instance(self, instance: Instance, message: Envelope) -> None:
         answered = self.requests.running.get(message.id) if message.kind in (Kind.RESULT, Kind.ERROR) else None
         try:
             if message.kind is Kind.RESULT or message.kind is Kind.ERROR:
@@ -551,7 +549,7 @@ class Switchboard:
         else:
             self.breaker.success(instance)
 
-    def _adapt_result(self, instance: Instance, pending: Pending, message: Envelope) -> Message:
+    def _adapt_result(self, instance: Instance, pending: Pending, message: Envelope) -> Outgoing:
         if tasks.concerns(pending.message):
             return self.tasks.answered(pending.session.identity, instance.slot, pending.message, message,
                                        pending.backend_id, self._now())
@@ -670,7 +668,7 @@ class Switchboard:
         for method in sorted(announced):
             self._tell_changed(session, method, jsonrpc.notification(method))
 
-    def _tell_changed(self, session: Session, method: str, message: Message) -> None:
+    def _tell_changed(self, session: Session, method: str, message: Outgoing) -> None:
         if method not in session.list_changed_sent:
             session.list_changed_sent.add(method)
             self._answer(session, message)
@@ -703,7 +701,7 @@ class Switchboard:
         for session in targets:
             self._answer(session, message)
 
-    def _task_owner(self, instance: Instance, message: Message) -> Session | None:
+    def _task_owner(self, instance: Instance, message: Envelope) -> Session | None:
         """The session owning the task a message names in its related-task `_meta`: exact, where
         `_session_for` can only guess."""
         task = self.tasks.owner(instance.slot, message)
@@ -763,7 +761,7 @@ class Switchboard:
                 if refused is not None:
                     self._finish(pending, refused)
 
-    def _probe_answered(self, instance: Instance, message: Message) -> None:
+    def _probe_answered(self, instance: Instance, message: Envelope) -> None:
         if "result" in message:
             self._become_ready(instance)
         else:
@@ -800,7 +798,7 @@ class Switchboard:
         result = self.contexts.initialize_result(pending.session)
         return None if result is None else jsonrpc.result(pending.client_id, result)
 
-    def _learn_tools(self, instance: Instance, message: Message) -> None:
+    def _learn_tools(self, instance: Instance, message: Envelope) -> None:
         result = message.get("result")
         if not isinstance(result, dict):
             self.settling.no_tools(instance.slot)
@@ -851,7 +849,7 @@ class Switchboard:
                 if backend_id is not None:
                     self._pings[instance.slot] = (backend_id, now + timeout)
 
-    def _pong(self, instance: Instance, message: Message) -> None:
+    def _pong(self, instance: Instance, message: Envelope) -> None:
         self._pings.pop(instance.slot, None)
         instance.last_ping = self._now()
 
@@ -979,7 +977,7 @@ class Switchboard:
         session.roots_ask = next(self._ids)
         self._answer(session, {"jsonrpc": "2.0", "id": session.roots_ask, "method": "roots/list"})
 
-    def _roots_answered(self, session: Session, message: Message) -> None:
+    def _roots_answered(self, session: Session, message: Envelope) -> None:
         session.roots_ask = None
         self.contexts.roots_answered(session, message)
         self._follow_roots(session)
@@ -1031,7 +1029,7 @@ class Switchboard:
     def busiest_handshake(self) -> ClientContext | None:
         return self.contexts.busiest(list(self.sessions.values()))
 
-    def _roots_request(self, instance: Instance, message: Message) -> None:
+    def _roots_request(self, instance: Instance, message: Envelope) -> None:
         """An instance asks for roots: answered from its context, never from another's."""
         if instance.context is None or not instance.context.supports(ROOTS):
             self._send(instance, jsonrpc.error(message["id"], jsonrpc.METHOD_NOT_FOUND,
@@ -1082,11 +1080,11 @@ class Switchboard:
         method, params, then = (("tools/call", self.settling.call(instance.slot), self._roots_probed)
                                 if check is Check.PROBE else ("ping", {}, self._settled))
         if self._internal_request(instance.slot, method, params, then) is None:
-            self._settled(instance, {})
+            self._settled(instance)
             return
         self.settling.probe_sent(instance.slot)
 
-    def _roots_probed(self, instance: Instance, message: Message) -> None:
+    def _roots_probed(self, instance: Instance, message: Envelope) -> None:
         verdict = self.settling.judge(instance.slot, message, self._now())
         if verdict is Verdict.APPLIED:
             self._settled(instance, message)
@@ -1097,14 +1095,14 @@ class Switchboard:
         text = self.settling.given_up(instance.slot)
         log.warning("%s", text)
         self.metrics.event("warning", text, slot=instance.slot)
-        self._settled(instance, {})
+        self._settled(instance)
 
     def _bind_to(self, instance: Instance, session: Session) -> None:
         assert session.context is not None
         self.contexts.bind(instance, session.context)
         self._actions.append(InstanceBound(instance.slot, session.context))
 
-    def _settled(self, instance: Instance, message: Message) -> None:
+    def _settled(self, instance: Instance, answer: Envelope | None = None) -> None:
         self.settling.done(instance.slot)
         instance.settling = False
 
@@ -1119,11 +1117,11 @@ class Switchboard:
         """The ids the instances see for the client requests they run."""
         return set(self.requests.running)
 
-    def _answer(self, session: Session, message: Message) -> None:
-        self._actions.append(ToClient(session.identity, message))
+    def _answer(self, session: Session, message: Outgoing) -> None:
+        self._actions.append(ToClient(session.identity, Envelope.of(message)))
 
-    def _send(self, instance: Instance, message: Message) -> None:
-        self._actions.append(ToInstance(instance.slot, message))
+    def _send(self, instance: Instance, message: Outgoing) -> None:
+        self._actions.append(ToInstance(instance.slot, Envelope.of(message)))
 
     def _answer_local(self, session: Session, response: JsonObject) -> None:
         """A response mcpmux gives itself (ping, setLevel, refusals): counted like any other."""

@@ -113,8 +113,8 @@ class TaskTable:
 
     # --- what the instances say ----------------------------------------------------------------------
 
-    def answered(self, session: bytes, slot: str, request: Message, response: Message,
-                 backend_id: int | None, now: float) -> Message:
+    def answered(self, session: bytes, slot: str, request: Envelope, response: Envelope,
+                 backend_id: int | None, now: float) -> Envelope | JsonObject:
         """An instance answered a request of `session` that concerns tasks: learn from it, and return the
         response the client gets."""
         result = response.get("result")

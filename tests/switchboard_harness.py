@@ -7,10 +7,11 @@ instance, as the core would send it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 from mcpmux import jsonrpc
 from mcpmux.config import parse_config
+from mcpmux.envelope import Envelope
 from mcpmux.jsonrpc import JsonObject, RequestId
 from mcpmux.router import actions
 from mcpmux.router.contexts import ClientContext
@@ -58,14 +59,21 @@ class Harness:
 
     # --- events --------------------------------------------------------------------------------------
 
+    def from_client(self, session: Session, message: JsonObject) -> None:
+        """A client's message, cut into an envelope as its door cuts it."""
+        self.board.from_client(session, Envelope.from_message(message, from_client=True))
+
+    def from_instance(self, instance: Instance, message: JsonObject) -> None:
+        """A backend's message, cut into an envelope as its shim cuts it."""
+        self.board.from_instance(instance, Envelope.from_message(message))
+
     def collect(self) -> None:
         for action in self.board.take_actions():
             match action:
-                case actions.ToClient(session, message):
-                    # Envelopes or dicts the switchboard built: read alike (one message type is issue 21's)
-                    self.to_client.setdefault(session, []).append(cast(JsonObject, message))
-                case actions.ToInstance(slot, message):
-                    self.to_instance.setdefault(slot, []).append(cast(JsonObject, message))
+                case actions.ToClient(session, message):  # as the door would write it
+                    self.to_client.setdefault(session, []).append(message.to_dict())
+                case actions.ToInstance(slot, message):  # as the shim would write it
+                    self.to_instance.setdefault(slot, []).append(message.to_dict())
                 case _:
                     self.other.append(action)
 
@@ -85,12 +93,12 @@ class Harness:
     def give_roots(self, session: Session, roots: list[str]) -> None:
         """The client answers mcpmux's latest roots/list."""
         asked = self.roots_asked(session)[-1]
-        self.board.from_client(session, jsonrpc.result(asked["id"], {"roots": [{"uri": uri} for uri in roots]}))
+        self.from_client(session, jsonrpc.result(asked["id"], {"roots": [{"uri": uri} for uri in roots]}))
         self.collect()
 
     def change_roots(self, session: Session, roots: list[str]) -> None:
         """The client's roots change: it says so, and answers mcpmux's roots/list with the new ones."""
-        self.board.from_client(session, jsonrpc.notification("notifications/roots/list_changed"))
+        self.from_client(session, jsonrpc.notification("notifications/roots/list_changed"))
         self.collect()
         self.give_roots(session, roots)
 
@@ -114,14 +122,14 @@ class Harness:
         self.to_instance[slot] = [m for m in sent if m.get("method") != "ping"]
         for ping in [m for m in sent if m.get("method") == "ping"]:
             # An instance of clients with roots is pinged before it serves: its server may ask for them first.
-            self.board.from_instance(instance, jsonrpc.result(ping["id"], {}))
+            self.from_instance(instance, jsonrpc.result(ping["id"], {}))
         self.collect()
         sent = self.to_instance.pop(slot, [])
         learning = [m for m in sent if m.get("method") == "tools/list" and isinstance(m["id"], int)
                     and m["id"] not in self.board.running_ids()]
         self.to_instance[slot] = [m for m in sent if m not in learning]
         for request in learning:  # the switchboard reads the tools' annotations first
-            self.board.from_instance(instance, jsonrpc.result(request["id"], {"tools": tools}))
+            self.from_instance(instance, jsonrpc.result(request["id"], {"tools": tools}))
         self.collect()
         return instance
 
@@ -129,19 +137,19 @@ class Harness:
         message: JsonObject = {"jsonrpc": "2.0", "id": request_id, "method": method}
         if params is not None:
             message["params"] = params
-        self.board.from_client(session, message)
+        self.from_client(session, message)
         self.collect()
 
     def call(self, session: Session, request_id: RequestId, tool: str = "work") -> None:
         self.request(session, request_id, "tools/call", {"name": tool, "arguments": {}})
 
     def cancel(self, session: Session, request_id: RequestId) -> None:
-        self.board.from_client(session, jsonrpc.notification("notifications/cancelled", {"requestId": request_id}))
+        self.from_client(session, jsonrpc.notification("notifications/cancelled", {"requestId": request_id}))
         self.collect()
 
     def answer(self, instance: Instance, backend_id: Any, result: JsonObject | None = None) -> None:
         self.answered.add(backend_id)
-        self.board.from_instance(instance, jsonrpc.result(backend_id, result if result is not None else {"ok": True}))
+        self.from_instance(instance, jsonrpc.result(backend_id, result if result is not None else {"ok": True}))
         self.collect()
 
     def answer_all(self, instance: Instance) -> None:

@@ -22,7 +22,7 @@ _ids = itertools.count(1)
 def asks(h: Harness, instance: Instance, method: str = "sampling/createMessage") -> str:
     """The instance sends a client a request; its id, as the instance gave it."""
     request_id = f"server-{next(_ids)}"
-    h.board.from_instance(instance, {"jsonrpc": "2.0", "id": request_id, "method": method, "params": {}})
+    h.from_instance(instance, {"jsonrpc": "2.0", "id": request_id, "method": method, "params": {}})
     h.collect()
     return request_id
 

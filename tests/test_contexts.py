@@ -30,7 +30,7 @@ def bound(h: Harness) -> list[tuple[str, Any]]:
 
 
 def instance_asks_roots(h: Harness, instance: Instance, request_id: Any = "roots-1") -> None:
-    h.board.from_instance(instance, {"jsonrpc": "2.0", "id": request_id, "method": "roots/list"})
+    h.from_instance(instance, {"jsonrpc": "2.0", "id": request_id, "method": "roots/list"})
     h.collect()
 
 
@@ -120,7 +120,7 @@ def test_notifications_of_an_instance_reach_only_the_sessions_of_its_context() -
     plain, sampling = h.open("plain"), h.open("sampling", SAMPLING)
     instance = h.add_instance("shim:shim_00", SAMPLING)
 
-    h.board.from_instance(instance, jsonrpc.notification("notifications/tools/list_changed"))
+    h.from_instance(instance, jsonrpc.notification("notifications/tools/list_changed"))
     h.collect()
 
     assert not [m for m in h.to_client.get(plain.identity, []) if m.get("method", "").endswith("list_changed")]
@@ -231,7 +231,7 @@ def test_requests_after_a_roots_change_wait_for_the_new_roots_once_the_server_as
     h.answer_all(instance)
     h.add_instance("shim:shim_01", ROOTS)
 
-    h.board.from_client(session, jsonrpc.notification("notifications/roots/list_changed"))
+    h.from_client(session, jsonrpc.notification("notifications/roots/list_changed"))
     h.collect()
     h.call(session, 2)
 

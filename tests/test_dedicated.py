@@ -88,10 +88,10 @@ def test_an_instances_requests_and_logs_go_to_its_session_even_when_another_was_
     h.call(b, "b1")  # b is the session active last, and busy; a is idle on its own instance
     assert sessions_on(h, second, b) == {"b"}
 
-    h.board.from_instance(first, {"jsonrpc": "2.0", "id": 7, "method": "sampling/createMessage", "params": {}})
-    h.board.from_instance(first, jsonrpc.notification("notifications/message", {"level": "info", "data": "x"}))
+    h.from_instance(first, {"jsonrpc": "2.0", "id": 7, "method": "sampling/createMessage", "params": {}})
+    h.from_instance(first, jsonrpc.notification("notifications/message", {"level": "info", "data": "x"}))
     spare = h.add_instance("shim:shim_02", SAMPLING)
-    h.board.from_instance(spare, jsonrpc.notification("notifications/message", {"level": "info", "data": "y"}))
+    h.from_instance(spare, jsonrpc.notification("notifications/message", {"level": "info", "data": "y"}))
     h.collect()
 
     to_a = [m for m in h.to_client[a.identity] if "method" in m]
@@ -127,7 +127,7 @@ def test_subscriptions_are_each_sessions_own_on_its_own_instance() -> None:
     h.request(b, "sb", "resources/subscribe", {"uri": uri})
     h.answer_all(first)
     h.answer_all(second)
-    h.board.from_instance(first, jsonrpc.notification("notifications/resources/updated", {"uri": uri}))
+    h.from_instance(first, jsonrpc.notification("notifications/resources/updated", {"uri": uri}))
     h.collect()
     h.request(b, "ub", "resources/unsubscribe", {"uri": uri})
 

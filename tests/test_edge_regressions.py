@@ -193,7 +193,8 @@ def test_a_task_whose_ttl_no_clock_can_hold_never_expires(ttl: float) -> None:
     table = TaskTable()
     request = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "work", "task": {}}}
     created = {"task": {"taskId": "t", "status": "working", "ttl": ttl}}
-    table.answered(b"a", "shim:shim_00", request, jsonrpc.result(1, created), 7, now=1000.0)
+    table.answered(b"a", "shim:shim_00", Envelope.from_message(request),
+                   Envelope.from_message(jsonrpc.result(1, created)), 7, now=1000.0)
     table.expire(now=10.0**300)
     assert len(table) == 1
 
@@ -208,7 +209,7 @@ def test_roots_msgpack_cannot_carry_are_no_roots(root: JsonObject) -> None:
     _, _, frames = door.admit(jsonrpc.encode(jsonrpc.result(asked["id"], {"roots": [root]})))
     h.board.from_client(session, _sent_by_door(frames))
     instance = h.add_instance("shim:shim_00", {"roots": {"listChanged": True}})
-    h.board.from_instance(instance, {"jsonrpc": "2.0", "id": "r1", "method": "roots/list"})
+    h.from_instance(instance, {"jsonrpc": "2.0", "id": "r1", "method": "roots/list"})
     h.call(session, 1)
     (bound,) = [action for action in h.other if isinstance(action, actions.InstanceBound)]
     assert bound.context.roots is None
@@ -222,7 +223,8 @@ def test_a_task_status_that_is_not_a_string_is_not_an_end(status: object) -> Non
     table = TaskTable()
     request = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "work", "task": {}}}
     created = {"task": {"taskId": "t", "status": status, "ttl": None}}
-    table.answered(b"a", "shim:shim_00", request, jsonrpc.result(1, created), 7, now=1000.0)
+    table.answered(b"a", "shim:shim_00", Envelope.from_message(request),
+                   Envelope.from_message(jsonrpc.result(1, created)), 7, now=1000.0)
     assert table.observe("shim:shim_00", {"taskId": "t", "status": status}) is not None
     assert len(table) == 1
 
@@ -246,7 +248,8 @@ def test_a_tasks_list_page_whose_tasks_are_not_a_list_is_an_empty_page() -> None
     # client's tasks/list failed with -32603.
     table = TaskTable()
     request = {"jsonrpc": "2.0", "id": 1, "method": "tasks/list", "params": {}}
-    response = table.answered(b"a", "shim:shim_00", request, jsonrpc.result(1, {"tasks": 5}), 7, now=1000.0)
+    response = table.answered(b"a", "shim:shim_00", Envelope.from_message(request),
+                              Envelope.from_message(jsonrpc.result(1, {"tasks": 5})), 7, now=1000.0)
     assert response["result"]["tasks"] == []
 
 

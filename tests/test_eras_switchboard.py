@@ -40,7 +40,7 @@ def only_request(h: Harness, instance: Instance) -> JsonObject:
 
 
 def notify(h: Harness, instance: Instance, method: str, params: JsonObject) -> None:
-    h.board.from_instance(instance, jsonrpc.notification(method, params))
+    h.from_instance(instance, jsonrpc.notification(method, params))
     h.collect()
 
 
@@ -166,7 +166,7 @@ def input_required(h: Harness, instance: Instance, request: JsonObject, state: s
     result = {"resultType": "input_required", "requestState": state,
               "inputRequests": {"q": {"method": "elicitation/create", "params": {"message": "?"}}}}
     h.answered.add(request["id"])
-    h.board.from_instance(instance, request_state.wrap_result(jsonrpc.result(request["id"], result),
+    h.from_instance(instance, request_state.wrap_result(jsonrpc.result(request["id"], result),
                                                               instance.slot, instance.pid))
     h.collect()
 

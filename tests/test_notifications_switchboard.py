@@ -17,7 +17,7 @@ URI = "file:///watched"
 
 
 def notify(h: Harness, instance: Instance, method: str, params: dict[str, Any] | None = None) -> None:
-    h.board.from_instance(instance, jsonrpc.notification(method, params))
+    h.from_instance(instance, jsonrpc.notification(method, params))
     h.collect()
 
 
@@ -120,7 +120,7 @@ def test_a_roots_change_moves_the_sessions_subscriptions_to_its_new_context() ->
     session = h.open("a", ROOTS, roots=["file:///old"])
     old = h.add_instance("shim:shim_00", ROOTS)
     h.call(session, 1)
-    h.board.from_instance(old, {"jsonrpc": "2.0", "id": "roots-1", "method": "roots/list"})
+    h.from_instance(old, {"jsonrpc": "2.0", "id": "roots-1", "method": "roots/list"})
     h.collect()
     h.answer_all(old)
     subscribe(h, session, "sub")
@@ -149,7 +149,7 @@ def test_a_session_initializing_late_hears_what_its_instance_announced_after_its
     assert "result" in h.response(late, "init")
     assert heard(h, late, "notifications/tools/list_changed") == [], "nothing before its initialized"
 
-    h.board.from_client(late, jsonrpc.notification("notifications/initialized"))
+    h.from_client(late, jsonrpc.notification("notifications/initialized"))
     h.collect()
 
     assert len(heard(h, late, "notifications/tools/list_changed")) == 1
@@ -166,7 +166,7 @@ def test_an_elicitation_complete_reaches_the_session_that_was_asked() -> None:
     a, b = h.open("a", elicits), h.open("b", elicits)
     instance = h.add_instance("shim:shim_00", elicits)
     h.call(a, "a1")
-    h.board.from_instance(instance, {"jsonrpc": "2.0", "id": 7, "method": "elicitation/create", "params": {
+    h.from_instance(instance, {"jsonrpc": "2.0", "id": 7, "method": "elicitation/create", "params": {
         "mode": "url", "url": "https://example.com", "message": "open", "elicitationId": "e-1"}})
     h.collect()
     h.call(b, "b1")  # now two sessions run on the instance: only the id tells whose it is
@@ -216,7 +216,7 @@ def test_an_elicitation_a_request_was_refused_for_completes_at_that_requests_ses
     instance = h.add_instance("shim:shim_00")
     h.call(a, "a1")
     (call,) = h.requests_on(instance)
-    h.board.from_instance(instance, jsonrpc.error(call["id"], -32042, "authorize first", {"elicitations": [
+    h.from_instance(instance, jsonrpc.error(call["id"], -32042, "authorize first", {"elicitations": [
         {"mode": "url", "url": "https://example.com", "message": "open", "elicitationId": "e-2"}]}))
     h.collect()
     h.call(a, "a2")

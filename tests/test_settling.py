@@ -20,7 +20,7 @@ FILESYSTEM_TOOLS = [*TOOLS, {"name": DEFAULT_PROBE, "inputSchema": {"type": "obj
 
 
 def asks_roots(h: Harness, instance: Instance, request_id: Any = "roots-1") -> None:
-    h.board.from_instance(instance, {"jsonrpc": "2.0", "id": request_id, "method": "roots/list"})
+    h.from_instance(instance, {"jsonrpc": "2.0", "id": request_id, "method": "roots/list"})
     h.collect()
 
 

@@ -241,7 +241,7 @@ def test_losing_an_instance_moves_its_subscriptions_for_the_sessions_left() -> N
     replacement = h.add_instance("shim:shim_01")
 
     h.lose(instance, "scaled down")
-    h.board.from_instance(replacement, jsonrpc.notification("notifications/resources/updated", {"uri": "file:///x"}))
+    h.from_instance(replacement, jsonrpc.notification("notifications/resources/updated", {"uri": "file:///x"}))
     h.collect()
     h.request(client, "unsub", "resources/unsubscribe", {"uri": "file:///x"})
 
@@ -287,7 +287,7 @@ def test_the_switchboard_asks_for_a_restart_rather_than_calling_one() -> None:
     on = instance if h.requests_on(instance) else h.board.pool.get("shim:shim_01")
     assert on is not None
     (sent,) = h.requests_on(on)
-    h.board.from_instance(on, jsonrpc.error(sent["id"], jsonrpc.INTERNAL_ERROR, "broken"))
+    h.from_instance(on, jsonrpc.error(sent["id"], jsonrpc.INTERNAL_ERROR, "broken"))
     h.collect()
 
     assert actions.RestartInstance(on.slot, "1 failures in a row, last: answered error -32603") in h.other

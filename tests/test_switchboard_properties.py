@@ -106,7 +106,7 @@ class SwitchboardMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def instance_asks_roots(self, data: st.DataObject) -> None:
         instance = data.draw(st.sampled_from(sorted(self.h.board.pool, key=lambda i: i.slot)))
-        self.h.board.from_instance(instance, {"jsonrpc": "2.0", "id": f"roots{next(self.ids)}",
+        self.h.from_instance(instance, {"jsonrpc": "2.0", "id": f"roots{next(self.ids)}",
                                               "method": "roots/list"})
         self.h.collect()
 
@@ -210,7 +210,7 @@ class SwitchboardMachine(RuleBasedStateMachine):
         instance, request = data.draw(st.sampled_from(running))
         if outcome == "internal error":
             self.h.answered.add(request["id"])
-            self.h.board.from_instance(instance, jsonrpc.error(request["id"], jsonrpc.INTERNAL_ERROR, "broken"))
+            self.h.from_instance(instance, jsonrpc.error(request["id"], jsonrpc.INTERNAL_ERROR, "broken"))
             self.h.collect()
         else:
             self.h.answer(instance, request["id"], {"content": [], "isError": outcome == "tool error"})
@@ -229,7 +229,7 @@ class SwitchboardMachine(RuleBasedStateMachine):
                    "error": jsonrpc.error(request["id"], jsonrpc.INTERNAL_ERROR, "phantom"),
                    "progress": jsonrpc.notification("notifications/progress",
                                                     {"progressToken": request["id"], "progress": 1})}[kind]
-        self.h.board.from_instance(liar, message)
+        self.h.from_instance(liar, message)
         self.h.collect()
 
     @rule(seconds=st.sampled_from([0.1, 1.0, 4.0, 11.0]))

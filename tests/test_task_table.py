@@ -114,7 +114,7 @@ def test_a_long_tasks_result_has_no_deadline_and_its_error_is_not_the_instances(
     h.advance(30)
     waited = dict(h.responses(a))
     (request,) = sent(h, instance, "tasks/result")
-    h.board.from_instance(instance, jsonrpc.error(request["id"], jsonrpc.INTERNAL_ERROR, "the tool's own failure"))
+    h.from_instance(instance, jsonrpc.error(request["id"], jsonrpc.INTERNAL_ERROR, "the tool's own failure"))
     h.collect()
 
     assert "wait" not in waited
@@ -173,8 +173,8 @@ def test_status_notifications_go_to_the_owner_only_and_unknown_ones_to_nobody() 
     create(h, a, "c1", "t-a", on=instance)
     call_on(h, instance, b, "busy", {"name": "work"})  # b is the one using the instance now
 
-    h.board.from_instance(instance, jsonrpc.notification("notifications/tasks/status", task("t-a", "completed")))
-    h.board.from_instance(instance, jsonrpc.notification("notifications/tasks/status", task("t-unknown")))
+    h.from_instance(instance, jsonrpc.notification("notifications/tasks/status", task("t-a", "completed")))
+    h.from_instance(instance, jsonrpc.notification("notifications/tasks/status", task("t-unknown")))
     h.collect()
 
     assert [n["params"]["taskId"] for n in notifications(h, a, "notifications/tasks/status")] == ["t-a"]
@@ -188,16 +188,16 @@ def test_a_server_request_for_a_task_reaches_its_owner_not_the_session_using_the
     call_on(h, instance, b, "busy", {"name": "work"})  # by who is using the instance, the question is b's
     related = {"_meta": {RELATED_TASK: {"taskId": "t-a"}}}
 
-    h.board.from_instance(instance, {"jsonrpc": "2.0", "id": 99, "method": "elicitation/create",
+    h.from_instance(instance, {"jsonrpc": "2.0", "id": 99, "method": "elicitation/create",
                                      "params": {"message": "go on?", "requestedSchema": {}, **related}})
-    h.board.from_instance(instance, jsonrpc.notification("notifications/message",
+    h.from_instance(instance, jsonrpc.notification("notifications/message",
                                                          {"level": "info", "data": "working on it", **related}))
     h.collect()
 
     (question,) = [m for m in h.to_client[a.identity] if m.get("method") == "elicitation/create"]
     assert notifications(h, a, "notifications/message")
     assert not [m for m in h.to_client.get(b.identity, []) if "method" in m]
-    h.board.from_client(a, jsonrpc.result(question["id"], {"action": "accept", "content": {}}))
+    h.from_client(a, jsonrpc.result(question["id"], {"action": "accept", "content": {}}))
     h.collect()
     assert h.to_instance[instance.slot][-1] == jsonrpc.result(99, {"action": "accept", "content": {}})
 
@@ -208,7 +208,7 @@ def test_a_tasks_progress_keeps_the_clients_token_after_its_request_is_answered(
     create(h, a, "c1", "t-1", on=instance, meta={"progressToken": "mine"})
     backend_token = next(m for m in h.to_instance[instance.slot] if (m.get("params") or {}).get("task"))["id"]
 
-    h.board.from_instance(instance, jsonrpc.notification(
+    h.from_instance(instance, jsonrpc.notification(
         "notifications/progress", {"progressToken": backend_token, "progress": 1, "total": 2}))
     h.collect()
 
@@ -263,7 +263,7 @@ def test_a_closed_sessions_unfinished_tasks_are_cancelled_and_forgotten() -> Non
     a = h.open("a")
     create(h, a, "c1", "t-running", on=instance)
     create(h, a, "c2", "t-done", on=instance)
-    h.board.from_instance(instance, jsonrpc.notification("notifications/tasks/status", task("t-done", "completed")))
+    h.from_instance(instance, jsonrpc.notification("notifications/tasks/status", task("t-done", "completed")))
 
     h.close(a)
 
@@ -292,7 +292,7 @@ def test_finished_tasks_stay_fetchable_until_the_session_has_too_many() -> None:
     a = h.open("a")
     for n in range(3):
         create(h, a, f"c{n}", f"t-{n}", on=instance)
-        h.board.from_instance(instance, jsonrpc.notification("notifications/tasks/status",
+        h.from_instance(instance, jsonrpc.notification("notifications/tasks/status",
                                                              task(f"t-{n}", "completed")))
         h.collect()
     create(h, a, "c-live", "t-live", on=instance)
