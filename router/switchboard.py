@@ -33,6 +33,7 @@ from mcpmux.router.actions import (
     ToClient,
     ToInstance,
 )
+from mcpmux.router.audience import Audience
 from mcpmux.router.breaker import CircuitBreaker, is_instance_failure
 from mcpmux.router.contexts import ROOTS, SEVERAL, ClientContext, ContextRules
 from mcpmux.router.eligibility import Eligibility, PinnedInstanceGone
@@ -114,6 +115,9 @@ class Switchboard:
         self.elicitations = elicitations.Elicitations()
         self.tasks = tasks.TaskTable()
         self._log_level: str | None = None
+        # Who hears what an instance says:
+        self.audience = Audience(self.sessions, self.pool, self.requests.running, self.tasks, self.elicitations,
+                                 self.subscriptions, self.eligibility, self.contexts)
         self.retry = RetryPolicy()
         # Unique across instances and across core restarts, so a late answer never matches a new request.
         self._ids = itertools.count(time.time_ns() // 1000)
@@ -315,7 +319,8 @@ class Switchboard:
                 self._abandon(pending, params_of(message).get("reason") or "cancelled by client")
         elif method == "notifications/initialized":
             session.initialized = True
-            self._replay_list_changed(session)
+            for target, missed in self.audience.replayed(session):
+                self._answer(target, missed)
             self._ask_roots(session)  # every backend had its own handshake when it started
         elif method == "notifications/roots/list_changed":
             self.contexts.roots_changed(session)  # the session moves to the context of its new roots
@@ -584,7 +589,7 @@ class Switchboard:
         # Whatever the answer, the server asks clients: from now on each instance serves one session at a
         # time, so that every later request of theirs has one possible owner (router/eligibility.py).
         self.pool.ask_clients()
-        session = self._task_owner(instance, message) or self._session_for(instance)
+        session = self.audience.owner(instance, message)
         refused = server_requests.refusal(session, method)
         if refused is not None or session is None:
             code, text = refused or (jsonrpc.INTERNAL_ERROR, "no session")
@@ -597,133 +602,11 @@ class Switchboard:
         self._answer(session, message.with_id(client_id))
 
     def _instance_notification(self, instance: Instance, message: Envelope) -> None:
-        if message.flags & Flag.SUBSCRIPTION:  # a frame of a listen stream, tagged with our request id
-            stream = self.requests.running.get(message.token)
-            if stream is None or stream.slot != instance.slot:
-                return
-            for frame in listen.to_client(stream, message):
-                self._answer(stream.session, frame)
-            return
-        method = message["method"]
-        params = params_of(message)
-        if method == "notifications/progress":
-            self._progress(instance, params, message)
-        elif method.endswith("/list_changed"):
-            self._list_changed(instance, method, message)
-        elif method == "notifications/resources/updated":
-            self._resource_updated(instance, params, message)
-        elif method == "notifications/cancelled":
-            self._server_cancelled(instance, params)
-        elif method == "notifications/message":
-            self._log_message(instance, params, message)
-        elif method == "notifications/tasks/status":
-            task = self.tasks.observe(instance.slot, params)
-            owner = self.sessions.get(task.session) if task is not None else None
-            if owner is not None:  # never anyone else, not even when the task is unknown
-                self._answer(owner, message)
-        elif method == elicitations.COMPLETE:
-            owner = self.sessions.get(self.elicitations.completed(instance.slot, message) or b"")
-            if owner is not None:  # only the session that was asked: an unknown id reaches nobody
-                self._answer(owner, message)
-        else:
-            session = self._task_owner(instance, message) or self._session_for(instance, guess_when_idle=False)
-            audience = [session] if session else self._unattributed_audience(instance)
-            for target in audience:
-                if target.hears_notifications:
-                    self._answer(target, message)
-
-    def _progress(self, instance: Instance, params: JsonObject, message: Envelope) -> None:
-        """Progress goes to the client whose request gave the token, from the instance running it; a
-        token nobody gave (a server that tags its progress with the request's id) is dropped."""
-        pending = self.requests.running.get(params.get("progressToken"))
-        if pending is not None and (pending.slot != instance.slot or not pending.message.flags & Flag.PROGRESS):
-            log.info("%s sent progress for a token its client never gave; dropped", instance.slot)
-            return
-        if pending is None:
-            # A task's progress keeps its request's token after the request was answered.
-            target = self.tasks.progress_target(instance.slot, params.get("progressToken"))
-            session = self.sessions.get(target[0]) if target is not None else None
-            if target is not None and session is not None:
-                self._answer(session, rewrite.with_progress_token(message, target[1]))
-            return
-        token = rewrite.client_progress_token(pending.message)
-        self._answer(pending.session, rewrite.with_progress_token(message, token))
-
-    def _list_changed(self, instance: Instance, method: str, message: Envelope) -> None:
-        # Every instance announces the same change: a session hears it once until it lists again. Only the
-        # sessions of its context: another context may list other things. Under dedicated too: an instance
-        # of the same context announces what the session's own would (the servers are the same program).
-        # A session not initialized yet hears it after its initialized (`_replay_list_changed`).
-        instance.announced.add(method)
-        for session in self.served_by(instance):
-            if session.hears_notifications:
-                self._tell_changed(session, method, message)
-
-    def _replay_list_changed(self, session: Session) -> None:
-        """A session that initializes after the instances of its handshake started hears what they announced
-        (a server that registers tools after each initialized says so to each client of its own)."""
-        handshake = session.context.handshake() if session.context is not None else None
-        announced = {method for instance in self.pool if instance.context is not None
-                     and instance.context.handshake() == handshake for method in instance.announced}
-        for method in sorted(announced):
-            self._tell_changed(session, method, jsonrpc.notification(method))
-
-    def _tell_changed(self, session: Session, method: str, message: Outgoing) -> None:
-        if method not in session.list_changed_sent:
-            session.list_changed_sent.add(method)
-            self._answer(session, message)
-
-    def _resource_updated(self, instance: Instance, params: JsonObject, message: Envelope) -> None:
-        for identity in self.subscriptions.listeners(params.get("uri"), instance.slot):
-            session = self.sessions.get(identity)
-            if session is not None:
-                self._answer(session, message)
-
-    def _server_cancelled(self, instance: Instance, params: JsonObject) -> None:
-        for session in self.sessions.values():
-            for client_id, request in list(session.server_requests.items()):
-                if request.slot == instance.slot and request.backend_id == params.get("requestId"):
-                    del session.server_requests[client_id]
-                    self._answer(session, jsonrpc.notification(
-                        "notifications/cancelled", {**params, "requestId": client_id}))
-                    return
-
-    def _log_message(self, instance: Instance, params: JsonObject, message: Envelope) -> None:
-        """A log message goes to the session it was produced for: the one whose request (or task) runs on the
-        instance when exactly one does. Otherwise it is nobody's for sure, and goes only to the sessions of the
-        instance's context that asked for logs (logging/setLevel) at a level admitting it."""
-        level = str(params.get("level"))
-        owner = self._task_owner(instance, message) or self._session_for(instance, guess_when_idle=False)
-        if owner is not None:
-            targets = [owner] if owner.wants_log(level) else []
-        else:
-            targets = [session for session in self._unattributed_audience(instance) if session.admits_log(level)]
-        for session in targets:
-            self._answer(session, message)
-
-    def _task_owner(self, instance: Instance, message: Envelope) -> Session | None:
-        """The session owning the task a message names in its related-task `_meta`: exact, where
-        `_session_for` can only guess."""
-        task = self.tasks.owner(instance.slot, message)
-        return self.sessions.get(task.session) if task is not None else None
-
-    def _session_for(self, instance: Instance, *, guess_when_idle: bool = True) -> Session | None:
-        # Under dedicated the instance's own session, whatever its context does meanwhile (its roots asked
-        # again); otherwise only a session the instance serves (one of its context) can be the one.
-        assigned = self.eligibility.assignment()
-        candidates = (self.sessions if assigned is not None
-                      else {session.identity: session for session in self.served_by(instance)})
-        return server_requests.attribute(instance.slot, self.requests.running.sessions_on(instance.slot), candidates,
-                                         guess_when_idle=guess_when_idle, assigned=assigned)
-
-    def _unattributed_audience(self, instance: Instance) -> list[Session]:
-        """Who hears an instance's message that belongs to no one session. When sessions share instances,
-        the sessions of its context (dedicated's "everybody" narrowed by contexts': an instance speaks only
-        to those it may serve); under dedicated nobody, since an instance with no session serves no one."""
-        return self.served_by(instance) if self.eligibility.shares_instances else []
+        for session, delivered in self.audience.of_notification(instance, message):
+            self._answer(session, delivered)
 
     def served_by(self, instance: Instance) -> list[Session]:
-        return [session for session in self.sessions.values() if self.contexts.serves(instance, session)]
+        return self.audience.served_by(instance)
 
     # --- instances coming and going ------------------------------------------------------------------
 

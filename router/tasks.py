@@ -102,7 +102,7 @@ def offers_cancel(initialize_result: JsonObject | None) -> bool:
 
 class TaskTable:
     def __init__(self, keep_finished: int = KEEP_FINISHED) -> None:
-        self._keep_finished = keep_finished
+        self.keep_finished = keep_finished
         self._by_owner: dict[tuple[bytes, str], Task] = {}
         self._by_origin: dict[tuple[str, str], Task] = {}  # live tasks, by the instance that made them
         self._by_progress: dict[int, Task] = {}
@@ -304,7 +304,7 @@ class TaskTable:
             return
         finished = self._finished.setdefault(task.session, OrderedDict())
         finished[task.task_id] = None
-        while len(finished) > self._keep_finished:
+        while len(finished) > self.keep_finished:
             oldest, _ = finished.popitem(last=False)
             self._drop(self._by_owner[(task.session, oldest)])
 

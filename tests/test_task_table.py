@@ -8,7 +8,7 @@ from mcpmux import jsonrpc
 from mcpmux.jsonrpc import JsonObject, RequestId
 from mcpmux.router.instances import Instance
 from mcpmux.router.session import Session
-from mcpmux.router.tasks import RELATED_TASK, TaskTable
+from mcpmux.router.tasks import RELATED_TASK
 from tests.switchboard_harness import INITIALIZE_RESULT, Harness
 
 WITH_TASKS: JsonObject = {**INITIALIZE_RESULT, "capabilities": {
@@ -288,7 +288,7 @@ def test_a_task_is_forgotten_when_its_ttl_passes() -> None:
 
 def test_finished_tasks_stay_fetchable_until_the_session_has_too_many() -> None:
     h, (instance, _) = pool()
-    h.board.tasks = TaskTable(keep_finished=2)
+    h.board.tasks.keep_finished = 2
     a = h.open("a")
     for n in range(3):
         create(h, a, f"c{n}", f"t-{n}", on=instance)
