@@ -42,7 +42,7 @@ from mcpmux.router.limits import limits_for, request_kind
 from mcpmux.router.metrics import Metrics
 from mcpmux.router.priorities import PriorityPolicy
 from mcpmux.router.queue import Priority, QueueFull, RequestQueue
-from mcpmux.router.requests import Pending, Requests, Stage
+from mcpmux.router.requests import AWAITING_BACKEND, DONE, QUEUED, RUNNING, Pending, Requests
 from mcpmux.router.retry import RetryPolicy
 from mcpmux.router.session import LIST_CHANGED_BY_LIST_METHOD, LOG_LEVELS, ServerRequest, Session, most_verbose
 from mcpmux.router.settling import Check, Settling, Verdict
@@ -242,7 +242,7 @@ class Switchboard:
         self._await_backend(session, pending)
 
     def _await_backend(self, session: Session, pending: Pending) -> None:
-        self.requests.move(pending, Stage.AWAITING_BACKEND)
+        self.requests.move(pending, AWAITING_BACKEND)
         self.requests.arm(pending, self._startup_timeout)
         if self.contexts.needs_handshake(session, list(self.pool)):
             self._actions.append(ContextWanted())
@@ -367,12 +367,12 @@ class Switchboard:
             self.queue.took_turn(pending.session.identity)
         else:
             try:
-                self.requests.move(pending, Stage.QUEUED)
+                self.requests.move(pending, QUEUED)
             except QueueFull as full:
                 self._fail(pending, jsonrpc.OVERLOADED, f"mcpmux is overloaded: {full}; retry later")
                 return
             self._ask_instance_if_none_serves(pending.session)  # it waits: can anyone ever serve it?
-        if pending.stage is not Stage.DONE and not listen.is_stream(pending):
+        if pending.stage is not DONE and not listen.is_stream(pending):
             self.requests.arm(pending, self._request_timeout)
 
     def _dispatch(self, pending: Pending) -> bool:
@@ -396,7 +396,7 @@ class Switchboard:
 
     def _start(self, pending: Pending, instance: Instance) -> None:
         backend_id = next(self._ids)
-        self.requests.move(pending, Stage.RUNNING, instance=instance, backend_id=backend_id)
+        self.requests.move(pending, RUNNING, instance=instance, backend_id=backend_id)
         pending.dispatched = self._now()
         self._send(instance, rewrite.for_instance(pending.message, backend_id))
 
@@ -412,7 +412,7 @@ class Switchboard:
 
     def _finish(self, pending: Pending, response: Outgoing) -> None:
         """Send a request's one response, under the client's own id."""
-        self.requests.move(pending, Stage.DONE)
+        self.requests.move(pending, DONE)
         envelope = Envelope.of(response)
         if envelope.kind is Kind.ERROR:
             self.metrics.requests_failed += 1
@@ -441,7 +441,7 @@ class Switchboard:
             self._settle_given_up(instance)
 
     def _expire(self, pending: Pending, seconds: float) -> None:
-        if pending.stage is Stage.DONE:
+        if pending.stage is DONE:
             return  # answered meanwhile: by an earlier expiry's failover, say
         instance = self.pool.get(pending.slot or "")
         self._cancel_on_instance(pending, "request timed out")
@@ -454,14 +454,14 @@ class Switchboard:
         """Where the request was when its time ran out; a request that waited because of its client's
         context says so (another client's is never used)."""
         took = f"Request timed out after {seconds * 1000:.0f} ms"
-        if pending.stage is Stage.RUNNING:
+        if pending.stage is RUNNING:
             return jsonrpc.error(pending.client_id, jsonrpc.REQUEST_TIMEOUT,
                                  f"{took} (running on {pending.slot}); mcpmux cancelled it")
         unserved = self.contexts.why_waiting(pending.session, list(self.pool), self._max_instances,
                                              initializing=pending.method == "initialize")
         if unserved is not None:
             return jsonrpc.error(pending.client_id, unserved[0], f"{took}: {unserved[1]}")
-        if pending.stage is Stage.AWAITING_BACKEND:
+        if pending.stage is AWAITING_BACKEND:
             where = "waiting for a backend to start" + (f"; the last start failed: {self.startup_cause}"
                                                        if self.startup_cause else "")
         else:
@@ -471,11 +471,11 @@ class Switchboard:
     def _abandon(self, pending: Pending, reason: str) -> None:
         """Forget a request that will get no response (cancelled by the client or its session closed)."""
         self._cancel_on_instance(pending, reason)
-        self.requests.move(pending, Stage.DONE)
+        self.requests.move(pending, DONE)
 
     def _cancel_on_instance(self, pending: Pending, reason: str) -> None:
         """Tell the instance running the request, if one does, to stop working on it."""
-        instance = self.pool.get(pending.slot or "") if pending.stage is Stage.RUNNING else None
+        instance = self.pool.get(pending.slot or "") if pending.stage is RUNNING else None
         if instance is not None:
             self._send(instance, jsonrpc.notification(
                 "notifications/cancelled", {"requestId": pending.backend_id, "reason": reason}))
@@ -520,7 +520,7 @@ class Switchboard:
             self._answer_local(session, _internal_error(client_id, exc))
 
     def _fail_internally(self, pending: Pending, exc: Exception) -> None:
-        if pending.stage is Stage.DONE:
+        if pending.stage is DONE:
             return  # answered already
         self._cancel_on_instance(pending, "mcpmux failed handling it")
         self._finish(pending, _internal_error(pending.client_id, exc))
@@ -638,7 +638,7 @@ class Switchboard:
     def _refuse_stateless_waiting(self) -> None:
         """The backend refuses the stateless era: the stateless requests waiting for an instance never run."""
         for session in list(self.sessions.values()):
-            queued = [pending for pending in session.pending.values() if pending.stage is Stage.QUEUED]
+            queued = [pending for pending in session.pending.values() if pending.stage is QUEUED]
             for pending in queued:
                 refused = self.eras.refusal(session, pending.message)
                 if refused is not None:
@@ -749,7 +749,7 @@ class Switchboard:
         what ran may have had effects (-32051)."""
         for session in self.sessions.values():
             waiting = [pending for pending in session.pending.values() if pending.waiting]
-            running = [pending for pending in session.pending.values() if pending.stage is Stage.RUNNING]
+            running = [pending for pending in session.pending.values() if pending.stage is RUNNING]
             for pending in waiting:
                 self._finish(pending, jsonrpc.error(pending.client_id, jsonrpc.OVERLOADED,
                                                     f"{reason}; this request never started"))
@@ -783,10 +783,10 @@ class Switchboard:
             if lost_task is not None:
                 self._finish(pending, lost_task)
             elif listen.is_stream(pending):  # opened again elsewhere: the client keeps its stream
-                self.requests.move(pending, Stage.QUEUED)
+                self.requests.move(pending, QUEUED)
             elif pending.pinned_slot is None and self.retry.may_retry(pending.message, pending.attempts):
                 self.metrics.requests_retried += 1
-                self.requests.move(pending, Stage.QUEUED)
+                self.requests.move(pending, QUEUED)
             else:
                 instance.failed += 1
                 self._fail(pending, jsonrpc.INSTANCE_FAILED, _not_retried(pending, reason))
