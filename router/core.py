@@ -35,7 +35,7 @@ from mcpmux.router.contexts import ClientContext
 from mcpmux.router.control import ControlHandler
 from mcpmux.router.door_flow import DoorFlow, Sent
 from mcpmux.router.healing import Healer
-from mcpmux.router.instances import Instance, InstanceState
+from mcpmux.router.instances import Instance
 from mcpmux.router.metrics import Metrics
 from mcpmux.router.queue import Priority
 from mcpmux.router.scaling import Scaler
@@ -185,10 +185,6 @@ class Core:
         log.warning("the core did not run for %.1f s; waiting for fresh heartbeats before judging anyone", gap)
         self.metrics.event("core", f"the core did not run for {gap:.1f} s (stopped or starved); nobody was "
                                    "judged dead for the silence")
-        for instance in self.board.pool:
-            instance.last_seen = max(instance.last_seen, now)
-        for session in self.board.sessions.values():
-            session.last_seen = max(session.last_seen, now)
         self.board.forgive_silence()
 
     def _answer_everyone(self) -> None:
@@ -359,7 +355,7 @@ class Core:
         elif isinstance(message, wire.ClientMessage):
             self.board.from_client(session, message.envelope)
         elif isinstance(message, wire.Heartbeat):
-            session.last_seen = time.monotonic()
+            self.board.heard_from(session)
         elif isinstance(message, wire.DoorBye):
             self._close_session(session, "client disconnected")
         self._settle()
@@ -415,7 +411,7 @@ class Core:
             if slot in self.scaler.wanted and not self.healer.held(slot):
                 self._send_shim(slot, wire.encode(wire.Resync()))  # a shim from before this core started
             return
-        instance.last_seen = time.monotonic()
+        self.board.heard_from(instance)
         if isinstance(message, wire.BackendReady):
             instance.backend_pid = message.backend_pid or instance.backend_pid
             probe = self.healer.slots[slot].probe
@@ -472,18 +468,14 @@ class Core:
         context = ClientContext.from_json(kept)
         if context is None:
             return  # a shim of another version: it serves nobody, and is the first to go
-        instance.context = context.handshake()
-        if context.roots is not None:
-            self.board.contexts.bind(instance, context)
-            self.board.contexts.roots_observed = True
+        self.board.adopt_context(instance, context)
         self.scaler.assigned[instance.slot] = context.handshake()
 
     def _initialize(self, instance: Instance, context: ClientContext) -> None:
         """Initialize a connected shim's backend as a client of this context would have."""
-        instance.started = time.monotonic()  # the startup timeout runs from here
         era = self.board.eras.era_to_open(context.era)  # never the stateless era for a backend refusing it
         context = self.board.contexts.as_opened(context, era)
-        instance.context = context
+        self.board.initializing(instance, context)
         self.scaler.assigned[instance.slot] = context
         self.scaler.awaiting.discard(instance.slot)
         params = self.board.contexts.initialize_params(context)
@@ -538,7 +530,7 @@ class Core:
     def _tick(self, now: float) -> None:
         self._remember_latest_client()
         self._remember_asking()
-        self._check_liveness(now)
+        self._check_liveness()
         self._settle()
         self.healer.tick()
         self.scaler.tick()
@@ -573,7 +565,7 @@ class Core:
         except OSError as exc:  # a hint only: a full disk must not stop the core
             log.warning("cannot note that the server asks clients in %s: %s", self.paths.asks_clients, exc)
 
-    def _check_liveness(self, now: float) -> None:
+    def _check_liveness(self) -> None:
         # The core may have been stopped anywhere in its loop, not only in its poll: a stall noticed only
         # after this judgement would have everyone judged for the core's own silence.
         self._note_running(0)
@@ -582,33 +574,28 @@ class Core:
             self._initialize_awaiting()
         for identity in self._door_flow.held():
             self._flush_backlog(identity)
-        for instance in list(self.board.pool):
-            if now - instance.last_seen > HEARTBEAT_LIVENESS * 1.0 + TICK:
-                self._instance_lost(instance, f"missed {HEARTBEAT_LIVENESS} heartbeats")
+        for instance in self.board.silent_instances(HEARTBEAT_LIVENESS * 1.0 + TICK):
+            self._instance_lost(instance, f"missed {HEARTBEAT_LIVENESS} heartbeats")
         for session in list(self.board.sessions.values()):
             if _exited(self._door_pids.get(session.identity, 0)):
                 self._close_session(session, "its door's process exited")
-            elif now - session.last_seen > DOOR_LIVENESS:
-                self._close_session(session, "door stopped beating")
-        self._check_startups(now)
+        for session in self.board.silent_sessions(DOOR_LIVENESS):
+            self._close_session(session, "door stopped beating")
+        self._check_startups()
         interval = self.config.multiplexer.health_check_interval / 1000
         self.board.health_check(interval, timeout=min(10.0, interval))
 
-    def _check_startups(self, now: float) -> None:
+    def _check_startups(self) -> None:
         limit = self.config.multiplexer.startup_timeout / 1000
-        for instance in list(self.board.pool):
-            if instance.slot in self.scaler.awaiting:
-                continue  # not initialized yet: nothing to wait for
-            waiting = instance.state in (InstanceState.STARTING, InstanceState.PROBING)
-            if waiting and now - instance.started > limit:
-                reason = f"not ready within startupTimeout ({limit * 1000:.0f} ms)"
-                self._instance_lost(instance, reason)
-                self.healer.restart(instance.slot, reason)
-                # Its shim's log says why (a server printing garbage, hung in initialize): the clients
-                # waiting for it hear that, not only that it took too long.
-                self.background.run(functools.partial(self.supervisor.log_tail, instance.slot),
-                                    functools.partial(self._startup_timed_out, instance.slot, reason),
-                                    what=f"reading {instance.slot}'s log")
+        for instance in self.board.late_to_start(limit, uninitialized=self.scaler.awaiting):
+            reason = f"not ready within startupTimeout ({limit * 1000:.0f} ms)"
+            self._instance_lost(instance, reason)
+            self.healer.restart(instance.slot, reason)
+            # Its shim's log says why (a server printing garbage, hung in initialize): the clients
+            # waiting for it hear that, not only that it took too long.
+            self.background.run(functools.partial(self.supervisor.log_tail, instance.slot),
+                                functools.partial(self._startup_timed_out, instance.slot, reason),
+                                what=f"reading {instance.slot}'s log")
 
     def _startup_timed_out(self, slot: str, reason: str, tail: str) -> None:
         self.board.startup_failed(reason, tail)

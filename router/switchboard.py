@@ -14,7 +14,7 @@ import functools
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from mcpmux import jsonrpc
@@ -740,9 +740,50 @@ class Switchboard:
         ejected = sum(1 for other in self.pool if other.state is InstanceState.OPEN)
         return ejected < max(1, len(self.pool) // 2)
 
+    # --- who is still there: heartbeats and startups, judged on the switchboard's clock ----------------
+
+    def heard_from(self, peer: Instance | Session) -> None:
+        """A shim or a door beat (or said anything)."""
+        peer.last_seen = self._now()
+
     def forgive_silence(self) -> None:
-        """The core did not run for a while: pings it sent meanwhile are judged afresh, not as unanswered."""
+        """The core did not run for a while: everyone gets a fresh chance to beat before being judged (their
+        heartbeats could not be heard while nothing listened), and pings sent meanwhile are judged afresh."""
+        now = self._now()
+        for peer in [*self.pool, *self.sessions.values()]:
+            peer.last_seen = max(peer.last_seen, now)
         self._pings.clear()
+
+    def silent_instances(self, limit: float) -> list[Instance]:
+        """The instances whose shims have not been heard from for more than `limit` seconds."""
+        now = self._now()
+        return [instance for instance in self.pool if now - instance.last_seen > limit]
+
+    def silent_sessions(self, limit: float) -> list[Session]:
+        """The sessions whose doors have not been heard from for more than `limit` seconds."""
+        now = self._now()
+        return [session for session in self.sessions.values() if now - session.last_seen > limit]
+
+    def late_to_start(self, limit: float, uninitialized: Collection[str]) -> list[Instance]:
+        """The instances sent their initialize more than `limit` seconds ago and not ready yet (those not
+        initialized at all have nothing to be late for)."""
+        now = self._now()
+        return [instance for instance in self.pool if instance.slot not in uninitialized
+                and instance.state in (InstanceState.STARTING, InstanceState.PROBING)
+                and now - instance.started > limit]
+
+    def initializing(self, instance: Instance, context: ClientContext) -> None:
+        """The core sends the instance's backend its initialize, as a client of `context`: its startup
+        timeout runs from now."""
+        instance.started = self._now()
+        instance.context = context
+
+    def adopt_context(self, instance: Instance, context: ClientContext) -> None:
+        """A shim from before this core says whom its backend was initialized for (and bound to)."""
+        instance.context = context.handshake()
+        if context.roots is not None:
+            self.contexts.bind(instance, context)
+            self.contexts.roots_observed = True
 
     def stop(self, reason: str) -> None:
         """The core stops: every request gets its one answer now. What never started says so (-32050);

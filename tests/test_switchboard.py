@@ -435,3 +435,47 @@ def test_session_affinity_spreads_sessions_that_open_while_the_pool_starts() -> 
              for instance in (first, starting)}
     assert len(calls["shim:shim_01"]) == 1, "the second instance serves its sessions once ready"
     assert len(calls["shim:shim_00"]) == 1
+
+
+# --- who is still there: judged on the switchboard's clock, which the harness moves ------------------------
+
+
+def test_peers_are_silent_once_not_heard_from_for_longer_than_the_limit() -> None:
+    h = Harness.make()
+    quiet, talking = h.add_instance("shim:shim_00"), h.add_instance("shim:shim_01")
+    gone, there = h.open("gone"), h.open("there")
+    h.advance(5.0)
+    h.board.heard_from(talking)
+    h.board.heard_from(there)
+    h.advance(1.0)
+
+    assert h.board.silent_instances(limit=5.5) == [quiet]
+    assert h.board.silent_sessions(limit=5.5) == [gone]
+    assert h.board.silent_instances(limit=6.5) == [] and h.board.silent_sessions(limit=6.5) == []
+
+
+def test_a_stalled_core_forgives_everyone_s_silence() -> None:
+    """The core itself did not run: nobody is judged for the heartbeats it could not hear."""
+    h = Harness.make()
+    h.add_instance("shim:shim_00")
+    h.open("a")
+    h.advance(60.0)
+
+    h.board.forgive_silence()
+
+    assert h.board.silent_instances(limit=1.0) == [] and h.board.silent_sessions(limit=1.0) == []
+
+
+def test_an_instance_is_late_only_once_initialized_and_only_until_ready() -> None:
+    h = Harness.make()
+    context = ClientContext.of({"protocolVersion": "2025-11-25", "capabilities": {}})
+    initialized = h.board.instance_connected("shim:shim_00", 1, 2)
+    h.board.initializing(initialized, context)
+    uninitialized = h.board.instance_connected("shim:shim_01", 3, 4)
+    ready = h.add_instance("shim:shim_02")
+    h.advance(31.0)
+
+    late = h.board.late_to_start(30.0, uninitialized={uninitialized.slot})
+
+    assert late == [initialized], "the one waiting for a client is not late, nor the ready one"
+    assert ready not in late and initialized.context == context
