@@ -44,7 +44,7 @@ lint: setup
 # file whose tests share a costly fixture keeps them on one worker (xdist_group).
 TEST_WORKERS ?= 4
 test: setup node lint
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup --durations=10
 
 # socat joins the overhead benchmark (its floor of three chained relays); without it that row is skipped.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo -n)

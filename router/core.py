@@ -108,7 +108,8 @@ class Core:
         self._last_turn = time.monotonic()
         self._remembered = last_client.load(paths.last_client)
         self.scaler.warm = self._remembered or self.scaler.warm
-        self.board.pool.asks_clients = paths.asks_clients.exists()
+        if paths.asks_clients.exists():  # a stack whose server asked clients before: from its first call
+            self.board.pool.ask_clients()
         self._asks_remembered = self.board.pool.asks_clients
         self.incarnation = f"{os.getpid()}-{time.time_ns()}"
 
@@ -413,10 +414,9 @@ class Core:
             return
         self.board.heard_from(instance)
         if isinstance(message, wire.BackendReady):
-            instance.backend_pid = message.backend_pid or instance.backend_pid
             probe = self.healer.slots[slot].probe
             self.board.instance_ready(instance, message.initialize_result, probe=probe, era=Era(message.era),
-                                      fallback=message.fallback)
+                                      fallback=message.fallback, backend_pid=message.backend_pid)
         elif isinstance(message, wire.ShimStopping):
             self._instance_lost(instance, message.reason, planned=True)
         elif isinstance(message, wire.BackendFailed):

@@ -618,10 +618,11 @@ class Switchboard:
 
     @event
     def instance_ready(self, instance: Instance, result: JsonObject, *, probe: bool = False,
-                       era: Era = Era.HANDSHAKE, fallback: str | None = None) -> None:
-        """A backend finished its handshake (or its discover, in the stateless era). After failures it is
-        half-open: one ping decides."""
+                       era: Era = Era.HANDSHAKE, fallback: str | None = None, backend_pid: int = 0) -> None:
+        """A backend finished its handshake (or its discover, in the stateless era), in process
+        `backend_pid` if its shim knows it by now. After failures it is half-open: one ping decides."""
         instance.initialize_result = result
+        instance.backend_pid = backend_pid or instance.backend_pid
         self.eras.opened(instance, era, fallback)
         if instance.context is not None:  # a stateless context whose backend refused the era: its fallback's
             instance.context = self.contexts.as_opened(instance.context, era)
