@@ -161,7 +161,7 @@ class Core:
                         woken = True
                 if woken:  # background work finished, or a signal came: not looked for on every message
                     self.background.run_ready()
-                self._settle()
+                self._carry_out()
                 if self.board.queue:
                     self._react_to_queue()
                 self._on_time()
@@ -196,7 +196,7 @@ class Core:
         reason = "the stack is stopping" if stack_stops else "mcpmux's core is restarting"
         log.info("%s: answering %d requests", reason, sum(len(s.pending) for s in self.board.sessions.values()))
         self.board.stop(reason)
-        self._settle()
+        self._carry_out()
         if stack_stops:
             frames = wire.encode(wire.Closing(reason))
             for identity in list(self.board.sessions):
@@ -238,13 +238,13 @@ class Core:
         if now >= self._next_reaction:
             self._next_reaction = now + REACTION
             self.scaler.react()
-            self._settle()
+            self._carry_out()
 
     def _on_time(self) -> None:
         now = time.monotonic()
         if (deadline := self.board.next_deadline()) is not None and deadline <= now:
             self.board.expire_due()
-            self._settle()
+            self._carry_out()
         if now >= self._next_tick:
             self._next_tick = now + TICK
             self._tick(now)
@@ -281,7 +281,7 @@ class Core:
 
     # --- carrying out the switchboard's actions ------------------------------------------------------
 
-    def _settle(self) -> None:
+    def _carry_out(self) -> None:
         """Carry out what the switchboard asked for; then feed it what went wrong doing so, until it is quiet."""
         while True:
             actions_done = self.board.take_actions()
@@ -359,7 +359,7 @@ class Core:
             self.board.heard_from(session)
         elif isinstance(message, wire.DoorBye):
             self._close_session(session, "client disconnected")
-        self._settle()
+        self._carry_out()
 
     def _close_session(self, session: Session, reason: str) -> None:
         log.info("session %s closed: %s", session.name, reason)
@@ -395,7 +395,7 @@ class Core:
 
     def _from_shim_frame(self, identity: bytes, message: wire.Message) -> None:
         self._from_shim(identity.decode(), message)
-        self._settle()  # an answer goes to its client now, not after the rest of the batch
+        self._carry_out()  # an answer goes to its client now, not after the rest of the batch
 
     def _from_shim(self, slot: str, message: wire.Message) -> None:
         instance = self.board.pool.get(slot)
@@ -531,10 +531,10 @@ class Core:
         self._remember_latest_client()
         self._remember_asking()
         self._check_liveness()
-        self._settle()
+        self._carry_out()
         self.healer.tick()
         self.scaler.tick()
-        self._settle()
+        self._carry_out()
         self._stop_when_idle(now)
         if now - self._last_poll >= SUPERVISOR_POLL:
             self._last_poll = now
@@ -600,7 +600,7 @@ class Core:
     def _startup_timed_out(self, slot: str, reason: str, tail: str) -> None:
         self.board.startup_failed(reason, tail)
         self.healer.failed_to_start(slot, self.board.startup_cause or reason)
-        self._settle()
+        self._carry_out()
 
     def _check_fatal(self, processes: list[dict[str, Any]]) -> None:
         """supervisord's own view: a slot that cannot even start (FATAL) is backed off, then given up."""
@@ -618,7 +618,7 @@ class Core:
         self.metrics.event("alert", f"{slot}: {reason}", slot=slot, stderr=tail)
         self.board.startup_failed(reason, tail)
         self.healer.failed_to_start(slot, self.board.startup_cause or reason)
-        self._settle()
+        self._carry_out()
         self.healer.back_off(slot, reason)
 
     def _stop_when_idle(self, now: float) -> None:

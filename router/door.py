@@ -66,7 +66,7 @@ class Door:
         self._socket.setsockopt(zmq.RCVHWM, RCVHWM)
         self._unanswered: dict[RequestId, Envelope] = {}
         self._initialize_params: JsonObject | None = None
-        self._to_settle: dict[RequestId, Envelope] | None = None
+        self._lost: dict[RequestId, Envelope] | None = None
         self._retry = RetryPolicy()  # the core keeps it up to date with the tools' annotations
         self._welcomed = False
         self._next_beat = 0.0
@@ -273,26 +273,26 @@ class Door:
                 if message.safe_tools:
                     self._retry.replace(message.safe_tools)
                 self._welcomed = True
-                self._settle(restarted=message.incarnation != self._incarnation)
+                self._answer_lost(restarted=message.incarnation != self._incarnation)
                 self._incarnation = message.incarnation
             elif isinstance(message, wire.Closing):
                 self._close(message.reason)
                 return
-            elif isinstance(message, wire.Resync) and self._to_settle is None:
+            elif isinstance(message, wire.Resync) and self._lost is None:
                 # The core restarted and lost this session: introduce it again; what was sent before this
                 # point is settled once the core welcomes us (later Resyncs are echoes of the same loss).
-                self._to_settle = dict(self._unanswered)
+                self._lost = dict(self._unanswered)
                 self._send(wire.DoorHello(os.getpid(), self._initialize_params, self._priority, self._cwd, True,
                                           self._env))
             if len(self._outbox) > self._outbox_limit:
                 return  # the rest waits in ZeroMQ until the client reads
 
-    def _settle(self, *, restarted: bool) -> None:
+    def _answer_lost(self, *, restarted: bool) -> None:
         """Answer each request the core lost (it restarted, or took this door for gone): resend the safe
         ones, fail the others."""
-        to_settle, self._to_settle = self._to_settle or {}, None
+        lost, self._lost = self._lost or {}, None
         what = "mcpmux's core restarted" if restarted else "mcpmux's core lost this session"
-        for request in to_settle.values():
+        for request in lost.values():
             if request.id not in self._unanswered:
                 continue
             if self._retry.may_retry(request, attempts=0):

@@ -52,7 +52,7 @@ class Eras:
     # --- sessions ------------------------------------------------------------------------------------
 
     @staticmethod
-    def settle(session: Session, message: Envelope) -> None:
+    def note_era(session: Session, message: Envelope) -> None:
         """A session's era is that of its first word: initialize, or a request carrying the 2026-07-28
         `_meta` (server/discover is of both eras, and says nothing)."""
         if session.era is not None:
@@ -62,7 +62,7 @@ class Eras:
         elif message.flags & Flag.ENVELOPED and message.method != DISCOVER:
             session.era = Era.STATELESS
 
-    def refusal(self, session: Session, message: Envelope) -> JsonObject | None:
+    def refused(self, session: Session, message: Envelope) -> JsonObject | None:
         """The error a request of the other era than its session's gets (the one the SDK's own server gives
         on a connection of the other era), or None."""
         method = message.method

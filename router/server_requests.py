@@ -45,7 +45,7 @@ def attribute(slot: str, owners: Collection[bytes], sessions: dict[bytes, Sessio
     return max(candidates, key=lambda session: session.last_request, default=None)
 
 
-def refusal(session: Session | None, method: str) -> tuple[int, str] | None:
+def why_refused(session: Session | None, method: str) -> tuple[int, str] | None:
     """Why a server's request cannot go to `session` (code and message for the instance), or None."""
     if session is None:
         return (jsonrpc.UNATTRIBUTABLE,

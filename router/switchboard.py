@@ -191,8 +191,8 @@ class Switchboard:
             self._answer_local(session, jsonrpc.error(
                 client_id, jsonrpc.INVALID_REQUEST, f"Invalid Request: id {client_id!r} is already in use"))
             return
-        self.eras.settle(session, message)
-        refused = self.eras.refusal(session, message)
+        self.eras.note_era(session, message)
+        refused = self.eras.refused(session, message)
         if refused is not None:
             self._answer_local(session, refused)
             return
@@ -590,7 +590,7 @@ class Switchboard:
         # time, so that every later request of theirs has one possible owner (router/eligibility.py).
         self.pool.ask_clients()
         session = self.audience.owner(instance, message)
-        refused = server_requests.refusal(session, method)
+        refused = server_requests.why_refused(session, method)
         if refused is not None or session is None:
             code, text = refused or (jsonrpc.INTERNAL_ERROR, "no session")
             self._send(instance, jsonrpc.error(message["id"], code, text))
@@ -641,7 +641,7 @@ class Switchboard:
         for session in list(self.sessions.values()):
             queued = [pending for pending in session.pending.values() if pending.stage is QUEUED]
             for pending in queued:
-                refused = self.eras.refusal(session, pending.message)
+                refused = self.eras.refused(session, pending.message)
                 if refused is not None:
                     self._finish(pending, refused)
 
@@ -1037,10 +1037,6 @@ class Switchboard:
     def running(self) -> int:
         """Requests handed to instances and not answered yet."""
         return len(self.requests.running)
-
-    def running_ids(self) -> set[int]:
-        """The ids the instances see for the client requests they run."""
-        return set(self.requests.running)
 
     def _answer(self, session: Session, message: Outgoing) -> None:
         self._actions.append(ToClient(session.identity, Envelope.of(message)))

@@ -140,7 +140,7 @@ class TaskTable:
         if task is None or not isinstance(reported, dict):
             return None
         task.task = {key: value for key, value in reported.items() if key != "_meta"}
-        self._settle(task)
+        self._count_if_finished(task)
         return task
 
     def owner(self, slot: str, message: Message) -> Task | None:
@@ -196,7 +196,7 @@ class TaskTable:
             task.lost = reason
             task.task = {**task.task, "status": "failed", "lastUpdatedAt": stamp,
                          "statusMessage": f"mcpmux lost the server instance running this task ({reason})"}
-            self._settle(task)
+            self._count_if_finished(task)
         return lost
 
     def drop_session(self, session: bytes) -> list[Task]:
@@ -230,7 +230,7 @@ class TaskTable:
         self._by_origin[(slot, task_id)] = task
         if progress is not None:
             self._by_progress[progress[0]] = task
-        self._settle(task)
+        self._count_if_finished(task)
 
     def _route_list(self, session: bytes, request: Message, ready: Container[str]) -> Reply | Forward:
         params = params_of(request)
@@ -296,9 +296,9 @@ class TaskTable:
         task = self._by_owner.get((session, task_id)) if isinstance(task_id, str) else None
         if task is not None and task.lost is None and not task.finished:
             task.task = {**task.task, "status": status}
-            self._settle(task)
+            self._count_if_finished(task)
 
-    def _settle(self, task: Task) -> None:
+    def _count_if_finished(self, task: Task) -> None:
         """Count a task that reached its end among its session's finished ones, keeping the newest few."""
         if not task.finished:
             return

@@ -126,7 +126,7 @@ class Harness:
         self.collect()
         sent = self.to_instance.pop(slot, [])
         learning = [m for m in sent if m.get("method") == "tools/list" and isinstance(m["id"], int)
-                    and m["id"] not in self.board.running_ids()]
+                    and m["id"] not in set(self.board.requests.running)]
         self.to_instance[slot] = [m for m in sent if m not in learning]
         for request in learning:  # the switchboard reads the tools' annotations first
             self.from_instance(instance, jsonrpc.result(request["id"], {"tools": tools}))
@@ -190,7 +190,7 @@ class Harness:
     def running_requests(self) -> list[tuple[Instance, JsonObject]]:
         """Each request an instance runs now, with its instance."""
         return [(instance, request) for instance in self.board.pool for request in self.requests_on(instance)
-                if request["id"] in self.board.running_ids()]
+                if request["id"] in set(self.board.requests.running)]
 
     def requests_on(self, instance: Instance) -> list[JsonObject]:
         """Requests sent to the instance and not yet answered or cancelled."""

@@ -61,7 +61,7 @@ def test_once_it_asks_a_client_an_instance_runs_one_sessions_requests_at_a_time(
     for request in tool_calls_on(h, instance):
         h.answer(instance, request["id"])
     (b_call,) = tool_calls_on(h, instance)
-    assert h.board.running_ids() == {b_call["id"]}, "b's call runs once a's are answered"
+    assert set(h.board.requests.running) == {b_call["id"]}, "b's call runs once a's are answered"
     asks(h, instance)
     assert len(asked(h, b)) == 1, "and what the instance asks now is b's"
 

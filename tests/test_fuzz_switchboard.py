@@ -420,7 +420,7 @@ class FuzzedSwitchboard(RuleBasedStateMachine):
 
     @invariant()
     def in_flight_counts_what_runs(self) -> None:
-        running = self.h.board.running_ids()
+        running = set(self.h.board.requests.running)
         for instance in self.h.board.pool:
             capped = [p for s in self.h.board.sessions.values() for p in s.pending.values()
                       if p.slot == instance.slot and p.capped and p.backend_id in running]

@@ -30,7 +30,7 @@ def methods(h: Harness, instance: Instance) -> list[str]:
 
 def probes(h: Harness, instance: Instance) -> list[dict[str, Any]]:
     return [m for m in h.requests_on(instance) if m["method"] == "tools/call"
-            and m["params"]["name"] != "work" and m["id"] not in h.board.running_ids()]
+            and m["params"]["name"] != "work" and m["id"] not in set(h.board.requests.running)]
 
 
 def allowed(*directories: str) -> dict[str, Any]:

@@ -288,7 +288,7 @@ class SwitchboardMachine(RuleBasedStateMachine):
 
     @invariant()
     def an_instance_counts_exactly_what_it_runs(self) -> None:
-        running = self.h.board.running_ids()
+        running = set(self.h.board.requests.running)
         for instance in self.h.board.pool:
             runs = sum(1 for session in self.sessions.values() for pending in session.pending.values()
                        if pending.slot == instance.slot and pending.capped and pending.backend_id in running)

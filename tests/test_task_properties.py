@@ -55,7 +55,7 @@ class TaskSwitchboardMachine(SwitchboardMachine):
         """The instance that just got a `method` request (if one did) answers it now."""
         for instance in list(self.h.board.pool):
             for request in self.h.requests_on(instance):
-                if request["method"] == method and request["id"] in self.h.board.running_ids():
+                if request["method"] == method and request["id"] in set(self.h.board.requests.running):
                     answer = self._task_answer(instance.slot, request)
                     if answer is not None:
                         self.h.answer(instance, request["id"], answer)
