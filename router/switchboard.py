@@ -11,7 +11,6 @@ send that fails comes back to it as a new event.
 from __future__ import annotations
 
 import functools
-import itertools
 import logging
 import time
 from collections.abc import Callable, Collection
@@ -31,7 +30,6 @@ from mcpmux.router.actions import (
     RestartInstance,
     SafeToolsChanged,
     ToClient,
-    ToInstance,
 )
 from mcpmux.router.audience import Audience
 from mcpmux.router.breaker import CircuitBreaker, is_instance_failure
@@ -40,6 +38,7 @@ from mcpmux.router.eligibility import Eligibility, PinnedInstanceGone
 from mcpmux.router.instances import Instance, InstanceState, Pool
 from mcpmux.router.limits import limits_for, request_kind
 from mcpmux.router.metrics import Metrics
+from mcpmux.router.outbox import Outbox, Outgoing
 from mcpmux.router.priorities import PriorityPolicy
 from mcpmux.router.queue import Priority, QueueFull, RequestQueue
 from mcpmux.router.requests import AWAITING_BACKEND, DONE, QUEUED, RUNNING, Pending, Requests
@@ -54,8 +53,6 @@ log = logging.getLogger("mcpmux.core")
 # The methods whose results the switchboard reads (the others' bodies pass through unopened):
 OPENED = frozenset({"tools/list", "resources/subscribe"})
 
-Outgoing = Envelope | JsonObject  # a message passed on, or one the switchboard built (wrapped as it is sent)
-OnAnswer = Callable[[Instance, Envelope], None]
 Clock = Callable[[], float]
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -98,6 +95,7 @@ class Switchboard:
                                        contexts=self.contexts, occupants=self.requests.running.sessions_on)
         self.metrics = metrics
         self.eras = eras.Eras()  # what the pool's backend speaks
+        self.outbox = Outbox(self.pool, self.eras, metrics)  # what the core is to do, in order
         self.breaker = CircuitBreaker(config.load_balancing.circuit_breaker_threshold,
                                       enabled=config.load_balancing.circuit_breaker_enabled)
         self._pings: dict[str, tuple[int, float]] = {}  # health pings awaiting an answer, by slot
@@ -106,10 +104,7 @@ class Switchboard:
         self._request_timeout = settings.request_timeout / 1000
         self._startup_timeout = settings.startup_timeout / 1000
         self._now = clock
-        self._actions: list[Action] = []
         self._depth = 0  # how many events are being handled, one inside another (`event`)
-        # Requests the router itself sent, by id: the instance they went to, and their follow-up.
-        self._internal: dict[int, tuple[str, OnAnswer | None]] = {}
         self.startup_cause: str | None = None  # why the last backend failed to start, until one starts
         self.subscriptions = Subscriptions()
         self.elicitations = elicitations.Elicitations()
@@ -119,8 +114,6 @@ class Switchboard:
         self.audience = Audience(self.sessions, self.pool, self.requests.running, self.tasks, self.elicitations,
                                  self.subscriptions, self.eligibility, self.contexts)
         self.retry = RetryPolicy()
-        # Unique across instances and across core restarts, so a late answer never matches a new request.
-        self._ids = itertools.count(time.time_ns() // 1000)
 
     # --- sessions ------------------------------------------------------------------------------------
 
@@ -131,8 +124,7 @@ class Switchboard:
 
     def take_actions(self) -> list[Action]:
         """What the core must now do, in order; the switchboard forgets them."""
-        actions, self._actions = self._actions, []
-        return actions
+        return self.outbox.take()
 
     def open_session(self, identity: bytes, initialize_params: JsonObject | None,
                      priority: Priority | None = None, cwd: str | None = None,
@@ -155,12 +147,12 @@ class Switchboard:
         for pending in list(session.pending.values()):
             self._abandon(pending, "client session ended")
         for uri, slot in self.subscriptions.drop_session(session.identity):
-            self._internal_request(slot, "resources/unsubscribe", {"uri": uri})
+            self.outbox.ask(slot, "resources/unsubscribe", {"uri": uri})
         self.elicitations.forget_session(session.identity)
         for task in self.tasks.drop_session(session.identity):  # nobody else may fetch them
             instance = self.pool.get(task.slot)
             if instance is not None and tasks.offers_cancel(instance.initialize_result):
-                self._internal_request(task.slot, "tasks/cancel", {"taskId": task.task_id})
+                self.outbox.ask(task.slot, "tasks/cancel", {"taskId": task.task_id})
         self._update_log_level()
         if own_instance is not None:
             self._recycle(own_instance)
@@ -170,7 +162,7 @@ class Switchboard:
     @event
     def from_client(self, session: Session, message: Envelope) -> None:
         session.last_seen = self._now()
-        before, queued = session.pending.get(message.id), len(self._actions)
+        before, queued = session.pending.get(message.id), len(self.outbox.actions)
         try:
             if message.kind is Kind.REQUEST:
                 self._client_request(session, message)
@@ -188,13 +180,13 @@ class Switchboard:
         session.last_request = now = self._now()
         self.metrics.requests_received += 1
         if client_id in session.pending:
-            self._answer_local(session, jsonrpc.error(
+            self.outbox.answer_local(session, jsonrpc.error(
                 client_id, jsonrpc.INVALID_REQUEST, f"Invalid Request: id {client_id!r} is already in use"))
             return
         self.eras.note_era(session, message)
         refused = self.eras.refused(session, message)
         if refused is not None:
-            self._answer_local(session, refused)
+            self.outbox.answer_local(session, refused)
             return
         if method in LIST_CHANGED_BY_LIST_METHOD:
             session.list_changed_sent.discard(LIST_CHANGED_BY_LIST_METHOD[method])
@@ -207,7 +199,7 @@ class Switchboard:
         self._admit(Pending(session, client_id, message, received=now))
 
     def _ping(self, session: Session, message: Envelope) -> None:
-        self._answer_local(session, jsonrpc.result(message["id"], {}))
+        self.outbox.answer_local(session, jsonrpc.result(message["id"], {}))
 
     def _discover(self, session: Session, message: Envelope) -> None:
         """Answered from what the pool's instances speak (router/eras.py); while nobody knows yet, it waits
@@ -216,7 +208,7 @@ class Switchboard:
         if answer is None or "result" in answer:
             self.contexts.open_stateless(session, message)
         if answer is not None:
-            self._answer_local(session, answer)
+            self.outbox.answer_local(session, answer)
             return
         self._await_backend(session, Pending(session, message["id"], message, received=self._now()))
 
@@ -228,7 +220,7 @@ class Switchboard:
     def _initialize(self, session: Session, message: Envelope) -> None:
         params = message.get("params")
         if not isinstance(params, dict):
-            self._answer_local(session, jsonrpc.error(
+            self.outbox.answer_local(session, jsonrpc.error(
                 message["id"], jsonrpc.INVALID_PARAMS, "Invalid params: initialize needs params"))
             return
         session.initialize_params = params
@@ -245,7 +237,7 @@ class Switchboard:
         self.requests.move(pending, AWAITING_BACKEND)
         self.requests.arm(pending, self._startup_timeout)
         if self.contexts.needs_handshake(session, list(self.pool)):
-            self._actions.append(ContextWanted())
+            self.outbox.act(ContextWanted())
 
     def _set_level(self, session: Session, message: Envelope) -> None:
         level = params_of(message).get("level")
@@ -253,12 +245,12 @@ class Switchboard:
             self._admit(Pending(session, message["id"], message, received=self._now()))
             return
         if level not in LOG_LEVELS:
-            self._answer_local(session, jsonrpc.error(
+            self.outbox.answer_local(session, jsonrpc.error(
                 message["id"], jsonrpc.INVALID_PARAMS, f"Invalid params: unknown logging level {level!r}"))
             return
         session.log_level = level
         self._update_log_level()
-        self._answer_local(session, jsonrpc.result(message["id"], {}))
+        self.outbox.answer_local(session, jsonrpc.result(message["id"], {}))
 
     def _subscribe(self, session: Session, message: Envelope) -> None:
         """Every subscribe reaches a server, as it would the session's own: the instance holding the session's
@@ -276,7 +268,7 @@ class Switchboard:
             return
         slot = self.subscriptions.leave(session.identity, uri)
         if slot is None:  # others still listen there, or no instance holds it now
-            self._answer_local(session, jsonrpc.result(message["id"], {}))
+            self.outbox.answer_local(session, jsonrpc.result(message["id"], {}))
             return
         self._admit(Pending(session, message["id"], message, pinned_slot=slot, received=self._now()))
 
@@ -289,7 +281,7 @@ class Switchboard:
             return
         route = self.tasks.route(session.identity, message, self._now(), {i.slot for i in self.pool.ready()})
         if isinstance(route, tasks.Reply):
-            self._answer_local(session, route.response)
+            self.outbox.answer_local(session, route.response)
             return
         instance = self.pool.get(route.slot)
         assert instance is not None, "the table routes only to ready instances"
@@ -320,7 +312,7 @@ class Switchboard:
         elif method == "notifications/initialized":
             session.initialized = True
             for target, missed in self.audience.replayed(session):
-                self._answer(target, missed)
+                self.outbox.to_client(target, missed)
             self._ask_roots(session)  # every backend had its own handshake when it started
         elif method == "notifications/roots/list_changed":
             self.contexts.roots_changed(session)  # the session moves to the context of its new roots
@@ -328,7 +320,7 @@ class Switchboard:
         else:
             for instance in self.pool.ready():
                 if self.contexts.serves(instance, session):
-                    self._send(instance, message)
+                    self.outbox.to_instance(instance, message)
 
     def _client_response(self, session: Session, message: Envelope) -> None:
         if session.roots_ask is not None and message.id == session.roots_ask:
@@ -339,13 +331,13 @@ class Switchboard:
         if request is None or instance is None:
             log.info("dropped a client response to %r: no instance waits for it", message.id)
             return
-        self._send(instance, message.with_id(request.backend_id))
+        self.outbox.to_instance(instance, message.with_id(request.backend_id))
 
     # --- the life of a request -----------------------------------------------------------------------
 
     def _admit(self, pending: Pending) -> None:
         if pending.session.context is None:
-            self._answer_local(pending.session, jsonrpc.error(
+            self.outbox.answer_local(pending.session, jsonrpc.error(
                 pending.client_id, jsonrpc.INVALID_REQUEST,
                 "Invalid Request: send initialize first (instances are initialized with their clients' context)"))
             return
@@ -353,14 +345,14 @@ class Switchboard:
             params = pending.message["params"]
             unwrapped = cursors.unwrap(params["cursor"])
             if unwrapped is None:
-                self._answer_local(pending.session, jsonrpc.error(
+                self.outbox.answer_local(pending.session, jsonrpc.error(
                     pending.client_id, jsonrpc.INVALID_PARAMS, "Invalid params: unknown pagination cursor"))
                 return
             pending.pinned_slot, inner = unwrapped
             pending.message = Envelope.from_message({**pending.message, "params": {**params, "cursor": inner}})
         gone = eras.pin_retry(pending, self.pool, self.contexts) if pending.message.flags & Flag.STATE else None
         if gone is not None:
-            self._answer_local(pending.session, jsonrpc.error(pending.client_id, jsonrpc.INVALID_PARAMS, gone))
+            self.outbox.answer_local(pending.session, jsonrpc.error(pending.client_id, jsonrpc.INVALID_PARAMS, gone))
             return
         pending.level = self.priorities.level(pending.message, pending.session.priority)
         if self._dispatch(pending):
@@ -395,10 +387,10 @@ class Switchboard:
         return True
 
     def _start(self, pending: Pending, instance: Instance) -> None:
-        backend_id = next(self._ids)
+        backend_id = self.outbox.next_id()
         self.requests.move(pending, RUNNING, instance=instance, backend_id=backend_id)
         pending.dispatched = self._now()
-        self._send(instance, rewrite.for_instance(pending.message, backend_id))
+        self.outbox.to_instance(instance, rewrite.for_instance(pending.message, backend_id))
 
     def drain(self) -> None:
         """Hand waiting requests, in the order policy's order, to the instances eligible for them. A request
@@ -419,7 +411,7 @@ class Switchboard:
         else:
             self.metrics.requests_succeeded += 1
         self.metrics.observe_latency(self._now() - pending.received)
-        self._answer(pending.session, envelope.with_id(pending.client_id))
+        self.outbox.to_client(pending.session, envelope.with_id(pending.client_id))
 
     def _fail(self, pending: Pending, code: int, text: str) -> None:
         self._finish(pending, jsonrpc.error(pending.client_id, code, text))
@@ -477,7 +469,7 @@ class Switchboard:
         """Tell the instance running the request, if one does, to stop working on it."""
         instance = self.pool.get(pending.slot or "") if pending.stage is RUNNING else None
         if instance is not None:
-            self._send(instance, jsonrpc.notification(
+            self.outbox.to_instance(instance, jsonrpc.notification(
                 "notifications/cancelled", {"requestId": pending.backend_id, "reason": reason}))
 
     # --- from an instance ----------------------------------------------------------------------------
@@ -515,9 +507,9 @@ class Switchboard:
             return
         answered = any(isinstance(action, ToClient) and action.session == session.identity
                        and action.message.get("id") == client_id and "method" not in action.message
-                       for action in self._actions[queued:])
+                       for action in self.outbox.actions[queued:])
         if not answered:
-            self._answer_local(session, _internal_error(client_id, exc))
+            self.outbox.answer_local(session, _internal_error(client_id, exc))
 
     def _fail_internally(self, pending: Pending, exc: Exception) -> None:
         if pending.stage is DONE:
@@ -529,17 +521,11 @@ class Switchboard:
         """An answer counts only from the instance its request went to: a server that answers an id it was
         never sent (another instance's) is dropped, never allowed to complete someone else's request."""
         backend_id = message.id
-        internal = self._internal.get(backend_id)
-        if internal is not None and internal[0] == instance.slot:
-            del self._internal[backend_id]
-            if internal[1] is not None:
-                internal[1](instance, message)
-            elif message.kind is Kind.ERROR:
-                log.warning("%s refused an mcpmux request: %s", instance.slot, message.get("error"))
+        if self.outbox.answered(instance, message):
             return
         pending = self.requests.running.get(backend_id)
         if pending is None or pending.slot != instance.slot:
-            if internal is not None or pending is not None:
+            if pending is not None or self.outbox.asked_elsewhere(backend_id):
                 log.warning("%s answered id %r, which it was never sent; dropped", instance.slot, backend_id)
             return  # else the answer to a request that timed out or was cancelled
         latency = self._now() - pending.dispatched
@@ -581,7 +567,7 @@ class Switchboard:
     def _instance_request(self, instance: Instance, message: Envelope) -> None:
         method = message["method"]
         if method == "ping":
-            self._send(instance, jsonrpc.result(message["id"], {}))
+            self.outbox.to_instance(instance, jsonrpc.result(message["id"], {}))
             return
         if method == "roots/list":
             self._roots_request(instance, message)
@@ -593,17 +579,17 @@ class Switchboard:
         refused = server_requests.why_refused(session, method)
         if refused is not None or session is None:
             code, text = refused or (jsonrpc.INTERNAL_ERROR, "no session")
-            self._send(instance, jsonrpc.error(message["id"], code, text))
+            self.outbox.to_instance(instance, jsonrpc.error(message["id"], code, text))
             return
-        client_id = next(self._ids)
+        client_id = self.outbox.next_id()
         session.server_requests[client_id] = ServerRequest(instance.slot, message["id"])
         if method == elicitations.CREATE:
             self.elicitations.asked(instance.slot, message, session.identity)
-        self._answer(session, message.with_id(client_id))
+        self.outbox.to_client(session, message.with_id(client_id))
 
     def _instance_notification(self, instance: Instance, message: Envelope) -> None:
         for session, delivered in self.audience.of_notification(instance, message):
-            self._answer(session, delivered)
+            self.outbox.to_client(session, delivered)
 
     def served_by(self, instance: Instance) -> list[Session]:
         return self.audience.served_by(instance)
@@ -632,7 +618,7 @@ class Switchboard:
         # it is bound at its first use and its first request finds its roots in place.
         if probe or self.contexts.may_ask_roots(instance):
             instance.state = InstanceState.PROBING
-            self._internal_request(instance.slot, "ping", {}, self._probe_answered, allow_unready=True)
+            self.outbox.ask(instance.slot, "ping", {}, self._probe_answered, allow_unready=True)
             return
         self._become_ready(instance)
 
@@ -655,12 +641,12 @@ class Switchboard:
         self.startup_cause = None
         instance.state = InstanceState.READY
         instance.consecutive_failures = 0
-        self._actions.append(InstanceReady(instance.slot))
+        self.outbox.act(InstanceReady(instance.slot))
         if self._log_level is not None:
-            self._internal_request(instance.slot, "logging/setLevel", {"level": self._log_level})
+            self.outbox.ask(instance.slot, "logging/setLevel", {"level": self._log_level})
         if "tools" in ((instance.initialize_result or {}).get("capabilities") or {}):
             # Which tools are safe to retry comes from their annotations: read them before any failure.
-            self._internal_request(instance.slot, "tools/list", {}, self._learn_tools)
+            self.outbox.ask(instance.slot, "tools/list", {}, self._learn_tools)
         else:
             self.settling.no_tools(instance.slot)
         for identity in self.subscriptions.unplaced_sessions():
@@ -694,9 +680,9 @@ class Switchboard:
         known = self.retry.safe_tools
         self.retry.observe_tools(result)
         if self.retry.safe_tools != known:
-            self._actions.append(SafeToolsChanged(self.retry.safe_tools))
+            self.outbox.act(SafeToolsChanged(self.retry.safe_tools))
         if isinstance(cursor, str):
-            self._internal_request(instance.slot, "tools/list", {"cursor": cursor}, self._learn_tools)
+            self.outbox.ask(instance.slot, "tools/list", {"cursor": cursor}, self._learn_tools)
 
     def _instance_failed(self, instance: Instance, reason: str) -> None:
         instance.failed += 1
@@ -708,7 +694,7 @@ class Switchboard:
             return
         instance.state = InstanceState.OPEN
         self.instance_lost(instance, f"circuit opened: {reason}")
-        self._actions.append(RestartInstance(instance.slot, reason))
+        self.outbox.act(RestartInstance(instance.slot, reason))
 
     @event
     def health_check(self, interval: float, timeout: float) -> None:
@@ -722,14 +708,14 @@ class Switchboard:
             outstanding = self._pings.get(instance.slot)
             if outstanding is not None:
                 if now > outstanding[1]:
-                    self._internal.pop(outstanding[0], None)
+                    self.outbox.forget(outstanding[0])
                     del self._pings[instance.slot]
                     if self.breaker.enabled and self._may_eject():
                         self._open_circuit(instance, f"no answer to ping within {timeout:.0f} s")
                 continue
             if instance.in_flight == 0 and now - instance.last_ping >= interval:
                 instance.last_ping = now
-                backend_id = self._internal_request(instance.slot, "ping", {}, self._pong)
+                backend_id = self.outbox.ask(instance.slot, "ping", {}, self._pong)
                 if backend_id is not None:
                     self._pings[instance.slot] = (backend_id, now + timeout)
 
@@ -819,7 +805,7 @@ class Switchboard:
         for task in self.tasks.instance_lost(instance.slot, reason):
             owner = self.sessions.get(task.session)
             if owner is not None:
-                self._answer(owner, jsonrpc.notification("notifications/tasks/status", task.task))
+                self.outbox.to_client(owner, jsonrpc.notification("notifications/tasks/status", task.task))
         for pending in self.requests.running_on(instance.slot):
             lost_task = self.tasks.lost_answer(pending.session.identity, instance.slot, pending.message)
             if lost_task is not None:
@@ -858,7 +844,7 @@ class Switchboard:
         if instance.era is not Era.HANDSHAKE:  # resources/subscribe is of the handshake era
             return
         for uri in self.subscriptions.place_unplaced(session.identity, instance.slot):
-            self._internal_request(instance.slot, "resources/subscribe", {"uri": uri})
+            self.outbox.ask(instance.slot, "resources/subscribe", {"uri": uri})
 
     def _move_subscriptions(self, session: Session) -> None:
         """The session's context changed (new roots): its subscriptions leave the instances that no longer
@@ -868,7 +854,7 @@ class Switchboard:
             return instance is not None and self.contexts.serves(instance, session)
 
         for uri, slot in self.subscriptions.move_off(session.identity, keeps):
-            self._internal_request(slot, "resources/unsubscribe", {"uri": uri})
+            self.outbox.ask(slot, "resources/unsubscribe", {"uri": uri})
         self._rehome_subscriptions(session.identity)
 
     def _recycle(self, slot: str) -> None:
@@ -879,7 +865,7 @@ class Switchboard:
             return
         reason = "its session ended; restarted so that the next session starts fresh"
         self.instance_lost(instance, reason)
-        self._actions.append(RecycleInstance(slot, instance.pid, reason))
+        self.outbox.act(RecycleInstance(slot, instance.pid, reason))
 
     def _tell_state_reset(self, identity: bytes, slot: str, reason: str) -> None:
         """A session pinned to a lost instance continues elsewhere: say so on the logging channel, since
@@ -887,7 +873,7 @@ class Switchboard:
         session = self.sessions.get(identity)
         if session is None or not session.wants_log("warning"):
             return
-        self._answer(session, jsonrpc.notification("notifications/message", {
+        self.outbox.to_client(session, jsonrpc.notification("notifications/message", {
             "level": "warning", "logger": "mcpmux",
             "data": f"the server instance serving this session ({slot}) was lost ({reason}); the session "
                     "continues on another instance, and any state the server kept for it was reset"}))
@@ -899,8 +885,8 @@ class Switchboard:
         from them."""
         if session.context is None or not session.context.supports(ROOTS):
             return
-        session.roots_ask = next(self._ids)
-        self._answer(session, {"jsonrpc": "2.0", "id": session.roots_ask, "method": "roots/list"})
+        session.roots_ask = self.outbox.next_id()
+        self.outbox.to_client(session, {"jsonrpc": "2.0", "id": session.roots_ask, "method": "roots/list"})
 
     def _roots_answered(self, session: Session, message: Envelope) -> None:
         session.roots_ask = None
@@ -922,7 +908,7 @@ class Switchboard:
         if instance is None or not instance.bound or session.context in (None, instance.context):
             return
         self._bind_to(instance, session)
-        self._send(instance, jsonrpc.notification("notifications/roots/list_changed"))
+        self.outbox.to_instance(instance, jsonrpc.notification("notifications/roots/list_changed"))
         self._settle(instance, changed=True)
 
     def sessions_without_instance(self) -> list[Session]:
@@ -942,7 +928,7 @@ class Switchboard:
     def _ask_instance_if_none_serves(self, session: Session) -> None:
         """Ask for an instance of the session's context if none, ready or starting, can ever serve it."""
         if self.contexts.needs_instance(session, list(self.pool)):
-            self._actions.append(ContextWanted())
+            self.outbox.act(ContextWanted())
 
     def unmet_handshakes(self) -> list[ClientContext]:
         """What to initialize new instances with: one per context that sessions wait for and no instance,
@@ -957,7 +943,7 @@ class Switchboard:
     def _roots_request(self, instance: Instance, message: Envelope) -> None:
         """An instance asks for roots: answered from its context, never from another's."""
         if instance.context is None or not instance.context.supports(ROOTS):
-            self._send(instance, jsonrpc.error(message["id"], jsonrpc.METHOD_NOT_FOUND,
+            self.outbox.to_instance(instance, jsonrpc.error(message["id"], jsonrpc.METHOD_NOT_FOUND,
                                                "the client does not support roots"))
             return
         self.contexts.roots_observed = True  # from now on, instances are bound to one context at first use
@@ -974,7 +960,7 @@ class Switchboard:
             if owner is not SEVERAL:
                 self._bind_to(instance, owner)
         backend_id, instance.roots_request = instance.roots_request, None
-        self._send(instance, self.contexts.roots_answer(instance, backend_id))
+        self.outbox.to_instance(instance, self.contexts.roots_answer(instance, backend_id))
         if self.settling.roots_given(instance.slot):  # a roots change's settle starts once they are in
             self._check_settled(instance)
 
@@ -1004,7 +990,7 @@ class Switchboard:
             return  # it waits for the server's roots/list, its tools, an answer, or its back-off
         method, params, then = (("tools/call", self.settling.call(instance.slot), self._roots_probed)
                                 if check is Check.PROBE else ("ping", {}, self._settled))
-        if self._internal_request(instance.slot, method, params, then) is None:
+        if self.outbox.ask(instance.slot, method, params, then) is None:
             self._settled(instance)
             return
         self.settling.probe_sent(instance.slot)
@@ -1025,7 +1011,7 @@ class Switchboard:
     def _bind_to(self, instance: Instance, session: Session) -> None:
         assert session.context is not None
         self.contexts.bind(instance, session.context)
-        self._actions.append(InstanceBound(instance.slot, session.context))
+        self.outbox.act(InstanceBound(instance.slot, session.context))
 
     def _settled(self, instance: Instance, answer: Envelope | None = None) -> None:
         self.settling.done(instance.slot)
@@ -1038,42 +1024,13 @@ class Switchboard:
         """Requests handed to instances and not answered yet."""
         return len(self.requests.running)
 
-    def _answer(self, session: Session, message: Outgoing) -> None:
-        self._actions.append(ToClient(session.identity, Envelope.of(message)))
-
-    def _send(self, instance: Instance, message: Outgoing) -> None:
-        self._actions.append(ToInstance(instance.slot, Envelope.of(message)))
-
-    def _answer_local(self, session: Session, response: JsonObject) -> None:
-        """A response mcpmux gives itself (ping, setLevel, refusals): counted like any other."""
-        if "error" in response:
-            self.metrics.requests_failed += 1
-        else:
-            self.metrics.requests_succeeded += 1
-        self.metrics.observe_latency(0.0)
-        self._answer(session, response)
-
-    def _internal_request(self, slot: str | None, method: str, params: JsonObject,
-                                follow_up: OnAnswer | None = None, *, allow_unready: bool = False) -> int | None:
-        instance = self.pool.get(slot or "")
-        if instance is None or not (instance.ready or allow_unready):
-            return None
-        as_sent = self.eras.internal(instance, method, params)  # as an instance of its era takes it
-        if as_sent is None:
-            return None
-        method, params = as_sent
-        backend_id = next(self._ids)
-        self._internal[backend_id] = (instance.slot, follow_up)
-        self._send(instance, {"jsonrpc": "2.0", "id": backend_id, "method": method, "params": params})
-        return backend_id
-
     def _update_log_level(self) -> None:
         level = most_verbose([s.log_level for s in self.sessions.values() if s.log_level])
         if level is None or level == self._log_level:
             return
         self._log_level = level
         for instance in self.pool.ready():
-            self._internal_request(instance.slot, "logging/setLevel", {"level": level})
+            self.outbox.ask(instance.slot, "logging/setLevel", {"level": level})
 
     def _backends_offer(self, capability: str) -> bool:
         result = self.pool.any_initialize_result()
