@@ -186,7 +186,7 @@ class Core:
         log.warning("the core did not run for %.1f s; waiting for fresh heartbeats before judging anyone", gap)
         self.metrics.event("core", f"the core did not run for {gap:.1f} s (stopped or starved); nobody was "
                                    "judged dead for the silence")
-        self.board.forgive_silence()
+        self.board.liveness.forgive_silence()
 
     def _answer_everyone(self) -> None:
         """The core stops: every request gets its answer now, and, if the whole stack stops, every door is
@@ -356,7 +356,7 @@ class Core:
         elif isinstance(message, wire.ClientMessage):
             self.board.from_client(session, message.envelope)
         elif isinstance(message, wire.Heartbeat):
-            self.board.heard_from(session)
+            self.board.liveness.heard_from(session)
         elif isinstance(message, wire.DoorBye):
             self._close_session(session, "client disconnected")
         self._carry_out()
@@ -412,7 +412,7 @@ class Core:
             if slot in self.scaler.wanted and not self.healer.held(slot):
                 self._send_shim(slot, wire.encode(wire.Resync()))  # a shim from before this core started
             return
-        self.board.heard_from(instance)
+        self.board.liveness.heard_from(instance)
         if isinstance(message, wire.BackendReady):
             probe = self.healer.slots[slot].probe
             self.board.instance_ready(instance, message.initialize_result, probe=probe, era=Era(message.era),
@@ -574,12 +574,12 @@ class Core:
             self._initialize_awaiting()
         for identity in self._door_flow.held():
             self._flush_backlog(identity)
-        for instance in self.board.silent_instances(HEARTBEAT_LIVENESS * 1.0 + TICK):
+        for instance in self.board.liveness.silent_instances(HEARTBEAT_LIVENESS * 1.0 + TICK):
             self._instance_lost(instance, f"missed {HEARTBEAT_LIVENESS} heartbeats")
         for session in list(self.board.sessions.values()):
             if _exited(self._door_pids.get(session.identity, 0)):
                 self._close_session(session, "its door's process exited")
-        for session in self.board.silent_sessions(DOOR_LIVENESS):
+        for session in self.board.liveness.silent_sessions(DOOR_LIVENESS):
             self._close_session(session, "door stopped beating")
         self._check_startups()
         interval = self.config.multiplexer.health_check_interval / 1000
@@ -587,7 +587,7 @@ class Core:
 
     def _check_startups(self) -> None:
         limit = self.config.multiplexer.startup_timeout / 1000
-        for instance in self.board.late_to_start(limit, uninitialized=self.scaler.awaiting):
+        for instance in self.board.liveness.late_to_start(limit, uninitialized=self.scaler.awaiting):
             reason = f"not ready within startupTimeout ({limit * 1000:.0f} ms)"
             self._instance_lost(instance, reason)
             self.healer.restart(instance.slot, reason)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from mcpmux import jsonrpc
@@ -37,6 +37,7 @@ from mcpmux.router.contexts import ROOTS, SEVERAL, ClientContext, ContextRules
 from mcpmux.router.eligibility import Eligibility, PinnedInstanceGone
 from mcpmux.router.instances import Instance, InstanceState, Pool
 from mcpmux.router.limits import limits_for, request_kind
+from mcpmux.router.liveness import Liveness
 from mcpmux.router.metrics import Metrics
 from mcpmux.router.outbox import Outbox, Outgoing
 from mcpmux.router.priorities import PriorityPolicy
@@ -98,7 +99,6 @@ class Switchboard:
         self.outbox = Outbox(self.pool, self.eras, metrics)  # what the core is to do, in order
         self.breaker = CircuitBreaker(config.load_balancing.circuit_breaker_threshold,
                                       enabled=config.load_balancing.circuit_breaker_enabled)
-        self._pings: dict[str, tuple[int, float]] = {}  # health pings awaiting an answer, by slot
         # When an instance given roots has applied them (router/settling.py):
         self.settling = Settling(config.server.roots_probe, config.server.roots_probe_timeout / 1000)
         self._request_timeout = settings.request_timeout / 1000
@@ -114,6 +114,8 @@ class Switchboard:
         self.audience = Audience(self.sessions, self.pool, self.requests.running, self.tasks, self.elicitations,
                                  self.subscriptions, self.eligibility, self.contexts)
         self.retry = RetryPolicy()
+        # Who is still there: heartbeats, startups and health pings:
+        self.liveness = Liveness(self.pool, self.sessions, self.outbox, clock)
 
     # --- sessions ------------------------------------------------------------------------------------
 
@@ -600,6 +602,7 @@ class Switchboard:
         """A shim said hello: its instance joins the pool, starting, stamped with the switchboard's clock."""
         instance = Instance(slot, pid, backend_pid, started=self._now())
         self.pool.add(instance)
+        self.liveness.connected(slot)
         return instance
 
     @event
@@ -698,66 +701,12 @@ class Switchboard:
 
     @event
     def health_check(self, interval: float, timeout: float) -> None:
-        """Ping idle instances every `interval`; one that does not answer within `timeout` is unhealthy.
-
-        Busy instances are not pinged: a server that runs one call at a time cannot answer until it is
-        done, and its requests' deadlines already watch it.
-        """
-        now = self._now()
-        for instance in self.pool.ready():
-            outstanding = self._pings.get(instance.slot)
-            if outstanding is not None:
-                if now > outstanding[1]:
-                    self.outbox.forget(outstanding[0])
-                    del self._pings[instance.slot]
-                    if self.breaker.enabled and self._may_eject():
-                        self._open_circuit(instance, f"no answer to ping within {timeout:.0f} s")
-                continue
-            if instance.in_flight == 0 and now - instance.last_ping >= interval:
-                instance.last_ping = now
-                backend_id = self.outbox.ask(instance.slot, "ping", {}, self._pong)
-                if backend_id is not None:
-                    self._pings[instance.slot] = (backend_id, now + timeout)
-
-    def _pong(self, instance: Instance, message: Envelope) -> None:
-        self._pings.pop(instance.slot, None)
-        instance.last_ping = self._now()
-
-    def _may_eject(self) -> bool:
-        ejected = sum(1 for other in self.pool if other.state is InstanceState.OPEN)
-        return ejected < max(1, len(self.pool) // 2)
-
-    # --- who is still there: heartbeats and startups, judged on the switchboard's clock ----------------
-
-    def heard_from(self, peer: Instance | Session) -> None:
-        """A shim or a door beat (or said anything)."""
-        peer.last_seen = self._now()
-
-    def forgive_silence(self) -> None:
-        """The core did not run for a while: everyone gets a fresh chance to beat before being judged (their
-        heartbeats could not be heard while nothing listened), and pings sent meanwhile are judged afresh."""
-        now = self._now()
-        for peer in [*self.pool, *self.sessions.values()]:
-            peer.last_seen = max(peer.last_seen, now)
-        self._pings.clear()
-
-    def silent_instances(self, limit: float) -> list[Instance]:
-        """The instances whose shims have not been heard from for more than `limit` seconds."""
-        now = self._now()
-        return [instance for instance in self.pool if now - instance.last_seen > limit]
-
-    def silent_sessions(self, limit: float) -> list[Session]:
-        """The sessions whose doors have not been heard from for more than `limit` seconds."""
-        now = self._now()
-        return [session for session in self.sessions.values() if now - session.last_seen > limit]
-
-    def late_to_start(self, limit: float, uninitialized: Collection[str]) -> list[Instance]:
-        """The instances sent their initialize more than `limit` seconds ago and not ready yet (those not
-        initialized at all have nothing to be late for)."""
-        now = self._now()
-        return [instance for instance in self.pool if instance.slot not in uninitialized
-                and instance.state in (InstanceState.STARTING, InstanceState.PROBING)
-                and now - instance.started > limit]
+        """Ping idle instances (router/liveness.py); one that does not answer in time is taken out, unless
+        that would take out half the pool."""
+        for instance in self.liveness.unanswered_pings(interval, timeout):
+            if self.breaker.enabled and self.liveness.may_eject():
+                self.liveness.ejected(instance.slot)
+                self._open_circuit(instance, f"no answer to ping within {timeout:.0f} s")
 
     def initializing(self, instance: Instance, context: ClientContext) -> None:
         """The core sends the instance's backend its initialize, as a client of `context`: its startup
@@ -801,7 +750,7 @@ class Switchboard:
         if instance.state is not InstanceState.OPEN:
             instance.state = InstanceState.FAILED
         self.pool.remove(instance.slot)
-        self._pings.pop(instance.slot, None)
+        self.liveness.forget(instance.slot)
         for task in self.tasks.instance_lost(instance.slot, reason):
             owner = self.sessions.get(task.session)
             if owner is not None:
