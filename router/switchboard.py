@@ -24,7 +24,6 @@ from mcpmux.router import cursors, elicitations, eras, listen, rewrite, server_r
 from mcpmux.router.actions import (
     Action,
     ContextWanted,
-    InstanceBound,
     InstanceReady,
     RecycleInstance,
     RestartInstance,
@@ -32,8 +31,9 @@ from mcpmux.router.actions import (
     ToClient,
 )
 from mcpmux.router.audience import Audience
+from mcpmux.router.binding import Binding
 from mcpmux.router.breaker import CircuitBreaker, is_instance_failure
-from mcpmux.router.contexts import ROOTS, SEVERAL, ClientContext, ContextRules
+from mcpmux.router.contexts import ClientContext, ContextRules
 from mcpmux.router.eligibility import Eligibility, PinnedInstanceGone
 from mcpmux.router.instances import Instance, InstanceState, Pool
 from mcpmux.router.limits import limits_for, request_kind
@@ -45,7 +45,7 @@ from mcpmux.router.queue import Priority, QueueFull, RequestQueue
 from mcpmux.router.requests import AWAITING_BACKEND, DONE, QUEUED, RUNNING, Pending, Requests
 from mcpmux.router.retry import RetryPolicy
 from mcpmux.router.session import LIST_CHANGED_BY_LIST_METHOD, LOG_LEVELS, ServerRequest, Session, most_verbose
-from mcpmux.router.settling import Check, Settling, Verdict
+from mcpmux.router.settling import Settling
 from mcpmux.router.subscriptions import Subscriptions
 from mcpmux.stateless import Era
 
@@ -99,8 +99,6 @@ class Switchboard:
         self.outbox = Outbox(self.pool, self.eras, metrics)  # what the core is to do, in order
         self.breaker = CircuitBreaker(config.load_balancing.circuit_breaker_threshold,
                                       enabled=config.load_balancing.circuit_breaker_enabled)
-        # When an instance given roots has applied them (router/settling.py):
-        self.settling = Settling(config.server.roots_probe, config.server.roots_probe_timeout / 1000)
         self._request_timeout = settings.request_timeout / 1000
         self._startup_timeout = settings.startup_timeout / 1000
         self._now = clock
@@ -114,6 +112,10 @@ class Switchboard:
         self.audience = Audience(self.sessions, self.pool, self.requests.running, self.tasks, self.elicitations,
                                  self.subscriptions, self.eligibility, self.contexts)
         self.retry = RetryPolicy()
+        # Roots, and which context each instance is bound to (router/binding.py):
+        self.binding = Binding(self.contexts, self.pool, self.requests, self.eligibility.dedicated,
+                               Settling(config.server.roots_probe, config.server.roots_probe_timeout / 1000),
+                               self.outbox, metrics, clock)
         # Who is still there: heartbeats, startups and health pings:
         self.liveness = Liveness(self.pool, self.sessions, self.outbox, clock)
 
@@ -136,7 +138,7 @@ class Switchboard:
         if initialize_params is not None:  # a door introducing its session again, to a restarted core
             session.initialized = True
             self.contexts.open(session)
-            self._ask_roots(session)
+            self.binding.ask_roots(session)
         return session
 
     @event
@@ -315,10 +317,10 @@ class Switchboard:
             session.initialized = True
             for target, missed in self.audience.replayed(session):
                 self.outbox.to_client(target, missed)
-            self._ask_roots(session)  # every backend had its own handshake when it started
+            self.binding.ask_roots(session)  # every backend had its own handshake when it started
         elif method == "notifications/roots/list_changed":
             self.contexts.roots_changed(session)  # the session moves to the context of its new roots
-            self._ask_roots(session)
+            self.binding.ask_roots(session)
         else:
             for instance in self.pool.ready():
                 if self.contexts.serves(instance, session):
@@ -381,7 +383,7 @@ class Switchboard:
             return True
         if instance is None:
             return False
-        if self.contexts.needs_binding(instance) and self._bind(instance, pending.session):
+        if self.contexts.needs_binding(instance) and self.binding.bind(instance, pending.session):
             return False  # it settles first
         # Subscriptions that lost their instance follow the session to where it runs now (dedicated's new one).
         self._place_subscriptions(pending.session, instance)
@@ -420,7 +422,7 @@ class Switchboard:
 
     def next_deadline(self) -> float | None:
         """When `expire_due` must next be called (on the switchboard's clock)."""
-        due = [when for when in (self.requests.deadlines.next(), self.settling.next_due()) if when is not None]
+        due = [when for when in (self.requests.deadlines.next(), self.binding.next_due()) if when is not None]
         return min(due, default=None)
 
     @event
@@ -428,11 +430,7 @@ class Switchboard:
         """Answer every request whose deadline has passed with a timeout error."""
         for seconds, pending in self.requests.deadlines.pop_due(self._now()):
             self._expire(pending, seconds)
-        again, expired = self.settling.due(self._now())
-        for instance in filter(None, map(self.pool.get, again)):
-            self._check_settled(instance)
-        for instance in filter(None, map(self.pool.get, expired)):
-            self._settle_given_up(instance)
+        self.binding.expire_due()
 
     def _expire(self, pending: Pending, seconds: float) -> None:
         if pending.stage is DONE:
@@ -572,7 +570,7 @@ class Switchboard:
             self.outbox.to_instance(instance, jsonrpc.result(message["id"], {}))
             return
         if method == "roots/list":
-            self._roots_request(instance, message)
+            self.binding.roots_request(instance, message)
             return
         # Whatever the answer, the server asks clients: from now on each instance serves one session at a
         # time, so that every later request of theirs has one possible owner (router/eligibility.py).
@@ -651,7 +649,7 @@ class Switchboard:
             # Which tools are safe to retry comes from their annotations: read them before any failure.
             self.outbox.ask(instance.slot, "tools/list", {}, self._learn_tools)
         else:
-            self.settling.no_tools(instance.slot)
+            self.binding.no_tools(instance)
         for identity in self.subscriptions.unplaced_sessions():
             self._rehome_subscriptions(identity)
         self._answer_initialize(instance)
@@ -674,12 +672,10 @@ class Switchboard:
     def _learn_tools(self, instance: Instance, message: Envelope) -> None:
         result = message.get("result")
         if not isinstance(result, dict):
-            self.settling.no_tools(instance.slot)
-            self._check_settled(instance)
+            self.binding.no_tools(instance)
             return
         cursor = result.get("nextCursor")
-        self.settling.tools_listed(instance.slot, result.get("tools"), last_page=not isinstance(cursor, str))
-        self._check_settled(instance)
+        self.binding.tools_listed(instance, result.get("tools"), last_page=not isinstance(cursor, str))
         known = self.retry.safe_tools
         self.retry.observe_tools(result)
         if self.retry.safe_tools != known:
@@ -768,9 +764,8 @@ class Switchboard:
                 instance.failed += 1
                 self._fail(pending, jsonrpc.INSTANCE_FAILED, _not_retried(pending, reason))
         instance.in_flight = 0
-        instance.roots_request = None
+        self.binding.instance_lost(instance)
         self.elicitations.forget_instance(instance.slot)
-        self.settling.forget(instance.slot)
         for identity in self.eligibility.instance_lost(instance.slot):
             self._tell_state_reset(identity, instance.slot, reason)
         for identity in self.subscriptions.unplace(instance.slot):
@@ -786,7 +781,7 @@ class Switchboard:
         if target is None:
             return
         if self.contexts.needs_binding(target):  # bound to the session's context first, as at a first use
-            self._bind(target, session)
+            self.binding.bind(target, session)
         self._place_subscriptions(session, target)
 
     def _place_subscriptions(self, session: Session, instance: Instance) -> None:
@@ -829,36 +824,14 @@ class Switchboard:
 
     # --- client contexts (router/contexts.py) ---------------------------------------------------------
 
-    def _ask_roots(self, session: Session) -> None:
-        """Ask the client for its roots (it declared the capability): instances' roots/list are answered
-        from them."""
-        if session.context is None or not session.context.supports(ROOTS):
-            return
-        session.roots_ask = self.outbox.next_id()
-        self.outbox.to_client(session, {"jsonrpc": "2.0", "id": session.roots_ask, "method": "roots/list"})
-
     def _roots_answered(self, session: Session, message: Envelope) -> None:
-        session.roots_ask = None
-        self.contexts.roots_answered(session, message)
-        self._follow_roots(session)
+        """A session's new roots are its new context: its subscriptions follow it, and what it has waiting
+        goes where it may run now (now, not after the event: what still waits needs an instance)."""
+        self.binding.roots_answered(session, message)
         self._move_subscriptions(session)
-        for instance in self.pool:
-            if instance.roots_request is not None:
-                self._give_roots(instance)
-        self.drain()  # now, not after the event: what still waits once it ran needs an instance
+        self.binding.give_asked_roots()
+        self.drain()
         self._ask_instance_if_waiting(session)
-
-    def _follow_roots(self, session: Session) -> None:
-        """Under dedicated, a session's own instance is its alone and holds its state: it follows the
-        session's new roots (bound to them, and told they changed, as a server with one client is) rather
-        than the session moving elsewhere and its instance being recycled."""
-        slot = self.eligibility.dedicated.slot_of(session.identity)
-        instance = self.pool.get(slot or "")
-        if instance is None or not instance.bound or session.context in (None, instance.context):
-            return
-        self._bind_to(instance, session)
-        self.outbox.to_instance(instance, jsonrpc.notification("notifications/roots/list_changed"))
-        self._settle(instance, changed=True)
 
     def sessions_without_instance(self) -> list[Session]:
         """Under dedicated: the sessions that have no instance of their own yet."""
@@ -888,83 +861,6 @@ class Switchboard:
 
     def busiest_handshake(self) -> ClientContext | None:
         return self.contexts.busiest(list(self.sessions.values()))
-
-    def _roots_request(self, instance: Instance, message: Envelope) -> None:
-        """An instance asks for roots: answered from its context, never from another's."""
-        if instance.context is None or not instance.context.supports(ROOTS):
-            self.outbox.to_instance(instance, jsonrpc.error(message["id"], jsonrpc.METHOD_NOT_FOUND,
-                                               "the client does not support roots"))
-            return
-        self.contexts.roots_observed = True  # from now on, instances are bound to one context at first use
-        instance.roots_request = message["id"]
-        self._give_roots(instance)
-
-    def _give_roots(self, instance: Instance) -> None:
-        """Answer an instance's roots/list once it is bound. An unbound one is bound now if every request it
-        runs is of one context whose roots are known; an idle one at its first use."""
-        if not instance.bound:
-            owner = self.contexts.roots_owner([p.session for p in self.requests.running_on(instance.slot)])
-            if owner is None:
-                return  # bound at its first use, or once its client's roots are known
-            if owner is not SEVERAL:
-                self._bind_to(instance, owner)
-        backend_id, instance.roots_request = instance.roots_request, None
-        self.outbox.to_instance(instance, self.contexts.roots_answer(instance, backend_id))
-        if self.settling.roots_given(instance.slot):  # a roots change's settle starts once they are in
-            self._check_settled(instance)
-
-    def _bind(self, instance: Instance, session: Session) -> bool:
-        """Bind an instance to a session's context at its first use; True if it must settle first: it
-        asked for roots, which it gets now, and serves once it has applied them (so its first request finds
-        them in place)."""
-        self._bind_to(instance, session)
-        if instance.roots_request is None:
-            return False
-        self._give_roots(instance)
-        self._settle(instance)
-        return True
-
-    def _settle(self, instance: Instance, *, changed: bool = False) -> None:
-        """Serve nothing until the server has applied the roots it was given (or, `changed`, is about to
-        ask for): router/settling.py."""
-        instance.settling = True
-        roots = instance.context.roots if instance.context is not None else None
-        self.settling.begin(instance.slot, roots, self._now(), changed=changed)
-        self._check_settled(instance)
-
-    def _check_settled(self, instance: Instance) -> None:
-        """Send the settle's check (the probe, or a ping) if it is due: router/settling.py says when."""
-        check = self.settling.step(instance.slot)
-        if check is None:
-            return  # it waits for the server's roots/list, its tools, an answer, or its back-off
-        method, params, then = (("tools/call", self.settling.call(instance.slot), self._roots_probed)
-                                if check is Check.PROBE else ("ping", {}, self._settled))
-        if self.outbox.ask(instance.slot, method, params, then) is None:
-            self._settled(instance)
-            return
-        self.settling.probe_sent(instance.slot)
-
-    def _roots_probed(self, instance: Instance, message: Envelope) -> None:
-        verdict = self.settling.judge(instance.slot, message, self._now())
-        if verdict is Verdict.APPLIED:
-            self._settled(instance, message)
-        elif verdict is Verdict.GAVE_UP:
-            self._settle_given_up(instance)
-
-    def _settle_given_up(self, instance: Instance) -> None:
-        text = self.settling.given_up(instance.slot)
-        log.warning("%s", text)
-        self.metrics.event("warning", text, slot=instance.slot)
-        self._settled(instance)
-
-    def _bind_to(self, instance: Instance, session: Session) -> None:
-        assert session.context is not None
-        self.contexts.bind(instance, session.context)
-        self.outbox.act(InstanceBound(instance.slot, session.context))
-
-    def _settled(self, instance: Instance, answer: Envelope | None = None) -> None:
-        self.settling.done(instance.slot)
-        instance.settling = False
 
     # --- helpers -------------------------------------------------------------------------------------
 

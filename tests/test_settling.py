@@ -161,7 +161,7 @@ def test_an_instance_lost_while_settling_leaves_nothing_due() -> None:
     _, instance = bound_instance(h, ["file:///w"])
     answer_probe(h, instance, "/srv/default")
     h.lose(instance)
-    assert h.board.settling.next_due() is None
+    assert h.board.binding.settling.next_due() is None
 
 
 def test_roots_are_named_by_their_paths_and_other_uris_by_themselves() -> None:
