@@ -20,7 +20,7 @@ from mcpmux import jsonrpc
 from mcpmux.config import Config
 from mcpmux.envelope import Envelope, Flag, Kind
 from mcpmux.jsonrpc import JsonObject, params_of
-from mcpmux.router import cursors, elicitations, eras, listen, rewrite, server_requests, tasks
+from mcpmux.router import cursors, elicitations, eras, listen, local_methods, rewrite, server_requests, tasks
 from mcpmux.router.actions import (
     Action,
     ContextWanted,
@@ -44,7 +44,7 @@ from mcpmux.router.priorities import PriorityPolicy
 from mcpmux.router.queue import Priority, QueueFull, RequestQueue
 from mcpmux.router.requests import AWAITING_BACKEND, DONE, QUEUED, RUNNING, Pending, Requests
 from mcpmux.router.retry import RetryPolicy
-from mcpmux.router.session import LIST_CHANGED_BY_LIST_METHOD, LOG_LEVELS, ServerRequest, Session, most_verbose
+from mcpmux.router.session import LIST_CHANGED_BY_LIST_METHOD, ServerRequest, Session, most_verbose
 from mcpmux.router.settling import Settling
 from mcpmux.router.subscriptions import Subscriptions
 from mcpmux.stateless import Era
@@ -99,9 +99,9 @@ class Switchboard:
         self.outbox = Outbox(self.pool, self.eras, metrics)  # what the core is to do, in order
         self.breaker = CircuitBreaker(config.load_balancing.circuit_breaker_threshold,
                                       enabled=config.load_balancing.circuit_breaker_enabled)
-        self._request_timeout = settings.request_timeout / 1000
+        self.request_timeout = settings.request_timeout / 1000
         self._startup_timeout = settings.startup_timeout / 1000
-        self._now = clock
+        self.now = clock
         self._depth = 0  # how many events are being handled, one inside another (`event`)
         self.startup_cause: str | None = None  # why the last backend failed to start, until one starts
         self.subscriptions = Subscriptions()
@@ -133,7 +133,7 @@ class Switchboard:
     def open_session(self, identity: bytes, initialize_params: JsonObject | None,
                      priority: Priority | None = None, cwd: str | None = None,
                      env: dict[str, str] | None = None) -> Session:
-        session = Session(identity, initialize_params, last_seen=self._now(), priority=priority, cwd=cwd, env=env)
+        session = Session(identity, initialize_params, last_seen=self.now(), priority=priority, cwd=cwd, env=env)
         self.sessions[identity] = session
         if initialize_params is not None:  # a door introducing its session again, to a restarted core
             session.initialized = True
@@ -157,7 +157,7 @@ class Switchboard:
             instance = self.pool.get(task.slot)
             if instance is not None and tasks.offers_cancel(instance.initialize_result):
                 self.outbox.ask(task.slot, "tasks/cancel", {"taskId": task.task_id})
-        self._update_log_level()
+        self.update_log_level()
         if own_instance is not None:
             self._recycle(own_instance)
 
@@ -165,7 +165,7 @@ class Switchboard:
 
     @event
     def from_client(self, session: Session, message: Envelope) -> None:
-        session.last_seen = self._now()
+        session.last_seen = self.now()
         before, queued = session.pending.get(message.id), len(self.outbox.actions)
         try:
             if message.kind is Kind.REQUEST:
@@ -181,7 +181,7 @@ class Switchboard:
 
     def _client_request(self, session: Session, message: Envelope) -> None:
         method, client_id = str(message.method), message.id
-        session.last_request = now = self._now()
+        session.last_request = now = self.now()
         self.metrics.requests_received += 1
         if client_id in session.pending:
             self.outbox.answer_local(session, jsonrpc.error(
@@ -196,115 +196,11 @@ class Switchboard:
             session.list_changed_sent.discard(LIST_CHANGED_BY_LIST_METHOD[method])
         if session.era is Era.STATELESS and session.context is None:
             self.contexts.open_stateless(session, message)  # one context for every stateless client
-        local = self._LOCAL_METHODS.get(method)
+        local = local_methods.HANDLERS.get(method)
         if local is not None:
             local(self, session, message)
             return
-        self._admit(Pending(session, client_id, message, received=now))
-
-    def _ping(self, session: Session, message: Envelope) -> None:
-        self.outbox.answer_local(session, jsonrpc.result(message["id"], {}))
-
-    def _discover(self, session: Session, message: Envelope) -> None:
-        """Answered from what the pool's instances speak (router/eras.py); while nobody knows yet, it waits
-        for an instance opened in the stateless era."""
-        answer = self.eras.discover(session, message)
-        if answer is None or "result" in answer:
-            self.contexts.open_stateless(session, message)
-        if answer is not None:
-            self.outbox.answer_local(session, answer)
-            return
-        self._await_backend(session, Pending(session, message["id"], message, received=self._now()))
-
-    def _listen(self, session: Session, message: Envelope) -> None:
-        """A stateless session's listen stream holds no slot and has no deadline (router/listen.py)."""
-        stream = eras.era_of(session) is Era.STATELESS
-        self._admit(Pending(session, message["id"], message, received=self._now(), capped=not stream))
-
-    def _initialize(self, session: Session, message: Envelope) -> None:
-        params = message.get("params")
-        if not isinstance(params, dict):
-            self.outbox.answer_local(session, jsonrpc.error(
-                message["id"], jsonrpc.INVALID_PARAMS, "Invalid params: initialize needs params"))
-            return
-        session.initialize_params = params
-        self.contexts.open(session)
-        pending = Pending(session, message["id"], message, received=self._now())
-        # Answered by a backend initialized as this client would have initialized it.
-        result = self.contexts.initialize_result(session)
-        if result is not None:
-            self._finish(pending, jsonrpc.result(message["id"], result))
-            return
-        self._await_backend(session, pending)
-
-    def _await_backend(self, session: Session, pending: Pending) -> None:
-        self.requests.move(pending, AWAITING_BACKEND)
-        self.requests.arm(pending, self._startup_timeout)
-        if self.contexts.needs_handshake(session, list(self.pool)):
-            self.outbox.act(ContextWanted())
-
-    def _set_level(self, session: Session, message: Envelope) -> None:
-        level = params_of(message).get("level")
-        if not self._backends_offer("logging"):
-            self._admit(Pending(session, message["id"], message, received=self._now()))
-            return
-        if level not in LOG_LEVELS:
-            self.outbox.answer_local(session, jsonrpc.error(
-                message["id"], jsonrpc.INVALID_PARAMS, f"Invalid params: unknown logging level {level!r}"))
-            return
-        session.log_level = level
-        self._update_log_level()
-        self.outbox.answer_local(session, jsonrpc.result(message["id"], {}))
-
-    def _subscribe(self, session: Session, message: Envelope) -> None:
-        """Every subscribe reaches a server, as it would the session's own: the instance holding the session's
-        subscription to that uri already, else wherever the strategy sends the session's requests."""
-        uri = params_of(message).get("uri")
-        slot = self.subscriptions.slot_of(session.identity, uri) if isinstance(uri, str) else None
-        self._admit(Pending(session, message["id"], message, pinned_slot=slot, received=self._now()))
-
-    def _unsubscribe(self, session: Session, message: Envelope) -> None:
-        """Reaches the instance holding the subscription, unless other sessions are subscribed to that uri
-        there too: their subscription stays, so the session's ends here."""
-        uri = params_of(message).get("uri")
-        if not isinstance(uri, str) or not self.subscriptions.has(session.identity, uri):
-            self._admit(Pending(session, message["id"], message, received=self._now()))
-            return
-        slot = self.subscriptions.leave(session.identity, uri)
-        if slot is None:  # others still listen there, or no instance holds it now
-            self.outbox.answer_local(session, jsonrpc.result(message["id"], {}))
-            return
-        self._admit(Pending(session, message["id"], message, pinned_slot=slot, received=self._now()))
-
-    def _task_request(self, session: Session, message: Envelope) -> None:
-        """tasks/get, result, cancel and list, by the task table: to the task's instance at once, outside
-        the queue and the cap, or answered here. A server without tasks answers them itself."""
-        backend = self.pool.any_initialize_result()
-        if backend is not None and "tasks" not in (backend.get("capabilities") or {}):
-            self._admit(Pending(session, message["id"], message, received=self._now()))
-            return
-        route = self.tasks.route(session.identity, message, self._now(), {i.slot for i in self.pool.ready()})
-        if isinstance(route, tasks.Reply):
-            self.outbox.answer_local(session, route.response)
-            return
-        instance = self.pool.get(route.slot)
-        assert instance is not None, "the table routes only to ready instances"
-        pending = Pending(session, message["id"], Envelope.of(route.message), pinned_slot=route.slot,
-                          received=self._now(), capped=False)
-        self._start(pending, instance)
-        if pending.method != "tasks/result":  # that one lasts as long as its task
-            self.requests.arm(pending, self._request_timeout)
-
-    _LOCAL_METHODS: dict[str, Callable[[Switchboard, Session, Envelope], None]] = {
-        "ping": _ping,
-        "server/discover": _discover,
-        listen.METHOD: _listen,
-        "initialize": _initialize,
-        "logging/setLevel": _set_level,
-        "resources/subscribe": _subscribe,
-        "resources/unsubscribe": _unsubscribe,
-        **dict.fromkeys(tasks.METHODS, _task_request),
-    }
+        self.admit(Pending(session, client_id, message, received=now))
 
     def _client_notification(self, session: Session, message: Envelope) -> None:
         method = message["method"]
@@ -337,9 +233,9 @@ class Switchboard:
             return
         self.outbox.to_instance(instance, message.with_id(request.backend_id))
 
-    # --- the life of a request -----------------------------------------------------------------------
+    # --- the life of a request (admit, start, finish and await_backend serve router/local_methods.py too) ---
 
-    def _admit(self, pending: Pending) -> None:
+    def admit(self, pending: Pending) -> None:
         if pending.session.context is None:
             self.outbox.answer_local(pending.session, jsonrpc.error(
                 pending.client_id, jsonrpc.INVALID_REQUEST,
@@ -369,7 +265,7 @@ class Switchboard:
                 return
             self._ask_instance_if_none_serves(pending.session)  # it waits: can anyone ever serve it?
         if pending.stage is not DONE and not listen.is_stream(pending):
-            self.requests.arm(pending, self._request_timeout)
+            self.requests.arm(pending, self.request_timeout)
 
     def _dispatch(self, pending: Pending) -> bool:
         """Send the request to an instance now if one can take it (or answer it if none ever can); False if
@@ -387,14 +283,20 @@ class Switchboard:
             return False  # it settles first
         # Subscriptions that lost their instance follow the session to where it runs now (dedicated's new one).
         self._place_subscriptions(pending.session, instance)
-        self._start(pending, instance)
+        self.start(pending, instance)
         return True
 
-    def _start(self, pending: Pending, instance: Instance) -> None:
+    def start(self, pending: Pending, instance: Instance) -> None:
         backend_id = self.outbox.next_id()
         self.requests.move(pending, RUNNING, instance=instance, backend_id=backend_id)
-        pending.dispatched = self._now()
+        pending.dispatched = self.now()
         self.outbox.to_instance(instance, rewrite.for_instance(pending.message, backend_id))
+
+    def await_backend(self, session: Session, pending: Pending) -> None:
+        self.requests.move(pending, AWAITING_BACKEND)
+        self.requests.arm(pending, self._startup_timeout)
+        if self.contexts.needs_handshake(session, list(self.pool)):
+            self.outbox.act(ContextWanted())
 
     def drain(self) -> None:
         """Hand waiting requests, in the order policy's order, to the instances eligible for them. A request
@@ -406,7 +308,7 @@ class Switchboard:
                 return
             self._dispatch(pending)  # if it went, it left the queue
 
-    def _finish(self, pending: Pending, response: Outgoing) -> None:
+    def finish(self, pending: Pending, response: Outgoing) -> None:
         """Send a request's one response, under the client's own id."""
         self.requests.move(pending, DONE)
         envelope = Envelope.of(response)
@@ -414,11 +316,11 @@ class Switchboard:
             self.metrics.requests_failed += 1
         else:
             self.metrics.requests_succeeded += 1
-        self.metrics.observe_latency(self._now() - pending.received)
+        self.metrics.observe_latency(self.now() - pending.received)
         self.outbox.to_client(pending.session, envelope.with_id(pending.client_id))
 
     def _fail(self, pending: Pending, code: int, text: str) -> None:
-        self._finish(pending, jsonrpc.error(pending.client_id, code, text))
+        self.finish(pending, jsonrpc.error(pending.client_id, code, text))
 
     def next_deadline(self) -> float | None:
         """When `expire_due` must next be called (on the switchboard's clock)."""
@@ -428,7 +330,7 @@ class Switchboard:
     @event
     def expire_due(self) -> None:
         """Answer every request whose deadline has passed with a timeout error."""
-        for seconds, pending in self.requests.deadlines.pop_due(self._now()):
+        for seconds, pending in self.requests.deadlines.pop_due(self.now()):
             self._expire(pending, seconds)
         self.binding.expire_due()
 
@@ -437,7 +339,7 @@ class Switchboard:
             return  # answered meanwhile: by an earlier expiry's failover, say
         instance = self.pool.get(pending.slot or "")
         self._cancel_on_instance(pending, "request timed out")
-        self._finish(pending, self._timeout_error(pending, seconds))
+        self.finish(pending, self._timeout_error(pending, seconds))
         self.metrics.requests_timed_out += 1
         if instance is not None:
             self._instance_failed(instance, "a request timed out")
@@ -515,7 +417,7 @@ class Switchboard:
         if pending.stage is DONE:
             return  # answered already
         self._cancel_on_instance(pending, "mcpmux failed handling it")
-        self._finish(pending, _internal_error(pending.client_id, exc))
+        self.finish(pending, _internal_error(pending.client_id, exc))
 
     def _instance_response(self, instance: Instance, message: Envelope) -> None:
         """An answer counts only from the instance its request went to: a server that answers an id it was
@@ -528,13 +430,13 @@ class Switchboard:
             if pending is not None or self.outbox.asked_elsewhere(backend_id):
                 log.warning("%s answered id %r, which it was never sent; dropped", instance.slot, backend_id)
             return  # else the answer to a request that timed out or was cancelled
-        latency = self._now() - pending.dispatched
+        latency = self.now() - pending.dispatched
         if pending.capped:  # a tasks/* request holds no slot, and its latency is its task's
             instance.latencies.append(latency)
             self.eligibility.limits.observe(instance.slot, request_kind(pending.message), latency,
                                             pending.concurrency)
         instance.served += 1
-        self._finish(pending, self._adapt_result(instance, pending, message))
+        self.finish(pending, self._adapt_result(instance, pending, message))
         if is_instance_failure(message) and pending.method != "tasks/result":  # that error is its task's outcome
             self._instance_failed(instance, f"answered error {message['error'].get('code')}")
         else:
@@ -543,7 +445,7 @@ class Switchboard:
     def _adapt_result(self, instance: Instance, pending: Pending, message: Envelope) -> Outgoing:
         if tasks.concerns(pending.message):
             return self.tasks.answered(pending.session.identity, instance.slot, pending.message, message,
-                                       pending.backend_id, self._now())
+                                       pending.backend_id, self.now())
         if message.flags & Flag.SUBSCRIPTION:  # a listen stream's closing result names the stream
             return message.with_token(pending.client_id)
         if message.kind is Kind.ERROR:
@@ -598,7 +500,7 @@ class Switchboard:
 
     def instance_connected(self, slot: str, pid: int, backend_pid: int) -> Instance:
         """A shim said hello: its instance joins the pool, starting, stamped with the switchboard's clock."""
-        instance = Instance(slot, pid, backend_pid, started=self._now())
+        instance = Instance(slot, pid, backend_pid, started=self.now())
         self.pool.add(instance)
         self.liveness.connected(slot)
         return instance
@@ -630,7 +532,7 @@ class Switchboard:
             for pending in queued:
                 refused = self.eras.refused(session, pending.message)
                 if refused is not None:
-                    self._finish(pending, refused)
+                    self.finish(pending, refused)
 
     def _probe_answered(self, instance: Instance, message: Envelope) -> None:
         if "result" in message:
@@ -661,7 +563,7 @@ class Switchboard:
         for pending in self.requests.awaiting_backend():
             response = self._waiter_response(pending)
             if response is not None:
-                self._finish(pending, response)
+                self.finish(pending, response)
 
     def _waiter_response(self, pending: Pending) -> JsonObject | None:
         if pending.method == eras.DISCOVER:
@@ -707,7 +609,7 @@ class Switchboard:
     def initializing(self, instance: Instance, context: ClientContext) -> None:
         """The core sends the instance's backend its initialize, as a client of `context`: its startup
         timeout runs from now."""
-        instance.started = self._now()
+        instance.started = self.now()
         instance.context = context
 
     def adopt_context(self, instance: Instance, context: ClientContext) -> None:
@@ -724,11 +626,11 @@ class Switchboard:
             waiting = [pending for pending in session.pending.values() if pending.waiting]
             running = [pending for pending in session.pending.values() if pending.stage is RUNNING]
             for pending in waiting:
-                self._finish(pending, jsonrpc.error(pending.client_id, jsonrpc.OVERLOADED,
+                self.finish(pending, jsonrpc.error(pending.client_id, jsonrpc.OVERLOADED,
                                                     f"{reason}; this request never started"))
             for pending in running:
                 self._cancel_on_instance(pending, reason)
-                self._finish(pending, jsonrpc.error(pending.client_id, jsonrpc.INSTANCE_FAILED,
+                self.finish(pending, jsonrpc.error(pending.client_id, jsonrpc.INSTANCE_FAILED,
                                                     f"{reason} while this request ran; it may have had effects"))
 
     def startup_failed(self, reason: str, stderr_tail: str) -> None:
@@ -754,7 +656,7 @@ class Switchboard:
         for pending in self.requests.running_on(instance.slot):
             lost_task = self.tasks.lost_answer(pending.session.identity, instance.slot, pending.message)
             if lost_task is not None:
-                self._finish(pending, lost_task)
+                self.finish(pending, lost_task)
             elif listen.is_stream(pending):  # opened again elsewhere: the client keeps its stream
                 self.requests.move(pending, QUEUED)
             elif pending.pinned_slot is None and self.retry.may_retry(pending.message, pending.attempts):
@@ -869,7 +771,7 @@ class Switchboard:
         """Requests handed to instances and not answered yet."""
         return len(self.requests.running)
 
-    def _update_log_level(self) -> None:
+    def update_log_level(self) -> None:
         level = most_verbose([s.log_level for s in self.sessions.values() if s.log_level])
         if level is None or level == self._log_level:
             return
@@ -877,7 +779,7 @@ class Switchboard:
         for instance in self.pool.ready():
             self.outbox.ask(instance.slot, "logging/setLevel", {"level": level})
 
-    def _backends_offer(self, capability: str) -> bool:
+    def backends_offer(self, capability: str) -> bool:
         result = self.pool.any_initialize_result()
         return bool(result and capability in (result.get("capabilities") or {}))
 

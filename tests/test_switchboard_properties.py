@@ -328,7 +328,7 @@ class SwitchboardMachine(RuleBasedStateMachine):
         """Check each request's instance against its session's context at the moment it is sent there, and
         note that context (a session's later requests may rightly go elsewhere once its roots change)."""
         board = self.h.board
-        start = board._start
+        start = board.start
 
         def watched(pending: Pending, instance: Instance) -> None:
             ours, theirs = instance.context, pending.session.context
@@ -345,7 +345,7 @@ class SwitchboardMachine(RuleBasedStateMachine):
             self.sent_under[id(pending)] = theirs
             start(pending, instance)
 
-        board._start = watched  # type: ignore[method-assign]
+        board.start = watched  # type: ignore[method-assign]
 
     def _watch_choices(self) -> None:
         """Note every instance the eligibility policy gives a request to, even one taken back at once."""
