@@ -409,7 +409,7 @@ class Core:
         if instance is None:
             if isinstance(message, wire.ShimStopping):
                 return  # one the core had let go of already (recycled, scaled down)
-            if slot in self.scaler.wanted and not self.healer.held(slot):
+            if self.scaler.wants(slot) and not self.healer.held(slot):
                 self._send_shim(slot, wire.encode(wire.Resync()))  # a shim from before this core started
             return
         self.board.liveness.heard_from(instance)
@@ -430,18 +430,7 @@ class Core:
         previous = self.board.pool.get(slot)
         if previous is not None and previous.pid != hello.pid:
             self._instance_lost(previous, "replaced by a new shim process")
-        self.scaler.adopt(slot)
-        if self.healer.held(slot) or hello.pid in self.scaler.retired or self.healer.outgoing(slot, hello.pid):
-            return
-        if hello.initialize_result is None:  # a fresh start (one that says it is initialized came back)
-            flapping = self.healer.record_start(slot)
-            if flapping:
-                self.healer.back_off(slot, "restarted too often")
-                return
-        if hello.initialize_result is not None and not self.board.eligibility.shares_instances:
-            # Under dedicated, a backend that comes back initialized (a shim from before this core, or one
-            # taken for dead) may hold a session's state, and nothing says whose: it starts fresh.
-            self.healer.recycle(slot, hello.pid, "it came back with a backend that served an earlier session")
+        if not self.scaler.welcome(slot, hello.pid, initialized=hello.initialize_result is not None):
             return
         instance = self.board.instance_connected(slot, hello.pid, hello.backend_pid)
         self.metrics.event("start", f"{slot} connected (shim pid {hello.pid})", slot=slot)
@@ -452,13 +441,9 @@ class Core:
                 self.board.instance_ready(instance, hello.initialize_result, era=Era(hello.era),
                                           fallback=hello.fallback)
             return
-        context = self.scaler.assigned.get(slot)
+        context = self.scaler.context_for(slot, first_client_coming=self._first_client_coming())
         if context is not None:
             self._initialize(instance, context)
-        elif self._first_client_coming() or self.config.server.per_client:
-            self.scaler.awaiting.add(slot)  # initialized for the first client, or for whoever needs it
-        else:
-            self._initialize(instance, self.scaler.default_context())
 
     def _first_client_coming(self) -> bool:
         return (self.idle_stop and not self.board.contexts.seen
@@ -469,15 +454,14 @@ class Core:
         if context is None:
             return  # a shim of another version: it serves nobody, and is the first to go
         self.board.adopt_context(instance, context)
-        self.scaler.assigned[instance.slot] = context.handshake()
+        self.scaler.adopted(instance.slot, context)
 
     def _initialize(self, instance: Instance, context: ClientContext) -> None:
         """Initialize a connected shim's backend as a client of this context would have."""
         era = self.board.eras.era_to_open(context.era)  # never the stateless era for a backend refusing it
         context = self.board.contexts.as_opened(context, era)
         self.board.initializing(instance, context)
-        self.scaler.assigned[instance.slot] = context
-        self.scaler.awaiting.discard(instance.slot)
+        self.scaler.initializing(instance.slot, context)
         params = self.board.contexts.initialize_params(context)
         self.metrics.event("context", f"{instance.slot} initialized for context {context.describe()}",
                            slot=instance.slot)
@@ -491,9 +475,8 @@ class Core:
 
     def _initialize_awaiting(self) -> None:
         """No client came in time: the shims that waited for one warm up with the usual params."""
-        for slot in sorted(self.scaler.awaiting):
+        for slot in self.scaler.stop_awaiting():
             self._initialize_slot(slot, self.scaler.warm)
-        self.scaler.awaiting.clear()
 
     def _instance_lost(self, instance: Instance, reason: str, stderr_tail: str = "", *, planned: bool = False) -> None:
         if self.board.pool.get(instance.slot) is not instance:
@@ -606,7 +589,7 @@ class Core:
         """supervisord's own view: a slot that cannot even start (FATAL) is backed off, then given up."""
         for process in processes:
             slot = f"{process['group']}:{process['name']}"
-            if slot not in self.scaler.wanted or process["statename"] != "FATAL" or self.healer.held(slot):
+            if not self.scaler.wants(slot) or process["statename"] != "FATAL" or self.healer.held(slot):
                 continue
             reason = f"supervisord could not start it ({process.get('spawnerr') or 'exited too quickly'})"
             self.background.run(functools.partial(self.supervisor.log_tail, slot),

@@ -53,7 +53,7 @@ class Scaler:
         self._initialize = initialize  # the core sends a waiting shim its context's initialize params
         self.wanted: dict[str, float] = {}  # slot -> when it was asked to start
         self.assigned: dict[str, ClientContext] = {}  # slot -> the handshake it runs, or is started for
-        self.awaiting: set[str] = set()  # connected shims not initialized yet (for the first client; spares)
+        self._awaiting: set[str] = set()  # connected shims not initialized yet (for the first client; spares)
         self.retired: set[int] = set()  # pids of shims restarted for another context: their last words are ignored
         # A pool warms up in the stateless era with Claude Code's capabilities: Claude Code probes that era
         # first, and a backend that refuses it is initialized with those capabilities instead.
@@ -91,6 +91,56 @@ class Scaler:
 
     def adopt(self, slot: str) -> None:
         self.wanted.setdefault(slot, time.monotonic())
+
+    # --- shims arriving, and what their backends are initialized for ---------------------------------
+
+    def welcome(self, slot: str, pid: int, *, initialized: bool) -> bool:
+        """A shim said hello: whether it joins the pool. Not one whose slot is held or being restarted, nor
+        one already let go (its context changed); not a slot restarting too often (backed off); and under
+        dedicated, not a backend that comes back initialized (a shim from before this core, or one taken for
+        dead): it may hold a session's state and nothing says whose, so it restarts fresh."""
+        self.adopt(slot)
+        if self._healer.held(slot) or pid in self.retired or self._healer.outgoing(slot, pid):
+            return False
+        if not initialized and self._healer.record_start(slot):
+            self._healer.back_off(slot, "restarted too often")
+            return False
+        if initialized and not self._board.eligibility.shares_instances:
+            self._healer.recycle(slot, pid, "it came back with a backend that served an earlier session")
+            return False
+        return True
+
+    def context_for(self, slot: str, *, first_client_coming: bool) -> ClientContext | None:
+        """Whom a fresh shim's backend is initialized for: the context its slot was started for, else the
+        busiest's; None while it waits (for the first client, or as a spare for any client's directory)."""
+        context = self.assigned.get(slot)
+        if context is not None:
+            return context
+        if first_client_coming or self._spares:
+            self._awaiting.add(slot)
+            return None
+        return self.default_context()
+
+    def initializing(self, slot: str, context: ClientContext) -> None:
+        self.assigned[slot] = context
+        self._awaiting.discard(slot)
+
+    def adopted(self, slot: str, context: ClientContext) -> None:
+        """A shim from before this core says whom its backend was initialized for."""
+        self.assigned[slot] = context.handshake()
+
+    @property
+    def awaiting(self) -> frozenset[str]:
+        """The connected shims not initialized yet: waiting for the first client, or spares."""
+        return frozenset(self._awaiting)
+
+    def stop_awaiting(self) -> list[str]:
+        """No client came in time: the waiting shims, in order, to warm up with the usual params."""
+        slots, self._awaiting = sorted(self._awaiting), set()
+        return slots
+
+    def wants(self, slot: str) -> bool:
+        return slot in self.wanted
 
     def _adopt_running(self, slot: str) -> None:
         """A shim that runs before this core: the first instance, which supervisord starts with the core, or
@@ -159,7 +209,7 @@ class Scaler:
         # side by side. Instances on their way count as there already, so deciding again while they start
         # adds only what more load needs: no cooldown, and no instance waits for another to be ready.
         busiest = self.default_context()
-        if self.awaiting:
+        if self._awaiting:
             self._use_spare(busiest, reason)
         for _ in range(self.needed() - len(self.wanted)):
             self._start(self._free_slot(), reason, busiest)
@@ -243,7 +293,7 @@ class Scaler:
         coming = [slot for slot in sorted(self.wanted)
                   if slot not in self.assigned and self._board.pool.get(slot) is None]
         unused = placement.unused(self._yielding(), self._in_use)
-        if self.awaiting:
+        if self._awaiting:
             self._use_spare(handshake, reason)
         elif coming:
             self.assigned[coming[0]] = handshake  # starting already: it is initialized with this one
@@ -270,9 +320,9 @@ class Scaler:
 
     def _use_spare(self, handshake: ClientContext, reason: str) -> None:
         """Initialize waiting shims with a context: one spare, or all that waited for the first client."""
-        slots = [min(self.awaiting)] if self._spares else sorted(self.awaiting)
+        slots = [min(self._awaiting)] if self._spares else sorted(self._awaiting)
         for slot in slots:
-            self.awaiting.discard(slot)
+            self._awaiting.discard(slot)
             log.info("initialize %s: %s", slot, reason)
             self._initialize(slot, handshake)
 
@@ -313,7 +363,7 @@ class Scaler:
             if slot in self.wanted and self._board.eligibility.dedicated.owner(slot) is None:
                 del self.wanted[slot]
                 self.assigned.pop(slot, None)
-                self.awaiting.discard(slot)
+                self._awaiting.discard(slot)
                 log.info("stop %s: %s", slot, why)
                 self._metrics.event(EventKind.SCALE, f"stop {slot}: {why}")
                 # The same path as any loss: its subscriptions move to another instance.
