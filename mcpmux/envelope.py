@@ -10,15 +10,16 @@ the body on untouched, so its work per message does not grow with the payload. T
 see travels in the header, and the edge that writes the line splices it in.
 
 The core parses a body only where its logic needs what is inside (a tools/list result, a subscription's
-uri, a cursor to unwrap): lazily, once, through the `Mapping` interface, which reads like the dict the
-message was. A message built in the core (an error, a local answer) becomes an envelope when it is sent.
+uri, a cursor to unwrap): lazily, once, through methods named for what they parse (`params()`,
+`result()`), so that what costs a parse says so while a header field is an attribute. A message built in the
+core (an error, a local answer) becomes an envelope when it is sent.
 """
 
 from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from mcpmux import request_state, stateless
@@ -69,8 +70,9 @@ class Header(NamedTuple):
     pin: Pin | None
 
 
-class Envelope(Mapping[str, Any]):
-    """One JSON-RPC message: header fields as attributes, the whole message readable as a mapping."""
+class Envelope:
+    """One JSON-RPC message: header fields as attributes; what is in the body through named parses
+    (`params()`, `result()`, `error()`, `member()`), each opening the body once if nothing had."""
 
     __slots__ = ("_parsed", "body", "error_code", "flags", "id", "kind", "method", "pin", "priority", "token",
                  "tool")
@@ -130,7 +132,7 @@ class Envelope(Mapping[str, Any]):
                    parsed=rest)
 
     @classmethod
-    def of(cls, message: Mapping[str, Any], *, from_client: bool = False) -> Envelope:
+    def of(cls, message: Envelope | JsonObject, *, from_client: bool = False) -> Envelope:
         """An envelope as it is, or a message built as a dict cut into one."""
         if isinstance(message, Envelope):
             return message
@@ -147,6 +149,22 @@ class Envelope(Mapping[str, Any]):
         written in by the edge that sends it on."""
         copy = self._copy()
         copy.token, copy.flags = token, self.flags | Flag.RETOKEN
+        return copy
+
+    def with_params(self, params: JsonObject) -> Envelope:
+        """The same message with other params (a cursor unwrapped): the header kept, the body written anew."""
+        return self._with_member("params", params)
+
+    def with_result(self, result: JsonObject) -> Envelope:
+        """The same message with another result (a cursor wrapped): the header kept, the body written anew."""
+        return self._with_member("result", result)
+
+    def _with_member(self, key: str, value: JsonObject) -> Envelope:
+        # Written anew, it keeps only what a message of its kind is read by (a request's stray `error` goes).
+        rest = {name: member for name, member in self._body().items() if name not in _STRAY[self.kind]}
+        rest[key] = value
+        copy = self._copy()
+        copy.body, copy._parsed = dumps(rest), rest
         return copy
 
     def _copy(self) -> Envelope:
@@ -216,47 +234,40 @@ class Envelope(Mapping[str, Any]):
         message.update(self._retokened() if self.flags & Flag.RETOKEN else self._body())
         return message
 
-    def __getitem__(self, key: str) -> Any:
-        if key == "id":
-            if self.kind is Kind.NOTIFICATION:
-                raise KeyError(key)
-            return self.id
-        if key == "method" and self.method is not None:
-            return self.method
-        if key == "jsonrpc":
-            return "2.0"
-        if key in _KEYS_OF_OTHER_KINDS[self.kind]:
-            raise KeyError(key)  # known from the header: no need to open the body to say so
-        return self.to_dict()[key] if self.flags & Flag.RETOKEN else self._body()[key]
+    def params(self) -> JsonObject:
+        """The request's or notification's params (a parse of the body): {} if it has none, or not an object."""
+        params = self._member("params") if self.kind in (Kind.REQUEST, Kind.NOTIFICATION) else None
+        return params if isinstance(params, dict) else {}
 
-    def __contains__(self, key: object) -> bool:
-        if key == "id":
-            return self.kind is not Kind.NOTIFICATION
-        if key == "method":
-            return self.kind in (Kind.REQUEST, Kind.NOTIFICATION)
-        if key == "result":
-            return self.kind is Kind.RESULT
-        if key == "error":
-            return self.kind is Kind.ERROR
-        return key == "jsonrpc" or key in self._body()
+    def meta(self) -> JsonObject:
+        """The params' `_meta` (a parse of the body): {} if it has none, or not an object."""
+        meta = self.params().get("_meta")
+        return meta if isinstance(meta, dict) else {}
 
-    def __iter__(self) -> Iterator[str]:
-        # The keys it can be read by: a member of another kind's (a request's stray result) is not one.
-        other = _KEYS_OF_OTHER_KINDS[self.kind]
-        return (key for key in self.to_dict() if key not in other)
+    def result(self) -> Any:
+        """The result, as the server sent it (a parse of the body); None unless this is a result."""
+        return self._member("result") if self.kind is Kind.RESULT else None
 
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
+    def error(self) -> Any:
+        """The error object, as sent (a parse of the body); None unless this is an error."""
+        return self._member("error") if self.kind is Kind.ERROR else None
+
+    def member(self, key: str) -> Any:
+        """Any other member of the message's body (a parse of it), or None."""
+        return self._member(key)
+
+    def _member(self, key: str) -> Any:
+        return (self._retokened() if self.flags & Flag.RETOKEN else self._body()).get(key)
 
     def __repr__(self) -> str:
         return f"Envelope({self.kind.name}, id={self.id!r}, method={self.method!r}, {len(self.body)} bytes)"
 
 
-_KEYS_OF_OTHER_KINDS = {
+_STRAY = {  # the members a message of each kind is not read by
     Kind.REQUEST: frozenset({"result", "error"}),
     Kind.NOTIFICATION: frozenset({"result", "error"}),
-    Kind.RESULT: frozenset({"method", "error"}),
-    Kind.ERROR: frozenset({"method", "result"}),
+    Kind.RESULT: frozenset({"method", "params", "error"}),
+    Kind.ERROR: frozenset({"method", "params", "result"}),
 }
 
 

@@ -151,14 +151,14 @@ def id_at_edges(head: bytes, tail: bytes) -> tuple[str, RequestId] | None:
     return (kind.group(1).decode(), request_id) if is_token(request_id) else None
 
 
-def params_of(message: Any) -> JsonObject:
+def params_of(message: JsonObject) -> JsonObject:
     """A message's params, or an empty object where it has none (or, from a peer not to be trusted, not an
     object)."""
     params = message.get("params")
     return params if isinstance(params, dict) else {}
 
 
-def meta_of(message: Any) -> JsonObject:
+def meta_of(message: JsonObject) -> JsonObject:
     """A message's `params._meta`, or an empty object where it has none that is an object."""
     meta = params_of(message).get("_meta")
     return meta if isinstance(meta, dict) else {}

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 
 from mcpmux import jsonrpc
 from mcpmux.envelope import Envelope, Flag
-from mcpmux.jsonrpc import JsonObject, params_of
+from mcpmux.jsonrpc import JsonObject
 from mcpmux.router import elicitations, listen, rewrite, server_requests
 from mcpmux.router.contexts import ContextRules
 from mcpmux.router.eligibility import Eligibility
@@ -59,8 +59,8 @@ class Audience:
             if stream is None or stream.slot != instance.slot:
                 return []
             return [(stream.session, frame) for frame in listen.to_client(stream, message)]
-        method = message["method"]
-        params = params_of(message)
+        method = message.method or ""
+        params = message.params()
         if method == "notifications/progress":
             return self._progress(instance, params, message)
         if method.endswith("/list_changed"):

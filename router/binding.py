@@ -78,11 +78,11 @@ class Binding:
     def roots_request(self, instance: Instance, message: Envelope) -> None:
         """An instance asks for roots: answered from its context, never from another's."""
         if instance.context is None or not instance.context.supports(ROOTS):
-            self._outbox.to_instance(instance, jsonrpc.error(message["id"], jsonrpc.METHOD_NOT_FOUND,
+            self._outbox.to_instance(instance, jsonrpc.error(message.id, jsonrpc.METHOD_NOT_FOUND,
                                                              "the client does not support roots"))
             return
         self._contexts.roots_observed = True  # from now on, instances are bound to one context at first use
-        instance.roots_request = message["id"]
+        instance.roots_request = message.id
         self.give_roots(instance)
 
     def give_roots(self, instance: Instance) -> None:

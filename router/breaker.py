@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from typing import Any
 
 from mcpmux import jsonrpc
 from mcpmux.envelope import Envelope, Kind
@@ -15,17 +13,13 @@ log = logging.getLogger("mcpmux.breaker")
 MAX_EJECTED_FRACTION = 0.5  # errors alone never take more than half of the pool out of service
 
 
-def is_instance_failure(response: Mapping[str, Any]) -> bool:
+def is_instance_failure(response: Envelope) -> bool:
     """Errors that say the server is broken, not that the request was wrong.
 
     A tool's own error (`isError: true` in a result) is the tool's answer; -32600..-32602 are the
     caller's fault; internal errors and implementation-defined server errors are the instance's.
     """
-    if isinstance(response, Envelope):  # the header says, without opening the body
-        code = response.error_code if response.kind is Kind.ERROR else None
-    else:
-        error = response.get("error")
-        code = error.get("code") if isinstance(error, dict) else None
+    code = response.error_code if response.kind is Kind.ERROR else None  # the header says, unopened
     return code == jsonrpc.INTERNAL_ERROR or (isinstance(code, int) and -32099 <= code <= -32000)
 
 

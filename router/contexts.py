@@ -33,7 +33,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from mcpmux import __version__, jsonrpc, stateless
-from mcpmux.jsonrpc import JsonObject, meta_of
+from mcpmux.envelope import Envelope
+from mcpmux.jsonrpc import JsonObject
 from mcpmux.router import profile
 from mcpmux.router.instances import Instance
 from mcpmux.router.session import Session
@@ -177,11 +178,11 @@ class ContextRules:
         session.roots_known = not context.supports(ROOTS)
         self._client_info.setdefault(context, params.get("clientInfo"))
 
-    def open_stateless(self, session: Session, request: Mapping[str, Any]) -> None:
+    def open_stateless(self, session: Session, request: Envelope) -> None:
         """Give a session of the stateless era the context every such session shares."""
         context = ClientContext.stateless(session.cwd if self.cwd_from_client else None, self._passed(session))
         session.context, session.roots_known = context, True
-        meta = meta_of(request)
+        meta = request.meta()
         if context not in self._client_info:
             # Kept to start instances for this context, in a frame: only what msgpack carries.
             client_info = meta.get(stateless.CLIENT_INFO_KEY)
@@ -194,11 +195,11 @@ class ContextRules:
         """The session's values of the variables the stack passes, and no others."""
         return {name: value for name, value in (session.env or {}).items() if name in self.pass_env}
 
-    def roots_answered(self, session: Session, response: Mapping[str, Any]) -> None:
+    def roots_answered(self, session: Session, response: Envelope) -> None:
         """The client answered mcpmux's `roots/list`: its context now has those roots."""
         if session.context is None:
             return
-        result = response.get("result")
+        result = response.result()
         roots = result.get("roots") if isinstance(result, dict) else None
         if not jsonrpc.carried(roots):  # the core tells a bound instance's shim its context in a frame
             roots = None

@@ -8,10 +8,7 @@ to, so that the completion reaches that session and nobody else.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
-from mcpmux.jsonrpc import params_of
+from mcpmux.envelope import Envelope
 
 CREATE = "elicitation/create"
 COMPLETE = "notifications/elicitation/complete"
@@ -22,16 +19,16 @@ class Elicitations:
     def __init__(self) -> None:
         self._owners: dict[tuple[str, str], bytes] = {}  # (slot, elicitationId) -> session
 
-    def asked(self, slot: str, request: Mapping[str, Any], session: bytes) -> None:
+    def asked(self, slot: str, request: Envelope, session: bytes) -> None:
         """An instance's elicitation/create went to `session`."""
-        elicitation_id = params_of(request).get("elicitationId")
+        elicitation_id = request.params().get("elicitationId")
         if isinstance(elicitation_id, str):
             self._owners[(slot, elicitation_id)] = session
 
-    def required(self, slot: str, error: Mapping[str, Any], session: bytes) -> None:
+    def required(self, slot: str, error: Envelope, session: bytes) -> None:
         """An instance answered the session's request with URLElicitationRequiredError: its elicitations are
         the session's."""
-        body = error.get("error")
+        body = error.error()
         data = body.get("data") if isinstance(body, dict) and body.get("code") == URL_REQUIRED else None
         listed = data.get("elicitations") if isinstance(data, dict) else None
         for elicitation in listed if isinstance(listed, list) else []:
@@ -39,9 +36,9 @@ class Elicitations:
             if isinstance(elicitation_id, str):
                 self._owners[(slot, elicitation_id)] = session
 
-    def completed(self, slot: str, notification: Mapping[str, Any]) -> bytes | None:
+    def completed(self, slot: str, notification: Envelope) -> bytes | None:
         """The session a completion is for (forgotten now), or None if the id is unknown."""
-        elicitation_id = params_of(notification).get("elicitationId")
+        elicitation_id = notification.params().get("elicitationId")
         return self._owners.pop((slot, elicitation_id), None) if isinstance(elicitation_id, str) else None
 
     def forget_session(self, session: bytes) -> None:

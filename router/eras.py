@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from mcpmux import jsonrpc, stateless
 from mcpmux.envelope import Envelope, Flag
-from mcpmux.jsonrpc import JsonObject, meta_of, params_of
+from mcpmux.jsonrpc import JsonObject
 from mcpmux.router.contexts import ContextRules
 from mcpmux.router.instances import Instance, Pool
 from mcpmux.router.requests import Pending
@@ -68,7 +68,7 @@ class Eras:
         method = message.method
         enveloped = bool(message.flags & Flag.ENVELOPED)
         if session.era is Era.STATELESS and method == "initialize":
-            params = params_of(message)
+            params = message.params()
             return jsonrpc.error(message.id, stateless.UNSUPPORTED_VERSION,
                                  "this session speaks the 2026-07-28 protocol; the initialize handshake is not "
                                  "accepted", {"supported": list(stateless.VERSIONS),
@@ -154,4 +154,4 @@ def pin_retry(pending: Pending, pool: Pool, contexts: ContextRules) -> str | Non
 
 
 def _requested(message: Envelope) -> object:
-    return meta_of(message).get(stateless.PROTOCOL_VERSION_KEY)
+    return message.meta().get(stateless.PROTOCOL_VERSION_KEY)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from mcpmux import jsonrpc
 from mcpmux.envelope import Envelope
-from mcpmux.jsonrpc import JsonObject, params_of
+from mcpmux.jsonrpc import JsonObject
 from mcpmux.stateless import SUBSCRIPTION_ID_KEY
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ def to_client(pending: Pending, frame: Envelope) -> list[Envelope | JsonObject]:
     if frame.method == ACKNOWLEDGED:
         if pending.listening is not None:
             return missed(pending.listening, pending.client_id)  # opened again after a loss
-        honored = params_of(frame).get("notifications")
+        honored = frame.params().get("notifications")
         pending.listening = honored if isinstance(honored, dict) else {}
     return [frame.with_token(pending.client_id)]
 

@@ -14,7 +14,6 @@ from typing import Protocol
 
 from mcpmux import jsonrpc
 from mcpmux.envelope import Envelope
-from mcpmux.jsonrpc import params_of
 from mcpmux.router import eras, listen, tasks
 from mcpmux.router.contexts import ContextRules
 from mcpmux.router.instances import Instance, Pool
@@ -47,7 +46,7 @@ class Board(Protocol):
 
 
 def ping(board: Board, session: Session, message: Envelope) -> None:
-    board.outbox.answer_local(session, jsonrpc.result(message["id"], {}))
+    board.outbox.answer_local(session, jsonrpc.result(message.id, {}))
 
 
 def discover(board: Board, session: Session, message: Envelope) -> None:
@@ -59,66 +58,66 @@ def discover(board: Board, session: Session, message: Envelope) -> None:
     if answer is not None:
         board.outbox.answer_local(session, answer)
         return
-    board.await_backend(session, Pending(session, message["id"], message, received=board.now()))
+    board.await_backend(session, Pending(session, message.id, message, received=board.now()))
 
 
 def listen_stream(board: Board, session: Session, message: Envelope) -> None:
     """A stateless session's listen stream holds no slot and has no deadline (router/listen.py)."""
     stream = eras.era_of(session) is Era.STATELESS
-    board.admit(Pending(session, message["id"], message, received=board.now(), capped=not stream))
+    board.admit(Pending(session, message.id, message, received=board.now(), capped=not stream))
 
 
 def initialize(board: Board, session: Session, message: Envelope) -> None:
-    params = message.get("params")
+    params = message.member("params")
     if not isinstance(params, dict):
         board.outbox.answer_local(session, jsonrpc.error(
-            message["id"], jsonrpc.INVALID_PARAMS, "Invalid params: initialize needs params"))
+            message.id, jsonrpc.INVALID_PARAMS, "Invalid params: initialize needs params"))
         return
     session.initialize_params = params
     board.contexts.open(session)
-    pending = Pending(session, message["id"], message, received=board.now())
+    pending = Pending(session, message.id, message, received=board.now())
     # Answered by a backend initialized as this client would have initialized it.
     result = board.contexts.initialize_result(session)
     if result is not None:
-        board.finish(pending, jsonrpc.result(message["id"], result))
+        board.finish(pending, jsonrpc.result(message.id, result))
         return
     board.await_backend(session, pending)
 
 
 def set_level(board: Board, session: Session, message: Envelope) -> None:
-    level = params_of(message).get("level")
+    level = message.params().get("level")
     if not board.backends_offer("logging"):
-        board.admit(Pending(session, message["id"], message, received=board.now()))
+        board.admit(Pending(session, message.id, message, received=board.now()))
         return
     if level not in LOG_LEVELS:
         board.outbox.answer_local(session, jsonrpc.error(
-            message["id"], jsonrpc.INVALID_PARAMS, f"Invalid params: unknown logging level {level!r}"))
+            message.id, jsonrpc.INVALID_PARAMS, f"Invalid params: unknown logging level {level!r}"))
         return
     session.log_level = level
     board.update_log_level()
-    board.outbox.answer_local(session, jsonrpc.result(message["id"], {}))
+    board.outbox.answer_local(session, jsonrpc.result(message.id, {}))
 
 
 def subscribe(board: Board, session: Session, message: Envelope) -> None:
     """Every subscribe reaches a server, as it would the session's own: the instance holding the session's
     subscription to that uri already, else wherever the strategy sends the session's requests."""
-    uri = params_of(message).get("uri")
+    uri = message.params().get("uri")
     slot = board.subscriptions.slot_of(session.identity, uri) if isinstance(uri, str) else None
-    board.admit(Pending(session, message["id"], message, pinned_slot=slot, received=board.now()))
+    board.admit(Pending(session, message.id, message, pinned_slot=slot, received=board.now()))
 
 
 def unsubscribe(board: Board, session: Session, message: Envelope) -> None:
     """Reaches the instance holding the subscription, unless other sessions are subscribed to that uri
     there too: their subscription stays, so the session's ends here."""
-    uri = params_of(message).get("uri")
+    uri = message.params().get("uri")
     if not isinstance(uri, str) or not board.subscriptions.has(session.identity, uri):
-        board.admit(Pending(session, message["id"], message, received=board.now()))
+        board.admit(Pending(session, message.id, message, received=board.now()))
         return
     slot = board.subscriptions.leave(session.identity, uri)
     if slot is None:  # others still listen there, or no instance holds it now
-        board.outbox.answer_local(session, jsonrpc.result(message["id"], {}))
+        board.outbox.answer_local(session, jsonrpc.result(message.id, {}))
         return
-    board.admit(Pending(session, message["id"], message, pinned_slot=slot, received=board.now()))
+    board.admit(Pending(session, message.id, message, pinned_slot=slot, received=board.now()))
 
 
 def task_request(board: Board, session: Session, message: Envelope) -> None:
@@ -126,7 +125,7 @@ def task_request(board: Board, session: Session, message: Envelope) -> None:
     the queue and the cap, or answered here. A server without tasks answers them itself."""
     backend = board.pool.any_initialize_result()
     if backend is not None and "tasks" not in (backend.get("capabilities") or {}):
-        board.admit(Pending(session, message["id"], message, received=board.now()))
+        board.admit(Pending(session, message.id, message, received=board.now()))
         return
     route = board.tasks.route(session.identity, message, board.now(), {i.slot for i in board.pool.ready()})
     if isinstance(route, tasks.Reply):
@@ -134,7 +133,7 @@ def task_request(board: Board, session: Session, message: Envelope) -> None:
         return
     instance = board.pool.get(route.slot)
     assert instance is not None, "the table routes only to ready instances"
-    pending = Pending(session, message["id"], Envelope.of(route.message), pinned_slot=route.slot,
+    pending = Pending(session, message.id, Envelope.of(route.message), pinned_slot=route.slot,
                       received=board.now(), capped=False)
     board.start(pending, instance)
     if pending.method != "tasks/result":  # that one lasts as long as its task

@@ -93,7 +93,7 @@ class Outbox:
         if follow_up is not None:
             follow_up(instance, message)
         elif message.kind is Kind.ERROR:
-            log.warning("%s refused an mcpmux request: %s", instance.slot, message.get("error"))
+            log.warning("%s refused an mcpmux request: %s", instance.slot, message.error())
         return True
 
     def asked_elsewhere(self, backend_id: object) -> bool:

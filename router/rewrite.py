@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 from mcpmux.envelope import Envelope, Flag
-from mcpmux.jsonrpc import meta_of
 
 
 def for_instance(request: Envelope, backend_id: int) -> Envelope:
@@ -20,7 +19,7 @@ def for_instance(request: Envelope, backend_id: int) -> Envelope:
 
 def client_progress_token(request: Envelope) -> Any:
     """The progress token the client chose for its request."""
-    return meta_of(request).get("progressToken")
+    return request.meta().get("progressToken")
 
 
 def with_progress_token(notification: Envelope, token: Any) -> Envelope:

@@ -23,10 +23,12 @@ from __future__ import annotations
 import enum
 import json
 import posixpath
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlparse
+
+from mcpmux.envelope import Envelope
 
 DEFAULT_PROBE = "list_allowed_directories"  # server-filesystem's
 FIRST_RETRY = 0.02  # seconds: the next probe after an answer that did not name every root
@@ -125,7 +127,7 @@ class Settling:
         settle.probing, settle.retry_at = True, None
         settle.tries += 1
 
-    def judge(self, slot: str, answer: Any, now: float) -> Verdict:
+    def judge(self, slot: str, answer: Envelope, now: float) -> Verdict:
         """The probe answered (`answer`: its JSON-RPC response): applied, again later, or given up."""
         settle = self._settles.get(slot)
         if settle is None:
@@ -195,9 +197,9 @@ def named_as(root: str) -> str:
     return posixpath.normpath(unquote(parsed.path))
 
 
-def names_every(expected: Iterable[str], answer: Any) -> bool:
+def names_every(expected: Iterable[str], answer: Envelope) -> bool:
     """Whether a tools/call response's text names each of `expected` on a line of its own."""
-    result = answer.get("result") if isinstance(answer, Mapping) else None
+    result = answer.result()
     if not isinstance(result, dict) or result.get("isError"):
         return False
     lines = {_line(line) for text in _texts(result) for line in text.splitlines()}

@@ -19,7 +19,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 from mcpmux import jsonrpc
 from mcpmux.config import Config
 from mcpmux.envelope import Envelope, Flag, Kind
-from mcpmux.jsonrpc import JsonObject, params_of
+from mcpmux.jsonrpc import JsonObject
 from mcpmux.router import cursors, elicitations, eras, listen, local_methods, rewrite, server_requests, tasks
 from mcpmux.router.actions import (
     Action,
@@ -203,12 +203,12 @@ class Switchboard:
         self.admit(Pending(session, client_id, message, received=now))
 
     def _client_notification(self, session: Session, message: Envelope) -> None:
-        method = message["method"]
+        method = message.method
         if method == "notifications/cancelled":
-            request_id = params_of(message).get("requestId")
+            request_id = message.params().get("requestId")
             pending = session.pending.get(request_id) if isinstance(request_id, str | int) else None
             if pending is not None:
-                self._abandon(pending, params_of(message).get("reason") or "cancelled by client")
+                self._abandon(pending, message.params().get("reason") or "cancelled by client")
         elif method == "notifications/initialized":
             session.initialized = True
             for target, missed in self.audience.replayed(session):
@@ -242,14 +242,14 @@ class Switchboard:
                 "Invalid Request: send initialize first (instances are initialized with their clients' context)"))
             return
         if pending.message.flags & Flag.CURSOR:  # only then is the body opened
-            params = pending.message["params"]
+            params = pending.message.params()
             unwrapped = cursors.unwrap(params["cursor"])
             if unwrapped is None:
                 self.outbox.answer_local(pending.session, jsonrpc.error(
                     pending.client_id, jsonrpc.INVALID_PARAMS, "Invalid params: unknown pagination cursor"))
                 return
             pending.pinned_slot, inner = unwrapped
-            pending.message = Envelope.from_message({**pending.message, "params": {**params, "cursor": inner}})
+            pending.message = pending.message.with_params({**params, "cursor": inner})
         gone = eras.pin_retry(pending, self.pool, self.contexts) if pending.message.flags & Flag.STATE else None
         if gone is not None:
             self.outbox.answer_local(pending.session, jsonrpc.error(pending.client_id, jsonrpc.INVALID_PARAMS, gone))
@@ -408,7 +408,7 @@ class Switchboard:
             self._fail_internally(pending, exc)
             return
         answered = any(isinstance(action, ToClient) and action.session == session.identity
-                       and action.message.get("id") == client_id and "method" not in action.message
+                       and action.message.id == client_id and action.message.kind in (Kind.RESULT, Kind.ERROR)
                        for action in self.outbox.actions[queued:])
         if not answered:
             self.outbox.answer_local(session, _internal_error(client_id, exc))
@@ -438,7 +438,7 @@ class Switchboard:
         instance.served += 1
         self.finish(pending, self._adapt_result(instance, pending, message))
         if is_instance_failure(message) and pending.method != "tasks/result":  # that error is its task's outcome
-            self._instance_failed(instance, f"answered error {message['error'].get('code')}")
+            self._instance_failed(instance, f"answered error {message.error_code}")
         else:
             self.breaker.success(instance)
 
@@ -452,24 +452,24 @@ class Switchboard:
             self.elicitations.required(instance.slot, message, pending.session.identity)
         if message.kind is not Kind.RESULT or not (message.flags & Flag.NEXT_CURSOR or pending.method in OPENED):
             return message  # the common case: the body passes through unopened
-        result = message.get("result")
+        result = message.result()
         if not isinstance(result, dict):
             return message
         if isinstance(result.get("nextCursor"), str):
             wrapped = cursors.wrap(instance.slot, result["nextCursor"])
-            message = Envelope.from_message({**message, "result": {**result, "nextCursor": wrapped}})
+            message = message.with_result({**result, "nextCursor": wrapped})
         if pending.method == "tools/list":
             self.retry.observe_tools(result)
         elif pending.method == "resources/subscribe":
-            uri = params_of(pending.message).get("uri")
+            uri = pending.message.params().get("uri")
             if isinstance(uri, str):
                 self.subscriptions.confirmed(pending.session.identity, uri, instance.slot)
         return message
 
     def _instance_request(self, instance: Instance, message: Envelope) -> None:
-        method = message["method"]
+        method = message.method or ""
         if method == "ping":
-            self.outbox.to_instance(instance, jsonrpc.result(message["id"], {}))
+            self.outbox.to_instance(instance, jsonrpc.result(message.id, {}))
             return
         if method == "roots/list":
             self.binding.roots_request(instance, message)
@@ -481,10 +481,10 @@ class Switchboard:
         refused = server_requests.why_refused(session, method)
         if refused is not None or session is None:
             code, text = refused or (jsonrpc.INTERNAL_ERROR, "no session")
-            self.outbox.to_instance(instance, jsonrpc.error(message["id"], code, text))
+            self.outbox.to_instance(instance, jsonrpc.error(message.id, code, text))
             return
         client_id = self.outbox.next_id()
-        session.server_requests[client_id] = ServerRequest(instance.slot, message["id"])
+        session.server_requests[client_id] = ServerRequest(instance.slot, message.id)
         if method == elicitations.CREATE:
             self.elicitations.asked(instance.slot, message, session.identity)
         self.outbox.to_client(session, message.with_id(client_id))
@@ -535,10 +535,10 @@ class Switchboard:
                     self.finish(pending, refused)
 
     def _probe_answered(self, instance: Instance, message: Envelope) -> None:
-        if "result" in message:
+        if message.kind is Kind.RESULT:
             self._become_ready(instance)
         else:
-            self._open_circuit(instance, f"failed its probe: {message.get('error')}")
+            self._open_circuit(instance, f"failed its probe: {message.error()}")
 
     def _become_ready(self, instance: Instance) -> None:
         self.startup_cause = None
@@ -572,7 +572,7 @@ class Switchboard:
         return None if result is None else jsonrpc.result(pending.client_id, result)
 
     def _learn_tools(self, instance: Instance, message: Envelope) -> None:
-        result = message.get("result")
+        result = message.result()
         if not isinstance(result, dict):
             self.binding.no_tools(instance)
             return

@@ -38,17 +38,15 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Container, Mapping
+from collections.abc import Container
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from mcpmux import jsonrpc
 from mcpmux.envelope import Envelope, Flag
-from mcpmux.jsonrpc import JsonObject, params_of
+from mcpmux.jsonrpc import JsonObject
 from mcpmux.router import cursors
-
-Message = Mapping[str, Any]  # an Envelope, or a dict built here
 
 RELATED_TASK = "io.modelcontextprotocol/related-task"
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
@@ -85,14 +83,12 @@ class Forward:
     """Send this request to the instance in `slot`, outside the queue and the instance's cap."""
 
     slot: str
-    message: Message
+    message: Envelope
 
 
-def concerns(request: Message) -> bool:
+def concerns(request: Envelope) -> bool:
     """Whether the response to this client request is the table's business."""
-    if isinstance(request, Envelope):  # the header says, without opening the body
-        return request.method in METHODS or bool(request.flags & Flag.TASK)
-    return request.get("method") in METHODS or isinstance(params_of(request).get("task"), dict)
+    return request.method in METHODS or bool(request.flags & Flag.TASK)  # the header says, unopened
 
 
 def offers_cancel(initialize_result: JsonObject | None) -> bool:
@@ -117,16 +113,16 @@ class TaskTable:
                  backend_id: int | None, now: float) -> Envelope | JsonObject:
         """An instance answered a request of `session` that concerns tasks: learn from it, and return the
         response the client gets."""
-        result = response.get("result")
-        method = request.get("method")
+        result = response.result()
+        method = request.method
         if not isinstance(result, dict):
             if method == "tasks/result":
-                self._finish(session, params_of(request).get("taskId"), "failed")
+                self._finish(session, request.params().get("taskId"), "failed")
             return response
         if method == "tasks/list":
-            return {**response, "result": self._listed(session, slot, result)}
+            return response.with_result(self._listed(session, slot, result))
         if method == "tasks/result":
-            self._finish(session, params_of(request).get("taskId"), "failed" if result.get("isError") else "completed")
+            self._finish(session, request.params().get("taskId"), "failed" if result.get("isError") else "completed")
         elif method in BY_TASK_ID:
             self.observe(slot, result)
         elif isinstance(result.get("task"), dict):
@@ -143,9 +139,9 @@ class TaskTable:
         self._count_if_finished(task)
         return task
 
-    def owner(self, slot: str, message: Message) -> Task | None:
+    def owner(self, slot: str, message: Envelope) -> Task | None:
         """The live task a message of instance `slot` is about, by its related-task `_meta`."""
-        meta = params_of(message).get("_meta")
+        meta = message.params().get("_meta")
         related = meta.get(RELATED_TASK) if isinstance(meta, dict) else None
         task_id = related.get("taskId") if isinstance(related, dict) else None
         return self._by_origin.get((slot, task_id)) if isinstance(task_id, str) else None
@@ -160,29 +156,29 @@ class TaskTable:
 
     # --- what the clients ask ------------------------------------------------------------------------
 
-    def route(self, session: bytes, request: Message, now: float, ready: Container[str]) -> Reply | Forward:
+    def route(self, session: bytes, request: Envelope, now: float, ready: Container[str]) -> Reply | Forward:
         """Where a session's tasks/* request goes, or its answer."""
         self.expire(now)
-        if request["method"] == "tasks/list":
+        if request.method == "tasks/list":
             return self._route_list(session, request, ready)
         task = self._own(session, request)
-        task_id = params_of(request).get("taskId")
+        task_id = request.params().get("taskId")
         if task is None:
-            return Reply(jsonrpc.error(request["id"], jsonrpc.INVALID_PARAMS,
+            return Reply(jsonrpc.error(request.id, jsonrpc.INVALID_PARAMS,
                                        f"Invalid params: no task {task_id!r} in this session (unknown or expired)"))
         if task.lost is not None:
             return Reply(self._lost_answer(task, request))
         if task.slot not in ready:
-            return Reply(jsonrpc.error(request["id"], jsonrpc.INSTANCE_FAILED,
+            return Reply(jsonrpc.error(request.id, jsonrpc.INSTANCE_FAILED,
                                        f"The server instance holding task {task_id!r} ({task.slot}) is not available"))
         return Forward(task.slot, request)
 
-    def lost_answer(self, session: bytes, slot: str, request: Message) -> JsonObject | None:
+    def lost_answer(self, session: bytes, slot: str, request: Envelope) -> JsonObject | None:
         """The answer to a tasks/* request that instance `slot` was running when it was lost; None for
         other requests. A tasks/list page becomes an empty one that walks on."""
-        if request.get("method") == "tasks/list":
-            return jsonrpc.result(request["id"], self._page_end(session, slot, {"tasks": []}))
-        task = self._own(session, request) if request.get("method") in BY_TASK_ID else None
+        if request.method == "tasks/list":
+            return jsonrpc.result(request.id, self._page_end(session, slot, {"tasks": []}))
+        task = self._own(session, request) if request.method in BY_TASK_ID else None
         return self._lost_answer(task, request) if task is not None and task.lost is not None else None
 
     # --- tasks coming and going ----------------------------------------------------------------------
@@ -213,13 +209,13 @@ class TaskTable:
 
     # --- inside --------------------------------------------------------------------------------------
 
-    def _created(self, session: bytes, slot: str, request: Message, reported: JsonObject,
+    def _created(self, session: bytes, slot: str, request: Envelope, reported: JsonObject,
                  backend_id: int | None, now: float) -> None:
         task_id = reported.get("taskId")
         if not isinstance(task_id, str):
             return
         expires = _expiry(now, reported.get("ttl"))
-        meta = params_of(request).get("_meta")
+        meta = request.params().get("_meta")
         token = meta.get("progressToken") if isinstance(meta, dict) else None
         progress = (backend_id, token) if backend_id is not None and token is not None else None
         replaced = self._by_owner.get((session, task_id))
@@ -232,22 +228,22 @@ class TaskTable:
             self._by_progress[progress[0]] = task
         self._count_if_finished(task)
 
-    def _route_list(self, session: bytes, request: Message, ready: Container[str]) -> Reply | Forward:
-        params = params_of(request)
+    def _route_list(self, session: bytes, request: Envelope, ready: Container[str]) -> Reply | Forward:
+        params = request.params()
         cursor = params.get("cursor")
         slot, inner = "", ""
         if isinstance(cursor, str):
             unwrapped = cursors.unwrap(cursor)
             if unwrapped is None:
-                return Reply(jsonrpc.error(request["id"], jsonrpc.INVALID_PARAMS,
+                return Reply(jsonrpc.error(request.id, jsonrpc.INVALID_PARAMS,
                                            "Invalid params: unknown tasks/list cursor"))
             slot, inner = unwrapped
         target = next((s for s in self._slots_of(session) if s >= slot and s in ready), None)
         if target is None:
-            return Reply(jsonrpc.result(request["id"], {"tasks": self._lost_of(session)}))
+            return Reply(jsonrpc.result(request.id, {"tasks": self._lost_of(session)}))
         inner = inner if target == slot else ""
         rest = {key: value for key, value in params.items() if key != "cursor"}
-        return Forward(target, {**request, "params": {**rest, "cursor": inner} if inner else rest})
+        return Forward(target, request.with_params({**rest, "cursor": inner} if inner else rest))
 
     def _listed(self, session: bytes, slot: str, result: JsonObject) -> JsonObject:
         """One instance's page of tasks/list as this session sees it: its own tasks, the walk's cursor."""
@@ -271,8 +267,8 @@ class TaskTable:
             return {**page, "nextCursor": cursors.wrap(following, "")}
         return {**page, "tasks": [*page["tasks"], *self._lost_of(session)]}
 
-    def _own(self, session: bytes, request: Message) -> Task | None:
-        task_id = params_of(request).get("taskId")
+    def _own(self, session: bytes, request: Envelope) -> Task | None:
+        task_id = request.params().get("taskId")
         return self._by_owner.get((session, task_id)) if isinstance(task_id, str) else None
 
     def _slots_of(self, session: bytes) -> list[str]:
@@ -281,8 +277,8 @@ class TaskTable:
     def _lost_of(self, session: bytes) -> list[JsonObject]:
         return [task.task for (owner, _), task in self._by_owner.items() if owner == session and task.lost]
 
-    def _lost_answer(self, task: Task, request: Message) -> JsonObject:
-        method, request_id = request["method"], request["id"]
+    def _lost_answer(self, task: Task, request: Envelope) -> JsonObject:
+        method, request_id = request.method, request.id
         if method == "tasks/get":
             return jsonrpc.result(request_id, task.task)
         if method == "tasks/cancel":

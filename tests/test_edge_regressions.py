@@ -149,7 +149,7 @@ def test_a_request_state_naming_an_instance_msgpack_cannot_carry_is_not_mcpmuxs(
     state = request_state.wrap("sealed", slot, pid)
     _, envelope, _ = door.admit(jsonrpc.encode({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
                                                 "params": {"name": "echo", "requestState": state}}))
-    assert envelope.pin is None and envelope["params"]["requestState"] == state
+    assert envelope.pin is None and envelope.params()["requestState"] == state
 
 
 def test_a_request_with_a_stray_result_member_keeps_its_routing_flags() -> None:
@@ -250,7 +250,7 @@ def test_a_tasks_list_page_whose_tasks_are_not_a_list_is_an_empty_page() -> None
     request = {"jsonrpc": "2.0", "id": 1, "method": "tasks/list", "params": {}}
     response = table.answered(b"a", "shim:shim_00", Envelope.from_message(request),
                               Envelope.from_message(jsonrpc.result(1, {"tasks": 5})), 7, now=1000.0)
-    assert response["result"]["tasks"] == []
+    assert Envelope.of(response).result()["tasks"] == []
 
 
 def test_a_server_message_the_wire_cannot_carry_is_dropped_not_fatal(monkeypatch: pytest.MonkeyPatch,

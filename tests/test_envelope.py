@@ -47,7 +47,9 @@ def test_the_header_holds_what_routing_needs() -> None:
 def test_a_message_crosses_unchanged(message: dict[str, object]) -> None:
     envelope = across_the_wire(Envelope.from_message(message))
     assert line_of(envelope) == message
-    assert envelope == message  # the mapping view reads like the dict it was
+    assert envelope.to_dict() == message
+    assert (envelope.params(), envelope.result(), envelope.error()) == (
+        message.get("params", {}), message.get("result"), message.get("error"))
 
 
 def test_an_id_is_replaced_without_opening_the_body() -> None:

@@ -120,7 +120,7 @@ def through_shim(message: JsonObject, era: Era) -> Envelope | None:
     return decoded.envelope
 
 
-def sent_as(carrier: wire.EnvelopeMessage, message: Mapping[str, Any]) -> None:
+def sent_as(carrier: wire.EnvelopeMessage, message: Envelope | JsonObject) -> None:
     """The message as the core packs it and the edge writes it: the frame must pack, and the line parse."""
     envelope = Envelope.of(message)
     decoded = wire.decode(wire.encode_envelope(carrier, envelope))
@@ -360,7 +360,7 @@ class FuzzedSwitchboard(RuleBasedStateMachine):
         if envelope.kind is Kind.REQUEST:
             self.sent[session.identity].append(envelope.id)
         elif envelope.method == "notifications/cancelled":
-            request_id = jsonrpc.params_of(envelope).get("requestId")
+            request_id = envelope.params().get("requestId")
             if request_id in self.sent[session.identity] and request_id not in self.cancelled[session.identity]:
                 self.cancelled[session.identity][request_id] = len(self._responses(session, request_id))
         self.h.board.from_client(session, envelope)

@@ -9,6 +9,7 @@ from typing import Any
 
 from mcpmux import jsonrpc
 from mcpmux.config import parse_config
+from mcpmux.envelope import Envelope
 from mcpmux.router import cli as router_cli
 from mcpmux.router.instances import Instance
 from mcpmux.router.settling import DEFAULT_PROBE, named_as, names_every
@@ -167,11 +168,11 @@ def test_an_instance_lost_while_settling_leaves_nothing_due() -> None:
 def test_roots_are_named_by_their_paths_and_other_uris_by_themselves() -> None:
     assert named_as('{"uri":"file:///home/me/My%20Project/"}') == "/home/me/My Project"
     assert named_as('{"uri":"https://example.com/repo"}') == "https://example.com/repo"
-    answer = jsonrpc.result(1, allowed("/home/me/My Project", "/x"))
+    answer = Envelope.of(jsonrpc.result(1, allowed("/home/me/My Project", "/x")))
     assert names_every(["/home/me/My Project"], answer)
     assert not names_every(["/home/me"], answer), "a line must name the root itself"
-    assert not names_every(["/x"], jsonrpc.result(1, {**allowed("/x"), "isError": True}))
-    assert not names_every(["/x"], jsonrpc.error(1, -32602, "unknown tool"))
+    assert not names_every(["/x"], Envelope.of(jsonrpc.result(1, {**allowed("/x"), "isError": True})))
+    assert not names_every(["/x"], Envelope.of(jsonrpc.error(1, -32602, "unknown tool")))
 
 
 def test_the_flags_set_the_probe_and_a_file_keeps_its_own_unless_a_flag_says(tmp_path: Path) -> None:
