@@ -46,7 +46,7 @@ class Flag:
     NEXT_CURSOR = 2  # result.nextCursor is a string: to wrap with the instance that made it
     PROGRESS = 4  # params._meta.progressToken is set
     RETOKEN = 8  # the edge must set the progress token to `token` (requests: _meta; progress: params)
-    TASK = 16  # params.task is set: the request creates a task (router/tasks.py)
+    TASK = 16  # params.task is set: the request creates a task (router/core/tasks.py)
     ENVELOPED = 32  # params._meta carries the 2026-07-28 protocol version: a request of the stateless era
     STATE = 64  # params.requestState was issued through mcpmux: `pin` names the instance that issued it
     INPUT_REQUIRED = 128  # result.resultType is input_required (2026-07-28): the client retries with input

@@ -8,7 +8,7 @@ A server gets:
   from the environment mcpmux was started in (the same user's, whoever started it);
 - `server.env`: variables set for every session of the stack (part of its configuration, and of its name);
 - `server.passEnv`: variables each client passes from its own environment, as systemd's PassEnvironment or
-  `docker run -e NAME`. Their values are part of the client's context (router/contexts.py), so sessions
+  `docker run -e NAME`. Their values are part of the client's context (router/core/contexts.py), so sessions
   with different values never share an instance. Status shows their names, never their values.
 
 Nothing else of any client's environment reaches a server.

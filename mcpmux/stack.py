@@ -98,7 +98,7 @@ class StackPaths(NamedTuple):
     @property
     def asks_clients(self) -> Path:
         """There once the stack's server has asked a client anything (sampling, elicitation): its next start
-        serves one session at a time per instance from its first call (router/eligibility.py)."""
+        serves one session at a time per instance from its first call (router/core/eligibility.py)."""
         return self.root / "server-asks-clients"
 
     @property

@@ -216,7 +216,7 @@ class InstanceStatus:
 class ContextStatus:
     """A client context of the open sessions: who is in it and which instances may serve it."""
 
-    label: str  # a short hash of the context (router/contexts.py)
+    label: str  # a short hash of the context (router/core/contexts.py)
     protocol_version: str
     cwd: str | None  # the clients' directory, under cwdFromClient
     roots: int | None  # how many roots its clients gave; None: none (not asked for, or not known yet)

@@ -1,6 +1,6 @@
 """supervisord's XML-RPC interface, over the stack's private unix socket.
 
-Calls block: the core makes them from worker threads (router/background.py), each thread with its own proxy.
+Calls block: the core makes them from worker threads (router/core/background.py), each thread with its own proxy.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from mcpmux import jsonrpc, stack, wire
 from mcpmux.envelope import Envelope, Kind
 from mcpmux.jsonrpc import JsonObject, RequestId
 from mcpmux.lines import LineSplitter, Oversized
-from mcpmux.router.retry import RetryPolicy
+from mcpmux.router.core.retry import RetryPolicy
 
 HEARTBEAT_INTERVAL = 2.0
 STDIN = 0

@@ -13,12 +13,12 @@ from mcpmux import jsonrpc
 from mcpmux.config import parse_config
 from mcpmux.envelope import Envelope
 from mcpmux.jsonrpc import JsonObject, RequestId
-from mcpmux.router import actions
-from mcpmux.router.contexts import ClientContext
-from mcpmux.router.instances import Instance
-from mcpmux.router.metrics import Metrics
-from mcpmux.router.session import Session
-from mcpmux.router.switchboard import Switchboard
+from mcpmux.router.core import actions
+from mcpmux.router.core.contexts import ClientContext
+from mcpmux.router.core.instances import Instance
+from mcpmux.router.core.metrics import Metrics
+from mcpmux.router.core.session import Session
+from mcpmux.router.core.switchboard import Switchboard
 from mcpmux.stateless import Era
 
 INITIALIZE_RESULT: JsonObject = {

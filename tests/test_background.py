@@ -1,4 +1,4 @@
-"""Slow work off the core's loop (router/background.py): results come back on the loop, failures of
+"""Slow work off the core's loop (router/core/background.py): results come back on the loop, failures of
 supervisord are handed to the caller, and a bug in the work is logged rather than lost with its future."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import select
 import threading
 import xmlrpc.client
 
-from mcpmux.router.background import Background
+from mcpmux.router.core.background import Background
 
 
 def _run_until(background: Background, done: threading.Event) -> None:

@@ -11,9 +11,9 @@ import pytest
 from mcpmux import jsonrpc
 from mcpmux.jsonrpc import JsonObject
 from mcpmux.resolve import resolve
-from mcpmux.router import actions, placement
-from mcpmux.router.contexts import ClientContext
-from mcpmux.router.instances import Instance
+from mcpmux.router.core import actions, placement
+from mcpmux.router.core.contexts import ClientContext
+from mcpmux.router.core.instances import Instance
 from mcpmux.stack import stack_paths
 from tests.switchboard_harness import INITIALIZE_RESULT, TOOLS, Harness
 

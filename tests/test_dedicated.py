@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from mcpmux import jsonrpc
 from mcpmux.jsonrpc import JsonObject
-from mcpmux.router import actions
-from mcpmux.router.instances import Instance
-from mcpmux.router.session import Session
+from mcpmux.router.core import actions
+from mcpmux.router.core.instances import Instance
+from mcpmux.router.core.session import Session
 from tests.switchboard_harness import Harness
 
 DEDICATED = {"strategy": "dedicated"}

@@ -10,8 +10,9 @@ import pytest
 from mcpmux import jsonrpc, request_state, wire
 from mcpmux.envelope import Envelope, Flag
 from mcpmux.jsonrpc import JsonObject
-from mcpmux.router import actions, cursors, door
-from mcpmux.router.tasks import TaskTable
+from mcpmux.router import door
+from mcpmux.router.core import actions, cursors
+from mcpmux.router.core.tasks import TaskTable
 from mcpmux.shim import backend
 from mcpmux.shim.opening import Opening, Refused
 from mcpmux.stateless import Era

@@ -7,8 +7,8 @@ from typing import Any
 
 from mcpmux import jsonrpc, request_state
 from mcpmux.jsonrpc import JsonObject, RequestId
-from mcpmux.router.instances import Instance
-from mcpmux.router.session import Session
+from mcpmux.router.core.instances import Instance
+from mcpmux.router.core.session import Session
 from mcpmux.stateless import Era
 from tests.switchboard_harness import INITIALIZE_RESULT, Harness
 

@@ -26,9 +26,10 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from mcpmux import jsonrpc, wire
 from mcpmux.envelope import Envelope, Kind
 from mcpmux.jsonrpc import JsonObject, RequestId
-from mcpmux.router import actions, door
-from mcpmux.router.instances import Instance
-from mcpmux.router.session import Session
+from mcpmux.router import door
+from mcpmux.router.core import actions
+from mcpmux.router.core.instances import Instance
+from mcpmux.router.core.session import Session
 from mcpmux.shim.opening import Opened, Opening
 from mcpmux.stateless import Era
 from mcpmux.status import EventKind

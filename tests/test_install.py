@@ -75,9 +75,11 @@ def test_the_wheel_holds_one_import_package_and_its_template(installed: Installe
 
     assert top_level == {"mcpmux"}
     assert "mcpmux/templates/stack.conf.in" in names
-    assert {"mcpmux/router/core.py", "mcpmux/shim/shim.py", "mcpmux/monitor/cli.py"} <= set(names)
+    assert {"mcpmux/router/core/loop.py", "mcpmux/shim/shim.py", "mcpmux/monitor/cli.py"} <= set(names)
     shipped = {name.removeprefix("mcpmux/router/") for name in names if name.startswith("mcpmux/router/")}
-    assert shipped == {path.name for path in (ROOT / "router").glob("*.py")}, "exactly the router's modules"
+    in_checkout = {path.relative_to(ROOT / "router").as_posix() for path in (ROOT / "router").rglob("*.py")
+                   if "__pycache__" not in path.parts}
+    assert shipped == in_checkout, "exactly the router's modules, the core's among them"
 
 
 def test_every_command_the_wheel_installs_starts(installed: Installed) -> None:

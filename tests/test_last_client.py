@@ -6,8 +6,8 @@ import json
 import stat
 from pathlib import Path
 
-from mcpmux.router import last_client
-from mcpmux.router.contexts import ClientContext
+from mcpmux.router.core import last_client
+from mcpmux.router.core.contexts import ClientContext
 
 PARAMS = {"protocolVersion": "2025-11-25", "capabilities": {"roots": {"listChanged": True}, "sampling": {}},
           "clientInfo": {"name": "claude-code", "version": "2.1.197"}}

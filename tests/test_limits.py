@@ -12,10 +12,10 @@ from typing import Any
 from mcpmux.config import parse_config
 from mcpmux.envelope import Envelope
 from mcpmux.jsonrpc import JsonObject
-from mcpmux.router.background import Background
-from mcpmux.router.healing import Healer
-from mcpmux.router.instances import Instance
-from mcpmux.router.limits import (
+from mcpmux.router.core.background import Background
+from mcpmux.router.core.healing import Healer
+from mcpmux.router.core.instances import Instance
+from mcpmux.router.core.limits import (
     HIGHEST,
     AdaptiveLimits,
     FixedLimits,
@@ -23,7 +23,7 @@ from mcpmux.router.limits import (
     limits_for,
     request_kind,
 )
-from mcpmux.router.scaling import Scaler
+from mcpmux.router.core.scaling import Scaler
 from mcpmux.stack import StackPaths
 from mcpmux.supervisor import Supervisor
 from tests.switchboard_harness import Harness

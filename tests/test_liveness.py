@@ -1,11 +1,11 @@
-"""Who is still there (router/liveness.py), judged on the switchboard's clock, which the harness moves."""
+"""Who is still there (router/core/liveness.py), judged on the switchboard's clock, which the harness moves."""
 
 from __future__ import annotations
 
 from mcpmux import jsonrpc
-from mcpmux.router import actions
-from mcpmux.router.contexts import ClientContext
-from mcpmux.router.instances import Instance, InstanceState
+from mcpmux.router.core import actions
+from mcpmux.router.core.contexts import ClientContext
+from mcpmux.router.core.instances import Instance, InstanceState
 from tests.switchboard_harness import Harness
 
 

@@ -7,8 +7,8 @@ from typing import Any
 
 from mcpmux import jsonrpc
 from mcpmux.jsonrpc import JsonObject
-from mcpmux.router.instances import Instance
-from mcpmux.router.session import Session
+from mcpmux.router.core.instances import Instance
+from mcpmux.router.core.session import Session
 from tests.switchboard_harness import Harness
 
 SAMPLING: JsonObject = {"sampling": {}}

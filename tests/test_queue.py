@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mcpmux.router.queue import Priority, QueueFull, RequestQueue
+from mcpmux.router.core.queue import Priority, QueueFull, RequestQueue
 from tests.switchboard_harness import Clock
 
 

@@ -1,4 +1,4 @@
-"""A request's stages (mcpmux/router/requests.py): each move changes every table with it, and a move the
+"""A request's stages (mcpmux/router/core/requests.py): each move changes every table with it, and a move the
 diagram does not allow changes nothing."""
 
 from __future__ import annotations
@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 
 from mcpmux.envelope import Envelope
-from mcpmux.router.instances import Instance, Pool
-from mcpmux.router.queue import QueueFull, RequestQueue
-from mcpmux.router.requests import MOVES, Pending, Requests, Stage, StageError
-from mcpmux.router.session import Session
+from mcpmux.router.core.instances import Instance, Pool
+from mcpmux.router.core.queue import QueueFull, RequestQueue
+from mcpmux.router.core.requests import MOVES, Pending, Requests, Stage, StageError
+from mcpmux.router.core.session import Session
 
 
 def _requests(queue_size: int = 8) -> tuple[Requests, Instance]:

@@ -1,7 +1,7 @@
 """Issue 19: a session's first calls run with its own roots, not with the server's default directories.
 
 server-filesystem applies the roots it is given asynchronously; an instance bound to a context serves it
-only once the server names every root (router/settling.py). Real stacks of the published server, started
+only once the server names every root (router/core/settling.py). Real stacks of the published server, started
 with a directory of its own as a registration would give it: a call that ran before the roots were in
 would see that directory, and be refused the session's own files.
 """

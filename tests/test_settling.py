@@ -1,5 +1,5 @@
 """An instance given a client context's roots serves that context only once its server has applied them
-(router/settling.py): the switchboard driven by hand, the server's answers written out."""
+(router/core/settling.py): the switchboard driven by hand, the server's answers written out."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from mcpmux import jsonrpc
 from mcpmux.config import parse_config
 from mcpmux.envelope import Envelope
 from mcpmux.router import cli as router_cli
-from mcpmux.router.instances import Instance
-from mcpmux.router.settling import DEFAULT_PROBE, named_as, names_every
+from mcpmux.router.core.instances import Instance
+from mcpmux.router.core.settling import DEFAULT_PROBE, named_as, names_every
 from mcpmux.status import EventKind
 from tests.switchboard_harness import TOOLS, Harness
 

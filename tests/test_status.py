@@ -22,9 +22,9 @@ from mcpmux import wire
 from mcpmux.monitor import health, render
 from mcpmux.resolve import find_stack, resolve
 from mcpmux.router import cli as router_cli
-from mcpmux.router.instances import InstanceState
-from mcpmux.router.metrics import Metrics, percentiles_ms
-from mcpmux.router.prometheus import _families
+from mcpmux.router.core.instances import InstanceState
+from mcpmux.router.core.metrics import Metrics, percentiles_ms
+from mcpmux.router.core.prometheus import _families
 from mcpmux.status import (
     ERROR_EVENT_KINDS,
     ERROR_STATES,
@@ -210,7 +210,7 @@ def test_state_and_event_names_are_spelled_once() -> None:
 def test_every_event_kind_the_router_records_is_an_event_kind() -> None:
     """Every `.event(...)` call in the router names a kind of the contract (as a member or its spelling)."""
     spelled = set()
-    for path in (ROOT / "router").glob("*.py"):
+    for path in (ROOT / "router").rglob("*.py"):
         source = path.read_text()
         spelled |= set(re.findall(r"\.event\(\s*\"([a-z-]+)\"", source))
         spelled |= {EventKind[name].value for name in re.findall(r"\.event\(\s*EventKind\.([A-Z_]+)", source)}

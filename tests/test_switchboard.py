@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from mcpmux import jsonrpc
-from mcpmux.router import actions
-from mcpmux.router.contexts import ClientContext
-from mcpmux.router.queue import Priority
+from mcpmux.router.core import actions
+from mcpmux.router.core.contexts import ClientContext
+from mcpmux.router.core.queue import Priority
 from tests.switchboard_harness import INITIALIZE_RESULT, Harness
 
 

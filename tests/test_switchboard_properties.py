@@ -20,10 +20,10 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from mcpmux import jsonrpc, request_state
 from mcpmux.jsonrpc import JsonObject, RequestId
-from mcpmux.router.instances import Instance, Pool
-from mcpmux.router.limits import HIGHEST
-from mcpmux.router.requests import Pending, Stage
-from mcpmux.router.session import Session
+from mcpmux.router.core.instances import Instance, Pool
+from mcpmux.router.core.limits import HIGHEST
+from mcpmux.router.core.requests import Pending, Stage
+from mcpmux.router.core.session import Session
 from mcpmux.stateless import Era
 from tests.switchboard_harness import Harness
 
@@ -302,7 +302,7 @@ class SwitchboardMachine(RuleBasedStateMachine):
 
     @invariant()
     def no_message_raised(self) -> None:
-        """The switchboard contains a message whose handling raises (router/switchboard.py): each is a bug."""
+        """The switchboard contains a message whose handling raises (router/core/switchboard.py): each is a bug."""
         raised = [event.text for event in self.h.board.metrics.events if event.kind == "error"]
         assert not raised, raised
 

@@ -6,9 +6,9 @@ from typing import Any
 
 from mcpmux import jsonrpc
 from mcpmux.jsonrpc import JsonObject, RequestId
-from mcpmux.router.instances import Instance
-from mcpmux.router.session import Session
-from mcpmux.router.tasks import RELATED_TASK
+from mcpmux.router.core.instances import Instance
+from mcpmux.router.core.session import Session
+from mcpmux.router.core.tasks import RELATED_TASK
 from tests.switchboard_harness import INITIALIZE_RESULT, Harness
 
 WITH_TASKS: JsonObject = {**INITIALIZE_RESULT, "capabilities": {

@@ -28,7 +28,7 @@ from bench.stack import LAB_SERVER, BenchStack
 from mcpmux.monitor.control import query
 
 MAX_INSTANCES = 4
-SCALE_DOWN_AFTER = 60.0  # router/scaling.py: a spare unneeded this long is stopped
+SCALE_DOWN_AFTER = 60.0  # router/core/scaling.py: a spare unneeded this long is stopped
 
 
 async def echo_ms(client: ClientSession) -> float:

@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from mcpmux.router.background import Background
-from mcpmux.router.metrics import Metrics
+from mcpmux.router.core.background import Background
+from mcpmux.router.core.metrics import Metrics
 from mcpmux.status import EventKind
 from mcpmux.supervisor import Supervisor
 

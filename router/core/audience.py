@@ -25,14 +25,14 @@ from collections.abc import Mapping
 from mcpmux import jsonrpc
 from mcpmux.envelope import Envelope, Flag
 from mcpmux.jsonrpc import JsonObject
-from mcpmux.router import elicitations, listen, rewrite, server_requests
-from mcpmux.router.contexts import ContextRules
-from mcpmux.router.eligibility import Eligibility
-from mcpmux.router.instances import Instance, Pool
-from mcpmux.router.running import Running
-from mcpmux.router.session import Session
-from mcpmux.router.subscriptions import Subscriptions
-from mcpmux.router.tasks import TaskTable
+from mcpmux.router.core import elicitations, listen, rewrite, server_requests
+from mcpmux.router.core.contexts import ContextRules
+from mcpmux.router.core.eligibility import Eligibility
+from mcpmux.router.core.instances import Instance, Pool
+from mcpmux.router.core.running import Running
+from mcpmux.router.core.session import Session
+from mcpmux.router.core.subscriptions import Subscriptions
+from mcpmux.router.core.tasks import TaskTable
 
 log = logging.getLogger("mcpmux.core")
 
@@ -153,7 +153,7 @@ class Audience:
 
 
 def _once(session: Session, method: str, message: Envelope | JsonObject) -> list[Delivery]:
-    """A list change reaches a session once, until it lists again (router/session.py)."""
+    """A list change reaches a session once, until it lists again (router/core/session.py)."""
     if method in session.list_changed_sent:
         return []
     session.list_changed_sent.add(method)

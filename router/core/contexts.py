@@ -15,7 +15,7 @@ mcpmux asks each session for its roots itself (the session declared the capabili
 `notifications/roots/list_changed`, and keeps them in the session's context. Nothing here outlives the
 core: a new stack knows nothing of the clients of the previous one.
 
-The protocol era is part of the key (router/eras.py). A client of the stateless era (2026-07-28) has no
+The protocol era is part of the key (router/core/eras.py). A client of the stateless era (2026-07-28) has no
 handshake: each of its requests carries its own capabilities, and it is asked for roots only through an
 `input_required` result of the very request that needs them. A server cannot tell two such clients apart
 on one connection, so every stateless session has the same context, and every stateless instance serves
@@ -35,9 +35,9 @@ from typing import Any
 from mcpmux import __version__, jsonrpc, stateless
 from mcpmux.envelope import Envelope
 from mcpmux.jsonrpc import JsonObject
-from mcpmux.router import profile
-from mcpmux.router.instances import Instance
-from mcpmux.router.session import Session
+from mcpmux.router.core import profile
+from mcpmux.router.core.instances import Instance
+from mcpmux.router.core.session import Session
 from mcpmux.stateless import Era
 
 ROOTS = "roots"
@@ -163,7 +163,7 @@ class ContextRules:
         self._client_info: dict[ClientContext, Any] = {}  # by handshake: the first client's clientInfo
         self._results: dict[ClientContext, JsonObject] = {}  # by handshake: a backend's InitializeResult
         # What the first stateless client said of itself: a stateless instance's backend that refuses the era
-        # is initialized as that client would then initialize it (router/eras.py).
+        # is initialized as that client would then initialize it (router/core/eras.py).
         self._stateless_params: JsonObject = profile.WARM
 
     # --- sessions ------------------------------------------------------------------------------------

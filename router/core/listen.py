@@ -22,7 +22,7 @@ from mcpmux.jsonrpc import JsonObject
 from mcpmux.stateless import SUBSCRIPTION_ID_KEY
 
 if TYPE_CHECKING:
-    from mcpmux.router.requests import Pending
+    from mcpmux.router.core.requests import Pending
 
 METHOD = "subscriptions/listen"
 ACKNOWLEDGED = "notifications/subscriptions/acknowledged"

@@ -13,7 +13,7 @@ import fnmatch
 
 from mcpmux.config import PriorityRules
 from mcpmux.envelope import Envelope
-from mcpmux.router.queue import Priority
+from mcpmux.router.core.queue import Priority
 
 __all__ = ["PriorityPolicy"]
 

@@ -14,7 +14,7 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from mcpmux.router.contexts import ClientContext
+from mcpmux.router.core.contexts import ClientContext
 
 
 def load(path: Path) -> ClientContext | None:

@@ -46,7 +46,7 @@ from typing import Any
 from mcpmux import jsonrpc
 from mcpmux.envelope import Envelope, Flag
 from mcpmux.jsonrpc import JsonObject
-from mcpmux.router import cursors
+from mcpmux.router.core import cursors
 
 RELATED_TASK = "io.modelcontextprotocol/related-task"
 TERMINAL = frozenset({"completed", "failed", "cancelled"})

@@ -4,7 +4,7 @@ A backend connection is locked to the era of its first message (mcpmux/stateless
 one era: a handshake instance was opened with `initialize`, a stateless one (2026-07-28) with
 `server/discover` (instance_shim/opening.py). A session is of the era its client opened with: `initialize`
 makes it a handshake session, a successful `server/discover` or any request carrying the 2026-07-28 `_meta`
-a stateless one. The era is part of the client context (router/contexts.py), so a session is served only
+a stateless one. The era is part of the client context (router/core/contexts.py), so a session is served only
 by instances of its era; every stateless request carries its own client context, so every stateless session
 shares one context and can use every stateless instance.
 
@@ -19,10 +19,10 @@ from __future__ import annotations
 from mcpmux import jsonrpc, stateless
 from mcpmux.envelope import Envelope, Flag
 from mcpmux.jsonrpc import JsonObject
-from mcpmux.router.contexts import ContextRules
-from mcpmux.router.instances import Instance, Pool
-from mcpmux.router.requests import Pending
-from mcpmux.router.session import Session
+from mcpmux.router.core.contexts import ContextRules
+from mcpmux.router.core.instances import Instance, Pool
+from mcpmux.router.core.requests import Pending
+from mcpmux.router.core.session import Session
 from mcpmux.stateless import Era
 
 DISCOVER = "server/discover"

@@ -12,7 +12,7 @@ Every client request the switchboard takes on is in one stage at a time::
                  └───────────────────────────────────────────────┘  (answered at once, or refused)
 
 Each stage but NEW and DONE has a table: the requests awaiting a backend (in arrival order), the queue
-(router/queue.py: the order they run in) and the running table (router/running.py: by the id the
+(router/core/queue.py: the order they run in) and the running table (router/core/running.py: by the id the
 instance sees). A live request (not NEW, not DONE) is also in its session's `pending`, by its client's id,
 and may have a deadline. `Requests.move` is the one place that changes a request's stage, and it changes
 every table with it, so no two tables can disagree about where a request is. What a move means for the
@@ -27,13 +27,13 @@ from typing import TYPE_CHECKING, Any
 
 from mcpmux.envelope import Envelope
 from mcpmux.jsonrpc import RequestId
-from mcpmux.router.deadlines import Deadlines
-from mcpmux.router.instances import Instance, Pool
-from mcpmux.router.queue import Priority, RequestQueue
-from mcpmux.router.running import Running
+from mcpmux.router.core.deadlines import Deadlines
+from mcpmux.router.core.instances import Instance, Pool
+from mcpmux.router.core.queue import Priority, RequestQueue
+from mcpmux.router.core.running import Running
 
 if TYPE_CHECKING:
-    from mcpmux.router.session import Session
+    from mcpmux.router.core.session import Session
 
 
 class Stage(enum.Enum):
@@ -82,8 +82,8 @@ class Pending:
     attempts: int = 0
     level: Priority = Priority.NORMAL
     concurrency: int = 0  # requests its instance ran when it was sent there, itself included
-    capped: bool = True  # counts against its instance's cap (tasks/* requests do not: router/tasks.py)
-    listening: dict[str, Any] | None = None  # a listen stream's acknowledged filter (router/listen.py)
+    capped: bool = True  # counts against its instance's cap (tasks/* requests do not: router/core/tasks.py)
+    listening: dict[str, Any] | None = None  # a listen stream's acknowledged filter (router/core/listen.py)
 
     @property
     def method(self) -> str:
@@ -124,7 +124,7 @@ class Requests:
     def move(self, pending: Pending, to: Stage, *, instance: Instance | None = None,
              backend_id: int | None = None) -> None:
         """The one change of a request's stage. To RUNNING it needs its `instance` and `backend_id`. To
-        QUEUED from NEW it may raise QueueFull (router/queue.py), before anything changed."""
+        QUEUED from NEW it may raise QueueFull (router/core/queue.py), before anything changed."""
         origin = pending.stage
         if to not in origin.allowed:
             raise StageError(f"request {pending.client_id!r} of {pending.session.name}: {origin.name} -> {to.name}")

@@ -1,8 +1,8 @@
 """The eligibility policy: which instances may serve a request, and which of them gets it.
 
-Each instance runs at most its limit of requests at once (router/limits.py: fixed, or found from its
+Each instance runs at most its limit of requests at once (router/core/limits.py: fixed, or found from its
 latency). A request pinned to an instance (a pagination cursor it made, a subscription it holds) runs there
-and nowhere else. Otherwise only the instances that serve the session's context may run it (router/contexts.py:
+and nowhere else. Otherwise only the instances that serve the session's context may run it (router/core/contexts.py:
 a filter applied before the reserve and any strategy), and among them it depends on the strategy
 (`loadBalancing.strategy`):
 
@@ -11,13 +11,13 @@ a filter applied before the reserve and any strategy), and among them it depends
   sessions then), so a server that keeps state in its process sees one session's calls in one place; an
   instance may serve several sessions. A session whose instance is lost is pinned again and told.
 - `dedicated`: an instance of the session's own, nobody else's, recycled when the session ends
-  (router/dedicated.py).
+  (router/core/dedicated.py).
 
 Under every strategy, once any instance has asked a client anything (sampling, elicitation), every
 instance (`asks_clients`, marked pool-wide) runs the requests of one session at a time, as many as its limit
 allows: another session's wait, or go to another instance. stdio does not say which request a server's
 request is for, so this is how each of its requests to a client has one possible owner
-(router/server_requests.py).
+(router/core/server_requests.py).
 
 With `loadBalancing.highReserve`, a share of the pool's free slots is kept for `high` requests: others start
 only while more than that many slots are free, so an urgent call need not wait for a slow one to finish.
@@ -31,14 +31,14 @@ from collections.abc import Callable, Collection
 from typing import Literal
 
 from mcpmux.envelope import Flag
-from mcpmux.router.contexts import ContextRules
-from mcpmux.router.dedicated import Dedicated
-from mcpmux.router.dispatch import LeastConnections
-from mcpmux.router.instances import Instance, InstanceState, Pool
-from mcpmux.router.limits import Limits
-from mcpmux.router.queue import Priority
-from mcpmux.router.requests import Pending
-from mcpmux.router.session import Session
+from mcpmux.router.core.contexts import ContextRules
+from mcpmux.router.core.dedicated import Dedicated
+from mcpmux.router.core.dispatch import LeastConnections
+from mcpmux.router.core.instances import Instance, InstanceState, Pool
+from mcpmux.router.core.limits import Limits
+from mcpmux.router.core.queue import Priority
+from mcpmux.router.core.requests import Pending
+from mcpmux.router.core.session import Session
 
 Strategy = Literal["least_connections", "session_affinity", "dedicated"]
 STARTING = frozenset({InstanceState.STARTING, InstanceState.PROBING})

@@ -29,24 +29,24 @@ from mcpmux import wire
 from mcpmux.config import Config, ConfigError, load_validated
 from mcpmux.jsonrpc import JsonObject
 from mcpmux.lifeline import tie_to_stack
-from mcpmux.router import actions, last_client
-from mcpmux.router.background import Background
-from mcpmux.router.contexts import ClientContext
-from mcpmux.router.control import ControlHandler
-from mcpmux.router.door_flow import DoorFlow, Sent
-from mcpmux.router.healing import Healer
-from mcpmux.router.instances import Instance
-from mcpmux.router.metrics import Metrics
-from mcpmux.router.queue import Priority
-from mcpmux.router.scaling import Scaler
-from mcpmux.router.session import Session
-from mcpmux.router.switchboard import Switchboard
+from mcpmux.router.core import actions, last_client
+from mcpmux.router.core.background import Background
+from mcpmux.router.core.contexts import ClientContext
+from mcpmux.router.core.control import ControlHandler
+from mcpmux.router.core.door_flow import DoorFlow, Sent
+from mcpmux.router.core.healing import Healer
+from mcpmux.router.core.instances import Instance
+from mcpmux.router.core.metrics import Metrics
+from mcpmux.router.core.queue import Priority
+from mcpmux.router.core.scaling import Scaler
+from mcpmux.router.core.session import Session
+from mcpmux.router.core.switchboard import Switchboard
 from mcpmux.stack import StackPaths
 from mcpmux.stateless import Era
 from mcpmux.supervisor import Supervisor
 
 if TYPE_CHECKING:  # prometheus-client is an extra, imported only when the exporter is configured
-    from mcpmux.router import prometheus
+    from mcpmux.router.core import prometheus
 
 log = logging.getLogger("mcpmux.core")
 
@@ -271,7 +271,7 @@ class Core:
 
     def _start_exporter(self, port: int) -> prometheus.Exporter | None:
         try:
-            from mcpmux.router import prometheus
+            from mcpmux.router.core import prometheus
         except ModuleNotFoundError as exc:
             reason = f"prometheusPort is set but {exc.name} is missing: install mcpmux[prometheus]"
             log.error("%s", reason)
@@ -369,7 +369,7 @@ class Core:
         self.board.close_session(session)
 
     def _send_door(self, identity: bytes, frames: list[bytes], *, counted: bool = False) -> None:
-        """Send, or keep the message for later if its client reads slowly (router/door_flow.py)."""
+        """Send, or keep the message for later if its client reads slowly (router/core/door_flow.py)."""
         outcome = self._door_flow.send(identity, frames, counted=counted)
         if outcome is Sent.HELD:
             self._hold(identity, True)
@@ -527,7 +527,7 @@ class Core:
             self.exporter.collector.fold()
 
     def _remember_latest_client(self) -> None:
-        """The next start of this stack warms up with its latest client's handshake (router/last_client.py)."""
+        """The next start of this stack warms up with its latest client's handshake (router/core/last_client.py)."""
         latest = next((s.context for s in reversed(self.board.sessions.values()) if s.context is not None), None)
         if latest is None or self._remembered == last_client.kept(latest):
             return

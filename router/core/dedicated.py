@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from mcpmux.router.instances import Instance, Pool
+from mcpmux.router.core.instances import Instance, Pool
 
 
 class Dedicated:

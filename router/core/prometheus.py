@@ -27,7 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from mcpmux.status import EventKind, Latency, SlotState, StackStatus
 
 if TYPE_CHECKING:
-    from mcpmux.router.core import Core
+    from mcpmux.router.core.loop import Core
 
 log = logging.getLogger("mcpmux.prometheus")
 

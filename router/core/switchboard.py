@@ -1,9 +1,9 @@
 """The MCP semantics of the multiplexer: every message between client sessions and instances goes through here.
 
 The switchboard owns the per-session state and decides, for each message, where it goes and under which
-id; where each request is in its life is router/requests.py's, changed only by its `move`. It is a
+id; where each request is in its life is router/core/requests.py's, changed only by its `move`. It is a
 synchronous state machine, as h11 is: each event (a message, a session or instance coming or going, the
-time) changes its state and queues actions (router/actions.py) that the core takes with `take_actions()`
+time) changes its state and queues actions (router/core/actions.py) that the core takes with `take_actions()`
 and carries out. It never awaits and never calls out, so nothing re-enters it half way through a change: a
 send that fails comes back to it as a new event.
 """
@@ -20,8 +20,8 @@ from mcpmux import jsonrpc
 from mcpmux.config import Config
 from mcpmux.envelope import Envelope, Flag, Kind
 from mcpmux.jsonrpc import JsonObject
-from mcpmux.router import cursors, elicitations, eras, listen, local_methods, rewrite, server_requests, tasks
-from mcpmux.router.actions import (
+from mcpmux.router.core import cursors, elicitations, eras, listen, local_methods, rewrite, server_requests, tasks
+from mcpmux.router.core.actions import (
     Action,
     ContextWanted,
     InstanceReady,
@@ -30,23 +30,23 @@ from mcpmux.router.actions import (
     SafeToolsChanged,
     ToClient,
 )
-from mcpmux.router.audience import Audience
-from mcpmux.router.binding import Binding
-from mcpmux.router.breaker import CircuitBreaker, is_instance_failure
-from mcpmux.router.contexts import ClientContext, ContextRules
-from mcpmux.router.eligibility import Eligibility, PinnedInstanceGone
-from mcpmux.router.instances import Instance, InstanceState, Pool
-from mcpmux.router.limits import limits_for, request_kind
-from mcpmux.router.liveness import Liveness
-from mcpmux.router.metrics import Metrics
-from mcpmux.router.outbox import Outbox, Outgoing
-from mcpmux.router.priorities import PriorityPolicy
-from mcpmux.router.queue import Priority, QueueFull, RequestQueue
-from mcpmux.router.requests import AWAITING_BACKEND, DONE, QUEUED, RUNNING, Pending, Requests
-from mcpmux.router.retry import RetryPolicy
-from mcpmux.router.session import LIST_CHANGED_BY_LIST_METHOD, ServerRequest, Session, most_verbose
-from mcpmux.router.settling import Settling
-from mcpmux.router.subscriptions import Subscriptions
+from mcpmux.router.core.audience import Audience
+from mcpmux.router.core.binding import Binding
+from mcpmux.router.core.breaker import CircuitBreaker, is_instance_failure
+from mcpmux.router.core.contexts import ClientContext, ContextRules
+from mcpmux.router.core.eligibility import Eligibility, PinnedInstanceGone
+from mcpmux.router.core.instances import Instance, InstanceState, Pool
+from mcpmux.router.core.limits import limits_for, request_kind
+from mcpmux.router.core.liveness import Liveness
+from mcpmux.router.core.metrics import Metrics
+from mcpmux.router.core.outbox import Outbox, Outgoing
+from mcpmux.router.core.priorities import PriorityPolicy
+from mcpmux.router.core.queue import Priority, QueueFull, RequestQueue
+from mcpmux.router.core.requests import AWAITING_BACKEND, DONE, QUEUED, RUNNING, Pending, Requests
+from mcpmux.router.core.retry import RetryPolicy
+from mcpmux.router.core.session import LIST_CHANGED_BY_LIST_METHOD, ServerRequest, Session, most_verbose
+from mcpmux.router.core.settling import Settling
+from mcpmux.router.core.subscriptions import Subscriptions
 from mcpmux.stateless import Era
 
 log = logging.getLogger("mcpmux.core")
@@ -81,7 +81,7 @@ class Switchboard:
         settings = config.multiplexer
         self.pool = Pool()
         self.sessions: dict[bytes, Session] = {}
-        # Every live request by stage (router/requests.py); the queue orders the waiting ones:
+        # Every live request by stage (router/core/requests.py); the queue orders the waiting ones:
         self.requests = Requests(RequestQueue(
             settings.queue_size, per_session=min(settings.queue_per_session, max(1, settings.queue_size)),
             ageing=config.load_balancing.priority_ageing / 1000, clock=clock), self.pool)
@@ -112,7 +112,7 @@ class Switchboard:
         self.audience = Audience(self.sessions, self.pool, self.requests.running, self.tasks, self.elicitations,
                                  self.subscriptions, self.eligibility, self.contexts)
         self.retry = RetryPolicy()
-        # Roots, and which context each instance is bound to (router/binding.py):
+        # Roots, and which context each instance is bound to (router/core/binding.py):
         self.binding = Binding(self.contexts, self.pool, self.requests, self.eligibility.dedicated,
                                Settling(config.server.roots_probe, config.server.roots_probe_timeout / 1000),
                                self.outbox, metrics, clock)
@@ -233,7 +233,7 @@ class Switchboard:
             return
         self.outbox.to_instance(instance, message.with_id(request.backend_id))
 
-    # --- the life of a request (admit, start, finish and await_backend serve router/local_methods.py too) ---
+    # --- the life of a request (admit, start, finish and await_backend serve router/core/local_methods.py too) ---
 
     def admit(self, pending: Pending) -> None:
         if pending.session.context is None:
@@ -475,7 +475,7 @@ class Switchboard:
             self.binding.roots_request(instance, message)
             return
         # Whatever the answer, the server asks clients: from now on each instance serves one session at a
-        # time, so that every later request of theirs has one possible owner (router/eligibility.py).
+        # time, so that every later request of theirs has one possible owner (router/core/eligibility.py).
         self.pool.ask_clients()
         session = self.audience.owner(instance, message)
         refused = server_requests.why_refused(session, method)
@@ -599,7 +599,7 @@ class Switchboard:
 
     @event
     def health_check(self, interval: float, timeout: float) -> None:
-        """Ping idle instances (router/liveness.py); one that does not answer in time is taken out, unless
+        """Ping idle instances (router/core/liveness.py); one that does not answer in time is taken out, unless
         that would take out half the pool."""
         for instance in self.liveness.unanswered_pings(interval, timeout):
             if self.breaker.enabled and self.liveness.may_eject():
@@ -674,7 +674,7 @@ class Switchboard:
             self._rehome_subscriptions(identity)
 
     def _rehome_subscriptions(self, identity: bytes) -> None:
-        """Place a session's unplaced subscriptions on an instance that serves it (router/eligibility.py's
+        """Place a session's unplaced subscriptions on an instance that serves it (router/core/eligibility.py's
         home: its own, its pinned one, or the least busy of its context), if one is ready."""
         session = self.sessions.get(identity)
         if session is None or not self.subscriptions.unplaced(identity):
@@ -724,7 +724,7 @@ class Switchboard:
             "data": f"the server instance serving this session ({slot}) was lost ({reason}); the session "
                     "continues on another instance, and any state the server kept for it was reset"}))
 
-    # --- client contexts (router/contexts.py) ---------------------------------------------------------
+    # --- client contexts (router/core/contexts.py) ---------------------------------------------------------
 
     def _roots_answered(self, session: Session, message: Envelope) -> None:
         """A session's new roots are its new context: its subscriptions follow it, and what it has waiting

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mcpmux.envelope import Envelope
-from mcpmux.router.contexts import ClientContext
+from mcpmux.router.core.contexts import ClientContext
 
 
 @dataclass(frozen=True, slots=True)

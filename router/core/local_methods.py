@@ -14,13 +14,13 @@ from typing import Protocol
 
 from mcpmux import jsonrpc
 from mcpmux.envelope import Envelope
-from mcpmux.router import eras, listen, tasks
-from mcpmux.router.contexts import ContextRules
-from mcpmux.router.instances import Instance, Pool
-from mcpmux.router.outbox import Outbox, Outgoing
-from mcpmux.router.requests import Pending, Requests
-from mcpmux.router.session import LOG_LEVELS, Session
-from mcpmux.router.subscriptions import Subscriptions
+from mcpmux.router.core import eras, listen, tasks
+from mcpmux.router.core.contexts import ContextRules
+from mcpmux.router.core.instances import Instance, Pool
+from mcpmux.router.core.outbox import Outbox, Outgoing
+from mcpmux.router.core.requests import Pending, Requests
+from mcpmux.router.core.session import LOG_LEVELS, Session
+from mcpmux.router.core.subscriptions import Subscriptions
 from mcpmux.stateless import Era
 
 
@@ -50,7 +50,7 @@ def ping(board: Board, session: Session, message: Envelope) -> None:
 
 
 def discover(board: Board, session: Session, message: Envelope) -> None:
-    """Answered from what the pool's instances speak (router/eras.py); while nobody knows yet, it waits
+    """Answered from what the pool's instances speak (router/core/eras.py); while nobody knows yet, it waits
     for an instance opened in the stateless era."""
     answer = board.eras.discover(session, message)
     if answer is None or "result" in answer:
@@ -62,7 +62,7 @@ def discover(board: Board, session: Session, message: Envelope) -> None:
 
 
 def listen_stream(board: Board, session: Session, message: Envelope) -> None:
-    """A stateless session's listen stream holds no slot and has no deadline (router/listen.py)."""
+    """A stateless session's listen stream holds no slot and has no deadline (router/core/listen.py)."""
     stream = eras.era_of(session) is Era.STATELESS
     board.admit(Pending(session, message.id, message, received=board.now(), capped=not stream))
 

@@ -1,6 +1,6 @@
 """The client requests instances run now, by the id each instance sees, and which sessions each instance
-serves at this moment: what attributes an instance's request to a client (router/server_requests.py) and
-what keeps an instance that asks its clients to one session at a time (router/eligibility.py)."""
+serves at this moment: what attributes an instance's request to a client (router/core/server_requests.py) and
+what keeps an instance that asks its clients to one session at a time (router/core/eligibility.py)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from collections import Counter
 from collections.abc import ItemsView, Iterator, ValuesView
 from typing import TYPE_CHECKING, Any
 
-from mcpmux.router import listen
+from mcpmux.router.core import listen
 
 if TYPE_CHECKING:
-    from mcpmux.router.requests import Pending
+    from mcpmux.router.core.requests import Pending
 
 
 class Running:

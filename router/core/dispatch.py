@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Sequence
 
-from mcpmux.router.instances import Instance
+from mcpmux.router.core.instances import Instance
 
 
 class LeastConnections:

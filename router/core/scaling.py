@@ -3,9 +3,9 @@
 supervisord owns the processes; this module decides and asks it by slot name. Up fast (a queue that
 is not empty, or load above scaleUpThreshold), down slowly (load below scaleDownThreshold for a while).
 
-Each slot runs one client context's handshake (router/contexts.py). A context that sessions wait for and
+Each slot runs one client context's handshake (router/core/contexts.py). A context that sessions wait for and
 no instance runs gets one at once: a shim waiting to be initialized, else a free slot, else an idle
-instance of another context restarted with it (router/placement.py). The pool grows for load with the
+instance of another context restarted with it (router/core/placement.py). The pool grows for load with the
 busiest context.
 
 Under the dedicated strategy the demand is the sessions, each needing an instance of its own (of its own
@@ -23,13 +23,13 @@ from collections.abc import Callable
 from typing import Any
 
 from mcpmux.config import Config
-from mcpmux.router import placement
-from mcpmux.router.background import Background
-from mcpmux.router.contexts import ClientContext
-from mcpmux.router.healing import Healer
-from mcpmux.router.instances import Instance
-from mcpmux.router.metrics import Metrics
-from mcpmux.router.switchboard import Switchboard
+from mcpmux.router.core import placement
+from mcpmux.router.core.background import Background
+from mcpmux.router.core.contexts import ClientContext
+from mcpmux.router.core.healing import Healer
+from mcpmux.router.core.instances import Instance
+from mcpmux.router.core.metrics import Metrics
+from mcpmux.router.core.switchboard import Switchboard
 from mcpmux.status import EventKind
 from mcpmux.supervisor import SHIM_GROUP, Supervisor, shim_slot
 

@@ -30,16 +30,16 @@ import psutil
 
 from mcpmux import __version__, wire
 from mcpmux.config import as_json, hide_env
-from mcpmux.router import eras
-from mcpmux.router.metrics import percentiles_ms
+from mcpmux.router.core import eras
+from mcpmux.router.core.metrics import percentiles_ms
 from mcpmux.status import ContextStatus, Event, EventKind, InstanceStatus, SlotState, StackStatus, Usage
 from mcpmux.versions import versions
 
 if TYPE_CHECKING:
-    from mcpmux.router.contexts import ClientContext
-    from mcpmux.router.core import Core
-    from mcpmux.router.instances import Instance
-    from mcpmux.router.session import Session
+    from mcpmux.router.core.contexts import ClientContext
+    from mcpmux.router.core.instances import Instance
+    from mcpmux.router.core.loop import Core
+    from mcpmux.router.core.session import Session
 
 log = logging.getLogger("mcpmux.control")
 

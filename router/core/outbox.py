@@ -1,5 +1,5 @@
 """What the switchboard's parts say, in the order they say it: messages to clients and instances, and the
-other actions the core carries out (router/actions.py). Also mcpmux's own requests to instances (a health
+other actions the core carries out (router/core/actions.py). Also mcpmux's own requests to instances (a health
 ping, tools/list, a roots probe): their ids, and what follows their answer.
 
 Every part of the switchboard writes here and none reads another's actions back; the core takes them all
@@ -15,11 +15,11 @@ from collections.abc import Callable
 
 from mcpmux.envelope import Envelope, Kind
 from mcpmux.jsonrpc import JsonObject
-from mcpmux.router.actions import Action, ToClient, ToInstance
-from mcpmux.router.eras import Eras
-from mcpmux.router.instances import Instance, Pool
-from mcpmux.router.metrics import Metrics
-from mcpmux.router.session import Session
+from mcpmux.router.core.actions import Action, ToClient, ToInstance
+from mcpmux.router.core.eras import Eras
+from mcpmux.router.core.instances import Instance, Pool
+from mcpmux.router.core.metrics import Metrics
+from mcpmux.router.core.session import Session
 
 log = logging.getLogger("mcpmux.core")
 

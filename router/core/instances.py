@@ -12,7 +12,7 @@ from mcpmux.stateless import Era
 from mcpmux.status import SlotState
 
 if TYPE_CHECKING:
-    from mcpmux.router.contexts import ClientContext
+    from mcpmux.router.core.contexts import ClientContext
 
 
 class InstanceState(enum.StrEnum):
@@ -38,7 +38,7 @@ class Instance:
     started: float  # on the switchboard's clock: when it connected, then when its initialize was sent
     state: InstanceState = InstanceState.STARTING
     initialize_result: dict[str, Any] | None = None  # in the stateless era, its discover result
-    era: Era = Era.HANDSHAKE  # the era its backend connection was opened in (router/eras.py)
+    era: Era = Era.HANDSHAKE  # the era its backend connection was opened in (router/core/eras.py)
     in_flight: int = 0
     served: int = 0
     failed: int = 0
@@ -48,9 +48,9 @@ class Instance:
     last_pick: int = 0  # when the balancer last chose it, to break ties fairly
     last_seen: float = field(init=False)  # when its shim was last heard from
     context: ClientContext | None = None  # what it was initialized with; None until the core says
-    bound: bool = False  # its roots are fixed: it serves exactly `context` (router/contexts.py)
+    bound: bool = False  # its roots are fixed: it serves exactly `context` (router/core/contexts.py)
     roots_request: Any = None  # the id of a roots/list it asked before it was bound, unanswered
-    announced: set[str] = field(default_factory=set)  # the list_changed kinds it sent (router/switchboard.py)
+    announced: set[str] = field(default_factory=set)  # the list_changed kinds it sent (router/core/switchboard.py)
     settling: bool = False  # just given its roots: takes nothing until it answers a ping after them
     asks_clients: bool = False  # it sent a client a request (sampling, elicitation): one session at a time
 
@@ -72,7 +72,7 @@ class Pool:
     def __init__(self) -> None:
         self._by_slot: dict[str, Instance] = {}
         # Every instance runs the same program: once one has asked a client anything, any may, so every
-        # instance, present or to come, serves one session at a time (router/eligibility.py).
+        # instance, present or to come, serves one session at a time (router/core/eligibility.py).
         self.asks_clients = False
 
     def __iter__(self) -> Iterator[Instance]:

@@ -6,12 +6,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mcpmux.jsonrpc import RequestId
-from mcpmux.router.queue import Priority
+from mcpmux.router.core.queue import Priority
 from mcpmux.stateless import Era
 
 if TYPE_CHECKING:
-    from mcpmux.router.contexts import ClientContext
-    from mcpmux.router.requests import Pending
+    from mcpmux.router.core.contexts import ClientContext
+    from mcpmux.router.core.requests import Pending
 
 LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 
@@ -45,11 +45,11 @@ class Session:
     held: bool = False  # its door takes no more for now (a slow client): start nothing new for it
     priority: Priority | None = None  # the session's own level (mcpmux-router --priority)
     cwd: str | None = None  # its door's working directory (the client's)
-    env: dict[str, str] | None = None  # its client's values of server.passEnv (router/contexts.py)
-    context: ClientContext | None = None  # what the server may observe of its client (router/contexts.py)
+    env: dict[str, str] | None = None  # its client's values of server.passEnv (router/core/contexts.py)
+    context: ClientContext | None = None  # what the server may observe of its client (router/core/contexts.py)
     roots_known: bool = False  # its context has the client's current roots (or it declares none)
     roots_ask: int | None = None  # the id of mcpmux's own roots/list to its client, while unanswered
-    era: Era | None = None  # the protocol era its client opened with, once it has (router/eras.py)
+    era: Era | None = None  # the protocol era its client opened with, once it has (router/core/eras.py)
     initialized: bool = False  # its client sent notifications/initialized: it hears the server's notifications
 
     @property

@@ -5,7 +5,7 @@ request's id in the process, for transports with one stream per request), so the
 server's request (or log message) by who is using the instance, and refuses it when it cannot tell or when
 that client did not declare the capability the request needs. Once an instance has asked a client
 anything, every instance of the pool is marked (`Instance.asks_clients`, `Pool.ask_clients`) and from then
-on serves one session at a time (router/eligibility.py), so that only the pool's first such requests, sent
+on serves one session at a time (router/core/eligibility.py), so that only the pool's first such requests, sent
 while several sessions used their instance, can ever be refused for want of an owner.
 """
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 
 from mcpmux import jsonrpc
-from mcpmux.router.session import Session
+from mcpmux.router.core.session import Session
 
 CLIENT_CAPABILITY_OF = {
     "sampling/createMessage": "sampling",

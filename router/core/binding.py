@@ -3,7 +3,7 @@
 A client's roots are asked of it once it is initialized (and again when it says they changed); an instance
 that asks for roots is answered from its own context's, never another's. An instance is bound to a context
 at its first use, or as soon as what it runs says whose it is; one given roots serves nothing until its
-server has applied them (it *settles*: router/settling.py says when that is, this module carries it out).
+server has applied them (it *settles*: router/core/settling.py says when that is, this module carries it out).
 """
 
 from __future__ import annotations
@@ -13,15 +13,15 @@ from collections.abc import Callable
 
 from mcpmux import jsonrpc
 from mcpmux.envelope import Envelope
-from mcpmux.router.actions import InstanceBound
-from mcpmux.router.contexts import ROOTS, SEVERAL, ContextRules
-from mcpmux.router.dedicated import Dedicated
-from mcpmux.router.instances import Instance, Pool
-from mcpmux.router.metrics import Metrics
-from mcpmux.router.outbox import Outbox
-from mcpmux.router.requests import Requests
-from mcpmux.router.session import Session
-from mcpmux.router.settling import Check, Settling, Verdict
+from mcpmux.router.core.actions import InstanceBound
+from mcpmux.router.core.contexts import ROOTS, SEVERAL, ContextRules
+from mcpmux.router.core.dedicated import Dedicated
+from mcpmux.router.core.instances import Instance, Pool
+from mcpmux.router.core.metrics import Metrics
+from mcpmux.router.core.outbox import Outbox
+from mcpmux.router.core.requests import Requests
+from mcpmux.router.core.session import Session
+from mcpmux.router.core.settling import Check, Settling, Verdict
 
 log = logging.getLogger("mcpmux.core")
 
@@ -151,7 +151,7 @@ class Binding:
         self._check_settled(instance)
 
     def _check_settled(self, instance: Instance) -> None:
-        """Send the settle's check (the probe, or a ping) if it is due: router/settling.py says when."""
+        """Send the settle's check (the probe, or a ping) if it is due: router/core/settling.py says when."""
         check = self.settling.step(instance.slot)
         if check is None:
             return  # it waits for the server's roots/list, its tools, an answer, or its back-off

@@ -6,7 +6,7 @@ import logging
 
 from mcpmux import jsonrpc
 from mcpmux.envelope import Envelope, Kind
-from mcpmux.router.instances import Instance, InstanceState, Pool
+from mcpmux.router.core.instances import Instance, InstanceState, Pool
 
 log = logging.getLogger("mcpmux.breaker")
 

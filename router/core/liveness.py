@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 
 from mcpmux.envelope import Envelope
-from mcpmux.router.instances import Instance, InstanceState, Pool
-from mcpmux.router.outbox import Outbox
-from mcpmux.router.session import Session
+from mcpmux.router.core.instances import Instance, InstanceState, Pool
+from mcpmux.router.core.outbox import Outbox
+from mcpmux.router.core.session import Session
 
 Clock = Callable[[], float]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Sequence
 
-from mcpmux.router.instances import Instance
+from mcpmux.router.core.instances import Instance
 
 InUse = Callable[[Instance], bool]  # whether some open session may be served by the instance
 
