@@ -33,8 +33,8 @@ from typing import Literal
 from mcpmux.envelope import Flag
 from mcpmux.router.core.contexts import ContextRules
 from mcpmux.router.core.dedicated import Dedicated
-from mcpmux.router.core.dispatch import LeastConnections
 from mcpmux.router.core.instances import Instance, InstanceState, Pool
+from mcpmux.router.core.least_connections import LeastConnections
 from mcpmux.router.core.limits import Limits
 from mcpmux.router.core.queue import Priority
 from mcpmux.router.core.requests import Pending
