@@ -112,7 +112,7 @@ class Harness:
         """A ready instance initialized for the handshake of clients with these capabilities (or for
         `context`, one the switchboard asked for), or opened in the stateless era (`fallback`: asked to, it
         fell back to the handshake)."""
-        instance = self.board.instance_connected(slot, pid, pid + 1)
+        instance = self.board.readiness.connected(slot, pid, pid + 1)
         handshake = {"protocolVersion": "2025-11-25", "capabilities": capabilities or {}}
         stateless = era is Era.STATELESS or fallback is not None
         instance.context = context or (ClientContext.stateless() if stateless else ClientContext.of(handshake))

@@ -47,9 +47,9 @@ def test_a_stalled_core_forgives_everyone_s_silence() -> None:
 def test_an_instance_is_late_only_once_initialized_and_only_until_ready() -> None:
     h = Harness.make()
     context = ClientContext.of({"protocolVersion": "2025-11-25", "capabilities": {}})
-    initialized = h.board.instance_connected("shim:shim_00", 1, 2)
-    h.board.initializing(initialized, context)
-    uninitialized = h.board.instance_connected("shim:shim_01", 3, 4)
+    initialized = h.board.readiness.connected("shim:shim_00", 1, 2)
+    h.board.readiness.initializing(initialized, context)
+    uninitialized = h.board.readiness.connected("shim:shim_01", 3, 4)
     ready = h.add_instance("shim:shim_02")
     h.advance(31.0)
 

@@ -422,7 +422,7 @@ def test_session_affinity_spreads_sessions_that_open_while_the_pool_starts() -> 
     h = Harness.make({"strategy": "session_affinity"}, maxConcurrentRequests=1)
     first = h.add_instance("shim:shim_00")
     sessions = [h.open(f"s{n}") for n in range(4)]
-    starting = h.board.instance_connected("shim:shim_01", 2, 3)
+    starting = h.board.readiness.connected("shim:shim_01", 2, 3)
     starting.context = ClientContext.of({"protocolVersion": "2025-11-25", "capabilities": {}})
     for n, session in enumerate(sessions):
         h.call(session, f"call-{n}")

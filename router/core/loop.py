@@ -423,7 +423,7 @@ class Core:
             was_ready = instance.ready
             self._instance_lost(instance, message.reason, message.stderr_tail)
             if not was_ready:
-                self.board.startup_failed(message.reason, message.stderr_tail)
+                self.board.readiness.startup_failed(message.reason, message.stderr_tail)
                 self.healer.failed_to_start(slot, self.board.startup_cause or message.reason)
 
     def _shim_hello(self, slot: str, hello: wire.ShimHello) -> None:
@@ -432,7 +432,7 @@ class Core:
             self._instance_lost(previous, "replaced by a new shim process")
         if not self.scaler.welcome(slot, hello.pid, initialized=hello.initialize_result is not None):
             return
-        instance = self.board.instance_connected(slot, hello.pid, hello.backend_pid)
+        instance = self.board.readiness.connected(slot, hello.pid, hello.backend_pid)
         self.metrics.event("start", f"{slot} connected (shim pid {hello.pid})", slot=slot)
         if hello.context is not None or hello.initialize_result is not None:
             # Initialized (or being initialized) for a previous core: it says whom it serves.
@@ -453,14 +453,14 @@ class Core:
         context = ClientContext.from_json(kept)
         if context is None:
             return  # a shim of another version: it serves nobody, and is the first to go
-        self.board.adopt_context(instance, context)
+        self.board.readiness.adopt_context(instance, context)
         self.scaler.adopted(instance.slot, context)
 
     def _initialize(self, instance: Instance, context: ClientContext) -> None:
         """Initialize a connected shim's backend as a client of this context would have."""
         era = self.board.eras.era_to_open(context.era)  # never the stateless era for a backend refusing it
         context = self.board.contexts.as_opened(context, era)
-        self.board.initializing(instance, context)
+        self.board.readiness.initializing(instance, context)
         self.scaler.initializing(instance.slot, context)
         params = self.board.contexts.initialize_params(context)
         self.metrics.event("context", f"{instance.slot} initialized for context {context.describe()}",
@@ -581,7 +581,7 @@ class Core:
                                 what=f"reading {instance.slot}'s log")
 
     def _startup_timed_out(self, slot: str, reason: str, tail: str) -> None:
-        self.board.startup_failed(reason, tail)
+        self.board.readiness.startup_failed(reason, tail)
         self.healer.failed_to_start(slot, self.board.startup_cause or reason)
         self._carry_out()
 
@@ -599,7 +599,7 @@ class Core:
         if self.healer.held(slot):
             return
         self.metrics.event("alert", f"{slot}: {reason}", slot=slot, stderr=tail)
-        self.board.startup_failed(reason, tail)
+        self.board.readiness.startup_failed(reason, tail)
         self.healer.failed_to_start(slot, self.board.startup_cause or reason)
         self._carry_out()
         self.healer.back_off(slot, reason)

@@ -102,9 +102,11 @@ class Scaler:
         self.adopt(slot)
         if self._healer.held(slot) or pid in self.retired or self._healer.outgoing(slot, pid):
             return False
-        if not initialized and self._healer.record_start(slot):
-            self._healer.back_off(slot, "restarted too often")
-            return False
+        if not initialized:  # a fresh start: one that says it is initialized came back
+            flapping = self._healer.record_start(slot)
+            if flapping:
+                self._healer.back_off(slot, "restarted too often")
+                return False
         if initialized and not self._board.eligibility.shares_instances:
             self._healer.recycle(slot, pid, "it came back with a backend that served an earlier session")
             return False

@@ -24,10 +24,8 @@ from mcpmux.router.core import cursors, elicitations, eras, listen, local_method
 from mcpmux.router.core.actions import (
     Action,
     ContextWanted,
-    InstanceReady,
     RecycleInstance,
     RestartInstance,
-    SafeToolsChanged,
     ToClient,
 )
 from mcpmux.router.core.audience import Audience
@@ -42,6 +40,7 @@ from mcpmux.router.core.metrics import Metrics
 from mcpmux.router.core.outbox import Outbox, Outgoing
 from mcpmux.router.core.priorities import PriorityPolicy
 from mcpmux.router.core.queue import Priority, QueueFull, RequestQueue
+from mcpmux.router.core.readiness import Readiness
 from mcpmux.router.core.requests import AWAITING_BACKEND, DONE, QUEUED, RUNNING, Pending, Requests
 from mcpmux.router.core.retry import RetryPolicy
 from mcpmux.router.core.session import LIST_CHANGED_BY_LIST_METHOD, ServerRequest, Session, most_verbose
@@ -107,7 +106,7 @@ class Switchboard:
         self.subscriptions = Subscriptions()
         self.elicitations = elicitations.Elicitations()
         self.tasks = tasks.TaskTable()
-        self._log_level: str | None = None
+        self.log_level: str | None = None
         # Who hears what an instance says:
         self.audience = Audience(self.sessions, self.pool, self.requests.running, self.tasks, self.elicitations,
                                  self.subscriptions, self.eligibility, self.contexts)
@@ -116,6 +115,7 @@ class Switchboard:
         self.binding = Binding(self.contexts, self.pool, self.requests, self.eligibility.dedicated,
                                Settling(config.server.roots_probe, config.server.roots_probe_timeout / 1000),
                                self.outbox, metrics, clock)
+        self.readiness = Readiness(self)  # an instance from its shim's hello until it serves
         # Who is still there: heartbeats, startups and health pings:
         self.liveness = Liveness(self.pool, self.sessions, self.outbox, clock)
 
@@ -261,7 +261,7 @@ class Switchboard:
             try:
                 self.requests.move(pending, QUEUED)
             except QueueFull as full:
-                self._fail(pending, jsonrpc.OVERLOADED, f"mcpmux is overloaded: {full}; retry later")
+                self.fail(pending, jsonrpc.OVERLOADED, f"mcpmux is overloaded: {full}; retry later")
                 return
             self._ask_instance_if_none_serves(pending.session)  # it waits: can anyone ever serve it?
         if pending.stage is not DONE and not listen.is_stream(pending):
@@ -275,7 +275,7 @@ class Switchboard:
         try:
             instance = self.eligibility.choose(pending, self.pool)
         except PinnedInstanceGone as gone:
-            self._fail(pending, jsonrpc.INVALID_PARAMS, f"Invalid params: {gone}")
+            self.fail(pending, jsonrpc.INVALID_PARAMS, f"Invalid params: {gone}")
             return True
         if instance is None:
             return False
@@ -319,7 +319,7 @@ class Switchboard:
         self.metrics.observe_latency(self.now() - pending.received)
         self.outbox.to_client(pending.session, envelope.with_id(pending.client_id))
 
-    def _fail(self, pending: Pending, code: int, text: str) -> None:
+    def fail(self, pending: Pending, code: int, text: str) -> None:
         self.finish(pending, jsonrpc.error(pending.client_id, code, text))
 
     def next_deadline(self) -> float | None:
@@ -498,99 +498,18 @@ class Switchboard:
 
     # --- instances coming and going ------------------------------------------------------------------
 
-    def instance_connected(self, slot: str, pid: int, backend_pid: int) -> Instance:
-        """A shim said hello: its instance joins the pool, starting, stamped with the switchboard's clock."""
-        instance = Instance(slot, pid, backend_pid, started=self.now())
-        self.pool.add(instance)
-        self.liveness.connected(slot)
-        return instance
-
     @event
     def instance_ready(self, instance: Instance, result: JsonObject, *, probe: bool = False,
                        era: Era = Era.HANDSHAKE, fallback: str | None = None, backend_pid: int = 0) -> None:
-        """A backend finished its handshake (or its discover, in the stateless era), in process
-        `backend_pid` if its shim knows it by now. After failures it is half-open: one ping decides."""
-        instance.initialize_result = result
-        instance.backend_pid = backend_pid or instance.backend_pid
-        self.eras.opened(instance, era, fallback)
-        if instance.context is not None:  # a stateless context whose backend refused the era: its fallback's
-            instance.context = self.contexts.as_opened(instance.context, era)
-        if fallback is not None:
-            self._refuse_stateless_waiting()
-        # A server that wants roots asks right after its handshake: let it ask before it serves, so that
-        # it is bound at its first use and its first request finds its roots in place.
-        if probe or self.contexts.may_ask_roots(instance):
-            instance.state = InstanceState.PROBING
-            self.outbox.ask(instance.slot, "ping", {}, self._probe_answered, allow_unready=True)
-            return
-        self._become_ready(instance)
-
-    def _refuse_stateless_waiting(self) -> None:
-        """The backend refuses the stateless era: the stateless requests waiting for an instance never run."""
-        for session in list(self.sessions.values()):
-            queued = [pending for pending in session.pending.values() if pending.stage is QUEUED]
-            for pending in queued:
-                refused = self.eras.refused(session, pending.message)
-                if refused is not None:
-                    self.finish(pending, refused)
-
-    def _probe_answered(self, instance: Instance, message: Envelope) -> None:
-        if message.kind is Kind.RESULT:
-            self._become_ready(instance)
-        else:
-            self._open_circuit(instance, f"failed its probe: {message.error()}")
-
-    def _become_ready(self, instance: Instance) -> None:
-        self.startup_cause = None
-        instance.state = InstanceState.READY
-        instance.consecutive_failures = 0
-        self.outbox.act(InstanceReady(instance.slot))
-        if self._log_level is not None:
-            self.outbox.ask(instance.slot, "logging/setLevel", {"level": self._log_level})
-        if "tools" in ((instance.initialize_result or {}).get("capabilities") or {}):
-            # Which tools are safe to retry comes from their annotations: read them before any failure.
-            self.outbox.ask(instance.slot, "tools/list", {}, self._learn_tools)
-        else:
-            self.binding.no_tools(instance)
-        for identity in self.subscriptions.unplaced_sessions():
-            self._rehome_subscriptions(identity)
-        self._answer_initialize(instance)
-
-    def _answer_initialize(self, instance: Instance) -> None:
-        """The sessions waiting for a backend of this one's handshake get its InitializeResult; those waiting
-        to know which eras the pool speaks (their discover), the answer once it is known."""
-        self.contexts.learned(instance)
-        for pending in self.requests.awaiting_backend():
-            response = self._waiter_response(pending)
-            if response is not None:
-                self.finish(pending, response)
-
-    def _waiter_response(self, pending: Pending) -> JsonObject | None:
-        if pending.method == eras.DISCOVER:
-            return self.eras.discover_answer(pending)
-        result = self.contexts.initialize_result(pending.session)
-        return None if result is None else jsonrpc.result(pending.client_id, result)
-
-    def _learn_tools(self, instance: Instance, message: Envelope) -> None:
-        result = message.result()
-        if not isinstance(result, dict):
-            self.binding.no_tools(instance)
-            return
-        cursor = result.get("nextCursor")
-        self.binding.tools_listed(instance, result.get("tools"), last_page=not isinstance(cursor, str))
-        known = self.retry.safe_tools
-        self.retry.observe_tools(result)
-        if self.retry.safe_tools != known:
-            self.outbox.act(SafeToolsChanged(self.retry.safe_tools))
-        if isinstance(cursor, str):
-            self.outbox.ask(instance.slot, "tools/list", {"cursor": cursor}, self._learn_tools)
+        """A backend finished its handshake (or its discover, in the stateless era): router/core/readiness.py."""
+        self.readiness.ready(instance, result, probe=probe, era=era, fallback=fallback, backend_pid=backend_pid)
 
     def _instance_failed(self, instance: Instance, reason: str) -> None:
         instance.failed += 1
         if self.breaker.failure(instance, self.pool):
-            self._open_circuit(instance, f"{instance.consecutive_failures} failures in a row, last: {reason}")
+            self.open_circuit(instance, f"{instance.consecutive_failures} failures in a row, last: {reason}")
 
-    def _open_circuit(self, instance: Instance, reason: str) -> None:
+    def open_circuit(self, instance: Instance, reason: str) -> None:
         if self.pool.get(instance.slot) is not instance or instance.state is InstanceState.OPEN:
             return
         instance.state = InstanceState.OPEN
@@ -604,20 +523,7 @@ class Switchboard:
         for instance in self.liveness.unanswered_pings(interval, timeout):
             if self.breaker.enabled and self.liveness.may_eject():
                 self.liveness.ejected(instance.slot)
-                self._open_circuit(instance, f"no answer to ping within {timeout:.0f} s")
-
-    def initializing(self, instance: Instance, context: ClientContext) -> None:
-        """The core sends the instance's backend its initialize, as a client of `context`: its startup
-        timeout runs from now."""
-        instance.started = self.now()
-        instance.context = context
-
-    def adopt_context(self, instance: Instance, context: ClientContext) -> None:
-        """A shim from before this core says whom its backend was initialized for (and bound to)."""
-        instance.context = context.handshake()
-        if context.roots is not None:
-            self.contexts.bind(instance, context)
-            self.contexts.roots_observed = True
+                self.open_circuit(instance, f"no answer to ping within {timeout:.0f} s")
 
     def stop(self, reason: str) -> None:
         """The core stops: every request gets its one answer now. What never started says so (-32050);
@@ -632,15 +538,6 @@ class Switchboard:
                 self._cancel_on_instance(pending, reason)
                 self.finish(pending, jsonrpc.error(pending.client_id, jsonrpc.INSTANCE_FAILED,
                                                     f"{reason} while this request ran; it may have had effects"))
-
-    def startup_failed(self, reason: str, stderr_tail: str) -> None:
-        """A backend died in its handshake: tell the clients waiting for one, rather than let them wait."""
-        last_words = stderr_tail.strip()[-500:]
-        self.startup_cause = f"{reason}; its last words: {last_words}" if last_words else reason
-        waiters = [pending for pending in self.requests.awaiting_backend()
-                   if not any(self.contexts.serves(instance, pending.session) for instance in self.pool.ready())]
-        for pending in waiters:
-            self._fail(pending, jsonrpc.INSTANCE_FAILED, f"The MCP server failed to start: {self.startup_cause}")
 
     @event
     def instance_lost(self, instance: Instance, reason: str) -> None:
@@ -664,16 +561,16 @@ class Switchboard:
                 self.requests.move(pending, QUEUED)
             else:
                 instance.failed += 1
-                self._fail(pending, jsonrpc.INSTANCE_FAILED, _not_retried(pending, reason))
+                self.fail(pending, jsonrpc.INSTANCE_FAILED, _not_retried(pending, reason))
         instance.in_flight = 0
         self.binding.instance_lost(instance)
         self.elicitations.forget_instance(instance.slot)
         for identity in self.eligibility.instance_lost(instance.slot):
             self._tell_state_reset(identity, instance.slot, reason)
         for identity in self.subscriptions.unplace(instance.slot):
-            self._rehome_subscriptions(identity)
+            self.rehome_subscriptions(identity)
 
-    def _rehome_subscriptions(self, identity: bytes) -> None:
+    def rehome_subscriptions(self, identity: bytes) -> None:
         """Place a session's unplaced subscriptions on an instance that serves it (router/core/eligibility.py's
         home: its own, its pinned one, or the least busy of its context), if one is ready."""
         session = self.sessions.get(identity)
@@ -701,7 +598,7 @@ class Switchboard:
 
         for uri, slot in self.subscriptions.move_off(session.identity, keeps):
             self.outbox.ask(slot, "resources/unsubscribe", {"uri": uri})
-        self._rehome_subscriptions(session.identity)
+        self.rehome_subscriptions(session.identity)
 
     def _recycle(self, slot: str) -> None:
         """A dedicated session ended: its instance leaves the pool and restarts before anyone else has it."""
@@ -773,9 +670,9 @@ class Switchboard:
 
     def update_log_level(self) -> None:
         level = most_verbose([s.log_level for s in self.sessions.values() if s.log_level])
-        if level is None or level == self._log_level:
+        if level is None or level == self.log_level:
             return
-        self._log_level = level
+        self.log_level = level
         for instance in self.pool.ready():
             self.outbox.ask(instance.slot, "logging/setLevel", {"level": level})
 
@@ -790,7 +687,7 @@ class Switchboard:
             "running": len(self.requests.running),
             "subscriptions": len(self.subscriptions),
             "tasks": len(self.tasks),
-            "logLevel": self._log_level,
+            "logLevel": self.log_level,
         }
 
 
