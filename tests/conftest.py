@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,16 +181,20 @@ class StackFactory:
         return stack
 
     def stop_all(self) -> None:
-        survivors: list[psutil.Process] = []
-        for stack in self.stacks:
-            processes = stack.processes()
-            stack.router("--down", check=False)
-            _, alive = psutil.wait_procs(processes, timeout=15)
-            for process in alive:
-                process.kill()
-            survivors += alive
+        """Every stack down at once (each `--down` waits on its own supervisord), then none may survive."""
+        with ThreadPoolExecutor(max_workers=max(1, len(self.stacks))) as pool:
+            survivors = [process for alive in pool.map(_stop, self.stacks) for process in alive]
         shutil.rmtree(self.runtime_dir, ignore_errors=True)
         assert not survivors, f"processes outlived their stack: {survivors}"
+
+
+def _stop(stack: Stack) -> list[psutil.Process]:
+    processes = stack.processes()
+    stack.router("--down", check=False)
+    _, alive = psutil.wait_procs(processes, timeout=15)
+    for process in alive:
+        process.kill()
+    return alive
 
 
 @pytest.fixture

@@ -1,10 +1,13 @@
-"""Direct tests of tests/servers/lab_server.py over stdio, with no multiplexer in between.
+"""The client cannot tell mcpmux from the server: each scenario runs against the lab server directly and
+through mcpmux (a stack of its own per server configuration, shared by the module's tests), and the client
+sees the same thing both ways: the handshake, tools, prompts, progress, the server's requests to the client,
+logging, pagination, subscriptions and notifications.
 
-They pin down the lab server's behaviour (and the SDK 2.3 client APIs used to
-drive it) so that proxy tests can rely on both. Every wait on an asynchronous
-notification goes through an anyio.Event guarded by a timeout: the SDK runs
-notification and progress callbacks as spawned tasks, so they may land after
-the call that caused them has already returned.
+The few scenarios where mcpmux means to differ (a call that blocks its server, a server that crashes or writes
+garbage) pin down the lab server's own behaviour here, which the other tests rely on; what mcpmux does
+instead is tested where it is built (test_strategies, test_faults, test_bad_input). Every wait on an
+asynchronous notification goes through an anyio.Event guarded by a timeout: the SDK runs notification and
+progress callbacks as spawned tasks, so they may land after the call that caused them has returned.
 """
 
 from __future__ import annotations
@@ -12,8 +15,9 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +28,57 @@ from mcp import Client, ClientSession, MCPError, StdioServerParameters, stdio_cl
 from mcp.client.session import ClientRequestContext, IncomingMessage
 from pydantic import FileUrl
 
+from tests.conftest import Stack, StackFactory
+
 LAB_SERVER = Path(__file__).parent / "servers" / "lab_server.py"
 WAIT = 10.0  # generous upper bound for any single wait; tests finish far sooner
+ONE_INSTANCE = ("--min-instances", "1", "--max-instances", "1")  # so that two calls meet the same server
 
 # The lab server speaks the handshake era on purpose, so the client calls the
 # SDK marks as deprecated for 2026-07-28 (subscribe, setLevel) are expected here.
-pytestmark = pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning"),
+              pytest.mark.xdist_group("transparency")]  # one worker starts the module's stacks once
+
+
+@dataclass
+class Reach:
+    """How the client reaches the lab server: `direct`, or through a stack of its configuration."""
+
+    via: str
+    stacks: StackFactory
+    started: dict[tuple[tuple[str, str], ...], Stack]
+
+    def params(self, env: dict[str, str]) -> StdioServerParameters:
+        if self.via == "direct":
+            return lab_params(**env)
+        key = tuple(sorted(env.items()))
+        if key not in self.started:
+            self.started[key] = stack = self.stacks(*ONE_INSTANCE)
+            stack.server_env.update(env)
+        return self.started[key].params()
+
+    def client(self, env: dict[str, str] | None = None, **kwargs: Any) -> Client:
+        # mode="legacy": initialize handshake only (no server/discover probe).
+        # cache=None: paging and list_changed tests must always reach the server.
+        return Client(self.params(env or {}), mode="legacy", cache=None, read_timeout_seconds=WAIT, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def stacks() -> Iterator[StackFactory]:
+    factory = StackFactory()
+    yield factory
+    factory.stop_all()
+
+
+@pytest.fixture(scope="module")
+def started() -> dict[tuple[tuple[str, str], ...], Stack]:
+    return {}
+
+
+@pytest.fixture(params=["direct", "mcpmux"])
+def reach(request: pytest.FixtureRequest, stacks: StackFactory,
+          started: dict[tuple[tuple[str, str], ...], Stack]) -> Reach:
+    return Reach(request.param, stacks, started)
 
 
 def lab_params(**env: str) -> StdioServerParameters:
@@ -79,8 +128,8 @@ def _field(message: Any, name: str) -> Any:
     return getattr(params, name, None)
 
 
-async def test_handshake_identity_and_capabilities() -> None:
-    async with lab_client() as client:
+async def test_handshake_identity_and_capabilities(reach: Reach) -> None:
+    async with reach.client() as client:
         assert client.protocol_version == "2025-11-25"
         caps = client.server_capabilities
         assert caps.resources is not None and caps.resources.subscribe is True
@@ -123,7 +172,7 @@ async def test_sleep_overlaps_but_block_serialises() -> None:
         assert second["start"] >= first["end"], "block stalls the event loop, so calls queue"
 
 
-async def test_progress_notifications() -> None:
+async def test_progress_notifications(reach: Reach) -> None:
     steps = 5
     seen: list[tuple[float, float | None, str | None]] = []
     all_seen = anyio.Event()
@@ -134,7 +183,7 @@ async def test_progress_notifications() -> None:
         if len(seen) == steps:
             all_seen.set()
 
-    async with lab_client() as client:
+    async with reach.client() as client:
         result = await client.call_tool("progress", {"steps": steps}, progress_callback=on_progress)
         assert payload(result)["steps"] == steps
         with anyio.fail_after(WAIT):
@@ -142,7 +191,7 @@ async def test_progress_notifications() -> None:
     assert sorted(seen) == [(float(i), float(steps), f"step {i}/{steps}") for i in range(1, steps + 1)]
 
 
-async def test_server_to_client_requests_and_logging() -> None:
+async def test_server_to_client_requests_and_logging(reach: Reach) -> None:
     sampled: list[types.CreateMessageRequestParams] = []
     logged: list[types.LoggingMessageNotificationParams] = []
     got_log = anyio.Event()
@@ -169,7 +218,7 @@ async def test_server_to_client_requests_and_logging() -> None:
         logged.append(params)
         got_log.set()
 
-    async with lab_client(
+    async with reach.client(
         sampling_callback=sampling,
         elicitation_callback=elicitation,
         list_roots_callback=list_roots,
@@ -196,9 +245,9 @@ async def test_server_to_client_requests_and_logging() -> None:
 
 
 @pytest.mark.parametrize("page_size", [None, 7])
-async def test_resources_paginate_with_opaque_cursors(page_size: int | None) -> None:
+async def test_resources_paginate_with_opaque_cursors(reach: Reach, page_size: int | None) -> None:
     env = {} if page_size is None else {"LAB_PAGE_SIZE": str(page_size)}
-    async with lab_client(env=env) as client:
+    async with reach.client(env) as client:
         uris: list[str] = []
         pages = 0
         cursor: str | None = None
@@ -224,10 +273,10 @@ async def test_resources_paginate_with_opaque_cursors(page_size: int | None) -> 
         assert excinfo.value.code == types.INVALID_PARAMS
 
 
-async def test_tools_paginate_when_enabled() -> None:
-    async with lab_client() as client:
+async def test_tools_paginate_when_enabled(reach: Reach) -> None:
+    async with reach.client() as client:
         everything = [tool.name for tool in (await client.list_tools()).tools]
-    async with lab_client(env={"LAB_TOOLS_PAGE_SIZE": "4"}) as client:
+    async with reach.client({"LAB_TOOLS_PAGE_SIZE": "4"}) as client:
         names: list[str] = []
         cursor: str | None = None
         while True:
@@ -239,9 +288,9 @@ async def test_tools_paginate_when_enabled() -> None:
     assert names == everything
 
 
-async def test_subscribe_touch_and_list_changed_notifications() -> None:
+async def test_subscribe_touch_and_list_changed_notifications(reach: Reach) -> None:
     inbox = Inbox()
-    async with lab_client(message_handler=inbox) as client:
+    async with reach.client(message_handler=inbox) as client:
         await client.subscribe_resource("lab://item/3")
         subs = payload(await client.call_tool("get_subscriptions", {}))["subscriptions"]
         assert subs == ["lab://item/3"]
@@ -253,9 +302,15 @@ async def test_subscribe_touch_and_list_changed_notifications() -> None:
         # Not subscribed: the server stays quiet unless forced.
         assert payload(await client.call_tool("touch", {"uri": "lab://item/4"}))["sent"] is False
         await client.call_tool("touch", {"uri": "lab://item/5", "force": True})
-        await inbox.wait_for(types.ResourceUpdatedNotification, uri="lab://item/5")
+        if reach.via == "direct":
+            await inbox.wait_for(types.ResourceUpdatedNotification, uri="lab://item/5")
+        else:  # an update nobody subscribed to has no owner among the sessions an instance serves: it goes nowhere
+            inbox.messages.clear()
+            await client.call_tool("touch", {"uri": "lab://item/3"})  # after item/5's, from the same server
+            await inbox.wait_for(types.ResourceUpdatedNotification, uri="lab://item/3")
         updated = [m.params.uri for m in inbox.messages if isinstance(m, types.ResourceUpdatedNotification)]
         assert "lab://item/4" not in updated
+        assert ("lab://item/5" in updated) is (reach.via == "direct")
 
         await client.unsubscribe_resource("lab://item/3")
         assert payload(await client.call_tool("get_subscriptions", {}))["subscriptions"] == []
@@ -266,24 +321,24 @@ async def test_subscribe_touch_and_list_changed_notifications() -> None:
         await inbox.wait_for(types.ResourceListChangedNotification)
 
 
-async def test_tools_by_client_capabilities() -> None:
+async def test_tools_by_client_capabilities(reach: Reach) -> None:
     caps_tools = {"sample", "elicit", "roots"}
 
     async def list_roots(context: ClientRequestContext) -> types.ListRootsResult:
         return types.ListRootsResult(roots=[])
 
     env = {"LAB_TOOLS_BY_CAPS": "1"}
-    async with lab_client(env=env) as client:
+    async with reach.client(env) as client:
         bare = {tool.name for tool in (await client.list_tools()).tools}
-    async with lab_client(env=env, list_roots_callback=list_roots) as client:
+    async with reach.client(env, list_roots_callback=list_roots) as client:
         with_roots = {tool.name for tool in (await client.list_tools()).tools}
     assert not bare & caps_tools
     assert with_roots & caps_tools == {"roots"}
     assert with_roots - bare == {"roots"}
 
 
-async def test_tool_error_is_a_result_not_a_protocol_error() -> None:
-    async with lab_client() as client:
+async def test_tool_error_is_a_result_not_a_protocol_error(reach: Reach) -> None:
+    async with reach.client() as client:
         result = await client.call_tool("fail", {})
         assert result.is_error is True
         assert "failed on purpose" in str(result.content[0])
