@@ -10,12 +10,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def build_wheel(scratch: Path) -> Path:
-    """Build the wheel in `scratch/dist` from a copy of the sources (setuptools' build/ in the checkout can
-    hold files deleted since) and return its path."""
+def copy_sources(scratch: Path) -> Path:
+    """A copy of the sources to build from (setuptools' build/ in the checkout can hold files deleted since)."""
     source = scratch / "source"
     shutil.copytree(ROOT, source, symlinks=True, ignore=shutil.ignore_patterns(
         ".git", ".venv", "build", "node", "*.egg-info", "__pycache__", ".*_cache", "results"))
+    return source
+
+
+def build_wheel(scratch: Path) -> Path:
+    """Build the wheel in `scratch/dist` from a copy of the sources and return its path."""
+    source = copy_sources(scratch)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(scratch / "dist"),
                     str(source)], check=True, capture_output=True, cwd=scratch)
     return next((scratch / "dist").glob("mcpmux-*.whl"))
