@@ -29,7 +29,7 @@ from mcpmux import wire
 from mcpmux.config import Config, ConfigError, load_validated
 from mcpmux.jsonrpc import JsonObject
 from mcpmux.lifeline import tie_to_stack
-from mcpmux.router.core import actions, last_client
+from mcpmux.router.core import actions, events, last_client
 from mcpmux.router.core.background import Background
 from mcpmux.router.core.contexts import ClientContext
 from mcpmux.router.core.control import ControlHandler
@@ -53,6 +53,7 @@ log = logging.getLogger("mcpmux.core")
 HEARTBEAT_LIVENESS = 3  # missed shim heartbeats (1 s apart) before an instance is dead
 DOOR_LIVENESS = 10.0  # seconds of silence before a door (which beats every 2 s) is gone
 TICK = 0.5
+RECORD_VARIABLE = "MCPMUX_RECORD"  # a file to log every event the switchboard handles (router/core/events.py)
 FOLD_INTERVAL = 0.5  # seconds between folds of finished requests into the Prometheus histogram
 RECEIVE_BATCH = 1000  # messages taken from one socket before looking at the others
 SUPERVISOR_POLL = 5.0  # seconds between looks at supervisord's process table (events can be dropped)
@@ -108,10 +109,20 @@ class Core:
         self._last_turn = time.monotonic()
         self._remembered = last_client.load(paths.last_client)
         self.scaler.warm = self._remembered or self.scaler.warm
+        self._record(os.environ.get(RECORD_VARIABLE))
         if paths.asks_clients.exists():  # a stack whose server asked clients before: from its first call
-            self.board.pool.ask_clients()
+            self.board.handle(events.ClientsAsked())
         self._asks_remembered = self.board.pool.asks_clients
         self.incarnation = f"{os.getpid()}-{time.time_ns()}"
+
+    def _record(self, path: str | None) -> None:
+        """With MCPMUX_RECORD naming a file, every event the switchboard handles is logged there, to be replayed
+        (router/core/events.py). A debugging aid: the log holds the messages' bodies, so it is the user's own."""
+        if not path:
+            return
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+        self.board.record_to(events.write_to(os.fdopen(descriptor, "ab")))
+        log.warning("recording every event to %s (MCPMUX_RECORD)", path)
 
     def _router_socket(self, endpoint: str) -> zmq.Socket[bytes]:
         socket = self._context.socket(zmq.ROUTER)
@@ -186,7 +197,7 @@ class Core:
         log.warning("the core did not run for %.1f s; waiting for fresh heartbeats before judging anyone", gap)
         self.metrics.event("core", f"the core did not run for {gap:.1f} s (stopped or starved); nobody was "
                                    "judged dead for the silence")
-        self.board.liveness.forgive_silence()
+        self.board.handle(events.SilenceForgiven())
 
     def _answer_everyone(self) -> None:
         """The core stops: every request gets its answer now, and, if the whole stack stops, every door is
@@ -195,7 +206,7 @@ class Core:
         self._remember_asking()
         reason = "the stack is stopping" if stack_stops else "mcpmux's core is restarting"
         log.info("%s: answering %d requests", reason, sum(len(s.pending) for s in self.board.sessions.values()))
-        self.board.stop(reason)
+        self.board.handle(events.Stopped(reason))
         self._carry_out()
         if stack_stops:
             frames = wire.encode(wire.Closing(reason))
@@ -243,7 +254,7 @@ class Core:
     def _on_time(self) -> None:
         now = time.monotonic()
         if (deadline := self.board.next_deadline()) is not None and deadline <= now:
-            self.board.expire_due()
+            self.board.handle(events.DeadlinesDue())
             self._carry_out()
         if now >= self._next_tick:
             self._next_tick = now + TICK
@@ -345,8 +356,9 @@ class Core:
             self._door_flow.opened(identity, acks=message.acks)
             self._door_pids[identity] = message.pid
             if session is None:
-                session = self.board.open_session(identity, message.initialize_params,
-                                                  Priority.named(message.priority), message.cwd, message.env)
+                self.board.handle(events.SessionOpened(identity, message.initialize_params,
+                                                       Priority.named(message.priority), message.cwd, message.env))
+                session = self.board.sessions[identity]
                 self.metrics.event("session", f"session {session.name} opened (door pid {message.pid})")
                 self.healer.retry_held(backing_off=not self.board.pool.ready())
             self._send_door(identity, wire.encode(wire.Welcome(self.board.retry.safe_tools, self.incarnation)))
@@ -354,7 +366,7 @@ class Core:
             # A door of a core that died: nothing it sent since is known here, so it must start over.
             self._send_door(identity, wire.encode(wire.Resync()))
         elif isinstance(message, wire.ClientMessage):
-            self.board.from_client(session, message.envelope)
+            self.board.handle(events.FromClient(identity, message.envelope))
         elif isinstance(message, wire.Heartbeat):
             self.board.liveness.heard_from(session)
         elif isinstance(message, wire.DoorBye):
@@ -366,7 +378,7 @@ class Core:
         self.metrics.event("session", f"session {session.name} closed: {reason}")
         self._door_flow.forget(session.identity)
         self._door_pids.pop(session.identity, None)
-        self.board.close_session(session)
+        self.board.handle(events.SessionClosed(session.identity))
 
     def _send_door(self, identity: bytes, frames: list[bytes], *, counted: bool = False) -> None:
         """Send, or keep the message for later if its client reads slowly (router/core/door_flow.py)."""
@@ -386,7 +398,7 @@ class Core:
     def _hold(self, identity: bytes, held: bool) -> None:
         session = self.board.sessions.get(identity)
         if session is not None and session.held != held:
-            self.board.hold_session(session, held)
+            self.board.handle(events.SessionHeld(identity, held))
             if held:
                 self.metrics.event("session", f"session {session.name} held: its client reads slowly; its "
                                               "new requests wait until it has read what it was sent")
@@ -401,7 +413,7 @@ class Core:
         instance = self.board.pool.get(slot)
         if isinstance(message, wire.FromBackend):
             if instance is not None:
-                self.board.from_instance(instance, message.envelope)
+                self.board.handle(events.FromInstance(slot, message.envelope))
             return
         if isinstance(message, wire.ShimHello):
             self._shim_hello(slot, message)
@@ -415,15 +427,15 @@ class Core:
         self.board.liveness.heard_from(instance)
         if isinstance(message, wire.BackendReady):
             probe = self.healer.slots[slot].probe
-            self.board.instance_ready(instance, message.initialize_result, probe=probe, era=Era(message.era),
-                                      fallback=message.fallback, backend_pid=message.backend_pid)
+            self.board.handle(events.InstanceReady(slot, message.initialize_result, probe, Era(message.era),
+                                                   message.fallback, message.backend_pid))
         elif isinstance(message, wire.ShimStopping):
             self._instance_lost(instance, message.reason, planned=True)
         elif isinstance(message, wire.BackendFailed):
             was_ready = instance.ready
             self._instance_lost(instance, message.reason, message.stderr_tail)
             if not was_ready:
-                self.board.readiness.startup_failed(message.reason, message.stderr_tail)
+                self.board.handle(events.StartupFailed(message.reason, message.stderr_tail))
                 self.healer.failed_to_start(slot, self.board.startup_cause or message.reason)
 
     def _shim_hello(self, slot: str, hello: wire.ShimHello) -> None:
@@ -432,14 +444,16 @@ class Core:
             self._instance_lost(previous, "replaced by a new shim process")
         if not self.scaler.welcome(slot, hello.pid, initialized=hello.initialize_result is not None):
             return
-        instance = self.board.readiness.connected(slot, hello.pid, hello.backend_pid)
+        self.board.handle(events.InstanceConnected(slot, hello.pid, hello.backend_pid))
+        instance = self.board.pool.get(slot)
+        assert instance is not None, "it joined the pool"
         self.metrics.event("start", f"{slot} connected (shim pid {hello.pid})", slot=slot)
         if hello.context is not None or hello.initialize_result is not None:
             # Initialized (or being initialized) for a previous core: it says whom it serves.
             self._adopt_context(instance, hello.context)
             if hello.initialize_result is not None:
-                self.board.instance_ready(instance, hello.initialize_result, era=Era(hello.era),
-                                          fallback=hello.fallback)
+                self.board.handle(events.InstanceReady(slot, hello.initialize_result, False, Era(hello.era),
+                                                       hello.fallback, 0))
             return
         context = self.scaler.context_for(slot, first_client_coming=self._first_client_coming())
         if context is not None:
@@ -453,14 +467,14 @@ class Core:
         context = ClientContext.from_json(kept)
         if context is None:
             return  # a shim of another version: it serves nobody, and is the first to go
-        self.board.readiness.adopt_context(instance, context)
+        self.board.handle(events.ContextAdopted(instance.slot, context))
         self.scaler.adopted(instance.slot, context)
 
     def _initialize(self, instance: Instance, context: ClientContext) -> None:
         """Initialize a connected shim's backend as a client of this context would have."""
         era = self.board.eras.era_to_open(context.era)  # never the stateless era for a backend refusing it
         context = self.board.contexts.as_opened(context, era)
-        self.board.readiness.initializing(instance, context)
+        self.board.handle(events.InstanceInitializing(instance.slot, context))
         self.scaler.initializing(instance.slot, context)
         params = self.board.contexts.initialize_params(context)
         self.metrics.event("context", f"{instance.slot} initialized for context {context.describe()}",
@@ -487,7 +501,7 @@ class Core:
         else:
             log.warning("%s lost: %s%s", instance.slot, reason, f"\n{stderr_tail}" if stderr_tail else "")
             self.metrics.event("lost", f"{instance.slot} lost: {reason}", slot=instance.slot, stderr=stderr_tail)
-        self.board.instance_lost(instance, reason)
+        self.board.handle(events.InstanceLost(instance.slot, reason))
 
     def _send_shim(self, slot: str, frames: list[bytes]) -> None:
         try:
@@ -566,7 +580,7 @@ class Core:
             self._close_session(session, "door stopped beating")
         self._check_startups()
         interval = self.config.multiplexer.health_check_interval / 1000
-        self.board.health_check(interval, timeout=min(10.0, interval))
+        self.board.handle(events.HealthChecked(interval, min(10.0, interval)))
 
     def _check_startups(self) -> None:
         limit = self.config.multiplexer.startup_timeout / 1000
@@ -581,7 +595,7 @@ class Core:
                                 what=f"reading {instance.slot}'s log")
 
     def _startup_timed_out(self, slot: str, reason: str, tail: str) -> None:
-        self.board.readiness.startup_failed(reason, tail)
+        self.board.handle(events.StartupFailed(reason, tail))
         self.healer.failed_to_start(slot, self.board.startup_cause or reason)
         self._carry_out()
 
@@ -599,7 +613,7 @@ class Core:
         if self.healer.held(slot):
             return
         self.metrics.event("alert", f"{slot}: {reason}", slot=slot, stderr=tail)
-        self.board.readiness.startup_failed(reason, tail)
+        self.board.handle(events.StartupFailed(reason, tail))
         self.healer.failed_to_start(slot, self.board.startup_cause or reason)
         self._carry_out()
         self.healer.back_off(slot, reason)

@@ -28,13 +28,14 @@ OnAnswer = Callable[[Instance, Envelope], None]
 
 
 class Outbox:
-    def __init__(self, pool: Pool, eras: Eras, metrics: Metrics) -> None:
+    def __init__(self, pool: Pool, eras: Eras, metrics: Metrics, first_id: int | None = None) -> None:
         self.actions: list[Action] = []
         self._pool = pool
         self._eras = eras
         self._metrics = metrics
         # Unique across instances and across core restarts, so a late answer never matches a new request.
-        self._ids = itertools.count(time.time_ns() // 1000)
+        self.first_id = time.time_ns() // 1000 if first_id is None else first_id
+        self._ids = itertools.count(self.first_id)
         # mcpmux's own requests, by id: the instance they went to, and their follow-up.
         self._asked: dict[int, tuple[str, OnAnswer | None]] = {}
 

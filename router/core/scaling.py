@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mcpmux.config import Config
-from mcpmux.router.core import placement
+from mcpmux.router.core import events, placement
 from mcpmux.router.core.background import Background
 from mcpmux.router.core.contexts import ClientContext
 from mcpmux.router.core.healing import Healer
@@ -335,7 +335,7 @@ class Scaler:
         log.info("recycle %s: %s", instance.slot, reason)
         self.retired.add(instance.pid)
         self.assigned[instance.slot] = handshake
-        self._board.instance_lost(instance, reason)
+        self._board.handle(events.InstanceLost(instance.slot, reason))
         self._healer.reinitialize(instance.slot, reason)
 
     def default_context(self) -> ClientContext:
@@ -369,6 +369,6 @@ class Scaler:
                 log.info("stop %s: %s", slot, why)
                 self._metrics.event(EventKind.SCALE, f"stop {slot}: {why}")
                 # The same path as any loss: its subscriptions move to another instance.
-                self._board.instance_lost(instance, "scaled down")
+                self._board.handle(events.InstanceLost(instance.slot, "scaled down"))
                 self._background.run(functools.partial(self._supervisor.stop_sync, slot), what=f"stopping {slot}")
                 return

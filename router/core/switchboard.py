@@ -20,7 +20,17 @@ from mcpmux import jsonrpc
 from mcpmux.config import Config
 from mcpmux.envelope import Envelope, Flag, Kind
 from mcpmux.jsonrpc import JsonObject
-from mcpmux.router.core import cursors, elicitations, eras, listen, local_methods, rewrite, server_requests, tasks
+from mcpmux.router.core import (
+    cursors,
+    elicitations,
+    eras,
+    events,
+    listen,
+    local_methods,
+    rewrite,
+    server_requests,
+    tasks,
+)
 from mcpmux.router.core.actions import (
     Action,
     ContextWanted,
@@ -76,7 +86,8 @@ def event(handler: Callable[Concatenate[Switchboard, P], R]) -> Callable[Concate
 
 
 class Switchboard:
-    def __init__(self, config: Config, metrics: Metrics, clock: Clock = time.monotonic) -> None:
+    def __init__(self, config: Config, metrics: Metrics, clock: Clock = time.monotonic,
+                 first_id: int | None = None) -> None:
         settings = config.multiplexer
         self.pool = Pool()
         self.sessions: dict[bytes, Session] = {}
@@ -95,7 +106,7 @@ class Switchboard:
                                        contexts=self.contexts, occupants=self.requests.running.sessions_on)
         self.metrics = metrics
         self.eras = eras.Eras()  # what the pool's backend speaks
-        self.outbox = Outbox(self.pool, self.eras, metrics)  # what the core is to do, in order
+        self.outbox = Outbox(self.pool, self.eras, metrics, first_id)  # what the core is to do, in order
         self.breaker = CircuitBreaker(config.load_balancing.circuit_breaker_threshold,
                                       enabled=config.load_balancing.circuit_breaker_enabled)
         self.request_timeout = settings.request_timeout / 1000
@@ -115,9 +126,74 @@ class Switchboard:
         self.binding = Binding(self.contexts, self.pool, self.requests, self.eligibility.dedicated,
                                Settling(config.server.roots_probe, config.server.roots_probe_timeout / 1000),
                                self.outbox, metrics, clock)
+        self._recorder: events.Recorder | None = None  # a log of the events handled (record_to)
         self.readiness = Readiness(self)  # an instance from its shim's hello until it serves
         # Who is still there: heartbeats, startups and health pings:
         self.liveness = Liveness(self.pool, self.sessions, self.outbox, clock)
+
+    # --- every input, typed (router/core/events.py) ----------------------------------------------------
+
+    def record_to(self, recorder: events.Recorder) -> None:
+        """From now on, every event goes to `recorder` before it is handled: a log to replay."""
+        recorder(self.now(), events.Began(self.outbox.first_id))
+        self._recorder = recorder
+
+    def handle(self, event: events.Event) -> None:
+        """The one entry for what happens: a message, a session or instance coming or going, the time."""
+        if self._recorder is not None:
+            self._recorder(self.now(), event)
+        if isinstance(event, events.FromInstance):  # the two of every request first, before any match
+            instance = self.pool.get(event.slot)
+            if instance is not None:
+                self.from_instance(instance, event.message)
+        elif isinstance(event, events.FromClient):
+            session = self.sessions.get(event.identity)
+            if session is not None:
+                self.from_client(session, event.message)
+        else:
+            self._handle_other(event)
+
+    def _handle_other(self, event: events.Event) -> None:
+        match event:
+            case events.SessionOpened(identity, params, priority, cwd, env):
+                self.open_session(identity, params, priority, cwd, env)
+            case events.SessionClosed(identity):
+                self._with_session(identity, self.close_session)
+            case events.SessionHeld(identity, held):
+                self._with_session(identity, lambda session: self.hold_session(session, held))
+            case events.InstanceConnected(slot, pid, backend_pid):
+                self.readiness.connected(slot, pid, backend_pid)
+            case events.InstanceInitializing(slot, context):
+                self._with_instance(slot, lambda instance: self.readiness.initializing(instance, context))
+            case events.ContextAdopted(slot, context):
+                self._with_instance(slot, lambda instance: self.readiness.adopt_context(instance, context))
+            case events.InstanceReady(slot, result, probe, era, fallback, backend_pid):
+                self._with_instance(slot, lambda instance: self.instance_ready(
+                    instance, result, probe=probe, era=era, fallback=fallback, backend_pid=backend_pid))
+            case events.InstanceLost(slot, reason):
+                self._with_instance(slot, lambda instance: self.instance_lost(instance, reason))
+            case events.StartupFailed(reason, stderr_tail):
+                self.readiness.startup_failed(reason, stderr_tail)
+            case events.DeadlinesDue():
+                self.expire_due()
+            case events.HealthChecked(interval, timeout):
+                self.health_check(interval, timeout)
+            case events.SilenceForgiven():
+                self.liveness.forgive_silence()
+            case events.ClientsAsked():
+                self.pool.ask_clients()
+            case events.Stopped(reason):
+                self.stop(reason)
+
+    def _with_session(self, identity: bytes, then: Callable[[Session], object]) -> None:
+        session = self.sessions.get(identity)
+        if session is not None:
+            then(session)
+
+    def _with_instance(self, slot: str, then: Callable[[Instance], object]) -> None:
+        instance = self.pool.get(slot)
+        if instance is not None:
+            then(instance)
 
     # --- sessions ------------------------------------------------------------------------------------
 
