@@ -5,7 +5,13 @@ id; where each request is in its life is router/core/requests.py's, changed only
 synchronous state machine, as h11 is: each event (a message, a session or instance coming or going, the
 time) changes its state and queues actions (router/core/actions.py) that the core takes with `take_actions()`
 and carries out. It never awaits and never calls out, so nothing re-enters it half way through a change: a
-send that fails comes back to it as a new event.
+send that fails comes back to it as a new event. Every input is a typed event through `handle`
+(router/core/events.py), so a run can be recorded and replayed.
+
+Here: sessions, a request's way from its client to an instance and back, failover. Its parts, each a module:
+what it answers itself (local_methods.py), who hears what an instance says (audience.py), roots and binding
+(binding.py), an instance from its hello until it serves (readiness.py), who is still there (liveness.py),
+and what they all say, in order (outbox.py).
 """
 
 from __future__ import annotations
