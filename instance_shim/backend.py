@@ -77,6 +77,11 @@ class Backend:
         self._outbox += line
         self.flush()
 
+    def queue_line(self, line: bytes) -> None:
+        """Add a line to what goes to the server, written by the next `flush` (the shim's, once per batch
+        of the core's messages: one write for all of them rather than one each)."""
+        self._outbox += line
+
     def send_eof(self) -> None:
         """Close the server's stdin: the MCP way to ask a stdio server to exit."""
         if self._process is not None and self._process.stdin is not None:

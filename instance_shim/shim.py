@@ -98,6 +98,12 @@ class Shim:
     # --- core -> backend -----------------------------------------------------------------------------
 
     def _relay_core(self) -> None:
+        try:
+            self._relay_core_messages()
+        finally:
+            self._backend.flush()  # every line of the batch in one write, as far as the pipe takes them
+
+    def _relay_core_messages(self) -> None:
         for frames in wire.waiting(self._socket):
             try:
                 message = wire.decode(frames)
@@ -105,7 +111,7 @@ class Shim:
                 _log(f"ignored a message from the core: {exc}")
                 continue
             if isinstance(message, wire.ToBackend):
-                self._backend.send_line(message.envelope.line())
+                self._backend.queue_line(message.envelope.line())
             elif isinstance(message, wire.InitializeBackend):
                 self._initialize(message)
             elif isinstance(message, wire.BindContext):
