@@ -54,6 +54,7 @@ class Flag:
 
 
 _KINDS = tuple(Kind)  # by value, without the enum's own (slow) lookup
+_KIND_COUNT = len(_KINDS)
 
 
 class Header(NamedTuple):
@@ -168,7 +169,7 @@ class Envelope:
         return copy
 
     def _copy(self) -> Envelope:
-        copy = Envelope.__new__(Envelope)  # field by field: this is on every message's path through the core
+        copy = _new(Envelope)  # field by field: this is on every message's path through the core
         copy.kind, copy.id, copy.method, copy.tool = self.kind, self.id, self.method, self.tool
         copy.priority, copy.flags, copy.error_code = self.priority, self.flags, self.error_code
         copy.token, copy.pin = self.token, self.pin
@@ -187,12 +188,21 @@ class Envelope:
         if len(fields) != len(Header._fields):
             raise ValueError(f"a header of {len(fields)} fields, not {len(Header._fields)}")
         kind, id, method, tool, priority, flags, error_code, token, pin = fields
-        if not (type(kind) is int and 0 <= kind < len(_KINDS) and type(flags) is int
-                and _optional_token(id) and _optional_token(token) and _optional_text(method, tool, priority)
+        # The checks of _optional_token, _optional_text and _is_pin, written out: this runs for every message
+        # each process receives, and a call per field cost more than the checks themselves.
+        if not (type(kind) is int and 0 <= kind < _KIND_COUNT and type(flags) is int
+                and (id is None or type(id) is str or type(id) is int)
+                and (token is None or type(token) is str or type(token) is int)
+                and (method is None or type(method) is str) and (tool is None or type(tool) is str)
+                and (priority is None or type(priority) is str)
                 and (error_code is None or type(error_code) is int) and (pin is None or _is_pin(pin))):
             raise ValueError("a header field of the wrong type")
-        return cls(_KINDS[kind], id, method, body, tool=tool, priority=priority, flags=flags,
-                   error_code=error_code, token=token, pin=None if pin is None else (pin[0], pin[1]))
+        envelope = _new(cls)  # field by field, as _copy does: keyword arguments cost more than the fields
+        envelope.kind, envelope.id, envelope.method, envelope.tool = _KINDS[kind], id, method, tool
+        envelope.priority, envelope.flags, envelope.error_code = priority, flags, error_code
+        envelope.token, envelope.pin = token, None if pin is None else (pin[0], pin[1])
+        envelope.body, envelope._parsed = body, None
+        return envelope
 
     def line(self) -> bytes:
         """The message as the JSON line the other side reads: the id spliced in, the token written in."""
@@ -262,6 +272,8 @@ class Envelope:
     def __repr__(self) -> str:
         return f"Envelope({self.kind.name}, id={self.id!r}, method={self.method!r}, {len(self.body)} bytes)"
 
+
+_new = object.__new__  # an envelope without __init__, its fields set one by one
 
 _STRAY = {  # the members a message of each kind is not read by
     Kind.REQUEST: frozenset({"result", "error"}),

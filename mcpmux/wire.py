@@ -184,6 +184,7 @@ _CARRIERS = frozenset(TAGS[carrier] for carrier in (ClientMessage, ToClient, ToB
 
 # One packer for the process (msgpack.packb builds one per call): every process packs on one thread.
 _PACKER = msgpack.Packer(use_bin_type=True)
+_unpackb = msgpack.unpackb
 
 
 def encode(message: Message) -> list[bytes]:
@@ -198,8 +199,10 @@ def encode_envelope(message_type: EnvelopeMessage, envelope: Envelope) -> list[b
 
     WireError if a field cannot be packed: the edges check what they let in (jsonrpc.check), so this is
     the last line, not the first."""
+    e = envelope  # the header's fields as Envelope.header() orders them, without building a Header first
     try:
-        return [_PACKER.pack((TAGS[message_type], *envelope.header(), envelope.body))]
+        return [_PACKER.pack((TAGS[message_type], int(e.kind), e.id, e.method, e.tool, e.priority, e.flags,
+                              e.error_code, e.token, e.pin, e.body))]
     except (OverflowError, TypeError, ValueError) as exc:
         _PACKER.reset()  # a failed pack may leave half a message in the packer's buffer
         raise WireError(f"cannot carry {envelope!r}: {exc}") from None
@@ -209,13 +212,16 @@ def decode(frames: list[bytes]) -> Message:
     try:
         if len(frames) != 1:
             raise ValueError(f"{len(frames)} frames, not one")
-        tag, *fields = msgpack.unpackb(frames[0], raw=False, strict_map_key=False)
-        if tag in _CARRIERS:
-            *header, body = fields
-            if not isinstance(body, bytes):
+        unpacked = _unpackb(frames[0], raw=False, strict_map_key=False)
+        if type(unpacked) is not list or not unpacked:
+            raise ValueError("not a tagged array")
+        tag = unpacked[0]
+        if tag in _CARRIERS:  # the hot path: indexed, not unpacked into new lists
+            body = unpacked[-1]
+            if not isinstance(body, bytes):  # a lone tag's body would be the tag, a str
                 raise ValueError("a JSON-RPC message without its body")
-            return _BY_TAG[tag](Envelope.from_wire(header, body))  # type: ignore[no-any-return]
-        message: Message = _BY_TAG[tag](*fields)
+            return _BY_TAG[tag](Envelope.from_wire(unpacked[1:-1], body))  # type: ignore[no-any-return]
+        message: Message = _BY_TAG[tag](*unpacked[1:])
         _check_fields(message)
     except (ValueError, TypeError, KeyError, IndexError, msgpack.UnpackException) as exc:
         size = sum(len(frame) for frame in frames)
@@ -266,6 +272,10 @@ _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 _MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 _MORE = int(zmq.SNDMORE)
+# The backend's send, which the sugar's Socket.send (routing_id, group: draft sockets only) only wraps: a
+# third of the cost of a small frame. Copied: a frame below zmq.COPY_THRESHOLD is copied even when sent
+# with copy=False, after a memoryview is made to learn its size.
+_send = zmq.backend.Socket.send
 
 
 def send(socket: zmq.Socket[bytes], frames: list[bytes], *, block: bool = False) -> None:
@@ -274,8 +284,8 @@ def send(socket: zmq.Socket[bytes], frames: list[bytes], *, block: bool = False)
     A message is queued whole or not at all, so only the first frame can fail for want of room."""
     more, last = (_MORE, 0) if block else (_MORE_NOBLOCK, _NOBLOCK)
     for frame in frames[:-1]:
-        socket.send(frame, more, copy=False)
-    socket.send(frames[-1], last, copy=False)
+        _send(socket, frame, more)
+    _send(socket, frames[-1], last)
 
 
 def receive(socket: zmq.Socket[bytes]) -> list[bytes]:
