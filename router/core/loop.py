@@ -310,7 +310,8 @@ class Core:
                 instance = self.board.pool.get(slot)
                 if instance is not None:
                     self._instance_lost(instance, "shim unreachable")
-        self._check_waits(time.monotonic())
+        if self._waits:  # rarely any: not a clock read per message for nothing
+            self._check_waits(time.monotonic())
 
     def _perform(self, action: actions.Action) -> None:
         # The two actions of every call first, by type: a class pattern costs more than the send.
@@ -352,7 +353,9 @@ class Core:
         if isinstance(message, wire.Taken):
             self._door_flow.taken(identity, message.size)
         self._flush_backlog(identity)
-        if isinstance(message, wire.DoorHello):
+        if isinstance(message, wire.ClientMessage) and session is not None:  # the common case first
+            self.board.handle(events.FromClient(identity, message.envelope))
+        elif isinstance(message, wire.DoorHello):
             self._door_flow.opened(identity, acks=message.acks)
             self._door_pids[identity] = message.pid
             if session is None:
@@ -365,8 +368,6 @@ class Core:
         elif session is None:
             # A door of a core that died: nothing it sent since is known here, so it must start over.
             self._send_door(identity, wire.encode(wire.Resync()))
-        elif isinstance(message, wire.ClientMessage):
-            self.board.handle(events.FromClient(identity, message.envelope))
         elif isinstance(message, wire.Heartbeat):
             self.board.liveness.heard_from(session)
         elif isinstance(message, wire.DoorBye):
