@@ -188,8 +188,8 @@ class Envelope:
         if len(fields) != len(Header._fields):
             raise ValueError(f"a header of {len(fields)} fields, not {len(Header._fields)}")
         kind, id, method, tool, priority, flags, error_code, token, pin = fields
-        # The checks of _optional_token, _optional_text and _is_pin, written out: this runs for every message
-        # each process receives, and a call per field cost more than the checks themselves.
+        # Each field's check written out, not called: this runs for every message each process receives, and
+        # a call per field cost more than the checks themselves.
         if not (type(kind) is int and 0 <= kind < _KIND_COUNT and type(flags) is int
                 and (id is None or type(id) is str or type(id) is int)
                 and (token is None or type(token) is str or type(token) is int)
@@ -309,14 +309,6 @@ def _cut(line: bytes, message: JsonObject) -> bytes | None:
     if b'"id"' in body or b'"jsonrpc"' in body or b"\\u" in body:
         return None
     return body
-
-
-def _optional_token(value: Any) -> bool:
-    return value is None or type(value) is str or type(value) is int
-
-
-def _optional_text(*values: Any) -> bool:
-    return all(value is None or type(value) is str for value in values)
 
 
 def _is_pin(pin: Any) -> bool:

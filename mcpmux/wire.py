@@ -199,10 +199,10 @@ def encode_envelope(message_type: EnvelopeMessage, envelope: Envelope) -> list[b
 
     WireError if a field cannot be packed: the edges check what they let in (jsonrpc.check), so this is
     the last line, not the first."""
-    e = envelope  # the header's fields as Envelope.header() orders them, without building a Header first
-    try:
-        return [_PACKER.pack((TAGS[message_type], int(e.kind), e.id, e.method, e.tool, e.priority, e.flags,
-                              e.error_code, e.token, e.pin, e.body))]
+    try:  # the header's fields in Envelope.header()'s order, without building a Header first
+        return [_PACKER.pack((TAGS[message_type], int(envelope.kind), envelope.id, envelope.method, envelope.tool,
+                              envelope.priority, envelope.flags, envelope.error_code, envelope.token, envelope.pin,
+                              envelope.body))]
     except (OverflowError, TypeError, ValueError) as exc:
         _PACKER.reset()  # a failed pack may leave half a message in the packer's buffer
         raise WireError(f"cannot carry {envelope!r}: {exc}") from None
