@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 import zipfile
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ import pytest
 from mcp import ClientSession, StdioServerParameters, stdio_client
 
 from tests.conftest import ROOT, TIME_SERVER
-from tests.wheel import build_wheel, copy_sources
+from tests.wheel import build_wheel
 
 DECOYS = ("router", "monitor", "instance_shim", "mcpmux", "supervisor")
 
@@ -81,18 +80,6 @@ def test_the_wheel_holds_one_import_package_and_its_template(installed: Installe
     in_checkout = {path.relative_to(ROOT / "router").as_posix() for path in (ROOT / "router").rglob("*.py")
                    if "__pycache__" not in path.parts}
     assert shipped == in_checkout, "exactly the router's modules, the core's among them"
-
-
-def test_the_sdist_ships_the_package_and_no_part_of_the_suite(tmp_path: Path) -> None:
-    source = copy_sources(tmp_path)
-    subprocess.run([sys.executable, "-m", "build", "--sdist", "--outdir", str(tmp_path / "dist"), str(source)],
-                   check=True, capture_output=True, timeout=300)
-    (sdist,) = (tmp_path / "dist").glob("mcpmux-*.tar.gz")
-    with tarfile.open(sdist) as archive:
-        names = [name.split("/", 1)[1] for name in archive.getnames() if "/" in name]
-
-    assert "mcpmux/templates/stack.conf.in" in names and "mcpmux/router/core/switchboard.py" in names
-    assert not [name for name in names if name.startswith(("tests/", "bench/"))], "a suite without its conftest"
 
 
 def test_every_command_the_wheel_installs_starts(installed: Installed) -> None:
