@@ -1,5 +1,5 @@
 """The shim's handling of its server's lines without a process or a socket, for the fuzz and regression tests
-(the door's is `door.admit`, a plain function)."""
+(the door's is `door_session.admit`, a plain function)."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ import pytest
 from mcpmux import jsonrpc, request_state, wire
 from mcpmux.envelope import Envelope, Flag
 from mcpmux.jsonrpc import JsonObject
-from mcpmux.router import door
+from mcpmux.router import door_session
 from mcpmux.router.core import actions, cursors
 from mcpmux.router.core.tasks import TaskTable
 from mcpmux.shim import backend
@@ -29,7 +29,7 @@ from tests.switchboard_harness import Harness
 ])
 def test_a_line_json_cannot_read_is_a_parse_error_for_the_door_and_dropped_by_the_shim(line: bytes) -> None:
     with pytest.raises(jsonrpc.InvalidMessage) as refused:
-        door.admit(line)
+        door_session.admit(line)
     assert refused.value.code == jsonrpc.PARSE_ERROR and refused.value.request_id is None
     assert backend._parse(line) is None
 
@@ -44,7 +44,7 @@ def test_a_line_json_cannot_read_is_a_parse_error_for_the_door_and_dropped_by_th
 def test_a_client_id_method_or_token_that_is_not_unicode_text_gets_its_error(
         line: bytes, request_id: object, code: int) -> None:
     with pytest.raises(jsonrpc.InvalidMessage) as refused:
-        door.admit(line)
+        door_session.admit(line)
     assert (refused.value.request_id, refused.value.code) == (request_id, code)
     assert jsonrpc.dumps(jsonrpc.error(refused.value.request_id, code, str(refused.value)))  # its client reads it
 
@@ -96,7 +96,7 @@ def test_initialize_params_msgpack_cannot_carry_are_refused_at_the_door(params: 
     # The core starts instances for a client's context with a frame holding its initialize params: packing
     # these raised in the core, which died with every session's calls (checked with real processes).
     with pytest.raises(jsonrpc.InvalidMessage) as refused:
-        door.admit(jsonrpc.encode({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": params}))
+        door_session.admit(jsonrpc.encode({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": params}))
     assert (refused.value.code, refused.value.request_id) == (jsonrpc.INVALID_PARAMS, 1)
 
 
@@ -110,7 +110,8 @@ def test_a_stateless_client_context_msgpack_cannot_carry_is_not_kept(meta: JsonO
     h = Harness.make()
     session = h.board.open_session(b"a", None)
     params = {"name": "echo", "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28", **meta}}
-    _, _, frames = door.admit(jsonrpc.encode({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params}))
+    _, _, frames = door_session.admit(jsonrpc.encode({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                                                      "params": params}))
     h.board.from_client(session, _sent_by_door(frames))
     (context,) = h.board.unmet_handshakes()
     params = h.board.contexts.initialize_params(context)
@@ -148,7 +149,7 @@ def test_a_request_state_naming_an_instance_msgpack_cannot_carry_is_not_mcpmuxs(
     # The instance a requestState names rides in the header: a forged one made the door refuse the call
     # with the packer's error.
     state = request_state.wrap("sealed", slot, pid)
-    _, envelope, _ = door.admit(jsonrpc.encode({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+    _, envelope, _ = door_session.admit(jsonrpc.encode({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
                                                 "params": {"name": "echo", "requestState": state}}))
     assert envelope.pin is None and envelope.params()["requestState"] == state
 
@@ -160,7 +161,7 @@ def test_a_request_with_a_stray_result_member_keeps_its_routing_flags() -> None:
     h = Harness.make()
     session = h.open("a")
     h.add_instance("shim:shim_00")
-    _, _, frames = door.admit(jsonrpc.encode({
+    _, _, frames = door_session.admit(jsonrpc.encode({
         "jsonrpc": "2.0", "id": 1, "method": "tools/call", "result": {},
         "params": {"name": "work", "_meta": {"progressToken": "mine"}}}))
     envelope = _sent_by_door(frames)
@@ -177,7 +178,7 @@ def test_a_request_with_a_stray_error_member_reads_as_the_request_it_is() -> Non
     h = Harness.make()
     session = h.open("a")
     h.add_instance("shim:shim_00")
-    _, _, frames = door.admit(jsonrpc.encode({
+    _, _, frames = door_session.admit(jsonrpc.encode({
         "jsonrpc": "2.0", "id": 1, "method": "tools/list", "error": {"code": 1, "message": "stray"},
         "params": {"cursor": cursors.wrap("shim:shim_00", "page-2")}}))
     h.board.from_client(session, _sent_by_door(frames))
@@ -207,7 +208,7 @@ def test_roots_msgpack_cannot_carry_are_no_roots(root: JsonObject) -> None:
     h = Harness.make()
     session = h.open("a", {"roots": {"listChanged": True}})
     asked = h.roots_asked(session)[-1]
-    _, _, frames = door.admit(jsonrpc.encode(jsonrpc.result(asked["id"], {"roots": [root]})))
+    _, _, frames = door_session.admit(jsonrpc.encode(jsonrpc.result(asked["id"], {"roots": [root]})))
     h.board.from_client(session, _sent_by_door(frames))
     instance = h.add_instance("shim:shim_00", {"roots": {"listChanged": True}})
     h.from_instance(instance, {"jsonrpc": "2.0", "id": "r1", "method": "roots/list"})

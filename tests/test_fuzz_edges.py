@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from mcpmux import jsonrpc, request_state, wire
 from mcpmux.envelope import PRIORITY_KEY, Envelope, Kind
 from mcpmux.jsonrpc import JsonObject
-from mcpmux.router import door
+from mcpmux.router import door_session
 from mcpmux.shim import backend
 from mcpmux.shim.opening import Opened, Opening, Refused
 from mcpmux.stateless import Era
@@ -94,7 +94,7 @@ def _rewritten(message: JsonObject) -> bool:
 @example(line=b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"\\udfff"}}')
 def test_a_client_line_is_let_in_whole_or_refused_with_an_error_its_client_can_read(line: bytes) -> None:
     try:
-        message, _, frames = door.admit(line)
+        message, _, frames = door_session.admit(line)
     except jsonrpc.InvalidMessage as invalid:
         event(f"refused: {invalid.code}")
         assert_readable(invalid, line)

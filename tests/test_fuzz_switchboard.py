@@ -26,7 +26,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from mcpmux import jsonrpc, wire
 from mcpmux.envelope import Envelope, Kind
 from mcpmux.jsonrpc import JsonObject, RequestId
-from mcpmux.router import door
+from mcpmux.router import door_session
 from mcpmux.router.core import actions
 from mcpmux.router.core.instances import Instance
 from mcpmux.router.core.session import Session
@@ -103,7 +103,7 @@ def opened_with(result: JsonObject, era: Era) -> Opened | None:
 def through_door(message: JsonObject) -> Envelope | None:
     """What the core gets of a client's message: the door's envelope, or None if the door refused it."""
     try:
-        _, _, frames = door.admit(jsonrpc.encode(message))
+        _, _, frames = door_session.admit(jsonrpc.encode(message))
     except jsonrpc.InvalidMessage:
         return None
     decoded = wire.decode(frames)
