@@ -110,25 +110,27 @@ def test_an_instance_silent_to_its_ping_is_taken_out_and_restarted() -> None:
     assert other.state is InstanceState.READY
 
 
-def test_half_the_pool_is_never_taken_out_for_its_health() -> None:
-    h = Harness.make()
+def both_silent(h: Harness) -> tuple[Instance, Instance]:
+    """Two instances pinged, neither answering before the timeout has passed and been checked."""
     first, second = h.add_instance("shim:shim_00"), h.add_instance("shim:shim_01")
     h.clock.now += 31
     check(h)
-
     h.clock.now += 11
     check(h)
+    return first, second
+
+
+def test_half_the_pool_is_never_taken_out_for_its_health() -> None:
+    h = Harness.make()
+
+    first, second = both_silent(h)
 
     assert [first.state, second.state].count(InstanceState.OPEN) == 1, "one of two may go, not both"
 
 
 def test_an_instance_taken_out_counts_as_out_until_its_slot_connects_again() -> None:
     h = Harness.make()
-    first, second = h.add_instance("shim:shim_00"), h.add_instance("shim:shim_01")
-    h.clock.now += 31
-    check(h)
-    h.clock.now += 11
-    check(h)
+    first, second = both_silent(h)
     (out,) = [instance for instance in (first, second) if instance.state is InstanceState.OPEN]
     (kept,) = [instance for instance in (first, second) if instance is not out]
 
