@@ -4,6 +4,7 @@ takes the same actions, event by event."""
 from __future__ import annotations
 
 import asyncio
+import io
 import subprocess
 import sys
 from pathlib import Path
@@ -175,3 +176,19 @@ async def test_a_core_records_its_events_and_its_log_replays_to_what_the_client_
     answers = [line for line in replayed.stdout.splitlines() if line.startswith("    -> to client")]
     assert said == ["said 0", "said 1", "said 2"]
     assert all(any(f"said {n}" in answer for answer in answers) for n in range(3)), replayed.stdout[-2000:]
+
+
+class FullDisk(io.BytesIO):
+    def write(self, data: Any) -> int:
+        raise OSError(28, "No space left on device")
+
+
+def test_a_log_that_cannot_be_written_ends_the_log_not_the_switchboard() -> None:
+    run = Run()
+    run.board.record_to(events.write_to(FullDisk()))
+
+    run(events.InstanceConnected("shim:shim_00", 1, 2))
+    run(events.InstanceInitializing("shim:shim_00", ClientContext.of(HANDSHAKE)))
+    taken = run(events.InstanceReady("shim:shim_00", INITIALIZE_RESULT, False, Era.HANDSHAKE, None, 2))
+
+    assert any(isinstance(action, actions.InstanceReady) for action in taken), "events are still handled"

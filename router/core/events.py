@@ -11,6 +11,7 @@ The core writes one when `MCPMUX_RECORD` names a file (router/core/loop.py); rou
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -23,6 +24,8 @@ from mcpmux.jsonrpc import JsonObject
 from mcpmux.router.core.contexts import ClientContext
 from mcpmux.router.core.queue import Priority
 from mcpmux.stateless import Era
+
+log = logging.getLogger("mcpmux.core")
 
 
 @dataclass(slots=True)
@@ -151,10 +154,20 @@ def record(at: float, event: Event | Began) -> bytes:
 
 
 def write_to(file: BinaryIO) -> Recorder:
-    """A recorder that appends to `file` (flushed per record: a log is read after a crash too)."""
+    """A recorder that appends to `file` (flushed per record: a log is read after a crash too). A write that
+    fails (a full disk) ends the log, never the core."""
+    failed = False
+
     def write(at: float, event: Event | Began) -> None:
-        file.write(record(at, event))
-        file.flush()
+        nonlocal failed
+        if failed:
+            return
+        try:
+            file.write(record(at, event))
+            file.flush()
+        except OSError as exc:
+            failed = True
+            log.warning("stopped recording events: %s", exc)
     return write
 
 

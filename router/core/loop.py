@@ -120,7 +120,11 @@ class Core:
         (router/core/events.py). A debugging aid: the log holds the messages' bodies, so it is the user's own."""
         if not path:
             return
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+        try:
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:  # a debugging aid: a path it cannot write never stops the core
+            log.warning("cannot record events to %s (MCPMUX_RECORD): %s", path, exc)
+            return
         self.board.record_to(events.write_to(os.fdopen(descriptor, "ab")))
         log.warning("recording every event to %s (MCPMUX_RECORD)", path)
 
