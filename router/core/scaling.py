@@ -317,8 +317,22 @@ class Scaler:
         instance = self._board.pool.get(slot)
         if instance is None or not self._board.sessions or self._board.eligibility.dedicated.owner(slot) is not None:
             return
-        if placement.unused([instance], self._in_use):  # under dedicated too: a spare of the wrong context
-            self._recycle(instance, self.default_context())
+        if not placement.unused([instance], self._in_use):  # under dedicated too: a spare of the wrong context
+            return
+        wanted = self._open_sessions_handshake()
+        current = instance.context.handshake() if instance.context is not None else None
+        if wanted is not None and wanted != current:  # never for the context it has: that would loop
+            self._recycle(instance, wanted)
+
+    def _open_sessions_handshake(self) -> ClientContext | None:
+        """The handshake an unused instance restarts with: the busiest open session's, else the first open
+        session's (not default_context's first client, which may be one no open session uses)."""
+        busiest = self._board.busiest_handshake()
+        if busiest is not None:
+            return busiest
+        handshakes = [session.context.handshake() for session in self._board.sessions.values()
+                      if session.context is not None]
+        return min(handshakes, key=lambda context: context.label, default=None)
 
     def _use_spare(self, handshake: ClientContext, reason: str) -> None:
         """Initialize waiting shims with a context: one spare, or all that waited for the first client."""
