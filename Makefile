@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CONFIG ?= mcpmux.json
 NODE_PREFIX := tests/node
 
-.PHONY: setup up down status test lint typecheck bench node socat clean
+.PHONY: setup up down status test lint typecheck bench node socat gateways clean
 
 setup: $(VENV)/.installed
 
@@ -55,7 +55,17 @@ socat:
 		|| { $(APT_GET) update >/dev/null 2>&1 && $(APT_GET) install -y socat >/dev/null 2>&1; } \
 		|| echo "could not install socat: the overhead benchmark will skip its socat floor"
 
-bench: setup socat
+# The HTTP benchmark measures mcpmux's endpoint against two gateways a user would put in front of one server:
+# supergateway (npm) and mcp-proxy (PyPI; its own environment: it needs mcp<2). Either may be missing.
+GATEWAYS := bench/gateways
+gateways:
+	@command -v npm >/dev/null 2>&1 && npm install --silent --no-audit --no-fund --prefix $(GATEWAYS)/node supergateway \
+		|| echo "supergateway not installed: the HTTP benchmark skips it"
+	@test -x $(GATEWAYS)/mcp-proxy/bin/mcp-proxy || { $(PYTHON) -m venv $(GATEWAYS)/mcp-proxy \
+		&& $(GATEWAYS)/mcp-proxy/bin/pip install --quiet mcp-proxy; } \
+		|| echo "mcp-proxy not installed: the HTTP benchmark skips it"
+
+bench: setup socat gateways
 	$(BIN)/python -m bench
 
 clean:

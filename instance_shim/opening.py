@@ -34,6 +34,9 @@ class Opened:
 @dataclass(frozen=True)
 class Refused:
     reason: str
+    # The backend's error, when it answered the initialize with one: a verdict on the client context's
+    # params (a version or capabilities it rejects), not a fault of this instance.
+    error: JsonObject | None = None
 
 
 class Opening:
@@ -67,7 +70,8 @@ class Opening:
         self.busy = False
         if "result" not in response:
             error = response.get("error", {})
-            return Refused(f"backend refused initialize: {error.get('message', error)}")
+            return Refused(f"backend refused initialize: {error.get('message', error)}",
+                           error if isinstance(error, dict) else None)
         if not isinstance(response["result"], dict):
             return Refused(f"backend answered initialize with a result that is not an object: "
                            f"{response['result']!r:.200}")

@@ -49,6 +49,7 @@ class Shim:
         self._opening = Opening(self._backend.send)
         self._opened: Opened | None = None
         self._failure: str | None = None
+        self._refusal: JsonObject | None = None  # the backend's error to the client context's initialize
         self._client_context: JsonObject | None = None
         self._next_beat = 0.0
         self._poller = zmq.Poller()
@@ -183,7 +184,7 @@ class Shim:
         if outcome is None:
             return  # still opening (falling back to the handshake), or a late answer
         if not isinstance(outcome, Opened):
-            self._failure = outcome.reason
+            self._failure, self._refusal = outcome.reason, outcome.error
             self._backend.send_eof()
             return
         self._opened = outcome
@@ -235,7 +236,7 @@ class Shim:
         if self._opening.busy:
             reason += " during initialize"
         _log(reason)
-        self._send(wire.BackendFailed(reason, "\n".join(self._backend.stderr_tail)))
+        self._send(wire.BackendFailed(reason, "\n".join(self._backend.stderr_tail), self._refusal))
         self._socket.close(linger=1000)
         self._context.term()
         return 2 if self._failure else 1

@@ -203,6 +203,79 @@ class LoadBalancingConfig:
         default=0.0, metadata=_about("share of the pool's slots kept free for high priority"))
 
 
+AuthMode = Literal["tokens", "none"]
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    """The stack's Streamable HTTP endpoint (router/http/), for clients on other machines: off unless `listen`
+    is set. Not part of what names the stack: stdio clients with the same server share its pool."""
+
+    __pydantic_config__ = _PYDANTIC_CONFIG
+
+    listen: str = field(default="", metadata=_about('serve MCP over HTTP on [HOST:]PORT ("": off; host: 127.0.0.1)'))
+    auth: AuthMode = field(
+        default="tokens", metadata=_about('bearer tokens (mcpmux-monitor tokens), or "none": loopback only'))
+    tls_cert: str | None = field(default=None, metadata=_about("certificate file (PEM) to serve HTTPS with"))
+    tls_key: str | None = field(default=None, metadata=_about("its private key file (PEM)"))
+    behind_proxy: bool = field(
+        default=False, metadata=_about("plain HTTP on a non-loopback address, TLS left to a reverse proxy"))
+    allowed_hosts: list[str] = field(
+        default_factory=list, metadata=_about("Host headers accepted besides the listen address's (DNS rebinding)"))
+    allowed_origins: list[str] = field(
+        default_factory=list, metadata=_about("browser Origins accepted (none: requests without one)"))
+    session_timeout: Annotated[int, Bound(gt=0)] = field(
+        default=60_000, metadata=_about("ms a session with calls running may go unheard before they are cancelled"))
+    idle_session_timeout: Annotated[int, Bound(gt=0)] = field(
+        default=3_600_000, metadata=_about("ms an HTTP session with nothing running may go unheard before it ends"))
+    token_sessions: Annotated[int, Bound(ge=1)] = field(
+        default=16, metadata=_about("HTTP sessions one token may hold open"))
+    token_in_flight: Annotated[int, Bound(ge=1)] = field(
+        default=64, metadata=_about("requests one token may have unanswered, over all its sessions"))
+
+    def __post_init__(self) -> None:
+        if not self.listen:
+            return
+        host, _ = listen_address(self.listen)
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise InvalidValue("tlsKey", "tlsCert and tlsKey go together")
+        if is_loopback(host):
+            return
+        if self.auth == "none":
+            raise InvalidValue("auth", f"{host} is not a loopback address: a listener there needs authentication")
+        if self.tls_cert is None and not self.behind_proxy:
+            raise InvalidValue("tlsCert", f"{host} is not a loopback address: give tlsCert and tlsKey, or set "
+                                          "behindProxy if a reverse proxy in front terminates TLS")
+
+    @property
+    def host(self) -> str:
+        return listen_address(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return listen_address(self.listen)[1]
+
+
+def listen_address(text: str) -> tuple[str, int]:
+    """`8080` -> ("127.0.0.1", 8080); `0.0.0.0:8080`; `[::1]:8080`."""
+    host, _, port = text.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidValue("listen", f"{text!r} is not [HOST:]PORT with a port in 1..65535")
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 @dataclass(frozen=True)
 class Config:
     __pydantic_config__ = _PYDANTIC_CONFIG
@@ -210,6 +283,7 @@ class Config:
     server: ServerConfig
     multiplexer: MultiplexerConfig = field(default_factory=MultiplexerConfig)
     load_balancing: LoadBalancingConfig = field(default_factory=LoadBalancingConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Config:
@@ -220,10 +294,18 @@ class Config:
         """One spelling per configuration, so equal configurations name the same stack."""
         return json.dumps(as_json(self), sort_keys=True, separators=(",", ":"))
 
+    def identity_json(self) -> str:
+        """What names the stack: all but how it is reached (`http`), so that stdio and HTTP clients of the
+        same server share one pool."""
+        data = as_json(self)
+        del data["http"]
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
-Section = ServerConfig | MultiplexerConfig | PriorityRules | LoadBalancingConfig | Config
+
+Section = ServerConfig | MultiplexerConfig | PriorityRules | LoadBalancingConfig | HttpConfig | Config
 _SECTIONS: dict[str, type[Section]] = {
-    cls.__name__: cls for cls in (ServerConfig, MultiplexerConfig, PriorityRules, LoadBalancingConfig, Config)}
+    cls.__name__: cls
+    for cls in (ServerConfig, MultiplexerConfig, PriorityRules, LoadBalancingConfig, HttpConfig, Config)}
 _S = TypeVar("_S", bound=Section)
 
 

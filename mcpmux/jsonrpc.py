@@ -59,11 +59,27 @@ def parse(line: bytes | str, *, require_version: bool = True) -> JsonObject:
         raise InvalidMessage(INVALID_REQUEST, "Invalid Request: JSON-RPC batches are not supported")
     if not isinstance(message, dict):
         raise InvalidMessage(INVALID_REQUEST, "Invalid Request: a message must be a JSON object")
-    check(message, require_version=require_version)
+    check(message, require_version=require_version, too_deep=_deeper_than(MAX_NESTING, line, message))
     return message
 
 
-def check(message: JsonObject, *, require_version: bool = True) -> None:
+def _deeper_than(limit: int, line: bytes | str, message: JsonObject) -> bool:
+    """Whether objects and arrays lie more than `limit` deep in a message. The SDKs' parsers drop such a message
+    without a word (pydantic's at about 200), so its request would never be answered. A line with fewer
+    brackets than that cannot be so deep: counting them is the cheap test nearly every message passes."""
+    brackets = line.count(b"{") + line.count(b"[") if isinstance(line, bytes) else line.count("{") + line.count("[")
+    if brackets <= limit:
+        return False
+    level: list[Any] = [message]
+    for _ in range(limit):
+        level = [item for value in level for item in (value.values() if isinstance(value, dict) else value)
+                 if isinstance(item, dict | list)]
+        if not level:
+            return False
+    return True
+
+
+def check(message: JsonObject, *, require_version: bool = True, too_deep: bool = False) -> None:
     """Raise InvalidMessage unless `message` is a JSON-RPC message whose routing fields have MCP's types.
 
     The edges (the door for a client, the shim for a server) call this before anything is packed, so a
@@ -72,6 +88,9 @@ def check(message: JsonObject, *, require_version: bool = True) -> None:
     a request id, a cursor a string, an error an object with an integer code."""
     try:
         _check(message, require_version)
+        if too_deep:
+            raise InvalidMessage(INVALID_REQUEST, f"Invalid Request: objects or arrays nested more than {MAX_NESTING} "
+                                                  "deep", _usable_id(message.get("id")))
     except InvalidMessage as invalid:
         if "method" in message:
             invalid.answerable = "id" in message

@@ -28,7 +28,7 @@ def stack_id(config: Config, origin: str) -> str:
     import re
     from pathlib import Path
 
-    digest = hashlib.sha256(f"{origin}\n{config.canonical_json()}".encode()).hexdigest()[:10]
+    digest = hashlib.sha256(f"{origin}\n{config.identity_json()}".encode()).hexdigest()[:10]
     word = name_word(config.server.command, config.server.args)
     label = re.sub(r"[^A-Za-z0-9]+", "-", Path(word).name).strip("-")[:24] or "stack"
     return f"{label}-{digest}"
@@ -107,6 +107,23 @@ class StackPaths(NamedTuple):
         directory unasked finds nothing there, rather than the stack's files or a project of whoever came first
         (`--cwd-from-client` runs it in each client's)."""
         return self.root / "no-project-directory"
+
+    @property
+    def http_settings(self) -> Path:
+        """The HTTP endpoint's settings (http.listen...), there once `mcpmux-router --serve-http` ran: a stack
+        with an endpoint is not stopped when idle."""
+        return self.root / "http.json"
+
+    @property
+    def http_listening(self) -> Path:
+        """The HTTP endpoint's pid, written once its socket listens: what `--serve-http` waits for before it
+        tells the user the URL (a client that connects earlier would be refused)."""
+        return self.root / "http.listening"
+
+    @property
+    def tokens(self) -> Path:
+        """The HTTP endpoint's bearer tokens, hashed (mcpmux/tokens.py)."""
+        return self.root / "tokens.json"
 
     @property
     def logs(self) -> Path:

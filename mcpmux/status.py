@@ -241,6 +241,28 @@ class ContextStatus:
 
 
 @dataclass(frozen=True)
+class SessionStatus:
+    """An open client session: how its client reaches the stack, from where, and what it has running."""
+
+    name: str
+    transport: str  # "stdio" (a door of its own) or "http" (a session of the HTTP endpoint)
+    era: str  # the protocol era its client speaks
+    pending: int  # its requests waiting or running
+    remote: str | None = None  # an HTTP client's address
+    token: str | None = None  # the name of the token an HTTP session came with
+
+    def to_json(self) -> JsonObject:
+        return {"name": self.name, "transport": self.transport, "era": self.era, "pending": self.pending,
+                "remote": self.remote, "token": self.token}
+
+    @classmethod
+    def from_json(cls, data: Any) -> SessionStatus:
+        data = _object(data, "session")
+        return cls(name=_str(data, "name"), transport=_str(data, "transport"), era=_str(data, "era"),
+                   pending=_int(data, "pending"), remote=_opt_str(data, "remote"), token=_opt_str(data, "token"))
+
+
+@dataclass(frozen=True)
 class StackStatus:
     """The pool and every instance, as the core's `status` query answers."""
 
@@ -276,6 +298,7 @@ class StackStatus:
     strategy: str = "least_connections"  # loadBalancing.strategy
     contexts: tuple[ContextStatus, ...] = ()  # the open sessions' client contexts
     session_eras: tuple[tuple[str, str], ...] = ()  # each open session and the era its client speaks
+    open_sessions: tuple[SessionStatus, ...] = ()  # each open session: transport, address, token
 
     @property
     def instances_by_state(self) -> dict[SlotState, int]:
@@ -358,6 +381,7 @@ class StackStatus:
             "strategy": self.strategy,
             "contexts": [context.to_json() for context in self.contexts],
             "sessionEras": dict(self.session_eras),
+            "openSessions": [session.to_json() for session in self.open_sessions],
         }
 
     @classmethod
@@ -383,6 +407,7 @@ class StackStatus:
             strategy=str(data.get("strategy", "least_connections")),
             contexts=tuple(ContextStatus.from_json(item) for item in data.get("contexts", [])),
             session_eras=tuple((name, _str(data["sessionEras"], name)) for name in data.get("sessionEras", {})),
+            open_sessions=tuple(SessionStatus.from_json(item) for item in data.get("openSessions", [])),
         )
 
 

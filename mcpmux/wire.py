@@ -41,6 +41,9 @@ class DoorHello(NamedTuple):
     cwd: str | None = None  # the client's working directory (the door's)
     acks: bool = False  # it says what its client took (Taken): the core keeps its bytes in flight bounded
     env: dict[str, str] | None = None  # the values of server.passEnv's variables in the client's environment
+    transport: str | None = None  # "http" for a session of the HTTP endpoint (None: stdio, a door of its own)
+    remote: str | None = None  # its client's address, as the endpoint saw it
+    tenant: str | None = None  # whose it is: the name of the token it came with (fair sharing is per tenant)
 
 
 class Taken(NamedTuple):
@@ -131,6 +134,7 @@ class BackendFailed(NamedTuple):
 
     reason: str
     stderr_tail: str = ""
+    refusal: JsonObject | None = None  # the backend answered the initialize with this error (its params')
 
 
 class ShimStopping(NamedTuple):

@@ -10,6 +10,7 @@ Every command takes --json for scripts. A stack that is not running is a message
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import sys
 import time
@@ -43,6 +44,7 @@ from mcpmux.monitor.control import status as query_status
 from mcpmux.monitor.selection import EXIT_FAILED, EXIT_NOT_RUNNING
 from mcpmux.stack import StackPaths, runtime_root
 from mcpmux.status import StackStatus, StatusError, events_from_json
+from mcpmux.tokens import TokenError, TokenStore
 from mcpmux.versions import versions
 
 # Plain (click) help: rich panels print a type placeholder (`<bool>`) after every flag.
@@ -568,6 +570,51 @@ def _watch_json(paths: StackPaths, pool: StackStatus, interval: float, once: boo
                 snapshot = {"status": None, "health": health_mod.not_running(str(exc)).as_json()}
     except (KeyboardInterrupt, BrokenPipeError):  # `| head -n 3` closes the pipe: that is a normal end
         pass
+
+
+tokens_app = typer.Typer(help="Bearer tokens of a stack's HTTP endpoint (mcpmux-router --serve-http).",
+                         no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(tokens_app, name="tokens")
+TokenName = Annotated[str, typer.Argument(metavar="NAME", help="the token's name: shown in status and the logs")]
+
+
+@tokens_app.command("create")
+def create_token(name: TokenName, config: ConfigOption = None, stack_dir: StackDirOption = None) -> None:
+    """Make a token and print its secret, once: it is stored only hashed."""
+    try:
+        secret = _tokens(config, stack_dir).create(name)
+    except TokenError as exc:
+        fail(str(exc), EXIT_FAILED)
+    print(secret)
+    err().print(f"token {name} made; a client sends it as the header: Authorization: Bearer <the line above>")
+
+
+@tokens_app.command("list")
+def list_tokens(config: ConfigOption = None, stack_dir: StackDirOption = None, as_json: JsonOption = False) -> None:
+    """The stack's tokens: names and when they were made (never a secret)."""
+    tokens = _tokens(config, stack_dir).tokens()
+    if as_json:
+        emit_json([{"name": token.name, "created": token.created} for token in tokens])
+        return
+    for token in tokens:
+        print(f"{token.name}\tmade {datetime.datetime.fromtimestamp(token.created).isoformat(timespec='seconds')}")
+
+
+@tokens_app.command("revoke")
+def revoke_token(name: TokenName, config: ConfigOption = None, stack_dir: StackDirOption = None) -> None:
+    """Revoke a token: the endpoint refuses it from its next request on."""
+    try:
+        _tokens(config, stack_dir).revoke(name)
+    except TokenError as exc:
+        fail(str(exc), EXIT_FAILED)
+    err().print(f"token {name} revoked")
+
+
+def _tokens(config: Path | None, stack_dir: Path | None) -> TokenStore:
+    paths = find_stack(config, stack_dir, running=False)
+    if not paths.root.is_dir():
+        fail(f"stack {paths.root.name} has not run here: start it first (mcpmux-router --serve-http ...)")
+    return TokenStore(paths.tokens)
 
 
 def main() -> None:

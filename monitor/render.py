@@ -180,6 +180,11 @@ def summary_lines(status: StackStatus) -> Text:
     for era, (instances, sessions) in _by_era(status).items():
         text.append(f"\nera {era}: instances {', '.join(instances) or 'none'}; "
                     f"sessions {', '.join(name[:8] for name in sessions) or 'none'}")
+    for session in status.open_sessions:
+        if session.transport != "stdio":  # a door's session says nothing more than its name
+            token = f", token {session.token}" if session.token else ""
+            text.append(f"\nsession {session.name[:8]} over {session.transport} from {session.remote or '?'}"
+                        f"{token}: {session.pending} requests")
     if status.prometheus:
         text.append(f"\nPrometheus metrics at {status.prometheus}")
     return text

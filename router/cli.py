@@ -23,6 +23,7 @@ from mcpmux.config import (
     Concurrency,
     Config,
     ConfigError,
+    HttpConfig,
     LoadBalancingConfig,
     MultiplexerConfig,
     as_json,
@@ -33,9 +34,17 @@ from mcpmux.config import (
 from mcpmux.resolve import resolve as resolve_config
 from mcpmux.stack import RuntimeDirError, StackPaths, stack_paths
 
-SECTIONS: dict[str, type[MultiplexerConfig | LoadBalancingConfig]] = {
-    "multiplexer": MultiplexerConfig, "loadBalancing": LoadBalancingConfig}
-FLAG_TYPES: dict[Any, Callable[[str], Any]] = {int: int, float: float, Concurrency: concurrency_flag}
+SECTIONS: dict[str, type[MultiplexerConfig | LoadBalancingConfig | HttpConfig]] = {
+    "multiplexer": MultiplexerConfig, "loadBalancing": LoadBalancingConfig, "http": HttpConfig}
+
+
+def _words(text: str) -> list[str]:
+    """`--allowed-hosts a.example,b.example`."""
+    return [word for word in text.split(",") if word]
+
+
+FLAG_TYPES: dict[Any, Callable[[str], Any]] = {
+    int: int, float: float, Concurrency: concurrency_flag, list[str]: _words, str | None: str}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     action.add_argument("--up", action="store_true", help="start the stack and exit (it stays up until --down)")
     action.add_argument("--down", action="store_true", help="stop the stack and exit")
     action.add_argument("--where", action="store_true", help="print the stack's runtime directory and exit")
+    parser.add_argument("--serve-http", metavar="[HOST:]PORT",
+                        help="serve the stack to MCP clients over Streamable HTTP on this address (127.0.0.1 "
+                             "unless a host is given), and exit: the stack stays up until --down (http.listen)")
     parser.add_argument("--stack-dir", type=Path, metavar="DIR",
                         help="relay to the running stack in this runtime directory")
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
@@ -104,6 +116,8 @@ def _metavar(annotation: Any, description: str | None) -> str:
         return "N|auto"
     if dataclasses.is_dataclass(annotation):
         return "JSON"
+    if annotation == list[str]:
+        return "A,B"
     if (description or "").startswith("ms"):
         return "MS"
     return {int: "N", float: "X"}.get(annotation, "VALUE")
@@ -138,6 +152,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         if "." in dest and value is not None:
             section, key = dest.split(".", 1)
             overrides.setdefault(section, {})[key] = value
+    if args.serve_http:
+        overrides.setdefault("http", {})["listen"] = args.serve_http
     return overrides
 
 
@@ -202,27 +218,61 @@ def _run(args: argparse.Namespace, config: Config | None, paths: StackPaths) -> 
             print(f"mcpmux-router: no running stack in {paths.root}", file=sys.stderr)
             return 1
         return _serve(load_validated(paths.config), paths, args.priority)
-    if not args.up and client_input.hung_up_unheard():
+    up = args.up or bool(args.serve_http)
+    if not up and client_input.hung_up_unheard():
         return 0  # no session to serve, so no stack to start for it
     try:
-        started = launcher.ensure_up(config, paths, idle_stop=not args.up)
+        if config.http.listen:
+            _http_extra_installed()
+        started = launcher.ensure_up(config, paths, idle_stop=not up)
+        if config.http.listen:
+            launcher.serve_http(config, paths)
     except (launcher.LaunchError, RuntimeDirError, OSError) as exc:  # OSError: a full disk, say
         cause, details = (exc.cause, exc.details) if isinstance(exc, launcher.LaunchError) else (str(exc), "")
         # The first line is what a client shows of a server that would not start: the cause, alone.
         print(f"mcpmux-router: stack {paths.root.name} cannot start: {cause}", file=sys.stderr)
         if details:
             print(details, file=sys.stderr)
-        if not args.up:
+        if not up:
             refusal.refuse(f"mcpmux: stack {paths.root.name} cannot start: {exc}")
         return 1
     missing = missing_exporter(config)
     if missing:
         print(f"mcpmux-router: {missing}", file=sys.stderr)
-    if args.up:
+    if up:
         state = "started" if started else "already running"
         print(f"stack {paths.root.name} {state}; manage it with: {monitor_command()} ctl {paths.root.name} -- status")
+        if config.http.listen:
+            print(_http_banner(config, paths))
         return 0
     return _serve(config, paths, args.priority)
+
+
+def _http_extra_installed() -> None:
+    """Refuse, before anything starts, an endpoint this environment cannot run."""
+    import importlib.util
+
+    from mcpmux.router import launcher
+
+    if importlib.util.find_spec("uvicorn") is None or importlib.util.find_spec("mcp") is None:
+        raise launcher.LaunchError("its HTTP endpoint needs the http extra: install mcpmux[http]")
+
+
+def _http_banner(config: Config, paths: StackPaths) -> str:
+    """Where the endpoint serves, and what a client needs to reach it."""
+    settings = config.http
+    scheme = "https" if settings.tls_cert else "http"
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    lines = [f"serving MCP over HTTP at {scheme}://{host}:{settings.port}/mcp"]
+    if settings.auth == "tokens":
+        from mcpmux.tokens import TokenStore
+
+        names = [token.name for token in TokenStore(paths.tokens).tokens()]
+        lines.append(f"tokens: {', '.join(names)}" if names else "no token yet: clients are refused until one is made")
+        lines.append(f"make one: {monitor_command()} tokens create NAME --stack {paths.root.name}")
+    else:
+        lines.append("without authentication (http.auth is \"none\"; loopback only)")
+    return "\n".join(lines)
 
 
 def missing_exporter(config: Config) -> str | None:

@@ -25,8 +25,10 @@ LISTEN = "subscriptions/listen"
 
 class DoorSession:
     def __init__(self, *, pid: int, limit: int, priority: str | None = None, cwd: str | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, transport: str | None = None, remote: str | None = None,
+                 tenant: str | None = None) -> None:
         self._pid = pid
+        self._origin = (transport, remote, tenant)
         self._limit = limit
         self._priority = priority
         self._cwd = cwd
@@ -36,8 +38,10 @@ class DoorSession:
         self.notes: list[str] = []
         self.welcomed = False
         self.closed = False  # the core said the stack stops: the session ends
+        self.initialize_refused = False  # its initialize got an error, and none before it a result
         self._unanswered: dict[RequestId, Envelope] = {}
-        self._initialize_params: JsonObject | None = None
+        self._initialize_params: JsonObject | None = None  # the client's handshake, once the core took it
+        self._initializing: tuple[RequestId, JsonObject] | None = None  # an initialize not answered yet
         self._lost: dict[RequestId, Envelope] | None = None
         self._retry = RetryPolicy()  # the core keeps it up to date with the tools' annotations
         self._incarnation = ""  # the core's, from its last welcome
@@ -49,7 +53,8 @@ class DoorSession:
 
     def hello(self) -> None:
         """Introduce the session to the core (again, after a core restart: with the client's handshake)."""
-        self._send(wire.DoorHello(self._pid, self._initialize_params, self._priority, self._cwd, True, self._env))
+        self._send(wire.DoorHello(self._pid, self._initialize_params, self._priority, self._cwd, True, self._env,
+                                  *self._origin))
 
     def bye(self) -> None:
         self._send(wire.DoorBye())
@@ -65,18 +70,24 @@ class DoorSession:
     # --- client -> core ------------------------------------------------------------------------------
 
     def from_client(self, line: bytes | Oversized) -> None:
+        """Take a line the client wrote; a line refused gets its sender's error, if it can hear one."""
         if isinstance(line, Oversized):
             self._oversized(line)
             return
         try:
             message, envelope, frames = admit(line)
         except jsonrpc.InvalidMessage as invalid:
-            self._refuse(invalid, line)
+            self.refuse(invalid, line)
             return
+        self.let_in(message, envelope, frames)
+
+    def let_in(self, message: JsonObject, envelope: Envelope, frames: list[bytes]) -> None:
+        """A message `admit` let in goes to the core."""
         if envelope.kind is Kind.REQUEST:
             self._unanswered[envelope.id] = envelope
-            if envelope.method == "initialize" and isinstance(message.get("params"), dict):
-                self._initialize_params = message["params"]
+            params = message.get("params")
+            if envelope.method == "initialize" and isinstance(params, dict) and self._initializing is None:
+                self._initializing = (envelope.id, params)  # one sent while another waits is refused
         elif envelope.method == "notifications/cancelled":
             self._unanswered.pop(jsonrpc.params_of(message).get("requestId"), None)  # type: ignore[arg-type]
         self.to_core.append(frames)
@@ -90,9 +101,9 @@ class DoorSession:
                                          said[1] if said and said[0] == "method" else None)
         if said is not None and said[0] != "method":
             invalid.answerable, invalid.response_to = False, said[1]
-        self._refuse(invalid, line.head)
+        self.refuse(invalid, line.head)
 
-    def _refuse(self, invalid: jsonrpc.InvalidMessage, line: bytes) -> None:
+    def refuse(self, invalid: jsonrpc.InvalidMessage, line: bytes) -> None:
         """A message of the wrong shape goes no further: its sender hears why, if it can hear at all."""
         if invalid.answerable:
             self._write(jsonrpc.error(invalid.request_id, invalid.code, str(invalid)))
@@ -115,7 +126,8 @@ class DoorSession:
             envelope = message.envelope
             if envelope.kind in (Kind.RESULT, Kind.ERROR):
                 self._unanswered.pop(envelope.id, None)
-            self._queue(envelope.line(), len(frames[0]))
+                self._answered(envelope)
+            self._queue(envelope.line(), len(frames[0]), envelope)
         elif isinstance(message, wire.SafeTools):
             self._retry.replace(message.names)
         elif isinstance(message, wire.Welcome):
@@ -131,6 +143,16 @@ class DoorSession:
             # is settled once the core welcomes us (later Resyncs are echoes of the same loss).
             self._lost = dict(self._unanswered)
             self.hello()
+
+    def _answered(self, response: Envelope) -> None:
+        """An initialize that succeeded makes the client's handshake the one a restarted core hears of; one
+        refused (a second initialize, params the server rejects) changes nothing."""
+        if self._initializing is not None and self._initializing[0] == response.id:
+            if response.kind is Kind.RESULT:
+                self._initialize_params = self._initializing[1]
+            elif self._initialize_params is None:
+                self.initialize_refused = True
+            self._initializing = None
 
     def _answer_lost(self, *, restarted: bool) -> None:
         """Answer each request the core lost (it restarted, or took this door for gone): resend the safe
@@ -181,11 +203,16 @@ class DoorSession:
         self.to_core.append(wire.encode(message))
 
     def _write(self, message: JsonObject) -> None:
-        self._queue(jsonrpc.dumps(message), 0)
+        self._queue(jsonrpc.dumps(message), 0, Envelope.from_message(message))
 
-    def _queue(self, line: bytes, frame_size: int) -> None:
-        self.to_client.append(line)
+    def _queue(self, line: bytes, frame_size: int, envelope: Envelope) -> None:
         self._lines.append([len(line), frame_size])
+        self._deliver(line, envelope)
+
+    def _deliver(self, line: bytes, envelope: Envelope) -> None:
+        """A line for the client. A door writes every line to its one stdout; a session of the HTTP endpoint
+        (router/http/session.py) puts each on the response stream its envelope says it belongs on."""
+        self.to_client.append(line)
 
 
 def admit(line: bytes) -> tuple[JsonObject, Envelope, list[bytes]]:

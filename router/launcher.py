@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from mcpmux import lifeline
 from mcpmux.config import Config
@@ -28,10 +29,11 @@ from mcpmux.stack import StackPaths
 # mcpmux.stacks and mcpmux.supervisor (psutil, the XML-RPC client: 30 ms) are imported where they are used:
 # on a cold start, once supervisord is on its way, so that they load while it boots.
 
-__all__ = ["LaunchError", "core_log_tail", "ensure_up"]
+__all__ = ["LaunchError", "core_log_tail", "ensure_up", "serve_http"]
 
 SUPERVISORD_START_TIMEOUT = 15.0
 CORE_START_TIMEOUT = 20.0
+HTTP_LISTEN_TIMEOUT = 30.0
 LOG_TAIL_LINES = 15
 LOG_PREFIX = re.compile(r"^\d{4}-\d\d-\d\d[ T][\d:,.]+ +[A-Z]+ +(?:[\w.-]+: )?")  # 2026-12-05 07:22:42,780 INFO x:
 POLL = 0.02  # neither a socket file nor a pid gives an event to wait on
@@ -85,6 +87,70 @@ def ensure_up(config: Config, paths: StackPaths, *, idle_stop: bool) -> bool:
         return True
 
 
+def serve_http(config: Config, paths: StackPaths) -> bool:
+    """Have the running stack's HTTP endpoint serve `config.http`: start it, or restart it on settings that
+    changed; True if it was (re)started. Raises LaunchError with its log's end if it cannot listen."""
+    import xmlrpc.client
+
+    from mcpmux.config import as_json
+    from mcpmux.supervisor import Supervisor
+
+    settings = json.dumps(as_json(config.http), sort_keys=True, indent=1)
+    with _locked(paths.lock):
+        try:
+            before = paths.http_settings.read_text()
+        except FileNotFoundError:
+            before = None
+        _write_private(paths.http_settings, settings)
+        supervisor = Supervisor(paths)
+        proxy = supervisor.proxy()
+        try:
+            state = _http_state(paths, proxy)
+            if state == "RUNNING" and before == settings:
+                return False
+            supervisor.stop_sync("http")
+            paths.http_listening.unlink(missing_ok=True)
+            proxy.supervisor.startProcess("http", True)  # waits out startsecs: RUNNING, or a fault
+            _await_listening(paths, proxy)
+        except xmlrpc.client.Fault:
+            tail = supervisor.log_tail("http")
+            raise LaunchError(f"its HTTP endpoint would not start: {cause_in(tail)}", tail) from None
+    return True
+
+
+def _await_listening(paths: StackPaths, proxy: Any) -> None:
+    """Return once the endpoint started accepts connections (it writes its pid to http.listening then);
+    a fault if it exits first, since supervisord's RUNNING only says it outlived startsecs."""
+    import xmlrpc.client
+
+    deadline = time.monotonic() + HTTP_LISTEN_TIMEOUT
+    while True:
+        info = proxy.supervisor.getProcessInfo("http")
+        if info["statename"] not in ("STARTING", "RUNNING"):
+            raise xmlrpc.client.Fault(0, f"it is {info['statename']}")
+        with contextlib.suppress(FileNotFoundError):
+            if paths.http_listening.read_text() == str(info["pid"]):
+                return
+        if time.monotonic() > deadline:
+            raise xmlrpc.client.Fault(0, f"it did not listen within {HTTP_LISTEN_TIMEOUT:.0f} s")
+        time.sleep(STATE_POLL)
+
+
+def _http_state(paths: StackPaths, proxy: Any) -> str:
+    """The endpoint's state, once its program is part of the running stack (added if it was not)."""
+    import xmlrpc.client
+
+    from mcpmux.supervisor import BAD_NAME
+
+    try:
+        return str(proxy.supervisor.getProcessInfo("http")["statename"])
+    except xmlrpc.client.Fault as fault:
+        if fault.faultCode != BAD_NAME:
+            raise
+    _add_http_program(paths, proxy)
+    return "STOPPED"
+
+
 def core_log_tail(paths: StackPaths, lines: int = LOG_TAIL_LINES) -> str:
     try:
         text = paths.core_log.read_text(errors="replace")
@@ -107,7 +173,7 @@ def _clear_leftovers(paths: StackPaths) -> None:
 
 def _render(config: Config, paths: StackPaths, credentials: dict[str, str], idle_stop: bool) -> str:
     template = resources.files("mcpmux.templates").joinpath("stack.conf.in").read_text()
-    return template.format(
+    text = template.format(
         username=credentials["username"],
         password=credentials["password"],
         stack=paths.root.name,
@@ -115,6 +181,21 @@ def _render(config: Config, paths: StackPaths, credentials: dict[str, str], idle
         core_flags="--idle-stop" if idle_stop else "",
         max_instances=config.multiplexer.max_instances,
     )
+    return text + _http_program() if config.http.listen else text
+
+
+def _http_program() -> str:
+    """The HTTP endpoint's supervisord program, for a stack that serves HTTP."""
+    return resources.files("mcpmux.templates").joinpath("http.conf.in").read_text().format(python=sys.executable)
+
+
+def _add_http_program(paths: StackPaths, proxy: Any) -> None:
+    """Add the HTTP endpoint's program to a running stack that was started without it."""
+    text = paths.supervisord_conf.read_text()
+    if "[program:http]" not in text:
+        _write_private(paths.supervisord_conf, text + _http_program())
+    proxy.supervisor.reloadConfig()
+    proxy.supervisor.addProcessGroup("http")
 
 
 def _start_supervisord(paths: StackPaths) -> None:

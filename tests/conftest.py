@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,7 +143,8 @@ class Stack:
             yield client
 
 
-STACK_PROGRAMS = ("supervisor.supervisord", "mcpmux.router.core", "mcpmux.shim", "mcpmux.router.guard")
+STACK_PROGRAMS = ("supervisor.supervisord", "mcpmux.router.core", "mcpmux.shim", "mcpmux.router.guard",
+                  "mcpmux.router.http")
 
 
 def programs_of(root: Path) -> list[psutil.Process]:
@@ -182,10 +183,15 @@ class StackFactory:
 
     def stop_all(self) -> None:
         """Every stack down at once (each `--down` waits on its own supervisord), then none may survive."""
+        survivors = self.stopped()
+        assert not survivors, f"processes outlived their stack: {survivors}"
+
+    def stopped(self) -> list[psutil.Process]:
+        """Stop every stack; the processes that outlived theirs (killed)."""
         with ThreadPoolExecutor(max_workers=max(1, len(self.stacks))) as pool:
             survivors = [process for alive in pool.map(_stop, self.stacks) for process in alive]
         shutil.rmtree(self.runtime_dir, ignore_errors=True)
-        assert not survivors, f"processes outlived their stack: {survivors}"
+        return survivors
 
 
 def _stop(stack: Stack) -> list[psutil.Process]:
@@ -197,11 +203,28 @@ def _stop(stack: Stack) -> list[psutil.Process]:
     return alive
 
 
+# A stack takes seconds to stop (supervisord stops the core, then the shims, each on its one-second tick):
+# a test's stacks stop while the next tests run, and the worker checks at its end that none outlived them.
+_STOPPING: list[tuple[str, Future[list[psutil.Process]]]] = []
+_STOPPERS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="stop-stacks")
+
+
 @pytest.fixture
-def make_stack() -> Iterator[StackFactory]:
+def make_stack(request: pytest.FixtureRequest) -> Iterator[StackFactory]:
     factory = StackFactory()
     yield factory
-    factory.stop_all()
+    if factory.stacks:
+        _STOPPING.append((request.node.nodeid, _STOPPERS.submit(factory.stopped)))
+    else:
+        shutil.rmtree(factory.runtime_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_stack_outlives_its_test() -> Iterator[None]:
+    yield
+    survivors = [(test, alive) for test, stopping in _STOPPING if (alive := stopping.result())]
+    _STOPPERS.shutdown()
+    assert not survivors, f"processes outlived the stacks of these tests: {survivors}"
 
 
 def result_json(result: Any) -> dict[str, Any]:

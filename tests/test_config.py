@@ -90,9 +90,35 @@ def test_a_configuration_names_the_stack_it_named_before(name: str) -> None:
 def test_the_canonical_spelling_is_unchanged() -> None:
     config = parse_config(FULL, "test")
 
-    assert config.canonical_json() == FULL_CANONICAL
+    assert config.identity_json() == FULL_CANONICAL
     assert config.multiplexer.scale_up_threshold == 1.0 and isinstance(config.multiplexer.scale_up_threshold, float)
     assert config.server.pass_env == ["HOME", "LANG"]
+
+
+def test_how_a_stack_is_reached_is_not_what_names_it() -> None:
+    plain = parse_config(FULL, "test")
+    served = parse_config({**FULL, "http": {"listen": "8080", "tokenSessions": 2}}, "test")
+
+    assert served.http.port == 8080 and served.http.host == "127.0.0.1"
+    assert stack_id(served, "command line") == stack_id(plain, "command line")
+    assert served.canonical_json() != plain.canonical_json()  # the stack's own copy keeps it
+
+
+@pytest.mark.parametrize(("http", "expected"), [
+    ({"listen": "0.0.0.0:8080", "auth": "none"},
+     "http.auth: 0.0.0.0 is not a loopback address: a listener there needs authentication"),
+    ({"listen": "10.1.2.3:8080"}, "http.tlsCert: 10.1.2.3 is not a loopback address: give tlsCert and tlsKey"),
+    ({"listen": "8080", "tlsCert": "c.pem"}, "http.tlsKey: tlsCert and tlsKey go together"),
+    ({"listen": "host:http"}, "http.listen: 'host:http' is not [HOST:]PORT"),
+])
+def test_a_listener_beyond_loopback_needs_authentication_and_tls(http: dict[str, Any], expected: str) -> None:
+    assert expected in error({"server": {"command": "x"}, "http": http})
+
+
+def test_a_listener_beyond_loopback_may_leave_tls_to_a_proxy_in_front() -> None:
+    config = parse_config({"server": {"command": "x"}, "http": {"listen": "[::]:8443", "behindProxy": True}}, "t")
+
+    assert (config.http.host, config.http.port, config.http.auth) == ("::", 8443, "tokens")
 
 
 def test_stacks_from_the_command_line_keep_their_names() -> None:

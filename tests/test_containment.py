@@ -163,6 +163,39 @@ async def test_a_stack_whose_server_could_not_start_heals_once_the_cause_is_gone
     assert answer(echoed)["text"] == "healed"
 
 
+async def test_params_the_server_refuses_get_its_own_error_and_the_pool_stays_whole(stack: Stack) -> None:
+    """A client whose initialize the server rejects (capabilities of the wrong shape) hears the server's own
+    error. The instances opened for those params restart for the others' as planned, not as failures: a
+    client that tries again and again never makes the pool flap and give up on its instances."""
+    async with raw_session(stack) as victim, raw_session(stack) as odd:
+        await victim.initialize()
+        await stack.ready(2)
+        before = time.time()
+        refused, repeats = [], 0.0
+        for attempt in range(6):  # flapping is 5 starts of a slot within a minute; each refusal is one start
+            if attempt == 3:
+                repeats = time.time()  # the same params again from here
+            shape = {"elicitation": {"form": attempt % 3}}  # three distinct params, each asked twice
+            refused.append(await odd.request(f"init-{attempt}", "initialize", {**INITIALIZE, "capabilities": shape}))
+            refused.append(await victim.request(f"call-{attempt}", "tools/call",
+                                                {"name": "echo", "arguments": {"text": str(attempt)}}))
+        accepted = await odd.initialize()
+        await stack.ready(2)
+        status = await stack.current_status()
+
+    refusals, calls = refused[0::2], refused[1::2]
+    assert [response["error"]["message"] for response in refusals] == ["Invalid request parameters"] * 6
+    assert {response["error"]["code"] for response in refusals} == {-32602}
+    assert [answer(response)["text"] for response in calls] == [str(attempt) for attempt in range(6)]
+    assert "result" in accepted, "other params from the same client are served"
+    assert not [event for event in status["events"] if event["time"] > before
+                and event["kind"] in ("lost", "backoff", "alert")], "no instance counted as failed"
+    assert all(instance["alert"] is None for instance in status["instances"])
+    refusing = [event["time"] for event in status["events"] if "refused the context" in event["text"]]
+    assert refusing and min(refusing) > before
+    assert max(refusing) < repeats, "params refused once are refused at once, never sent to a backend again"
+
+
 async def test_a_call_that_kills_its_server_is_not_sent_on_to_kill_every_instance(stack: Stack) -> None:
     """A read-only call may be retried after its instance failed, once: failing a second instance too, it
     may be what makes the server fail, and its error says so rather than that it was never retried."""

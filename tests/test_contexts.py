@@ -11,7 +11,7 @@ import pytest
 from mcpmux import jsonrpc
 from mcpmux.jsonrpc import JsonObject
 from mcpmux.resolve import resolve
-from mcpmux.router.core import actions, placement
+from mcpmux.router.core import actions, events, placement
 from mcpmux.router.core.contexts import ClientContext
 from mcpmux.router.core.instances import Instance
 from mcpmux.stack import stack_paths
@@ -87,6 +87,65 @@ def test_initialize_is_answered_by_a_backend_of_the_clients_own_handshake() -> N
     h.add_instance("shim:shim_01", SAMPLING, result={**INITIALIZE_RESULT, "instructions": "sampling"})
 
     assert h.response(session, "init")["result"]["instructions"] == "sampling"
+
+
+def refuse_initialize(h: Harness, slot: str, capabilities: JsonObject, error: JsonObject) -> None:
+    """An instance started for clients of these capabilities, whose backend answers the initialize with `error`."""
+    instance = h.board.readiness.connected(slot, 7, 8)
+    h.board.readiness.initializing(instance, ClientContext.of({"protocolVersion": "2025-11-25",
+                                                                "capabilities": capabilities}))
+    h.board.handle(events.InitializeRefused(slot, error))
+    h.collect()
+
+
+def test_params_a_backend_refuses_get_its_error_and_cost_no_other_session_anything() -> None:
+    h = Harness.make()
+    plain = h.open("plain")
+    serving = h.add_instance("shim:shim_00")
+    odd = h.board.open_session(b"odd", None)
+    params = {"protocolVersion": "2025-11-25", "capabilities": {"elicitation": {"form": False}},
+              "clientInfo": {"name": "odd"}}
+    bad = {"code": jsonrpc.INVALID_PARAMS, "message": "Invalid request parameters", "data": "form"}
+
+    h.request(odd, "init", "initialize", params)
+    refuse_initialize(h, "shim:shim_01", {"elicitation": {"form": False}}, bad)
+    h.call(plain, "p")
+
+    assert h.response(odd, "init")["error"] == bad, "the server's own answer, under the client's id"
+    assert odd.context is None and h.board.unmet_handshakes() == [], "no instance is wanted for those params"
+    assert len(h.requests_on(serving)) == 1, "the other session's call runs"
+
+
+def test_params_refused_once_are_refused_at_once_and_others_still_initialize() -> None:
+    h = Harness.make()
+    h.add_instance("shim:shim_00")
+    bad = {"code": jsonrpc.INVALID_PARAMS, "message": "Invalid request parameters"}
+    first, second = h.board.open_session(b"first", None), h.board.open_session(b"second", None)
+    params = {"protocolVersion": "2025-11-25", "capabilities": {"elicitation": {"form": False}},
+              "clientInfo": {"name": "odd"}}
+    h.request(first, 1, "initialize", params)
+    refuse_initialize(h, "shim:shim_01", {"elicitation": {"form": False}}, bad)
+    before = wanted(h)
+
+    h.request(second, 1, "initialize", params)
+    h.request(first, 2, "initialize", {**params, "capabilities": {}})
+
+    assert h.response(second, 1)["error"] == bad and wanted(h) == before, "no instance asked for again"
+    assert "result" in h.response(first, 2), "other params, on the instance that serves them"
+
+
+def test_a_second_initialize_is_refused_and_leaves_the_session_as_it_was() -> None:
+    h = Harness.make()
+    h.add_instance("shim:shim_00")
+    session = h.open("plain")
+    context = session.context
+
+    h.request(session, "again", "initialize", {"protocolVersion": "2025-11-25", "capabilities": SAMPLING,
+                                               "clientInfo": {"name": "other"}})
+
+    assert h.error_code(session, "again") == jsonrpc.INVALID_REQUEST
+    assert "initialized already" in h.response(session, "again")["error"]["message"]
+    assert session.context is context and wanted(h) == 0
 
 
 def test_a_request_before_initialize_is_refused_at_once() -> None:

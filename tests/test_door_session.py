@@ -75,6 +75,38 @@ def test_a_core_that_restarted_hears_the_session_again_and_what_it_lost_is_settl
     assert "mcpmux's core restarted" in failed["error"]["message"]
 
 
+def test_a_restarted_core_hears_the_handshake_that_was_taken_not_one_refused_after_it() -> None:
+    door = session()
+    refused = {**HANDSHAKE, "capabilities": {"elicitation": {"form": False}}}
+    door.from_client(line({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": HANDSHAKE}))
+    door.from_core(answer(0, {}))
+    door.from_client(line({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": refused}))
+    door.from_core(wire.encode_envelope(wire.ToClient, Envelope.from_message(
+        jsonrpc.error(1, jsonrpc.INVALID_REQUEST, "initialized already"))))
+    sent(door)
+
+    door.from_core(wire.encode(wire.Resync()))
+
+    (hello,) = sent(door)
+    assert isinstance(hello, wire.DoorHello) and hello.initialize_params == HANDSHAKE
+
+
+def test_an_initialize_refused_while_the_first_waits_does_not_undo_the_first() -> None:
+    door = session()
+    door.from_client(line({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": HANDSHAKE}))
+    door.from_client(line({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": HANDSHAKE}))
+    door.from_core(wire.encode_envelope(wire.ToClient, Envelope.from_message(
+        jsonrpc.error(1, jsonrpc.INVALID_REQUEST, "initialized already"))))
+    door.from_core(answer(0, {}))
+    sent(door)
+
+    door.from_core(wire.encode(wire.Resync()))
+
+    (hello,) = sent(door)
+    assert isinstance(hello, wire.DoorHello) and hello.initialize_params == HANDSHAKE
+    assert not door.initialize_refused
+
+
 def test_a_stopping_stack_answers_every_unanswered_request_and_ends_the_session() -> None:
     door = session()
     door.from_client(call(1, "work"))

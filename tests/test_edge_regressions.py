@@ -34,6 +34,36 @@ def test_a_line_json_cannot_read_is_a_parse_error_for_the_door_and_dropped_by_th
     assert backend._parse(line) is None
 
 
+def nested(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+def test_a_request_nested_deeper_than_a_server_reads_gets_its_error_at_the_door() -> None:
+    """Found by the HTTP fuzz test: 300 deep, in a member mcpmux does not read, a request reached the server,
+    whose parser (the SDK's, at about 200) dropped it without a word; its client waited for the request
+    timeout, and one of the instance's slots with it."""
+    deep = b'{"jsonrpc":"2.0","id":"deep","method":"prompts/list","params":{},"extra":' + nested(300) + b"}"
+    shallow = b'{"jsonrpc":"2.0","id":"fine","method":"prompts/list","params":{"a":' + nested(98) + b"}}"  # 100 in all
+
+    with pytest.raises(jsonrpc.InvalidMessage) as refused:
+        door_session.admit(deep)
+    _, envelope, _ = door_session.admit(shallow)
+
+    assert (refused.value.code, refused.value.request_id, refused.value.answerable) == \
+        (jsonrpc.INVALID_REQUEST, "deep", True)
+    assert "nested more than 100 deep" in str(refused.value)
+    assert envelope.id == "fine"
+
+
+def test_a_response_nested_too_deep_for_a_client_becomes_an_error_for_its_call() -> None:
+    frames, _ = server_line(b'{"jsonrpc":"2.0","id":5,"result":{"content":' + nested(300) + b"}}")
+
+    assert frames is not None
+    relayed = wire.decode(frames)
+    assert isinstance(relayed, wire.FromBackend)
+    assert relayed.envelope.id == 5 and relayed.envelope.error_code == jsonrpc.INTERNAL_ERROR
+
+
 # A lone surrogate: valid JSON as an escape, but no UTF-8, so msgpack cannot carry it between processes.
 @pytest.mark.parametrize(("line", "request_id", "code"), [
     (b'{"jsonrpc":"2.0","id":"\\ud800","method":"ping"}', "\ud800", jsonrpc.INVALID_REQUEST),

@@ -137,7 +137,8 @@ def test_every_kind_of_event_survives_the_log(tmp_path: Path) -> None:
         events.InstanceInitializing("s", ClientContext.of(HANDSHAKE)),
         events.ContextAdopted("s", ClientContext.stateless()),
         events.InstanceReady("s", INITIALIZE_RESULT, True, Era.STATELESS, "2025-11-25", 3),
-        events.InstanceLost("s", "why"), events.StartupFailed("why", "tail"), events.DeadlinesDue(),
+        events.InstanceLost("s", "why"), events.StartupFailed("why", "tail"),
+        events.InitializeRefused("s", {"code": -32602, "message": "no"}), events.DeadlinesDue(),
         events.HealthChecked(1.5, 2.0), events.SilenceForgiven(), events.ClientsAsked(), events.Stopped("why")]
     path = tmp_path / "events.log"
     path.write_bytes(b"".join(events.record(float(n), event) for n, event in enumerate(every)))

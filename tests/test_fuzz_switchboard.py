@@ -453,6 +453,6 @@ class FuzzedSwitchboard(RuleBasedStateMachine):
 # No shrinking: each step replays the edges and the switchboard, and shrinking a failure of forty steps took
 # minutes. A failure is printed as it ran, step by step. MCPMUX_FUZZ_EXAMPLES=3000 runs longer.
 FuzzedSwitchboard.TestCase.settings = settings(
-    max_examples=int(os.environ.get("MCPMUX_FUZZ_EXAMPLES", "200")), stateful_step_count=40, deadline=None,
+    max_examples=int(os.environ.get("MCPMUX_FUZZ_EXAMPLES", "120")), stateful_step_count=40, deadline=None,
     phases=[Phase.explicit, Phase.reuse, Phase.generate])
 test_the_switchboard_keeps_its_promises_whatever_passes_the_edges = FuzzedSwitchboard.TestCase

@@ -110,6 +110,15 @@ def test_the_door_imports_only_what_relaying_needs(installed: Installed) -> None
     assert heavy.isdisjoint(probe.stdout.split()), heavy & set(probe.stdout.split())
 
 
+def test_serving_http_without_its_extra_says_what_to_install_and_starts_nothing(installed: Installed) -> None:
+    done = installed.run("mcpmux-router", "--serve-http", "8080", "--", *TIME_SERVER)
+    where = installed.run("mcpmux-router", "--where", "--", *TIME_SERVER).stdout.strip()
+
+    assert done.returncode == 1
+    assert "its HTTP endpoint needs the http extra: install mcpmux[http]" in done.stderr
+    assert not Path(where).exists()
+
+
 async def test_a_session_from_a_project_with_decoy_packages(installed: Installed) -> None:
     server = ["--", *TIME_SERVER]
     params = StdioServerParameters(command=str(installed.bin / "mcpmux-router"), args=server, env=installed.env,

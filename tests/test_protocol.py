@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import Any
 
@@ -271,10 +272,13 @@ async def test_a_server_request_that_could_belong_to_two_sessions_is_refused_not
 
     async with stack.session(sampling_callback=sampling) as busy, \
             stack.session(sampling_callback=sampling) as asking:
-        running = asyncio.ensure_future(busy.call_tool("sleep", {"seconds": 2}))
+        # Long enough to be running still whatever the machine's load: it is cancelled once seen through.
+        running = asyncio.ensure_future(busy.call_tool("sleep", {"seconds": 60}))
         await stack.running(1)
         with pytest.raises(MCPError) as raised:
             await asking.call_tool("sample", {"prompt": "whose?"})
-        await running
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
 
     assert "cannot tell which client session" in raised.value.error.message

@@ -6,6 +6,7 @@ import json
 import time
 from typing import Any
 
+from mcpmux.router.core.scaling import FIRST_ALONE_FOR
 from tests.conftest import StackFactory
 from tests.rawclient import INITIALIZE, call, pid_of, raw_session
 
@@ -88,7 +89,9 @@ async def test_a_cold_start_starts_the_first_instance_alone(make_stack: StackFac
 
     first_ready = _when(events, "ready", "shim:shim_00 ready")
     second_started = _when(events, "scale", "start shim:shim_01")
-    assert first_ready <= second_started, events
+    # Until the first is ready, or, on a machine so loaded that it is not, for FIRST_ALONE_FOR from boot.
+    waited_out = _when(events, "core", "core") + FIRST_ALONE_FOR - CLOCKS
+    assert second_started >= min(first_ready, waited_out), events
 
 
 async def test_where_sessions_keep_to_an_instance_the_whole_minimum_starts_at_once(make_stack: StackFactory) -> None:
@@ -101,6 +104,9 @@ async def test_where_sessions_keep_to_an_instance_the_whole_minimum_starts_at_on
         events = (await stack.current_status())["events"]
 
     assert _when(events, "scale", "start shim:shim_01") < _when(events, "ready", "shim:shim_00 ready"), events
+
+
+CLOCKS = 0.05  # seconds: the core's wall-clock event times against the monotonic clock it waits on
 
 
 def _when(events: list[dict[str, Any]], kind: str, text: str) -> float:

@@ -82,8 +82,8 @@ def test_a_backend_silent_to_discover_falls_back_in_time_and_its_late_answer_is_
     assert isinstance(outcome, Opened) and outcome.era is Era.HANDSHAKE and "no answer" in (outcome.fallback or "")
 
 
-def test_a_refused_initialize_is_a_refusal() -> None:
+def test_a_refused_initialize_is_a_refusal_that_carries_the_servers_error() -> None:
     opening = Backend().opening()
     opening.start(PARAMS, Era.HANDSHAKE)
     outcome = opening.answer({"jsonrpc": "2.0", "id": INIT_ID, "error": {"code": -32602, "message": "bad version"}})
-    assert outcome == Refused("backend refused initialize: bad version")
+    assert outcome == Refused("backend refused initialize: bad version", {"code": -32602, "message": "bad version"})

@@ -112,6 +112,10 @@ STATUS_JSON: dict[str, Any] = {
                   "sessions": ["9f2c41d0", "3f2a"], "instances": ["shim:shim_00", "shim:shim_01"],
                   "variables": ["API_KEY"]}],
     "sessionEras": {"9f2c41d0": "handshake", "77aa01be": "2026-07-28"},
+    "openSessions": [
+        {"name": "9f2c41d0", "transport": "stdio", "era": "handshake", "pending": 2, "remote": None, "token": None},
+        {"name": "77aa01be", "transport": "http", "era": "2026-07-28", "pending": 0, "remote": "10.0.0.7:51234",
+         "token": "alice"}],
 }
 
 

@@ -416,6 +416,28 @@ def test_a_session_whose_call_started_at_once_has_had_its_turn() -> None:
     assert [h.response(bulk, f"bulk{n}")["result"]["n"] for n in range(4)] == [1, 3, 4, 5]
 
 
+def test_the_sessions_of_one_token_take_one_turn_between_them() -> None:
+    """Fair sharing per token (HTTP clients): a member's agent with two sessions gets no more turns than a
+    member with one; without tokens, each session takes its own turn."""
+    h = Harness.make(maxConcurrentRequests=1)
+    first, second, other = h.open("alice-1"), h.open("alice-2"), h.open("bob")
+    first.tenant = second.tenant = "alice"
+    other.tenant = "bob"
+    instance = h.add_instance("shim:shim_00")
+    for n in range(3):
+        h.call(first, f"a1-{n}")
+        h.call(second, f"a2-{n}")
+        h.call(other, f"b-{n}")
+
+    h.serve_one_at_a_time(instance)
+    positions = {h.response(session, f"{prefix}-{n}")["result"]["n"]: session.tenant
+                 for session, prefix in ((first, "a1"), (second, "a2"), (other, "b")) for n in range(3)}
+    served = [positions[n] for n in sorted(positions)]
+
+    assert served[:6] == ["alice", "bob", "alice", "bob", "alice", "bob"], served
+    assert served[6:] == ["alice"] * 3
+
+
 def test_session_affinity_spreads_sessions_that_open_while_the_pool_starts() -> None:
     """Four sessions open while the second instance still starts (a client's windows at launch): they are
     spread over both instances, not all pinned to the first one ready for as long as they live."""

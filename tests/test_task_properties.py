@@ -4,6 +4,7 @@ request (tests/test_switchboard_properties.py), no session ever hears of another
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
@@ -144,5 +145,6 @@ def _task_ids(message: JsonObject) -> list[str]:
     return found
 
 
-TaskSwitchboardMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=40, deadline=None)
+TaskSwitchboardMachine.TestCase.settings = settings(
+    max_examples=int(os.environ.get("MCPMUX_PROPERTY_EXAMPLES", "120")), stateful_step_count=40, deadline=None)
 test_tasks_keep_the_switchboards_promises = TaskSwitchboardMachine.TestCase

@@ -1,7 +1,7 @@
-"""The client cannot tell mcpmux from the server: each scenario runs against the lab server directly and
-through mcpmux (a stack of its own per server configuration, shared by the module's tests), and the client
-sees the same thing both ways: the handshake, tools, prompts, progress, the server's requests to the client,
-logging, pagination, subscriptions and notifications.
+"""The client cannot tell mcpmux from the server: each scenario runs against the lab server directly, through
+mcpmux over stdio (a stack of its own per server configuration, shared by the module's tests) and through the
+same stack's HTTP endpoint (router/http/), and the client sees the same thing every way: the handshake, tools,
+prompts, progress, the server's requests to the client, logging, pagination, subscriptions and notifications.
 
 The few scenarios where mcpmux means to differ (a call that blocks its server, a server that crashes or writes
 garbage) pin down the lab server's own behaviour here, which the other tests rely on; what mcpmux does
@@ -25,10 +25,13 @@ import anyio
 import mcp_types as types
 import pytest
 from mcp import Client, ClientSession, MCPError, StdioServerParameters, stdio_client
+from mcp.client._transport import TransportStreams
 from mcp.client.session import ClientRequestContext, IncomingMessage
+from mcp.client.streamable_http import streamable_http_client
 from pydantic import FileUrl
 
 from tests.conftest import Stack, StackFactory
+from tests.http_clients import free_port, http_client, make_token
 
 LAB_SERVER = Path(__file__).parent / "servers" / "lab_server.py"
 WAIT = 10.0  # generous upper bound for any single wait; tests finish far sooner
@@ -42,25 +45,48 @@ pytestmark = [pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDepre
 
 @dataclass
 class Reach:
-    """How the client reaches the lab server: `direct`, or through a stack of its configuration."""
+    """How the client reaches the lab server: `direct`, or through a stack of its configuration, over stdio
+    (`mcpmux`) or over HTTP (`http`)."""
 
     via: str
     stacks: StackFactory
     started: dict[tuple[tuple[str, str], ...], Stack]
+    served: dict[tuple[tuple[str, str], ...], tuple[str, str]]
 
-    def params(self, env: dict[str, str]) -> StdioServerParameters:
-        if self.via == "direct":
-            return lab_params(**env)
-        key = tuple(sorted(env.items()))
+    def stack(self, env: dict[str, str]) -> Stack:
+        """A stack of this configuration, its own for each way of reaching it: a server keeps what one session
+        set (a logging level) after the session ends, and a client directly to it would find a new server."""
+        key = (("via", self.via), *sorted(env.items()))
         if key not in self.started:
             self.started[key] = stack = self.stacks(*ONE_INSTANCE)
             stack.server_env.update(env)
-        return self.started[key].params()
+            if self.via == "http":  # a stack of its own: its name differs from the stdio reach's
+                stack.server_env["MCPMUX_REACH"] = "http"
+        return self.started[key]
+
+    def params(self, env: dict[str, str]) -> StdioServerParameters:
+        return lab_params(**env) if self.via == "direct" else self.stack(env).params()
+
+    def endpoint(self, env: dict[str, str]) -> tuple[str, str]:
+        """The URL of the stack's HTTP endpoint, and a token for it."""
+        key = tuple(sorted(env.items()))
+        if key not in self.served:
+            stack, port = self.stack(env), free_port()
+            stack.router("--serve-http", str(port))
+            self.served[key] = (f"http://127.0.0.1:{port}/mcp", make_token(stack, "transparency"))
+        return self.served[key]
 
     def client(self, env: dict[str, str] | None = None, **kwargs: Any) -> Client:
         # mode="legacy": initialize handshake only (no server/discover probe).
         # cache=None: paging and list_changed tests must always reach the server.
-        return Client(self.params(env or {}), mode="legacy", cache=None, read_timeout_seconds=WAIT, **kwargs)
+        server = over_http(*self.endpoint(env or {})) if self.via == "http" else self.params(env or {})
+        return Client(server, mode="legacy", cache=None, read_timeout_seconds=WAIT, **kwargs)
+
+
+@asynccontextmanager
+async def over_http(url: str, token: str) -> AsyncIterator[TransportStreams]:
+    async with http_client(token) as client, streamable_http_client(url, http_client=client) as streams:
+        yield streams
 
 
 @pytest.fixture(scope="module")
@@ -75,10 +101,15 @@ def started() -> dict[tuple[tuple[str, str], ...], Stack]:
     return {}
 
 
-@pytest.fixture(params=["direct", "mcpmux"])
-def reach(request: pytest.FixtureRequest, stacks: StackFactory,
-          started: dict[tuple[tuple[str, str], ...], Stack]) -> Reach:
-    return Reach(request.param, stacks, started)
+@pytest.fixture(scope="module")
+def served() -> dict[tuple[tuple[str, str], ...], tuple[str, str]]:
+    return {}
+
+
+@pytest.fixture(params=["direct", "mcpmux", "http"])
+def reach(request: pytest.FixtureRequest, stacks: StackFactory, started: dict[tuple[tuple[str, str], ...], Stack],
+          served: dict[tuple[tuple[str, str], ...], tuple[str, str]]) -> Reach:
+    return Reach(request.param, stacks, started, served)
 
 
 def lab_params(**env: str) -> StdioServerParameters:

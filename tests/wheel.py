@@ -14,7 +14,7 @@ def copy_sources(scratch: Path) -> Path:
     """A copy of the sources to build from (setuptools' build/ in the checkout can hold files deleted since)."""
     source = scratch / "source"
     shutil.copytree(ROOT, source, symlinks=True, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "build", "node", "*.egg-info", "__pycache__", ".*_cache", "results"))
+        ".git", ".venv", "build", "node", "gateways", "*.egg-info", "__pycache__", ".*_cache", "results"))
     return source
 
 

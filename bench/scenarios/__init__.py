@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 
 MODULES = ("overhead", "scaling", "ceiling", "failover", "memory", "published", "coldstart", "dedicated", "fairness",
-           "loadstep", "projects", "sampling")
+           "loadstep", "projects", "sampling", "http")
 
 
 def load() -> None:

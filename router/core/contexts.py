@@ -41,6 +41,7 @@ from mcpmux.router.core.session import Session
 from mcpmux.stateless import Era
 
 ROOTS = "roots"
+REFUSALS_KEPT = 64  # handshakes a backend refused, remembered so that no instance is opened for one again
 
 
 class Several(enum.Enum):
@@ -162,6 +163,7 @@ class ContextRules:
         self.roots_observed = False
         self._client_info: dict[ClientContext, Any] = {}  # by handshake: the first client's clientInfo
         self._results: dict[ClientContext, JsonObject] = {}  # by handshake: a backend's InitializeResult
+        self._refusals: dict[ClientContext, JsonObject] = {}  # by handshake: a backend's error to its initialize
         # What the first stateless client said of itself: a stateless instance's backend that refuses the era
         # is initialized as that client would then initialize it (router/core/eras.py).
         self._stateless_params: JsonObject = profile.WARM
@@ -251,6 +253,30 @@ class ContextRules:
     def initialize_result(self, session: Session) -> JsonObject | None:
         """The InitializeResult a backend of this session's handshake gave, if one has been seen."""
         return None if session.context is None else self._results.get(session.context.handshake())
+
+    def refuse(self, handshake: ClientContext, error: JsonObject) -> bool:
+        """A backend answered this handshake's initialize with an error: a verdict on its params (a version
+        or capabilities the server rejects), not a fault of the instance. Its clients get that error, and no
+        instance is opened for it again. False if a backend once took it (then the instance is at fault)."""
+        if handshake in self._results:
+            return False
+        self._refusals[handshake] = error
+        while len(self._refusals) > REFUSALS_KEPT:
+            del self._refusals[next(iter(self._refusals))]
+        self._client_info.pop(handshake, None)  # nor is it the first client's, whose instances warm up
+        return True
+
+    def refusal(self, session: Session) -> JsonObject | None:
+        """The error a backend gave this session's handshake, if it refused it."""
+        return None if session.context is None else self.refusal_of(session.context)
+
+    def refusal_of(self, context: ClientContext) -> JsonObject | None:
+        return self._refusals.get(context.handshake())
+
+    @staticmethod
+    def forget(session: Session) -> None:
+        """The session's initialize was refused: it has no context, and may initialize again."""
+        session.context, session.initialize_params, session.roots_known = None, None, False
 
     def needs_binding(self, instance: Instance) -> bool:
         """Whether the instance must be bound to one context before it serves (it is known to ask roots)."""
@@ -361,3 +387,11 @@ class ContextRules:
                 f"no instance runs this client's context ({context.describe()}) and none can be started: "
                 f"the pool is at maxInstances ({max_instances}) and every instance is busy serving other "
                 "clients' contexts")
+
+
+def refused_answer(request_id: Any, error: JsonObject) -> JsonObject:
+    """A backend's error to an initialize, under a client's id (its code and message as they came, if usable)."""
+    code, message = error.get("code"), error.get("message")
+    return jsonrpc.error(request_id, code if type(code) is int else jsonrpc.INTERNAL_ERROR,
+                         message if isinstance(message, str) else "the MCP server refused initialize",
+                         error.get("data"))

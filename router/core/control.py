@@ -32,7 +32,16 @@ from mcpmux import __version__, wire
 from mcpmux.config import as_json, hide_env
 from mcpmux.router.core import eras
 from mcpmux.router.core.metrics import percentiles_ms
-from mcpmux.status import ContextStatus, Event, EventKind, InstanceStatus, SlotState, StackStatus, Usage
+from mcpmux.status import (
+    ContextStatus,
+    Event,
+    EventKind,
+    InstanceStatus,
+    SessionStatus,
+    SlotState,
+    StackStatus,
+    Usage,
+)
 from mcpmux.versions import versions
 
 if TYPE_CHECKING:
@@ -137,6 +146,10 @@ class ControlHandler:
             strategy=board.eligibility.strategy,
             contexts=self._contexts(),
             session_eras=tuple((session.name, eras.era_of(session).value) for session in board.sessions.values()),
+            open_sessions=tuple(
+                SessionStatus(name=session.name, transport=session.transport, era=eras.era_of(session).value,
+                              pending=len(session.pending), remote=session.remote, token=session.tenant)
+                for session in board.sessions.values()),
         )
 
     def _contexts(self) -> tuple[ContextStatus, ...]:

@@ -42,6 +42,9 @@ class SessionOpened:
     priority: Priority | None
     cwd: str | None
     env: dict[str, str] | None
+    transport: str = "stdio"  # how its client reaches the stack: stdio (a door of its own) or http
+    remote: str | None = None  # an HTTP client's address
+    tenant: str | None = None  # the token it came with: its requests share a queue turn with the token's
 
 
 @dataclass(slots=True)
@@ -109,6 +112,14 @@ class StartupFailed:
 
 
 @dataclass(slots=True)
+class InitializeRefused:
+    """The backend answered an instance's initialize with an error: its client context's params are refused."""
+
+    slot: str
+    error: JsonObject
+
+
+@dataclass(slots=True)
 class DeadlinesDue:
     pass
 
@@ -135,14 +146,14 @@ class Stopped:
 
 
 Event = (SessionOpened | SessionClosed | SessionHeld | FromClient | FromInstance | InstanceConnected
-         | InstanceInitializing | ContextAdopted | InstanceReady | InstanceLost | StartupFailed | DeadlinesDue
-         | HealthChecked | SilenceForgiven | ClientsAsked | Stopped)
+         | InstanceInitializing | ContextAdopted | InstanceReady | InstanceLost | StartupFailed | InitializeRefused
+         | DeadlinesDue | HealthChecked | SilenceForgiven | ClientsAsked | Stopped)
 Recorder = Callable[[float, "Event | Began"], None]
 
 _TYPES: dict[str, type[Any]] = {kind.__name__: kind for kind in (
     Began, SessionOpened, SessionClosed, SessionHeld, FromClient, FromInstance, InstanceConnected,
-    InstanceInitializing, ContextAdopted, InstanceReady, InstanceLost, StartupFailed, DeadlinesDue, HealthChecked,
-    SilenceForgiven, ClientsAsked, Stopped)}
+    InstanceInitializing, ContextAdopted, InstanceReady, InstanceLost, StartupFailed, InitializeRefused, DeadlinesDue,
+    HealthChecked, SilenceForgiven, ClientsAsked, Stopped)}
 
 
 # --- the log ---------------------------------------------------------------------------------------------

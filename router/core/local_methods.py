@@ -15,7 +15,7 @@ from typing import Protocol
 from mcpmux import jsonrpc
 from mcpmux.envelope import Envelope
 from mcpmux.router.core import eras, listen, tasks
-from mcpmux.router.core.contexts import ContextRules
+from mcpmux.router.core.contexts import ContextRules, refused_answer
 from mcpmux.router.core.instances import Instance, Pool
 from mcpmux.router.core.outbox import Outbox, Outgoing
 from mcpmux.router.core.requests import Pending, Requests
@@ -73,8 +73,18 @@ def initialize(board: Board, session: Session, message: Envelope) -> None:
         board.outbox.answer_local(session, jsonrpc.error(
             message.id, jsonrpc.INVALID_PARAMS, "Invalid params: initialize needs params"))
         return
+    if session.initialize_params is not None:  # its context is the session's for good: instances serve it by it
+        board.outbox.answer_local(session, jsonrpc.error(
+            message.id, jsonrpc.INVALID_REQUEST, "Invalid Request: this session is initialized already; a new "
+            "session begins with initialize"))
+        return
     session.initialize_params = params
     board.contexts.open(session)
+    refusal = board.contexts.refusal(session)
+    if refusal is not None:  # a backend refused these params before: no instance is opened to hear it again
+        board.contexts.forget(session)
+        board.outbox.answer_local(session, refused_answer(message.id, refusal))
+        return
     pending = Pending(session, message.id, message, received=board.now())
     # Answered by a backend initialized as this client would have initialized it.
     result = board.contexts.initialize_result(session)

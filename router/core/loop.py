@@ -363,10 +363,11 @@ class Core:
             self._door_flow.opened(identity, acks=message.acks)
             self._door_pids[identity] = message.pid
             if session is None:
-                self.board.handle(events.SessionOpened(identity, message.initialize_params,
-                                                       Priority.named(message.priority), message.cwd, message.env))
+                self.board.handle(events.SessionOpened(
+                    identity, message.initialize_params, Priority.named(message.priority), message.cwd, message.env,
+                    message.transport or "stdio", message.remote, message.tenant))
                 session = self.board.sessions[identity]
-                self.metrics.event("session", f"session {session.name} opened (door pid {message.pid})")
+                self.metrics.event("session", f"session {session.name} opened ({_origin(session, message.pid)})")
                 self.healer.retry_held(backing_off=not self.board.pool.ready())
             self._send_door(identity, wire.encode(wire.Welcome(self.board.retry.safe_tools, self.incarnation)))
         elif session is None:
@@ -437,11 +438,28 @@ class Core:
         elif isinstance(message, wire.ShimStopping):
             self._instance_lost(instance, message.reason, planned=True)
         elif isinstance(message, wire.BackendFailed):
+            if message.refusal is not None and not instance.ready and self._initialize_refused(instance, message):
+                return
             was_ready = instance.ready
             self._instance_lost(instance, message.reason, message.stderr_tail)
             if not was_ready:
                 self.board.handle(events.StartupFailed(message.reason, message.stderr_tail))
                 self.healer.failed_to_start(slot, self.board.startup_cause or message.reason)
+
+    def _initialize_refused(self, instance: Instance, failed: wire.BackendFailed) -> bool:
+        """The backend answered its client context's initialize with an error: those clients hear it, and
+        the instance restarts for another context, as planned, not as a failure: one client's params must not
+        cost the pool its instances. False if the core takes it for a fault after all."""
+        assert failed.refusal is not None
+        context = instance.context
+        self.board.handle(events.InitializeRefused(instance.slot, failed.refusal))
+        if context is None or self.board.contexts.refusal_of(context) is None:
+            return False
+        reason = f"its backend refused the context {context.describe()} ({failed.reason})"
+        self.scaler.forget_context(instance.slot)
+        self._instance_lost(instance, reason, planned=True)
+        self.healer.reinitialize(instance.slot, f"{reason}; restarted for another")
+        return True
 
     def _shim_hello(self, slot: str, hello: wire.ShimHello) -> None:
         previous = self.board.pool.get(slot)
@@ -629,7 +647,8 @@ class Core:
             return
         if self._idle_since is None:
             self._idle_since = now
-        if self.idle_stop and now - self._idle_since >= self.config.multiplexer.idle_timeout / 1000:
+        if (self.idle_stop and now - self._idle_since >= self.config.multiplexer.idle_timeout / 1000
+                and not self.paths.http_settings.exists()):  # remote clients may come at any time
             log.info("no session for %.0f s: stopping the stack", now - self._idle_since)
             self.idle_stop = False
             self.background.run(self.supervisor.shutdown_sync, what="stopping the stack")
@@ -656,6 +675,14 @@ def _exited(pid: int) -> bool:
     except psutil.Error:
         return False
 
+
+
+def _origin(session: Session, pid: int) -> str:
+    """Where a session comes from, for the log and the events: its door, or its HTTP client and token."""
+    if session.transport == "stdio":
+        return f"door pid {pid}"
+    token = f", token {session.tenant}" if session.tenant is not None else ""
+    return f"{session.transport} from {session.remote or 'an unknown address'}{token}"
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="mcpmux-core", description="The dispatching core of one mcpmux stack.")

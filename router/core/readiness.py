@@ -14,7 +14,7 @@ from mcpmux.jsonrpc import JsonObject
 from mcpmux.router.core import eras
 from mcpmux.router.core.actions import InstanceReady, SafeToolsChanged
 from mcpmux.router.core.binding import Binding
-from mcpmux.router.core.contexts import ClientContext, ContextRules
+from mcpmux.router.core.contexts import ClientContext, ContextRules, refused_answer
 from mcpmux.router.core.instances import Instance, InstanceState, Pool
 from mcpmux.router.core.liveness import Liveness
 from mcpmux.router.core.outbox import Outbox, Outgoing
@@ -158,6 +158,23 @@ class Readiness:
         if context.roots is not None:
             board.contexts.bind(instance, context)
             board.contexts.roots_observed = True
+
+    def initialize_refused(self, instance: Instance, error: JsonObject) -> None:
+        """The instance's backend answered its initialize with an error: the clients of its handshake get
+        that error as their initialize's answer, as from a server of their own. Not for a handshake taken
+        before, nor the stateless era's, which every stateless client shares: a fault, then."""
+        board = self._board
+        context = instance.context
+        if context is None or context.era is not Era.HANDSHAKE:
+            return
+        handshake = context.handshake()
+        if not board.contexts.refuse(handshake, error):
+            return
+        for pending in board.requests.awaiting_backend():
+            session = pending.session
+            if session.context is not None and session.context.handshake() == handshake:
+                board.contexts.forget(session)
+                board.finish(pending, refused_answer(pending.client_id, error))
 
     def startup_failed(self, reason: str, stderr_tail: str) -> None:
         """A backend died in its handshake: tell the clients waiting for one, rather than let them wait."""

@@ -148,9 +148,9 @@ class Requests:
 
     def _enqueue(self, pending: Pending, *, failed_over: bool) -> None:
         if failed_over:  # it waited its turn once already: first in line, beyond the bounds
-            self.queue.push_front(pending.key, pending, session=pending.session.identity, arrived=pending.received)
+            self.queue.push_front(pending.key, pending, session=pending.session.share, arrived=pending.received)
         else:
-            self.queue.push(pending.key, pending, session=pending.session.identity, arrived=pending.received,
+            self.queue.push(pending.key, pending, session=pending.session.share, arrived=pending.received,
                             level=pending.level)
 
     def _leave(self, pending: Pending, to: Stage) -> None:

@@ -127,6 +127,10 @@ class Scaler:
         self.assigned[slot] = context
         self._awaiting.discard(slot)
 
+    def forget_context(self, slot: str) -> None:
+        """The slot's context was refused by its backend: it restarts for whichever context is wanted then."""
+        self.assigned.pop(slot, None)
+
     def adopted(self, slot: str, context: ClientContext) -> None:
         """A shim from before this core says whom its backend was initialized for."""
         self.assigned[slot] = context.handshake()

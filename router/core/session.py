@@ -51,6 +51,15 @@ class Session:
     roots_ask: int | None = None  # the id of mcpmux's own roots/list to its client, while unanswered
     era: Era | None = None  # the protocol era its client opened with, once it has (router/core/eras.py)
     initialized: bool = False  # its client sent notifications/initialized: it hears the server's notifications
+    transport: str = "stdio"  # stdio (a door of its own) or http (a session of the HTTP endpoint)
+    remote: str | None = None  # an HTTP client's address
+    tenant: str | None = None  # the name of the token an HTTP session came with
+
+    @property
+    def share(self) -> bytes:
+        """Whose turn its queued requests take, and whose queue share they count against: the token's, for
+        the sessions of one token (one member's runaway agent cannot starve the others), else its own."""
+        return b"token:" + self.tenant.encode() if self.tenant is not None else self.identity
 
     @property
     def name(self) -> str:

@@ -161,8 +161,9 @@ class Switchboard:
 
     def _handle_other(self, event: events.Event) -> None:
         match event:
-            case events.SessionOpened(identity, params, priority, cwd, env):
-                self.open_session(identity, params, priority, cwd, env)
+            case events.SessionOpened(identity, params, priority, cwd, env, transport, remote, tenant):
+                session = self.open_session(identity, params, priority, cwd, env)
+                session.transport, session.remote, session.tenant = transport, remote, tenant
             case events.SessionClosed(identity):
                 self._with_session(identity, self.close_session)
             case events.SessionHeld(identity, held):
@@ -180,6 +181,8 @@ class Switchboard:
                 self._with_instance(slot, lambda instance: self.instance_lost(instance, reason))
             case events.StartupFailed(reason, stderr_tail):
                 self.readiness.startup_failed(reason, stderr_tail)
+            case events.InitializeRefused(slot, error):
+                self._with_instance(slot, lambda instance: self.readiness.initialize_refused(instance, error))
             case events.DeadlinesDue():
                 self.expire_due()
             case events.HealthChecked(interval, timeout):
@@ -229,7 +232,8 @@ class Switchboard:
             return
         del self.sessions[session.identity]
         own_instance = self.eligibility.session_closed(session.identity)
-        self.queue.forget_session(session.identity)
+        if session.tenant is None or not any(other.share == session.share for other in self.sessions.values()):
+            self.queue.forget_session(session.share)
         for pending in list(session.pending.values()):
             self._abandon(pending, "client session ended")
         for uri, slot in self.subscriptions.drop_session(session.identity):
@@ -338,7 +342,7 @@ class Switchboard:
             return
         pending.level = self.priorities.level(pending.message, pending.session.priority)
         if self._dispatch(pending):
-            self.queue.took_turn(pending.session.identity)
+            self.queue.took_turn(pending.session.share)
         else:
             try:
                 self.requests.move(pending, QUEUED)

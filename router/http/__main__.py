@@ -1,0 +1,3 @@
+from mcpmux.router.http.serve import main
+
+main()
