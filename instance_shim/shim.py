@@ -26,6 +26,7 @@ import zmq
 from mcpmux import jsonrpc, request_state, wire
 from mcpmux.envelope import Envelope
 from mcpmux.jsonrpc import JsonObject
+from mcpmux.link import Link
 from mcpmux.shim.backend import Backend
 from mcpmux.shim.opening import Opened, Opening
 from mcpmux.stateless import Era
@@ -42,10 +43,15 @@ class Shim:
         self._start_failure = start_failure
         self._context = zmq.Context()
         self._socket = self._context.socket(zmq.DEALER)
-        self._socket.setsockopt(zmq.ROUTING_ID, slot.encode())
         self._socket.setsockopt(zmq.LINGER, 1000)
         self._socket.setsockopt(zmq.SNDHWM, 100_000)
-        self._socket.connect(f"ipc://{stack_dir / 'shims.sock'}")
+        link = Link.read(stack_dir / "link.json")
+        if link is None:
+            self._socket.setsockopt(zmq.ROUTING_ID, slot.encode())
+            self._socket.connect(f"ipc://{stack_dir / 'shims.sock'}")
+        else:  # on a joined host: to the core over CURVE, as HOST/slot
+            self._socket.setsockopt(zmq.ROUTING_ID, link.routing_id(slot))
+            link.dial(self._socket)
         self._opening = Opening(self._backend.send)
         self._opened: Opened | None = None
         self._failure: str | None = None

@@ -256,6 +256,26 @@ class HttpConfig:
         return listen_address(self.listen)[1]
 
 
+@dataclass(frozen=True)
+class HostsConfig:
+    """Instances on other hosts (`mcpmux-router --join` there): off unless `listen` is set. The link is tcp,
+    always encrypted and authenticated with CURVE (mcpmux/keys.py). Not part of what names the stack."""
+
+    __pydantic_config__ = _PYDANTIC_CONFIG
+
+    listen: str = field(default="", metadata=_about('accept hosts on [HOST:]PORT, over CURVE ("": off)'))
+    local: bool = field(default=True, metadata=_about("run instances on this host too, not only on joined hosts"))
+
+    def __post_init__(self) -> None:
+        if self.listen:
+            listen_address(self.listen)
+
+    @property
+    def endpoint(self) -> str:
+        host, port = listen_address(self.listen)
+        return f"tcp://{f'[{host}]' if ':' in host else host}:{port}"
+
+
 def listen_address(text: str) -> tuple[str, int]:
     """`8080` -> ("127.0.0.1", 8080); `0.0.0.0:8080`; `[::1]:8080`."""
     host, _, port = text.rpartition(":")
@@ -284,6 +304,7 @@ class Config:
     multiplexer: MultiplexerConfig = field(default_factory=MultiplexerConfig)
     load_balancing: LoadBalancingConfig = field(default_factory=LoadBalancingConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+    hosts: HostsConfig = field(default_factory=HostsConfig)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Config:
@@ -295,17 +316,17 @@ class Config:
         return json.dumps(as_json(self), sort_keys=True, separators=(",", ":"))
 
     def identity_json(self) -> str:
-        """What names the stack: all but how it is reached (`http`), so that stdio and HTTP clients of the
-        same server share one pool."""
+        """What names the stack: all but how it is reached (`http`, `hosts`), so that stdio and HTTP clients of
+        the same server share one pool, wherever its instances run."""
         data = as_json(self)
-        del data["http"]
+        del data["http"], data["hosts"]
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
-Section = ServerConfig | MultiplexerConfig | PriorityRules | LoadBalancingConfig | HttpConfig | Config
+Section = ServerConfig | MultiplexerConfig | PriorityRules | LoadBalancingConfig | HttpConfig | HostsConfig | Config
 _SECTIONS: dict[str, type[Section]] = {
     cls.__name__: cls
-    for cls in (ServerConfig, MultiplexerConfig, PriorityRules, LoadBalancingConfig, HttpConfig, Config)}
+    for cls in (ServerConfig, MultiplexerConfig, PriorityRules, LoadBalancingConfig, HttpConfig, HostsConfig, Config)}
 _S = TypeVar("_S", bound=Section)
 
 

@@ -126,6 +126,16 @@ class StackPaths(NamedTuple):
         return self.root / "tokens.json"
 
     @property
+    def keys(self) -> Path:
+        """The CURVE keys of the hosts link: the core's pair and the joined hosts' public keys (mcpmux/keys.py)."""
+        return self.root / "keys.json"
+
+    @property
+    def link(self) -> Path:
+        """On a joined host: where the core is and this host's keys (router/joining.py)."""
+        return self.root / "link.json"
+
+    @property
     def logs(self) -> Path:
         return self.root / LOGS
 

@@ -59,6 +59,7 @@ class EventKind(enum.StrEnum):
     ALERT = "alert"  # something an operator must look at
     WARNING = "warning"  # mcpmux went on without something it waits for (an instance's roots applied)
     ERROR = "error"  # a failure of the core's own (the Prometheus endpoint, say)
+    HOST = "host"  # a host joined the pool, or was lost (its link went silent)
 
 
 ERROR_EVENT_KINDS = frozenset({EventKind.LOST, EventKind.CIRCUIT, EventKind.RESTART, EventKind.BACKOFF,
@@ -263,6 +264,33 @@ class SessionStatus:
 
 
 @dataclass(frozen=True)
+class HostStatus:
+    """A host joined to the stack (`mcpmux-router --join`): its slots, the instances it runs, its link."""
+
+    name: str
+    slots: int
+    instances: tuple[str, ...]  # the pool's slots on it
+    cpus: int
+    memory: int  # bytes
+    server: str  # the command its shims run
+    since_heartbeat: float  # seconds since its agent was last heard
+    joined: float  # seconds since it joined
+
+    def to_json(self) -> JsonObject:
+        return {"name": self.name, "slots": self.slots, "instances": list(self.instances), "cpus": self.cpus,
+                "memory": self.memory, "server": self.server, "sinceHeartbeat": self.since_heartbeat,
+                "joined": self.joined}
+
+    @classmethod
+    def from_json(cls, data: Any) -> HostStatus:
+        data = _object(data, "host")
+        return cls(name=_str(data, "name"), slots=_int(data, "slots"),
+                   instances=tuple(_text(item, "instances") for item in _list(data, "instances")),
+                   cpus=_int(data, "cpus"), memory=_int(data, "memory"), server=_str(data, "server"),
+                   since_heartbeat=float(data.get("sinceHeartbeat", 0.0)), joined=float(data.get("joined", 0.0)))
+
+
+@dataclass(frozen=True)
 class StackStatus:
     """The pool and every instance, as the core's `status` query answers."""
 
@@ -299,6 +327,8 @@ class StackStatus:
     contexts: tuple[ContextStatus, ...] = ()  # the open sessions' client contexts
     session_eras: tuple[tuple[str, str], ...] = ()  # each open session and the era its client speaks
     open_sessions: tuple[SessionStatus, ...] = ()  # each open session: transport, address, token
+    hosts: tuple[HostStatus, ...] = ()  # the joined hosts (instances on other machines)
+    hosts_listen: str | None = None  # where hosts join (hosts.listen), if they may
 
     @property
     def instances_by_state(self) -> dict[SlotState, int]:
@@ -382,6 +412,8 @@ class StackStatus:
             "contexts": [context.to_json() for context in self.contexts],
             "sessionEras": dict(self.session_eras),
             "openSessions": [session.to_json() for session in self.open_sessions],
+            "hosts": [host.to_json() for host in self.hosts],
+            "hostsListen": self.hosts_listen,
         }
 
     @classmethod
@@ -408,6 +440,8 @@ class StackStatus:
             contexts=tuple(ContextStatus.from_json(item) for item in data.get("contexts", [])),
             session_eras=tuple((name, _str(data["sessionEras"], name)) for name in data.get("sessionEras", {})),
             open_sessions=tuple(SessionStatus.from_json(item) for item in data.get("openSessions", [])),
+            hosts=tuple(HostStatus.from_json(item) for item in data.get("hosts", [])),
+            hosts_listen=_opt_str(data, "hostsListen"),
         )
 
 

@@ -152,6 +152,29 @@ class FromBackend(NamedTuple):
     envelope: Envelope
 
 
+# --- host agent <-> core (over the CURVE link; Heartbeat and Resync as for shims) --------------------
+
+
+class HostHello(NamedTuple):
+    """A host agent's first frame, and again when the core asks: the shim slots its supervisord runs."""
+
+    pid: int
+    slots: list[str]  # its supervisord's shim programs (group:name); their shims dial in as HOST/slot
+    cpus: int
+    memory: int  # bytes of memory the host has
+    server: str  # the command its shims run, for status
+
+
+class StartSlot(NamedTuple):
+    """From the core: start the shim in this slot (its supervisord's group:name)."""
+
+    slot: str
+
+
+class StopSlot(NamedTuple):
+    slot: str
+
+
 # --- monitor <-> core --------------------------------------------------------------------------------
 
 
@@ -169,6 +192,7 @@ Message = (
     DoorHello | Welcome | Closing | SafeTools | ClientMessage | ToClient | DoorBye | Taken
     | ShimHello | Heartbeat | Resync | InitializeBackend | BindContext | BackendReady | BackendFailed | ShimStopping
     | ToBackend | FromBackend
+    | HostHello | StartSlot | StopSlot
     | ControlRequest | ControlReply
 )
 
@@ -177,6 +201,7 @@ TAGS: dict[type[Any], str] = {
     Taken: "tk",
     ShimHello: "sh", Heartbeat: "hb", Resync: "rs", InitializeBackend: "ib", BindContext: "bc", BackendReady: "br",
     BackendFailed: "bf", ShimStopping: "ss", ToBackend: "tb", FromBackend: "fb",
+    HostHello: "hh", StartSlot: "ts", StopSlot: "ps",
     ControlRequest: "cq", ControlReply: "cr",
 }
 _BY_TAG: dict[str, type[Any]] = {tag: cls for cls, tag in TAGS.items()}
@@ -290,6 +315,17 @@ def send(socket: zmq.Socket[bytes], frames: list[bytes], *, block: bool = False)
     for frame in frames[:-1]:
         _send(socket, frame, more)
     _send(socket, frames[-1], last)
+
+
+def receive_authenticated(socket: zmq.Socket[bytes]) -> tuple[str, list[bytes]]:
+    """The frames of the next message and who sent it, as its CURVE authenticator named it (User-Id)."""
+    frame = socket.recv(_NOBLOCK, copy=False)
+    user = str(frame.get("User-Id") or "")
+    frames = [frame.bytes]
+    while frame.more:
+        frame = socket.recv(_NOBLOCK, copy=False)
+        frames.append(frame.bytes)
+    return user, frames
 
 
 def receive(socket: zmq.Socket[bytes]) -> list[bytes]:

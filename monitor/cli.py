@@ -29,6 +29,7 @@ from rich.text import Text
 from mcpmux import __version__, lifeline, pruning, resolutions
 from mcpmux import stacks as stacks_mod
 from mcpmux.config import hide_env
+from mcpmux.keys import KeysError, KeyStore
 from mcpmux.monitor import ctl as ctl_mod
 from mcpmux.monitor import health as health_mod
 from mcpmux.monitor import logs as logs_mod
@@ -615,6 +616,66 @@ def _tokens(config: Path | None, stack_dir: Path | None) -> TokenStore:
     if not paths.root.is_dir():
         fail(f"stack {paths.root.name} has not run here: start it first (mcpmux-router --serve-http ...)")
     return TokenStore(paths.tokens)
+
+
+keys_app = typer.Typer(help="CURVE keys of the hosts that join a stack (mcpmux-router --join).",
+                       no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(keys_app, name="keys")
+HostName = Annotated[str, typer.Argument(metavar="NAME", help="the host's name: shown in status and the logs")]
+
+
+@keys_app.command("create")
+def create_key(name: HostName, out: Annotated[Path | None, typer.Option(
+        "--out", help="where to write the host's key file (default: ./NAME.key)")] = None,
+        config: ConfigOption = None, stack_dir: StackDirOption = None) -> None:
+    """Allow a host to join: make its key pair and write its key file (0600), to copy to that host and give
+    to `mcpmux-router --join ... --key FILE`. Its secret key is kept nowhere else."""
+    target = out or Path(f"{name}.key")
+    store = _keys(config, stack_dir)
+    try:
+        key = store.create(name)
+        key.write(target)
+    except KeysError as exc:
+        fail(str(exc), EXIT_FAILED)
+    except OSError as exc:
+        store.revoke(name)
+        fail(f"cannot write {target}: {exc.strerror}", EXIT_FAILED)
+    print(target)
+    err().print(f"host {name} allowed; on that host: mcpmux-router --join tcp://THIS-HOST:PORT --key {target.name} "
+                f"--slots N -- <the server's command>")
+
+
+@keys_app.command("list")
+def list_keys(config: ConfigOption = None, stack_dir: StackDirOption = None, as_json: JsonOption = False) -> None:
+    """The core's public key and the hosts allowed to join (names and public keys, never a secret)."""
+    store = _keys(config, stack_dir)
+    core = store.core().public
+    hosts = store.hosts()
+    if as_json:
+        emit_json({"core": core, "hosts": [{"name": host.name, "public": host.public, "created": host.created}
+                                           for host in hosts]})
+        return
+    print(f"core\t{core}")
+    for host in hosts:
+        made = datetime.datetime.fromtimestamp(host.created).isoformat(timespec="seconds")
+        print(f"{host.name}\t{host.public}\tmade {made}")
+
+
+@keys_app.command("revoke")
+def revoke_key(name: HostName, config: ConfigOption = None, stack_dir: StackDirOption = None) -> None:
+    """Revoke a host's key: the core refuses its next connection."""
+    try:
+        _keys(config, stack_dir).revoke(name)
+    except KeysError as exc:
+        fail(str(exc), EXIT_FAILED)
+    err().print(f"host {name} revoked")
+
+
+def _keys(config: Path | None, stack_dir: Path | None) -> KeyStore:
+    paths = find_stack(config, stack_dir, running=False)
+    if not paths.root.is_dir():
+        fail(f"stack {paths.root.name} has not run here: start it first (mcpmux-router --hosts-listen ...)")
+    return KeyStore(paths.keys)
 
 
 def main() -> None:

@@ -185,6 +185,11 @@ def summary_lines(status: StackStatus) -> Text:
             token = f", token {session.token}" if session.token else ""
             text.append(f"\nsession {session.name[:8]} over {session.transport} from {session.remote or '?'}"
                         f"{token}: {session.pending} requests")
+    if status.hosts_listen:
+        text.append(f"\nhosts join at {status.hosts_listen} (CURVE)" + ("" if status.hosts else ": none has joined"))
+    for host in status.hosts:
+        text.append(f"\nhost {host.name}: {len(host.instances)} of {host.slots} slots, {host.cpus} cpus, "
+                    f"{host.memory / 2**30:.1f} GiB, heard {host.since_heartbeat:.1f} s ago")
     if status.prometheus:
         text.append(f"\nPrometheus metrics at {status.prometheus}")
     return text

@@ -23,6 +23,7 @@ from mcpmux.config import (
     Concurrency,
     Config,
     ConfigError,
+    HostsConfig,
     HttpConfig,
     LoadBalancingConfig,
     MultiplexerConfig,
@@ -34,8 +35,9 @@ from mcpmux.config import (
 from mcpmux.resolve import resolve as resolve_config
 from mcpmux.stack import RuntimeDirError, StackPaths, stack_paths
 
-SECTIONS: dict[str, type[MultiplexerConfig | LoadBalancingConfig | HttpConfig]] = {
-    "multiplexer": MultiplexerConfig, "loadBalancing": LoadBalancingConfig, "http": HttpConfig}
+SECTIONS: dict[str, type[MultiplexerConfig | LoadBalancingConfig | HttpConfig | HostsConfig]] = {
+    "multiplexer": MultiplexerConfig, "loadBalancing": LoadBalancingConfig, "http": HttpConfig, "hosts": HostsConfig}
+FLAG_PREFIXES = {"hosts": "hosts-"}  # --hosts-listen: the http section has a `listen` of its own
 
 
 def _words(text: str) -> list[str]:
@@ -61,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--serve-http", metavar="[HOST:]PORT",
                         help="serve the stack to MCP clients over Streamable HTTP on this address (127.0.0.1 "
                              "unless a host is given), and exit: the stack stays up until --down (http.listen)")
+    parser.add_argument("--join", metavar="tcp://CORE:PORT",
+                        help="make this host one of the stack's instance hosts: start its supervisord with --slots "
+                             "shim slots and an agent that dials the core over CURVE, and exit (--down with --join "
+                             "leaves)")
+    parser.add_argument("--key", type=Path, metavar="FILE", help="this host's key file, for --join "
+                        "(made on the core's host by: mcpmux-monitor keys create NAME)")
+    parser.add_argument("--slots", type=int, default=2, metavar="N", help="instances this host may run (--join)")
     parser.add_argument("--stack-dir", type=Path, metavar="DIR",
                         help="relay to the running stack in this runtime directory")
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
@@ -95,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_config_flag(group: argparse._ArgumentGroup, section: str, field: dataclasses.Field[Any],
                      hint: Any) -> None:
     """`--min-instances N`: a configuration key as a flag, with its description, key and default."""
-    flag = "--" + field.name.replace("_", "-")
+    flag = "--" + FLAG_PREFIXES.get(section, "") + field.name.replace("_", "-")
     key = to_camel(field.name)
     dest = f"{section}.{key}"
     description = field.metadata.get("description")
@@ -192,6 +201,8 @@ def _run(args: argparse.Namespace, config: Config | None, paths: StackPaths) -> 
     """Print, stop, start or serve the stack; with no configuration (--stack-dir), never start it."""
     from mcpmux.router import client_input, launcher, refusal
 
+    if args.join:
+        return _join(args, config, paths)
     if args.where:
         print(paths.root)
         return 0
@@ -246,6 +257,41 @@ def _run(args: argparse.Namespace, config: Config | None, paths: StackPaths) -> 
             print(_http_banner(config, paths))
         return 0
     return _serve(config, paths, args.priority)
+
+
+def _join(args: argparse.Namespace, config: Config | None, paths: StackPaths) -> int:
+    """Join this host to the stack whose core listens at `--join` (or, with --down, leave it)."""
+    from mcpmux.keys import HostKey, KeysError
+    from mcpmux.router import joining, launcher
+
+    if config is None or args.key is None:
+        print("mcpmux-router: --join needs --key FILE and the server's command (or --config)", file=sys.stderr)
+        return 2
+    try:
+        key = HostKey.read(args.key)
+        host = joining.host_paths(paths, key)
+        if args.down:
+            from mcpmux.stacks import stop
+
+            stopped = stop(host)
+            print(f"host {key.host} left stack {paths.root.name}" if stopped else
+                  f"host {key.host} had not joined stack {paths.root.name}", file=sys.stderr)
+            return 0
+        started = joining.join(config, host, _tcp(args.join), key, args.slots)
+    except (KeysError, launcher.LaunchError, RuntimeDirError, OSError, ValueError) as exc:
+        print(f"mcpmux-router: cannot join {args.join}: {exc}", file=sys.stderr)
+        return 1
+    state = "joined" if started else "had joined already"
+    print(f"host {key.host} {state} the stack at {args.join} with {args.slots} slots; its directory: {host.root}")
+    return 0
+
+
+def _tcp(address: str) -> str:
+    """`tcp://10.0.0.1:7300` or `10.0.0.1:7300`."""
+    from mcpmux.config import listen_address
+
+    host, port = listen_address(address.removeprefix("tcp://"))
+    return f"tcp://{f'[{host}]' if ':' in host else host}:{port}"
 
 
 def _http_extra_installed() -> None:

@@ -29,7 +29,8 @@ from mcpmux.stack import StackPaths
 # mcpmux.stacks and mcpmux.supervisor (psutil, the XML-RPC client: 30 ms) are imported where they are used:
 # on a cold start, once supervisord is on its way, so that they load while it boots.
 
-__all__ = ["LaunchError", "core_log_tail", "ensure_up", "serve_http"]
+__all__ = ["LaunchError", "clear_leftovers", "core_log_tail", "ensure_up", "is_running", "locked", "serve_http",
+           "start_supervisord", "write_private"]
 
 SUPERVISORD_START_TIMEOUT = 15.0
 CORE_START_TIMEOUT = 20.0
@@ -70,15 +71,15 @@ def cause_in(text: str) -> str:
 def ensure_up(config: Config, paths: StackPaths, *, idle_stop: bool) -> bool:
     """Start the stack unless it runs; True if this call started it."""
     paths.create()
-    with _locked(paths.lock):
-        if paths.supervisor_sock.exists() and _is_running(paths):
+    with locked(paths.lock):
+        if paths.supervisor_sock.exists() and is_running(paths):
             return False
-        _clear_leftovers(paths)
-        _write_private(paths.config, config.canonical_json())
+        clear_leftovers(paths)
+        write_private(paths.config, config.canonical_json())
         credentials = {"username": "mcpmux", "password": secrets.token_urlsafe(24)}
-        _write_private(paths.credentials, json.dumps(credentials))
-        _write_private(paths.supervisord_conf, _render(config, paths, credentials, idle_stop))
-        _start_supervisord(paths)  # which starts the first instance with the core (router/guard.py)
+        write_private(paths.credentials, json.dumps(credentials))
+        write_private(paths.supervisord_conf, _render(config, paths, credentials, idle_stop))
+        start_supervisord(paths)  # which starts the first instance with the core (router/guard.py)
         try:
             _await_core(paths)
         except LaunchError:
@@ -96,12 +97,12 @@ def serve_http(config: Config, paths: StackPaths) -> bool:
     from mcpmux.supervisor import Supervisor
 
     settings = json.dumps(as_json(config.http), sort_keys=True, indent=1)
-    with _locked(paths.lock):
+    with locked(paths.lock):
         try:
             before = paths.http_settings.read_text()
         except FileNotFoundError:
             before = None
-        _write_private(paths.http_settings, settings)
+        write_private(paths.http_settings, settings)
         supervisor = Supervisor(paths)
         proxy = supervisor.proxy()
         try:
@@ -159,7 +160,7 @@ def core_log_tail(paths: StackPaths, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
-def _clear_leftovers(paths: StackPaths) -> None:
+def clear_leftovers(paths: StackPaths) -> None:
     """Stop what a supervisord that died left running, so that its core and shims do not serve beside ours."""
     if not lifeline.in_use(paths.alive):
         return  # the usual case, and no look at every process
@@ -180,6 +181,8 @@ def _render(config: Config, paths: StackPaths, credentials: dict[str, str], idle
         python=sys.executable,  # the template adds -E -P itself
         core_flags="--idle-stop" if idle_stop else "",
         max_instances=config.multiplexer.max_instances,
+        # The first instance starts with the core, unless every instance runs on joined hosts.
+        first_instance="shim:shim_00" if config.hosts.local or not config.hosts.listen else "",
     )
     return text + _http_program() if config.http.listen else text
 
@@ -193,32 +196,32 @@ def _add_http_program(paths: StackPaths, proxy: Any) -> None:
     """Add the HTTP endpoint's program to a running stack that was started without it."""
     text = paths.supervisord_conf.read_text()
     if "[program:http]" not in text:
-        _write_private(paths.supervisord_conf, text + _http_program())
+        write_private(paths.supervisord_conf, text + _http_program())
     proxy.supervisor.reloadConfig()
     proxy.supervisor.addProcessGroup("http")
 
 
-def _start_supervisord(paths: StackPaths) -> None:
+def start_supervisord(paths: StackPaths) -> None:
     command = [*PYTHON, "-m", "supervisor.supervisord", "-c", str(paths.supervisord_conf)]
     booting = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                stdin=subprocess.DEVNULL, cwd=paths.root, env=as_started())
-    from mcpmux.stacks import is_running  # while supervisord boots
+    from mcpmux import stacks  # while supervisord boots
 
     stdout, stderr = booting.communicate()  # its first process exits once the daemon has forked
     if booting.returncode != 0:
         output = stderr.strip() or stdout.strip()
         raise LaunchError(f"supervisord failed to start: {cause_in(output)}", output)
     deadline = time.monotonic() + SUPERVISORD_START_TIMEOUT
-    while not is_running(paths):
+    while not stacks.is_running(paths):
         if time.monotonic() > deadline:
             raise LaunchError(f"supervisord did not answer within {SUPERVISORD_START_TIMEOUT:.0f} s; see {paths.logs}")
         time.sleep(POLL)  # the daemon has forked; its socket appears a moment later
 
 
-def _is_running(paths: StackPaths) -> bool:
-    from mcpmux.stacks import is_running
+def is_running(paths: StackPaths) -> bool:
+    from mcpmux import stacks
 
-    return is_running(paths)
+    return stacks.is_running(paths)
 
 
 def _await_core(paths: StackPaths) -> None:
@@ -263,7 +266,7 @@ def _abandon(paths: StackPaths) -> None:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
     with open(path, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
@@ -272,7 +275,7 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _write_private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str) -> None:
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as handle:
         handle.write(text)

@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import secrets
 import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +23,10 @@ import pytest
 
 from tests.conftest import Stack, StackFactory, result_json
 from tests.http_clients import free_port, make_token
+from tests.netns import ROOT_AND_IP, Link, namespace_link
 
 pytestmark = [pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning"),
-              pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("openssl") is None,
+              pytest.mark.skipif(not ROOT_AND_IP or shutil.which("openssl") is None,
                                  reason="needs root, ip and openssl to make a network namespace and a certificate")]
 
 SESSION_TIMEOUT_MS = 3000
@@ -64,42 +62,10 @@ with httpx2.Client(verify=cert, headers=accept, timeout=None) as client:
 """
 
 
-@dataclass
-class Link:
-    namespace: str
-    host_side: str
-    host_address: str
-
-    def down(self) -> None:
-        ip("link", "set", self.host_side, "down")
-
-    def up(self) -> None:
-        ip("link", "set", self.host_side, "up")
-
-
-def ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
-
-
 @pytest.fixture
 def link() -> Iterator[Link]:
-    """A namespace joined to this host by a veth pair: 10.250.N.1 here, 10.250.N.2 there."""
-    tag = secrets.token_hex(3)
-    subnet = int(tag, 16) % 250
-    namespace, host_side, far_side = f"mx{tag}", f"mxh{tag}", f"mxn{tag}"
-    ip("netns", "add", namespace)
-    try:
-        ip("link", "add", host_side, "type", "veth", "peer", "name", far_side)
-        ip("link", "set", far_side, "netns", namespace)
-        ip("addr", "add", f"10.250.{subnet}.1/30", "dev", host_side)
-        ip("link", "set", host_side, "up")
-        ip("netns", "exec", namespace, "ip", "addr", "add", f"10.250.{subnet}.2/30", "dev", far_side)
-        ip("netns", "exec", namespace, "ip", "link", "set", far_side, "up")
-        ip("netns", "exec", namespace, "ip", "link", "set", "lo", "up")
-        yield Link(namespace, host_side, f"10.250.{subnet}.1")
-    finally:
-        subprocess.run(["ip", "link", "del", host_side], capture_output=True, timeout=30)
-        subprocess.run(["ip", "netns", "del", namespace], capture_output=True, timeout=30)
+    with namespace_link() as made:
+        yield made
 
 
 def certificate(directory: Path, address: str) -> tuple[Path, Path]:
@@ -175,8 +141,8 @@ def served_over(make_stack: StackFactory, link: Link, tmp_path: Path) -> tuple[S
 async def start_client(link: Link, url: str, token: str, cert: Path, mode: str, seconds: float
                        ) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
-        "ip", "netns", "exec", link.namespace, sys.executable, "-c", CLIENT, url, token, str(cert), mode,
-        str(seconds), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        *link.command(sys.executable, "-c", CLIENT, url, token, str(cert), mode, str(seconds)),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 
 
 async def session_closed(stack: Stack, name: str, after: float) -> dict[str, Any]:

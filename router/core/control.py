@@ -36,6 +36,7 @@ from mcpmux.status import (
     ContextStatus,
     Event,
     EventKind,
+    HostStatus,
     InstanceStatus,
     SessionStatus,
     SlotState,
@@ -150,7 +151,18 @@ class ControlHandler:
                 SessionStatus(name=session.name, transport=session.transport, era=eras.era_of(session).value,
                               pending=len(session.pending), remote=session.remote, token=session.tenant)
                 for session in board.sessions.values()),
+            hosts=self._hosts(),
+            hosts_listen=core.config.hosts.endpoint if core.config.hosts.listen else None,
         )
+
+    def _hosts(self) -> tuple[HostStatus, ...]:
+        now = time.monotonic()
+        pool = [instance.slot for instance in self._core.board.pool]
+        return tuple(
+            HostStatus(name=host.name, slots=len(host.slots), cpus=host.cpus, memory=host.memory, server=host.server,
+                       instances=tuple(sorted(slot for slot in pool if slot.startswith(f"{host.name}/"))),
+                       since_heartbeat=now - host.last_seen, joined=now - host.joined)
+            for host in sorted(self._core.hosts.joined.values(), key=lambda host: host.name))
 
     def _contexts(self) -> tuple[ContextStatus, ...]:
         """The open sessions grouped by client context, with the instances that may serve each."""
@@ -173,7 +185,8 @@ class ControlHandler:
         limit = self._core.board.eligibility.cap(instance)
         if state is SlotState.READY and instance.in_flight >= limit:
             state = SlotState.BUSY
-        shim = self._usage(instance.pid, tree=False)
+        remote = "/" in instance.slot  # on a joined host: its pids mean nothing here
+        shim = None if remote else self._usage(instance.pid, tree=False)
         restarts, backoffs, alert = self._slot_history(instance.slot, events)
         return InstanceStatus(
             slot=instance.slot,
@@ -192,7 +205,7 @@ class ControlHandler:
             since_heartbeat=now - instance.last_seen,
             latency=percentiles_ms(instance.latencies),
             shim=shim,
-            backend=self._usage(instance.backend_pid, tree=True),
+            backend=None if remote else self._usage(instance.backend_pid, tree=True),
             sessions=tuple(session.decode(errors="replace")
                            for session in self._core.board.eligibility.sessions_of(instance.slot)),
             context=instance.context.describe() if instance.context is not None else None,

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mcpmux.router.core.background import Background
+from mcpmux.router.core.engines import Engine
 from mcpmux.router.core.metrics import Metrics
 from mcpmux.status import EventKind
-from mcpmux.supervisor import Supervisor
 
 log = logging.getLogger("mcpmux.healing")
 
@@ -42,8 +42,8 @@ class SlotRecord:
 
 
 class Healer:
-    def __init__(self, supervisor: Supervisor, metrics: Metrics, background: Background) -> None:
-        self._supervisor = supervisor
+    def __init__(self, engines: Engine, metrics: Metrics, background: Background) -> None:
+        self._engines = engines
         self._metrics = metrics
         self._background = background
         self.slots: dict[str, SlotRecord] = collections.defaultdict(SlotRecord)
@@ -96,8 +96,8 @@ class Healer:
 
     def _cycle(self, slot: str) -> None:
         def stop_then_start() -> None:
-            self._supervisor.stop_sync(slot)
-            self._supervisor.start_sync(slot)
+            self._engines.stop_sync(slot)
+            self._engines.start_sync(slot)
 
         self._background.run(stop_then_start, what=f"restarting {slot}")
 
@@ -116,7 +116,7 @@ class Healer:
         if record.cause and record.cause not in reason:
             reason = f"{reason}; last failure: {record.cause}"
         record.starts.clear()
-        self._background.run(functools.partial(self._supervisor.stop_sync, slot), what=f"stopping {slot}")
+        self._background.run(functools.partial(self._engines.stop_sync, slot), what=f"stopping {slot}")
         if record.backoffs >= MAX_BACKOFFS:
             record.alert = f"{slot} gave up after {record.backoffs} back-offs: {reason}"
             record.resume_at = None
@@ -145,7 +145,7 @@ class Healer:
             record.probe = True
             self._metrics.event(EventKind.RESTART, f"starting {slot} again: a new session came ({record.alert})",
                                 slot=slot)
-            self._background.run(functools.partial(self._supervisor.start_sync, slot), what=f"starting {slot}")
+            self._background.run(functools.partial(self._engines.start_sync, slot), what=f"starting {slot}")
         return held
 
     def tick(self) -> None:
@@ -154,7 +154,7 @@ class Healer:
             if record.resume_at is not None and now >= record.resume_at:
                 record.resume_at = None
                 self._metrics.event(EventKind.RESTART, f"starting {slot} again after backing off", slot=slot)
-                self._background.run(functools.partial(self._supervisor.start_sync, slot), what=f"starting {slot}")
+                self._background.run(functools.partial(self._engines.start_sync, slot), what=f"starting {slot}")
 
     def held(self, slot: str) -> bool:
         """Backing off or given up: a shim that shows up in this slot now is on its way out."""

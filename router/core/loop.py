@@ -28,13 +28,18 @@ import zmq
 from mcpmux import wire
 from mcpmux.config import Config, ConfigError, load_validated
 from mcpmux.jsonrpc import JsonObject
+from mcpmux.keys import KeyStore
 from mcpmux.lifeline import tie_to_stack
+from mcpmux.link import AGENT
 from mcpmux.router.core import actions, events, last_client
 from mcpmux.router.core.background import Background
 from mcpmux.router.core.contexts import ClientContext
 from mcpmux.router.core.control import ControlHandler
 from mcpmux.router.core.door_flow import DoorFlow, Sent
+from mcpmux.router.core.engines import Engines
 from mcpmux.router.core.healing import Healer
+from mcpmux.router.core.hosts import HOST_LIVENESS, Hosts, host_of_slot
+from mcpmux.router.core.hosts_link import HostsLink
 from mcpmux.router.core.instances import Instance
 from mcpmux.router.core.metrics import Metrics
 from mcpmux.router.core.queue import Priority
@@ -80,9 +85,11 @@ class Core:
         self.board = Switchboard(config, self.metrics)
         self.background = Background()
         self.supervisor = Supervisor(paths)
-        self.healer = Healer(self.supervisor, self.metrics, self.background)
-        self.scaler = Scaler(config, self.board, self.supervisor, self.metrics, self.background, self.healer,
-                             self._initialize_slot)
+        self.hosts = Hosts()
+        self.engines = Engines(self.supervisor, self.background, self._to_agent)
+        self.healer = Healer(self.engines, self.metrics, self.background)
+        self.scaler = Scaler(config, self.board, self.engines, self.metrics, self.background, self.healer,
+                             self._initialize_slot, self.hosts)
         self.control = ControlHandler(self)
         self.exporter: prometheus.Exporter | None = None
         self.started = time.time()
@@ -91,6 +98,8 @@ class Core:
         self._doors = self._router_socket(paths.doors_endpoint)
         self._shims = self._router_socket(paths.shims_endpoint)
         self._control = self._router_socket(paths.control_endpoint)
+        self._link = HostsLink(self._context, config.hosts.endpoint, KeyStore(paths.keys)) if config.hosts.listen \
+            else None
         self._idle_since: float | None = time.monotonic()
         self._last_poll = 0.0
         # Frames for doors whose client reads slowly, sent in order later, the bytes in flight bounded.
@@ -159,6 +168,8 @@ class Core:
         poller = zmq.Poller()
         for socket in (self._doors, self._shims, self._control):
             poller.register(socket, zmq.POLLIN)
+        if self._link is not None:
+            poller.register(self._link.socket, zmq.POLLIN)
         poller.register(self.background.wake_fd, zmq.POLLIN)
         handlers = {self._doors: self._from_door, self._shims: self._from_shim_frame,
                     self._control: self._control_message}
@@ -172,6 +183,8 @@ class Core:
                 for socket, _ in polled:
                     if socket in handlers:
                         self._receive(socket, handlers[socket])
+                    elif self._link is not None and socket is self._link.socket:
+                        self._from_link(self._link)
                     else:
                         woken = True
                 if woken:  # background work finished, or a signal came: not looked for on every message
@@ -184,6 +197,8 @@ class Core:
         finally:
             if self.exporter is not None:
                 self.exporter.stop()
+            if self._link is not None:
+                self._link.close()
             self.background.close()
             self._context.destroy(linger=0)
 
@@ -202,6 +217,7 @@ class Core:
         self.metrics.event("core", f"the core did not run for {gap:.1f} s (stopped or starved); nobody was "
                                    "judged dead for the silence")
         self.board.handle(events.SilenceForgiven())
+        self.hosts.forgive(now)
 
     def _answer_everyone(self) -> None:
         """The core stops: every request gets its answer now, and, if the whole stack stops, every door is
@@ -411,6 +427,42 @@ class Core:
 
     # --- shims ---------------------------------------------------------------------------------------
 
+    # --- joined hosts --------------------------------------------------------------------------------
+
+    def _from_link(self, link: HostsLink) -> None:
+        for host, name, message in itertools.islice(link.messages(), RECEIVE_BATCH):
+            if name == AGENT:
+                self._from_agent(host, message)
+            else:
+                self._from_shim_frame(f"{host}/{name}".encode(), message)
+
+    def _from_agent(self, host: str, message: wire.Message) -> None:
+        now = time.monotonic()
+        if isinstance(message, wire.HostHello):
+            if self.hosts.hello(host, message, now):
+                log.info("host %s joined with %d slots (%s)", host, len(message.slots), message.server)
+                self.metrics.event("host", f"host {host} joined with {len(message.slots)} slots")
+            self.scaler.host_joined()
+        elif isinstance(message, wire.Heartbeat):
+            if not self.hosts.heard(host, now):
+                self._to_agent(host, wire.Resync())  # a host lost (or from before this core): hello again
+        else:
+            log.warning("host %s's agent sent %s", host, type(message).__name__)
+
+    def _to_agent(self, host: str, message: wire.Message) -> None:
+        if self._link is not None:
+            self._link.to_agent(host, message, lambda exc: log.info("host %s unreachable: %s", host, exc))
+
+    def _hosts_silent(self, now: float) -> None:
+        for name in self.hosts.silent(now):
+            self.hosts.leave(name)
+            log.warning("host %s lost: its link has been silent for %.0f s", name, HOST_LIVENESS)
+            self.metrics.event("alert", f"host {name} lost: its link went silent; its instances are lost with it")
+            for instance in [instance for instance in self.board.pool if host_of_slot(instance.slot) == name]:
+                self._instance_lost(instance, f"its host {name} went silent")
+            self.scaler.host_lost(name)
+        self._carry_out()
+
     def _from_shim_frame(self, identity: bytes, message: wire.Message) -> None:
         self._from_shim(identity.decode(), message)
         self._carry_out()  # an answer goes to its client now, not after the rest of the batch
@@ -429,6 +481,8 @@ class Core:
                 return  # one the core had let go of already (recycled, scaled down)
             if self.scaler.wants(slot) and not self.healer.held(slot):
                 self._send_shim(slot, wire.encode(wire.Resync()))  # a shim from before this core started
+            elif host_of_slot(slot) and self.hosts.joined.get(host_of_slot(slot)) is not None:
+                self.engines.stop_sync(slot)  # an instance of a host that was lost: never served again
             return
         self.board.liveness.heard_from(instance)
         if isinstance(message, wire.BackendReady):
@@ -527,8 +581,12 @@ class Core:
         self.board.handle(events.InstanceLost(instance.slot, reason))
 
     def _send_shim(self, slot: str, frames: list[bytes]) -> None:
+        host, _, name = slot.rpartition("/")
         try:
-            wire.send(self._shims, [slot.encode(), *frames])
+            if host and self._link is not None:
+                self._link.send(host, name, frames)
+            else:
+                wire.send(self._shims, [slot.encode(), *frames])
         except zmq.ZMQError as exc:
             log.info("shim %s unreachable: %s", slot, exc)
             self._shims_gone.add(slot)
@@ -551,6 +609,8 @@ class Core:
         self._remember_latest_client()
         self._remember_asking()
         self._check_liveness()
+        if self.hosts.joined:
+            self._hosts_silent(now)
         self._carry_out()
         self.healer.tick()
         self.scaler.tick()

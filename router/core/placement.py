@@ -10,7 +10,7 @@ context in use goes last. A busy instance is never taken.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from mcpmux.router.core.instances import Instance
 
@@ -35,6 +35,17 @@ def retiring_order(instances: Sequence[Instance], in_use: InUse) -> list[Instanc
     idle = sorted((instance for instance in instances if instance.in_flight == 0),
                   key=lambda instance: instance.slot, reverse=True)
     return sorted(idle, key=in_use)  # stable: the highest slot first among equals
+
+
+def choose_slot(free: Mapping[str, Sequence[str]], placed: Counter[str]) -> str | None:
+    """The slot a new instance starts in, given each host's free slots ("" is the core's own host) and how
+    many instances each has: on the host with the fewest, so that losing one host takes few; then the one
+    with the most room; the core's own host first among equals (no link to cross)."""
+    hosts = [host for host, slots in free.items() if slots]
+    if not hosts:
+        return None
+    host = min(hosts, key=lambda name: (placed[name], -len(free[name]), name))
+    return free[host][0]
 
 
 def _kind(instance: Instance) -> tuple[object, bool]:

@@ -26,12 +26,14 @@ from mcpmux.config import Config
 from mcpmux.router.core import events, placement
 from mcpmux.router.core.background import Background
 from mcpmux.router.core.contexts import ClientContext
+from mcpmux.router.core.engines import Engine
 from mcpmux.router.core.healing import Healer
+from mcpmux.router.core.hosts import Hosts, host_of_slot
 from mcpmux.router.core.instances import Instance
 from mcpmux.router.core.metrics import Metrics
 from mcpmux.router.core.switchboard import Switchboard
 from mcpmux.status import EventKind
-from mcpmux.supervisor import SHIM_GROUP, Supervisor, shim_slot
+from mcpmux.supervisor import SHIM_GROUP, shim_slot
 
 log = logging.getLogger("mcpmux.scaling")
 
@@ -41,12 +43,15 @@ FIRST_ALONE_FOR = 3.0
 
 
 class Scaler:
-    def __init__(self, config: Config, board: Switchboard, supervisor: Supervisor, metrics: Metrics,
-                 background: Background, healer: Healer, initialize: Callable[[str, ClientContext], None]) -> None:
+    def __init__(self, config: Config, board: Switchboard, engines: Engine, metrics: Metrics,
+                 background: Background, healer: Healer, initialize: Callable[[str, ClientContext], None],
+                 hosts: Hosts | None = None) -> None:
         self._settings = config.multiplexer
+        self._local = config.hosts.local or not config.hosts.listen  # instances on the core's own host
+        self._hosts = hosts or Hosts()
         self._spares = config.server.per_client  # waiting shims are spares for any client's directory and variables
         self._board = board
-        self._supervisor = supervisor
+        self._engines = engines
         self._metrics = metrics
         self._background = background
         self._healer = healer
@@ -64,7 +69,7 @@ class Scaler:
 
     def boot(self) -> None:
         """Adopt the shims a previous core left running, then start up to the minimum."""
-        self._background.run(self._supervisor.processes, self._booted, what="listing processes",
+        self._background.run(self._engines.processes, self._booted, what="listing processes",
                              failed=lambda _: self._booted([]))
 
     def _booted(self, processes: list[dict[str, Any]]) -> None:
@@ -83,11 +88,25 @@ class Scaler:
 
     def _fill_minimum(self) -> None:
         self._fill_after = None
-        index = 0
         while len(self.wanted) < self._settings.min_instances:
-            if shim_slot(index) not in self.wanted:
-                self._start(shim_slot(index), "minimum instances")
-            index += 1
+            slot = self._free_slot()
+            if slot is None:
+                return  # no host has a slot free: the rest comes when one joins
+            self._start(slot, "minimum instances")
+
+    def host_joined(self) -> None:
+        """A host joined (or came back): the minimum may be met now on its slots."""
+        if self._adopted:
+            self._fill_minimum()
+
+    def host_lost(self, host: str) -> None:
+        """A host's instances are gone with it: its slots are no longer wanted, and the pool refills on the
+        hosts that remain."""
+        for slot in [slot for slot in self.wanted if host_of_slot(slot) == host]:
+            del self.wanted[slot]
+            self.assigned.pop(slot, None)
+            self._awaiting.discard(slot)
+        self._fill_minimum()
 
     def adopt(self, slot: str) -> None:
         self.wanted.setdefault(slot, time.monotonic())
@@ -99,6 +118,11 @@ class Scaler:
         one already let go (its context changed); not a slot restarting too often (backed off); and under
         dedicated, not a backend that comes back initialized (a shim from before this core, or one taken for
         dead): it may hold a session's state and nothing says whose, so it restarts fresh."""
+        if host_of_slot(slot) and slot not in self.wanted:
+            # A joined host's shim the core did not ask for: one from before a cut (its calls were failed over
+            # when its host was lost) or from before this core. Never served again: it is stopped.
+            self._engines.stop_sync(slot)
+            return False
         self.adopt(slot)
         if self._healer.held(slot) or pid in self.retired or self._healer.outgoing(slot, pid):
             return False
@@ -280,11 +304,16 @@ class Scaler:
                 if slot in self.wanted and (self._board.pool.get(slot) is None
                                             or not self._board.pool.get(slot).ready)]  # type: ignore[union-attr]
 
-    def _free_slot(self) -> str:
-        index = 0
-        while shim_slot(index) in self.wanted:
-            index += 1
-        return shim_slot(index)
+    def _free_slot(self) -> str | None:
+        """Where a new instance starts: a free slot of the core's own host or of a joined host
+        (router/core/placement.py chooses which); None if there is none."""
+        free: dict[str, list[str]] = {}
+        if self._local:
+            local = (shim_slot(index) for index in range(self._settings.max_instances))
+            free[""] = [slot for slot in local if slot not in self.wanted]
+        for host in self._hosts.joined.values():
+            free[host.name] = [slot for slot in host.slot_names() if slot not in self.wanted]
+        return placement.choose_slot(free, Counter(host_of_slot(slot) for slot in self.wanted))
 
     def place(self) -> None:
         """Give each client context that sessions wait for, and no instance runs, an instance now."""
@@ -369,13 +398,17 @@ class Scaler:
     def _in_use(self, instance: Instance) -> bool:
         return bool(self._board.served_by(instance))
 
-    def _start(self, slot: str, reason: str, context: ClientContext | None = None) -> None:
+    def _start(self, slot: str | None, reason: str, context: ClientContext | None = None) -> None:
+        if slot is None:
+            log.info("no slot free to start an instance in (%s): none on this host, and no host joined has one",
+                     reason)
+            return
         if context is not None:
             self.assigned[slot] = context
         self.wanted[slot] = time.monotonic()
         log.info("start %s: %s", slot, reason)
         self._metrics.event(EventKind.SCALE, f"start {slot}: {reason}", slot=slot)
-        self._background.run(functools.partial(self._supervisor.start_sync, slot), what=f"starting {slot}")
+        self._background.run(functools.partial(self._engines.start_sync, slot), what=f"starting {slot}")
 
     def _stop_idle_one(self, why: str) -> None:
         for instance in placement.retiring_order(list(self._board.pool), self._in_use):
@@ -388,5 +421,5 @@ class Scaler:
                 self._metrics.event(EventKind.SCALE, f"stop {slot}: {why}")
                 # The same path as any loss: its subscriptions move to another instance.
                 self._board.handle(events.InstanceLost(instance.slot, "scaled down"))
-                self._background.run(functools.partial(self._supervisor.stop_sync, slot), what=f"stopping {slot}")
+                self._background.run(functools.partial(self._engines.stop_sync, slot), what=f"stopping {slot}")
                 return

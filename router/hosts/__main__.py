@@ -1,0 +1,3 @@
+from mcpmux.router.hosts.agent import main
+
+main()

@@ -1,0 +1,60 @@
+"""Network namespaces joined to this host by veth pairs: other machines, for tests that need a network.
+
+Needs root and `ip`. No traffic leaves the machine: each veth pair joins this host to one namespace and
+nothing else; each pair has a /30 of its own in 10.250.0.0/16.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+ROOT_AND_IP = os.geteuid() == 0 and shutil.which("ip") is not None
+
+
+@dataclass
+class Link:
+    namespace: str
+    host_side: str  # the veth end on this host
+    host_address: str  # this host's address on it (10.250.N.1); the namespace has 10.250.N.2
+    far_address: str
+
+    def down(self) -> None:
+        ip("link", "set", self.host_side, "down")
+
+    def up(self) -> None:
+        ip("link", "set", self.host_side, "up")
+
+    def command(self, *argv: str) -> list[str]:
+        """`argv` run inside the namespace."""
+        return ["ip", "netns", "exec", self.namespace, *argv]
+
+
+def ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
+
+
+@contextmanager
+def namespace_link() -> Iterator[Link]:
+    """A namespace joined to this host by a veth pair: 10.250.N.1 here, 10.250.N.2 there."""
+    tag = secrets.token_hex(3)
+    subnet = int(tag, 16) % 250
+    namespace, host_side, far_side = f"mx{tag}", f"mxh{tag}", f"mxn{tag}"
+    ip("netns", "add", namespace)
+    try:
+        ip("link", "add", host_side, "type", "veth", "peer", "name", far_side)
+        ip("link", "set", far_side, "netns", namespace)
+        ip("addr", "add", f"10.250.{subnet}.1/30", "dev", host_side)
+        ip("link", "set", host_side, "up")
+        ip("netns", "exec", namespace, "ip", "addr", "add", f"10.250.{subnet}.2/30", "dev", far_side)
+        ip("netns", "exec", namespace, "ip", "link", "set", far_side, "up")
+        ip("netns", "exec", namespace, "ip", "link", "set", "lo", "up")
+        yield Link(namespace, host_side, f"10.250.{subnet}.1", f"10.250.{subnet}.2")
+    finally:
+        subprocess.run(["ip", "link", "del", host_side], capture_output=True, timeout=30)
+        subprocess.run(["ip", "netns", "del", namespace], capture_output=True, timeout=30)

@@ -1,0 +1,222 @@
+"""Instances on other hosts: hosts join a stack over the CURVE link and serve its sessions.
+
+Each "host" here is a runtime directory of its own with its own supervisord, joined with `mcpmux-router
+--join` exactly as on another machine, over tcp on loopback (tests/test_hosts_network.py puts them in
+network namespaces of their own). The core runs no instance itself (`--no-hosts-local`), so every call is
+served across the link.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from tests.conftest import ROUTER, Stack, StackFactory
+from tests.http_clients import MONITOR, free_port
+from tests.rawclient import answer, call, pid_of, raw_session
+
+INSTANCE_FAILED = -32051
+
+
+@dataclass
+class Host:
+    """A host joined to a stack: its own runtime directory and supervisord, as on another machine."""
+
+    name: str
+    runtime_dir: Path
+    key: Path
+    endpoint: str
+    stack: Stack
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "XDG_RUNTIME_DIR": str(self.runtime_dir)}
+
+    def join(self, *extra: str, slots: int = 2) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*ROUTER, "--join", self.endpoint, "--key", str(self.key), "--slots", str(slots),
+                               *extra, *self.stack.router_args], env=self.env, capture_output=True, text=True,
+                              timeout=60)
+
+    def leave(self) -> None:
+        self.join("--down")
+
+    def supervisord(self) -> psutil.Process | None:
+        for pid_file in self.runtime_dir.glob("mcpmux/*/supervisord.pid"):
+            try:
+                return psutil.Process(int(pid_file.read_text()))
+            except (OSError, ValueError, psutil.NoSuchProcess):
+                return None
+        return None
+
+    def instance_pids(self) -> set[int]:
+        """The host's shims and their servers (not its agent)."""
+        supervisord = self.supervisord()
+        if supervisord is None:
+            return set()
+        shims = [child for child in supervisord.children() if "mcpmux.shim" in child.cmdline()]
+        return {process.pid for shim in shims for process in (shim, *shim.children(recursive=True))}
+
+
+class Hosts:
+    def __init__(self) -> None:
+        self.joined: list[Host] = []
+
+    def make(self, stack: Stack, endpoint: str, name: str) -> Host:
+        runtime_dir = Path(tempfile.mkdtemp(prefix=f"mx-{name}-", dir="/tmp"))
+        key = runtime_dir / f"{name}.key"
+        subprocess.run([MONITOR, "keys", "create", name, "--stack", str(stack.paths.root), "--out", str(key)],
+                       env=stack.env, capture_output=True, text=True, timeout=30, check=True)
+        host = Host(name, runtime_dir, key, endpoint, stack)
+        self.joined.append(host)
+        return host
+
+    def revoke(self, stack: Stack, name: str) -> None:
+        subprocess.run([MONITOR, "keys", "revoke", name, "--stack", str(stack.paths.root)], env=stack.env,
+                       capture_output=True, timeout=30, check=True)
+
+
+@pytest.fixture
+def hosts() -> Iterator[Hosts]:
+    made = Hosts()
+    yield made
+    for host in made.joined:
+        host.leave()
+        supervisord = host.supervisord()
+        if supervisord is not None:
+            supervisord.kill()
+
+
+def core_with_hosts(make_stack: StackFactory, *options: str) -> tuple[Stack, str]:
+    """A stack whose instances all run on joined hosts; started, with the address hosts join at."""
+    port = free_port()
+    stack = make_stack("--hosts-listen", f"127.0.0.1:{port}", "--no-hosts-local", *options)
+    stack.router("--up")
+    return stack, f"tcp://127.0.0.1:{port}"
+
+
+def slots_by_host(status: dict[str, Any]) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for instance in status["instances"]:
+        if instance["state"] in ("ready", "busy"):
+            host = instance["slot"].partition("/")[0] if "/" in instance["slot"] else ""
+            found.setdefault(host, []).append(instance["slot"])
+    return found
+
+
+async def test_sessions_are_served_by_instances_spread_over_the_joined_hosts(
+        make_stack: StackFactory, hosts: Hosts) -> None:
+    stack, endpoint = core_with_hosts(make_stack, "--min-instances", "2", "--max-instances", "4")
+    east, west = hosts.make(stack, endpoint, "east"), hosts.make(stack, endpoint, "west")
+    joined = [east.join(slots=1), west.join()]  # east joins first: with two slots it would take both
+    await stack.ready(2)
+    async with raw_session(stack) as client:
+        await client.initialize()
+        for n in range(4):
+            await client.send(call(f"c{n}", "block", seconds=0.5))
+        served = {pid_of(await client.response(f"c{n}")) for n in range(4)}
+    status = await stack.current_status()
+
+    assert all(done.returncode == 0 for done in joined), [done.stderr for done in joined]
+    assert slots_by_host(status) == {"east": ["east/shim:shim_00"], "west": ["west/shim:shim_00"]}
+    assert [(host["name"], host["slots"], host["instances"]) for host in status["hosts"]] == [
+        ("east", 1, ["east/shim:shim_00"]), ("west", 2, ["west/shim:shim_00"])]
+    assert status["hostsListen"] == endpoint
+    assert served <= east.instance_pids() | west.instance_pids(), "every call ran on a joined host"
+    assert served & east.instance_pids() and served & west.instance_pids(), "both hosts served"
+
+
+async def test_a_host_whose_key_is_not_allowed_is_refused(make_stack: StackFactory, hosts: Hosts) -> None:
+    stack, endpoint = core_with_hosts(make_stack, "--min-instances", "1", "--max-instances", "2")
+    allowed, revoked = hosts.make(stack, endpoint, "allowed"), hosts.make(stack, endpoint, "revoked")
+    hosts.revoke(stack, "revoked")
+    revoked.join()
+    allowed.join()
+    await stack.ready(1)
+    status = await stack.current_status()
+    log = stack.paths.core_log.read_text()
+
+    assert slots_by_host(status) == {"allowed": ["allowed/shim:shim_00"]}
+    assert "refused a host with an unknown key" in log
+    assert not any("revoked" in instance["slot"] for instance in status["instances"])
+
+
+async def test_a_lost_host_fails_its_calls_over_and_the_pool_refills_on_the_other(
+        make_stack: StackFactory, hosts: Hosts) -> None:
+    stack, endpoint = core_with_hosts(make_stack, "--min-instances", "2", "--max-instances", "2",
+                                      "--max-concurrent-requests", "2")
+    east, west = hosts.make(stack, endpoint, "east"), hosts.make(stack, endpoint, "west")
+    east.join(slots=1)
+    west.join()
+    async with raw_session(stack) as client:
+        await client.initialize()
+        await stack.ready(2)
+        for request_id, tool in (("safe-1", "block"), ("safe-2", "block"),
+                                 ("unsafe-1", "slow_write"), ("unsafe-2", "slow_write")):
+            await client.send(call(request_id, tool, seconds=4))
+        await stack.running(4)
+        lost_pids = east.instance_pids()
+        cut = time.time()
+        supervisord = east.supervisord()
+        assert supervisord is not None
+        os.kill(supervisord.pid, signal.SIGKILL)  # the host is gone: its processes die with its supervisord
+        responses = {rid: await client.response(rid) for rid in ("safe-1", "safe-2", "unsafe-1", "unsafe-2")}
+        await stack.ready(2)
+        refilled = await stack.event("start", cut, slot="west/shim:shim_01")
+        after = answer(await client.request("after", "tools/call", {"name": "whoami", "arguments": {}}))
+    status = await stack.current_status()
+
+    assert all("result" in responses[rid] for rid in ("safe-1", "safe-2")), responses
+    failed = [rid for rid in ("unsafe-1", "unsafe-2") if "error" in responses[rid]]
+    assert len(failed) == 1, "exactly the unsafe call on the lost host failed"
+    assert responses[failed[0]]["error"]["code"] == INSTANCE_FAILED
+    assert all(pid_of(responses[rid]) not in lost_pids for rid in ("safe-1", "safe-2"))
+    assert slots_by_host(status) == {"west": ["west/shim:shim_00", "west/shim:shim_01"]}
+    assert refilled["time"] > cut
+    assert after["pid"] in west.instance_pids()
+
+
+async def test_a_host_back_after_a_partition_rejoins_and_its_old_instances_are_never_served_again(
+        make_stack: StackFactory, hosts: Hosts) -> None:
+    """Every process of the host freezes (SIGSTOP: to the core, a partition), long enough to be taken for lost,
+    then thaws: its agent joins again, and its shims, which still hold the calls they had, are stopped."""
+    stack, endpoint = core_with_hosts(make_stack, "--min-instances", "2", "--max-instances", "2")
+    east, west = hosts.make(stack, endpoint, "east"), hosts.make(stack, endpoint, "west")
+    east.join(slots=1)
+    west.join()
+    async with raw_session(stack) as client:
+        await client.initialize()
+        await stack.ready(2)
+        supervisord = east.supervisord()
+        assert supervisord is not None
+        frozen = [supervisord, *supervisord.children(recursive=True)]
+        old_instances = east.instance_pids()
+        cut = time.time()
+        for process in frozen:
+            process.suspend()
+        lost = await stack.event("alert", cut)
+        await stack.event("start", cut, slot="west/shim:shim_01")
+        for process in frozen:
+            process.resume()
+        back = await stack.event("host", lost["time"])
+        _, alive = await asyncio.to_thread(psutil.wait_procs, [p for p in frozen if p.pid in old_instances], 30)
+        served = [pid_of(await client.request(f"after-{n}", "tools/call", {"name": "whoami", "arguments": {}}))
+                  for n in range(6)]
+    status = await stack.current_status()
+
+    assert "host east lost" in lost["text"]
+    assert "host east joined" in back["text"]
+    assert not set(served) & old_instances, "no call went to an instance from before the partition"
+    assert alive == [], "its old instances were stopped"
+    assert slots_by_host(status) == {"west": ["west/shim:shim_00", "west/shim:shim_01"]}
+    assert [host["name"] for host in status["hosts"]] == ["east", "west"]
