@@ -18,7 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 import pytest
@@ -26,6 +26,9 @@ from mcp import ClientSession, StdioServerParameters, stdio_client
 
 from mcpmux.monitor.control import query
 from mcpmux.stack import StackPaths
+
+if TYPE_CHECKING:
+    from tests.joined_hosts import Hosts
 
 ROOT = Path(__file__).resolve().parent.parent
 ROUTER = [str(Path(sys.executable).parent / "mcpmux-router")]
@@ -225,6 +228,20 @@ def no_stack_outlives_its_test() -> Iterator[None]:
     survivors = [(test, alive) for test, stopping in _STOPPING if (alive := stopping.result())]
     _STOPPERS.shutdown()
     assert not survivors, f"processes outlived the stacks of these tests: {survivors}"
+
+
+@pytest.fixture
+def hosts() -> Iterator[Hosts]:
+    """Hosts joined to the test's stacks (tests/joined_hosts.py); each leaves, and is gone, at teardown."""
+    from tests.joined_hosts import Hosts
+
+    made = Hosts()
+    yield made
+    for host in made.joined:
+        host.leave()
+        supervisord = host.supervisord()
+        if supervisord is not None:
+            supervisord.kill()
 
 
 def result_json(result: Any) -> dict[str, Any]:

@@ -11,90 +11,16 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import psutil
-import pytest
 
-from tests.conftest import ROUTER, Stack, StackFactory
-from tests.http_clients import MONITOR, free_port
+from tests.conftest import Stack, StackFactory
+from tests.http_clients import free_port
+from tests.joined_hosts import Hosts, slots_by_host
 from tests.rawclient import answer, call, pid_of, raw_session
 
 INSTANCE_FAILED = -32051
-
-
-@dataclass
-class Host:
-    """A host joined to a stack: its own runtime directory and supervisord, as on another machine."""
-
-    name: str
-    runtime_dir: Path
-    key: Path
-    endpoint: str
-    stack: Stack
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {**os.environ, "XDG_RUNTIME_DIR": str(self.runtime_dir)}
-
-    def join(self, *extra: str, slots: int = 2) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*ROUTER, "--join", self.endpoint, "--key", str(self.key), "--slots", str(slots),
-                               *extra, *self.stack.router_args], env=self.env, capture_output=True, text=True,
-                              timeout=60)
-
-    def leave(self) -> None:
-        self.join("--down")
-
-    def supervisord(self) -> psutil.Process | None:
-        for pid_file in self.runtime_dir.glob("mcpmux/*/supervisord.pid"):
-            try:
-                return psutil.Process(int(pid_file.read_text()))
-            except (OSError, ValueError, psutil.NoSuchProcess):
-                return None
-        return None
-
-    def instance_pids(self) -> set[int]:
-        """The host's shims and their servers (not its agent)."""
-        supervisord = self.supervisord()
-        if supervisord is None:
-            return set()
-        shims = [child for child in supervisord.children() if "mcpmux.shim" in child.cmdline()]
-        return {process.pid for shim in shims for process in (shim, *shim.children(recursive=True))}
-
-
-class Hosts:
-    def __init__(self) -> None:
-        self.joined: list[Host] = []
-
-    def make(self, stack: Stack, endpoint: str, name: str) -> Host:
-        runtime_dir = Path(tempfile.mkdtemp(prefix=f"mx-{name}-", dir="/tmp"))
-        key = runtime_dir / f"{name}.key"
-        subprocess.run([MONITOR, "keys", "create", name, "--stack", str(stack.paths.root), "--out", str(key)],
-                       env=stack.env, capture_output=True, text=True, timeout=30, check=True)
-        host = Host(name, runtime_dir, key, endpoint, stack)
-        self.joined.append(host)
-        return host
-
-    def revoke(self, stack: Stack, name: str) -> None:
-        subprocess.run([MONITOR, "keys", "revoke", name, "--stack", str(stack.paths.root)], env=stack.env,
-                       capture_output=True, timeout=30, check=True)
-
-
-@pytest.fixture
-def hosts() -> Iterator[Hosts]:
-    made = Hosts()
-    yield made
-    for host in made.joined:
-        host.leave()
-        supervisord = host.supervisord()
-        if supervisord is not None:
-            supervisord.kill()
 
 
 def core_with_hosts(make_stack: StackFactory, *options: str) -> tuple[Stack, str]:
@@ -103,15 +29,6 @@ def core_with_hosts(make_stack: StackFactory, *options: str) -> tuple[Stack, str
     stack = make_stack("--hosts-listen", f"127.0.0.1:{port}", "--no-hosts-local", *options)
     stack.router("--up")
     return stack, f"tcp://127.0.0.1:{port}"
-
-
-def slots_by_host(status: dict[str, Any]) -> dict[str, list[str]]:
-    found: dict[str, list[str]] = {}
-    for instance in status["instances"]:
-        if instance["state"] in ("ready", "busy"):
-            host = instance["slot"].partition("/")[0] if "/" in instance["slot"] else ""
-            found.setdefault(host, []).append(instance["slot"])
-    return found
 
 
 async def test_sessions_are_served_by_instances_spread_over_the_joined_hosts(
