@@ -32,6 +32,7 @@ from mcpmux.shim.opening import Opened, Opening
 from mcpmux.stateless import Era
 
 HEARTBEAT_INTERVAL = 1.0
+RETIRED = 75  # the exit status of a shim the core retired: what runs it starts a fresh one
 
 
 class Shim:
@@ -125,6 +126,8 @@ class Shim:
                 self._client_context = message.context
             elif isinstance(message, wire.Resync):
                 self._hello()
+            elif isinstance(message, wire.Retire):
+                self._retire(message.reason)
 
     def _initialize(self, message: wire.InitializeBackend) -> None:
         if self._opening.busy or self._opened is not None or not self._running:
@@ -216,6 +219,16 @@ class Shim:
             self._context.term()  # what flushes it: closing a socket only hands its queue to the I/O thread
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
+
+    def _retire(self, reason: str) -> None:
+        """An external instance's restart: the core says it is over, and what runs the shim starts another
+        (router/joining.py). The backend dies with the shim (its death signal)."""
+        _log(f"retired by the core: {reason}")
+        with contextlib.suppress(zmq.ZMQError):
+            wire.send(self._socket, wire.encode(wire.ShimStopping(f"retired: {reason}")))
+            self._socket.close(linger=200)
+            self._context.term()
+        os._exit(RETIRED)
 
     def _send(self, message: wire.Message) -> None:
         wire.send(self._socket, wire.encode(message), block=True)

@@ -41,6 +41,11 @@ def _about(description: str) -> dict[str, str]:
     return {"description": description}
 
 
+# A key added after stacks were named: at its default it is left out of what names the stack, so that every
+# configuration that did not set it names the stack it named before.
+_LATER = {"identity": "when set"}
+
+
 def default_max_instances() -> int:
     return max(2, min(6, os.cpu_count() or 2))
 
@@ -150,6 +155,8 @@ class MultiplexerConfig:
         default=0.8, metadata=_about("load (0..1) above which an instance is added"))
     scale_down_threshold: Annotated[float, Bound(ge=0, lt=1)] = field(
         default=0.3, metadata=_about("load below which, for a while, an instance stops"))
+    scale_down_after: Annotated[int, Bound(gt=0)] = field(
+        default=60_000, metadata=_about("ms of load below scaleDownThreshold before one instance stops") | _LATER)
     queue_size: Annotated[int, Bound(ge=0)] = field(
         default=256, metadata=_about("requests waiting when every instance is at its cap"))
     queue_per_session: Annotated[int, Bound(ge=1)] = field(
@@ -265,6 +272,9 @@ class HostsConfig:
 
     listen: str = field(default="", metadata=_about('accept hosts on [HOST:]PORT, over CURVE ("": off)'))
     local: bool = field(default=True, metadata=_about("run instances on this host too, not only on joined hosts"))
+    scale_command: str = field(default="", metadata=_about(
+        "run with {n}, the external instances wanted, when the pool needs more or fewer "
+        "(e.g. kubectl scale statefulset/mcp --replicas={n})"))
 
     def __post_init__(self) -> None:
         if self.listen:
@@ -320,6 +330,10 @@ class Config:
         the same server share one pool, wherever its instances run."""
         data = as_json(self)
         del data["http"], data["hosts"]
+        for key, section in (("multiplexer", self.multiplexer), ("loadBalancing", self.load_balancing)):
+            for spec in dataclasses.fields(section):
+                if spec.metadata.get("identity") == "when set" and getattr(section, spec.name) == spec.default:
+                    del data[key][to_camel(spec.name)]
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 

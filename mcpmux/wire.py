@@ -144,6 +144,13 @@ class ShimStopping(NamedTuple):
     reason: str
 
 
+class Retire(NamedTuple):
+    """From the core to an external instance's shim: exit, to be started afresh by what runs it (the core
+    cannot restart it itself: router/core/external.py)."""
+
+    reason: str
+
+
 class ToBackend(NamedTuple):
     envelope: Envelope
 
@@ -191,6 +198,7 @@ class ControlReply(NamedTuple):
 Message = (
     DoorHello | Welcome | Closing | SafeTools | ClientMessage | ToClient | DoorBye | Taken
     | ShimHello | Heartbeat | Resync | InitializeBackend | BindContext | BackendReady | BackendFailed | ShimStopping
+    | Retire
     | ToBackend | FromBackend
     | HostHello | StartSlot | StopSlot
     | ControlRequest | ControlReply
@@ -201,7 +209,7 @@ TAGS: dict[type[Any], str] = {
     Taken: "tk",
     ShimHello: "sh", Heartbeat: "hb", Resync: "rs", InitializeBackend: "ib", BindContext: "bc", BackendReady: "br",
     BackendFailed: "bf", ShimStopping: "ss", ToBackend: "tb", FromBackend: "fb",
-    HostHello: "hh", StartSlot: "ts", StopSlot: "ps",
+    HostHello: "hh", StartSlot: "ts", StopSlot: "ps", Retire: "rt",
     ControlRequest: "cq", ControlReply: "cr",
 }
 _BY_TAG: dict[str, type[Any]] = {tag: cls for cls, tag in TAGS.items()}

@@ -70,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--key", type=Path, metavar="FILE", help="this host's key file, for --join "
                         "(made on the core's host by: mcpmux-monitor keys create NAME)")
     parser.add_argument("--slots", type=int, default=2, metavar="N", help="instances this host may run (--join)")
+    parser.add_argument("--external", action="store_true",
+                        help="with --join: run one instance in the foreground, started and stopped by a scheduler "
+                             "(a Kubernetes pod, a systemd unit), as HOST/ext-NAME")
+    parser.add_argument("--name", metavar="NAME", help="an external instance's name (default: the host name)")
     parser.add_argument("--stack-dir", type=Path, metavar="DIR",
                         help="relay to the running stack in this runtime directory")
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
@@ -277,6 +281,10 @@ def _join(args: argparse.Namespace, config: Config | None, paths: StackPaths) ->
             print(f"host {key.host} left stack {paths.root.name}" if stopped else
                   f"host {key.host} had not joined stack {paths.root.name}", file=sys.stderr)
             return 0
+        if args.external:
+            import socket
+
+            return joining.run_external(config, paths, _tcp(args.join), key, args.name or socket.gethostname())
         started = joining.join(config, host, _tcp(args.join), key, args.slots)
     except (KeysError, launcher.LaunchError, RuntimeDirError, OSError, ValueError) as exc:
         print(f"mcpmux-router: cannot join {args.join}: {exc}", file=sys.stderr)

@@ -1,5 +1,8 @@
 """Join this host to a stack whose core runs elsewhere (`mcpmux-router --join tcp://CORE:PORT --key FILE`).
 
+With `--external`, no supervisord and no agent: the command becomes one instance's shim, in the foreground,
+for a scheduler that runs it (a Kubernetes pod, a systemd unit) and starts and stops it itself.
+
 The host gets a private directory of its own, as a stack does, with the server's configuration, the link
 (mcpmux/link.py) and a supervisord running the agent and `--slots` shim slots (supervisor.d/host.conf.in).
 The agent dials the core; the core starts the slots it wants. `--down` with `--join` leaves: the host's
@@ -10,13 +13,16 @@ from __future__ import annotations
 
 import json
 import secrets
+import signal
+import subprocess
 import sys
 from importlib import resources
 
 from mcpmux.config import Config
-from mcpmux.keys import HostKey
+from mcpmux.keys import HostKey, KeysError, valid_name
 from mcpmux.link import Link
 from mcpmux.router import launcher
+from mcpmux.shim.shim import RETIRED
 from mcpmux.stack import StackPaths
 
 
@@ -42,3 +48,31 @@ def join(config: Config, paths: StackPaths, endpoint: str, key: HostKey, slots: 
             python=sys.executable, slots=slots))
         launcher.start_supervisord(paths)
     return True
+
+
+def run_external(config: Config, paths: StackPaths, endpoint: str, key: HostKey, name: str) -> int:
+    """Run one external instance's shim, dialling the core as HOST/ext-NAME (router/core/external.py), until
+    it stops for good. A shim the core retires (to restart it for another client context, or fresh) is
+    started again at once; one that fails ends this command with its status, for the scheduler to judge."""
+    if not valid_name(name):
+        raise KeysError(f"{name!r}: an external instance's name is 1 to 64 letters, digits or -_.")
+    directory = StackPaths(paths.root.with_name(f"{paths.root.name}-ext-{name}"))
+    directory.create()
+    launcher.write_private(directory.config, config.canonical_json())
+    Link(endpoint, key.host, key.public, key.secret, key.core).write(directory.link)
+    command = [*launcher.PYTHON, "-m", "mcpmux.shim", "--stack-dir", str(directory.root), "--slot", f"ext-{name}"]
+    stopping: list[int] = []
+    shim: subprocess.Popen[bytes] | None = None
+
+    def stop(signum: int, frame: object) -> None:
+        stopping.append(signum)
+        if shim is not None:
+            shim.send_signal(signum)  # it tells the core the stop is planned, then exits
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, stop)
+    while True:
+        shim = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+        code = shim.wait()
+        if code != RETIRED or stopping:
+            return code

@@ -236,3 +236,13 @@ def test_instance_bounds_say_where_max_instances_came_from() -> None:
 
     assert given.splitlines()[1] == "  multiplexer: minInstances (5) is greater than maxInstances (2)"
     assert "which was not given" in default and "--max-instances 50" in default
+
+
+def test_a_key_added_later_names_a_new_stack_only_when_set() -> None:
+    """scaleDownAfter came after stacks were named: at its default the stack keeps its name."""
+    plain = parse_config(FULL, "test")
+    at_default = parse_config({**FULL, "multiplexer": {**FULL["multiplexer"], "scaleDownAfter": 60_000}}, "test")
+    set_apart = parse_config({**FULL, "multiplexer": {**FULL["multiplexer"], "scaleDownAfter": 5_000}}, "test")
+
+    assert stack_id(at_default, "command line") == stack_id(plain, "command line")
+    assert stack_id(set_apart, "command line") != stack_id(plain, "command line")

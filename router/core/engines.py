@@ -1,5 +1,6 @@
 """Who starts and stops the shim in a slot: the stack's own supervisord, or the agent of the joined host the
-slot is on (HOST/group:name), which carries the request to its host's supervisord.
+slot is on (HOST/group:name), which carries the request to its host's supervisord. An external instance's
+shim (HOST/ext-NAME) is stopped by asking it to retire; what runs it starts it again.
 
 The scaler and the healer ask from worker threads (supervisord's XML-RPC blocks); a request for a joined
 host is handed to the loop, which alone sends on the link.
@@ -13,6 +14,7 @@ from typing import Any, Protocol
 
 from mcpmux import wire
 from mcpmux.router.core.background import Background
+from mcpmux.router.core.external import is_external
 from mcpmux.supervisor import Supervisor
 
 SendToHost = Callable[[str, wire.Message], None]
@@ -29,14 +31,18 @@ class Engine(Protocol):
 
 
 class Engines:
-    def __init__(self, supervisor: Supervisor, background: Background, send_to_host: SendToHost) -> None:
+    def __init__(self, supervisor: Supervisor, background: Background, send_to_host: SendToHost,
+                 retire: Callable[[str], None]) -> None:
         self._supervisor = supervisor
         self._background = background
         self._send_to_host = send_to_host
+        self._retire = retire
 
     def start_sync(self, slot: str) -> bool:
         """Start a slot's shim without waiting; False if it ran already (as far as this host can tell)."""
         host, _, name = slot.rpartition("/")
+        if is_external(slot):
+            return True  # what runs it starts it again once it has stopped
         if not host:
             return self._supervisor.start_sync(slot)
         self._background.call_soon_threadsafe(functools.partial(self._send_to_host, host, wire.StartSlot(name)))
@@ -44,6 +50,9 @@ class Engines:
 
     def stop_sync(self, slot: str) -> bool:
         host, _, name = slot.rpartition("/")
+        if is_external(slot):
+            self._background.call_soon_threadsafe(functools.partial(self._retire, slot))
+            return True
         if not host:
             return self._supervisor.stop_sync(slot)
         self._background.call_soon_threadsafe(functools.partial(self._send_to_host, host, wire.StopSlot(name)))

@@ -37,6 +37,7 @@ from mcpmux.router.core.contexts import ClientContext
 from mcpmux.router.core.control import ControlHandler
 from mcpmux.router.core.door_flow import DoorFlow, Sent
 from mcpmux.router.core.engines import Engines
+from mcpmux.router.core.external import is_external
 from mcpmux.router.core.healing import Healer
 from mcpmux.router.core.hosts import HOST_LIVENESS, Hosts, host_of_slot
 from mcpmux.router.core.hosts_link import HostsLink
@@ -86,7 +87,7 @@ class Core:
         self.background = Background()
         self.supervisor = Supervisor(paths)
         self.hosts = Hosts()
-        self.engines = Engines(self.supervisor, self.background, self._to_agent)
+        self.engines = Engines(self.supervisor, self.background, self._to_agent, self._retire)
         self.healer = Healer(self.engines, self.metrics, self.background)
         self.scaler = Scaler(config, self.board, self.engines, self.metrics, self.background, self.healer,
                              self._initialize_slot, self.hosts)
@@ -453,6 +454,9 @@ class Core:
         if self._link is not None:
             self._link.to_agent(host, message, lambda exc: log.info("host %s unreachable: %s", host, exc))
 
+    def _retire(self, slot: str) -> None:
+        self._send_shim(slot, wire.encode(wire.Retire("restarted by the core")))
+
     def _hosts_silent(self, now: float) -> None:
         for name in self.hosts.silent(now):
             self.hosts.leave(name)
@@ -579,6 +583,8 @@ class Core:
             log.warning("%s lost: %s%s", instance.slot, reason, f"\n{stderr_tail}" if stderr_tail else "")
             self.metrics.event("lost", f"{instance.slot} lost: {reason}", slot=instance.slot, stderr=stderr_tail)
         self.board.handle(events.InstanceLost(instance.slot, reason))
+        if is_external(instance.slot):
+            self.scaler.external_gone(instance.slot)
 
     def _send_shim(self, slot: str, frames: list[bytes]) -> None:
         host, _, name = slot.rpartition("/")

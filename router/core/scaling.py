@@ -27,6 +27,7 @@ from mcpmux.router.core import events, placement
 from mcpmux.router.core.background import Background
 from mcpmux.router.core.contexts import ClientContext
 from mcpmux.router.core.engines import Engine
+from mcpmux.router.core.external import Scheduler, is_external
 from mcpmux.router.core.healing import Healer
 from mcpmux.router.core.hosts import Hosts, host_of_slot
 from mcpmux.router.core.instances import Instance
@@ -37,7 +38,6 @@ from mcpmux.supervisor import SHIM_GROUP, shim_slot
 
 log = logging.getLogger("mcpmux.scaling")
 
-SCALE_DOWN_AFTER = 60.0  # seconds of low load before one instance is stopped
 # A stack's first instance starts alone (see Scaler._booted), for at most this long.
 FIRST_ALONE_FOR = 3.0
 
@@ -49,6 +49,7 @@ class Scaler:
         self._settings = config.multiplexer
         self._local = config.hosts.local or not config.hosts.listen  # instances on the core's own host
         self._hosts = hosts or Hosts()
+        self._scheduler = Scheduler(config.hosts.scale_command, background, metrics)
         self._spares = config.server.per_client  # waiting shims are spares for any client's directory and variables
         self._board = board
         self._engines = engines
@@ -88,9 +89,9 @@ class Scaler:
 
     def _fill_minimum(self) -> None:
         self._fill_after = None
-        while len(self.wanted) < self._settings.min_instances:
+        while len(self.wanted) + self._external_coming() < self._settings.min_instances:
             slot = self._free_slot()
-            if slot is None:
+            if slot is None and not self._scheduler.configured:
                 return  # no host has a slot free: the rest comes when one joins
             self._start(slot, "minimum instances")
 
@@ -98,6 +99,18 @@ class Scaler:
         """A host joined (or came back): the minimum may be met now on its slots."""
         if self._adopted:
             self._fill_minimum()
+
+    def external_gone(self, slot: str) -> None:
+        """An external instance stopped or was lost: its scheduler may start another, under another name."""
+        self.wanted.pop(slot, None)
+        self.assigned.pop(slot, None)
+        self._awaiting.discard(slot)
+
+    def _externals(self) -> int:
+        return sum(1 for slot in self.wanted if is_external(slot))
+
+    def _external_coming(self) -> int:
+        return self._scheduler.coming(self._externals())
 
     def host_lost(self, host: str) -> None:
         """A host's instances are gone with it: its slots are no longer wanted, and the pool refills on the
@@ -118,7 +131,12 @@ class Scaler:
         one already let go (its context changed); not a slot restarting too often (backed off); and under
         dedicated, not a backend that comes back initialized (a shim from before this core, or one taken for
         dead): it may hold a session's state and nothing says whose, so it restarts fresh."""
-        if host_of_slot(slot) and slot not in self.wanted:
+        if is_external(slot) and slot not in self.wanted:
+            if initialized:  # back after it was taken for lost: its scheduler restarts it fresh, or nobody
+                log.warning("external instance %s came back with a backend that served before: not used", slot)
+                return False
+            log.info("external instance %s dialled in", slot)
+        elif host_of_slot(slot) and slot not in self.wanted:
             # A joined host's shim the core did not ask for: one from before a cut (its calls were failed over
             # when its host was lost) or from before this core. Never served again: it is stopped.
             self._engines.stop_sync(slot)
@@ -241,7 +259,7 @@ class Scaler:
         busiest = self.default_context()
         if self._awaiting:
             self._use_spare(busiest, reason)
-        for _ in range(self.needed() - len(self.wanted)):
+        for _ in range(self.needed() - len(self.wanted) - self._external_coming()):
             self._start(self._free_slot(), reason, busiest)
         # An instance that no open session can use counts in the pool but takes none of its load (a warm-up
         # instance whose client never came): it runs the busiest context instead, side by side with the rest.
@@ -249,10 +267,10 @@ class Scaler:
             self._recycle(instance, busiest)
 
     def _stop_one_when_quiet(self, reason: str) -> None:
-        """Stop one idle instance once the pool has been larger than needed for SCALE_DOWN_AFTER."""
+        """Stop one idle instance once the pool has been larger than needed for scaleDownAfter."""
         now = time.monotonic()
         self._low_since = self._low_since or now
-        if now - self._low_since >= SCALE_DOWN_AFTER:
+        if now - self._low_since >= self._settings.scale_down_after / 1000:
             self._low_since = None
             self._stop_idle_one(reason)
 
@@ -399,6 +417,9 @@ class Scaler:
         return bool(self._board.served_by(instance))
 
     def _start(self, slot: str | None, reason: str, context: ClientContext | None = None) -> None:
+        if slot is None and self._scheduler.configured:
+            self._scheduler.ask(max(self._scheduler.target or 0, self._externals()) + 1, reason)
+            return
         if slot is None:
             log.info("no slot free to start an instance in (%s): none on this host, and no host joined has one",
                      reason)
@@ -413,6 +434,9 @@ class Scaler:
     def _stop_idle_one(self, why: str) -> None:
         for instance in placement.retiring_order(list(self._board.pool), self._in_use):
             slot = instance.slot
+            if is_external(slot) and self._scheduler.configured:
+                self._scheduler.ask(self._externals() - 1, why)  # which one goes is the scheduler's choice
+                return
             if slot in self.wanted and self._board.eligibility.dedicated.owner(slot) is None:
                 del self.wanted[slot]
                 self.assigned.pop(slot, None)
