@@ -275,11 +275,12 @@ class HostStatus:
     server: str  # the command its shims run
     since_heartbeat: float  # seconds since its agent was last heard
     joined: float  # seconds since it joined
+    rtt_ms: float | None = None  # the link's latest round trip
 
     def to_json(self) -> JsonObject:
         return {"name": self.name, "slots": self.slots, "instances": list(self.instances), "cpus": self.cpus,
                 "memory": self.memory, "server": self.server, "sinceHeartbeat": self.since_heartbeat,
-                "joined": self.joined}
+                "joined": self.joined, "rttMs": self.rtt_ms}
 
     @classmethod
     def from_json(cls, data: Any) -> HostStatus:
@@ -287,7 +288,8 @@ class HostStatus:
         return cls(name=_str(data, "name"), slots=_int(data, "slots"),
                    instances=tuple(_text(item, "instances") for item in _list(data, "instances")),
                    cpus=_int(data, "cpus"), memory=_int(data, "memory"), server=_str(data, "server"),
-                   since_heartbeat=float(data.get("sinceHeartbeat", 0.0)), joined=float(data.get("joined", 0.0)))
+                   since_heartbeat=float(data.get("sinceHeartbeat", 0.0)), joined=float(data.get("joined", 0.0)),
+                   rtt_ms=_opt_float(data, "rttMs"))
 
 
 @dataclass(frozen=True)

@@ -182,6 +182,12 @@ class StopSlot(NamedTuple):
     slot: str
 
 
+class Probe(NamedTuple):
+    """From the core to a host's agent, which sends it straight back: the link's round trip."""
+
+    sent: float  # the core's clock
+
+
 # --- monitor <-> core --------------------------------------------------------------------------------
 
 
@@ -200,7 +206,7 @@ Message = (
     | ShimHello | Heartbeat | Resync | InitializeBackend | BindContext | BackendReady | BackendFailed | ShimStopping
     | Retire
     | ToBackend | FromBackend
-    | HostHello | StartSlot | StopSlot
+    | HostHello | StartSlot | StopSlot | Probe
     | ControlRequest | ControlReply
 )
 
@@ -209,7 +215,7 @@ TAGS: dict[type[Any], str] = {
     Taken: "tk",
     ShimHello: "sh", Heartbeat: "hb", Resync: "rs", InitializeBackend: "ib", BindContext: "bc", BackendReady: "br",
     BackendFailed: "bf", ShimStopping: "ss", ToBackend: "tb", FromBackend: "fb",
-    HostHello: "hh", StartSlot: "ts", StopSlot: "ps", Retire: "rt",
+    HostHello: "hh", StartSlot: "ts", StopSlot: "ps", Retire: "rt", Probe: "pb",
     ControlRequest: "cq", ControlReply: "cr",
 }
 _BY_TAG: dict[str, type[Any]] = {tag: cls for cls, tag in TAGS.items()}

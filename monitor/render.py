@@ -189,7 +189,8 @@ def summary_lines(status: StackStatus) -> Text:
         text.append(f"\nhosts join at {status.hosts_listen} (CURVE)" + ("" if status.hosts else ": none has joined"))
     for host in status.hosts:
         text.append(f"\nhost {host.name}: {len(host.instances)} of {host.slots} slots, {host.cpus} cpus, "
-                    f"{host.memory / 2**30:.1f} GiB, heard {host.since_heartbeat:.1f} s ago")
+                    f"{host.memory / 2**30:.1f} GiB, round trip {millis(host.rtt_ms)}, "
+                    f"heard {host.since_heartbeat:.1f} s ago")
     if status.prometheus:
         text.append(f"\nPrometheus metrics at {status.prometheus}")
     return text

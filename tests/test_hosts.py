@@ -11,16 +11,23 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import time
 
 import psutil
 
 from tests.conftest import Stack, StackFactory
-from tests.http_clients import free_port
+from tests.http_clients import MONITOR, free_port
 from tests.joined_hosts import Hosts, slots_by_host
 from tests.rawclient import answer, call, pid_of, raw_session
 
 INSTANCE_FAILED = -32051
+
+
+def monitor(stack: Stack, *command: str) -> str:
+    done = subprocess.run([MONITOR, *command, "--stack", str(stack.paths.root)], env=stack.env, capture_output=True,
+                          text=True, timeout=30, check=True)
+    return done.stdout
 
 
 def core_with_hosts(make_stack: StackFactory, *options: str) -> tuple[Stack, str]:
@@ -43,12 +50,15 @@ async def test_sessions_are_served_by_instances_spread_over_the_joined_hosts(
             await client.send(call(f"c{n}", "block", seconds=0.5))
         served = {pid_of(await client.response(f"c{n}")) for n in range(4)}
     status = await stack.current_status()
+    shown = await asyncio.to_thread(monitor, stack, "status")
 
     assert all(done.returncode == 0 for done in joined), [done.stderr for done in joined]
     assert slots_by_host(status) == {"east": ["east/shim:shim_00"], "west": ["west/shim:shim_00"]}
     assert [(host["name"], host["slots"], host["instances"]) for host in status["hosts"]] == [
         ("east", 1, ["east/shim:shim_00"]), ("west", 2, ["west/shim:shim_00"])]
     assert status["hostsListen"] == endpoint
+    assert all(host["rttMs"] is not None and host["rttMs"] > 0 for host in status["hosts"]), "the links' round trips"
+    assert "host east: 1 of 1 slots" in shown and "host west: 1 of 2 slots" in shown
     assert served <= east.instance_pids() | west.instance_pids(), "every call ran on a joined host"
     assert served & east.instance_pids() and served & west.instance_pids(), "both hosts served"
 

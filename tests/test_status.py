@@ -117,7 +117,7 @@ STATUS_JSON: dict[str, Any] = {
         {"name": "77aa01be", "transport": "http", "era": "2026-07-28", "pending": 0, "remote": "10.0.0.7:51234",
          "token": "alice"}],
     "hosts": [{"name": "gpu-1", "slots": 4, "instances": ["gpu-1/shim:shim_00"], "cpus": 16, "memory": 68719476736,
-               "server": "uvx mcp-server-time", "sinceHeartbeat": 0.4, "joined": 3600.0}],
+               "server": "uvx mcp-server-time", "sinceHeartbeat": 0.4, "joined": 3600.0, "rttMs": 0.42}],
     "hostsListen": "tcp://10.0.0.1:7300",
 }
 

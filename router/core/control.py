@@ -161,7 +161,8 @@ class ControlHandler:
         return tuple(
             HostStatus(name=host.name, slots=len(host.slots), cpus=host.cpus, memory=host.memory, server=host.server,
                        instances=tuple(sorted(slot for slot in pool if slot.startswith(f"{host.name}/"))),
-                       since_heartbeat=now - host.last_seen, joined=now - host.joined)
+                       since_heartbeat=now - host.last_seen, joined=now - host.joined,
+                       rtt_ms=round(host.rtt * 1000, 3) if host.rtt is not None else None)
             for host in sorted(self._core.hosts.joined.values(), key=lambda host: host.name))
 
     def _contexts(self) -> tuple[ContextStatus, ...]:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from mcpmux import wire
 
 HOST_LIVENESS = 5.0  # seconds of silence (an agent beats every second) before a host is taken for lost
+PROBE_INTERVAL = 2.0  # seconds between round-trip probes of each host
 
 
 @dataclass
@@ -23,6 +24,7 @@ class Host:
     server: str
     joined: float
     last_seen: float
+    rtt: float | None = None  # seconds: the latest probe's round trip
 
     def slot_names(self) -> list[str]:
         """Its slots as the pool names them: HOST/group:name."""
@@ -47,6 +49,12 @@ class Hosts:
             return False
         host.last_seen = now
         return True
+
+    def probed(self, name: str, sent: float, now: float) -> None:
+        host = self.joined.get(name)
+        if host is not None and 0 <= now - sent < HOST_LIVENESS:
+            host.rtt = now - sent
+            host.last_seen = now
 
     def forgive(self, now: float) -> None:
         """The core itself did not run for a while: no host's silence meanwhile says anything about it."""

@@ -39,7 +39,7 @@ from mcpmux.router.core.door_flow import DoorFlow, Sent
 from mcpmux.router.core.engines import Engines
 from mcpmux.router.core.external import is_external
 from mcpmux.router.core.healing import Healer
-from mcpmux.router.core.hosts import HOST_LIVENESS, Hosts, host_of_slot
+from mcpmux.router.core.hosts import HOST_LIVENESS, PROBE_INTERVAL, Hosts, host_of_slot
 from mcpmux.router.core.hosts_link import HostsLink
 from mcpmux.router.core.instances import Instance
 from mcpmux.router.core.metrics import Metrics
@@ -114,6 +114,7 @@ class Core:
         self._waits: list[Wait] = []  # control queries waiting for the pool to reach a state
         self._next_tick = 0.0
         self._next_fold = 0.0
+        self._next_probe = 0.0
         self._next_reaction = 0.0
         self._stopping = False
         self._last_turn = time.monotonic()
@@ -447,12 +448,21 @@ class Core:
         elif isinstance(message, wire.Heartbeat):
             if not self.hosts.heard(host, now):
                 self._to_agent(host, wire.Resync())  # a host lost (or from before this core): hello again
+        elif isinstance(message, wire.Probe):
+            self.hosts.probed(host, message.sent, now)
         else:
             log.warning("host %s's agent sent %s", host, type(message).__name__)
 
     def _to_agent(self, host: str, message: wire.Message) -> None:
         if self._link is not None:
             self._link.to_agent(host, message, lambda exc: log.info("host %s unreachable: %s", host, exc))
+
+    def _probe_hosts(self, now: float) -> None:
+        if now < self._next_probe:
+            return
+        self._next_probe = now + PROBE_INTERVAL
+        for name in self.hosts.joined:
+            self._to_agent(name, wire.Probe(now))
 
     def _retire(self, slot: str) -> None:
         self._send_shim(slot, wire.encode(wire.Retire("restarted by the core")))
@@ -617,6 +627,7 @@ class Core:
         self._check_liveness()
         if self.hosts.joined:
             self._hosts_silent(now)
+            self._probe_hosts(now)
         self._carry_out()
         self.healer.tick()
         self.scaler.tick()

@@ -182,6 +182,24 @@ def _families(status: StackStatus, buckets: list[tuple[str, float]], total: floa
             if value is not None:
                 latency.add_metric([slot, quantile], value / 1000)
     yield from (in_flight, limit, failures, restarts, uptime, rss, cpu, latency)
+    yield from _host_families(status)
+
+
+def _host_families(status: StackStatus) -> Iterator[Metric]:
+    """The joined hosts: their slots, the instances they run, their link."""
+    slots = GaugeMetricFamily("mcpmux_host_slots", "Instances each joined host may run", labels=["host"])
+    instances = GaugeMetricFamily("mcpmux_host_instances", "Instances of the pool on each joined host",
+                                  labels=["host"])
+    rtt = GaugeMetricFamily("mcpmux_host_rtt_seconds", "Round trip of each joined host's link", labels=["host"])
+    heard = GaugeMetricFamily("mcpmux_host_last_heard_seconds", "Time since each joined host was last heard",
+                              labels=["host"])
+    for host in status.hosts:
+        slots.add_metric([host.name], host.slots)
+        instances.add_metric([host.name], len(host.instances))
+        heard.add_metric([host.name], host.since_heartbeat)
+        if host.rtt_ms is not None:
+            rtt.add_metric([host.name], host.rtt_ms / 1000)
+    yield from (slots, instances, rtt, heard)
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

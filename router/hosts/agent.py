@@ -63,6 +63,8 @@ class Agent:
             self._carry_out(message)
         elif isinstance(message, wire.Resync):
             self._hello()
+        elif isinstance(message, wire.Probe):
+            wire.send(self._socket, wire.encode(message))
         else:
             log.warning("ignored %s from the core", type(message).__name__)
 
