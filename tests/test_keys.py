@@ -67,3 +67,13 @@ def test_a_damaged_file_allows_nobody(tmp_path: Path, text: str) -> None:
     store.path.write_text(text)
 
     assert store.host_of(key.public) is None
+
+
+def test_a_key_file_mounted_as_a_symbolic_link_is_read(tmp_path: Path) -> None:
+    """A Kubernetes secret's files are symbolic links (pool.key -> ..data/pool.key)."""
+    key = KeyStore(tmp_path / "keys.json").create("pool")
+    (tmp_path / "..data").mkdir()
+    key.write(tmp_path / "..data" / "pool.key")
+    (tmp_path / "pool.key").symlink_to(tmp_path / "..data" / "pool.key")
+
+    assert HostKey.read(tmp_path / "pool.key") == key
