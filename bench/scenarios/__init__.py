@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 
 MODULES = ("overhead", "scaling", "ceiling", "failover", "memory", "published", "coldstart", "dedicated", "fairness",
-           "loadstep", "projects", "sampling", "http")
+           "loadstep", "projects", "sampling", "http", "hosts")
 
 
 def load() -> None:
