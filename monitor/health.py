@@ -27,6 +27,7 @@ class Thresholds:
     min_requests: int = 20
     queue_fraction: float = 0.5  # a queue at least this full: degraded
     recent_seconds: float = 300.0  # failures within this window make the stack degraded
+    host_silence: float = 2.5  # seconds a joined host (it beats every second) may go unheard: degraded beyond
 
 
 @dataclass
@@ -77,6 +78,10 @@ def assess(status: StackStatus, thresholds: Thresholds | None = None) -> Health:
     capacity, queued = status.queue_capacity, status.queued
     if capacity and queued >= capacity * limits.queue_fraction:
         degraded.append(f"the queue holds {queued} of at most {capacity} requests")
+
+    for host in status.hosts:
+        if host.since_heartbeat > limits.host_silence:
+            degraded.append(f"host {host.name} has not been heard for {host.since_heartbeat:.0f} s")
 
     for event in status.errors:
         age = status.time - event.time

@@ -267,6 +267,8 @@ def test_the_renderer_shows_a_realistic_status() -> None:
     assert "era 2026-07-28: instances shim:shim_00; sessions 77aa01be" in text
     assert "era handshake: instances shim:shim_01; sessions 9f2c41d0" in text
     assert "last scaling decision" in text and "Prometheus metrics at http://127.0.0.1:9464/metrics" in text
+    assert "hosts join at tcp://10.0.0.1:7300 (CURVE)" in text
+    assert "host gpu-1: 1 of 4 slots, 16 cpus, 64.0 GiB, round trip 0.4 ms, heard 0.4 s ago" in text
     details = render.to_text(render.details_table(status), width=200)
     assert "shim:shim_02 flapping: given up" in details and "2" in details
     errors = render.to_text(render.events_table(status.errors, details=True), width=200)
@@ -362,3 +364,13 @@ def test_the_dashboard_names_the_instances_that_serve_one_session_at_a_time() ->
     assert "one session at a time (they ask clients)  shim:shim_00" in text
     assert "shim_01" not in text.split("one session at a time")[1].splitlines()[0]
     assert StackStatus.from_json(status.to_json()).instances[0].asks_clients
+
+
+def test_a_joined_host_unheard_for_a_while_makes_the_stack_degraded() -> None:
+    status = StackStatus.from_json(STATUS_JSON)
+    late = dataclasses.replace(status.hosts[0], since_heartbeat=4.0)
+    fresh = health.assess(dataclasses.replace(status, hosts=(status.hosts[0],), errors=()))
+    silent = health.assess(dataclasses.replace(status, hosts=(late,), errors=()))
+
+    assert not any("host" in reason for reason in fresh.reasons)
+    assert "host gpu-1 has not been heard for 4 s" in silent.reasons
