@@ -203,7 +203,8 @@ def of_hint(hint: Any) -> st.SearchStrategy[Any]:
         return st.dictionaries(st.text(max_size=4), SCALARS, max_size=2)
     if typing.get_origin(hint) is typing.Literal:
         return st.sampled_from(typing.get_args(hint))
-    return {int: st.integers(0, 2**31), str: st.text(max_size=8), bool: st.booleans(), type(None): st.none()}[hint]
+    return {int: st.integers(0, 2**31), float: st.floats(allow_nan=False), str: st.text(max_size=8),
+            bool: st.booleans(), type(None): st.none()}[hint]
 
 
 @st.composite

@@ -9,12 +9,14 @@ served across the link.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
 import time
 
 import psutil
+import zmq
 
 from tests.conftest import Stack, StackFactory
 from tests.http_clients import MONITOR, free_port
@@ -63,19 +65,24 @@ async def test_sessions_are_served_by_instances_spread_over_the_joined_hosts(
     assert served & east.instance_pids() and served & west.instance_pids(), "both hosts served"
 
 
-async def test_a_host_whose_key_is_not_allowed_is_refused(make_stack: StackFactory, hosts: Hosts) -> None:
+async def test_a_host_whose_key_is_not_allowed_or_that_trusts_another_core_is_refused(
+        make_stack: StackFactory, hosts: Hosts) -> None:
     stack, endpoint = core_with_hosts(make_stack, "--min-instances", "1", "--max-instances", "2")
     allowed, revoked = hosts.make(stack, endpoint, "allowed"), hosts.make(stack, endpoint, "revoked")
+    misled = hosts.make(stack, endpoint, "misled")  # its key file names another core's public key
+    data = json.loads(misled.key.read_text())
+    misled.key.write_text(json.dumps({**data, "core": zmq.curve_keypair()[0].decode()}))
     hosts.revoke(stack, "revoked")
     revoked.join()
+    misled.join()
     allowed.join()
     await stack.ready(1)
     status = await stack.current_status()
     log = stack.paths.core_log.read_text()
 
     assert slots_by_host(status) == {"allowed": ["allowed/shim:shim_00"]}
+    assert [host["name"] for host in status["hosts"]] == ["allowed"]
     assert "refused a host with an unknown key" in log
-    assert not any("revoked" in instance["slot"] for instance in status["instances"])
 
 
 async def test_a_lost_host_fails_its_calls_over_and_the_pool_refills_on_the_other(
