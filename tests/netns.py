@@ -6,6 +6,7 @@ nothing else; each pair has a /30 of its own in 10.250.0.0/16.
 
 from __future__ import annotations
 
+import itertools
 import os
 import secrets
 import shutil
@@ -15,6 +16,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 ROOT_AND_IP = os.geteuid() == 0 and shutil.which("ip") is not None
+# Each pytest worker takes its own part of 10.250.0.0/16, so that tests running side by side never share an
+# address: 10.250.0.(10 + worker) for a core's address, 10.250.(1 + 60 * worker + n).0/30 for its links.
+WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0) % 4
+_links = itertools.count()
+
+
+def core_address() -> str:
+    """An address of this host's own (on lo) that the worker's namespaces can reach: a core host's."""
+    return f"10.250.0.{10 + WORKER}"
 
 
 @dataclass
@@ -43,7 +53,7 @@ def ip(*args: str) -> None:
 def namespace_link() -> Iterator[Link]:
     """A namespace joined to this host by a veth pair: 10.250.N.1 here, 10.250.N.2 there."""
     tag = secrets.token_hex(3)
-    subnet = int(tag, 16) % 250
+    subnet = 1 + 60 * WORKER + next(_links) % 60
     namespace, host_side, far_side = f"mx{tag}", f"mxh{tag}", f"mxn{tag}"
     ip("netns", "add", namespace)
     try:

@@ -146,6 +146,7 @@ async def test_a_host_back_after_a_partition_rejoins_and_its_old_instances_are_n
         _, alive = await asyncio.to_thread(psutil.wait_procs, [p for p in frozen if p.pid in old_instances], 30)
         served = [pid_of(await client.request(f"after-{n}", "tools/call", {"name": "whoami", "arguments": {}}))
                   for n in range(6)]
+        await stack.ready(2)
     status = await stack.current_status()
 
     assert "host east lost" in lost["text"]

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
+from tests import netns
 from tests.conftest import Stack, StackFactory
 from tests.http_clients import free_port
 from tests.joined_hosts import Hosts, slots_by_host
@@ -29,18 +30,18 @@ from tests.rawclient import call, pid_of, raw_session
 
 pytestmark = pytest.mark.skipif(not ROOT_AND_IP, reason="needs root and ip to make network namespaces")
 
-CORE_ADDRESS = "10.250.0.1"
 INSTANCE_FAILED = -32051
 
 
 @pytest.fixture
 def core_address() -> Iterator[str]:
     """The core host's own address, which every namespace reaches through its own veth."""
-    ip("addr", "add", f"{CORE_ADDRESS}/32", "dev", "lo")
+    address = netns.core_address()
+    ip("addr", "add", f"{address}/32", "dev", "lo")
     try:
-        yield CORE_ADDRESS
+        yield address
     finally:
-        subprocess.run(["ip", "addr", "del", f"{CORE_ADDRESS}/32", "dev", "lo"], capture_output=True, timeout=30)
+        subprocess.run(["ip", "addr", "del", f"{address}/32", "dev", "lo"], capture_output=True, timeout=30)
 
 
 @pytest.fixture

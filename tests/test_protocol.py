@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from typing import Any
 
 import anyio
@@ -143,9 +144,10 @@ async def test_set_level_applies_to_every_instance_including_replacements(make_s
         assert [answer["level"] for answer in levels] == ["warning", "warning"]
 
         backend = psutil.Process(levels[0]["pid"])
+        killed = time.time()
         backend.kill()
-        await asyncio.to_thread(backend.wait, 10)
-        await stack.ready(2)  # the core learns of the loss, supervisord starts a new shim
+        await stack.event("lost", killed)  # the core knows: no call of the next round goes to it
+        await stack.ready(2)  # supervisord starts a new shim
 
         levels = await on_every_instance(client, stack, "get_log_level")
 

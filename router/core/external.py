@@ -35,7 +35,10 @@ class Scheduler:
         self._command = command
         self._background = background
         self._metrics = metrics
-        self.target: int | None = None  # the count last asked for
+        self.target: int | None = None  # the count wanted now
+        self._asked: int | None = None  # the count the command last ran with
+        self._busy = False  # a run of the command is due or under way: the next waits for it
+        self._reason = ""
 
     @property
     def configured(self) -> bool:
@@ -46,13 +49,28 @@ class Scheduler:
         return max(0, (self.target or 0) - present)
 
     def ask(self, count: int, reason: str) -> None:
+        """Want `count` external instances. The command runs once the scaler's decision is over, with the
+        count wanted then, and never beside another run of itself: a scheduler told 2 then 3 at once could
+        end at either."""
         if not self._command or count == self.target:
             return
         self.target = count
+        self._reason = reason
+        if not self._busy:
+            self._busy = True
+            self._background.call_soon_threadsafe(self._run_latest)
+
+    def _run_latest(self) -> None:
+        count = self.target
+        if count is None or count == self._asked:
+            self._busy = False
+            return
+        self._asked = count
         argv = shlex.split(self._command.replace("{n}", str(count)))
-        log.info("ask the scheduler for %d external instances (%s): %s", count, reason, shlex.join(argv))
-        self._metrics.event(EventKind.SCALE, f"asked the scheduler for {count} external instances: {reason}")
-        self._background.run(functools.partial(_run, argv), what=f"the scale command ({shlex.join(argv)})")
+        log.info("ask the scheduler for %d external instances (%s): %s", count, self._reason, shlex.join(argv))
+        self._metrics.event(EventKind.SCALE, f"asked the scheduler for {count} external instances: {self._reason}")
+        self._background.run(functools.partial(_run, argv), lambda _: self._run_latest(),
+                             what=f"the scale command ({shlex.join(argv)})", failed=lambda _: self._run_latest())
 
 
 def _run(argv: list[str]) -> None:
