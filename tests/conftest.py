@@ -24,8 +24,10 @@ import psutil
 import pytest
 from mcp import ClientSession, StdioServerParameters, stdio_client
 
+from mcpmux import stacks
 from mcpmux.monitor.control import query
-from mcpmux.stack import StackPaths
+from mcpmux.router import cli
+from mcpmux.stack import StackPaths, stack_id
 
 if TYPE_CHECKING:
     from tests.joined_hosts import Hosts
@@ -67,10 +69,14 @@ class Stack:
 
     @property
     def paths(self) -> StackPaths:
-        """Where the router puts this stack: asked once per command line (`--where` starts a process)."""
+        """Where the router puts this stack, as `mcpmux-router --where` says, worked out in this process
+        (tests/test_cli.py runs `--where` itself; a router started per stack only for this cost the suite a
+        process start per stack)."""
         key = tuple(self.router_args)
         if key not in self._where:
-            self._where[key] = StackPaths(Path(self.router("--where").stdout.strip()))
+            args = cli.build_parser().parse_args(self.router_args)
+            config, origin = cli.resolve(args)
+            self._where[key] = StackPaths(self.runtime_dir / "mcpmux" / stack_id(config, origin))
         return self._where[key]
 
     def status(self) -> dict[str, Any]:
@@ -199,7 +205,7 @@ class StackFactory:
 
 def _stop(stack: Stack) -> list[psutil.Process]:
     processes = stack.processes()
-    stack.router("--down", check=False)
+    stacks.stop(stack.paths)  # what `mcpmux-router --down` does (tests/test_stack.py runs that itself)
     _, alive = psutil.wait_procs(processes, timeout=15)
     for process in alive:
         process.kill()
