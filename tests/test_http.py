@@ -326,14 +326,15 @@ async def test_a_client_that_vanishes_has_its_calls_cancelled_and_others_go_on(s
     """Its connection closes mid-call and it never comes back: after the session timeout the session ends,
     and the instance running its call is told to stop (it is free again); another session is unaffected."""
     started = time.time()
-    earlier = {session["name"] for session in (await served.stack.current_status())["openSessions"]}
+    before = await served.stack.current_status()
+    earlier = {session["name"] for session in before["openSessions"]}
     async with http_client(served.alice) as client:
         headers = await raw_session(client, served.url)
         async with client.stream("POST", served.url, json=call(2, "sleep", seconds=60), headers=headers) as running:
             async for line in running.aiter_lines():
                 if line.startswith("id:"):
                     break  # the priming event: the call is on its way; the connection now drops
-        await served.stack.running(1)
+        await served.stack.running(before["running"] + 1)
         busy = await served.stack.current_status()
         # This test's session: not one an earlier test of the module left open (the stack is shared)
         name = next(session["name"] for session in busy["openSessions"]
