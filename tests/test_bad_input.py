@@ -6,6 +6,7 @@ import asyncio
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,9 +15,13 @@ from tests.conftest import ROUTER, Stack, StackFactory
 from tests.rawclient import raw_session
 
 
-@pytest.fixture
-def stack(make_stack: StackFactory) -> Stack:
-    return make_stack("--min-instances", "1", "--max-instances", "1", "--max-message-bytes", "65536")
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    """One stack for the module's tests, as for several clients in a row: bad input is contained, so each
+    test's session finds the stack whole after the last one's (and a stack costs seconds of CPU to start)."""
+    factory = StackFactory()
+    yield factory("--min-instances", "1", "--max-instances", "1", "--max-message-bytes", "65536")
+    factory.stop_all()
 
 
 async def test_malformed_json_gets_a_parse_error(stack: Stack) -> None:

@@ -143,7 +143,8 @@ async def test_the_link_carries_nothing_readable(
 INTRUDER = """
 import sys, zmq
 endpoint, mode, core_key = sys.argv[1:4]
-socket = zmq.Context().socket(zmq.DEALER)
+context = zmq.Context()
+socket = context.socket(zmq.DEALER)
 socket.setsockopt(zmq.ROUTING_ID, b"intruder/agent")
 socket.setsockopt(zmq.LINGER, 0)
 if mode == "curve":
@@ -154,6 +155,8 @@ import msgpack
 socket.send(msgpack.packb(["hh", 1, ["shim:shim_00"], 1, 1, "intruder"]))
 socket.send(msgpack.packb(["hb"]))
 print("answered" if socket.poll(3000) else "silence", flush=True)
+socket.close(linger=0)
+context.term()
 """
 
 

@@ -40,7 +40,6 @@ from mcpmux.router.core.engines import Engines
 from mcpmux.router.core.external import is_external
 from mcpmux.router.core.healing import Healer
 from mcpmux.router.core.hosts import HOST_LIVENESS, PROBE_INTERVAL, Hosts, host_of_slot
-from mcpmux.router.core.hosts_link import HostsLink
 from mcpmux.router.core.instances import Instance
 from mcpmux.router.core.metrics import Metrics
 from mcpmux.router.core.queue import Priority
@@ -53,6 +52,7 @@ from mcpmux.supervisor import Supervisor
 
 if TYPE_CHECKING:  # prometheus-client is an extra, imported only when the exporter is configured
     from mcpmux.router.core import prometheus
+    from mcpmux.router.core.hosts_link import HostsLink  # ZeroMQ's authenticator: only for a stack with hosts
 
 log = logging.getLogger("mcpmux.core")
 
@@ -99,8 +99,7 @@ class Core:
         self._doors = self._router_socket(paths.doors_endpoint)
         self._shims = self._router_socket(paths.shims_endpoint)
         self._control = self._router_socket(paths.control_endpoint)
-        self._link = HostsLink(self._context, config.hosts.endpoint, KeyStore(paths.keys)) if config.hosts.listen \
-            else None
+        self._link = self._hosts_link() if config.hosts.listen else None
         self._idle_since: float | None = time.monotonic()
         self._last_poll = 0.0
         # Frames for doors whose client reads slowly, sent in order later, the bytes in flight bounded.
@@ -138,6 +137,11 @@ class Core:
             return
         self.board.record_to(events.write_to(os.fdopen(descriptor, "ab")))
         log.warning("recording every event to %s (MCPMUX_RECORD)", path)
+
+    def _hosts_link(self) -> HostsLink:
+        from mcpmux.router.core.hosts_link import HostsLink
+
+        return HostsLink(self._context, self.config.hosts.endpoint, KeyStore(self.paths.keys))
 
     def _router_socket(self, endpoint: str) -> zmq.Socket[bytes]:
         socket = self._context.socket(zmq.ROUTER)
