@@ -80,13 +80,14 @@ async def test_a_host_cut_off_loses_its_instances_and_the_pool_refills_on_the_ot
             await client.send(call(request_id, tool, seconds=4))
         await stack.running(4)
         cut_off = far[0].instance_pids()
+        kept = [psutil.Process(pid) for pid in cut_off]  # now: once the link is back they may go at any moment
         cut = time.time()
         east.down()
         responses = {rid: await client.response(rid) for rid in ("safe-1", "safe-2", "unsafe-1", "unsafe-2")}
         refilled = await stack.event("ready", cut, slot="west/shim:shim_01")
         east.up()
         back = await stack.event("host", refilled["time"])
-        _, alive = await asyncio.to_thread(psutil.wait_procs, [psutil.Process(pid) for pid in cut_off], 30)
+        _, alive = await asyncio.to_thread(psutil.wait_procs, kept, 30)
         served = [pid_of(await client.request(f"after-{n}", "tools/call", {"name": "whoami", "arguments": {}}))
                   for n in range(6)]
     after = await stack.current_status()
