@@ -90,7 +90,7 @@ async def test_the_core_asks_its_scheduler_for_more_under_load_and_fewer_when_id
         async with raw_session(stack) as client:
             await client.initialize()
             for n in range(3):
-                await client.send(call(f"c{n}", "block", seconds=3))
+                await client.send(call(f"c{n}", "block", seconds=8))  # long enough for two more to start
             grown = asyncio.create_task(scheduler.follow_until([3]))
             served = {pid_of(await client.response(f"c{n}", timeout=60)) for n in range(3)}
             await grown
