@@ -68,3 +68,28 @@ def test_an_instance_is_never_restarted_for_the_context_it_has(scaled: tuple[Har
     scaler.instance_ready(instance.slot)
 
     assert h.board.pool.get(instance.slot) is instance and instance.slot not in scaler.assigned
+
+
+def test_a_context_waiting_for_an_external_instance_asks_its_scheduler_once(tmp_path: Path) -> None:
+    """Every tick places the contexts sessions wait for; one whose instance was asked of the scheduler and
+    has not dialled in yet must not ask again each time (it would ask for more and more)."""
+    h = Harness.make(minInstances=1, maxInstances=4)
+    paths = StackPaths(tmp_path)
+    paths.credentials.write_text(json.dumps({"username": "u", "password": "p"}))
+    background = Background()
+    supervisor = Supervisor(paths)
+    config = parse_config({"server": {"command": "server"}, "multiplexer": {"minInstances": 1, "maxInstances": 4},
+                           "hosts": {"listen": "7300", "local": False, "scaleCommand": "true {n}"}}, "test")
+    scaler = Scaler(config, h.board, supervisor, h.board.metrics, background,
+                    Healer(supervisor, h.board.metrics, background), lambda slot, context: None)
+    try:
+        h.call(h.open("waiting"), 1)
+        asked = []
+        for _ in range(12):
+            scaler.tick()
+            asked.append(scaler._scheduler.target)
+    finally:
+        background.close()
+
+    assert asked[0] is not None and 1 <= asked[0] <= 4
+    assert asked == [asked[0]] * 12, "asked once; not again at every tick while it comes"

@@ -353,6 +353,8 @@ class Scaler:
         elif unused:
             for instance in unused:
                 self._recycle(instance, handshake)
+        elif self._external_coming():
+            return  # an instance asked of the scheduler is on its way: the context is placed once it dials in
         elif len(self.wanted) < self._settings.max_instances:
             self._start(self._free_slot(), reason, handshake)
         elif (victim := placement.recycling_victim(self._yielding(), self._in_use)) is not None:
@@ -418,7 +420,8 @@ class Scaler:
 
     def _start(self, slot: str | None, reason: str, context: ClientContext | None = None) -> None:
         if slot is None and self._scheduler.configured:
-            self._scheduler.ask(max(self._scheduler.target or 0, self._externals()) + 1, reason)
+            if len(self.wanted) + self._external_coming() < self._settings.max_instances:
+                self._scheduler.ask(max(self._scheduler.target or 0, self._externals()) + 1, reason)
             return
         if slot is None:
             log.info("no slot free to start an instance in (%s): none on this host, and no host joined has one",
