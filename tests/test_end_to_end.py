@@ -55,6 +55,7 @@ async def test_concurrent_sessions_share_one_pool(make_stack: StackFactory) -> N
             return {result_json(await client.call_tool("whoami", {}))["pid"] for _ in range(4)}
 
     first, second, third = await asyncio.gather(pids_seen(), pids_seen(), pids_seen())
+    await stack.ready(2)  # the second may still be starting: a cold stack's first instance starts alone
     backends = {process.pid for process in stack.processes() if "lab_server" in " ".join(process.cmdline())}
 
     assert first | second | third <= backends
