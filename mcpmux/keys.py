@@ -17,6 +17,8 @@ from pathlib import Path
 
 import zmq
 
+from mcpmux import private_json
+
 FILE = "keys.json"
 NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 KEY_LENGTH = 40  # a Z85-encoded CURVE key
@@ -120,25 +122,15 @@ class KeyStore:
         self._write()
 
     def _refresh(self) -> None:
-        try:
-            info = os.stat(self.path)
-        except FileNotFoundError:
-            self._stamp, self._core, self._hosts = None, None, {}
-            return
-        stamp = (info.st_mtime_ns, info.st_size, info.st_ino)
-        if stamp != self._stamp:
-            self._core, self._hosts = _read(self.path)
-            self._stamp = stamp
+        now = private_json.stamp(self.path)
+        if now != self._stamp:
+            self._core, self._hosts = _keys(private_json.read(self.path)) if now is not None else (None, {})
+            self._stamp = now
 
     def _write(self) -> None:
-        """Write a new file and rename it over the old: a reader sees one or the other, never half."""
-        data = {"core": asdict(self._core) if self._core is not None else None,
-                "hosts": {host.name: {"public": host.public, "created": host.created} for host in self._hosts.values()}}
-        temporary = self.path.with_name(f".{FILE}.{os.getpid()}")
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(descriptor, "w") as handle:
-            json.dump(data, handle, indent=1)
-        os.replace(temporary, self.path)
+        private_json.replace(self.path, {
+            "core": asdict(self._core) if self._core is not None else None,
+            "hosts": {host.name: {"public": host.public, "created": host.created} for host in self._hosts.values()}})
         self._stamp = None
 
 
@@ -146,14 +138,8 @@ def _z85(value: object) -> bool:
     return isinstance(value, str) and len(value) == KEY_LENGTH
 
 
-def _read(path: Path) -> tuple[KeyPair | None, dict[str, Host]]:
+def _keys(data: object) -> tuple[KeyPair | None, dict[str, Host]]:
     """The file's keys; an entry of the wrong shape is skipped (it allows nobody)."""
-    try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        with os.fdopen(descriptor) as handle:
-            data = json.load(handle)
-    except (OSError, ValueError):
-        return None, {}
     if not isinstance(data, dict):
         return None, {}
     core = data.get("core")

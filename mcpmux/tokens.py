@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
-import os
 import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from mcpmux import private_json
 
 PREFIX = "mcpmux_"
 FILE = "tokens.json"
@@ -77,36 +77,19 @@ class TokenStore:
         self._write()
 
     def _refresh(self) -> None:
-        try:
-            info = os.stat(self.path)
-        except FileNotFoundError:
-            self._stamp, self._tokens = None, {}
-            return
-        stamp = (info.st_mtime_ns, info.st_size, info.st_ino)
-        if stamp == self._stamp:
-            return
-        self._tokens = _read(self.path)
-        self._stamp = stamp
+        now = private_json.stamp(self.path)
+        if now != self._stamp:
+            self._tokens = _tokens(private_json.read(self.path)) if now is not None else {}
+            self._stamp = now
 
     def _write(self) -> None:
-        """Write a new file and rename it over the old: a reader sees one or the other, never half."""
-        data = {token.name: {"sha256": token.digest, "created": token.created} for token in self._tokens.values()}
-        temporary = self.path.with_name(f".{FILE}.{os.getpid()}")
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(descriptor, "w") as handle:
-            json.dump(data, handle, indent=1)
-        os.replace(temporary, self.path)
+        private_json.replace(self.path, {token.name: {"sha256": token.digest, "created": token.created}
+                                         for token in self._tokens.values()})
         self._stamp = None
 
 
-def _read(path: Path) -> dict[str, Token]:
+def _tokens(data: object) -> dict[str, Token]:
     """The file's tokens; an entry of the wrong shape is skipped (it can match no secret)."""
-    try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        with os.fdopen(descriptor) as handle:
-            data = json.load(handle)
-    except (OSError, ValueError):
-        return {}
     tokens: dict[str, Token] = {}
     for name, entry in data.items() if isinstance(data, dict) else ():
         if isinstance(entry, dict) and isinstance(entry.get("sha256"), str):

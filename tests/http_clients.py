@@ -51,3 +51,12 @@ async def http_session(url: str, token: str | None, **callbacks: Any) -> AsyncIt
             ClientSession(read, write, **callbacks) as session:
         await session.initialize()
         yield session
+
+
+async def session_closed(stack: Stack, name: str, after: float) -> dict[str, Any]:
+    """The core's event of that session's closing."""
+    while True:
+        event = await stack.event("session", after, timeout=60)
+        if name in event["text"] and "closed" in event["text"]:
+            return event
+        after = event["time"]

@@ -45,6 +45,16 @@ class Link:
         return ["ip", "netns", "exec", self.namespace, *argv]
 
 
+@contextmanager
+def address_on_lo(address: str) -> Iterator[str]:
+    """An address of this host's own (a core host's), which every namespace reaches through its own veth."""
+    ip("addr", "add", f"{address}/32", "dev", "lo")
+    try:
+        yield address
+    finally:
+        subprocess.run(["ip", "addr", "del", f"{address}/32", "dev", "lo"], capture_output=True, timeout=30)
+
+
 def ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
 

@@ -141,3 +141,14 @@ async def raw_session(stack: Stack, *options: str) -> AsyncIterator[RawClient]:
             await process.wait()
         client._reader.cancel()
         stdout_pipe.close()
+
+
+async def calls_in_flight_on_two_instances(client: RawClient, stack: Stack) -> None:
+    """One safe (`block`, readOnlyHint) and one unsafe (`slow_write`) call on each of two instances."""
+    await client.initialize()
+    await stack.ready(2)
+    for request_id, tool in (("safe-1", "block"), ("safe-2", "block"),
+                             ("unsafe-1", "slow_write"), ("unsafe-2", "slow_write")):
+        # Long enough to be still running when the test, on a loaded machine, gets round to its fault.
+        await client.send(call(request_id, tool, seconds=4))
+    await stack.running(4)

@@ -7,21 +7,10 @@ from typing import Any
 
 import psutil
 
-from tests.conftest import Stack, StackFactory
-from tests.rawclient import RawClient, answer, call, pid_of, raw_session
+from tests.conftest import StackFactory
+from tests.rawclient import answer, call, calls_in_flight_on_two_instances, pid_of, raw_session
 
 INSTANCE_FAILED = -32051
-
-
-async def calls_in_flight_on_two_instances(client: RawClient, stack: Stack) -> None:
-    """One safe (`block`, readOnlyHint) and one unsafe (`slow_write`) call on each of two instances."""
-    await client.initialize()
-    await stack.ready(2)
-    for request_id, tool in (("safe-1", "block"), ("safe-2", "block"),
-                             ("unsafe-1", "slow_write"), ("unsafe-2", "slow_write")):
-        # Long enough to be still running when the test, on a loaded machine, gets round to its fault.
-        await client.send(call(request_id, tool, seconds=4))
-    await stack.running(4)
 
 
 async def test_killing_a_backend_retries_safe_calls_and_fails_unsafe_ones_explicitly(

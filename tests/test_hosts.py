@@ -21,7 +21,7 @@ import zmq
 from tests.conftest import Stack, StackFactory
 from tests.http_clients import MONITOR, free_port
 from tests.joined_hosts import Hosts, slots_by_host
-from tests.rawclient import answer, call, pid_of, raw_session
+from tests.rawclient import answer, call, calls_in_flight_on_two_instances, pid_of, raw_session
 
 INSTANCE_FAILED = -32051
 
@@ -93,12 +93,7 @@ async def test_a_lost_host_fails_its_calls_over_and_the_pool_refills_on_the_othe
     east.join(slots=1)
     west.join()
     async with raw_session(stack) as client:
-        await client.initialize()
-        await stack.ready(2)
-        for request_id, tool in (("safe-1", "block"), ("safe-2", "block"),
-                                 ("unsafe-1", "slow_write"), ("unsafe-2", "slow_write")):
-            await client.send(call(request_id, tool, seconds=4))
-        await stack.running(4)
+        await calls_in_flight_on_two_instances(client, stack)
         lost_pids = east.instance_pids()
         cut = time.time()
         supervisord = east.supervisord()

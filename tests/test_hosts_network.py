@@ -25,8 +25,8 @@ from tests import netns
 from tests.conftest import Stack, StackFactory
 from tests.http_clients import free_port
 from tests.joined_hosts import Hosts, slots_by_host
-from tests.netns import ROOT_AND_IP, Link, ip, namespace_link
-from tests.rawclient import call, pid_of, raw_session
+from tests.netns import ROOT_AND_IP, Link, address_on_lo, ip, namespace_link
+from tests.rawclient import calls_in_flight_on_two_instances, pid_of, raw_session
 
 pytestmark = pytest.mark.skipif(not ROOT_AND_IP, reason="needs root and ip to make network namespaces")
 
@@ -35,13 +35,8 @@ INSTANCE_FAILED = -32051
 
 @pytest.fixture
 def core_address() -> Iterator[str]:
-    """The core host's own address, which every namespace reaches through its own veth."""
-    address = netns.core_address()
-    ip("addr", "add", f"{address}/32", "dev", "lo")
-    try:
+    with address_on_lo(netns.core_address()) as address:
         yield address
-    finally:
-        subprocess.run(["ip", "addr", "del", f"{address}/32", "dev", "lo"], capture_output=True, timeout=30)
 
 
 @pytest.fixture
@@ -72,13 +67,8 @@ async def test_a_host_cut_off_loses_its_instances_and_the_pool_refills_on_the_ot
     far = hosts.make(stack, endpoint, "east", east.command()), hosts.make(stack, endpoint, "west", west.command())
     joined = [far[0].join(slots=1), far[1].join()]
     async with raw_session(stack) as client:
-        await client.initialize()
-        await stack.ready(2)
+        await calls_in_flight_on_two_instances(client, stack)
         before = await stack.current_status()
-        for request_id, tool in (("safe-1", "block"), ("safe-2", "block"),
-                                 ("unsafe-1", "slow_write"), ("unsafe-2", "slow_write")):
-            await client.send(call(request_id, tool, seconds=4))
-        await stack.running(4)
         cut_off = far[0].instance_pids()
         kept = [psutil.Process(pid) for pid in cut_off]  # now: once the link is back they may go at any moment
         cut = time.time()

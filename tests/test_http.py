@@ -20,7 +20,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from tests import mcp_messages
 from tests.conftest import ROOT, Stack, StackFactory, result_json
-from tests.http_clients import free_port, http_client, http_session, make_token, revoke_token
+from tests.http_clients import free_port, http_client, http_session, make_token, revoke_token, session_closed
 
 pytestmark = [pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning"),
               pytest.mark.xdist_group("http")]  # one worker starts the module's stack once
@@ -349,15 +349,6 @@ async def test_a_client_that_vanishes_has_its_calls_cancelled_and_others_go_on(s
     assert closed["time"] - started >= SESSION_TIMEOUT_MS / 1000, "not before its timeout"
     assert sum(instance["inFlight"] for instance in gone["instances"]) == 0, "the call was cancelled"
     assert following.status_code == 404, "the session ended"
-
-
-async def session_closed(stack: Stack, name: str, after: float) -> dict[str, Any]:
-    """The core's event of that session's closing."""
-    while True:
-        event = await stack.event("session", after, timeout=30)
-        if name in event["text"] and "closed" in event["text"]:
-            return event
-        after = event["time"]
 
 
 async def test_a_client_that_reconnects_in_time_gets_its_result(served: Served) -> None:

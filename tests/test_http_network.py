@@ -17,12 +17,11 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.conftest import Stack, StackFactory, result_json
-from tests.http_clients import free_port, make_token
+from tests.http_clients import free_port, make_token, session_closed
 from tests.netns import ROOT_AND_IP, Link, namespace_link
 
 pytestmark = [pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning"),
@@ -148,11 +147,3 @@ async def start_client(link: Link, url: str, token: str, cert: Path, mode: str, 
     return await asyncio.create_subprocess_exec(
         *link.command(sys.executable, "-c", CLIENT, url, token, str(cert), mode, str(seconds)),
         stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-
-
-async def session_closed(stack: Stack, name: str, after: float) -> dict[str, Any]:
-    while True:
-        event = await stack.event("session", after, timeout=60)
-        if name in event["text"] and "closed" in event["text"]:
-            return event
-        after = event["time"]

@@ -30,21 +30,12 @@ from bench.harness import Bench, Report, scenario
 from bench.scenarios.common import direct_params
 from bench.scenarios.http import MONITOR, free_port, p50
 from bench.stack import LAB_SERVER, ROUTER, BenchStack
-from tests.netns import ROOT_AND_IP, Link, ip, namespace_link
+from tests.netns import ROOT_AND_IP, Link, address_on_lo, ip, namespace_link
 
 CORE_ADDRESS = "10.250.0.1"
 HOLD = 0.05  # seconds each concurrent call holds its server
 DIRECT, LOCAL, REMOTE = "direct stdio", "mcpmux, instance on the core's host (ipc)", "mcpmux, instance on another host"
 ONE_HOST, THREE_HOSTS = "pool of 2 on one host", "pool of 6 on three hosts"
-
-
-@contextlib.contextmanager
-def core_address() -> Iterator[str]:
-    ip("addr", "add", f"{CORE_ADDRESS}/32", "dev", "lo")
-    try:
-        yield CORE_ADDRESS
-    finally:
-        subprocess.run(["ip", "addr", "del", f"{CORE_ADDRESS}/32", "dev", "lo"], capture_output=True, timeout=30)
 
 
 @contextlib.contextmanager
@@ -109,7 +100,7 @@ async def hosts(bench: Bench, report: Report) -> None:
     clients, each = bench.pick((6, 5), (12, 10))
     latency: dict[str, list[float]] = {DIRECT: [], LOCAL: [], REMOTE: []}
     rates: dict[str, list[float]] = {ONE_HOST: [], THREE_HOSTS: []}
-    with core_address(), namespace_link() as a, namespace_link() as b, namespace_link() as c, \
+    with address_on_lo(CORE_ADDRESS), namespace_link() as a, namespace_link() as b, namespace_link() as c, \
             host(a), host(b), host(c):
         remote_stack, remote_endpoint = hosts_stack(bench, "--min-instances", "1", "--max-instances", "2")
         with bench.stack("--min-instances", "1", "--max-instances", "1", server=LAB_SERVER) as local, \
