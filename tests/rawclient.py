@@ -54,12 +54,13 @@ class RawClient:
     async def send(self, message: dict[str, Any]) -> None:
         await self.send_raw(json.dumps(message).encode() + b"\n")
 
-    async def request(self, request_id: Any, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    async def request(self, request_id: Any, method: str, params: dict[str, Any] | None = None,
+                      timeout: float = 30) -> dict[str, Any]:
         message: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
         if params is not None:
             message["params"] = params
         await self.send(message)
-        return await self.response(request_id)
+        return await self.response(request_id, timeout)
 
     async def response(self, request_id: Any, timeout: float = 30) -> dict[str, Any]:
         """The response with this id, matched by value and type (1 and "1" are different ids)."""

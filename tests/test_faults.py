@@ -121,8 +121,11 @@ async def test_a_server_that_cannot_start_is_backed_off_not_restarted_in_a_loop(
     stack = make_stack("--min-instances", "1", "--max-instances", "1", server=["/nonexistent/mcp-server"])
     before = time.time()
     async with raw_session(stack) as client:
+        # Answered once supervisord has tried and failed the start (10 s here; three times that on a loaded
+        # machine): the client's own timeout would be longer still.
         response = await client.request("init", "initialize", {
-            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}})
+            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+            timeout=90)
         backoff = await stack.event("backoff", before)
         status = await stack.current_status()
 
