@@ -479,7 +479,6 @@ class Core:
             for instance in [instance for instance in self.board.pool if host_of_slot(instance.slot) == name]:
                 self._instance_lost(instance, f"its host {name} went silent")
             self.scaler.host_lost(name)
-        self._carry_out()
 
     def _from_shim_frame(self, identity: bytes, message: wire.Message) -> None:
         self._from_shim(identity.decode(), message)
